@@ -1,0 +1,302 @@
+"""The configuration: pydantic models loaded from YAML, every error reported with its path.
+
+    site: {id: hall-1, name: "AI hall 1"}
+    rooms: [{id: r1, rows: [{id: A, racks: [{id: A01, cooling: liquid, power_budget_kw: 150, ...}]}]}]
+    devices: [{id: cdu-1, kind: cdu, protocol: modbus, host: 127.0.0.1, port: 5020, profile: generic-cdu}]
+    mqtt: {host: 127.0.0.1, port: 1883, prefix: dcim}
+    influxdb: {url: http://127.0.0.1:8086, api: v1, database: dcim}
+
+`load_config(path)` returns a `Config` or raises `ConfigError` holding every (path, message) found: first
+the schema (types, ranges, unknown keys), then cross-references (a rack's CDU or PDU that is not a device,
+duplicate ids, unknown profiles).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from dcim.secrets import Secret
+from drivers.base import Duration, PositiveDuration, StrictModel
+from drivers.modbus.config import ModbusDevice
+from drivers.opcua.config import OpcUaDevice
+from drivers.profiles import ProfileError, available_profiles, error_path, load_profile
+from drivers.snmp.config import SnmpDevice
+from rules.config import RulesConfig
+
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+class Feed(StrictModel):
+    pdu: Id
+    breaker_a: Annotated[float, Field(gt=0, le=1000)] = 32.0
+    voltage_v: Annotated[float, Field(gt=0, le=1000)] = 230.0
+    phases: Literal[1, 3] = 3
+
+
+class Feeds(StrictModel):
+    a: Feed | None = None
+    b: Feed | None = None
+
+
+class Rack(StrictModel):
+    id: Id
+    cooling: Literal["air", "liquid"]
+    power_budget_kw: Annotated[float, Field(gt=0, le=2000)]
+    feeds: Feeds = Feeds()
+    # The CDU whose secondary loop (TCS) serves this rack; liquid-cooled racks need one.
+    cdu: Id | None = None
+    description: str = ""
+
+
+class Row(StrictModel):
+    id: Id
+    racks: list[Rack] = Field(default_factory=list)
+
+
+class Room(StrictModel):
+    id: Id
+    rows: list[Row] = Field(default_factory=list)
+
+
+class Site(StrictModel):
+    id: Id
+    name: str = ""
+
+
+Device = Annotated[ModbusDevice | SnmpDevice | OpcUaDevice, Field(discriminator="protocol")]
+
+
+class Tls(StrictModel):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+class MqttConfig(StrictModel):
+    # No host: `dcim demo` starts an embedded broker; `dcim run` publishes nothing and says so.
+    host: str | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")] = "dcim"
+    client_id: str | None = None
+    username: str | None = None
+    password: Secret | None = None
+    tls: Tls | None = None
+    payload: Literal["line", "json"] = "line"
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    # Durable outbox between the pipeline and the broker.
+    outbox_max_messages: Annotated[int, Field(ge=100)] = 200_000
+    reconnect_max: PositiveDuration = 30.0
+
+
+class InfluxConfig(StrictModel):
+    url: Annotated[str, Field(pattern=r"^https?://")] = "http://127.0.0.1:8086"
+    # v2: the /api/v2/write API through influxdb-client (InfluxDB 2.x, 3.x, 1.8+, VictoriaMetrics);
+    # v1: the /write endpoint, for InfluxDB before 1.8.
+    api: Literal["v2", "v1"] = "v2"
+    org: str = "dcim"
+    bucket: str = "dcim"
+    token: Secret | None = None
+    database: str = "dcim"
+    retention_policy: str | None = None
+    username: str | None = None
+    password: Secret | None = None
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    flush_interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 10.0
+    outbox_max_lines: Annotated[int, Field(ge=1000)] = 2_000_000
+
+
+class IngestConfig(StrictModel):
+    # Run the ingest (MQTT -> InfluxDB) inside the daemon; `dcim ingest` runs it alone.
+    enabled: bool = True
+    # MQTT 5 shared subscription group: workers in one group split the messages between them.
+    group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "dcim-ingest"
+
+
+class LoggingConfig(StrictModel):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class HttpConfig(StrictModel):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8470
+    token: Secret | None = None
+
+
+class SystemdConfig(StrictModel):
+    # WATCHDOG=1 is sent at this interval when $NOTIFY_SOCKET is set (default: half of $WATCHDOG_USEC).
+    watchdog_interval: Duration | None = None
+
+
+class Config(StrictModel):
+    site: Site
+    rooms: list[Room] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=list)
+    mqtt: MqttConfig = MqttConfig()
+    influxdb: InfluxConfig | None = None
+    ingest: IngestConfig = IngestConfig()
+    logging: LoggingConfig = LoggingConfig()
+    http: HttpConfig = HttpConfig()
+    systemd: SystemdConfig = SystemdConfig()
+    rules: RulesConfig = RulesConfig()
+    state_dir: str = "state"
+    profile_dirs: list[str] = Field(default_factory=list)
+
+    def racks(self) -> Iterator[tuple[Room, Row, Rack]]:
+        for room in self.rooms:
+            for row in room.rows:
+                for rack in row.racks:
+                    yield room, row, rack
+
+    def device(self, device_id: str) -> Device:
+        for device in self.devices:
+            if device.id == device_id:
+                return device
+        raise KeyError(device_id)
+
+    def extra_profile_dirs(self) -> tuple[Path, ...]:
+        return tuple(Path(p) for p in self.profile_dirs)
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, errors: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: {len(errors)} error(s)")
+
+    def render(self) -> str:
+        lines = [f"{self.source}: {len(self.errors)} error(s)"]
+        lines += [f"  {path}: {message}" for path, message in self.errors]
+        return "\n".join(lines)
+
+
+def _loc_path(loc: tuple[int | str, ...], data: Any) -> str:
+    """Drop the discriminator tag pydantic puts in the location of a tagged-union member."""
+    parts: list[int | str] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part not in node and part in (
+            "modbus", "snmp", "opcua"
+        ):
+            continue
+        parts.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return error_path(tuple(parts))
+
+
+def _message(error: Any) -> str:
+    msg = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        return "unknown key (typo?)"
+    if error["type"] == "union_tag_invalid":
+        return "protocol must be one of modbus, snmp, opcua"
+    return msg.removeprefix("Value error, ")
+
+
+def _references(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """Cross-reference checks on the raw mapping, so they run even when the schema has errors."""
+    errors: list[tuple[str, str]] = []
+    devices = raw.get("devices") if isinstance(raw.get("devices"), list) else []
+    ids: dict[str, int] = {}
+    kinds: dict[str, str] = {}
+    extra = tuple(Path(p) for p in raw.get("profile_dirs") or [] if isinstance(p, str))
+    profiles = available_profiles(extra)
+    for i, dev in enumerate(devices):
+        if not isinstance(dev, dict):
+            continue
+        dev_id = dev.get("id")
+        if isinstance(dev_id, str):
+            if dev_id in ids:
+                errors.append((f"devices[{i}].id", f"duplicate device id {dev_id!r} (also devices[{ids[dev_id]}])"))
+            ids.setdefault(dev_id, i)
+            kinds[dev_id] = str(dev.get("kind"))
+        name = dev.get("profile")
+        if isinstance(name, str):
+            if name not in profiles:
+                known = ", ".join(profiles)
+                errors.append((f"devices[{i}].profile", f"unknown profile {name!r} (known: {known})"))
+            else:
+                try:
+                    profile = load_profile(name, extra)
+                except ProfileError as err:
+                    errors += [(f"devices[{i}].profile", f"profile {name}: {p}: {m}") for p, m in err.errors]
+                else:
+                    if profile.protocol != dev.get("protocol"):
+                        errors.append((f"devices[{i}].profile",
+                                       f"profile {name} is for {profile.protocol}, the device speaks "
+                                       f"{dev.get('protocol')}"))
+                    if profile.kind != dev.get("kind"):
+                        errors.append((f"devices[{i}].profile",
+                                       f"profile {name} is for a {profile.kind}, the device is a {dev.get('kind')}"))
+    rack_ids: dict[str, str] = {}
+    rooms = raw.get("rooms") if isinstance(raw.get("rooms"), list) else []
+    for ri, room in enumerate(rooms):
+        rows = room.get("rows") if isinstance(room, dict) and isinstance(room.get("rows"), list) else []
+        for wi, row in enumerate(rows):
+            racks = row.get("racks") if isinstance(row, dict) and isinstance(row.get("racks"), list) else []
+            for ki, rack in enumerate(racks):
+                if not isinstance(rack, dict):
+                    continue
+                here = f"rooms[{ri}].rows[{wi}].racks[{ki}]"
+                rack_id = rack.get("id")
+                if isinstance(rack_id, str):
+                    if rack_id in rack_ids:
+                        errors.append((f"{here}.id", f"duplicate rack id {rack_id!r} (also {rack_ids[rack_id]})"))
+                    rack_ids.setdefault(rack_id, here)
+                cdu = rack.get("cdu")
+                if isinstance(cdu, str) and kinds.get(cdu) != "cdu":
+                    errors.append((f"{here}.cdu", f"{cdu!r} is not a CDU device"))
+                if rack.get("cooling") == "liquid" and cdu is None:
+                    errors.append((f"{here}.cdu", "a liquid-cooled rack needs the CDU that serves it"))
+                feeds = rack.get("feeds") if isinstance(rack.get("feeds"), dict) else {}
+                for side, feed in feeds.items():
+                    pdu = feed.get("pdu") if isinstance(feed, dict) else None
+                    if isinstance(pdu, str) and kinds.get(pdu) != "pdu":
+                        errors.append((f"{here}.feeds.{side}.pdu", f"{pdu!r} is not a PDU device"))
+    for i, dev in enumerate(devices):
+        if isinstance(dev, dict) and isinstance(dev.get("rack"), str) and dev["rack"] not in rack_ids:
+            errors.append((f"devices[{i}].rack", f"unknown rack {dev['rack']!r}"))
+    return errors
+
+
+def parse_config(raw: Any, source: str = "<config>") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [("(top)", "the configuration must be a mapping")])
+    errors: list[tuple[str, str]] = []
+    config: Config | None = None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as err:
+        errors += [(_loc_path(e["loc"], raw), _message(e)) for e in err.errors()]
+    errors += _references(raw)
+    if errors or config is None:
+        raise ConfigError(source, errors)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(str(path), [("(file)", err.strerror or str(err))]) from err
+    except yaml.YAMLError as err:
+        raise ConfigError(str(path), [("(yaml)", str(err))]) from err
+    return parse_config(raw, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    return Config.model_json_schema()

@@ -1,0 +1,60 @@
+"""Where each device and rack stands: the static tags of every series it writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dcim.config import Config, Rack
+
+
+@dataclass(frozen=True, slots=True)
+class RackPlace:
+    rack: Rack
+    room: str
+    row: str
+
+
+class Topology:
+    def __init__(self, config: Config) -> None:
+        self.site = config.site.id
+        self.racks: dict[str, RackPlace] = {
+            rack.id: RackPlace(rack, room.id, row.id) for room, row, rack in config.racks()
+        }
+        self.kinds: dict[str, str] = {d.id: d.kind for d in config.devices}
+        self._tags: dict[str, tuple[tuple[str, str], ...]] = {}
+        # A PDU named as a rack's feed takes that rack's place and the feed letter.
+        feed_of: dict[str, tuple[str, str]] = {}
+        for place in self.racks.values():
+            for side in ("a", "b"):
+                feed = getattr(place.rack.feeds, side)
+                if feed is not None:
+                    feed_of[feed.pdu] = (place.rack.id, side)
+        for device in config.devices:
+            tags: dict[str, str] = {"site": self.site}
+            rack_id = device.rack
+            feed = device.feed
+            if device.id in feed_of:
+                rack_id, feed = rack_id or feed_of[device.id][0], feed or feed_of[device.id][1]
+            if rack_id and rack_id in self.racks:
+                tags["room"] = self.racks[rack_id].room
+                tags["row"] = self.racks[rack_id].row
+                tags["rack"] = rack_id
+            if device.room:
+                tags["room"] = device.room
+            if device.row:
+                tags["row"] = device.row
+            if feed:
+                tags["feed"] = feed
+            tags["device"] = device.id
+            self._tags[device.id] = tuple(sorted(tags.items()))
+        for rack_id, place in self.racks.items():
+            self._tags[rack_id] = tuple(sorted(
+                {"site": self.site, "room": place.room, "row": place.row, "rack": rack_id}.items()
+            ))
+
+    def tags(self, source: str) -> tuple[tuple[str, str], ...]:
+        """Static tags of a device or rack id (a rack's derived metrics carry no `device` tag)."""
+        return self._tags.get(source, (("site", self.site), ("device", source)))
+
+    def racks_served_by(self, cdu: str) -> list[str]:
+        return [r for r, place in self.racks.items() if place.rack.cdu == cdu]

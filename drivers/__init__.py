@@ -1,0 +1,1 @@
+"""Protocol drivers: each turns one protocol's traffic into samples and canonical writes into traffic."""

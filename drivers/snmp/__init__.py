@@ -1,0 +1,1 @@
+"""SNMP driver (pysnmp 7, asyncio)."""

@@ -1,0 +1,1 @@
+"""Rule engine: derived rack metrics, rules, alarm state machine and store, actions."""

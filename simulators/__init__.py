@@ -1,0 +1,1 @@
+"""Simulators: protocol servers for each device kind, driven by one plant model with fault injection."""

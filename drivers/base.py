@@ -108,12 +108,16 @@ class Driver(abc.ABC):
         """Release the connection. Never raises."""
 
 
-SampleCallback = Callable[[list[Sample]], Awaitable[None] | None]
+SampleCallback = Callable[[list[Sample]], None]
+# (online, error): called on every change of availability, error "" when online.
+StatusCallback = Callable[[bool, str], None]
 
 
 @runtime_checkable
 class Subscriber(Protocol):
     """A driver that pushes changes instead of being polled (OPC UA monitored items)."""
 
-    async def subscribe(self, emit: SampleCallback) -> None:
-        """Deliver samples through `emit` until cancelled; reconnect and resubscribe by itself."""
+    async def subscribe(self, emit: SampleCallback, status: StatusCallback) -> None:
+        """Deliver samples through `emit` until cancelled. On a lost connection: report offline through
+        `status`, emit the last values as STALE (so the gap is visible), reconnect with backoff and
+        re-create the subscriptions by itself, then report online again. Never returns normally."""

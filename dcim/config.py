@@ -88,6 +88,8 @@ class MqttConfig(StrictModel):
     password: Secret | None = None
     tls: Tls | None = None
     payload: Literal["line", "json"] = "line"
+    # MQTT 5 gives the ingest shared subscriptions; 3.1.1 is for brokers that lack 5 (the demo's embedded one).
+    protocol: Literal["5", "3.1.1"] = "5"
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     # Durable outbox between the pipeline and the broker.
     outbox_max_messages: Annotated[int, Field(ge=100)] = 200_000

@@ -1,0 +1,37 @@
+# dcim: the two commands for a fresh machine are `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_QUIET ?= -q
+
+.PHONY: demo test bench venv lint typecheck clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
+	$(PY) -m pip install $(PIP_QUIET) -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## demo: simulators for a small AI hall, an embedded MQTT broker, the daemon, live on the terminal
+demo: venv
+	$(VENV)/bin/dcim demo -c examples/hall.yaml
+
+## test: install the real servers the tests use (Debian packages), then run the whole suite
+test: venv
+	bash scripts/install-test-deps.sh
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## bench: run every benchmark and print its figures
+bench: venv
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b $(BENCH_ARGS); done
+
+lint: venv
+	$(VENV)/bin/ruff check dcim drivers rules simulators tests bench
+
+typecheck: venv
+	$(PY) -m mypy
+
+clean:
+	rm -rf $(VENV) .demo build *.egg-info

@@ -1,0 +1,163 @@
+"""The daemon: one asyncio.TaskGroup of named tasks.
+
+    device:<id>        one coordinator per device (poll loop or subscription)
+    outbox:<name>      outbox writers (memory -> disk)
+    mqtt-publisher     outbox -> broker
+    ingest-receive     broker -> ingest outbox          (when influxdb is configured and ingest enabled)
+    ingest-write       ingest outbox -> database
+    rules              derived metrics, alarm timers     (rules/)
+    http-api           /healthz, /metrics, /api/v1/...
+
+Shutdown (SIGTERM, SIGINT, or `stop` set): the producers stop first, then the publisher drains its outbox
+to the broker and the ingest drains the broker to the database, each for a bounded time; what is still
+queued stays in the outboxes on disk for the next start. Nothing is lost either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from dcim.config import Config
+from dcim.ingest import Ingest
+from dcim.outbox import Outbox
+from dcim.pipeline import Pipeline
+from dcim.poller import DeviceCoordinator, make_driver
+from dcim.publisher import MqttPublisher
+from dcim.samples import Value
+from dcim.topology import Topology
+from drivers.base import DriverContext
+from drivers.errors import WriteRejected
+from drivers.profiles import load_profile
+
+log = structlog.get_logger(__name__)
+
+DRAIN_SECONDS = 5.0
+
+
+class Daemon:
+    def __init__(self, config: Config, *, ingest: bool | None = None, poll: bool = True) -> None:
+        self.config = config
+        self.state_dir = Path(config.state_dir)
+        self.topology = Topology(config)
+        self.pipeline = Pipeline()
+        self.context = DriverContext()
+        self.coordinators: dict[str, DeviceCoordinator] = {}
+        self.outboxes: list[Outbox] = []
+        self.publisher: MqttPublisher | None = None
+        self.ingest: Ingest | None = None
+        self.ready = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        run_ingest = config.ingest.enabled if ingest is None else ingest
+        extra = config.extra_profile_dirs()
+
+        # Order of sinks matters: rules first (added by _wire_rules), the publisher last.
+        self._wire_rules()
+        for device in config.devices:
+            if not device.enabled or not poll:
+                continue
+            profile = load_profile(device.profile, extra)
+            driver = make_driver(device, profile, self.context)
+            self.coordinators[device.id] = DeviceCoordinator(device, driver, self.pipeline)
+        if config.mqtt.host and poll:
+            box = Outbox(self.state_dir / "mqtt-outbox.sqlite", name="mqtt",
+                         max_items=config.mqtt.outbox_max_messages)
+            self.outboxes.append(box)
+            self.publisher = MqttPublisher(config.mqtt, self.topology, box)
+            self.pipeline.add_sink(self.publisher)
+        if config.mqtt.host and run_ingest and config.influxdb is not None:
+            ingest_box = Outbox(self.state_dir / "ingest-outbox.sqlite", name="ingest",
+                                max_items=config.influxdb.outbox_max_lines)
+            self.outboxes.append(ingest_box)
+            self.ingest = Ingest(config, ingest_box)
+
+    def _wire_rules(self) -> None:
+        """The rule engine is wired here once it exists (rules/service.py)."""
+
+    # ---- control: the one path by which anything writes to a device ----------------------------------
+
+    async def write(self, device: str, point: str, value: Value) -> None:
+        coordinator = self.coordinators.get(device)
+        if coordinator is None:
+            raise WriteRejected(f"no device {device!r}")
+        await coordinator.write(point, value)
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        online = sum(1 for c in self.coordinators.values() if c.online)
+        dropped = sum(o.dropped for o in self.outboxes)
+        return f"{len(self.coordinators)} devices, {online} online, {dropped} dropped"
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        for box in self.outboxes:
+            await box.open()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                def start(name: str, coro: Any) -> None:
+                    self._tasks[name] = tg.create_task(coro, name=name)
+
+                for box in self.outboxes:
+                    start(f"outbox:{box.name}", box.run())
+                if self.publisher is not None:
+                    start("mqtt-publisher", self.publisher.run())
+                else:
+                    log.warning("mqtt.host is not set: samples are not published (rules still run)")
+                if self.ingest is not None:
+                    start("ingest-receive", self.ingest.receive())
+                    start("ingest-write", self.ingest.write_loop())
+                for coordinator in self.coordinators.values():
+                    start(coordinator.name, coordinator.run())
+                start("ready-watch", self._watch_ready())
+                log.info("daemon started", site=self.config.site.id, devices=len(self.coordinators),
+                         mqtt=self.config.mqtt.host or "none",
+                         ingest="on" if self.ingest else "off")
+                await stop.wait()
+                log.info("stopping")
+                await self._shutdown()
+        finally:
+            for box in self.outboxes:
+                await box.close()
+            log.info("stopped")
+
+    async def _watch_ready(self) -> None:
+        await asyncio.gather(*(c.polled.wait() for c in self.coordinators.values()))
+        self.ready.set()
+        log.info("first poll round done", summary=self.summary())
+
+    async def _cancel(self, prefixes: tuple[str, ...]) -> None:
+        tasks = [t for n, t in self._tasks.items() if n.startswith(prefixes) and not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _shutdown(self) -> None:
+        await self._cancel(("device:", "ready-watch", "rules", "http-api", "watchdog"))
+        if self.publisher is not None and self.publisher.connected.is_set():
+            if not await self.publisher.drain(DRAIN_SECONDS):
+                log.warning("broker did not take everything in time; the rest stays in the outbox",
+                            queued=self.publisher.outbox.depth)
+        if self.ingest is not None and self.ingest.subscribed.is_set():
+            if not await self.ingest.drain(DRAIN_SECONDS):
+                log.warning("database did not take everything in time; the rest stays in the outbox",
+                            queued=self.ingest.outbox.depth)
+        await self._cancel(("",))
+
+
+async def run_daemon(config: Config, *, ingest: bool | None = None, poll: bool = True) -> None:
+    """`dcim run` (and `dcim ingest`, with poll=False): until SIGTERM or SIGINT."""
+    daemon = Daemon(config, ingest=ingest, poll=poll)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,157 @@
+"""One coordinator per device: polls it on its interval (or runs its subscription), keeps its availability.
+
+Like Home Assistant's update coordinator: `online` means the last poll succeeded; a failure is logged once and
+the recovery once, however long the outage lasts. A device that stops answering gets BAD samples for every
+point it last delivered (the gap is recorded, not silent), and never delays another device: each coordinator is
+its own task and each poll runs under a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from typing import Any
+
+import structlog
+
+from dcim.metrics import REGISTRY
+from dcim.pipeline import Pipeline
+from dcim.samples import Batch, DeviceStatus, Quality, Sample, Value, now_ns
+from drivers.base import DeviceBase, Driver, DriverContext, Subscriber
+from drivers.errors import DriverError
+from drivers.profiles import Profile
+
+log = structlog.get_logger(__name__)
+
+POLLS = REGISTRY.counter("dcim_polls_total", "Device polls by result", ("device", "result"))
+POLL_SECONDS = REGISTRY.summary("dcim_poll_seconds", "Duration of successful polls", ("device",))
+ONLINE = REGISTRY.gauge("dcim_device_online", "1 when the device's last poll succeeded", ("device",))
+SKIPPED = REGISTRY.counter("dcim_poll_overruns_total", "Poll ticks skipped because a poll overran", ("device",))
+
+SampleKey = tuple[str, tuple[tuple[str, str], ...], str]
+
+
+def make_driver(device: DeviceBase, profile: Profile[Any], context: DriverContext) -> Driver:
+    protocol = str(getattr(device, "protocol"))  # noqa: B009 - every device model has one
+    module = importlib.import_module(f"drivers.{protocol}.driver")
+    driver: Driver = module.make_driver(device, profile, context)
+    return driver
+
+
+def poll_deadline(device: DeviceBase) -> float:
+    explicit = getattr(device, "deadline", None)
+    if explicit:
+        return float(explicit)
+    return device.timeout * (device.retries + 1) + 0.25
+
+
+class DeviceCoordinator:
+    def __init__(self, device: DeviceBase, driver: Driver, pipeline: Pipeline) -> None:
+        self.device = device
+        self.driver = driver
+        self.pipeline = pipeline
+        self.online: bool | None = None
+        self.last_error = ""
+        self.last_success_ns = 0
+        self.polled = asyncio.Event()  # set after the first poll, whatever its outcome
+        self._last_keys: dict[SampleKey, Sample] = {}
+
+    @property
+    def name(self) -> str:
+        return f"device:{self.device.id}"
+
+    async def run(self) -> None:
+        try:
+            if isinstance(self.driver, Subscriber):
+                await self.driver.subscribe(self._emit, self._set_status)
+            else:
+                await self._poll_loop()
+        finally:
+            await self.driver.close()
+
+    async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.device.interval
+        next_tick = loop.time()
+        while True:
+            await self.poll_once()
+            next_tick += interval
+            now = loop.time()
+            if now > next_tick:
+                # Overran: skip the missed ticks rather than polling back to back to catch up.
+                missed = int((now - next_tick) // interval) + 1
+                SKIPPED.inc(missed, device=self.device.id)
+                next_tick += missed * interval
+            await asyncio.sleep(next_tick - now)
+
+    async def poll_once(self) -> Batch:
+        started = time.perf_counter()
+        ts = now_ns()
+        error: str | None = None
+        samples: list[Sample] = []
+        try:
+            async with asyncio.timeout(poll_deadline(self.device)):
+                if self.online is not True:
+                    await self.driver.connect()
+                samples = await self.driver.read()
+        except TimeoutError:
+            error = f"no answer within the poll deadline ({poll_deadline(self.device):g} s)"
+        except DriverError as err:
+            error = str(err) or type(err).__name__
+        if error is None:
+            POLLS.inc(device=self.device.id, result="ok")
+            POLL_SECONDS.observe(time.perf_counter() - started, device=self.device.id)
+            self._set_status(True, "")
+        else:
+            POLLS.inc(device=self.device.id, result="error")
+            self._set_status(False, error)
+            samples = self._bad_samples(ts, error)
+        batch = Batch(self.device.id, self.device.kind, ts, samples)
+        self._emit_batch(batch)
+        self.polled.set()
+        return batch
+
+    def _bad_samples(self, ts: int, reason: str) -> list[Sample]:
+        if self._last_keys:
+            return [
+                Sample(self.device.id, s.point, None, ts, Quality.BAD, reason, s.measurement, s.tags)
+                for s in self._last_keys.values()
+            ]
+        profile = self.driver.profile
+        return [
+            Sample(self.device.id, p.name, None, ts, Quality.BAD, reason, profile.measurement(p))
+            for p in profile.points
+            if not getattr(p, "index_tag", None)
+        ]
+
+    def _emit(self, samples: list[Sample]) -> None:
+        if samples:
+            self._emit_batch(Batch(self.device.id, self.device.kind, samples[0].ts_ns, samples))
+            self.polled.set()
+
+    def _emit_batch(self, batch: Batch) -> None:
+        for sample in batch.samples:
+            if sample.quality is Quality.GOOD:
+                self._last_keys[(sample.measurement, sample.tags, sample.point)] = sample
+        self.pipeline.publish(batch)
+
+    def _set_status(self, online: bool, error: str) -> None:
+        ONLINE.set(1.0 if online else 0.0, device=self.device.id)
+        if online:
+            self.last_success_ns = now_ns()
+        if online == self.online and (online or error == self.last_error):
+            return
+        if online:
+            if self.online is False:
+                log.info("device recovered", device=self.device.id)
+        else:
+            # Logged once per outage (and again only if the error changes).
+            log.warning("device unavailable", device=self.device.id, error=error)
+        self.online = online
+        self.last_error = error
+        self.pipeline.status(DeviceStatus(self.device.id, self.device.kind, online, now_ns(), error))
+
+    async def write(self, point: str, value: Value) -> None:
+        await self.driver.write(point, value)
+        log.info("write", device=self.device.id, point=point, value=value)

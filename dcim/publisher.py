@@ -1,0 +1,213 @@
+"""MQTT publisher: the pipeline's samples to the broker, through a durable outbox, at QoS 1.
+
+Topics (shared/DESIGN.md):
+    {prefix}/{site}/{kind}/{device}          one poll's samples: line protocol (default) or JSON
+    {prefix}/{site}/status/{device}          retained JSON: {"online": bool, "error": "...", "ts": ...}
+    {prefix}/{site}/alarms/{subject}/{rule}  retained JSON while the alarm is active; cleared when resolved
+    {prefix}/{site}/daemon/{client id}       retained "online"; the broker's last will sets "offline"
+
+The sink side (`on_batch`, `on_status`, `alarm_changed`) never blocks: it encodes and puts into the outbox.
+The sender task (`run`) takes from the outbox, publishes, waits for every PUBACK, and only then acknowledges
+the items, so a broker outage loses nothing while it fits the outbox's bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+from typing import Any
+
+import aiomqtt
+import structlog
+
+from dcim.backoff import Backoff
+from dcim.config import MqttConfig
+from dcim.lineproto import encode_batch
+from dcim.metrics import REGISTRY
+from dcim.outbox import Item, Outbox
+from dcim.samples import Batch, DeviceStatus
+from dcim.topology import Topology
+from rules.events import AlarmEvent, AlarmState
+
+log = structlog.get_logger(__name__)
+
+PUBLISHED = REGISTRY.counter("dcim_mqtt_published_total", "Messages acknowledged by the broker")
+CONNECTED = REGISTRY.gauge("dcim_mqtt_connected", "1 while connected to the broker", ("role",))
+
+PRIORITY_EVENT = 0
+PRIORITY_TELEMETRY = 1
+SEND_BATCH = 500
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    if config.tls is None:
+        return None
+    context = ssl.create_default_context(cafile=config.tls.ca_file)
+    if config.tls.cert_file:
+        context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
+    if config.tls.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def protocol(config: MqttConfig) -> aiomqtt.ProtocolVersion:
+    return aiomqtt.ProtocolVersion.V5 if config.protocol == "5" else aiomqtt.ProtocolVersion.V311
+
+
+def client_id(config: MqttConfig, role: str) -> str:
+    return config.client_id or f"dcim-{role}-{socket.gethostname()}"
+
+
+def batch_json(batch: Batch, tags: tuple[tuple[str, str], ...]) -> bytes:
+    return json.dumps({
+        "device": batch.device,
+        "kind": batch.kind,
+        "ts": batch.ts_ns,
+        "tags": dict(tags),
+        "samples": [
+            {"point": s.point, "value": s.value, "quality": s.quality.value, "reason": s.reason or None,
+             "measurement": s.measurement or batch.kind, "tags": dict(s.tags)}
+            for s in batch.samples
+        ],
+    }, separators=(",", ":")).encode()
+
+
+class MqttPublisher:
+    def __init__(self, config: MqttConfig, topology: Topology, outbox: Outbox) -> None:
+        if config.host is None:
+            raise ValueError("mqtt.host is not set")
+        self.config = config
+        self.topology = topology
+        self.outbox = outbox
+        self.base = f"{config.prefix}/{topology.site}"
+        self.client_id = client_id(config, "publisher")
+        self.presence_topic = f"{self.base}/daemon/{self.client_id}"
+        self.connected = asyncio.Event()
+        self._drained = asyncio.Event()
+
+    # ---- sink side: never blocks ------------------------------------------------------------------
+
+    def on_batch(self, batch: Batch) -> None:
+        tags = self.topology.tags(batch.device)
+        if self.config.payload == "json":
+            payload = batch_json(batch, tags)
+        else:
+            lines = encode_batch(batch, tags)
+            if not lines:
+                return
+            payload = "\n".join(lines).encode()
+        priority = PRIORITY_EVENT if batch.kind == "alarm" else PRIORITY_TELEMETRY
+        self.outbox.put(f"{self.base}/{batch.kind}/{batch.device}", payload, priority)
+
+    def on_status(self, status: DeviceStatus) -> None:
+        payload = json.dumps({
+            "device": status.device, "kind": status.kind, "online": status.online,
+            "error": status.error or None, "ts": status.ts_ns,
+        }).encode()
+        self.outbox.put(f"{self.base}/status/{status.device}", payload, PRIORITY_EVENT, retain=True)
+
+    def alarm_changed(self, event: AlarmEvent) -> None:
+        topic = f"{self.base}/alarms/{event.subject}/{event.rule}"
+        if event.state is AlarmState.RESOLVED:
+            # An empty retained message removes the retained alarm from the broker.
+            self.outbox.put(topic, b"", PRIORITY_EVENT, retain=True)
+            return
+        if event.state is not AlarmState.FIRING:
+            return
+        payload = json.dumps({
+            "key": event.key, "rule": event.rule, "subject": event.subject, "state": event.state.value,
+            "severity": event.severity.value, "ts": event.ts_ns, "message": event.message,
+            "metric": event.metric, "value": event.value, "threshold": event.threshold,
+            "labels": event.labels, "acknowledged": event.acknowledged,
+        }).encode()
+        self.outbox.put(topic, payload, PRIORITY_EVENT, retain=True)
+
+    # ---- sender ------------------------------------------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        password = self.config.password.get_secret_value() if self.config.password else None
+        return aiomqtt.Client(
+            self.config.host or "",
+            self.config.port,
+            identifier=self.client_id,
+            username=self.config.username,
+            password=password,
+            keepalive=self.config.keepalive,
+            tls_context=tls_context(self.config),
+            protocol=protocol(self.config),
+            will=aiomqtt.Will(self.presence_topic, b"offline", qos=1, retain=True),
+            max_inflight_messages=100,
+            timeout=10,
+        )
+
+    async def run(self) -> None:
+        backoff = Backoff(maximum=self.config.reconnect_max)
+        down_logged = False
+        while True:
+            try:
+                async with self._client() as client:
+                    await client.publish(self.presence_topic, b"online", qos=1, retain=True)
+                    self.connected.set()
+                    CONNECTED.set(1, role="publisher")
+                    backoff.reset()
+                    if down_logged:
+                        log.info("broker reachable again", host=self.config.host, queued=self.outbox.depth)
+                        down_logged = False
+                    else:
+                        log.info("connected to broker", host=self.config.host, port=self.config.port)
+                    try:
+                        await self._send_loop(client)
+                    except asyncio.CancelledError:
+                        # Clean stop: say so, since the will is only for a connection that dies.
+                        await asyncio.shield(self._say_offline(client))
+                        raise
+            except aiomqtt.MqttError as err:
+                self.connected.clear()
+                CONNECTED.set(0, role="publisher")
+                if not down_logged:
+                    log.warning("broker unavailable; buffering in the outbox",
+                                host=self.config.host, port=self.config.port, error=str(err))
+                    down_logged = True
+                await asyncio.sleep(backoff.next())
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        try:
+            await client.publish(self.presence_topic, b"offline", qos=1, retain=True, timeout=2)
+        except aiomqtt.MqttError:
+            pass
+
+    async def _send_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            if self.outbox.depth == 0:
+                self._drained.set()
+            items = await self.outbox.take(SEND_BATCH)
+            self._drained.clear()
+            await self._send(client, items)
+            await self.outbox.ack(items)
+            PUBLISHED.inc(len(items))
+
+    async def _send(self, client: aiomqtt.Client, items: list[Item]) -> None:
+        # Concurrent publishes: paho keeps up to max_inflight_messages on the wire; each await ends at PUBACK.
+        results: list[Any] = await asyncio.gather(
+            *(client.publish(i.key, i.payload, qos=1, retain=i.retain) for i in items), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (True) or the timeout passes (False). Used at shutdown."""
+        await self.outbox.flush()
+        if self.outbox.depth == 0:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                while self.outbox.depth:
+                    self._drained.clear()
+                    await self._drained.wait()
+        except TimeoutError:
+            return False
+        return True

@@ -85,6 +85,9 @@ class CduState:
     leak_zones: list[bool] = field(default_factory=lambda: [False, False, False, False])
     reservoir_ok: bool = True
     liquid_fraction: float = 0.9  # share of a liquid-cooled rack's heat the loop carries
+    # Flow mode: the pumps chase the flow setpoint; off, they hold their speed (the OCP RPU's auto-tune flag).
+    auto_flow_control: bool = True
+    pump_max_rpm: float = 3600.0
 
 
 @dataclass
@@ -229,7 +232,7 @@ class Plant:
         running = [p for p in cdu.pumps if not p.failed]
         flow = self.cdu_flow_lpm(cdu)
         # Pumps chase the flow setpoint (a proportional controller, as real CDUs do in flow mode).
-        if running:
+        if running and cdu.auto_flow_control:
             error = (cdu.flow_setpoint_lpm - flow) / max(cdu.flow_setpoint_lpm, 1.0)
             for pump in running:
                 pump.speed_pct = min(100.0, max(20.0, pump.speed_pct + 40.0 * error * min(dt, 1.0)))
@@ -310,9 +313,13 @@ class Plant:
             "flow_setpoint_lpm": cdu.flow_setpoint_lpm,
             "pump_fault": any(p.failed for p in cdu.pumps),
             "power_w": round(sum(30 * (p.speed_pct / 100) ** 3 for p in cdu.pumps) * 100, 0),
+            "pump_speed_pct": round(mean_speed, 1),
+            "reservoir_alarm": not cdu.reservoir_ok,
+            "auto_flow_control": cdu.auto_flow_control,
         }
         for i, pump in enumerate(cdu.pumps, start=1):
             out[f"pump{i}_speed_pct"] = round(pump.speed_pct, 1)
+            out[f"pump{i}_rpm"] = round(pump.speed_pct / 100 * cdu.pump_max_rpm)
             out[f"pump{i}_running"] = not pump.failed and pump.speed_pct > 0
         for i, wet in enumerate(cdu.leak_zones, start=1):
             out[f"leak_zone{i}"] = wet
@@ -413,6 +420,8 @@ class Plant:
                 cdu.supply_setpoint_c = float(value)
             elif point == "flow_setpoint_lpm":
                 cdu.flow_setpoint_lpm = float(value)
+            elif point == "auto_flow_control":
+                cdu.auto_flow_control = bool(value)
             else:
                 raise KeyError(point)
         elif kind == "chiller":

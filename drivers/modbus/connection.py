@@ -1,0 +1,226 @@
+"""One Modbus TCP connection per host:port, shared by every unit id behind it (a gateway).
+
+pymodbus' own reconnect is switched off (`reconnect_delay=0`) and its own retries too (`retries=0`): this
+module decides when to connect, how long to back off (jittered, doubling, capped), how long a request may
+take (the device's `timeout`, per attempt) and how often to retry (the device's `retries`). So one dead
+gateway costs its own devices at most timeout x (retries + 1) per poll and never touches other connections.
+
+While a reconnect is backing off, requests fail at once with DeviceUnreachable instead of queueing: the
+poller marks the device offline and tries again next interval.
+
+pymodbus serialises requests on one client (one transaction at a time); the semaphore (`max_in_flight`)
+bounds how many requests of the devices behind this gateway are admitted at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.pdu import ModbusPDU
+
+from dcim.metrics import REGISTRY
+from drivers.base import DriverContext
+from drivers.errors import BadResponse, DeviceTimeout, DeviceUnreachable, DriverError
+from drivers.modbus.config import ModbusDevice
+
+log = structlog.get_logger(__name__)
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    7: "negative acknowledge",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+REQUESTS = REGISTRY.counter("dcim_modbus_requests_total", "Modbus requests", ("gateway", "result"))
+CONNECTS = REGISTRY.counter(
+    "dcim_modbus_connects_total", "Modbus TCP connection attempts", ("gateway", "result")
+)
+
+# Consecutive timeouts (no answer from any unit) after which the socket is presumed half-open and dropped.
+SILENT_LIMIT = 3
+# pymodbus' own timers must never fire before ours do.
+_LIBRARY_TIMEOUT = 3600.0
+
+
+class ExceptionCode(BadResponse):
+    """The device answered with a Modbus exception code."""
+
+    def __init__(self, code: int, what: str) -> None:
+        self.code = code
+        super().__init__(f"{what}: exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})")
+
+
+class Backoff:
+    """Jittered, doubling, capped delays: 0.1 s, 0.2 s, ... up to `cap`, each drawn in [delay/2, delay]."""
+
+    def __init__(self, *, first: float = 0.1, cap: float = 10.0, rng: random.Random | None = None) -> None:
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        delay: float = min(self.cap, self.first * 2.0 ** min(self.failures, 30))
+        self.failures += 1
+        return delay * (0.5 + self._rng.random() / 2)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class ModbusConnection:
+    def __init__(
+        self, host: str, port: int, *, max_in_flight: int = 1, backoff: Backoff | None = None
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.name = f"{host}:{port}"
+        self.backoff = backoff or Backoff()
+        self.users: set[str] = set()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._connect_lock = asyncio.Lock()
+        self._client: AsyncModbusTcpClient | None = None
+        self._retry_at = 0.0
+        self._last_error = ""
+        self._silent = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    async def ensure_connected(self) -> AsyncModbusTcpClient:
+        """The connected client; connects (once, for every waiting unit) unless backing off."""
+        if self._client is not None and self._client.connected:
+            return self._client
+        async with self._connect_lock:
+            if self._client is not None and self._client.connected:
+                return self._client
+            wait = self._retry_at - time.monotonic()
+            if wait > 0:
+                raise DeviceUnreachable(f"{self.name}: {self._last_error}; reconnecting in {wait:.1f} s")
+            self._drop()
+            client = AsyncModbusTcpClient(
+                self.host, port=self.port, name=self.name, reconnect_delay=0, reconnect_delay_max=0,
+                timeout=_LIBRARY_TIMEOUT, retries=0,
+            )
+            try:
+                ok = await client.connect()
+            except BaseException:
+                client.close()
+                raise
+            if not ok:
+                client.close()
+                self._failed(f"cannot connect to {self.name}")
+                CONNECTS.inc(gateway=self.name, result="failed")
+                raise DeviceUnreachable(self._last_error)
+            # A slow request that pymodbus itself gives up on must not close a socket the other units use.
+            client.set_max_no_responses(1_000_000)
+            CONNECTS.inc(gateway=self.name, result="ok")
+            if self.backoff.failures:
+                log.info("modbus connection restored", gateway=self.name)
+            self.backoff.reset()
+            self._retry_at = 0.0
+            self._silent = 0
+            self._client = client
+            return client
+
+    def _failed(self, error: str) -> None:
+        self._last_error = error
+        self._retry_at = time.monotonic() + self.backoff.next_delay()
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def request(
+        self, what: str, call: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]], *,
+        timeout: float, retries: int,  # noqa: ASYNC109 - per attempt, not for the whole call
+    ) -> ModbusPDU:
+        """Run one request with the device's timeout per attempt and its retries. Raises DriverError."""
+        error: DriverError = DeviceTimeout(f"{what}: no answer")
+        async with self._slots:
+            for _attempt in range(retries + 1):
+                try:
+                    async with asyncio.timeout(timeout):
+                        client = await self.ensure_connected()
+                        response = await call(client)
+                except TimeoutError:
+                    self._silent += 1
+                    if self._client is None:
+                        error = DeviceUnreachable(f"{what}: connecting to {self.name} timed out")
+                        if not self._connect_lock.locked():
+                            self._failed(str(error))
+                    elif not self._client.connected:
+                        error = self._lost(f"{what}: connection lost")
+                    else:
+                        error = DeviceTimeout(f"{what}: no answer within {timeout:g} s")
+                        if self._silent >= SILENT_LIMIT:
+                            self._lost(f"{self.name}: {self._silent} requests unanswered")
+                    REQUESTS.inc(gateway=self.name, result="timeout")
+                    continue
+                except DeviceUnreachable as err:
+                    REQUESTS.inc(gateway=self.name, result="unreachable")
+                    raise err
+                except ConnectionException as err:
+                    REQUESTS.inc(gateway=self.name, result="unreachable")
+                    error = self._lost(f"{what}: {err}")
+                    continue
+                except ModbusException as err:
+                    REQUESTS.inc(gateway=self.name, result="bad")
+                    raise BadResponse(f"{what}: {err}") from err
+                self._silent = 0
+                if response.isError():
+                    REQUESTS.inc(gateway=self.name, result="exception")
+                    raise ExceptionCode(response.exception_code, what)
+                REQUESTS.inc(gateway=self.name, result="ok")
+                return response
+        raise error
+
+    def _lost(self, error: str) -> DeviceUnreachable:
+        if self._client is not None:
+            log.warning("modbus connection lost", gateway=self.name, error=error)
+        self._drop()
+        self._failed(error)
+        return DeviceUnreachable(error)
+
+    async def close(self) -> None:
+        self._drop()
+
+
+def _key(device: ModbusDevice) -> str:
+    return f"modbus:{device.host}:{device.port}"
+
+
+def join(context: DriverContext, device: ModbusDevice) -> ModbusConnection:
+    """The connection of the device's host:port, created by the first device to ask."""
+    connection: Any = context.shared.get(_key(device))
+    if connection is None:
+        connection = ModbusConnection(device.host, device.port, max_in_flight=device.max_in_flight)
+        context.shared[_key(device)] = connection
+    assert isinstance(connection, ModbusConnection)
+    connection.users.add(device.id)
+    return connection
+
+
+async def leave(context: DriverContext, device: ModbusDevice, connection: ModbusConnection) -> None:
+    """Close the connection when its last device leaves."""
+    connection.users.discard(device.id)
+    if not connection.users:
+        if context.shared.get(_key(device)) is connection:
+            del context.shared[_key(device)]
+        await connection.close()

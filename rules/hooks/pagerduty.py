@@ -1,0 +1,88 @@
+"""PagerDuty Events API v2: one event per alarm, so PagerDuty's incidents follow dcim's alarms one to one.
+
+    POST {url}   {"routing_key": ..., "event_action": "trigger" | "acknowledge" | "resolve",
+                  "dedup_key": "dcim/<alarm key>",
+                  "payload": {"summary", "source", "severity", "timestamp", "component", "group", "class",
+                              "custom_details"}}        -> 202 Accepted
+
+The dedup key is derived from the alarm key alone, so a retry, a reminder or a restart re-triggers the same
+incident instead of opening another, and the resolve closes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import aiohttp
+
+from rules.events import AlarmEvent, AlarmState
+from rules.hooks.base import Hook, post
+from rules.notify.config import PagerDutyHook
+from rules.notify.model import Notification, iso
+
+
+def dedup_key(alarm_key: str) -> str:
+    key = f"dcim/{alarm_key}"
+    # PagerDuty accepts at most 255 characters.
+    return key if len(key) <= 255 else "dcim/sha256:" + hashlib.sha256(alarm_key.encode()).hexdigest()
+
+
+class PagerDutySender(Hook):
+    def __init__(self, name: str, config: PagerDutyHook) -> None:
+        super().__init__(name)
+        self.config = config
+
+    def _event(self, alarm: AlarmEvent) -> dict[str, Any]:
+        if alarm.state is AlarmState.RESOLVED:
+            return {"event_action": "resolve", "dedup_key": dedup_key(alarm.key)}
+        details: dict[str, Any] = {"alarm_key": alarm.key, "metric": alarm.metric, **alarm.labels}
+        if alarm.value is not None:
+            details["value"] = alarm.value
+        if alarm.threshold is not None:
+            details["threshold"] = alarm.threshold
+        return {
+            "event_action": "acknowledge" if alarm.acknowledged else "trigger",
+            "dedup_key": dedup_key(alarm.key),
+            "payload": {
+                "summary": f"{alarm.subject} {alarm.rule}: {alarm.message}"[:1024],
+                "source": self.config.source or alarm.subject,
+                "severity": alarm.severity.value,
+                "timestamp": iso(alarm.ts_ns),
+                "component": alarm.labels.get("device") or alarm.subject,
+                "group": alarm.labels.get("rack") or alarm.labels.get("room", ""),
+                "class": alarm.rule,
+                "custom_details": details,
+            },
+        }
+
+    def render(self, notification: Notification) -> list[bytes]:
+        if notification.kind == "summary":
+            event: dict[str, Any] = {
+                "event_action": "trigger",
+                "dedup_key": dedup_key(f"rate-limit/{notification.group_key}"),
+                "payload": {
+                    "summary": notification.title[:1024],
+                    "source": "dcim",
+                    "severity": notification.severity.value,
+                    "timestamp": iso(notification.ts_ns),
+                    "class": "rate-limit",
+                    "custom_details": {"text": notification.text[:8000]},
+                },
+            }
+            return [json.dumps(event).encode()]
+        out = []
+        for alarm in notification.alarms:
+            # Alarms already sent are context for people, not news for PagerDuty; reminders re-trigger.
+            if alarm.key in notification.changed or (
+                notification.repeat and alarm.state is AlarmState.FIRING
+            ):
+                out.append(json.dumps(self._event(alarm)).encode())
+        return out
+
+    async def send(self, body: bytes, session: aiohttp.ClientSession) -> None:
+        event = json.loads(body)
+        event["routing_key"] = self.config.routing_key.get_secret_value()
+        data = json.dumps(event).encode()
+        await post(session, self.config.url, data, {"Content-Type": "application/json"}, self.config.timeout)

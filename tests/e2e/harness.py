@@ -1,0 +1,129 @@
+"""End-to-end harness: a configuration on free ports, simulators in the test's loop, `dcim run` as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dcim.config import Config, load_config
+from dcim.simulate import run_simulators
+from drivers.modbus import codec
+from drivers.profiles import load_profile
+from simulators.plant import Plant
+from tests.helpers import free_port, wait_until
+from tests.servers import port_accepts
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cdu_hall(tmp_path: Path, *, mqtt: Any | None = None, influxdb: dict[str, Any] | None = None,
+             cdus: int = 2, interval: str = "500ms", **extra: Any) -> Path:
+    """Liquid-cooled racks on `cdus` simulated CDUs, each on its own free port."""
+    devices = []
+    rows = []
+    for n in range(1, cdus + 1):
+        devices.append({
+            "id": f"cdu-{n}", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1", "port": free_port(),
+            "unit_id": 1, "profile": "generic-cdu", "interval": interval, "timeout": "300ms", "retries": 0,
+            "room": "dh1", "row": f"R{n}", "simulate": True,
+        })
+        rows.append({"id": f"R{n}", "racks": [
+            {"id": f"R{n}-{k}", "cooling": "liquid", "power_budget_kw": 150, "cdu": f"cdu-{n}"} for k in (1, 2)
+        ]})
+    config: dict[str, Any] = {
+        "site": {"id": "hall-1"},
+        "rooms": [{"id": "dh1", "rows": rows}],
+        "devices": devices,
+        "state_dir": str(tmp_path / "state"),
+        "logging": {"level": "info", "format": "json"},
+        "http": {"enabled": False},
+    }
+    if mqtt is not None:
+        config["mqtt"] = {"host": "127.0.0.1", "port": mqtt.port, "prefix": "dcim"}
+    if influxdb is not None:
+        config["influxdb"] = {"flush_interval": "100ms", **influxdb}
+    config.update(extra)
+    path = tmp_path / "dcim.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def simulators(config: Config, plant: Plant) -> AsyncIterator[Plant]:
+    task = asyncio.create_task(run_simulators(config, plant), name="simulators")
+    try:
+        for device in config.devices:
+            await wait_until(lambda d=device: task.done() or port_accepts(d.host, d.port), timeout=15,
+                             message=f"simulator for {device.id} listening")
+        if task.done():
+            task.result()
+        yield plant
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def expected_cdu_values(plant: Plant, device: str, profile_name: str = "generic-cdu") -> dict[str, Any]:
+    """What the daemon must store: the plant's values after the register round trip (scale, type)."""
+    profile = load_profile(profile_name)
+    values = plant.values(device)
+    out: dict[str, Any] = {}
+    for point in profile.points:
+        value = values[point.name]
+        if isinstance(value, bool | str) or point.bit is not None or point.table in ("coil", "discrete"):
+            out[point.name] = value
+        else:
+            out[point.name] = codec.decode(point, codec.encode(point, value))
+    return out
+
+
+class DaemonProcess:
+    """`dcim run -c FILE` in a process of its own, stopped with a real signal."""
+
+    def __init__(self, config_path: Path, *args: str, command: str = "run") -> None:
+        self.config_path = config_path
+        self.log_path = config_path.parent / f"dcim-{command}.log"
+        self.argv = [sys.executable, "-m", "dcim.cli", command, "-c", str(config_path), *args]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"daemon did not stop within {timeout} s of {signal.Signals(sig).name}:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def load(path: Path) -> Config:
+    return load_config(path)

@@ -1,0 +1,118 @@
+"""Outages: a device that stops answering, a broker that goes away, a database that goes away.
+
+Nothing is lost while an outage fits the outboxes; a dead device is marked and never delays the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dcim.daemon import Daemon
+from dcim.samples import Batch, DeviceStatus, Quality
+from simulators.plant import Plant
+from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.batches: dict[str, list[Batch]] = {}
+        self.status: list[DeviceStatus] = []
+
+    def on_batch(self, batch: Batch) -> None:
+        self.batches.setdefault(batch.device, []).append(batch)
+
+    def on_status(self, status: DeviceStatus) -> None:
+        self.status.append(status)
+
+
+async def test_dead_device_goes_offline_marks_samples_and_recovers(tmp_path: Path) -> None:
+    config = load(cdu_hall(tmp_path, interval="200ms"))  # no broker: the pipeline alone
+    plant = Plant(config, frozen=True)
+    recorder = Recorder()
+    daemon = Daemon(config)
+    daemon.pipeline.add_sink(recorder)
+    stop = asyncio.Event()
+    async with simulators(config, plant):
+        run = asyncio.create_task(daemon.run(stop))
+        await wait_until(lambda: daemon.ready.is_set(), timeout=10)
+        plant.inject("cdu-1", "no_response")
+        offline = await wait_until(
+            lambda: [s for s in recorder.status if s.device == "cdu-1" and not s.online], timeout=10)
+        assert "no answer" in offline[0].error or "timeout" in offline[0].error.lower()
+        bad = await wait_until(lambda: [b for b in recorder.batches["cdu-1"]
+                                        if b.samples and all(s.quality is Quality.BAD for s in b.samples)])
+        assert {s.point for s in bad[0].samples} >= {"supply_temp_c", "flow_lpm", "leak"}
+        assert all(s.reason for s in bad[0].samples)
+        # The other CDU keeps its interval while cdu-1 is dead.
+        before = len(recorder.batches["cdu-2"])
+        await wait_until(lambda: len(recorder.batches["cdu-2"]) >= before + 5, timeout=5)
+        stamps = [b.ts_ns for b in recorder.batches["cdu-2"][before:]]
+        gaps = [(b - a) / 1e9 for a, b in zip(stamps, stamps[1:], strict=False)]
+        assert max(gaps) < 0.45, f"cdu-2 delayed by the dead cdu-1: gaps {gaps}"
+        assert all(s.quality is Quality.GOOD for b in recorder.batches["cdu-2"] for s in b.samples)
+        # Logged once: one offline status however many polls failed.
+        assert sum(1 for s in recorder.status if s.device == "cdu-1" and not s.online) == 1
+        plant.clear("cdu-1")
+        await wait_until(lambda: recorder.status[-1].device == "cdu-1" and recorder.status[-1].online
+                         or any(s.device == "cdu-1" and s.online for s in recorder.status[len(offline):]),
+                         timeout=15)
+        last = recorder.batches["cdu-1"][-1]
+        assert all(s.quality is Quality.GOOD for s in last.samples)
+        stop.set()
+        await asyncio.wait_for(run, 15)
+
+
+def _gaps_ok(rows: list[dict[str, Any]], interval_s: float) -> tuple[bool, float]:
+    stamps = sorted(int(r["time"]) for r in rows)
+    widest = max((b - a) / 1e9 for a, b in zip(stamps, stamps[1:], strict=False)) if len(stamps) > 1 else 0.0
+    return widest < interval_s * 2.5, widest
+
+
+async def test_broker_outage_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> None:
+    path = cdu_hall(tmp_path, cdus=1, interval="200ms", mqtt=mosquitto,
+                    influxdb={"url": influxdb_v1.url, "api": "v1", "database": "dcim"})
+    config = load(path)
+    async with simulators(config, Plant(config, frozen=True)):
+        with DaemonProcess(path) as daemon:
+            await wait_until(lambda: influxdb_v1.query("SELECT count(flow_lpm) FROM cdu"), timeout=30,
+                             ignore=(Exception,), message=daemon.log())
+            mosquitto.stop()
+            await asyncio.sleep(3.0)  # the outage itself is the subject: three seconds of polls while it lasts
+            mosquitto.start()
+            outage_end = asyncio.get_running_loop().time()
+            # Polls made during the outage arrive from the outbox once the broker is back.
+            rows = await wait_until(
+                lambda: (r := influxdb_v1.query("SELECT flow_lpm FROM cdu")) and _gaps_ok(r, 0.2)[0]
+                and len(r) > 20 and r, timeout=30, ignore=(Exception,), message=daemon.log())
+            assert asyncio.get_running_loop().time() - outage_end < 30
+            assert daemon.stop() == 0, daemon.log()
+    ok, widest = _gaps_ok(rows, 0.2)
+    assert ok, f"a gap of {widest:.2f} s in the stored polls"
+    assert "broker unavailable" in daemon.log()
+
+
+async def test_database_outage_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> None:
+    path = cdu_hall(tmp_path, cdus=1, interval="200ms", mqtt=mosquitto,
+                    influxdb={"url": influxdb_v1.url, "api": "v1", "database": "dcim"})
+    config = load(path)
+    async with simulators(config, Plant(config, frozen=True)):
+        with DaemonProcess(path) as daemon:
+            await wait_until(lambda: influxdb_v1.query("SELECT count(flow_lpm) FROM cdu"), timeout=30,
+                             ignore=(Exception,), message=daemon.log())
+            influxdb_v1.stop()
+            await asyncio.sleep(3.0)  # three seconds of writes that must wait in the ingest outbox
+            influxdb_v1.start()
+            rows = await wait_until(
+                lambda: (r := influxdb_v1.query("SELECT flow_lpm FROM cdu")) and _gaps_ok(r, 0.2)[0]
+                and len(r) > 20 and r, timeout=30, ignore=(Exception,), message=daemon.log())
+            assert daemon.stop() == 0, daemon.log()
+    ok, widest = _gaps_ok(rows, 0.2)
+    assert ok, f"a gap of {widest:.2f} s in the stored polls"
+    assert "database unavailable" in daemon.log()

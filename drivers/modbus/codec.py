@@ -144,6 +144,9 @@ def _raw_for(point: Point, value: Value) -> int | float:
         raise EncodeError(f"{point.name}: {value!r} is not a state of this point")
     if isinstance(value, str):
         raise EncodeError(f"{point.name}: {value!r} is not a number")
+    if isinstance(value, int) and point.scale == 1.0 and point.offset.is_integer():
+        # Exact: a 64-bit counter must not pass through a float.
+        return int(value) - int(point.offset)
     number = float(value)
     if not math.isfinite(number):
         raise EncodeError(f"{point.name}: {value} cannot be written")
@@ -168,7 +171,7 @@ def encode(point: Point, value: Value) -> list[int]:
             raise EncodeError(f"{point.name}: {value} overflows float32")
         data = struct.pack(_FORMAT[point.type], float(raw))
     else:
-        number = _nearest(float(raw))
+        number = raw if isinstance(raw, int) else _nearest(raw)
         low, high = _INT_RANGE[point.type]
         if not low <= number <= high:
             lo_v = low * point.scale + point.offset

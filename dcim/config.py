@@ -26,7 +26,7 @@ from drivers.modbus.config import ModbusDevice
 from drivers.opcua.config import OpcUaDevice
 from drivers.profiles import ProfileError, available_profiles, error_path, load_profile
 from drivers.snmp.config import SnmpDevice
-from rules.config import RulesConfig
+from rules.config import RulesConfig, check_references
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 
@@ -284,6 +284,8 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     except ValidationError as err:
         errors += [(_loc_path(e["loc"], raw), _message(e)) for e in err.errors()]
     errors += _references(raw)
+    if config is not None:
+        errors += check_references(config)
     if errors or config is None:
         raise ConfigError(source, errors)
     return config

@@ -1,9 +1,335 @@
-"""Configuration of the rule engine (extended by the rules package)."""
+"""Configuration of the rule engine, under `rules:` in the daemon's configuration.
+
+    rules:
+      packs: {air-rack: true, liquid-rack: true, cdu-loop: true, chiller: true}   # built-ins, on by default
+      disable: [rack-phase-imbalance]           # switch single built-in rules off
+      overrides:                                # per-subject changes to any rule, built-in or own
+        rack-utilization: {A01: {warning: 70}}
+      rules:                                    # own rules; one named like a built-in replaces it
+        - name: rack-hot-aisle
+          scope: {racks: {cooling: air, rows: [A]}}
+          metric: power_kw
+          warning: "85% of power_budget_kw"
+          critical: "95% of power_budget_kw"
+          for: 30s
+          hysteresis: 2
+          clear_after: 1m
+      flow_lpm_per_kw: 1.5
+      control: {armed: false, ...}              # rules.control.ControlConfig
+      notifications: {...}                      # rules.notify.config.NotifyConfig
+
+Rule kinds: `threshold` (above/below a warning and/or critical threshold), `rate` (change per `per`
+seconds over `window`, above a threshold), `state` (the value equals one of `match`). Any rule can add
+`no_data`: an alarm when the metric has had no good value for that long.
+"""
 
 from __future__ import annotations
 
-from drivers.base import StrictModel
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+
+from dcim.samples import Value
+from drivers.base import Duration, PositiveDuration, StrictModel
+from rules.events import Severity
+from rules.model import RACK_METRICS, Threshold, parse_threshold
+from rules.notify.config import NotifyConfig
+
+if TYPE_CHECKING:
+    from dcim.config import Config
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
+Canonical = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+ThresholdSpec = float | str
+PACKS = ("air-rack", "liquid-rack", "cdu-loop", "chiller")
+
+
+def _threshold(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        parse_threshold(value)
+        return value
+    raise ValueError("a threshold is a number or an expression like '80% of power_budget_kw'")
+
+
+class RackSelector(StrictModel):
+    cooling: Literal["air", "liquid"] | None = None
+    rooms: list[str] | None = None
+    rows: list[str] | None = None
+    ids: list[str] | None = None
+
+
+class DeviceSelector(StrictModel):
+    kind: Literal["pdu", "cdu", "chiller"] | None = None
+    ids: list[str] | None = None
+
+
+class Scope(StrictModel):
+    racks: RackSelector | None = None
+    devices: DeviceSelector | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Scope:
+        if (self.racks is None) == (self.devices is None):
+            raise ValueError("a scope selects either racks or devices (e.g. {racks: {cooling: liquid}})")
+        return self
+
+
+class NoData(StrictModel):
+    after: PositiveDuration
+    severity: Severity = Severity.WARNING
+
+
+class Tuning(StrictModel):
+    """What an override can change for one subject."""
+
+    enabled: bool | None = None
+    warning: ThresholdSpec | None = None
+    critical: ThresholdSpec | None = None
+    for_: Duration | None = Field(default=None, alias="for")
+    hysteresis: Annotated[float, Field(ge=0)] | None = None
+    clear_after: Duration | None = None
+
+    _check = field_validator("warning", "critical", mode="before")(_threshold)
+
+
+class Rule(StrictModel):
+    name: Name
+    description: str = ""
+    enabled: bool = True
+    scope: Scope
+    metric: Canonical
+    kind: Literal["threshold", "rate", "state"] = "threshold"
+    # threshold and rate: which side of the thresholds is bad.
+    when: Literal["above", "below"] = "above"
+    warning: ThresholdSpec | None = None
+    critical: ThresholdSpec | None = None
+    # state: the values that raise the alarm, at `severity`.
+    match: list[Value] | None = None
+    severity: Severity = Severity.CRITICAL
+    # rate: the change over `window`, scaled to a change per `per` seconds.
+    window: PositiveDuration = 60.0
+    per: PositiveDuration = 60.0
+    # Pending period: the condition must hold this long before the alarm fires.
+    for_: Duration = Field(default=0.0, alias="for")
+    # Recovery threshold: the value must come back past the threshold by this much (metric units).
+    hysteresis: Annotated[float, Field(ge=0)] = 0.0
+    # The condition must stay clear this long before the alarm resolves.
+    clear_after: Duration = 0.0
+    no_data: NoData | None = None
+    # power | coolant | thermal | chiller | ...: coolant alarms of racks are hidden by a fault of their loop.
+    category: str = ""
+    # A firing alarm of this rule on a CDU hides the `coolant` alarms of the racks the CDU serves.
+    loop_fault: bool = False
+    message: str = ""
+    overrides: dict[str, Tuning] = Field(default_factory=dict)
+
+    _check = field_validator("warning", "critical", mode="before")(_threshold)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        if self.kind == "state":
+            if not self.match:
+                raise ValueError("a state rule needs `match`: the values that raise it (e.g. [true])")
+        elif self.warning is None and self.critical is None:
+            raise ValueError(f"a {self.kind} rule needs a `warning` or a `critical` threshold (or both)")
+        if self.scope.racks is not None and self.metric not in RACK_METRICS:
+            raise ValueError(
+                f"metric {self.metric!r} is not a rack metric (rack metrics: {', '.join(RACK_METRICS)})"
+            )
+        return self
+
+    def thresholds(self) -> dict[Severity, Threshold]:
+        out: dict[Severity, Threshold] = {}
+        if self.warning is not None:
+            out[Severity.WARNING] = parse_threshold(self.warning)
+        if self.critical is not None:
+            out[Severity.CRITICAL] = parse_threshold(self.critical)
+        return out
+
+    def tuned(self, tuning: Tuning | None) -> Rule:
+        if tuning is None:
+            return self
+        update = {k: v for k, v in tuning.model_dump().items() if v is not None}
+        return self.model_copy(update=update)
+
+
+class Communication(StrictModel):
+    """One alarm per device that stops answering, instead of many on stale data."""
+
+    enabled: bool = True
+    severity: Severity = Severity.WARNING
+    for_: Duration = Field(default=0.0, alias="for")
+
+
+class Envelope(StrictModel):
+    """Points a control action may write, per device kind, and the values allowed."""
+
+    kind: Literal["pdu", "cdu", "chiller"]
+    # A point name; `outlet_command:{outlet}` covers the command of every outlet.
+    point: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(:\{outlet\})?$")]
+    min: float | None = None
+    max: float | None = None
+    values: list[Value] | None = None
+
+
+class ActionWrite(StrictModel):
+    point: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(:\{outlet\}|:[0-9.]+)?$")]
+    # The value to write; or `increase_by` the point's last good value (capped by the envelope's max).
+    value: Value | None = None
+    increase_by: float | None = None
+    # PDU outlets: `outlet_command:{outlet}` is written once per outlet listed ("all": 1..outlets), as
+    # `outlet_command:7` (the driver's row-write convention).
+    outlets: list[int] | Literal["all"] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ActionWrite:
+        if (self.value is None) == (self.increase_by is None):
+            raise ValueError("an action write has either `value` or `increase_by`")
+        if self.outlets is not None and "{outlet}" not in self.point:
+            raise ValueError("`outlets` needs `{outlet}` in the point name")
+        return self
+
+
+class Action(StrictModel):
+    name: Name
+    # When an alarm of this rule fires (at this severity or above) ...
+    rule: Name
+    severity: Severity = Severity.CRITICAL
+    # ... wait this long (the alarm must still be firing), then write to these devices:
+    delay: Duration = 0.0
+    # subject: the alarm's own device; rack_pdus: the PDUs feeding the alarm's rack (or every rack of
+    # the alarm's CDU); cdu: the CDU of the alarm's rack (or the alarm's CDU).
+    target: Literal["subject", "rack_pdus", "cdu"]
+    writes: Annotated[list[ActionWrite], Field(min_length=1)]
+    outlets: Annotated[int, Field(ge=1, le=96)] = 24
+
+
+class ControlConfig(StrictModel):
+    armed: bool = False
+    actions: list[Action] = Field(default_factory=list)
+    envelope: list[Envelope] = Field(default_factory=list)
+    # At most this many commands per `period` seconds, all actions together.
+    max_actions: Annotated[int, Field(ge=1)] = 10
+    period: PositiveDuration = 3600.0
+    # And at most one command per device and point per this many seconds.
+    min_interval: Duration = 10.0
 
 
 class RulesConfig(StrictModel):
     enabled: bool = True
+    packs: dict[str, bool] = Field(default_factory=lambda: dict.fromkeys(PACKS, True))
+    disable: list[Name] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+    overrides: dict[Name, dict[str, Tuning]] = Field(default_factory=dict)
+    # Rack metrics and time-based rules are computed this often.
+    tick: PositiveDuration = 1.0
+    # A sample older than this no longer counts as the current value (rack metrics, rules).
+    stale_after: PositiveDuration = 15.0
+    flow_lpm_per_kw: Annotated[float, Field(gt=0, le=100)] = 1.5
+    communication: Communication = Communication()
+    control: ControlConfig = ControlConfig()
+    notifications: NotifyConfig = NotifyConfig()
+    # SQLite file of alarm state and history, relative to the daemon's state_dir.
+    store: str = "alarms.db"
+
+    @field_validator("packs")
+    @classmethod
+    def _known_packs(cls, packs: dict[str, bool]) -> dict[str, bool]:
+        unknown = sorted(set(packs) - set(PACKS))
+        if unknown:
+            raise ValueError(f"unknown pack(s) {', '.join(unknown)} (packs: {', '.join(PACKS)})")
+        return {**dict.fromkeys(PACKS, True), **packs}
+
+    @model_validator(mode="after")
+    def _unique(self) -> RulesConfig:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ValueError(f"rule {rule.name!r} is defined twice")
+            seen.add(rule.name)
+        names = [a.name for a in self.control.actions]
+        if len(names) != len(set(names)):
+            raise ValueError("control action names must be unique")
+        return self
+
+
+PACK_DIR = Path(__file__).parent / "packs"
+
+
+class Pack(StrictModel):
+    name: Name
+    description: str = ""
+    rules: list[Rule]
+
+
+@cache
+def load_pack(name: str) -> Pack:
+    """A built-in pack; a broken pack file is a bug of ours, so it raises rather than reports."""
+    raw = yaml.safe_load((PACK_DIR / f"{name}.yaml").read_text())
+    return Pack.model_validate(raw)
+
+
+def effective_rules(config: RulesConfig) -> list[Rule]:
+    """Enabled packs, minus `disable`, with own rules replacing same-named ones, `overrides` merged in."""
+    own = {rule.name: rule for rule in config.rules}
+    rules: list[Rule] = []
+    for pack, on in config.packs.items():
+        if on:
+            rules += [own.pop(r.name, r) for r in load_pack(pack).rules]
+    rules += own.values()
+    out: list[Rule] = []
+    for rule in rules:
+        if rule.name in config.disable or not rule.enabled:
+            continue
+        extra = config.overrides.get(rule.name)
+        if extra:
+            rule = rule.model_copy(update={"overrides": {**rule.overrides, **extra}})
+        out.append(rule)
+    return out
+
+
+def check_references(config: Config) -> list[tuple[str, str]]:
+    """Names in the rules that must exist elsewhere in the configuration (racks, devices, rules)."""
+    rc = config.rules
+    errors: list[tuple[str, str]] = []
+    racks = {rack.id for _, _, rack in config.racks()}
+    devices = {d.id for d in config.devices}
+    rooms = {room.id for room in config.rooms}
+    rows = {row.id for room in config.rooms for row in room.rows}
+    subjects = racks | devices
+    known_rules = {r.name for pack, on in rc.packs.items() if on for r in load_pack(pack).rules}
+    known_rules |= {r.name for r in rc.rules}
+    for i, rule in enumerate(rc.rules):
+        here = f"rules.rules[{i}]"
+        if rule.scope.racks is not None:
+            sel = rule.scope.racks
+            for field_name, pool in (("ids", racks), ("rooms", rooms), ("rows", rows)):
+                for j, name in enumerate(getattr(sel, field_name) or []):
+                    if name not in pool:
+                        errors.append((f"{here}.scope.racks.{field_name}[{j}]", f"unknown {field_name[:-1]} "
+                                                                                 f"{name!r}"))
+        if rule.scope.devices is not None:
+            for j, name in enumerate(rule.scope.devices.ids or []):
+                if name not in devices:
+                    errors.append((f"{here}.scope.devices.ids[{j}]", f"unknown device {name!r}"))
+        for subject in rule.overrides:
+            if subject not in subjects:
+                errors.append((f"{here}.overrides.{subject}", f"unknown rack or device {subject!r}"))
+    for j, name in enumerate(rc.disable):
+        if name not in known_rules:
+            errors.append((f"rules.disable[{j}]", f"no rule named {name!r}"))
+    for name, per_subject in rc.overrides.items():
+        if name not in known_rules:
+            errors.append((f"rules.overrides.{name}", f"no rule named {name!r}"))
+        for subject in per_subject:
+            if subject not in subjects:
+                errors.append((f"rules.overrides.{name}.{subject}", f"unknown rack or device {subject!r}"))
+    for j, action in enumerate(rc.control.actions):
+        if action.rule not in known_rules:
+            errors.append((f"rules.control.actions[{j}].rule", f"no rule named {action.rule!r}"))
+    return errors

@@ -1,0 +1,74 @@
+"""Why an alarm's notifications are held back right now: maintenance, shelved, or inhibited.
+
+Inhibition follows the topology, so one fault makes one page:
+- a device that is offline: its own threshold and no-data alarms, and those of the racks it serves, are
+  inhibited; its communication alarm (rules.evaluate.COMM_RULE) speaks for all of them;
+- a CDU loop fault (a firing alarm of a rule with `loop_fault: true`: leak, pump fault, low flow on the
+  CDU): the `coolant` alarms of every rack the CDU serves are inhibited.
+
+An alarm held back still fires and is stored and published (MQTT, database): only the notifier does not
+hear of it until the reason is gone. Maintenance windows also lock out control actions (rules.control).
+"""
+
+from __future__ import annotations
+
+from dcim.topology import Topology
+from rules.events import AlarmState
+from rules.store import AlarmRecord, AlarmStore
+
+MAINTENANCE = "maintenance"
+SHELVED = "shelved"
+INHIBITED = "inhibited"
+
+
+class Silencer:
+    def __init__(self, topology: Topology, store: AlarmStore, loop_fault_rules: set[str], comm_rule: str,
+                 offline: set[str]) -> None:
+        self.topology = topology
+        self.store = store
+        self.loop_fault_rules = loop_fault_rules
+        self.comm_rule = comm_rule
+        # The engine's live set of offline devices.
+        self.offline = offline
+
+    def related(self, subject: str) -> list[str]:
+        """The subject, its rack, and for a rack the devices serving it: what a maintenance window on any
+        of them covers."""
+        out = [subject]
+        rack = dict(self.topology.tags(subject)).get("rack")
+        if rack and rack != subject:
+            out.append(rack)
+        out += self.dependencies(subject)
+        return out
+
+    def dependencies(self, subject: str) -> list[str]:
+        """Devices whose data the subject's alarms are computed from."""
+        place = self.topology.racks.get(subject)
+        if place is None:
+            return []
+        deps = [f.pdu for f in (place.rack.feeds.a, place.rack.feeds.b) if f is not None]
+        if place.rack.cdu:
+            deps.append(place.rack.cdu)
+        return deps
+
+    def loop_fault(self, cdu: str) -> AlarmRecord | None:
+        for rule in self.loop_fault_rules:
+            record = self.store.record(f"{rule}/{cdu}")
+            if record is not None and record.state is AlarmState.FIRING:
+                return record
+        return None
+
+    def reason(self, record: AlarmRecord, now_ns: int) -> str:
+        if self.store.in_maintenance(self.related(record.subject), now_ns) is not None:
+            return MAINTENANCE
+        if record.shelved_until_ns is not None and record.shelved_until_ns > now_ns:
+            return SHELVED
+        if record.rule == self.comm_rule:
+            return ""
+        if record.subject in self.offline or any(d in self.offline for d in self.dependencies(record.subject)):
+            return INHIBITED
+        place = self.topology.racks.get(record.subject)
+        if place is not None and place.rack.cdu and record.labels.get("category") == "coolant" \
+                and self.loop_fault(place.rack.cdu) is not None:
+            return INHIBITED
+        return ""

@@ -1,0 +1,225 @@
+"""Derived rack metrics, from the latest good samples of the devices serving each rack.
+
+Every tick, for each rack (measurement `rack`, device = rack id; absent inputs give a BAD sample with the
+reason, or no sample when the rack lacks the equipment altogether, e.g. no feeds configured):
+
+    power_a_kw, power_b_kw   the feed PDU's `power_w` / 1000
+    power_kw                 sum of the configured feeds (BAD if one of them has no fresh value)
+    utilization_pct          power_kw / power_budget_kw x 100
+    feed_capacity_kw         smallest usable feed capacity: breaker_a x voltage_v x phases x 0.8 / 1000
+                             (phases = 3: line-to-neutral voltage, so 32 A x 230 V x 3 x 0.8 = 17.7 kW)
+    redundant_headroom_kw    (A and B feeds) the capacity left if the worse feed is lost:
+                             min over feeds of (capacity if the feed is live, else 0) - power_kw.
+                             A feed is not live when its PDU reports `tripped`, or when it carries less than
+                             2 % of a rack drawing over 1 kW (its upstream is gone). So a tripped A feed
+                             leaves headroom = -power_kw: the rack runs without redundancy.
+    branch_load_pct          worst phase current / breaker_a x 100 over both feeds (from the PDU's phase
+                             rows; without them, feed power / (voltage x phases x breaker) x 100)
+    phase_imbalance_pct      worst feed's max |I - Iavg| / Iavg x 100; not computed for a feed whose Iavg
+                             is under 0.5 A (the ratio means nothing at no load)
+    flow_required_lpm        power_kw x flow_lpm_per_kw (1.5 L/min per kW by default); racks with a CDU only
+    flow_delivered_lpm       the rack's share of its CDU's flow_lpm, proportional to power among the racks
+                             of the loop (the CDU meters the loop, not each rack). So flow_ratio_pct is the
+                             loop's ratio, the same for every rack of one loop.
+    flow_ratio_pct           flow_delivered / flow_required x 100 (rack above 1 kW only)
+    heat_removed_kw          the rack's power share of its CDU's heat_removed_kw
+    heat_ratio_pct           heat_removed_kw / power_kw x 100 (what the liquid loop carries; the rest goes
+                             to air)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dcim.config import Feed
+from dcim.samples import Batch, Quality, Sample, Value
+from dcim.topology import RackPlace, Topology
+
+NS = 1_000_000_000
+MIN_IAVG_A = 0.5
+DEAD_FEED_SHARE = 0.02
+MIN_RACK_KW = 1.0
+
+
+@dataclass(slots=True)
+class Reading:
+    value: Value
+    ts_ns: int
+
+
+@dataclass
+class Readings:
+    """Latest good value of every point of every subject (device or rack), and PDU table rows."""
+
+    stale_after_ns: int
+    points: dict[str, dict[str, Reading]] = field(default_factory=dict)
+    # device -> (measurement, tags) -> point -> reading, for table rows (PDU phases, outlets).
+    rows: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Reading]]] = field(
+        default_factory=dict)
+    offline: set[str] = field(default_factory=set)
+
+    def update(self, batch: Batch) -> list[str]:
+        """Keep the batch's good values; returns the untagged points that changed (for rule evaluation)."""
+        touched: list[str] = []
+        points = self.points.setdefault(batch.device, {})
+        for sample in batch.samples:
+            if sample.tags:
+                row = self.rows.setdefault(batch.device, {}).setdefault(
+                    (sample.measurement or batch.kind, sample.tags), {})
+                if sample.ok and sample.value is not None:
+                    row[sample.point] = Reading(sample.value, sample.ts_ns)
+                else:
+                    row.pop(sample.point, None)
+                continue
+            if sample.ok and sample.value is not None:
+                points[sample.point] = Reading(sample.value, sample.ts_ns)
+            else:
+                # A BAD or STALE sample withdraws the value: rules hold rather than judge old data.
+                points.pop(sample.point, None)
+            touched.append(sample.point)
+        return touched
+
+    def reading(self, subject: str, point: str, now_ns: int) -> Reading | None:
+        if subject in self.offline:
+            return None
+        found = self.points.get(subject, {}).get(point)
+        if found is None or now_ns - found.ts_ns > self.stale_after_ns:
+            return None
+        return found
+
+    def number(self, subject: str, point: str, now_ns: int) -> float | None:
+        found = self.reading(subject, point, now_ns)
+        if found is None or isinstance(found.value, str):
+            return None
+        return float(found.value)
+
+    def phase_currents(self, device: str, now_ns: int) -> list[float]:
+        if device in self.offline:
+            return []
+        currents: list[float] = []
+        for (measurement, tags), row in self.rows.get(device, {}).items():
+            if measurement != "pdu" or not any(k == "phase" for k, _ in tags):
+                continue
+            current = row.get("current_a")
+            if current is not None and now_ns - current.ts_ns <= self.stale_after_ns \
+                    and not isinstance(current.value, str):
+                currents.append(float(current.value))
+        return currents
+
+
+def feed_capacity_kw(feed: Feed) -> float:
+    # 80 %: continuous load on a branch circuit is limited to 80 % of the breaker rating.
+    return feed.breaker_a * feed.voltage_v * feed.phases * 0.8 / 1000.0
+
+
+def _imbalance(currents: list[float]) -> float | None:
+    if len(currents) < 2:
+        return None
+    mean = sum(currents) / len(currents)
+    if mean < MIN_IAVG_A:
+        return None
+    return max(abs(i - mean) for i in currents) / mean * 100.0
+
+
+class RackMetrics:
+    def __init__(self, topology: Topology, readings: Readings, *, flow_lpm_per_kw: float = 1.5) -> None:
+        self.topology = topology
+        self.readings = readings
+        self.flow_lpm_per_kw = flow_lpm_per_kw
+
+    def compute(self, now_ns: int) -> list[Batch]:
+        powers: dict[str, float | None] = {}
+        out: dict[str, list[Sample]] = {}
+        for rack_id, place in self.topology.racks.items():
+            samples, power = self._power(rack_id, place, now_ns)
+            powers[rack_id] = power
+            out[rack_id] = samples
+        for rack_id, place in self.topology.racks.items():
+            if place.rack.cdu is not None:
+                out[rack_id] += self._coolant(rack_id, place.rack.cdu, powers, now_ns)
+        return [Batch(rack_id, "rack", now_ns, samples) for rack_id, samples in out.items() if samples]
+
+    def _sample(self, rack: str, point: str, value: float | None, now_ns: int, reason: str = "") -> Sample:
+        if value is None:
+            return Sample(rack, point, None, now_ns, Quality.BAD, reason or "inputs missing", "rack")
+        return Sample(rack, point, round(value, 3), now_ns, measurement="rack")
+
+    def _power(self, rack_id: str, place: RackPlace, now: int) -> tuple[list[Sample], float | None]:
+        feeds = {side: f for side in ("a", "b") if (f := getattr(place.rack.feeds, side)) is not None}
+        if not feeds:
+            return [], None
+        samples: list[Sample] = []
+        kw: dict[str, float | None] = {}
+        missing: list[str] = []
+        for side, feed in feeds.items():
+            watts = self.readings.number(feed.pdu, "power_w", now)
+            kw[side] = None if watts is None else watts / 1000.0
+            why = "" if watts is not None else f"feed {side} ({feed.pdu}): no fresh power_w"
+            if why:
+                missing.append(why)
+            samples.append(self._sample(rack_id, f"power_{side}_kw", kw[side], now, why))
+        reason = "; ".join(missing)
+        total = None if missing else sum(v for v in kw.values() if v is not None)
+        budget = place.rack.power_budget_kw
+        samples.append(self._sample(rack_id, "power_kw", total, now, reason))
+        samples.append(self._sample(rack_id, "utilization_pct",
+                                    None if total is None else total / budget * 100.0, now, reason))
+        capacities = {side: feed_capacity_kw(feed) for side, feed in feeds.items()}
+        samples.append(self._sample(rack_id, "feed_capacity_kw", min(capacities.values()), now))
+        if len(feeds) == 2:
+            headroom = None
+            if total is not None:
+                live = {side: self._feed_live(feeds[side].pdu, kw[side], total, now) for side in feeds}
+                headroom = min(capacities[s] if live[s] else 0.0 for s in feeds) - total
+            samples.append(self._sample(rack_id, "redundant_headroom_kw", headroom, now, reason))
+        loads: list[float] = []
+        imbalances: list[float] = []
+        for side, feed in feeds.items():
+            currents = self.readings.phase_currents(feed.pdu, now)
+            if currents:
+                loads.append(max(currents) / feed.breaker_a * 100.0)
+                imbalance = _imbalance(currents)
+                if imbalance is not None:
+                    imbalances.append(imbalance)
+            elif kw[side] is not None:
+                per_phase_kw = feed.voltage_v * feed.phases * feed.breaker_a / 1000.0
+                loads.append((kw[side] or 0.0) / per_phase_kw * 100.0)
+        if loads:
+            samples.append(self._sample(rack_id, "branch_load_pct", max(loads), now))
+        if imbalances:
+            samples.append(self._sample(rack_id, "phase_imbalance_pct", max(imbalances), now))
+        return samples, total
+
+    def _feed_live(self, pdu: str, kw: float | None, total: float, now: int) -> bool:
+        tripped = self.readings.reading(pdu, "tripped", now)
+        if tripped is not None and tripped.value in (True, 1, "true", "tripped"):
+            return False
+        return not (kw is not None and total > MIN_RACK_KW and kw < DEAD_FEED_SHARE * total)
+
+    def _coolant(self, rack_id: str, cdu: str, powers: dict[str, float | None], now: int) -> list[Sample]:
+        power = powers.get(rack_id)
+        if power is None:
+            return []
+        loop = self.topology.racks_served_by(cdu)
+        unknown = [r for r in loop if powers.get(r) is None]
+        flow = self.readings.number(cdu, "flow_lpm", now)
+        heat = self.readings.number(cdu, "heat_removed_kw", now)
+        required = power * self.flow_lpm_per_kw
+        out = [self._sample(rack_id, "flow_required_lpm", required, now)]
+        if unknown:
+            reason = f"power unknown for rack(s) {', '.join(unknown)} of loop {cdu}"
+            share = None
+        else:
+            loop_kw = sum(powers[r] or 0.0 for r in loop)
+            share = power / loop_kw if loop_kw > 0 else 1.0 / len(loop)
+            reason = f"no fresh values from {cdu}"
+        delivered = None if share is None or flow is None else flow * share
+        removed = None if share is None or heat is None else heat * share
+        out.append(self._sample(rack_id, "flow_delivered_lpm", delivered, now, reason))
+        out.append(self._sample(rack_id, "heat_removed_kw", removed, now, reason))
+        if power > MIN_RACK_KW:
+            out.append(self._sample(rack_id, "flow_ratio_pct",
+                                    None if delivered is None else delivered / required * 100.0, now, reason))
+            out.append(self._sample(rack_id, "heat_ratio_pct",
+                                    None if removed is None else removed / power * 100.0, now, reason))
+        return out

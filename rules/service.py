@@ -1,0 +1,203 @@
+"""The rule engine as the daemon runs it: the pipeline's first sink, a tick loop, the alarm outlets.
+
+    service = RuleService(config, topology, controller=daemon, publish=pipeline.publish,
+                          alarm_outlet=publisher_or_None, notifier=notifier_or_None, clock=SystemClock())
+    pipeline.add_sink(service.sink)     # first: rules see samples before MQTT does
+    await service.run()                 # until cancelled: rack metrics, timers, control, store flushes
+    service.store                       # the alarm store (HTTP API, `dcim alarms`)
+
+Every alarm state change goes to: the store (state + history), `publish` as a Batch of kind `alarm`
+(measurement `alarm` in the database), `alarm_outlet.alarm_changed` (retained MQTT topic), and the
+notifier unless held back (rules.inhibit), and the control actions. Operator changes (ack, shelve) go to
+the outlet and, for alarms that were notified, to the notifier (which stops the reminders).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+
+from dcim.metrics import REGISTRY
+from dcim.samples import Batch, DeviceStatus, Sample
+from dcim.topology import Topology
+from rules.clock import Clock, SystemClock
+from rules.control import ControlActions, Controller
+from rules.evaluate import COMM_RULE, Engine
+from rules.events import AlarmEvent, AlarmState
+from rules.inhibit import Silencer
+from rules.store import AlarmRecord, AlarmStore
+
+if TYPE_CHECKING:
+    from dcim.config import Config
+
+log = structlog.get_logger(__name__)
+
+TICK_SECONDS = REGISTRY.summary("dcim_rules_tick_seconds", "Rule engine tick duration")
+EVENTS = REGISTRY.counter("dcim_alarm_events_total", "Alarm state changes", ("state", "severity"))
+FIRING = REGISTRY.gauge("dcim_alarms_firing", "Alarms firing now", ("severity",))
+ERRORS = REGISTRY.counter("dcim_rules_errors_total", "Rule engine errors", ("where",))
+
+
+class AlarmOutlet(Protocol):
+    def alarm_changed(self, event: AlarmEvent) -> None: ...
+
+
+class AlarmNotifier(Protocol):
+    def submit(self, event: AlarmEvent) -> None: ...
+
+
+class _Sink:
+    def __init__(self, service: RuleService) -> None:
+        self._service = service
+
+    def on_batch(self, batch: Batch) -> None:
+        self._service.engine.on_batch(batch)
+
+    def on_status(self, status: DeviceStatus) -> None:
+        self._service.engine.on_status(status)
+
+
+class RuleService:
+    def __init__(self, config: Config, topology: Topology, *, controller: Controller | None = None,
+                 publish: Callable[[Batch], None] | None = None, alarm_outlet: AlarmOutlet | None = None,
+                 notifier: AlarmNotifier | None = None, clock: Clock | None = None) -> None:
+        self.config = config.rules
+        self.topology = topology
+        self.clock: Clock = clock or SystemClock()
+        self.publish = publish
+        # Public: the daemon may create its publisher after the service and set it here.
+        self.alarm_outlet = alarm_outlet
+        self.notifier = notifier
+        self.store = AlarmStore(Path(config.state_dir) / self.config.store, clock=self.clock)
+        self.engine = Engine(self.config, topology, self.store, self.clock, self._on_event)
+        self.silencer = Silencer(topology, self.store, self.engine.loop_fault_rules, COMM_RULE,
+                                 self.engine.readings.offline)
+        self.control = ControlActions(self.config.control, topology, self.store, self.engine.readings,
+                                      self.clock, controller)
+        self.sink = _Sink(self)
+        self.store.on_change = self._on_operator
+        self._control_tasks: set[asyncio.Task[None]] = set()
+        REGISTRY.add_collector(self._collect)
+        if self.config.control.armed:
+            log.warning("control actions are ARMED", actions=[a.name for a in self.config.control.actions])
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick until cancelled; the store is flushed on the way out."""
+        try:
+            while True:
+                self.tick()
+                await self._flush()
+                await self.clock.sleep(self.config.tick)
+        finally:
+            for task in self._control_tasks:
+                task.cancel()
+            await asyncio.gather(*self._control_tasks, return_exceptions=True)
+            try:
+                await asyncio.shield(self._flush())
+            finally:
+                self.store.close()
+
+    async def _flush(self) -> None:
+        try:
+            await self.store.flush_async()
+        except sqlite3.Error:
+            ERRORS.inc(where="store")
+            log.exception("alarm store write failed; retrying next tick")
+
+    def tick(self) -> None:
+        """One round: rack metrics into the pipeline, timers, silences, due control actions."""
+        started = self.clock.now_ns()
+        for batch in self.engine.rack_batches():
+            if self.publish is not None:
+                self.publish(batch)  # comes back to our sink like any other batch
+            else:
+                self.engine.on_batch(batch)
+        self.engine.tick()
+        self.refresh()
+        for command in self.control.due():
+            task = asyncio.get_running_loop().create_task(self.control.send(command),
+                                                          name=f"rules:control:{command.device}")
+            self._control_tasks.add(task)
+            task.add_done_callback(self._control_tasks.discard)
+        TICK_SECONDS.observe((self.clock.now_ns() - started) / 1e9)
+
+    def refresh(self) -> None:
+        """Re-check why firing alarms are held back: a silence that ended lets the firing through."""
+        now = self.clock.now_ns()
+        for record in self.store.records():
+            if record.state is not AlarmState.FIRING:
+                continue
+            reason = self.silencer.reason(record, now)
+            if record.shelved_until_ns is not None and record.shelved_until_ns <= now:
+                record.shelved_until_ns, record.shelved_by = None, ""
+            if reason == record.suppressed:
+                continue
+            record.suppressed = reason
+            if not reason and not record.notified:
+                self._notify(record)
+            self.store.put(record)
+
+    # ---- alarm events ------------------------------------------------------------------------------------
+
+    def _on_event(self, record: AlarmRecord) -> None:
+        """An alarm fired, changed severity or resolved (the engine stores it right after)."""
+        now = self.clock.now_ns()
+        EVENTS.inc(state=str(record.state), severity=str(record.severity))
+        if record.state is AlarmState.FIRING:
+            record.suppressed = self.silencer.reason(record, now)
+            if not record.suppressed:
+                self._notify(record)
+        elif record.notified and self.notifier is not None:
+            self.notifier.submit(record.event())
+        log.info("alarm", key=record.key, state=str(record.state), severity=str(record.severity),
+                 message=record.message, suppressed=record.suppressed or None)
+        self._publish(record)
+        if self.alarm_outlet is not None:
+            self.alarm_outlet.alarm_changed(record.event())
+        self.control.on_alarm(record)
+
+    def _notify(self, record: AlarmRecord) -> None:
+        record.notified = True
+        if self.notifier is not None:
+            self.notifier.submit(record.event())
+
+    def _on_operator(self, record: AlarmRecord) -> None:
+        event = record.event()
+        if self.alarm_outlet is not None:
+            self.alarm_outlet.alarm_changed(event)
+        if record.notified and self.notifier is not None:
+            self.notifier.submit(event)
+
+    def _publish(self, record: AlarmRecord) -> None:
+        if self.publish is None:
+            return
+        tags = tuple(sorted({"rule": record.rule, "severity": str(record.severity)}.items()))
+        ts = record.updated_ns
+        fields: list[tuple[str, str | float | None]] = [
+            ("state", str(record.state)), ("value", record.value), ("threshold", record.threshold),
+            ("message", record.message),
+        ]
+        samples = [Sample(record.subject, name, value, ts, measurement="alarm", tags=tags)
+                   for name, value in fields if value is not None]
+        self.publish(Batch(record.subject, "alarm", ts, samples))
+
+    def _collect(self) -> None:
+        counts = {"warning": 0, "critical": 0}
+        for record in self.store.records():
+            if record.state is AlarmState.FIRING:
+                counts[str(record.severity)] += 1
+        for severity, count in counts.items():
+            FIRING.set(count, severity=severity)
+
+    # ---- for tests and tools -----------------------------------------------------------------------------
+
+    def firing(self) -> list[AlarmRecord]:
+        return [replace(r) for r in self.store.active()]

@@ -42,6 +42,7 @@ log = structlog.get_logger(__name__)
 
 TABLE_OF_FUNCTION = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 3: "holding", 6: "holding",
                      16: "holding", 22: "holding", 23: "holding", 4: "input"}
+WRITE_FUNCTIONS = (5, 6, 15, 16, 22, 23)
 # The order of pymodbus' non-shared blocks: (coils, discrete inputs, holding registers, input registers).
 BLOCKS = ("coil", "discrete", "holding", "input")
 
@@ -233,7 +234,11 @@ class ModbusSimulator:
 
     def writes(self, device: str) -> int:
         """Write requests (functions 5, 6, 15, 16, 22, 23) that reached the device."""
-        return sum(n for (dev, fc), n in self.requests.items() if dev == device and fc in (5, 6, 15, 16, 22, 23))
+        return sum(n for (dev, fc), n in self.requests.items() if dev == device and fc in WRITE_FUNCTIONS)
+
+    def connections(self) -> int:
+        """TCP connections open to the simulator's servers right now."""
+        return sum(len(server.active_connections) for server in self._servers)
 
     async def start(self) -> None:
         try:
@@ -253,7 +258,7 @@ class ModbusSimulator:
     async def stop(self) -> None:
         servers, self._servers = self._servers, []
         for server in servers:
-            await server.shutdown()
+            await server.shutdown()  # type: ignore[no-untyped-call]
 
 
 async def serve(plant: Plant, devices: list[ModbusDevice], *, profile_dirs: tuple[Path, ...] = ()) -> None:

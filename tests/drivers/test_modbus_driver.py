@@ -1,0 +1,366 @@
+"""The Modbus driver against the real simulator over TCP (pymodbus server on free loopback ports)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dcim.config import Config, parse_config
+from dcim.samples import Quality, Sample
+from drivers.base import DriverContext
+from drivers.errors import DeviceTimeout, DeviceUnreachable, WriteRejected
+from drivers.modbus import codec
+from drivers.modbus.config import ModbusDevice
+from drivers.modbus.driver import ModbusDriver, make_driver
+from drivers.modbus.points import Point
+from drivers.profiles import Profile, load_profile
+from simulators.modbus import ModbusSimulator
+from simulators.plant import Plant
+from tests.helpers import free_port, wait_until
+
+
+def hall(devices: list[dict[str, Any]], profile_dirs: list[str] | None = None) -> Config:
+    """One liquid-cooled rack per CDU, every CDU simulated on loopback."""
+    full = [{"kind": "cdu", "protocol": "modbus", "host": "127.0.0.1", "profile": "generic-cdu",
+             "timeout": 0.3, "retries": 1, "simulate": True, **d} for d in devices]
+    racks = [{"id": f"R{i}", "cooling": "liquid", "power_budget_kw": 150, "cdu": d["id"]}
+             for i, d in enumerate(full)]
+    return parse_config({
+        "site": {"id": "test"},
+        "rooms": [{"id": "room", "rows": [{"id": "A", "racks": racks}]}],
+        "devices": full,
+        "profile_dirs": profile_dirs or [],
+    })
+
+
+def modbus(config: Config) -> list[ModbusDevice]:
+    return [d for d in config.devices if isinstance(d, ModbusDevice)]
+
+
+@contextlib.asynccontextmanager
+async def simulating(plant: Plant, devices: list[ModbusDevice],
+                     profile_dirs: tuple[Path, ...] = ()) -> AsyncIterator[ModbusSimulator]:
+    simulator = ModbusSimulator(plant, devices, profile_dirs=profile_dirs)
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
+@contextlib.asynccontextmanager
+async def driving(device: ModbusDevice, profile: Profile[Any] | None = None,
+                  context: DriverContext | None = None,
+                  profile_dirs: tuple[Path, ...] = ()) -> AsyncIterator[ModbusDriver]:
+    driver = make_driver(device, profile or load_profile(device.profile, profile_dirs), context or DriverContext())
+    try:
+        yield driver
+    finally:
+        await driver.close()
+
+
+def by_name(samples: list[Sample]) -> dict[str, Sample]:
+    return {s.point: s for s in samples}
+
+
+def expected_value(point: Point, value: Any) -> Any:
+    """What the profile can carry of a plant value: the value after encoding and decoding."""
+    if point.is_bit_table or point.bit is not None:
+        return bool(value)
+    return codec.decode(point, codec.encode(point, value))
+
+
+def assert_matches_plant(profile: Profile[Any], samples: list[Sample], values: dict[str, Any]) -> None:
+    got = by_name(samples)
+    served = {p.name for p in profile.points if values.get(p.name) is not None}
+    # Points the plant has no value for are served as their `missing` marker and omitted by the driver.
+    assert set(got) == served
+    for point in profile.points:
+        if point.name not in served:
+            continue
+        sample = got[point.name]
+        assert sample.quality is Quality.GOOD, (point.name, sample.reason)
+        assert sample.measurement == "cdu"
+        assert sample.value == expected_value(point, values[point.name]), point.name
+        if isinstance(sample.value, float) and point.type in ("int16", "uint16", "int32", "uint32"):
+            # ...and that is the plant's value to within half a register step.
+            assert math.isclose(sample.value, values[point.name], abs_tol=abs(point.scale) / 2 + 1e-9)
+
+
+@pytest.mark.parametrize("profile_name", ["generic-cdu", "ocp-orv3-rpu"])
+async def test_every_point_equals_the_plant_value(profile_name: str) -> None:
+    config = hall([{"id": "cdu-1", "port": free_port(), "profile": profile_name}])
+    plant = Plant(config, frozen=True)
+    device = modbus(config)[0]
+    async with simulating(plant, [device]) as simulator, driving(device) as driver:
+        await driver.connect()
+        samples = await driver.read()
+        profile = load_profile(profile_name)
+        assert_matches_plant(profile, samples, plant.values("cdu-1"))
+        # The coalesced plan costs 3 requests for either profile, and that is what reached the server.
+        assert len(driver.plan) == 3
+        assert sum(simulator.requests.values()) == 3
+        await driver.read()
+        assert sum(simulator.requests.values()) == 6
+
+
+async def test_rpu_absent_pumps_are_omitted_not_zero() -> None:
+    config = hall([{"id": "cdu-1", "port": free_port(), "profile": "ocp-orv3-rpu"}])
+    plant = Plant(config, frozen=True)
+    device = modbus(config)[0]
+    async with simulating(plant, [device]), driving(device) as driver:
+        got = by_name(await driver.read())
+    assert {"pump1_rpm", "pump2_rpm"} <= set(got)
+    assert "pump3_rpm" not in got and "pump4_rpm" not in got
+
+
+def types_profile(directory: Path, byte_order: str, word_order: str) -> str:
+    """Every data type, with scale, offset, flags, an enum, coils and discrete inputs, in one byte/word
+    order, over plant values the CDU already has."""
+    name = f"types-{byte_order}-{word_order}"
+    points = [
+        {"name": "facility_supply_temp_c", "table": "input", "address": 0, "type": "int16", "scale": 0.01},
+        {"name": "facility_return_temp_c", "table": "input", "address": 1, "type": "uint16",
+         "scale": 0.1, "offset": -50},
+        {"name": "supply_temp_c", "table": "input", "address": 2, "type": "int32", "scale": 0.001},
+        {"name": "return_temp_c", "table": "input", "address": 4, "type": "uint32", "scale": 0.01,
+         "offset": -100},
+        {"name": "flow_lpm", "table": "input", "address": 6, "type": "float32"},
+        {"name": "heat_removed_kw", "table": "input", "address": 8, "type": "float64"},
+        {"name": "power_w", "table": "input", "address": 12, "type": "int64"},
+        {"name": "pump1_rpm", "table": "input", "address": 16, "type": "uint64"},
+        {"name": "supply_pressure_kpa", "table": "input", "address": 20, "type": "float32",
+         "scale": 0.5, "offset": 1},
+        {"name": "pump_fault", "table": "input", "address": 22, "type": "uint32", "bit": 17},
+        {"name": "pump1_running", "table": "input", "address": 22, "type": "uint32", "bit": 2},
+        {"name": "reservoir_level", "table": "input", "address": 24, "type": "uint16",
+         "enum": {1: "ok", 2: "low", 3: "empty"}},
+        {"name": "leak_zone2", "table": "coil", "address": 3, "type": "bool"},
+        {"name": "pump2_running", "table": "discrete", "address": 5, "type": "bool"},
+        {"name": "supply_temp_setpoint_c", "table": "holding", "address": 0, "type": "float32",
+         "writable": {"min": 18, "max": 45}},
+        {"name": "flow_setpoint_lpm", "table": "holding", "address": 2, "type": "uint32", "scale": 0.1,
+         "writable": {"min": 20, "max": 2000}},
+    ]
+    profile = {"name": name, "kind": "cdu", "protocol": "modbus",
+               "defaults": {"byte_order": byte_order, "word_order": word_order}, "points": points}
+    (directory / f"{name}.yaml").write_text(yaml.safe_dump(profile))
+    return name
+
+
+@pytest.mark.parametrize(("byte_order", "word_order"),
+                         [("big", "big"), ("big", "little"), ("little", "big"), ("little", "little")])
+async def test_every_type_and_order_over_tcp(tmp_path: Path, byte_order: str, word_order: str) -> None:
+    name = types_profile(tmp_path, byte_order, word_order)
+    config = hall([{"id": "cdu-1", "port": free_port(), "profile": name}], profile_dirs=[str(tmp_path)])
+    plant = Plant(config, frozen=True)
+    plant.inject("cdu-1", "pump_failure", pump=1)  # pump_fault true, pump1 stopped: flags both ways
+    # A frozen plant never steps, so the leak's wet zone and low reservoir are set on the state directly.
+    plant.cdus["cdu-1"].leak_zones[1] = True
+    plant.cdus["cdu-1"].reservoir_ok = False
+    device, dirs = modbus(config)[0], (tmp_path,)
+    async with simulating(plant, [device], dirs), driving(device, profile_dirs=dirs) as driver:
+        profile = load_profile(name, dirs)
+        values = plant.values("cdu-1")
+        assert values["pump_fault"] is True and values["pump1_running"] is False
+        assert values["leak_zone2"] is True and values["reservoir_level"] == "low"
+        assert_matches_plant(profile, await driver.read(), values)
+        # Writes through every order: a float32 and a scaled uint32 reach the plant exactly.
+        await driver.write("supply_temp_setpoint_c", 29.5)
+        await driver.write("flow_setpoint_lpm", 512.3)
+        assert plant.cdus["cdu-1"].supply_setpoint_c == 29.5
+        assert plant.cdus["cdu-1"].flow_setpoint_lpm == pytest.approx(512.3)
+        got = by_name(await driver.read())
+        assert got["supply_temp_setpoint_c"].value == 29.5
+        assert got["flow_setpoint_lpm"].value == 512.3
+
+
+@pytest.mark.parametrize(
+    ("profile_name", "point", "value", "state"),
+    [
+        ("generic-cdu", "supply_temp_setpoint_c", 30.5, lambda c: c.supply_setpoint_c),
+        ("generic-cdu", "flow_setpoint_lpm", 480, lambda c: c.flow_setpoint_lpm),
+        ("ocp-orv3-rpu", "supply_temp_setpoint_c", 27.3, lambda c: c.supply_setpoint_c),
+        ("ocp-orv3-rpu", "flow_setpoint_lpm", 431.7, lambda c: c.flow_setpoint_lpm),
+        ("ocp-orv3-rpu", "auto_flow_control", False, lambda c: c.auto_flow_control),
+    ],
+)
+async def test_a_write_reaches_the_plant_and_the_next_read(
+    profile_name: str, point: str, value: Any, state: Any
+) -> None:
+    config = hall([{"id": "cdu-1", "port": free_port(), "profile": profile_name}])
+    plant = Plant(config, frozen=True)
+    device = modbus(config)[0]
+    async with simulating(plant, [device]), driving(device) as driver:
+        before = by_name(await driver.read())
+        await driver.write(point, value)
+        assert state(plant.cdus["cdu-1"]) == pytest.approx(value)
+        after = by_name(await driver.read())
+        assert after[point].value == pytest.approx(value)
+        # Nothing else moved (a flag write rewrites its word: the other flags must survive it).
+        assert {k: s.value for k, s in after.items() if k != point} == \
+            {k: s.value for k, s in before.items() if k != point}
+
+
+async def test_a_flag_write_keeps_the_other_flags_of_its_word(tmp_path: Path) -> None:
+    config = hall([{"id": "cdu-1", "port": free_port(), "profile": "ocp-orv3-rpu"}])
+    plant = Plant(config, frozen=True)
+    device = modbus(config)[0]
+    async with simulating(plant, [device]), driving(device) as driver:
+        await driver.write("auto_flow_control", False)
+        await driver.write("auto_flow_control", True)
+        assert plant.cdus["cdu-1"].auto_flow_control is True
+        assert by_name(await driver.read())["auto_flow_control"].value is True
+
+
+@pytest.mark.parametrize(
+    ("point", "value", "match"),
+    [
+        ("supply_temp_setpoint_c", 60.0, "outside the allowed range"),
+        ("supply_temp_setpoint_c", 17.9, "outside the allowed range"),
+        ("supply_temp_setpoint_c", 30.05, "not a multiple of the step"),
+        ("supply_temp_setpoint_c", "warm", "not a number"),
+        ("flow_setpoint_lpm", math.nan, "outside the allowed range"),
+        ("supply_temp_c", 30.0, "read-only"),
+        ("leak", True, "read-only"),
+        ("no_such_point", 1, "has no point"),
+    ],
+)
+async def test_a_refused_write_sends_nothing(point: str, value: Any, match: str) -> None:
+    config = hall([{"id": "cdu-1", "port": free_port()}])
+    plant = Plant(config, frozen=True)
+    device = modbus(config)[0]
+    async with simulating(plant, [device]) as simulator, driving(device) as driver:
+        await driver.connect()
+        with pytest.raises(WriteRejected, match=match):
+            await driver.write(point, value)
+        assert sum(simulator.requests.values()) == 0
+        assert plant.cdus["cdu-1"].supply_setpoint_c == 32.0
+
+
+async def test_a_value_the_register_cannot_hold_is_refused_before_sending(tmp_path: Path) -> None:
+    # The profile allows up to 10000 L/min, but a uint16 in tenths holds at most 6553.5.
+    profile = {"name": "narrow", "kind": "cdu", "protocol": "modbus", "points": [
+        {"name": "flow_setpoint_lpm", "table": "holding", "address": 101, "type": "uint16", "scale": 0.1,
+         "writable": {"min": 0, "max": 10000}}]}
+    (tmp_path / "narrow.yaml").write_text(yaml.safe_dump(profile))
+    config = hall([{"id": "cdu-1", "port": free_port()}])
+    plant = Plant(config, frozen=True)
+    device, dirs = modbus(config)[0], (tmp_path,)
+    async with simulating(plant, [device]) as simulator, \
+            driving(device, load_profile("narrow", dirs)) as driver:
+        with pytest.raises(WriteRejected, match="outside what a uint16"):
+            await driver.write("flow_setpoint_lpm", 7000)
+        assert simulator.writes("cdu-1") == 0
+
+
+async def test_an_exception_code_marks_that_read_bad_and_keeps_the_rest(tmp_path: Path) -> None:
+    # The driver's profile has one more point than the device serves: its read gets "illegal address".
+    served = load_profile("generic-cdu")
+    extra = Point.model_validate({"name": "extra_temp_c", "table": "input", "address": 300, "type": "int16"})
+    profile = served.model_copy(update={"points": [*served.points, extra]})
+    config = hall([{"id": "cdu-1", "port": free_port()}])
+    plant = Plant(config, frozen=True)
+    device = modbus(config)[0]
+    async with simulating(plant, [device]), driving(device, profile) as driver:
+        assert len(driver.plan) == 4
+        got = by_name(await driver.read())
+    bad = got["extra_temp_c"]
+    assert bad.quality is Quality.BAD and bad.value is None
+    assert "exception 2 (illegal data address)" in bad.reason
+    assert_matches_plant(served, [s for s in got.values() if s.point != "extra_temp_c"], plant.values("cdu-1"))
+
+
+async def test_a_silent_unit_times_out_while_another_port_keeps_answering() -> None:
+    config = hall([{"id": "cdu-1", "port": free_port(), "timeout": 0.3, "retries": 1},
+                   {"id": "cdu-2", "port": free_port(), "timeout": 0.3, "retries": 1}])
+    plant = Plant(config, frozen=True)
+    one, two = modbus(config)
+    context = DriverContext()
+    async with simulating(plant, [one, two]) as simulator, \
+            driving(one, context=context) as silent, driving(two, context=context) as healthy:
+        await silent.read()
+        plant.inject("cdu-1", "no_response")
+        loop = asyncio.get_running_loop()
+        finished: list[str] = []
+
+        async def poll(driver: ModbusDriver) -> list[Sample]:
+            try:
+                return await driver.read()
+            finally:
+                finished.append(driver.device.id)
+
+        started = loop.time()
+        silent_task = asyncio.create_task(poll(silent))
+        healthy_samples = await poll(healthy)
+        with pytest.raises(DeviceTimeout, match="no answer within 0.3 s"):
+            await silent_task
+        elapsed = loop.time() - started
+        # One plan read of cdu-1 tried twice (retries=1), each bounded by the timeout; a generous margin
+        # for a loaded machine, but nowhere near a second round of retries.
+        assert elapsed < 0.3 * 2 + 0.5
+        assert finished == ["cdu-2", "cdu-1"]
+        assert_matches_plant(healthy.profile, healthy_samples, plant.values("cdu-2"))
+        assert simulator.addresses[(one.host, one.port)][0].dropped == 2
+        plant.clear("cdu-1")
+        assert len(await silent.read()) == len(healthy_samples)
+
+
+async def test_units_behind_one_address_share_one_connection() -> None:
+    port = free_port()
+    config = hall([{"id": "cdu-1", "port": port, "unit_id": 1, "max_in_flight": 2},
+                   {"id": "cdu-2", "port": port, "unit_id": 7}])
+    plant = Plant(config, frozen=True)
+    plant.write("cdu-2", "supply_temp_setpoint_c", 28.0)  # so the two units serve different values
+    one, two = modbus(config)
+    context = DriverContext()
+    async with simulating(plant, [one, two]) as simulator, \
+            driving(one, context=context) as first, driving(two, context=context) as second:
+        results = await asyncio.gather(first.read(), second.read(), first.read(), second.read())
+        assert first.connection is second.connection
+        assert len(context.shared) == 1
+        assert simulator.connections() == 1
+        assert by_name(results[0])["supply_temp_setpoint_c"].value == 32.0
+        assert by_name(results[1])["supply_temp_setpoint_c"].value == 28.0
+        assert_matches_plant(second.profile, results[3], plant.values("cdu-2"))
+        await first.close()
+        assert len(context.shared) == 1  # cdu-2 still uses it
+        assert (await second.read())
+    assert context.shared == {}
+
+
+async def test_the_driver_reconnects_when_the_server_comes_back() -> None:
+    config = hall([{"id": "cdu-1", "port": free_port(), "timeout": 0.3, "retries": 0}])
+    plant = Plant(config, frozen=True)
+    device = modbus(config)[0]
+    async with driving(device) as driver:
+        async with simulating(plant, [device]):
+            assert await driver.read()
+        with pytest.raises((DeviceUnreachable, DeviceTimeout)):
+            await driver.read()
+        # While backing off, reads fail at once rather than queue.
+        with pytest.raises(DeviceUnreachable):
+            await driver.read()
+        async with simulating(plant, [device]):
+            async def back() -> list[Sample] | None:
+                try:
+                    return await driver.read()
+                except (DeviceUnreachable, DeviceTimeout):
+                    return None
+
+            samples = await wait_until(back, timeout=20, interval=0.05)
+        assert_matches_plant(driver.profile, samples, plant.values("cdu-1"))
+
+
+async def test_an_unreachable_port_raises_unreachable_fast() -> None:
+    config = hall([{"id": "cdu-1", "port": free_port(), "timeout": 0.5}])
+    async with driving(modbus(config)[0]) as driver:
+        with pytest.raises(DeviceUnreachable, match="cannot connect"):
+            await driver.connect()

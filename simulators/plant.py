@@ -326,6 +326,11 @@ class Plant:
         return out
 
     def _chiller_values(self, ch: ChillerState) -> dict[str, Value]:
+        # Faults show at once, also in a frozen plant (advance() is where they would otherwise land).
+        if self.fault(ch.id, "trip") is not None or self.fault(ch.id, "lockout") is not None:
+            ch.running = False
+        ch.tripped = ch.tripped or self.fault(ch.id, "trip") is not None
+        ch.locked_out = ch.locked_out or self.fault(ch.id, "lockout") is not None
         load = self.chiller_load_kw(ch) if ch.running else 0.0
         flow_kg_s = max(1.0, ch.capacity_kw / (WATER_CP * 6.0))
         entering = ch.leaving_c + load / (flow_kg_s * WATER_CP)

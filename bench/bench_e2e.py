@@ -118,7 +118,8 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
-    print(f"{'CDUs':>6} {'expected pts/s':>15} {'stored pts/s':>13} {'CPU s/1000 pts':>15} {'daemon CPU':>11} {'RSS MiB':>8}")
+    print(f"{'CDUs':>6} {'expected pts/s':>15} {'stored pts/s':>13} {'CPU s/1000 pts':>15} "
+          f"{'daemon CPU':>11} {'RSS MiB':>8}")
     with tempfile.TemporaryDirectory(prefix="dcim-bench-") as tmp:
         for n in sizes:
             r = run(n, seconds, Path(tmp))

@@ -208,10 +208,18 @@ def _message(error: Any) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _references(raw: dict[str, Any]) -> list[tuple[str, str]]:
     """Cross-reference checks on the raw mapping, so they run even when the schema has errors."""
     errors: list[tuple[str, str]] = []
-    devices = raw.get("devices") if isinstance(raw.get("devices"), list) else []
+    devices = _list(raw.get("devices"))
     ids: dict[str, int] = {}
     kinds: dict[str, str] = {}
     extra = tuple(Path(p) for p in raw.get("profile_dirs") or [] if isinstance(p, str))
@@ -244,12 +252,9 @@ def _references(raw: dict[str, Any]) -> list[tuple[str, str]]:
                         errors.append((f"devices[{i}].profile",
                                        f"profile {name} is for a {profile.kind}, the device is a {dev.get('kind')}"))
     rack_ids: dict[str, str] = {}
-    rooms = raw.get("rooms") if isinstance(raw.get("rooms"), list) else []
-    for ri, room in enumerate(rooms):
-        rows = room.get("rows") if isinstance(room, dict) and isinstance(room.get("rows"), list) else []
-        for wi, row in enumerate(rows):
-            racks = row.get("racks") if isinstance(row, dict) and isinstance(row.get("racks"), list) else []
-            for ki, rack in enumerate(racks):
+    for ri, room in enumerate(_list(raw.get("rooms"))):
+        for wi, row in enumerate(_list(_dict(room).get("rows"))):
+            for ki, rack in enumerate(_list(_dict(row).get("racks"))):
                 if not isinstance(rack, dict):
                     continue
                 here = f"rooms[{ri}].rows[{wi}].racks[{ki}]"
@@ -263,8 +268,7 @@ def _references(raw: dict[str, Any]) -> list[tuple[str, str]]:
                     errors.append((f"{here}.cdu", f"{cdu!r} is not a CDU device"))
                 if rack.get("cooling") == "liquid" and cdu is None:
                     errors.append((f"{here}.cdu", "a liquid-cooled rack needs the CDU that serves it"))
-                feeds = rack.get("feeds") if isinstance(rack.get("feeds"), dict) else {}
-                for side, feed in feeds.items():
+                for side, feed in _dict(rack.get("feeds")).items():
                     pdu = feed.get("pdu") if isinstance(feed, dict) else None
                     if isinstance(pdu, str) and kinds.get(pdu) != "pdu":
                         errors.append((f"{here}.feeds.{side}.pdu", f"{pdu!r} is not a PDU device"))

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +182,7 @@ async def watch_broker(config: Config, view: View) -> None:
                                       identifier=f"dcim-demo-view-{free_port()}") as client:
                 await client.subscribe(f"{config.mqtt.prefix}/#", qos=1)
                 async for message in client.messages:
-                    view.mqtt_message(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
+                    view.mqtt_message(str(message.topic), bytes(message.payload))
         except aiomqtt.MqttError:
             await asyncio.sleep(1.0)
 
@@ -236,6 +236,5 @@ def run_demo(path: Path, *, duration: float | None = None, scenario: bool = True
         print(err.render(), file=sys.stderr)
         return 2
     setup_logging("warning", "console")
-    main: Awaitable[None] = demo(config, duration=duration, faults=scenario)
-    asyncio.run(main)  # type: ignore[arg-type]
+    asyncio.run(demo(config, duration=duration, faults=scenario))
     return 0

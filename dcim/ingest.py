@@ -17,8 +17,8 @@ from typing import Any
 
 import aiomqtt
 import structlog
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from dcim.backoff import Backoff
 from dcim.config import Config
@@ -79,7 +79,7 @@ class Ingest:
         v5 = mqtt.protocol == "5"
         connect_props = None
         if v5:
-            connect_props = Properties(PacketTypes.CONNECT)
+            connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             connect_props.SessionExpiryInterval = SESSION_EXPIRY_S
         return aiomqtt.Client(
             mqtt.host or "", mqtt.port,
@@ -180,7 +180,7 @@ class Ingest:
         self.written += len(items)
         WRITTEN.inc(len(items))
 
-    async def drain(self, timeout: float, quiet: float = 0.5) -> bool:
+    async def drain(self, timeout: float, quiet: float = 0.5) -> bool:  # noqa: ASYNC109 - a shutdown budget
         """At shutdown: wait until no message came for `quiet` seconds and everything is written."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -198,7 +198,7 @@ class MqttPublisher:
             if isinstance(result, BaseException):
                 raise result
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a shutdown budget
         """Wait until the outbox is empty (True) or the timeout passes (False). Used at shutdown."""
         await self.outbox.flush()
         if self.outbox.depth == 0:

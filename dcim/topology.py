@@ -48,9 +48,11 @@ class Topology:
             tags["device"] = device.id
             self._tags[device.id] = tuple(sorted(tags.items()))
         for rack_id, place in self.racks.items():
-            self._tags[rack_id] = tuple(sorted(
-                {"site": self.site, "room": place.room, "row": place.row, "rack": rack_id}.items()
-            ))
+            rack_tags = {"site": self.site, "room": place.room, "row": place.row, "rack": rack_id}
+            # The CDU loop serving the rack: lets dashboards join a rack with its coolant readings.
+            if place.rack.cdu:
+                rack_tags["cdu"] = place.rack.cdu
+            self._tags[rack_id] = tuple(sorted(rack_tags.items()))
 
     def tags(self, source: str) -> tuple[tuple[str, str], ...]:
         """Static tags of a device or rack id (a rack's derived metrics carry no `device` tag)."""

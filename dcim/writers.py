@@ -10,7 +10,6 @@ first with backoff and drops the second, counted and logged, so one bad line nev
 
 from __future__ import annotations
 
-import asyncio
 from typing import Protocol
 
 import aiohttp
@@ -65,12 +64,12 @@ class V2Writer:
         except InfluxDBError as err:
             status = err.response.status if err.response is not None else None
             raise _classify(status, str(err)) from err
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
             raise RetryableWriteError(f"{type(err).__name__}: {err}") from err
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.close()
+            await self._client.close()  # type: ignore[no-untyped-call]
             self._client = None
 
 
@@ -116,7 +115,7 @@ class V1Writer:
                 await self._create_database()
                 return await self.write(lines)
             raise _classify(response.status, body)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
             raise RetryableWriteError(f"{type(err).__name__}: {err}") from err
 
     async def close(self) -> None:

@@ -85,7 +85,7 @@ class DriverContext:
 class Driver(abc.ABC):
     """One device: connect, read a poll's worth of samples, write canonical points."""
 
-    def __init__(self, device: DeviceBase, profile: Profile) -> None:
+    def __init__(self, device: DeviceBase, profile: Profile[Any]) -> None:
         self.device = device
         self.profile = profile
 

@@ -111,7 +111,8 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"daemon did not stop within {timeout} s of {signal.Signals(sig).name}:\n{self.log()}")
+            raise AssertionError(
+                f"daemon did not stop within {timeout} s of {signal.Signals(sig).name}:\n{self.log()}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""

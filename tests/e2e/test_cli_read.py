@@ -46,19 +46,19 @@ async def test_write_in_range_reaches_the_device_and_out_of_range_is_refused(tmp
     config = load(path)
     plant = Plant(config, frozen=True)
     async with simulators(config, plant):
-        code, out, err = await dcim("write", "-c", str(path), "cdu-1", "supply_temp_setpoint_c", "30.5")
+        code, _out, err = await dcim("write", "-c", str(path), "cdu-1", "supply_temp_setpoint_c", "30.5")
         assert code == 0, err
         assert plant.cdus["cdu-1"].supply_setpoint_c == pytest.approx(30.5)
-        code, out, err = await dcim("write", "-c", str(path), "cdu-1", "supply_temp_setpoint_c", "80")
+        code, _out, err = await dcim("write", "-c", str(path), "cdu-1", "supply_temp_setpoint_c", "80")
         assert code == 1 and "outside the allowed range" in err
         assert plant.cdus["cdu-1"].supply_setpoint_c == pytest.approx(30.5)
-        code, out, err = await dcim("write", "-c", str(path), "cdu-1", "flow_lpm", "10")
+        code, _out, err = await dcim("write", "-c", str(path), "cdu-1", "flow_lpm", "10")
         assert code == 1 and "read-only" in err
 
 
 async def test_read_of_a_dead_device_fails_clearly(tmp_path: Path) -> None:
     path = cdu_hall(tmp_path, cdus=1)
-    code, out, err = await dcim("read", "-c", str(path), "cdu-1", "--timeout", "5")
+    code, _out, err = await dcim("read", "-c", str(path), "cdu-1", "--timeout", "5")
     assert code == 1 and "cannot read" in err
-    code, out, err = await dcim("read", "-c", str(path), "cdu-9")
+    code, _out, err = await dcim("read", "-c", str(path), "cdu-9")
     assert code == 2 and "no device 'cdu-9'" in err

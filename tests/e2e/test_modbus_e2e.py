@@ -44,7 +44,8 @@ async def test_cdu_points_reach_influxdb_v1(tmp_path: Path, mosquitto: Any, infl
         with DaemonProcess(path) as daemon:
             for device in ("cdu-1", "cdu-2"):
                 rows = await wait_until(
-                    lambda d=device: influxdb_v1.query(f"SELECT * FROM cdu WHERE device='{d}' ORDER BY time DESC LIMIT 1"),
+                    lambda d=device: influxdb_v1.query(
+                        f"SELECT * FROM cdu WHERE device='{d}' ORDER BY time DESC LIMIT 1"),
                     timeout=30, ignore=(Exception,), message=f"{device} rows in InfluxDB\n{daemon.log()}")
                 row = rows[0]
                 assert_equal_values(row, expected_cdu_values(plant, device), where=device)

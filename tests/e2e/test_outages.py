@@ -6,6 +6,7 @@ Nothing is lost while an outage fits the outboxes; a dead device is marked and n
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,13 @@ async def test_dead_device_goes_offline_marks_samples_and_recovers(tmp_path: Pat
         before = len(recorder.batches["cdu-2"])
         await wait_until(lambda: len(recorder.batches["cdu-2"]) >= before + 5, timeout=5)
         stamps = [b.ts_ns for b in recorder.batches["cdu-2"][before:]]
-        gaps = [(b - a) / 1e9 for a, b in zip(stamps, stamps[1:], strict=False)]
+        gaps = [(b - a) / 1e9 for a, b in itertools.pairwise(stamps)]
         assert max(gaps) < 0.45, f"cdu-2 delayed by the dead cdu-1: gaps {gaps}"
         assert all(s.quality is Quality.GOOD for b in recorder.batches["cdu-2"] for s in b.samples)
         # Logged once: one offline status however many polls failed.
         assert sum(1 for s in recorder.status if s.device == "cdu-1" and not s.online) == 1
         plant.clear("cdu-1")
-        await wait_until(lambda: recorder.status[-1].device == "cdu-1" and recorder.status[-1].online
+        await wait_until(lambda: (recorder.status[-1].device == "cdu-1" and recorder.status[-1].online)
                          or any(s.device == "cdu-1" and s.online for s in recorder.status[len(offline):]),
                          timeout=15)
         last = recorder.batches["cdu-1"][-1]
@@ -71,7 +72,7 @@ async def test_dead_device_goes_offline_marks_samples_and_recovers(tmp_path: Pat
 
 def _gaps_ok(rows: list[dict[str, Any]], interval_s: float) -> tuple[bool, float]:
     stamps = sorted(int(r["time"]) for r in rows)
-    widest = max((b - a) / 1e9 for a, b in zip(stamps, stamps[1:], strict=False)) if len(stamps) > 1 else 0.0
+    widest = max((b - a) / 1e9 for a, b in itertools.pairwise(stamps)) if len(stamps) > 1 else 0.0
     return widest < interval_s * 2.5, widest
 
 

@@ -184,3 +184,11 @@ def test_two_devices_cannot_claim_one_unit_id() -> None:
     config = hall([{"id": "cdu-1", "port": port, "unit_id": 3}, {"id": "cdu-2", "port": port, "unit_id": 3}])
     with pytest.raises(ValueError, match="unit id 3 is already served"):
         ModbusSimulator(Plant(config), modbus(config))
+
+
+async def test_a_unit_id_nobody_uses_answers_device_failure() -> None:
+    port = free_port()
+    config = hall([{"id": "cdu-1", "port": port, "unit_id": 1}])
+    async with simulating(Plant(config, frozen=True), modbus(config)), client(port) as c:
+        answer = await c.read_input_registers(0, count=1, device_id=9)
+        assert answer.isError() and answer.exception_code == 4

@@ -160,6 +160,11 @@ class Engine:
         for device in list(self.offline_since):
             self._judge_comm(device, now)
 
+    def recovering(self, key: str) -> bool:
+        """The alarm's condition is clear and it waits out its clear delay."""
+        timers = self.timers.get(key)
+        return timers is not None and timers.clear_since is not None
+
     # ---- judging -----------------------------------------------------------------------------------------
 
     def _remember(self, bound: Bound, ts_ns: int, value: float) -> None:

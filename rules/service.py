@@ -9,7 +9,7 @@
 Every alarm state change goes to: the store (state + history), `publish` as a Batch of kind `alarm`
 (measurement `alarm` in the database), `alarm_outlet.alarm_changed` (retained MQTT topic), and the
 notifier unless held back (rules.inhibit), and the control actions. Operator changes (ack, shelve) go to
-the outlet and, for alarms that were notified, to the notifier (which stops the reminders).
+the outlet; acknowledgements of notified alarms also to the notifier (which stops the reminders).
 """
 
 from __future__ import annotations
@@ -130,20 +130,26 @@ class RuleService:
         TICK_SECONDS.observe((self.clock.now_ns() - started) / 1e9)
 
     def refresh(self) -> None:
-        """Re-check why firing alarms are held back: a silence that ended lets the firing through."""
+        """Re-check why firing alarms are held back: a silence that ended lets the firing through,
+        unless the alarm is already on its way out (its condition cleared, waiting the clear delay):
+        the after-effect of an inhibited fault is not worth a page."""
         now = self.clock.now_ns()
         for record in self.store.records():
             if record.state is not AlarmState.FIRING:
                 continue
-            reason = self.silencer.reason(record, now)
+            changed = False
             if record.shelved_until_ns is not None and record.shelved_until_ns <= now:
                 record.shelved_until_ns, record.shelved_by = None, ""
-            if reason == record.suppressed:
-                continue
-            record.suppressed = reason
-            if not reason and not record.notified:
+                changed = True
+            reason = self.silencer.reason(record, now)
+            if reason != record.suppressed:
+                record.suppressed = reason
+                changed = True
+            if not reason and not record.notified and not self.engine.recovering(record.key):
                 self._notify(record)
-            self.store.put(record)
+                changed = True
+            if changed:
+                self.store.put(record)
 
     # ---- alarm events ------------------------------------------------------------------------------------
 
@@ -173,7 +179,9 @@ class RuleService:
         event = record.event()
         if self.alarm_outlet is not None:
             self.alarm_outlet.alarm_changed(event)
-        if record.notified and self.notifier is not None:
+        # The notifier knows acknowledgements (they stop reminders); shelves it need not know: the
+        # alarm's notifications are held back here.
+        if record.notified and record.acknowledged and self.notifier is not None:
             self.notifier.submit(event)
 
     def _publish(self, record: AlarmRecord) -> None:

@@ -1,0 +1,101 @@
+"""Derived rack metrics from realistic sample batches: the plant model's PDU and CDU readings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dcim.samples import Quality
+from rules.metrics import feed_capacity_kw
+from simulators.plant import Plant
+from tests.rules.rig import Rig, hall
+
+
+def from_plant(r: Rig, plant: Plant) -> None:
+    """One poll of every PDU and CDU, as the drivers would deliver it (phase rows tagged `phase`)."""
+    for device, kind in r.topology.kinds.items():
+        if kind == "chiller":
+            continue
+        rows = None
+        if kind == "pdu":
+            rows = {(("phase", str(i)),): row for i, row in plant.rows(device, "phase").items()}
+        r.send(device, kind, plant.values(device), rows)
+
+
+def tick(r: Rig, plant: Plant) -> dict[str, dict[str, object]]:
+    r.clock.advance(1)
+    from_plant(r, plant)
+    r.published.clear()
+    r.service.tick()
+    return {rack: r.rack_values(rack) for rack in r.topology.racks}
+
+
+@pytest.fixture
+def plant_rig(tmp_path: Path) -> tuple[Rig, Plant]:
+    r = Rig(hall(tmp_path))
+    return r, Plant(r.config, frozen=True)
+
+
+def test_power_metrics_match_the_plant(plant_rig: tuple[Rig, Plant]) -> None:
+    r, plant = plant_rig
+    racks = tick(r, plant)
+    a01 = racks["A01"]
+    state = plant.racks["A01"]
+    expected = plant.rack_power_kw(state)
+    assert a01["power_kw"] == pytest.approx(expected, rel=1e-3)
+    assert a01["power_a_kw"] == pytest.approx(expected / 2, rel=1e-3)
+    assert a01["utilization_pct"] == pytest.approx(expected / 150 * 100, rel=1e-3)
+    capacity = 250 * 230 * 3 * 0.8 / 1000
+    assert a01["feed_capacity_kw"] == pytest.approx(capacity)
+    assert a01["redundant_headroom_kw"] == pytest.approx(capacity - expected, rel=1e-3)
+    # The plant's phases carry 1.04 / 0.98 / 0.98 of a third of the feed: 4 % imbalance.
+    assert a01["phase_imbalance_pct"] == pytest.approx(4.0, abs=0.2)
+    phase_current = expected / 2 * 1000 / 3 * 1.04 / 230
+    assert a01["branch_load_pct"] == pytest.approx(phase_current / 250 * 100, rel=0.01)
+
+
+def test_feed_trip_leaves_b_without_redundant_headroom(plant_rig: tuple[Rig, Plant]) -> None:
+    r, plant = plant_rig
+    before = tick(r, plant)["A01"]
+    assert isinstance(before["redundant_headroom_kw"], float) and before["redundant_headroom_kw"] > 0
+    plant.inject("pdu-A01-a", "feed_trip")
+    after = tick(r, plant)["A01"]
+    assert after["power_a_kw"] == 0.0
+    assert after["power_b_kw"] == pytest.approx(before["power_kw"], rel=1e-3)
+    # Nothing left if B fails too: the rack runs without redundancy.
+    assert after["redundant_headroom_kw"] == pytest.approx(-after["power_kw"], rel=1e-3)  # type: ignore[operator]
+    assert tick(r, plant)["A02"]["redundant_headroom_kw"] == before["redundant_headroom_kw"]
+
+
+def test_pump_failure_drops_the_flow_ratio(plant_rig: tuple[Rig, Plant]) -> None:
+    r, plant = plant_rig
+    before = tick(r, plant)
+    assert before["A01"]["flow_ratio_pct"] == pytest.approx(before["A02"]["flow_ratio_pct"])  # one loop
+    assert before["A01"]["flow_ratio_pct"] > 90  # type: ignore[operator]
+    plant.inject("cdu-1", "pump_failure")
+    after = tick(r, plant)
+    assert after["A01"]["flow_ratio_pct"] == 0.0
+    assert after["A01"]["flow_delivered_lpm"] == 0.0
+    assert after["B01"]["flow_ratio_pct"] == before["B01"]["flow_ratio_pct"]  # the other loop
+
+
+def test_missing_inputs_give_bad_samples_with_reasons(plant_rig: tuple[Rig, Plant]) -> None:
+    r, plant = plant_rig
+    tick(r, plant)
+    r.clock.advance(20)                 # past stale_after (15 s): only the CDUs report now
+    for cdu in ("cdu-1", "cdu-2"):
+        r.send(cdu, "cdu", plant.values(cdu))
+    r.published.clear()
+    r.service.tick()
+    batch = next(b for b in r.published if b.kind == "rack" and b.device == "A01")
+    power = next(s for s in batch.samples if s.point == "power_kw")
+    assert power.quality is Quality.BAD and "pdu-A01-a" in power.reason
+    assert not any(s.point == "flow_ratio_pct" for s in batch.samples if s.quality is Quality.GOOD)
+
+
+def test_feed_capacity_single_phase() -> None:
+    from dcim.config import Feed
+
+    assert feed_capacity_kw(Feed(pdu="p", breaker_a=32, voltage_v=230, phases=1)) == pytest.approx(5.888)
+    assert feed_capacity_kw(Feed(pdu="p", breaker_a=32, voltage_v=230, phases=3)) == pytest.approx(17.664)

@@ -111,9 +111,10 @@ class Profile(StrictModel, Generic[P]):
 
     @model_validator(mode="after")
     def _unique_points(self) -> Profile[P]:
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str, str, str]] = set()
         for point in self.points:
-            key = (point.measurement or self.kind, point.name)
+            # A table point (SNMP `index_tag`) is its own series: phase and bank rows may share a name.
+            key = (point.measurement or self.kind, point.name, getattr(point, "index_tag", None) or "")
             if key in seen:
                 raise ValueError(f"point {point.name!r} is defined twice")
             seen.add(key)

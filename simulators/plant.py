@@ -37,6 +37,15 @@ FAULTS = {
 }
 
 
+def _load_state(load: float, near: float, over: float) -> str:
+    """A PDU's load state as the vendors report it (APC rPDU2 loadState, Raritan sensor state)."""
+    if load <= 0:
+        return "low_load"
+    if load >= over:
+        return "overload"
+    return "near_overload" if load >= near else "normal"
+
+
 @dataclass
 class RackState:
     id: str
@@ -373,18 +382,33 @@ class Plant:
         if near is not None:
             kw = rack.breaker_a.get(feed, 32.0) * rack.voltage_v * 3 * float(near.get("fraction", 0.85)) / 1000
         watts = self._noise(kw * 1000, 5.0) if kw else 0.0
+        near_w, over_w = self._pdu_thresholds_w(rack, feed)
+        breaker = rack.breaker_a.get(feed, 32.0)
         return {
             "power_w": round(watts, 0),
             "apparent_power_va": round(watts / 0.97, 0),
             "power_factor": 0.97 if kw else 0.0,
             "energy_kwh": round(kw * (1000 + self.time_s / 3600), 1),
-            "breaker_a": rack.breaker_a.get(feed, 32.0),
+            "breaker_a": breaker,
             "voltage_v": rack.voltage_v,
             "tripped": self._feed_tripped(rack, feed),
+            "load_state": _load_state(watts, near_w, over_w),
+            "near_overload_w": near_w,
+            "overload_w": over_w,
+            # Per-phase current thresholds: 80 % and 90 % of the breaker (continuous-load practice).
+            "near_overload_current_a": round(0.8 * breaker),
+            "overload_current_a": round(0.9 * breaker),
         }
 
+    @staticmethod
+    def _pdu_thresholds_w(rack: RackState, feed: str) -> tuple[float, float]:
+        """Device power thresholds a PDU ships with: 80 % / 90 % of its three-phase breaker capacity,
+        in whole 100 W steps (APC keeps them in tenths of kW)."""
+        capacity_w = rack.breaker_a.get(feed, 32.0) * rack.voltage_v * 3
+        return round(0.8 * capacity_w / 100) * 100.0, round(0.9 * capacity_w / 100) * 100.0
+
     def rows(self, device: str, table: str) -> dict[int, dict[str, Value]]:
-        """PDU table rows: `phase` (1..3), `outlet` (1..N)."""
+        """PDU table rows: `phase` (1..3), `outlet` (1..N), `bank` (1..2), `probe` (1)."""
         located = self.pdu_feed(device)
         if located is None:
             return {}
@@ -393,14 +417,31 @@ class Plant:
         if table == "phase":
             # A small, stable imbalance, as real racks have.
             weights = (1.04, 0.98, 0.98)
+            breaker = rack.breaker_a.get(feed, 32.0)
             return {
                 i: {
                     "power_w": round(feed_w / 3 * w, 0),
                     "current_a": round(feed_w / 3 * w / rack.voltage_v, 1),
                     "voltage_v": rack.voltage_v,
+                    "load_state": _load_state(feed_w / 3 * w / rack.voltage_v, 0.8 * breaker, 0.9 * breaker),
+                    "near_overload_current_a": round(0.8 * breaker),
+                    "overload_current_a": round(0.9 * breaker),
                 }
                 for i, w in enumerate(weights, start=1)
             }
+        if table == "bank":
+            # Two banks (breakers), each feeding half of the outlets.
+            outlets = self.rows(device, "outlet")
+            half = rack.outlets // 2
+            return {
+                bank: {"current_a": round(sum(float(row["current_a"]) for n, row in outlets.items()
+                                              if (n <= half) == (bank == 1)), 1)}
+                for bank in (1, 2)
+            }
+        if table == "probe":
+            # One temperature/humidity probe at the rack's air inlet.
+            inlet_c = 22.0 + (3.0 if rack.cooling == "air" else 1.0) * rack.utilization
+            return {1: {"temp_c": round(self._noise(inlet_c, 0.05), 1), "humidity_pct": 45.0}}
         if table == "outlet":
             off = rack.outlets_off[feed]
             live = rack.outlets - len(off)

@@ -1,0 +1,337 @@
+"""SNMP driver for rack PDUs: a poll is one GET of the scalars and one multi-column GETBULK walk of the tables.
+
+    driver = make_driver(device, profile, context)     # context.shared holds the process's pysnmp engine
+    await driver.connect()
+    samples = await driver.read()                      # inside the device's `deadline`
+    await driver.write("outlet_command:7", "off")      # canonical outlet control
+
+Plan (built once per profile): scalars and the scalar decimal-digits objects go in GETs of up to
+`GET_CHUNK` varbinds; table columns are grouped by walk prefix, so Raritan's value column (current, power and
+energy rows of one outlet under one prefix) is walked once and its rows dispatched by their suffix. The walk
+asks for every unfinished column at once, `max_repetitions` rows each, until each column leaves its prefix.
+
+Decimal digits (Raritan) are read on the first poll after connecting or after a failed poll, and kept: a
+firmware update or a swapped PDU that changes them is a new connection by then.
+
+Outlet writes: the canonical point is `outlet_command` with the outlet number after a colon,
+`write("outlet_command:7", "off")`; the value is one of the profile's enum names (`on`, `off`, `cycle`, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pysnmp.proto import rfc1905
+
+from dcim.metrics import REGISTRY
+from dcim.samples import Quality, Sample, Value, now_ns
+from drivers.base import DeviceBase, Driver, DriverContext
+from drivers.errors import BadResponse, DeviceTimeout, DriverError, WriteRejected
+from drivers.profiles import Profile
+from drivers.snmp.config import SnmpDevice
+from drivers.snmp.points import Point
+from drivers.snmp.session import Oid, Session, VarBind
+
+GET_CHUNK = 40
+# An exception value (noSuchObject, noSuchInstance, endOfMibView) means "not there": omitted, like -1.
+_ABSENT = (rfc1905.NoSuchObject, rfc1905.NoSuchInstance, rfc1905.EndOfMibView)
+
+POLL_SECONDS = REGISTRY.summary("dcim_snmp_poll_seconds", "SNMP poll wall time", ("device",))
+REQUESTS = REGISTRY.counter("dcim_snmp_requests_total", "SNMP requests sent", ("device", "kind"))
+ERRORS = REGISTRY.counter("dcim_snmp_errors_total", "SNMP polls that failed", ("device", "error"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    suffix: Oid
+    point: Point
+
+
+@dataclass
+class Plan:
+    """What one poll of a profile asks for; shared by every device of that profile."""
+
+    scalars: list[tuple[Oid, Point]] = field(default_factory=list)
+    walks: dict[Oid, list[_Column]] = field(default_factory=dict)
+    digit_scalars: list[Oid] = field(default_factory=list)
+    # Walks of decimal-digits columns: prefix -> suffixes wanted.
+    digit_walks: dict[Oid, set[Oid]] = field(default_factory=dict)
+    decimals: dict[int, int] = field(default_factory=dict)  # id(point) -> decimals of its scale
+
+    @classmethod
+    def build(cls, profile: Profile[Point]) -> Plan:
+        plan = cls()
+        for point in profile.points:
+            plan.decimals[id(point)] = max(0, math.ceil(-math.log10(abs(point.scale)) - 1e-9))
+            if not point.readable:
+                continue
+            if point.is_column:
+                prefix, suffix = point.split()
+                plan.walks.setdefault(prefix, []).append(_Column(suffix, point))
+                if point.digits_oid is not None and "*" in point.digits_oid:
+                    head, _, tail = point.digits_oid.partition("*")
+                    digits_prefix = tuple(int(x) for x in head.strip(".").split("."))
+                    digits_suffix = tuple(int(x) for x in tail.strip(".").split(".")) if tail.strip(".") else ()
+                    plan.digit_walks.setdefault(digits_prefix, set()).add(digits_suffix)
+                elif point.digits_oid is not None:
+                    plan.digit_scalars.append(point.digits_instance() or ())
+            else:
+                plan.scalars.append((point.instance(), point))
+                digits = point.digits_instance()
+                if digits is not None:
+                    plan.digit_scalars.append(digits)
+        plan.digit_scalars = sorted(set(plan.digit_scalars))
+        return plan
+
+
+_PLANS: dict[int, tuple[Profile[Point], Plan]] = {}
+
+
+def plan_for(profile: Profile[Point]) -> Plan:
+    # Keyed by identity (profiles are cached, immutable objects); the profile is kept so the id stays unique.
+    found = _PLANS.get(id(profile))
+    if found is None or found[0] is not profile:
+        found = _PLANS[id(profile)] = (profile, Plan.build(profile))
+    return found[1]
+
+
+def _chunks(items: list[Oid], size: int) -> Iterable[list[Oid]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class SnmpDriver(Driver):
+    def __init__(self, device: SnmpDevice, profile: Profile[Point], context: DriverContext) -> None:
+        super().__init__(device, profile)
+        self.config = device
+        self.context = context
+        self.plan = plan_for(profile)
+        self.session: Session | None = None
+        self._digits: dict[Oid, int] | None = None
+        self._lock = asyncio.Lock()
+        # A poll may not outlive the device's interval unless configured otherwise: a dead PDU must not
+        # hold its poller past the next tick. Per request: timeout x (retries + 1).
+        self.deadline = device.deadline or max(device.interval, device.timeout * (device.retries + 1))
+
+    async def connect(self) -> None:
+        if self.session is None:
+            self.session = Session(self.config, self.context)
+        self._digits = None
+
+    async def close(self) -> None:
+        if self.session is not None:
+            try:
+                self.session.close()
+            except Exception:
+                # close() never raises: the engine entry is dropped with the session either way.
+                pass
+            self.session = None
+        self._digits = None
+
+    def _session(self) -> Session:
+        if self.session is None:
+            self.session = Session(self.config, self.context)
+        return self.session
+
+    # ---- reading -------------------------------------------------------------------------------------
+
+    async def read(self) -> list[Sample]:
+        started = time.monotonic()
+        try:
+            async with self._lock, asyncio.timeout(self.deadline):
+                if self._digits is None:
+                    self._digits = await self._read_digits()
+                scalars = await self._get_all([oid for oid, _ in self.plan.scalars])
+                columns = await self._walk(list(self.plan.walks))
+        except TimeoutError as err:
+            self._digits = None
+            ERRORS.inc(device=self.device.id, error="deadline")
+            raise DeviceTimeout(f"{self.device.id} ({self.config.host}:{self.config.port}): "
+                                f"poll deadline of {self.deadline:g}s passed") from err
+        except DriverError as err:
+            self._digits = None
+            ERRORS.inc(device=self.device.id, error=type(err).__name__)
+            raise
+        finally:
+            POLL_SECONDS.observe(time.monotonic() - started, device=self.device.id)
+        return self._decode(scalars, columns, now_ns())
+
+    async def _get_all(self, oids: list[Oid]) -> dict[Oid, Any]:
+        out: dict[Oid, Any] = {}
+        session = self._session()
+        for chunk in _chunks(oids, GET_CHUNK):
+            REQUESTS.inc(device=self.device.id, kind="get")
+            out.update(await self._get_tolerant(session, chunk))
+        return out
+
+    async def _get_tolerant(self, session: Session, oids: list[Oid]) -> list[VarBind]:
+        """GET; on SNMPv1 an absent object fails the whole request (noSuchName): drop it and ask again."""
+        remaining = list(oids)
+        while remaining:
+            try:
+                return await session.get(remaining)
+            except BadResponse as err:
+                index = getattr(err, "index", 0)
+                if getattr(err, "status", "") != "noSuchName" or not 0 < index <= len(remaining):
+                    raise
+                del remaining[index - 1]
+        return []
+
+    async def _walk(self, prefixes: list[Oid], wanted: dict[Oid, set[Oid]] | None = None
+                    ) -> dict[Oid, list[VarBind]]:
+        """Walk several columns together; each stops where its rows leave its prefix."""
+        session = self._session()
+        rows: dict[Oid, list[VarBind]] = {prefix: [] for prefix in prefixes}
+        cursor = {prefix: prefix for prefix in prefixes}
+        active = list(prefixes)
+        while active:
+            REQUESTS.inc(device=self.device.id, kind="bulk")
+            answer = await session.bulk([cursor[p] for p in active], self.config.max_repetitions)
+            if not answer:
+                raise BadResponse(f"{self.device.id}: empty GETBULK response")
+            width = len(active)
+            finished: set[Oid] = set()
+            for k, (oid, value) in enumerate(answer):
+                prefix = active[k % width]
+                if prefix in finished:
+                    continue
+                if isinstance(value, rfc1905.EndOfMibView) or oid[:len(prefix)] != prefix:
+                    finished.add(prefix)
+                    continue
+                if oid <= cursor[prefix]:
+                    raise BadResponse(f"{self.device.id}: agent returned non-increasing OID "
+                                      f"{'.'.join(map(str, oid))}")
+                cursor[prefix] = oid
+                rows[prefix].append((oid, value))
+            active = [p for p in active if p not in finished]
+        return rows
+
+    async def _read_digits(self) -> dict[Oid, int]:
+        digits: dict[Oid, int] = {}
+        if self.plan.digit_scalars:
+            for oid, value in (await self._get_all(self.plan.digit_scalars)).items():
+                if not isinstance(value, _ABSENT):
+                    digits[oid] = int(value)
+        if self.plan.digit_walks:
+            for found in (await self._walk(list(self.plan.digit_walks))).values():
+                for oid, value in found:
+                    if not isinstance(value, _ABSENT):
+                        digits[oid] = int(value)
+        return digits
+
+    # ---- decoding ------------------------------------------------------------------------------------
+
+    def _decode(self, scalars: dict[Oid, Any], columns: dict[Oid, list[VarBind]], ts: int) -> list[Sample]:
+        samples: list[Sample] = []
+        for oid, point in self.plan.scalars:
+            value = scalars.get(oid)
+            if value is None:
+                continue
+            sample = self._sample(point, value, point.digits_instance(), tuple(sorted(point.tags.items())), ts)
+            if sample is not None:
+                samples.append(sample)
+        for prefix, found in columns.items():
+            columns_here = self.plan.walks[prefix]
+            for oid, value in found:
+                rest = oid[len(prefix):]
+                for column in columns_here:
+                    suffix = column.suffix
+                    if suffix and (len(rest) <= len(suffix) or rest[-len(suffix):] != suffix):
+                        continue
+                    index = rest[:len(rest) - len(suffix)] if suffix else rest
+                    if not index:
+                        continue
+                    point = column.point
+                    assert point.index_tag is not None
+                    tags = ((point.index_tag, ".".join(map(str, index))),)
+                    sample = self._sample(point, value, point.digits_instance(index), tags, ts)
+                    if sample is not None:
+                        samples.append(sample)
+        return samples
+
+    def _sample(self, point: Point, value: Any, digits_oid: Oid | None, tags: tuple[tuple[str, str], ...],
+                ts: int) -> Sample | None:
+        measurement = point.measurement or self.profile.kind
+        if isinstance(value, _ABSENT):
+            return None
+        try:
+            raw = int(value)
+        except (TypeError, ValueError):
+            return Sample(self.device.id, point.name, None, ts, Quality.BAD,
+                          f"not an integer: {value.prettyPrint() if hasattr(value, 'prettyPrint') else value!r}",
+                          measurement, tags)
+        if raw in point.missing:
+            return None
+        if point.enum is not None:
+            text = point.enum.get(raw)
+            if text is None:
+                return Sample(self.device.id, point.name, None, ts, Quality.BAD, f"unknown value {raw}",
+                              measurement, tags)
+            return Sample(self.device.id, point.name, text, ts, Quality.GOOD, "", measurement, tags)
+        digits = 0
+        if digits_oid is not None:
+            known = (self._digits or {}).get(digits_oid, point.digits)
+            if known is None:
+                return Sample(self.device.id, point.name, None, ts, Quality.BAD,
+                              "decimal digits unknown (agent has no decimalDigits object)", measurement, tags)
+            digits = known
+        number = raw * point.scale / 10**digits if digits else raw * point.scale
+        decimals = self.plan.decimals.get(id(point), 0) + digits
+        # Always a float: one field keeps one type in InfluxDB, whatever the vendor's resolution.
+        result: Value = float(round(number, decimals))
+        return Sample(self.device.id, point.name, result, ts, Quality.GOOD, "", measurement, tags)
+
+    # ---- writing -------------------------------------------------------------------------------------
+
+    async def write(self, point: str, value: Value) -> None:
+        """`write("outlet_command:7", "off")`; a scalar writable point is written by its plain name."""
+        name, _, index_text = point.partition(":")
+        target = self._writable(name, index_text)
+        checked = target.check_write(value)
+        if target.is_column:
+            try:
+                index = tuple(int(part) for part in index_text.split("."))
+            except ValueError as err:
+                raise WriteRejected(f"{name}: {index_text!r} is not a row index (e.g. {name}:7)") from err
+            if any(part < 0 for part in index):
+                raise WriteRejected(f"{name}: {index_text!r} is not a row index")
+        else:
+            index = ()
+        if target.enum is not None:
+            raw = target.raw_for(str(checked))
+        else:
+            if isinstance(checked, str):
+                raise WriteRejected(f"{name}: {checked!r} is not a number")
+            raw = round(float(checked) / target.scale * 10 ** (target.digits or 0))
+        try:
+            async with self._lock, asyncio.timeout(self.deadline):
+                REQUESTS.inc(device=self.device.id, kind="set")
+                await self._session().set(target.instance(index), raw, target.syntax)
+        except TimeoutError as err:
+            raise DeviceTimeout(f"{self.device.id}: write of {point} not answered within {self.deadline:g}s") from err
+
+    def _writable(self, name: str, index_text: str) -> Point:
+        candidates = [p for p in self.profile.points if p.name == name and p.writable is not False]
+        if not candidates:
+            self.profile.point(name)  # raises "no point" for an unknown name
+            raise WriteRejected(f"point {name!r} is read-only")
+        target: Point = candidates[0]
+        if target.is_column and not index_text:
+            raise WriteRejected(f"{name} addresses one {target.index_tag}: write {name}:<{target.index_tag}>, "
+                                f"e.g. {name}:7")
+        if not target.is_column and index_text:
+            raise WriteRejected(f"{name} is not a table point: write it without ':{index_text}'")
+        return target
+
+
+def make_driver(device: DeviceBase, profile: Profile[Any], context: DriverContext) -> Driver:
+    if not isinstance(device, SnmpDevice):
+        raise TypeError(f"{device.id}: not an SNMP device")
+    if profile.protocol != "snmp":
+        raise TypeError(f"{device.id}: profile {profile.name} is for {profile.protocol}, not snmp")
+    return SnmpDriver(device, profile, context)

@@ -1,0 +1,297 @@
+"""The SNMP driver against the SNMP simulator (real UDP, real pysnmp agent): values, tables, outlet control,
+security, missing values, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from dcim.config import Config, parse_config
+from dcim.samples import Quality
+from drivers.base import DriverContext
+from drivers.errors import AuthError, DeviceTimeout, DriverError, WriteRejected
+from drivers.profiles import load_profile
+from drivers.snmp.driver import SnmpDriver
+from drivers.snmp.points import Point
+from simulators.plant import Plant
+from simulators.snmp import SnmpSimulator
+from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures
+    V3,
+    by_series,
+    context,
+    expected,
+    hall,
+    open_driver,
+    pdu,
+    pdu_config,
+    plant,
+    simulator,
+    snmp_env,
+)
+
+
+@pytest.mark.parametrize("device_id", ["apc-a01", "rpx-a01", "rpx-a02", "apc-a02"])
+async def test_every_point_equals_the_plant(
+    device_id: str, pdu_config: Config, plant: Plant, simulator: SnmpSimulator, context: DriverContext
+) -> None:
+    driver = await open_driver(pdu_config, device_id, context)
+    try:
+        samples = await driver.read()
+    finally:
+        await driver.close()
+    assert all(s.quality is Quality.GOOD for s in samples), [s for s in samples if s.quality is not Quality.GOOD]
+    got = by_series(samples)
+    want: dict[tuple[str, str, tuple[tuple[str, str], ...]], object] = {}
+    for point in driver.profile.points:
+        if point.readable:
+            for tags, value in expected(plant, device_id, point).items():
+                want[(point.measurement or "pdu", point.name, tags)] = value
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9) if not isinstance(value, str) else got[key] == value, key
+    outlets = {s.tags for s in samples if s.measurement == "pdu_outlet" and s.point == "state"}
+    assert len(outlets) == plant.racks["A01" if device_id.endswith("a01") else "A02"].outlets
+    assert got[("pdu", "power_w", ())] > 10_000
+    phases = {s.tags for s in samples if s.point == "voltage_v"}
+    assert phases == {(("phase", "1"),), (("phase", "2"),), (("phase", "3"),)}
+
+
+async def test_48_and_24_outlet_tables_with_small_repetitions(
+    pdu_config: Config, plant: Plant, simulator: SnmpSimulator, context: DriverContext
+) -> None:
+    # max_repetitions 3 forces many GETBULK rounds: the walk must stitch them without gaps or repeats.
+    for device_id, outlets in (("apc-a01", 24), ("rpx-a02", 48), ("apc-a02", 48)):
+        device = pdu_config.device(device_id).model_copy(update={"max_repetitions": 3, "deadline": 20.0})
+        driver = SnmpDriver(device, load_profile(device.profile), context)  # type: ignore[arg-type]
+        try:
+            samples = await driver.read()
+        finally:
+            await driver.close()
+        numbers = sorted(int(s.tags[0][1]) for s in samples if s.point == "current_a" and s.tags[0][0] == "outlet")
+        assert numbers == list(range(1, outlets + 1))
+
+
+async def test_outlet_switched_off_through_the_driver(
+    pdu_config: Config, plant: Plant, simulator: SnmpSimulator, context: DriverContext
+) -> None:
+    for device_id in ("apc-a01", "rpx-a02"):
+        driver = await open_driver(pdu_config, device_id, context)
+        before = by_series(await driver.read())
+        await driver.write("outlet_command:7", "off")
+        after = by_series(await driver.read())
+        seven = (("outlet", "7"),)
+        assert before[("pdu_outlet", "state", seven)] == "on"
+        assert after[("pdu_outlet", "state", seven)] == "off"
+        assert after[("pdu_outlet", "power_w", seven)] == 0
+        assert before[("pdu_outlet", "power_w", seven)] > 0
+        await driver.write("outlet_command:7", "on")
+        again = by_series(await driver.read())
+        assert again[("pdu_outlet", "state", seven)] == "on"
+        await driver.close()
+    # Outlets off on both feeds of a rack remove that load from the rack (and so from its heat).
+    rack = plant.racks["A01"]
+    full = plant.rack_power_kw(rack)
+    a = await open_driver(pdu_config, "apc-a01", context)
+    b = await open_driver(pdu_config, "rpx-a01", context)
+    before = by_series(await a.read())[("pdu", "power_w", ())]
+    for n in range(1, 7):
+        await a.write(f"outlet_command:{n}", "off")
+        await b.write(f"outlet_command:{n}", "off")
+    assert plant.rack_power_kw(rack) == pytest.approx(full * (1 - 6 / 24))
+    after = by_series(await a.read())[("pdu", "power_w", ())]
+    assert after == pytest.approx(before * (1 - 6 / 24), abs=10)
+    await a.close()
+    await b.close()
+
+
+async def test_outlet_write_is_checked_before_sending(
+    pdu_config: Config, simulator: SnmpSimulator, context: DriverContext
+) -> None:
+    driver = await open_driver(pdu_config, "apc-a01", context)
+    with pytest.raises(WriteRejected, match="not one of"):
+        await driver.write("outlet_command:7", "explode")
+    with pytest.raises(WriteRejected, match="outlet_command:7"):
+        await driver.write("outlet_command", "off")
+    with pytest.raises(WriteRejected, match="not a row index"):
+        await driver.write("outlet_command:seven", "off")
+    with pytest.raises(WriteRejected, match="read-only"):
+        await driver.write("power_w", 5)
+    with pytest.raises(WriteRejected, match="no point"):
+        await driver.write("nonsense", 5)
+    # An outlet the PDU does not have: the agent refuses, the driver says so.
+    with pytest.raises(DriverError, match="99"):
+        await driver.write("outlet_command:99", "off")
+    await driver.close()
+
+
+async def test_read_only_community_cannot_switch(
+    pdu_config: Config, simulator: SnmpSimulator, context: DriverContext
+) -> None:
+    device = pdu_config.device("apc-a01").model_copy(update={"write_community": None})
+    driver = SnmpDriver(device, load_profile(device.profile), context)  # type: ignore[arg-type]
+    with pytest.raises(AuthError, match="noAccess"):
+        await driver.write("outlet_command:3", "off")
+    await driver.close()
+
+
+async def test_missing_and_absent_values_are_omitted(
+    pdu_config: Config, simulator: SnmpSimulator, context: DriverContext
+) -> None:
+    profile = load_profile("apc-rpdu2")
+    extra = [
+        # The agent has no such object: noSuchInstance on GET, a column that walks to nothing.
+        Point(name="peak_power_w", oid="1.3.6.1.4.1.318.1.1.26.4.3.1.6.1", scale=10, missing=[-1]),
+        Point(name="frequency_hz", oid="1.3.6.1.4.1.318.1.1.26.99.1.*", index_tag="phase"),
+    ]
+    widened = profile.model_copy(update={"points": [*profile.points, *extra]})
+    device = pdu_config.device("apc-a01")
+    driver = SnmpDriver(device, widened, context)  # type: ignore[arg-type]
+    samples = await driver.read()
+    await driver.close()
+    names = {s.point for s in samples}
+    assert "peak_power_w" not in names and "frequency_hz" not in names
+    assert "power_w" in names
+
+
+async def test_minus_one_reads_as_missing(
+    pdu_config: Config, plant: Plant, simulator: SnmpSimulator, context: DriverContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The plant has no probe for this PDU: the simulator serves -1, as an APC without a probe does.
+    original = plant.rows
+
+    def rows(device: str, table: str) -> dict[int, dict[str, object]]:
+        found = original(device, table)
+        return {n: {k: v for k, v in row.items() if k != "temp_c"} for n, row in found.items()} \
+            if table == "probe" else found
+
+    monkeypatch.setattr(plant, "rows", rows)
+    driver = await open_driver(pdu_config, "apc-a01", context)
+    samples = await driver.read()
+    await driver.close()
+    assert not [s for s in samples if s.point == "temp_c"]
+    assert [s for s in samples if s.point == "humidity_pct"]
+
+
+async def test_v3_wrong_key_fails_clearly_and_fast(
+    pdu_config: Config, simulator: SnmpSimulator, context: DriverContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DCIM_TEST_SNMP_WRONG", "not-the-right-key")
+    for field in ("auth_key", "priv_key"):
+        raw = hall()
+        for device in raw["devices"]:
+            device["port"] = pdu_config.device(device["id"]).port  # type: ignore[union-attr]
+        bad = next(d for d in raw["devices"] if d["id"] == "rpx-a02")
+        bad[field] = "env:DCIM_TEST_SNMP_WRONG"
+        config = parse_config(raw)
+        driver = await open_driver(config, "rpx-a02", context)
+        started = time.monotonic()
+        with pytest.raises((AuthError, DeviceTimeout)) as caught:
+            await driver.read()
+        await driver.close()
+        assert time.monotonic() - started <= driver.deadline + 1.0
+        assert "rpx-a02" in str(caught.value)
+        # A healthy v3 PDU in the same process keeps working (its user's keys are not overwritten).
+        good = await open_driver(pdu_config, "apc-a02", context)
+        assert await good.read()
+        await good.close()
+
+
+async def test_dead_pdu_raises_within_deadline_while_healthy_one_keeps_answering(
+    pdu_config: Config, plant: Plant, simulator: SnmpSimulator, context: DriverContext
+) -> None:
+    plant.inject("rpx-a01", "no_response")
+    dead_cfg = pdu_config.device("rpx-a01").model_copy(update={"deadline": 0.8})
+    dead = SnmpDriver(dead_cfg, load_profile("raritan-px"), context)  # type: ignore[arg-type]
+    healthy = await open_driver(pdu_config, "apc-a01", context)
+
+    async def dead_poll() -> float:
+        started = time.monotonic()
+        with pytest.raises(DeviceTimeout, match="rpx-a01"):
+            await dead.read()
+        return time.monotonic() - started
+
+    async def healthy_polls() -> int:
+        polls = 0
+        for _ in range(3):
+            samples = await healthy.read()
+            assert samples
+            polls += 1
+        return polls
+
+    dead_took, polls = await asyncio.gather(dead_poll(), healthy_polls())
+    assert polls == 3
+    assert dead_took < 0.8 + 0.5
+    plant.clear("rpx-a01")
+    assert await dead.read()
+    await dead.close()
+    await healthy.close()
+
+
+async def test_feed_trip_moves_load_and_near_overload_shows(
+    pdu_config: Config, plant: Plant, simulator: SnmpSimulator, context: DriverContext
+) -> None:
+    a = await open_driver(pdu_config, "apc-a01", context)
+    b = await open_driver(pdu_config, "rpx-a01", context)
+    before_b = by_series(await b.read())[("pdu", "power_w", ())]
+    plant.inject("apc-a01", "feed_trip")
+    assert by_series(await a.read())[("pdu", "power_w", ())] == 0
+    after_b = by_series(await b.read())[("pdu", "power_w", ())]
+    assert after_b == pytest.approx(2 * before_b, abs=20)
+    plant.clear("apc-a01")
+    plant.inject("rpx-a01", "near_overload")
+    assert by_series(await b.read())[("pdu", "load_state", ())] == "near_overload"
+    await a.close()
+    await b.close()
+
+
+@pytest.mark.parametrize("auth,priv", [
+    ("md5", "des"), ("sha", "aes128"), ("sha224", "aes192"), ("sha256", "aes256"),
+    ("sha384", "aes128"), ("sha512", "aes256"), ("sha", "none"),
+])
+async def test_v3_protocols(auth: str, priv: str, snmp_env: None, context: DriverContext) -> None:
+    security = {**V3, "auth_protocol": auth, "priv_protocol": priv}
+    if priv == "none":
+        del security["priv_key"]
+    raw = hall([pdu("p1", "apc-rpdu2", **security), pdu("p2", "raritan-px", version="1")])
+    config = parse_config(raw)
+    async with SnmpSimulator(Plant(config, frozen=True), config.devices, refresh=0):  # type: ignore[arg-type]
+        for device_id in ("p1", "p2"):
+            driver = await open_driver(config, device_id, context)
+            samples = await driver.read()
+            await driver.write("outlet_command:2", "off")
+            after = by_series(await driver.read())
+            await driver.close()
+            assert len(samples) > 100
+            assert after[("pdu_outlet", "state", (("outlet", "2"),))] == "off"
+
+
+def test_profiles_share_canonical_names() -> None:
+    apc, raritan = load_profile("apc-rpdu2"), load_profile("raritan-px")
+
+    def names(profile: object) -> set[tuple[str, str, str]]:
+        return {(p.measurement or "pdu", p.name, p.index_tag or next(iter(p.tags), ""))
+                for p in profile.points}  # type: ignore[attr-defined]
+
+    shared = names(apc) & names(raritan)
+    for key in [("pdu", "power_w", ""), ("pdu", "energy_kwh", ""), ("pdu", "load_state", ""),
+                ("pdu", "current_a", "phase"), ("pdu", "voltage_v", "phase"), ("pdu", "current_a", "bank"),
+                ("pdu_outlet", "state", "outlet"), ("pdu_outlet", "outlet_command", "outlet"),
+                ("pdu", "temp_c", "probe"), ("pdu", "near_overload_w", "")]:
+        assert key in shared, key
+
+
+@pytest.mark.parametrize("point,message", [
+    ({"name": "x", "oid": "PowerNet-MIB::rPDU2DeviceStatusPower.1"}, "not a numeric OID"),
+    ({"name": "x", "oid": "1.3.6.1.4.1.318.*"}, "index_tag"),
+    ({"name": "x", "oid": "1.3.6.1.4.1.318.1", "index_tag": "outlet"}, "no \\*"),
+    ({"name": "x", "oid": "1.3.*.6.*"}, "more than once"),
+    ({"name": "x", "oid": "1.3.6", "scale": 0}, "scale"),
+])
+def test_profile_errors_are_clear(point: dict[str, object], message: str) -> None:
+    from drivers.profiles import ProfileError, parse_profile
+
+    with pytest.raises(ProfileError, match=message):
+        parse_profile({"name": "t", "kind": "pdu", "protocol": "snmp", "points": [point]})

@@ -1,0 +1,50 @@
+"""The test hall: air- and liquid-cooled racks, APC and Raritan PDUs on A/B feeds, two CDUs, a chiller.
+
+`hall_config(ports)` returns the raw configuration mapping; ports are only used when the daemon and the
+simulators really serve it (tests/grafana/test_daemon_fill.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def hall_config(port: Callable[[], int] | None = None, *, interval: str = "1s") -> dict[str, Any]:
+    def next_port() -> int:
+        return port() if port is not None else 0
+
+    devices: list[dict[str, Any]] = []
+    racks_a: list[dict[str, Any]] = []
+    racks_b: list[dict[str, Any]] = []
+    for n, cdu in ((1, "cdu-1"), (2, "cdu-2")):
+        devices.append({"id": cdu, "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1",
+                        "port": next_port() or 15020 + n, "unit_id": 1, "profile": "generic-cdu",
+                        "interval": interval, "timeout": "500ms", "room": "dh1", "row": "A", "simulate": True})
+    # Liquid racks A01, A02 (APC PDUs) on cdu-1 and cdu-2; air racks B01, B02 (Raritan PDUs). Breakers sized
+    # for 2N: one feed carries the whole rack within 80 % of its breaker.
+    for rack, cooling, budget, cdu, profile in (("A01", "liquid", 150, "cdu-1", "apc-rpdu2"),
+                                               ("A02", "liquid", 150, "cdu-2", "apc-rpdu2"),
+                                               ("B01", "air", 50, None, "raritan-px"),
+                                               ("B02", "air", 50, None, "raritan-px")):
+        feeds = {}
+        for side in ("a", "b"):
+            pdu = f"pdu-{rack.lower()}{side}"
+            feeds[side] = {"pdu": pdu, "breaker_a": 300 if cooling == "liquid" else 100}
+            devices.append({"id": pdu, "kind": "pdu", "protocol": "snmp", "host": "127.0.0.1",
+                            "port": next_port() or 16100 + len(devices), "profile": profile,
+                            "interval": interval, "timeout": "500ms", "simulate": True})
+        entry: dict[str, Any] = {"id": rack, "cooling": cooling, "power_budget_kw": budget, "feeds": feeds}
+        if cdu:
+            entry["cdu"] = cdu
+        (racks_a if rack.startswith("A") else racks_b).append(entry)
+    chiller_port = next_port() or 14840
+    devices.append({"id": "chiller-1", "kind": "chiller", "protocol": "opcua",
+                    "endpoint": f"opc.tcp://127.0.0.1:{chiller_port}", "profile": "generic-chiller",
+                    "interval": interval, "timeout": "2s", "room": "plant", "simulate": True})
+    return {
+        "site": {"id": "hall-1", "name": "test hall"},
+        "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": racks_a}, {"id": "B", "racks": racks_b}]}],
+        "devices": devices,
+        "http": {"enabled": False},
+    }

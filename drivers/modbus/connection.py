@@ -111,7 +111,9 @@ class ModbusConnection:
                 return self._client
             wait = self._retry_at - time.monotonic()
             if wait > 0:
-                raise DeviceUnreachable(f"{self.name}: {self._last_error}; reconnecting in {wait:.1f} s")
+                # The same text as the failure that started the wait: the poller logs an outage once,
+                # and again only when its error changes.
+                raise DeviceUnreachable(self._last_error)
             self._drop()
             client = AsyncModbusTcpClient(
                 self.host, port=self.port, name=self.name, reconnect_delay=0, reconnect_delay_max=0,
@@ -162,23 +164,28 @@ class ModbusConnection:
                 except TimeoutError:
                     self._silent += 1
                     if self._client is None:
-                        error = DeviceUnreachable(f"{what}: connecting to {self.name} timed out")
+                        error = DeviceUnreachable(f"connecting to {self.name} timed out")
                         if not self._connect_lock.locked():
                             self._failed(str(error))
                     elif not self._client.connected:
-                        error = self._lost(f"{what}: connection lost")
+                        error = self._lost(f"connection to {self.name} lost")
                     else:
                         error = DeviceTimeout(f"{what}: no answer within {timeout:g} s")
                         if self._silent >= SILENT_LIMIT:
-                            self._lost(f"{self.name}: {self._silent} requests unanswered")
+                            # Perhaps a half-open socket: open a fresh one for the next attempt. TCP itself
+                            # worked, so no backoff (a unit that is merely silent keeps timing out).
+                            log.info("modbus connection silent, reopening", gateway=self.name,
+                                     unanswered=self._silent)
+                            self._silent = 0
+                            self._drop()
                     REQUESTS.inc(gateway=self.name, result="timeout")
                     continue
-                except DeviceUnreachable as err:
+                except DeviceUnreachable:
                     REQUESTS.inc(gateway=self.name, result="unreachable")
-                    raise err
-                except ConnectionException as err:
+                    raise
+                except ConnectionException:
                     REQUESTS.inc(gateway=self.name, result="unreachable")
-                    error = self._lost(f"{what}: {err}")
+                    error = self._lost(f"connection to {self.name} lost")
                     continue
                 except ModbusException as err:
                     REQUESTS.inc(gateway=self.name, result="bad")

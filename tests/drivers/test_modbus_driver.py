@@ -364,3 +364,31 @@ async def test_an_unreachable_port_raises_unreachable_fast() -> None:
     async with driving(modbus(config)[0]) as driver:
         with pytest.raises(DeviceUnreachable, match="cannot connect"):
             await driver.connect()
+
+
+async def test_an_outage_reports_a_stable_error() -> None:
+    """The poller logs an outage once and again only when the error text changes: keep it stable."""
+    config = hall([{"id": "cdu-1", "port": free_port(), "timeout": 0.3, "retries": 0}])
+    plant = Plant(config, frozen=True)
+    device = modbus(config)[0]
+    async with driving(device) as driver:
+        async with simulating(plant, [device]):
+            assert await driver.read()
+
+        async def error() -> str:
+            try:
+                await driver.read()
+            except (DeviceUnreachable, DeviceTimeout) as err:
+                return str(err)
+            return ""
+
+        first = await error()
+        assert first
+        refused = await wait_until(lambda: _refused(error), timeout=10, interval=0.05)
+        later = [await error() for _ in range(5)]
+        assert set(later) == {refused}
+
+
+async def _refused(error: Any) -> str:
+    text: str = await error()
+    return text if text.startswith("cannot connect") else ""

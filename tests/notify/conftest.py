@@ -82,7 +82,9 @@ async def running(notifier: Notifier) -> AsyncIterator[Notifier]:
 
 
 async def advance(clock: FakeClock, notifier: Notifier, seconds: float) -> None:
-    """Let `seconds` pass, then wait until the notifier has queued whatever became due."""
+    """Let the notifier take what was submitted, let `seconds` pass, then wait until it has queued whatever
+    became due."""
+    await notifier.idle()
     clock.advance(seconds)
     notifier.wake()
     await notifier.idle()

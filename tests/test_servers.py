@@ -15,6 +15,7 @@ import aiomqtt
 import pytest
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
+from tests.conftest import _require
 from tests.helpers import wait_until, wait_until_sync
 from tests.receivers import HttpReceiver, SmtpReceiver
 from tests.servers import InfluxDBv1, Mosquitto, ServerError, VictoriaMetrics, port_accepts
@@ -321,6 +322,22 @@ async def test_wait_until_returns_the_value_or_says_what_it_last_saw() -> None:
     assert wait_until_sync(lambda: "ok", timeout=1) == "ok"
 
 
+class _Missing(Mosquitto):
+    binary_name = "no-such-server-binary"
+    package = "no-such-package"
+
+
+def test_a_missing_binary_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install no-such-package"):
+        _require(_Missing)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run every test"):
+        _require(_Missing)
+    with pytest.raises(ServerError, match="not found"):
+        _Missing()
+
+
 def test_free_port_is_bindable(free_port: int) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", free_port))
@@ -364,11 +381,28 @@ def test_sync_tests_are_left_alone():
 '''
 
 
+MODULE_LOOP_TESTS = '''
+import asyncio
+import pytest
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def test_first_leaks():
+    asyncio.create_task(asyncio.sleep(3600), name="module-leak")
+
+
+async def test_second_is_judged_on_its_own():
+    await asyncio.sleep(0)
+'''
+
+
 def test_leaked_tasks_fail_the_test(pytester: pytest.Pytester) -> None:
     pytester.makeconftest("from tests.conftest import _fail_on_leaked_tasks, pytest_configure, "
                           "pytest_runtest_makereport  # noqa: F401")
     pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
-    pytester.makepyfile(test_leaks=LEAK_TESTS)
+    pytester.makepyfile(test_leaks=LEAK_TESTS, test_module_loop=MODULE_LOOP_TESTS)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=5, errors=1)
+    result.assert_outcomes(passed=7, errors=2)  # a leaking test passes its call, then errors at teardown
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_first_leaks*", "*module-leak*"])
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_leaks_a_task*", "*forgotten*"])

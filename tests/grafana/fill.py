@@ -66,8 +66,9 @@ def alarm_lines(event: AlarmEvent, topology: Topology) -> list[str]:
 
 
 def scenario(plant: Plant) -> None:
-    """Trouble to show: B01 over budget, B02's feed A tripped (no redundancy), cdu-2 leaking."""
-    plant.racks["B01"].extra_kw = 25.0
+    """Trouble to show: B01 over budget, B02's feed A tripped (no redundancy); events() adds a leak on cdu-1
+    and a low COP on chiller-1 that fired and resolved."""
+    plant.racks["B01"].extra_kw = 20.0
     plant.inject("pdu-b02a", "feed_trip")
 
 
@@ -85,8 +86,11 @@ def events(topology: Topology, start_ns: int, end_ns: int) -> list[AlarmEvent]:
                           Severity.CRITICAL, start_ns + 20 * NS, "B02 redundant headroom -30 kW",
                           "redundant_headroom_kw", -30.0, 0.0, labels("B02")))
     for state, ts in ((AlarmState.FIRING, mid), (AlarmState.RESOLVED, end_ns - 20 * NS)):
-        out.append(AlarmEvent("cdu-leak/cdu-2", "cdu-leak", "cdu-2", state, Severity.CRITICAL, ts,
-                              "cdu-2 leak zone 1", "leak", None, None, labels("cdu-2")))
+        out.append(AlarmEvent("cdu-leak/cdu-1", "cdu-leak", "cdu-1", state, Severity.CRITICAL, ts,
+                              "cdu-1 leak zone 1", "leak", None, None, labels("cdu-1")))
+    for state, ts in ((AlarmState.FIRING, start_ns + 30 * NS), (AlarmState.RESOLVED, mid)):
+        out.append(AlarmEvent("chiller-cop/chiller-1", "chiller-cop", "chiller-1", state, Severity.WARNING, ts,
+                              "chiller-1 COP 3.8 (warning below 4)", "cop", 3.8, 4.0, labels("chiller-1")))
     out.append(AlarmEvent("liquid-rack-heat-capture/A01", "liquid-rack-heat-capture", "A01", AlarmState.FIRING,
                           Severity.WARNING, mid, "A01 heat to liquid 55 % (warning below 60 %)",
                           "heat_ratio_pct", 55.0, 60.0, labels("A01")))
@@ -105,9 +109,9 @@ def synthetic_lines(config: Config, end_ns: int, *, steps: int = 30, step_s: flo
         ts = start_ns + int(i * step_s * NS)
         leak = i == steps // 2
         if leak:
-            plant.inject("cdu-2", "leak", zone=1)
+            plant.inject("cdu-1", "leak", zone=1)
         elif i == steps // 2 + 3:
-            plant.clear("cdu-2", "leak")
+            plant.clear("cdu-1", "leak")
         plant.advance(step_s)
         for device in config.devices:
             batch = device_batch(plant, config, device.id, ts)

@@ -23,20 +23,21 @@ def hall_config(port: Callable[[], int] | None = None, *, interval: str = "1s") 
                         "interval": interval, "timeout": "500ms", "room": "dh1", "row": "A", "simulate": True})
     # Liquid racks A01, A02 (APC PDUs) on cdu-1 and cdu-2; air racks B01, B02 (Raritan PDUs). Breakers sized
     # for 2N: one feed carries the whole rack within 80 % of its breaker.
-    for rack, cooling, budget, cdu, profile in (("A01", "liquid", 150, "cdu-1", "apc-rpdu2"),
-                                               ("A02", "liquid", 150, "cdu-2", "apc-rpdu2"),
-                                               ("B01", "air", 50, None, "raritan-px"),
-                                               ("B02", "air", 50, None, "raritan-px")):
+    racks: tuple[tuple[str, str, int, str | None, str], ...] = (("A01", "liquid", 150, "cdu-1", "apc-rpdu2"),
+        ("A02", "liquid", 150, "cdu-2", "apc-rpdu2"),
+        ("B01", "air", 50, None, "raritan-px"),
+        ("B02", "air", 50, None, "raritan-px"))
+    for rack, cooling, budget, loop, profile in racks:
         feeds = {}
         for side in ("a", "b"):
             pdu = f"pdu-{rack.lower()}{side}"
-            feeds[side] = {"pdu": pdu, "breaker_a": 300 if cooling == "liquid" else 100}
+            feeds[side] = {"pdu": pdu, "breaker_a": 300 if cooling == "liquid" else 125}
             devices.append({"id": pdu, "kind": "pdu", "protocol": "snmp", "host": "127.0.0.1",
                             "port": next_port() or 16100 + len(devices), "profile": profile,
                             "interval": interval, "timeout": "500ms", "simulate": True})
         entry: dict[str, Any] = {"id": rack, "cooling": cooling, "power_budget_kw": budget, "feeds": feeds}
-        if cdu:
-            entry["cdu"] = cdu
+        if loop:
+            entry["cdu"] = loop
         (racks_a if rack.startswith("A") else racks_b).append(entry)
     chiller_port = next_port() or 14840
     devices.append({"id": "chiller-1", "kind": "chiller", "protocol": "opcua",

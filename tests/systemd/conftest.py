@@ -48,7 +48,7 @@ class NotifyListener:
 
     def pending(self) -> list[dict[str, str]]:
         """Datagrams already queued, without waiting."""
-        out = []
+        out: list[dict[str, str]] = []
         while True:
             try:
                 data = self.sock.recv(65536)

@@ -35,8 +35,9 @@ def test_rejects_relative_socket() -> None:
 
 
 async def test_ready_status_stopping_watchdog(notify_listener: NotifyListener) -> None:
-    with Notifier.from_env({"NOTIFY_SOCKET": notify_listener.path}) as notifier:
-        assert notifier is not None
+    found = Notifier.from_env({"NOTIFY_SOCKET": notify_listener.path})
+    assert found is not None
+    with found as notifier:
         assert notifier.ready("2 devices, 2 online")
         assert (await notify_listener.next()).fields == {"READY": "1", "STATUS": "2 devices, 2 online"}
         notifier.status("1 alarm firing\nINJECTED=1")

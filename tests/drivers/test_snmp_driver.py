@@ -1,6 +1,7 @@
 """The SNMP driver against the SNMP simulator (real UDP, real pysnmp agent): values, tables, outlet control,
 security, missing values, deadlines."""
 
+# ruff: noqa: F811 - pytest fixtures imported from tests/drivers/test_snmp_support.py
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from dcim.config import Config, parse_config
-from dcim.samples import Quality
+from dcim.samples import Quality, Value
 from drivers.base import DriverContext
 from drivers.errors import AuthError, DeviceTimeout, DriverError, WriteRejected
 from drivers.profiles import load_profile
@@ -17,7 +18,7 @@ from drivers.snmp.driver import SnmpDriver
 from drivers.snmp.points import Point
 from simulators.plant import Plant
 from simulators.snmp import SnmpSimulator
-from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures
+from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures by name
     V3,
     by_series,
     context,
@@ -28,6 +29,7 @@ from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures
     pdu_config,
     plant,
     simulator,
+    snmp_device,
     snmp_env,
 )
 
@@ -43,14 +45,17 @@ async def test_every_point_equals_the_plant(
         await driver.close()
     assert all(s.quality is Quality.GOOD for s in samples), [s for s in samples if s.quality is not Quality.GOOD]
     got = by_series(samples)
-    want: dict[tuple[str, str, tuple[tuple[str, str], ...]], object] = {}
+    want: dict[tuple[str, str, tuple[tuple[str, str], ...]], Value] = {}
     for point in driver.profile.points:
         if point.readable:
             for tags, value in expected(plant, device_id, point).items():
                 want[(point.measurement or "pdu", point.name, tags)] = value
     assert set(got) == set(want)
-    for key, value in want.items():
-        assert got[key] == pytest.approx(value, abs=1e-9) if not isinstance(value, str) else got[key] == value, key
+    for key, wanted in want.items():
+        if isinstance(wanted, str):
+            assert got[key] == wanted, key
+        else:
+            assert got[key] == pytest.approx(wanted, abs=1e-9), key
     outlets = {s.tags for s in samples if s.measurement == "pdu_outlet" and s.point == "state"}
     assert len(outlets) == plant.racks["A01" if device_id.endswith("a01") else "A02"].outlets
     assert got[("pdu", "power_w", ())] > 10_000
@@ -162,7 +167,7 @@ async def test_minus_one_reads_as_missing(
     # The plant has no probe for this PDU: the simulator serves -1, as an APC without a probe does.
     original = plant.rows
 
-    def rows(device: str, table: str) -> dict[int, dict[str, object]]:
+    def rows(device: str, table: str) -> dict[int, dict[str, Value]]:
         found = original(device, table)
         return {n: {k: v for k, v in row.items() if k != "temp_c"} for n, row in found.items()} \
             if table == "probe" else found

@@ -19,6 +19,7 @@ from dcim.config import Config, parse_config
 from dcim.samples import Sample, Value
 from drivers.base import DriverContext
 from drivers.profiles import load_profile
+from drivers.snmp.config import SnmpDevice
 from drivers.snmp.driver import SnmpDriver, make_driver
 from drivers.snmp.points import Point
 from simulators.plant import Plant
@@ -87,6 +88,12 @@ def context() -> Iterator[DriverContext]:
     yield DriverContext()
 
 
+def snmp_device(config: Config, device_id: str) -> SnmpDevice:
+    device = config.device(device_id)
+    assert isinstance(device, SnmpDevice)
+    return device
+
+
 async def open_driver(config: Config, device_id: str, context: DriverContext) -> SnmpDriver:
     device = config.device(device_id)
     driver = make_driver(device, load_profile(device.profile), context)
@@ -100,7 +107,7 @@ def quantized(point: Point, value: Value) -> Value:
     if point.enum is not None or isinstance(value, str):
         return value
     step = point.scale / 10 ** (point.digits or 0)
-    return round(float(value) / step) * step
+    return float(round(float(value) / step) * step)
 
 
 def expected(plant: Plant, device_id: str, point: Point) -> dict[tuple[tuple[str, str], ...], Value]:
@@ -116,5 +123,6 @@ def expected(plant: Plant, device_id: str, point: Point) -> dict[tuple[tuple[str
     return {(): quantized(point, plant.values(device_id)[point.name])}
 
 
-def by_series(samples: list[Sample]) -> dict[tuple[str, str, tuple[tuple[str, str], ...]], Value | None]:
+def by_series(samples: list[Sample]) -> dict[tuple[str, str, tuple[tuple[str, str], ...]], Any]:
+    """(measurement, point, tags) -> value (Any: tests compare numbers and strings directly)."""
     return {(s.measurement, s.point, s.tags): s.value for s in samples}

@@ -1,0 +1,277 @@
+"""The daemon's HTTP API (aiohttp), bound to 127.0.0.1 by default.
+
+    GET    /healthz                          200 {"ok": true, ...} or 503 {"ok": false, ...}
+    GET    /metrics                          Prometheus text format
+    GET    /api/v1/alarms                    active alarms; ?all=1 history (newest first, ?limit=N)
+    GET    /api/v1/alarms/{key}              one alarm
+    POST   /api/v1/alarms/{key}/ack          {"user": "...", "comment": "..."}           (token)
+    POST   /api/v1/alarms/{key}/shelve       {"minutes": 60, "user": "..."}              (token)
+    DELETE /api/v1/alarms/{key}/shelve                                                   (token)
+    GET    /api/v1/maintenance               windows not over yet
+    POST   /api/v1/maintenance               {"subject": "A01", "minutes": 90, "reason": "..."}  (token)
+
+Anything that changes state needs `Authorization: Bearer <http.token>`: 401 without it, 403 with a wrong
+one (compared in constant time). With no token configured, state-changing calls are refused (403, saying
+so): an API on a shared host must not let any local user silence alarms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Protocol
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dcim.config import HttpConfig
+from dcim.metrics import REGISTRY, Registry
+from rules.store import AlarmNotActive, AlarmNotFound
+
+log = structlog.get_logger(__name__)
+
+REQUESTS = REGISTRY.counter("dcim_http_requests_total", "HTTP API requests", ("route", "code"))
+
+HealthCheck = Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]]
+_NS_PER_MINUTE = 60 * 1_000_000_000
+
+
+class AlarmStoreLike(Protocol):
+    """What the API needs of rules.store.AlarmStore."""
+
+    def active(self) -> list[Any]: ...
+    def history(self, limit: int = 100) -> list[Any]: ...
+    def get(self, key: str) -> Any: ...
+    def acknowledge(self, key: str, user: str, comment: str = "") -> Any: ...
+    def shelve(self, key: str, until_ns: int, user: str) -> Any: ...
+    def unshelve(self, key: str) -> Any: ...
+    def add_maintenance(self, subject: str, start_ns: int, end_ns: int, reason: str) -> Any: ...
+    def maintenance(self, now_ns: int | None = None) -> list[Any]: ...
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AckBody(_Body):
+    user: Annotated[str, Field(min_length=1, max_length=100)] = "api"
+    comment: Annotated[str, Field(max_length=1000)] = ""
+
+
+class ShelveBody(_Body):
+    # Up to a week: a shelved alarm is a forgotten alarm.
+    minutes: Annotated[float, Field(gt=0, le=7 * 24 * 60)]
+    user: Annotated[str, Field(min_length=1, max_length=100)] = "api"
+
+
+class MaintenanceBody(_Body):
+    subject: Annotated[str, Field(min_length=1, max_length=64)]
+    minutes: Annotated[float, Field(gt=0, le=31 * 24 * 60)]
+    # Start in this many minutes (0: now).
+    start_in_minutes: Annotated[float, Field(ge=0, le=365 * 24 * 60)] = 0
+    reason: Annotated[str, Field(max_length=1000)] = ""
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return _json({"error": message, **extra}, status)
+
+
+class HttpApi:
+    def __init__(
+        self,
+        config: HttpConfig,
+        store: AlarmStoreLike,
+        *,
+        registry: Registry = REGISTRY,
+        health: HealthCheck | None = None,
+        now_ns: Callable[[], int] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.registry = registry
+        self.health = health
+        clock = getattr(store, "clock", None)
+        self.now_ns: Callable[[], int] = now_ns or (clock.now_ns if clock is not None else time.time_ns)
+        self._token = config.token.get_secret_value().encode() if config.token is not None else None
+        self.port: int | None = None
+        self.ready = asyncio.Event()
+        self.app = self._app()
+
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024)
+        r = app.router
+        r.add_get("/healthz", self._healthz)
+        r.add_get("/metrics", self._metrics)
+        r.add_get("/api/v1/alarms", self._alarms)
+        r.add_get("/api/v1/alarms/{key}", self._alarm)
+        r.add_post("/api/v1/alarms/{key}/ack", self._ack)
+        r.add_post("/api/v1/alarms/{key}/shelve", self._shelve)
+        r.add_delete("/api/v1/alarms/{key}/shelve", self._unshelve)
+        r.add_get("/api/v1/maintenance", self._maintenance)
+        r.add_post("/api/v1/maintenance", self._add_maintenance)
+        return app
+
+    async def run(self) -> None:
+        """Serve until cancelled; the port is closed on the way out."""
+        runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.config.host, self.config.port)
+            await site.start()
+            self.port = int(runner.addresses[0][1])
+            log.info("http api listening", host=self.config.host, port=self.port,
+                     writes="token" if self._token else "refused (no http.token)")
+            self.ready.set()
+            await asyncio.Event().wait()
+        finally:
+            self.ready.clear()
+            await runner.cleanup()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
+        try:
+            if request.method not in ("GET", "HEAD", "OPTIONS"):
+                refused = self._authorize(request)
+                if refused is not None:
+                    response: web.StreamResponse = refused
+                    return response
+            response = await handler(request)
+        except web.HTTPException as err:
+            response = _error(err.status, err.reason)
+        except Exception:
+            # A bug in a handler: one 500 with no details, the traceback in the log.
+            log.exception("http api handler failed", path=request.path)
+            response = _error(500, "internal error")
+        REQUESTS.inc(route=route, code=str(response.status))
+        return response
+
+    def _authorize(self, request: web.Request) -> web.Response | None:
+        if self._token is None:
+            return _error(403, "state-changing calls are disabled: no http.token is configured")
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            response = _error(401, "a bearer token is required (Authorization: Bearer <token>)")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="dcim"'
+            return response
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            return _error(403, "wrong token")
+        return None
+
+    async def _body(self, request: web.Request, model: type[_Body]) -> Any:
+        raw = await request.read()
+        try:
+            data = json.loads(raw) if raw.strip() else {}
+        except ValueError as err:
+            raise _BadRequest(f"the body is not JSON: {err}") from err
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            problems = [f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}" for e in err.errors()]
+            raise _BadRequest("; ".join(problems)) from err
+
+    async def _operate(self, fn: Callable[[], Any]) -> web.Response:
+        try:
+            record = fn()
+        except _BadRequest as err:
+            return _error(400, str(err))
+        except AlarmNotFound as err:
+            return _error(404, f"no alarm {err.args[0]!r}" if err.args else "no such alarm")
+        except AlarmNotActive as err:
+            return _error(409, str(err))
+        except ValueError as err:  # a value the store refuses
+            return _error(400, str(err))
+        return _json({"alarm": record.to_dict()})
+
+    # -- handlers -----------------------------------------------------------------------------
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if self.health is None:
+            return _json({"ok": True})
+        result = self.health()
+        if inspect.isawaitable(result):
+            result = await result
+        report = dict(result)
+        return _json(report, 200 if report.get("ok") else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.registry.render(), content_type="text/plain",
+                            headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")
+
+    async def _alarms(self, request: web.Request) -> web.Response:
+        if request.query.get("all", "") not in ("", "0", "false"):
+            try:
+                limit = int(request.query.get("limit", "100"))
+            except ValueError:
+                return _error(400, "limit must be an integer")
+            if not 1 <= limit <= 10_000:
+                return _error(400, "limit must be between 1 and 10000")
+            flush = getattr(self.store, "flush_async", None)
+            if flush is not None:
+                # Pending writes go to disk on the store's worker thread; what is left is one SELECT.
+                await flush()
+            records = self.store.history(limit)
+        else:
+            records = self.store.active()
+        return _json({"alarms": [r.to_dict() for r in records]})
+
+    async def _alarm(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        return await self._operate(lambda: self.store.get(key))
+
+    async def _ack(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        try:
+            body = await self._body(request, AckBody)
+        except _BadRequest as err:
+            return _error(400, str(err))
+        log.info("alarm acknowledged over http", alarm=key, user=body.user)
+        return await self._operate(lambda: self.store.acknowledge(key, body.user, body.comment))
+
+    async def _shelve(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        try:
+            body = await self._body(request, ShelveBody)
+        except _BadRequest as err:
+            return _error(400, str(err))
+        until = self.now_ns() + int(body.minutes * _NS_PER_MINUTE)
+        log.info("alarm shelved over http", alarm=key, user=body.user, minutes=body.minutes)
+        return await self._operate(lambda: self.store.shelve(key, until, body.user))
+
+    async def _unshelve(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        log.info("alarm unshelved over http", alarm=key)
+        return await self._operate(lambda: self.store.unshelve(key))
+
+    async def _maintenance(self, request: web.Request) -> web.Response:
+        return _json({"windows": [w.to_dict() for w in self.store.maintenance()]})
+
+    async def _add_maintenance(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._body(request, MaintenanceBody)
+        except _BadRequest as err:
+            return _error(400, str(err))
+        start = self.now_ns() + int(body.start_in_minutes * _NS_PER_MINUTE)
+        end = start + int(body.minutes * _NS_PER_MINUTE)
+        try:
+            window = self.store.add_maintenance(body.subject, start, end, body.reason)
+        except ValueError as err:
+            return _error(400, str(err))
+        log.info("maintenance window added over http", subject=body.subject, minutes=body.minutes)
+        return _json({"window": window.to_dict()}, 201)
+
+
+class _BadRequest(Exception):
+    pass

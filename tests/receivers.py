@@ -147,9 +147,20 @@ class _LoopThread:
     def close(self) -> None:
         if self.loop.is_closed():
             return
+        # Connections a client left open still have handler tasks; end them before the loop goes.
+        self.call(self._cancel_all())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+    @staticmethod
+    async def _cancel_all() -> None:
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 @dataclass(frozen=True)

@@ -298,6 +298,18 @@ def test_smtp_receiver_implicit_tls() -> None:
         assert msg.tls and msg.login == "u"
 
 
+def test_receivers_close_connections_clients_left_open() -> None:
+    for receiver in (SmtpReceiver(), HttpReceiver()):
+        receiver.start()
+        with socket.create_connection((receiver.host, receiver.port), timeout=5) as client:
+            if isinstance(receiver, HttpReceiver):
+                client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive
+            assert client.recv(1)
+            receiver.close()
+            while client.recv(4096):  # the rest of the answer, then EOF; a timeout fails the test
+                pass
+
+
 def test_receivers_reject_contradictory_options() -> None:
     with pytest.raises(ValueError, match="not both"):
         SmtpReceiver(starttls=True, implicit_tls=True)

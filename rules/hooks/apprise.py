@@ -1,0 +1,55 @@
+"""The long tail of channels (Teams, Telegram, Matrix, Discord, ntfy, ...) through apprise, optional:
+`pip install apprise`. Its plugins are synchronous; `async_notify` runs them on worker threads, so the
+event loop never waits on them.
+
+Every URL of the hook gets each message; when one of them fails the message is retried for all of them
+(give a flaky channel a hook of its own).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from rules.hooks.base import Hook, HookError
+from rules.notify.config import AppriseHook
+from rules.notify.model import Notification
+
+_apprise: Any
+try:
+    import apprise as _apprise
+except ImportError:  # pragma: no cover - exercised only where apprise is not installed
+    _apprise = None
+
+
+class AppriseSender(Hook):
+    def __init__(self, name: str, config: AppriseHook) -> None:
+        if _apprise is None:
+            raise RuntimeError(f"hook {name}: type apprise needs the apprise package (pip install apprise)")
+        super().__init__(name)
+        self.config = config
+        self.client = _apprise.Apprise()
+        for i, url in enumerate(config.urls):
+            # Checked at start-up: a URL apprise cannot parse is a configuration error, not a retry.
+            if not self.client.add(url.get_secret_value()):
+                raise ValueError(f"hook {name}: urls[{i}] is not a URL apprise knows")
+
+    def render(self, notification: Notification) -> list[bytes]:
+        if notification.kind == "summary" or notification.severity.value == "critical":
+            kind = "failure" if notification.status == "firing" else "success"
+        else:
+            kind = "warning" if notification.status == "firing" else "success"
+        message = {"title": notification.title, "body": "\n".join(notification.lines()) or notification.title,
+                   "type": kind}
+        return [json.dumps(message).encode()]
+
+    async def send(self, body: bytes, session: aiohttp.ClientSession) -> None:
+        message: dict[str, Any] = json.loads(body)
+        result = await self.client.async_notify(
+            body=message["body"], title=message["title"], notify_type=message["type"],
+            timeout=self.config.timeout,
+        )
+        if not result:
+            raise HookError(f"apprise could not deliver ({getattr(result, 'status', 'failed')})", transient=True)

@@ -63,17 +63,18 @@ class Daemon:
             profile = load_profile(device.profile, extra)
             driver = make_driver(device, profile, self.context)
             self.coordinators[device.id] = DeviceCoordinator(device, driver, self.pipeline)
-        if config.mqtt.host and poll:
-            box = Outbox(self.state_dir / "mqtt-outbox.sqlite", name="mqtt",
-                         max_items=config.mqtt.outbox_max_messages)
-            self.outboxes.append(box)
-            self.publisher = MqttPublisher(config.mqtt, self.topology, box)
-            self.pipeline.add_sink(self.publisher)
         if config.mqtt.host and run_ingest and config.influxdb is not None:
             ingest_box = Outbox(self.state_dir / "ingest-outbox.sqlite", name="ingest",
                                 max_items=config.influxdb.outbox_max_lines)
             self.outboxes.append(ingest_box)
             self.ingest = Ingest(config, ingest_box)
+        if config.mqtt.host and poll:
+            box = Outbox(self.state_dir / "mqtt-outbox.sqlite", name="mqtt",
+                         max_items=config.mqtt.outbox_max_messages)
+            self.outboxes.append(box)
+            gate = self.ingest.subscribed if self.ingest is not None else None
+            self.publisher = MqttPublisher(config.mqtt, self.topology, box, gate=gate)
+            self.pipeline.add_sink(self.publisher)
 
     def _wire_rules(self) -> None:
         """The rule engine is wired here once it exists (rules/service.py)."""

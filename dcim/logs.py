@@ -33,5 +33,6 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     # Libraries log through the standard library: keep their noise at warning unless debugging.
     logging.basicConfig(level=logging.WARNING if numeric > logging.DEBUG else logging.DEBUG, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("pymodbus", "asyncua", "pysnmp", "amqtt", "transitions"):
+    # aiomqtt's "mqtt" logger warns of pending publishes, which the publisher keeps in flight by design.
+    for noisy in ("pymodbus", "asyncua", "pysnmp", "amqtt", "transitions", "mqtt"):
         logging.getLogger(noisy).setLevel(logging.ERROR if numeric > logging.DEBUG else logging.INFO)

@@ -76,7 +76,8 @@ def batch_json(batch: Batch, tags: tuple[tuple[str, str], ...]) -> bytes:
 
 
 class MqttPublisher:
-    def __init__(self, config: MqttConfig, topology: Topology, outbox: Outbox) -> None:
+    def __init__(self, config: MqttConfig, topology: Topology, outbox: Outbox,
+                 *, gate: asyncio.Event | None = None) -> None:
         if config.host is None:
             raise ValueError("mqtt.host is not set")
         self.config = config
@@ -87,6 +88,9 @@ class MqttPublisher:
         self.presence_topic = f"{self.base}/daemon/{self.client_id}"
         self.connected = asyncio.Event()
         self._drained = asyncio.Event()
+        # Set while the in-process ingest is subscribed: after a broker restart that lost every session,
+        # what the outbox sends before the ingest is back would reach no subscriber.
+        self._gate = gate
 
     # ---- sink side: never blocks ------------------------------------------------------------------
 
@@ -181,6 +185,8 @@ class MqttPublisher:
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         while True:
+            if self._gate is not None:
+                await self._gate.wait()
             if self.outbox.depth == 0:
                 self._drained.set()
             items = await self.outbox.take(SEND_BATCH)

@@ -19,7 +19,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
-from rules.events import AlarmEvent, AlarmState
+from rules.events import AlarmEvent, AlarmState, Severity
 from rules.notify.config import NotifyConfig, Route
 from rules.notify.model import Notification, event_from_dict, event_to_dict
 
@@ -29,12 +29,21 @@ _S = 1_000_000_000
 @dataclass(slots=True)
 class Entry:
     event: AlarmEvent
-    # Last state this alarm was notified in (None: not yet).
+    # Last state (and severity) this alarm was notified in (None: not yet).
     notified: AlarmState | None = None
+    notified_severity: Severity | None = None
 
     @property
     def news(self) -> bool:
-        return self.notified is not self.event.state
+        if self.notified is not self.event.state:
+            return True
+        # A warning that became critical is news; a critical that eased to warning is not worth a page.
+        return (self.event.state is AlarmState.FIRING and self.event.severity is Severity.CRITICAL
+                and self.notified_severity is not Severity.CRITICAL)
+
+    def mark_notified(self) -> None:
+        self.notified = self.event.state
+        self.notified_severity = self.event.severity
 
 
 @dataclass(slots=True)
@@ -57,7 +66,8 @@ class Group:
             "last_sent_ns": self.last_sent_ns,
             "due_ns": self.due_ns,
             "alarms": [
-                {"event": event_to_dict(e.event), "notified": e.notified.value if e.notified else None}
+                {"event": event_to_dict(e.event), "notified": e.notified.value if e.notified else None,
+                 "severity": e.notified_severity.value if e.notified_severity else None}
                 for e in self.alarms.values()
             ],
         }
@@ -75,7 +85,8 @@ class Group:
         for item in data["alarms"]:
             event = event_from_dict(item["event"])
             notified = AlarmState(item["notified"]) if item["notified"] else None
-            group.alarms[event.key] = Entry(event, notified)
+            severity = Severity(item["severity"]) if item.get("severity") else None
+            group.alarms[event.key] = Entry(event, notified, severity)
         return group
 
 
@@ -231,7 +242,7 @@ class Router:
             group.key, dict(group.labels), alarms, changed, repeat=repeat, ts_ns=now_ns
         )
         for entry in list(group.alarms.values()):
-            entry.notified = entry.event.state
+            entry.mark_notified()
             if entry.event.state is AlarmState.RESOLVED:
                 del group.alarms[entry.event.key]
         group.last_sent_ns = now_ns

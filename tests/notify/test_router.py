@@ -148,3 +148,14 @@ def test_groups_survive_a_round_trip_through_json() -> None:
     assert copy.next_due_ns() == router.next_due_ns()
     [due] = copy.due(T0 + 330 * S)
     assert due.notification.changed == {"rack-flow:A01"}
+
+
+def test_escalation_to_critical_is_news_easing_is_not() -> None:
+    router = Router(config())
+    router.on_event(event("A01", severity=Severity.WARNING), T0)
+    router.due(T0 + 30 * S)
+    router.on_event(event("A01", severity=Severity.CRITICAL), T0 + 40 * S)
+    [due] = router.due(T0 + 330 * S)
+    assert due.notification.changed == {"rack-power:A01"} and due.notification.severity is Severity.CRITICAL
+    router.on_event(event("A01", severity=Severity.WARNING), T0 + 400 * S)
+    assert router.due(T0 + 1000 * S) == []

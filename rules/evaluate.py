@@ -8,7 +8,7 @@ re-judges every bound rule so that pending periods, clear delays and no-data tim
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from dcim.samples import Batch, DeviceStatus, Value
@@ -34,6 +34,7 @@ class Bound:
     labels: dict[str, str]
     # (ts_ns, value) of the metric, for rate rules.
     history: deque[tuple[int, float]] = field(default_factory=deque)
+    judged_ns: int = -1
 
 
 def _same(value: Value, wanted: Value) -> bool:
@@ -150,15 +151,26 @@ class Engine:
     def rack_batches(self) -> list[Batch]:
         return self.metrics.compute(self.clock.now_ns())
 
-    def tick(self) -> None:
-        """Re-judge everything: pending periods, clear delays, no-data and offline timers."""
+    def tick(self, since_ns: int | None = None) -> None:
+        """Re-judge everything: pending periods, clear delays, no-data and offline timers. Rules judged
+        at or after `since_ns` (the rack rules, on this tick's rack metrics) are not judged again."""
+        for _ in self.tick_steps(since_ns):
+            pass
+
+    def tick_steps(self, since_ns: int | None = None, chunk: int = 500) -> Iterator[None]:
+        """`tick` in slices of `chunk` judgements, so the service can yield to the loop between them."""
         now = self.clock.now_ns()
-        for bound in self.bound:
-            self._judge(bound, now)
+        since = now if since_ns is None else since_ns
+        for i, bound in enumerate(self.bound):
+            if bound.judged_ns < since:
+                self._judge(bound, now)
+            if i % chunk == chunk - 1:
+                yield
         for bound in self.nodata:
             self._judge_nodata(bound, now)
         for device in list(self.offline_since):
             self._judge_comm(device, now)
+        yield
 
     def recovering(self, key: str) -> bool:
         """The alarm's condition is clear and it waits out its clear delay."""
@@ -238,6 +250,7 @@ class Engine:
 
     def _judge(self, bound: Bound, now: int) -> None:
         self.evaluations += 1
+        bound.judged_ns = now
         record = self.store.record(bound.key)
         current = record.severity if record is not None and record.state is AlarmState.FIRING else None
         verdict = self.verdict(bound, now, current)

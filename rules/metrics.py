@@ -126,6 +126,10 @@ class RackMetrics:
         self.topology = topology
         self.readings = readings
         self.flow_lpm_per_kw = flow_lpm_per_kw
+        self.loops: dict[str, list[str]] = {}
+        for rack_id, place in topology.racks.items():
+            if place.rack.cdu is not None:
+                self.loops.setdefault(place.rack.cdu, []).append(rack_id)
 
     def compute(self, now_ns: int) -> list[Batch]:
         powers: dict[str, float | None] = {}
@@ -200,7 +204,7 @@ class RackMetrics:
         power = powers.get(rack_id)
         if power is None:
             return []
-        loop = self.topology.racks_served_by(cdu)
+        loop = self.loops[cdu]
         unknown = [r for r in loop if powers.get(r) is None]
         flow = self.readings.number(cdu, "flow_lpm", now)
         heat = self.readings.number(cdu, "heat_removed_kw", now)

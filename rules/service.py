@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -93,7 +94,7 @@ class RuleService:
         """Tick until cancelled; the store is flushed on the way out."""
         try:
             while True:
-                self.tick()
+                await self.tick_async()
                 await self._flush()
                 await self.clock.sleep(self.config.tick)
         finally:
@@ -115,19 +116,39 @@ class RuleService:
     def tick(self) -> None:
         """One round: rack metrics into the pipeline, timers, silences, due control actions."""
         started = self.clock.now_ns()
+        wall = time.perf_counter()
         for batch in self.engine.rack_batches():
             if self.publish is not None:
                 self.publish(batch)  # comes back to our sink like any other batch
             else:
                 self.engine.on_batch(batch)
-        self.engine.tick()
+        self.engine.tick(started)
+        self._after_tick(wall)
+
+    def _after_tick(self, wall: float) -> None:
         self.refresh()
         for command in self.control.due():
             task = asyncio.get_running_loop().create_task(self.control.send(command),
                                                           name=f"rules:control:{command.device}")
             self._control_tasks.add(task)
             task.add_done_callback(self._control_tasks.discard)
-        TICK_SECONDS.observe((self.clock.now_ns() - started) / 1e9)
+        TICK_SECONDS.observe(time.perf_counter() - wall)
+
+    async def tick_async(self, chunk: int = 100) -> None:
+        """`tick`, yielding to the event loop every `chunk` racks and every few hundred judgements: a
+        hall of hundreds of racks must not hold up the pollers for a whole tick."""
+        started = self.clock.now_ns()
+        wall = time.perf_counter()
+        for i, batch in enumerate(self.engine.rack_batches()):
+            if self.publish is not None:
+                self.publish(batch)
+            else:
+                self.engine.on_batch(batch)
+            if i % chunk == chunk - 1:
+                await asyncio.sleep(0)
+        for _ in self.engine.tick_steps(started):
+            await asyncio.sleep(0)
+        self._after_tick(wall)
 
     def refresh(self) -> None:
         """Re-check why firing alarms are held back: a silence that ended lets the firing through,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from rules.clock import NS
 from rules.events import AlarmState
 from rules.store import AlarmStore
@@ -122,8 +124,6 @@ async def test_resolved_while_silenced_is_never_notified(rig: Rig) -> None:
 
 
 async def test_unknown_or_inactive_alarm_operations_fail_clearly(rig: Rig) -> None:
-    import pytest
-
     from rules.store import AlarmNotActive, AlarmNotFound
 
     with pytest.raises(AlarmNotFound):
@@ -135,3 +135,22 @@ async def test_unknown_or_inactive_alarm_operations_fail_clearly(rig: Rig) -> No
         rig.service.store.acknowledge("cdu-leak/cdu-1", "u")
     with pytest.raises(ValueError):
         rig.service.store.add_maintenance("A01", 10, 5, "backwards")
+
+
+async def test_run_ticks_on_the_clock_and_flushes_when_cancelled(tmp_path: Path) -> None:
+    import asyncio
+
+    from tests.helpers import wait_until
+
+    r = Rig(hall(tmp_path))
+    task = asyncio.create_task(r.service.run(), name="rules")
+    await wait_until(lambda: r.clock._sleepers, timeout=5, message="service sleeping on the clock")
+    r.cdu("cdu-1", leak=True)
+    assert r.notifier.fired() == ["cdu-leak/cdu-1"]
+    r.published.clear()
+    r.clock.advance(1)                     # the next tick computes rack metrics
+    await wait_until(lambda: any(b.kind == "rack" for b in r.published), timeout=5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert AlarmStore(tmp_path / "alarms.db").get("cdu-leak/cdu-1").state is AlarmState.FIRING

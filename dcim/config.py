@@ -185,8 +185,8 @@ def _loc_path(loc: tuple[int | str, ...], data: Any) -> str:
     parts: list[int | str] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and isinstance(part, str) and part not in node and part in (
-            "modbus", "snmp", "opcua"
+        if isinstance(node, dict) and isinstance(part, str) and part not in node and (
+            part in ("modbus", "snmp", "opcua") or part == node.get("type")  # hook types (rules.notify)
         ):
             continue
         parts.append(part)

@@ -19,11 +19,14 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
+from dcim.metrics import REGISTRY
 from rules.events import AlarmEvent, AlarmState, Severity
 from rules.notify.config import NotifyConfig, Route
 from rules.notify.model import Notification, event_from_dict, event_to_dict
 
 _S = 1_000_000_000
+
+UNROUTED = REGISTRY.counter("dcim_notify_unrouted_total", "Alarm events that no notification route matched")
 
 
 @dataclass(slots=True)
@@ -161,6 +164,7 @@ class Router:
         routes = self.routes_for(event)
         if not routes:
             self.unrouted += 1
+            UNROUTED.inc()
         for index in routes:
             group_by: list[str] = self._setting(index, "group_by")
             labels = {name: _label(event, name) for name in group_by}

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from dcim import sdnotify
 from dcim.config import Config
+from dcim.http_api import HttpApi
 from dcim.ingest import Ingest
 from dcim.outbox import Outbox
 from dcim.pipeline import Pipeline
@@ -33,6 +36,8 @@ from dcim.topology import Topology
 from drivers.base import DriverContext
 from drivers.errors import WriteRejected
 from drivers.profiles import load_profile
+from rules.notify import Notifier
+from rules.service import RuleService
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +55,9 @@ class Daemon:
         self.outboxes: list[Outbox] = []
         self.publisher: MqttPublisher | None = None
         self.ingest: Ingest | None = None
+        self.rules: RuleService | None = None
+        self.notifier: Notifier | None = None
+        self.http: HttpApi | None = None
         self.ready = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         run_ingest = config.ingest.enabled if ingest is None else ingest
@@ -75,9 +83,20 @@ class Daemon:
             gate = self.ingest.subscribed if self.ingest is not None else None
             self.publisher = MqttPublisher(config.mqtt, self.topology, box, gate=gate)
             self.pipeline.add_sink(self.publisher)
+            if self.rules is not None:
+                self.rules.alarm_outlet = self.publisher
+        if self.rules is not None and config.http.enabled and poll:
+            self.http = HttpApi(config.http, self.rules.store, health=self.health)
 
     def _wire_rules(self) -> None:
-        """The rule engine is wired here once it exists (rules/service.py)."""
+        """The rule engine is the pipeline's first sink: it sees every sample before MQTT does."""
+        if not self.config.rules.enabled:
+            return
+        if self.config.rules.notifications.hooks:
+            self.notifier = Notifier(self.config.rules.notifications, self.state_dir)
+        self.rules = RuleService(self.config, self.topology, controller=self, publish=self.pipeline.publish,
+                                 notifier=self.notifier)
+        self.pipeline.add_sink(self.rules.sink)
 
     # ---- control: the one path by which anything writes to a device ----------------------------------
 
@@ -92,7 +111,29 @@ class Daemon:
     def summary(self) -> str:
         online = sum(1 for c in self.coordinators.values() if c.online)
         dropped = sum(o.dropped for o in self.outboxes)
-        return f"{len(self.coordinators)} devices, {online} online, {dropped} dropped"
+        firing = len(self.rules.store.active()) if self.rules is not None else 0
+        return f"{len(self.coordinators)} devices, {online} online, {firing} alarms active, {dropped} dropped"
+
+    def alive(self) -> bool:
+        """Progress for the watchdog: samples went through the pipeline recently (a dead device still
+        produces BAD samples on its interval, so only a stalled daemon stops them)."""
+        if not self.coordinators:
+            return True
+        longest = max(c.device.interval for c in self.coordinators.values())
+        return time.monotonic() - self.pipeline.last_publish < max(30.0, 3 * longest)
+
+    def health(self) -> dict[str, Any]:
+        dead = sorted(n for n, t in self._tasks.items() if t.done() and not t.cancelled())
+        return {
+            "ok": not dead and self.alive(),
+            "summary": self.summary(),
+            "devices": {d: {"online": bool(c.online), "error": c.last_error or None}
+                        for d, c in self.coordinators.items()},
+            "mqtt_connected": self.publisher.connected.is_set() if self.publisher else None,
+            "ingest_subscribed": self.ingest.subscribed.is_set() if self.ingest else None,
+            "outboxes": {o.name: {"depth": o.depth, "dropped": o.dropped} for o in self.outboxes},
+            "dead_tasks": dead,
+        }
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -114,6 +155,12 @@ class Daemon:
                     start("ingest-write", self.ingest.write_loop())
                 for coordinator in self.coordinators.values():
                     start(coordinator.name, coordinator.run())
+                if self.notifier is not None:
+                    start("notifier", self.notifier.run())
+                if self.rules is not None:
+                    start("rules", self.rules.run())
+                if self.http is not None:
+                    start("http-api", self.http.run())
                 start("ready-watch", self._watch_ready())
                 log.info("daemon started", site=self.config.site.id, devices=len(self.coordinators),
                          mqtt=self.config.mqtt.host or "none",
@@ -127,9 +174,32 @@ class Daemon:
             log.info("stopped")
 
     async def _watch_ready(self) -> None:
+        """READY once every device was polled once; then STATUS and the watchdog under systemd."""
         await asyncio.gather(*(c.polled.wait() for c in self.coordinators.values()))
         self.ready.set()
         log.info("first poll round done", summary=self.summary())
+        notifier = sdnotify.Notifier.from_env()
+        if notifier is None:
+            return
+        try:
+            notifier.ready(self.summary())
+            interval = sdnotify.watchdog_interval(self.config.systemd.watchdog_interval)
+            async with asyncio.TaskGroup() as tg:
+                if interval:
+                    tg.create_task(notifier.watchdog_loop(interval, self.alive), name="watchdog")
+                tg.create_task(self._status_loop(notifier), name="sd-status")
+        finally:
+            notifier.stopping()
+            notifier.close()
+
+    async def _status_loop(self, notifier: sdnotify.Notifier) -> None:
+        last = ""
+        while True:
+            text = self.summary()
+            if text != last:
+                notifier.status(text)
+                last = text
+            await asyncio.sleep(5.0)
 
     async def _cancel(self, prefixes: tuple[str, ...]) -> None:
         tasks = [t for n, t in self._tasks.items() if n.startswith(prefixes) and not t.done()]
@@ -138,7 +208,7 @@ class Daemon:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _shutdown(self) -> None:
-        await self._cancel(("device:", "ready-watch", "rules", "http-api", "watchdog"))
+        await self._cancel(("device:", "ready-watch", "rules", "http-api"))
         if self.publisher is not None and self.publisher.connected.is_set():
             if not await self.publisher.drain(DRAIN_SECONDS):
                 log.warning("broker did not take everything in time; the rest stays in the outbox",
@@ -157,6 +227,7 @@ async def run_daemon(config: Config, *, ingest: bool | None = None, poll: bool =
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    sdnotify.install_stall_hook(loop)
     try:
         await daemon.run(stop)
     finally:

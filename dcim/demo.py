@@ -26,7 +26,7 @@ from dcim.config import Config, ConfigError, load_config
 from dcim.daemon import Daemon
 from dcim.logs import setup_logging
 from dcim.samples import Batch, DeviceStatus
-from dcim.simulate import run_simulators
+from dcim.simulate import run_simulators, wait_listening
 from simulators.plant import Plant
 
 CLEAR = "\033[H\033[J"
@@ -215,6 +215,7 @@ async def demo(config: Config, *, duration: float | None, faults: bool) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
             sims = tg.create_task(run_simulators(config, plant), name="simulators")
+            await wait_listening(config)
             helpers = [tg.create_task(watch_broker(config, view), name="demo-view"),
                        tg.create_task(show(view, sys.stdout.isatty()), name="demo-screen")]
             if faults:

@@ -7,6 +7,7 @@ first, so rules see every sample before MQTT does and a broker outage never blin
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 import structlog
@@ -28,6 +29,7 @@ class Pipeline:
         self.batches = 0
         self.samples = 0
         self.sink_errors = 0
+        self.last_publish = time.monotonic()
 
     def add_sink(self, sink: Sink) -> None:
         self._sinks.append(sink)
@@ -35,6 +37,7 @@ class Pipeline:
     def publish(self, batch: Batch) -> None:
         self.batches += 1
         self.samples += len(batch.samples)
+        self.last_publish = time.monotonic()
         for sink in self._sinks:
             try:
                 sink.on_batch(batch)

@@ -12,8 +12,10 @@ configured addresses; one ticker advances the plant. An optional HTTP control en
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import json
+import socket
 from collections import defaultdict
 from typing import Any
 
@@ -26,6 +28,33 @@ from simulators.plant import FAULTS, Plant
 log = structlog.get_logger(__name__)
 
 TICK_S = 0.25
+
+
+def _listening(device: Device) -> bool:
+    if device.protocol == "snmp":
+        # UDP has no connect handshake: the port is served when we can no longer bind it ourselves.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((device.host, device.port))
+            except OSError as err:
+                return err.errno == errno.EADDRINUSE
+            return False
+    port = device.port
+    if device.protocol == "opcua":
+        port = int(device.endpoint.rsplit(":", 1)[1].split("/", 1)[0])
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((device.host, port)) == 0
+
+
+async def wait_listening(config: Config) -> None:
+    """Until every simulated device's address is served (the demo starts the daemon after this)."""
+    pending = [d for devices in simulated_devices(config).values() for d in devices]
+    async with asyncio.timeout(30.0):
+        while pending:
+            pending = [d for d in pending if not await asyncio.to_thread(_listening, d)]
+            if pending:
+                await asyncio.sleep(0.1)
 
 
 def simulated_devices(config: Config) -> dict[str, list[Device]]:

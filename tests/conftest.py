@@ -185,7 +185,9 @@ def _fail_on_leaked_tasks(request: pytest.FixtureRequest) -> Iterator[None]:
     if loop.is_closed() or loop.is_running():
         return
     leaked = runner.run(_pending_after_grace(before))
-    if leaked:
+    # A test that already failed is likely to leave tasks behind because of that failure: clean up
+    # (done above) without burying the real error under a second one.
+    if leaked and not _failed(request):
         pytest.fail(
             f"{len(leaked)} asyncio task(s) still pending after the test (cancelled now):\n  "
             + "\n  ".join(leaked),

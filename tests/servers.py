@@ -459,7 +459,8 @@ class VictoriaMetrics(ServerProcess):
     """VictoriaMetrics single-node: accepts InfluxDB line protocol on ``/write`` and ``/api/v2/write``.
 
     A line ``cdu,device=cdu-1 flow_lpm=42`` is stored as the metric ``cdu_flow_lpm{device="cdu-1"}``, with
-    timestamps in milliseconds. ``export()`` and ``query()`` flush first, so what was written is readable.
+    timestamps in milliseconds. The v1 ``/write?db=x`` adds the label ``db="x"``; ``/api/v2/write`` adds no
+    label for its bucket. ``export()`` and ``query()`` flush first, so what was written is readable.
     Retention is 100 years so tests may write fixed timestamps from the past.
     """
 

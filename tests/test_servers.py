@@ -390,6 +390,11 @@ async def test_marked_may_leak():
 
 def test_sync_tests_are_left_alone():
     pass
+
+
+async def test_fails_and_leaks():
+    asyncio.create_task(asyncio.sleep(3600), name="after-failure")
+    raise AssertionError("the real failure")
 '''
 
 
@@ -415,6 +420,8 @@ def test_leaked_tasks_fail_the_test(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(test_leaks=LEAK_TESTS, test_module_loop=MODULE_LOOP_TESTS)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=7, errors=2)  # a leaking test passes its call, then errors at teardown
+    # A leaking test passes its call, then errors at teardown; one that failed is not reported twice.
+    result.assert_outcomes(passed=7, errors=2, failed=1)
+    assert "ERROR at teardown of test_fails_and_leaks" not in result.stdout.str()
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_first_leaks*", "*module-leak*"])
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_leaks_a_task*", "*forgotten*"])

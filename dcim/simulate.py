@@ -39,9 +39,10 @@ def _listening(device: Device) -> bool:
             except OSError as err:
                 return err.errno == errno.EADDRINUSE
             return False
-    port = device.port
     if device.protocol == "opcua":
         port = int(device.endpoint.rsplit(":", 1)[1].split("/", 1)[0])
+    else:
+        port = device.port
     with socket.socket() as probe:
         probe.settimeout(0.2)
         return probe.connect_ex((device.host, port)) == 0

@@ -25,6 +25,7 @@ import email.message
 import email.policy
 import ipaddress
 import json
+import logging
 import shutil
 import ssl
 import tempfile
@@ -47,6 +48,16 @@ from cryptography.x509.oid import NameOID
 
 T = TypeVar("T")
 _R = TypeVar("_R")
+
+
+class _DropLoginDataWarning(logging.Filter):
+    """aiosmtpd warns about its own deprecated Session.login_data on every successful AUTH."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()
+
+
+logging.getLogger("mail.log").addFilter(_DropLoginDataWarning())
 
 
 class Recorder(Generic[T]):

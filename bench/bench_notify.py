@@ -56,6 +56,14 @@ def make_event(i: int) -> AlarmEvent:
                       labels={"site": "hall-1", "room": "dh1", "row": "R", "rack": rack})
 
 
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -111,13 +119,7 @@ async def bench(latency_n: int, burst_n: int) -> None:
             await task
     await runner.cleanup()
 
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    print(f"machine: nproc={os.cpu_count()} cpu={cpu} python={platform.python_version()}")
+    print(f"machine: nproc={os.cpu_count()} cpu={cpu_model()} python={platform.python_version()}")
     print(f"submit -> webhook received, one at a time (n={latency_n}):")
     print(f"  p50 {statistics.median(lat_ms):.2f} ms   p99 {percentile(lat_ms, 0.99):.2f} ms   "
           f"max {max(lat_ms):.2f} ms")

@@ -10,7 +10,9 @@ Every server is a child process on a free loopback port, its output in ``<workdi
 Readiness is polled against the port or health endpoint with a deadline; a server that does not come up
 raises ServerError with the tail of its log. ``stop()`` sends SIGTERM, then SIGKILL after a timeout.
 Children are started through ``setpriv --pdeathsig KILL`` when available, so a test run that is killed
-hard does not leave servers behind holding ports.
+hard does not leave servers behind holding ports. The kernel ties that to the *thread* that started the
+server, so start servers from a thread that outlives them (the main thread, as fixtures and ``astart()``
+do), not from ``asyncio.to_thread``.
 """
 
 from __future__ import annotations

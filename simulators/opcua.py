@@ -23,20 +23,24 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from asyncua import Node, Server, ua
+from asyncua import ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
+from asyncua.common.node import Node
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 
 from dcim.samples import Value
 from drivers.opcua.config import OpcUaDevice
-from drivers.opcua.nodes import UNECE
+from drivers.opcua.nodes import UNECE, standard_node, string_node
 from drivers.opcua.points import Point
 from drivers.opcua.security import application_uri, is_trusted, load_certificates, load_trust_list
 from drivers.profiles import Profile, WriteRange, load_profile
@@ -103,7 +107,8 @@ class ChillerServer:
         device_id = self.device.id
         try:
             while True:
-                while not self.plant.answering(device_id):
+                # The plant has no events to await: faults are polled on the refresh, like the values.
+                while not self.plant.answering(device_id):  # noqa: ASYNC110
                     await asyncio.sleep(self.refresh)
                 await self._start()
                 try:
@@ -168,7 +173,7 @@ class ChillerServer:
             async def validate(cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
                 if not is_trusted(cert, trusted):
                     log.warning("opcua simulator %s refused an untrusted client certificate", self.device.id)
-                    raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+                    raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
             server.set_certificate_validator(validate)
 
@@ -176,6 +181,12 @@ class ChillerServer:
         server, self.server = self.server, None
         self.running.clear()
         if server is not None:
+            # asyncua keeps a session with subscriptions alive after its connection drops (for the client to
+            # reactivate); a real server that stops loses them all, and so must we, tasks included.
+            sessions = getattr(server.iserver, "_external_sessions", {})
+            for session in list(sessions.values()):
+                with contextlib.suppress(Exception):
+                    await session.close_session(True)
             with contextlib.suppress(Exception):
                 await server.stop()
 
@@ -192,7 +203,8 @@ class ChillerServer:
             for depth in range(1, len(path) + 1):
                 key = ".".join(path[:depth])
                 if key not in objects:
-                    objects[key] = await parent.add_object(ua.NodeId(key, idx), ua.QualifiedName(path[depth - 1], idx))
+                    name = ua.QualifiedName(path[depth - 1], idx)
+                    objects[key] = await parent.add_object(string_node(key, idx), name)
                 parent = objects[key]
             return parent
 
@@ -206,7 +218,7 @@ class ChillerServer:
                     raise ValueError(f"the simulator serves string NodeIds only, not {point.node!r}")
                 parts = ident[2:].split(".")
             parent = await folder(parts[:-1] or ["Chiller"])
-            node_id = ua.NodeId(".".join(parts), idx)
+            node_id = string_node(".".join(parts), idx)
             value = values.get(point.name)
             self.nodes[point.name] = await self._variable(parent, node_id, ua.QualifiedName(parts[-1], idx), point,
                                                           value)
@@ -232,16 +244,16 @@ class ChillerServer:
             low, high = point.writable.min, point.writable.max
         else:
             low, high = EU_RANGES.get(point.unit, (0.0, 100.0))
-        await node.delete_reference(ua.NodeId(ua.ObjectIds.BaseDataVariableType), ua.ObjectIds.HasTypeDefinition)
-        await node.add_reference(ua.NodeId(ua.ObjectIds.AnalogItemType), ua.ObjectIds.HasTypeDefinition)
+        await node.delete_reference(standard_node(ObjectIds.BaseDataVariableType), ObjectIds.HasTypeDefinition)
+        await node.add_reference(standard_node(ObjectIds.AnalogItemType), ObjectIds.HasTypeDefinition)
         base = node.nodeid
-        await node.add_property(ua.NodeId(f"{base.Identifier}.EURange", base.NamespaceIndex),
+        await node.add_property(string_node(f"{base.Identifier!s}.EURange", base.NamespaceIndex),
                                 ua.QualifiedName("EURange", 0), ua.Range(Low=low, High=high))
         if point.unit in UNECE:
             info = ua.EUInformation(NamespaceUri=UNITS_NAMESPACE, UnitId=UNECE[point.unit],
                                     DisplayName=ua.LocalizedText("°C" if point.unit == "degC" else point.unit),
                                     Description=ua.LocalizedText(point.unit))
-            await node.add_property(ua.NodeId(f"{base.Identifier}.EngineeringUnits", base.NamespaceIndex),
+            await node.add_property(string_node(f"{base.Identifier!s}.EngineeringUnits", base.NamespaceIndex),
                                     ua.QualifiedName("EngineeringUnits", 0), info)
 
     @staticmethod
@@ -264,12 +276,12 @@ class ChillerServer:
         fault = self.plant.fault(self.device.id, "bad_node")
         bad_point = str(fault.get("point", "leaving_temp_c")) if fault is not None else ""
         bad_status = str(fault.get("status", "BadSensorFailure")) if fault is not None else ""
-        now = datetime.now(UTC)
+        now = ua.DateTime.now(UTC)
         for name, item in self.nodes.items():
             if name == bad_point:
                 if item.bad != bad_status:
                     item.bad, item.last = bad_status, None
-                    code = ua.StatusCode(getattr(ua.StatusCodes, bad_status))
+                    code = ua.StatusCode(getattr(StatusCodes, bad_status))
                     dv = ua.DataValue(StatusCode=code, SourceTimestamp=now, ServerTimestamp=now)
                     await server.write_attribute_value(item.node.nodeid, dv)
                 continue

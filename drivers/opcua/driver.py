@@ -27,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
 from asyncua.crypto import security_policies
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography.hazmat.primitives import serialization
 
 from dcim.metrics import REGISTRY
@@ -68,17 +71,23 @@ def error_from(err: BaseException, what: str) -> DriverError:
         return err
     if isinstance(err, TimeoutError):
         return DeviceTimeout(f"{what}: no answer in time")
-    if isinstance(err, ua.UaStatusCodeError):
-        name = ua.StatusCode(err.code).name
-        if name in _SECURITY_CODES:
-            return AuthError(f"{what}: {name}: {_SECURITY_CODES[name]}")
-        return BadResponse(f"{what}: {name}")
-    if isinstance(err, OSError | ConnectionError):
-        return DeviceUnreachable(f"{what}: {err.strerror or err}" if isinstance(err, OSError) else f"{what}: {err}")
+    if isinstance(err, UaStatusCodeError):
+        return status_error(ua.StatusCode(err.code), what)
+    if isinstance(err, OSError):
+        return DeviceUnreachable(f"{what}: {err.strerror or err}")
     return BadResponse(f"{what}: {type(err).__name__}: {err}")
 
 
+def status_error(status: ua.StatusCode, what: str) -> DriverError:
+    name = status.name
+    if name in _SECURITY_CODES:
+        return AuthError(f"{what}: {name}: {_SECURITY_CODES[name]}")
+    return BadResponse(f"{what}: {name}")
+
+
 class OpcUaDriver(Driver):
+    """Polled OPC UA (`mode: poll`): one Read request per poll, writes, connection kept between polls."""
+
     device: OpcUaDevice
     profile: Profile[Point]
 
@@ -130,6 +139,8 @@ class OpcUaDriver(Driver):
             CONNECTS.inc(device=device.id, result="error")
             with contextlib.suppress(Exception):
                 client.disconnect_socket()
+            if isinstance(err, UaError) and "No matching endpoints" in str(err):
+                raise AuthError(await self._no_endpoint(client)) from err
             raise error_from(err, f"connect to {device.endpoint}") from err
         try:
             self._resolved = await asyncio.wait_for(nodes.resolve(client, self.profile), device.timeout * 4)
@@ -147,6 +158,26 @@ class OpcUaDriver(Driver):
         """Basic256Sha256: check the server's certificate against our trust list before we trust it."""
         device = self.device
         assert device.certificate and device.private_key and device.trust_list
+        # File reads off the event loop: certificates and trust lists may sit on slow storage.
+        client.application_uri = await asyncio.to_thread(self._our_application_uri)
+        mode = getattr(ua.MessageSecurityMode, device.security_mode)
+        policy = security_policies.SecurityPolicyBasic256Sha256
+        endpoints = await client.connect_and_get_server_endpoints()
+        matching = [e for e in endpoints if e.SecurityPolicyUri == policy.URI and e.SecurityMode == mode]
+        if not matching:
+            raise AuthError(self._offers(endpoints))
+        try:
+            server_cert = first_certificate(matching[0].ServerCertificate)
+        except ValueError as err:
+            raise AuthError(f"{device.endpoint} sent a certificate we cannot parse ({err})") from err
+        await asyncio.to_thread(check_trusted, server_cert, device.trust_list, f"server {device.endpoint}")
+        password = device.private_key_password.get_secret_value() if device.private_key_password else None
+        server_der = server_cert.public_bytes(serialization.Encoding.DER)
+        await client.set_security(policy, device.certificate, device.private_key, password, server_der, mode)
+
+    def _our_application_uri(self) -> str:
+        device = self.device
+        assert device.certificate and device.private_key
         for label, path in (("certificate", device.certificate), ("private_key", device.private_key)):
             if not Path(path).is_file():
                 raise AuthError(f"{label} {path} does not exist (make one with `dcim opcua-cert`)")
@@ -158,29 +189,24 @@ class OpcUaDriver(Driver):
         if uri is None:
             raise AuthError(f"certificate {device.certificate} has no application URI in its subjectAltName")
         if device.application_uri is not None and device.application_uri != uri:
-            raise AuthError(
-                f"application_uri {device.application_uri!r} differs from the certificate's {uri!r}"
-            )
-        client.application_uri = uri
-        mode = getattr(ua.MessageSecurityMode, device.security_mode)
-        policy = security_policies.SecurityPolicyBasic256Sha256
-        endpoints = await client.connect_and_get_server_endpoints()
-        matching = [e for e in endpoints if e.SecurityPolicyUri == policy.URI and e.SecurityMode == mode]
-        if not matching:
-            offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints})
-            raise AuthError(
-                f"{device.endpoint} offers no {device.security_policy}/{device.security_mode} endpoint "
-                f"(it offers {', '.join(offered)})"
-            )
-        try:
-            server_cert = first_certificate(matching[0].ServerCertificate)
-        except ValueError as err:
-            raise AuthError(f"{device.endpoint} sent a certificate we cannot parse ({err})") from err
-        check_trusted(server_cert, device.trust_list, role=f"server {device.endpoint}")
-        password = device.private_key_password.get_secret_value() if device.private_key_password else None
-        await client.set_security(
-            policy, device.certificate, device.private_key, password, server_cert.public_bytes(serialization.Encoding.DER), mode
+            raise AuthError(f"application_uri {device.application_uri!r} differs from the certificate's {uri!r}")
+        return uri
+
+    def _offers(self, endpoints: list[ua.EndpointDescription]) -> str:
+        offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name.rstrip('_')}"
+                          for e in endpoints})
+        return (
+            f"{self.device.endpoint} offers no {self.device.security_policy}/{self.device.security_mode} "
+            f"endpoint (it offers {', '.join(offered)})"
         )
+
+    async def _no_endpoint(self, client: Client) -> str:
+        try:
+            return self._offers(await client.connect_and_get_server_endpoints())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return f"{self.device.endpoint} offers no {self.device.security_policy} endpoint"
 
     async def _on_lost(self, err: Exception) -> None:
         self._mark_lost(f"connection lost: {error_from(err, self.device.endpoint)}")
@@ -202,7 +228,7 @@ class OpcUaDriver(Driver):
         except asyncio.CancelledError:
             client.disconnect_socket()
             raise
-        except Exception:  # noqa: BLE001 - closing never raises; the socket goes below
+        except Exception:
             log.debug("opcua.disconnect_failed", device=self.device.id, exc_info=True)
         with contextlib.suppress(Exception):
             client.disconnect_socket()
@@ -232,7 +258,7 @@ class OpcUaDriver(Driver):
         present = [r for r in self._resolved if r.node_id is not None]
         ids = [r.node_id for r in present if r.node_id is not None]
         try:
-            values = await asyncio.wait_for(nodes.read_values(client, ids, ua.AttributeIds.Value),
+            values = await asyncio.wait_for(nodes.read_values(client, ids, AttributeIds.Value),
                                             self.device.timeout)
         except asyncio.CancelledError:
             raise
@@ -279,7 +305,7 @@ class OpcUaDriver(Driver):
         params = ua.WriteParameters()
         wv = ua.WriteValue()
         wv.NodeId = item.node_id
-        wv.AttributeId = ua.AttributeIds.Value
+        wv.AttributeId = AttributeIds.Value
         wv.Value = ua.DataValue(variant)
         params.NodesToWrite = [wv]
         try:
@@ -290,10 +316,13 @@ class OpcUaDriver(Driver):
             raise error_from(err, f"write {point}") from err
         status = results[0]
         if not status.is_good():
-            raise error_from(ua.UaStatusCodeError(status.value), f"write {point}={checked}")
+            raise status_error(status, f"write {point}={checked}")
         log.info("opcua.write", device=self.device.id, point=point, value=checked)
 
-    # ---- subscriptions ----------------------------------------------------------------------------------
+
+
+class OpcUaSubscriber(OpcUaDriver):
+    """The default (`mode: subscribe`): monitored items push changes; `read()` still works for `dcim read`."""
 
     async def subscribe(self, emit: SampleCallback, status: StatusCallback) -> None:
         online: bool | None = None
@@ -382,10 +411,9 @@ class OpcUaDriver(Driver):
             for task in (consumer, lost):
                 task.cancel()
             await asyncio.gather(consumer, lost, return_exceptions=True)
-        if consumer.done() and not consumer.cancelled() and consumer.exception() is not None:
-            err = consumer.exception()
-            assert err is not None
-            raise error_from(err, "subscription") from err
+        failure = consumer.exception() if consumer.done() and not consumer.cancelled() else None
+        if failure is not None:
+            raise error_from(failure, "subscription") from failure
 
     def _filter(self, item: Resolved) -> ua.DataChangeFilter | None:
         point, deadband = item.point, self.device.deadband
@@ -396,6 +424,10 @@ class OpcUaDriver(Driver):
             absolute = point.deadband
         elif deadband.type == "absolute":
             absolute = deadband.value
+        elif deadband.type == "percent" and item.eu_range is None:
+            log.info("opcua.no_eurange", device=self.device.id, point=point.name,
+                     detail="no EURange on the server: percent deadband not applied")
+            return None
         elif deadband.type == "percent" and item.eu_range is not None:
             # Requested as an absolute deadband of the EURange span: the same filter PercentDeadband defines,
             # and servers that do not implement PercentDeadband (asyncua's among them) still honour it.
@@ -422,7 +454,7 @@ class OpcUaDriver(Driver):
                 continue
             rv = ua.ReadValueId()
             rv.NodeId = item.node_id
-            rv.AttributeId = ua.AttributeIds.Value
+            rv.AttributeId = AttributeIds.Value
             params = ua.MonitoringParameters()
             params.ClientHandle = handle
             params.SamplingInterval = self.device.sampling_interval * 1000
@@ -486,8 +518,11 @@ class OpcUaDriver(Driver):
 
 
 def make_driver(device: Any, profile: Profile[Any], context: DriverContext) -> OpcUaDriver:
+    """`mode: subscribe` (default) gives a Subscriber; `mode: poll` a plain polled driver."""
     if not isinstance(device, OpcUaDevice):
         raise TypeError(f"{getattr(device, 'id', device)!r} is not an OPC UA device")
     if profile.protocol != "opcua":
         raise TypeError(f"profile {profile.name} is for {profile.protocol}, not opcua")
-    return OpcUaDriver(device, profile)
+    if device.mode == "poll":
+        return OpcUaDriver(device, profile)
+    return OpcUaSubscriber(device, profile)

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
 
 from dcim.samples import Quality, Sample, Value
 from drivers.errors import BadResponse, WriteRejected
@@ -44,6 +47,15 @@ _INTEGER_TYPES = {
 }
 _FLOAT_TYPES = (ua.VariantType.Float, ua.VariantType.Double)
 MISSING = "missing"
+
+
+def standard_node(ident: int) -> ua.NodeId:
+    """A node of the standard namespace (ns=0), e.g. ObjectIds.ObjectsFolder."""
+    return ua.NodeId(ua.Int32(ident))
+
+
+def string_node(ident: str, namespace: int) -> ua.NodeId:
+    return ua.NodeId(ua.String(ident), ua.Int16(namespace))
 
 
 class ResolveError(BadResponse):
@@ -89,12 +101,8 @@ def _relative_path(segments: list[str], default_uri: str | None, namespaces: lis
             uri, name = default_uri, segment
         else:
             raise ResolveError(f"browse path segment {segment!r} needs {{uri}} or the profile's options.namespace")
-        element = ua.RelativePathElement()
-        element.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HierarchicalReferences)
-        element.IsInverse = False
-        element.IncludeSubtypes = True
-        element.TargetName = ua.QualifiedName(name, _namespace_index(uri, namespaces))
-        elements.append(element)
+        target = ua.QualifiedName(name, _namespace_index(uri, namespaces))
+        elements.append(_element(ObjectIds.HierarchicalReferences, target))
     path = ua.RelativePath()
     path.Elements = elements
     return path
@@ -108,14 +116,16 @@ def _browse(start: ua.NodeId, path: ua.RelativePath) -> ua.BrowsePath:
 
 
 def _property_path(name: str) -> ua.RelativePath:
-    element = ua.RelativePathElement()
-    element.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HasProperty)
-    element.IsInverse = False
-    element.IncludeSubtypes = True
-    element.TargetName = ua.QualifiedName(name, 0)
     path = ua.RelativePath()
-    path.Elements = [element]
+    path.Elements = [_element(ObjectIds.HasProperty, ua.QualifiedName(name, 0))]
     return path
+
+
+def _element(reference: int, target: ua.QualifiedName) -> ua.RelativePathElement:
+    # Keyword arguments, because asyncua annotates these fields with its own `ua.Boolean` class.
+    fields: dict[str, Any] = {"ReferenceTypeId": standard_node(reference), "IsInverse": False,
+                              "IncludeSubtypes": True, "TargetName": target}
+    return ua.RelativePathElement(**fields)
 
 
 def _target(result: ua.BrowsePathResult) -> tuple[ua.NodeId | None, str]:
@@ -125,7 +135,7 @@ def _target(result: ua.BrowsePathResult) -> tuple[ua.NodeId | None, str]:
     return ua.NodeId(target.Identifier, target.NamespaceIndex), ""
 
 
-async def read_values(client: Client, nodes: list[ua.NodeId], attribute: ua.AttributeIds) -> list[ua.DataValue]:
+async def read_values(client: Client, nodes: list[ua.NodeId], attribute: AttributeIds) -> list[ua.DataValue]:
     params = ua.ReadParameters()
     params.TimestampsToReturn = ua.TimestampsToReturn.Both
     for node in nodes:
@@ -144,7 +154,7 @@ async def resolve(client: Client, profile: Profile[Point]) -> list[Resolved]:
     default_uri = default_uri if isinstance(default_uri, str) else None
     out = [Resolved(p, None, measurement=profile.measurement(p)) for p in profile.points]
     paths: list[tuple[Resolved, ua.BrowsePath]] = []
-    objects = ua.NodeId(ua.ObjectIds.ObjectsFolder)
+    objects = standard_node(ObjectIds.ObjectsFolder)
     for item in out:
         ref = item.point.node
         if ref.startswith("/"):
@@ -161,8 +171,8 @@ async def resolve(client: Client, profile: Profile[Point]) -> list[Resolved]:
     props = [_browse(n, _property_path(name)) for n in ids for name in ("EURange", "EngineeringUnits")]
     prop_results = await client.uaclient.translate_browsepaths_to_nodeids(props) if props else []
     prop_ids = [_target(r)[0] for r in prop_results]
-    values = await read_values(client, ids, ua.AttributeIds.DataType)
-    prop_values = await read_values(client, [p for p in prop_ids if p is not None], ua.AttributeIds.Value)
+    values = await read_values(client, ids, AttributeIds.DataType)
+    prop_values = await read_values(client, [p for p in prop_ids if p is not None], AttributeIds.Value)
     prop_iter = iter(prop_values)
     for i, (item, dtype) in enumerate(zip(found, values, strict=True)):
         if dtype.StatusCode is not None and dtype.StatusCode.is_bad():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -141,7 +142,7 @@ def describe(cert: x509.Certificate) -> str:
 
 
 def thumbprint(cert: x509.Certificate) -> str:
-    return hashlib.sha1(cert.public_bytes(serialization.Encoding.DER)).hexdigest()  # noqa: S324 - OPC UA's own
+    return hashlib.sha1(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def is_trusted(cert: x509.Certificate, trusted: list[x509.Certificate]) -> bool:
@@ -154,7 +155,7 @@ def is_trusted(cert: x509.Certificate, trusted: list[x509.Certificate]) -> bool:
         if anchor.subject == cert.issuer:
             try:
                 cert.verify_directly_issued_by(anchor)
-            except (ValueError, TypeError, x509.InvalidSignature):
+            except (ValueError, TypeError, InvalidSignature):
                 continue
             return True
     return False

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from dcim.samples import Quality
+from dcim.samples import Quality, Sample
 from drivers.base import DriverContext, Subscriber
 from drivers.errors import WriteRejected
-from drivers.opcua.driver import OpcUaDriver, make_driver
+from drivers.opcua.driver import OpcUaDriver, OpcUaSubscriber, make_driver
 from drivers.profiles import load_profile
 from simulators.plant import Plant
 from tests.helpers import free_port, wait_until
@@ -34,10 +34,10 @@ async def sim() -> AsyncIterator[Running]:
         yield running
 
 
-def driver_for(sim: Running, **settings: object) -> OpcUaDriver:
+def driver_for(sim: Running, **settings: object) -> OpcUaSubscriber:
     config = hall(int(sim.device.endpoint.rsplit(":", 1)[1]), **settings)
     driver = make_driver(chiller(config), PROFILE, DriverContext())
-    assert isinstance(driver, Subscriber)
+    assert isinstance(driver, Subscriber) and isinstance(driver, OpcUaSubscriber)
     return driver
 
 
@@ -51,7 +51,7 @@ async def driver(sim: Running) -> AsyncIterator[OpcUaDriver]:
 class Subscription:
     """A running `subscribe()` task and what it emitted."""
 
-    def __init__(self, driver: OpcUaDriver) -> None:
+    def __init__(self, driver: OpcUaSubscriber) -> None:
         self.got = Collector()
         self.task = asyncio.create_task(driver.subscribe(self.got.emit, self.got.status))
 
@@ -189,12 +189,12 @@ async def test_a_bad_node_is_a_bad_sample_with_the_status_name(sim: Running, dri
     await wait_until(lambda: sub.got.statuses == [(True, "")], timeout=15)
     sim.plant.inject(sim.device.id, "bad_node", point="entering_temp_c", status="BadSensorFailure")
     try:
-        def bad() -> object:
+        def bad() -> Sample | None:
             latest = sub.got.latest("entering_temp_c")
-            return latest is not None and latest.quality is Quality.BAD and latest
+            return latest if latest is not None and latest.quality is Quality.BAD else None
 
         sample = await wait_until(bad, timeout=10)
-        assert sample and sample.value is None and sample.reason == "BadSensorFailure"
+        assert sample is not None and sample.value is None and sample.reason == "BadSensorFailure"
         polled = {s.point: s for s in await driver.read()}
         assert polled["entering_temp_c"].quality is Quality.BAD
         assert polled["entering_temp_c"].reason == "BadSensorFailure"
@@ -223,6 +223,7 @@ async def test_a_trip_shows_in_status_alarm_and_running(sim: Running) -> None:
 async def test_unreachable_server_is_reported_offline_with_bad_samples() -> None:
     config = hall(free_port())
     drv = make_driver(chiller(config), PROFILE, DriverContext())
+    assert isinstance(drv, OpcUaSubscriber)
     got = Collector()
     task = asyncio.create_task(drv.subscribe(got.emit, got.status))
     try:

@@ -20,9 +20,9 @@ from dcim.config import Config, parse_config
 from dcim.samples import Sample
 from drivers.opcua.config import OpcUaDevice
 from drivers.opcua.security import make_certificate
+from drivers.profiles import load_profile
 from simulators.opcua import ChillerServer, ServerSecurity
 from simulators.plant import Plant
-from drivers.profiles import load_profile
 
 SERVER_URI = "urn:dcim:simulator:chiller"
 CLIENT_URI = "urn:dcim:client:test"

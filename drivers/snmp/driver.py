@@ -38,6 +38,8 @@ from drivers.snmp.points import Point
 from drivers.snmp.session import Oid, Session, VarBind
 
 GET_CHUNK = 40
+# Tables of up to this many rows (phases, banks, probes) are walked together in one request.
+SHORT_TABLE = 8
 # An exception value (noSuchObject, noSuchInstance, endOfMibView) means "not there": omitted, like -1.
 _ABSENT = (rfc1905.NoSuchObject, rfc1905.NoSuchInstance, rfc1905.EndOfMibView)
 
@@ -113,6 +115,7 @@ class SnmpDriver(Driver):
         self.plan = plan_for(profile)
         self.session: Session | None = None
         self._digits: dict[Oid, int] | None = None
+        self._row_counts: dict[Oid, int] = {}
         self._lock = asyncio.Lock()
         # A poll may not outlive the device's interval unless configured otherwise: a dead PDU must not
         # hold its poller past the next tick. Per request: timeout x (retries + 1).
@@ -182,16 +185,37 @@ class SnmpDriver(Driver):
                 del remaining[index - 1]
         return []
 
-    async def _walk(self, prefixes: list[Oid], wanted: dict[Oid, set[Oid]] | None = None
-                    ) -> dict[Oid, list[VarBind]]:
-        """Walk several columns together; each stops where its rows leave its prefix."""
+    async def _walk(self, prefixes: list[Oid]) -> dict[Oid, list[VarBind]]:
+        """Walk columns of like length together, so few repetitions are wasted past a short table's end.
+
+        A column's row count is learnt on its first walk; later walks ask for just one row more than that
+        (to see the end), in groups of similar length, capped by `max_repetitions`."""
+        groups: dict[object, list[Oid]] = {}
+        for prefix in prefixes:
+            known = self._row_counts.get(prefix)
+            key = "unknown" if known is None else ("short" if known <= SHORT_TABLE else known)
+            groups.setdefault(key, []).append(prefix)
+        rows: dict[Oid, list[VarBind]] = {}
+        for group in groups.values():
+            rows.update(await self._walk_group(group))
+        for prefix, found in rows.items():
+            self._row_counts[prefix] = len(found)
+        return rows
+
+    async def _walk_group(self, prefixes: list[Oid]) -> dict[Oid, list[VarBind]]:
+        """Walk several columns at once; each stops where its rows leave its prefix."""
         session = self._session()
         rows: dict[Oid, list[VarBind]] = {prefix: [] for prefix in prefixes}
         cursor = {prefix: prefix for prefix in prefixes}
         active = list(prefixes)
         while active:
             REQUESTS.inc(device=self.device.id, kind="bulk")
-            answer = await session.bulk([cursor[p] for p in active], self.config.max_repetitions)
+            repetitions = self.config.max_repetitions
+            if all(p in self._row_counts for p in active):
+                # One row past the known end shows the end; a table that grew is walked on regardless.
+                wanted = max(self._row_counts[p] - len(rows[p]) + 1 for p in active)
+                repetitions = max(1, min(repetitions, wanted))
+            answer = await session.bulk([cursor[p] for p in active], repetitions)
             if not answer:
                 raise BadResponse(f"{self.device.id}: empty GETBULK response")
             width = len(active)

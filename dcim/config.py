@@ -119,6 +119,9 @@ class IngestConfig(StrictModel):
     enabled: bool = True
     # MQTT 5 shared subscription group: workers in one group split the messages between them.
     group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "dcim-ingest"
+    # MQTT client id of this worker; stable across restarts (its broker session holds what arrives while it
+    # is away). Default: dcim-ingest-<hostname>-<group>. Set one per worker to run several on one host.
+    client_id: str | None = None
 
 
 class LoggingConfig(StrictModel):

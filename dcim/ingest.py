@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 import aiomqtt
@@ -25,7 +26,7 @@ from dcim.config import Config
 from dcim.lineproto import encode_batch
 from dcim.metrics import REGISTRY
 from dcim.outbox import Item, Outbox
-from dcim.publisher import CONNECTED, client_id, protocol, tls_context
+from dcim.publisher import CONNECTED, protocol, tls_context
 from dcim.samples import Batch, Quality, Sample
 from dcim.writers import RejectedWriteError, RetryableWriteError, Writer, make_writer
 
@@ -83,7 +84,7 @@ class Ingest:
             connect_props.SessionExpiryInterval = SESSION_EXPIRY_S
         return aiomqtt.Client(
             mqtt.host or "", mqtt.port,
-            identifier=f"{client_id(mqtt, 'ingest')}-{self.config.ingest.group}",
+            identifier=self.config.ingest.client_id or f"dcim-ingest-{socket.gethostname()}-{self.config.ingest.group}",
             username=mqtt.username, password=password, keepalive=mqtt.keepalive,
             tls_context=tls_context(mqtt), protocol=protocol(mqtt),
             clean_session=None if v5 else False, clean_start=False, properties=connect_props, timeout=10,

@@ -1,8 +1,10 @@
-"""Real receivers for alert hooks: an HTTP server (aiohttp) and an SMTP server (aiosmtpd).
+"""Real receivers: an HTTP server (aiohttp) and an SMTP server (aiosmtpd) for alert hooks, and an MQTT
+subscriber (aiomqtt) that records what a broker delivers.
 
-Each runs in its own thread with its own event loop, like aiosmtpd's Controller, so it answers whether
-the test is async or not and whatever the code under test does to the test's loop; its tasks never
-count as leaks of the test. Both record what they receive, and a test waits for it without sleeping:
+The HTTP and SMTP receivers each run in a thread with their own event loop, like aiosmtpd's Controller,
+so they answer whether the test is async or not and whatever the code under test does to the test's
+loop; their tasks never count as leaks of the test. The MQTT recorder is an async context manager in
+the test's loop. All record what they receive, and a test waits for it without sleeping:
 
     receiver = HttpReceiver().start()
     ...                                        # code under test posts to receiver.url + "/hook"
@@ -14,6 +16,9 @@ requests (retries), ``stop()`` closes the port (a hook that is down) and ``start
 The SMTP receiver can require STARTTLS (or implicit TLS) with a self-signed certificate made in a temp
 dir, and AUTH with a user name and password; ``cafile`` is the certificate a client should trust.
 """
+
+# wait_for(timeout=...) rather than asyncio.timeout(): on a timeout, the error lists what did arrive.
+# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 
@@ -32,13 +37,14 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
+import aiomqtt
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from cryptography import x509
@@ -94,9 +100,15 @@ class Recorder(Generic[T]):
         with self._lock:
             return len(self._items)
 
-    # A timeout argument rather than asyncio.timeout(): the error then says what did arrive.
-    async def wait_for(self, count: int = 1, timeout: float = 10.0) -> list[T]:  # noqa: ASYNC109
-        """All items once at least ``count`` have arrived; TimeoutError (with what did arrive) otherwise."""
+    def matching(self, where: Callable[[T], bool] | None = None) -> list[T]:
+        with self._lock:
+            return [i for i in self._items if where is None or where(i)]
+
+    async def wait_for(
+        self, count: int = 1, timeout: float = 10.0, *, where: Callable[[T], bool] | None = None
+    ) -> list[T]:
+        """The items (those ``where`` accepts, if given) once at least ``count`` have arrived;
+        TimeoutError listing what did arrive otherwise."""
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
         key = (loop, event)
@@ -106,12 +118,12 @@ class Recorder(Generic[T]):
         try:
             while True:
                 event.clear()
-                with self._lock:
-                    if len(self._items) >= count:
-                        return list(self._items)
+                items = self.matching(where)
+                if len(items) >= count:
+                    return items
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise TimeoutError(self._timeout_message(count, timeout))
+                    raise TimeoutError(self._timeout_message(count, timeout, where))
                 try:
                     await asyncio.wait_for(event.wait(), remaining)
                 except TimeoutError:
@@ -120,20 +132,27 @@ class Recorder(Generic[T]):
             with self._lock:
                 self._waiters.discard(key)
 
-    def wait_for_sync(self, count: int = 1, timeout: float = 10.0) -> list[T]:
+    def wait_for_sync(
+        self, count: int = 1, timeout: float = 10.0, *, where: Callable[[T], bool] | None = None
+    ) -> list[T]:
         deadline = time.monotonic() + timeout
         with self._changed:
-            while len(self._items) < count:
+            while True:
+                items = [i for i in self._items if where is None or where(i)]
+                if len(items) >= count:
+                    return items
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(self._timeout_message(count, timeout))
+                    break
                 self._changed.wait(remaining)
-            return list(self._items)
+        raise TimeoutError(self._timeout_message(count, timeout, where))
 
-    def _timeout_message(self, count: int, timeout: float) -> str:
-        with self._lock:
-            got = list(self._items)
-        return f"expected {count} item(s) within {timeout} s, got {len(got)}: {got!r}"[:2000]
+    def _timeout_message(self, count: int, timeout: float, where: Callable[[T], bool] | None) -> str:
+        got = self.matching(where)
+        total = len(self)
+        return (
+            f"expected {count} item(s) within {timeout} s, got {len(got)} matching of {total}: {got!r}"
+        )[:2000]
 
 
 class _LoopThread:
@@ -320,11 +339,15 @@ class HttpReceiver(_Receiver):
         """The next ``count`` requests get ``status``; later ones get the normal answer again."""
         self._failures.extend([status] * count)
 
-    async def wait_for(self, count: int = 1, timeout: float = 10.0) -> list[HttpRequest]:  # noqa: ASYNC109
-        return await self.recorder.wait_for(count, timeout)
+    async def wait_for(
+        self, count: int = 1, timeout: float = 10.0, *, where: Callable[[HttpRequest], bool] | None = None
+    ) -> list[HttpRequest]:
+        return await self.recorder.wait_for(count, timeout, where=where)
 
-    def wait_for_sync(self, count: int = 1, timeout: float = 10.0) -> list[HttpRequest]:
-        return self.recorder.wait_for_sync(count, timeout)
+    def wait_for_sync(
+        self, count: int = 1, timeout: float = 10.0, *, where: Callable[[HttpRequest], bool] | None = None
+    ) -> list[HttpRequest]:
+        return self.recorder.wait_for_sync(count, timeout, where=where)
 
     def clear(self) -> None:
         self.recorder.clear()
@@ -422,11 +445,15 @@ class SmtpReceiver(_Receiver):
         """The SMTP reply to DATA, e.g. ``"451 Try again later"`` for a transient failure."""
         self.reply = reply
 
-    async def wait_for(self, count: int = 1, timeout: float = 10.0) -> list[SmtpMessage]:  # noqa: ASYNC109
-        return await self.recorder.wait_for(count, timeout)
+    async def wait_for(
+        self, count: int = 1, timeout: float = 10.0, *, where: Callable[[SmtpMessage], bool] | None = None
+    ) -> list[SmtpMessage]:
+        return await self.recorder.wait_for(count, timeout, where=where)
 
-    def wait_for_sync(self, count: int = 1, timeout: float = 10.0) -> list[SmtpMessage]:
-        return self.recorder.wait_for_sync(count, timeout)
+    def wait_for_sync(
+        self, count: int = 1, timeout: float = 10.0, *, where: Callable[[SmtpMessage], bool] | None = None
+    ) -> list[SmtpMessage]:
+        return self.recorder.wait_for_sync(count, timeout, where=where)
 
     def clear(self) -> None:
         self.recorder.clear()
@@ -508,3 +535,135 @@ class SmtpReceiver(_Receiver):
                 )
             )
         return self.reply
+
+
+@dataclass(frozen=True)
+class MqttMessage:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    user_properties: dict[str, str]  # MQTT 5 user properties, empty for 3.1.1
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def text(self) -> str:
+        return self.payload.decode()
+
+    def lines(self) -> list[str]:
+        """The payload as InfluxDB line protocol lines."""
+        return [line for line in self.text.splitlines() if line.strip()]
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+    def matches(self, topic_filter: str) -> bool:
+        return aiomqtt.Topic(self.topic).matches(topic_filter)
+
+
+class MqttRecorder:
+    """Subscribes to topic filters and records every message, in the test's event loop:
+
+        async with MqttRecorder(mosquitto.host, mosquitto.port, "dcim/#") as mqtt:
+            ...
+            [status] = await mqtt.wait_for(1, where=lambda m: m.matches("dcim/+/status/cdu-1"))
+
+    It reconnects and subscribes again when the broker goes away (``disconnects`` counts the losses;
+    ``await connected()`` waits for the subscription to be back), so it can watch across an outage.
+    Its task is cancelled and awaited on exit, so it never counts as a leaked task.
+    """
+
+    def __init__(
+        self, host: str, port: int, *topics: str, qos: int = 1, v5: bool = True,
+        identifier: str | None = None, connect_timeout: float = 10.0,
+    ) -> None:
+        if not topics:
+            raise ValueError("give at least one topic filter")
+        self.host = host
+        self.port = port
+        self.topics = topics
+        self.qos = qos
+        self.protocol = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
+        self.identifier = identifier or f"dcim-test-recorder-{id(self):x}"
+        self.connect_timeout = connect_timeout
+        self.recorder: Recorder[MqttMessage] = Recorder()
+        self.disconnects = 0
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def messages(self) -> list[MqttMessage]:
+        return self.recorder.items
+
+    async def wait_for(
+        self, count: int = 1, timeout: float = 10.0, *, where: Callable[[MqttMessage], bool] | None = None
+    ) -> list[MqttMessage]:
+        return await self.recorder.wait_for(count, timeout, where=where)
+
+    def clear(self) -> None:
+        self.recorder.clear()
+
+    async def connected(self, timeout: float = 10.0) -> None:
+        """Wait until connected and subscribed (again, after an outage)."""
+        task = self._task
+        if task is None:
+            raise RuntimeError("MqttRecorder is not running: use it with 'async with'")
+        waiter = asyncio.ensure_future(self._connected.wait())
+        try:
+            done, _ = await asyncio.wait({waiter, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task in done:
+            task.result()  # the recorder died: say why
+        if waiter not in done:
+            raise TimeoutError(f"MQTT recorder not connected to {self.host}:{self.port} within {timeout} s")
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name=f"mqtt-recorder {' '.join(self.topics)}")
+        try:
+            await self.connected(self.connect_timeout)
+        except BaseException:
+            await self._cancel()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._cancel()
+
+    async def _cancel(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError:
+                if self._connected.is_set():
+                    self.disconnects += 1
+                self._connected.clear()
+            await asyncio.sleep(0.05)  # pace reconnect attempts while the broker is away
+
+    async def _session(self) -> None:
+        async with aiomqtt.Client(
+            self.host, self.port, identifier=self.identifier, protocol=self.protocol, timeout=5
+        ) as client:
+            for topic in self.topics:
+                await client.subscribe(topic, qos=self.qos)
+            self._connected.set()
+            async for message in client.messages:
+                props = getattr(message.properties, "UserProperty", None) or []
+                payload = message.payload
+                self.recorder.append(
+                    MqttMessage(
+                        topic=str(message.topic),
+                        payload=payload if isinstance(payload, bytes) else str(payload).encode(),
+                        qos=message.qos,
+                        retain=message.retain,
+                        user_properties={str(k): str(v) for k, v in props},
+                    )
+                )

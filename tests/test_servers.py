@@ -14,10 +14,12 @@ import aiohttp
 import aiomqtt
 import pytest
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from tests.conftest import _require
 from tests.helpers import wait_until, wait_until_sync
-from tests.receivers import HttpReceiver, SmtpReceiver
+from tests.receivers import HttpReceiver, MqttRecorder, SmtpReceiver
 from tests.servers import InfluxDBv1, Mosquitto, ServerError, VictoriaMetrics, port_accepts
 
 pytest_plugins = ["pytester"]
@@ -117,6 +119,36 @@ async def test_mosquitto_persistence_keeps_queued_messages_across_restart(server
             async for message in sub.messages:
                 assert message.payload == b"queued"
                 break
+
+
+async def test_mqtt_recorder_records_and_follows_the_broker_across_a_restart(mosquitto: Mosquitto) -> None:
+    async with _mqtt(mosquitto, "pub") as pub:
+        await pub.publish("dcim/hall-1/status/cdu-1", b'{"online": true}', qos=1, retain=True)
+    async with MqttRecorder(mosquitto.host, mosquitto.port, "dcim/#") as rec:
+        [status] = await rec.wait_for(1, where=lambda m: m.matches("dcim/+/status/+"))
+        assert status.retain and status.json() == {"online": True}
+        async with _mqtt(mosquitto, "pub") as pub:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.UserProperty = [("source", "test")]
+            await pub.publish("dcim/hall-1/cdu/cdu-1", b"cdu,device=cdu-1 flow_lpm=1 1\n", qos=1, properties=props)
+        [line] = await rec.wait_for(1, where=lambda m: m.matches("dcim/+/cdu/#"))
+        assert line.lines() == ["cdu,device=cdu-1 flow_lpm=1 1"] and not line.retain and line.qos == 1
+        assert line.user_properties == {"source": "test"}
+
+        await mosquitto.arestart()
+        await wait_until(lambda: rec.disconnects == 1, timeout=10)
+        await rec.connected()
+        async with _mqtt(mosquitto, "pub") as pub:
+            await pub.publish("dcim/after", b"back", qos=1)
+        await rec.wait_for(1, where=lambda m: m.topic == "dcim/after")
+
+
+async def test_mqtt_recorder_says_when_there_is_no_broker(free_port: int) -> None:
+    with pytest.raises(TimeoutError, match="not connected"):
+        async with MqttRecorder("127.0.0.1", free_port, "#", connect_timeout=0.3):
+            pass
+    with pytest.raises(ValueError, match="topic"):
+        MqttRecorder("127.0.0.1", free_port)
 
 
 def test_a_server_that_cannot_start_raises_with_its_log(tmp_path: Path) -> None:
@@ -222,6 +254,8 @@ async def test_http_receiver_records_and_answers_as_told(http_receiver: HttpRece
         resp = await http.put(f"{http_receiver.url}/y", data=b"raw")
         assert (resp.status, await resp.text()) == (500, "down")
         assert len(await http_receiver.wait_for(count=5, timeout=5)) == 5
+        [put] = await http_receiver.wait_for(1, where=lambda r: r.method == "PUT")
+        assert (put.path, put.body) == ("/y", b"raw")
 
     port = http_receiver.port
     http_receiver.stop()

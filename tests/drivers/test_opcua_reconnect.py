@@ -15,7 +15,7 @@ from drivers.opcua.driver import OpcUaSubscriber, make_driver
 from drivers.profiles import load_profile
 from simulators.plant import Plant
 from tests.helpers import free_port, wait_until
-from tests.opcua.fixtures import Collector, chiller, hall, simulator
+from tests.opcua.fixtures import BlackHoleProxy, Collector, chiller, hall, simulator
 
 PROFILE = load_profile("generic-chiller")
 
@@ -94,3 +94,33 @@ async def test_server_gone_until_cleared_then_back() -> None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await driver.close()
+
+
+async def test_a_network_cut_is_detected_by_the_watchdog_and_survived() -> None:
+    server_port = free_port()
+    config = hall(server_port)
+    plant = Plant(config, frozen=True)
+    async with simulator(plant, chiller(config)):
+        proxy = await BlackHoleProxy(server_port).start()
+        # The driver talks through the proxy; the chiller never closes anything, the path just goes silent.
+        device = chiller(hall(proxy.port, watchdog_interval="300ms"))
+        driver = make_driver(device, PROFILE, DriverContext())
+        assert isinstance(driver, OpcUaSubscriber)
+        got = Collector()
+        task = asyncio.create_task(driver.subscribe(got.emit, got.status))
+        try:
+            await wait_until(lambda: got.statuses == [(True, "")], timeout=15)
+            proxy.cut()
+            await wait_until(lambda: len(got.statuses) == 2, timeout=10)
+            assert got.statuses[1][0] is False
+            await wait_until(lambda: (s := got.latest("leaving_temp_c")) and s.quality is Quality.STALE, timeout=5)
+            proxy.mend()
+            await wait_until(lambda: len(got.statuses) == 3, timeout=30)
+            assert got.statuses[2] == (True, "")
+            plant.chillers[device.id].leaving_c = 16.0
+            await wait_until(lambda: (s := got.latest("leaving_temp_c")) and s.value == 16.0, timeout=10)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await driver.close()
+            await proxy.stop()

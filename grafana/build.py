@@ -449,7 +449,8 @@ RACK = '"rack" =~ /^$rack$/'
 def rack() -> Dashboard:
     variables = [
         SITE_VAR, ROOM_VAR,
-        query_var("rack", "Rack", 'SHOW TAG VALUES FROM "rack" WITH KEY = "rack" WHERE ' + RACK_FILTER),
+        # From PDU lines too, so the power panels work in a hall whose daemon derives no rack metrics.
+        query_var("rack", "Rack", 'SHOW TAG VALUES FROM /^(rack|pdu)$/ WITH KEY = "rack" WHERE ' + RACK_FILTER),
         # The CDU loop that serves the rack (rack lines carry it as a tag); hidden, follows $rack.
         query_var("rack_cdu", "CDU", 'SHOW TAG VALUES FROM "rack" WITH KEY = "cdu" WHERE ' + RACK,
                   multi=True, include_all=False, hide=2),

@@ -63,10 +63,10 @@ def interpolate(query: str, variables: dict[str, str], *, from_ms: int, to_ms: i
     text = query.replace("$timeFilter", f"time >= {from_ms}ms and time <= {to_ms}ms")
     text = text.replace("$__interval_ms", str(interval_s * 1000))
     text = text.replace("$__interval", f"{interval_s}s").replace("$interval", f"{interval_s}s")
-    # Longest names first, so $rack does not eat the start of $rack_cdu.
-    for name in sorted(variables, key=len, reverse=True):
-        value = variables[name]
-        text = text.replace(f"${{{name}}}", value).replace(f"[[{name}]]", value).replace(f"${name}", value)
+    for name, value in variables.items():
+        text = text.replace(f"${{{name}}}", value).replace(f"[[{name}]]", value)
+        # Whole names only: $rack must not eat the start of $rack_cdu.
+        text = re.sub(rf"\${re.escape(name)}(?!\w)", lambda _m, v=value: v, text)
     leftover = re.findall(r"\$\w+|\[\[\w+\]\]", text)
     if leftover:
         raise AssertionError(f"not interpolated: {leftover} in {text}")

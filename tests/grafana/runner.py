@@ -39,6 +39,8 @@ class Outcome:
     variables: dict[str, list[str]] = field(default_factory=dict)
     empty: list[str] = field(default_factory=list)
     ran: int = 0
+    # The InfluxQL sent for each empty query, for the failure message.
+    sent: dict[str, str] = field(default_factory=dict)
 
 
 def run_dashboard(url: str, database: str, dashboard: dict[str, Any], *, from_ms: int, to_ms: int,
@@ -68,8 +70,11 @@ def run_dashboard(url: str, database: str, dashboard: dict[str, Any], *, from_ms
     for panel in panels(dashboard):
         for target in panel["targets"]:
             outcome.ran += 1
-            if not has_data(influxql(url, database, fill(target["query"]))):
-                outcome.empty.append(f"panel {panel['title']!r} {target['refId']}")
+            text = fill(target["query"])
+            if not has_data(influxql(url, database, text)):
+                where = f"panel {panel['title']!r} {target['refId']}"
+                outcome.empty.append(where)
+                outcome.sent[where] = text
     for anno in dashboard["annotations"]["list"]:
         if anno.get("builtIn"):
             continue

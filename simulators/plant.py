@@ -261,7 +261,7 @@ class Plant:
         cdu.return_temp_c += alpha * (cdu.supply_temp_c + min(delta, 40.0) - cdu.return_temp_c)
         cdu.facility_return_c = cdu.facility_supply_c + min(15.0, heat / max(1.0, 0.6 * 1.5 * len(cdu.racks) * 150) * 10)
         leak = self.fault(cdu.id, "leak")
-        zone = int(leak.get("zone", 1)) if leak else 0
+        zone = int(leak.get("zone", 1)) if leak is not None else 0
         cdu.leak_zones = [leak is not None and i == zone for i in range(1, len(cdu.leak_zones) + 1)]
         cdu.reservoir_ok = leak is None
 

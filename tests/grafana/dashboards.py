@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,11 @@ def regex_value(values: list[str]) -> str:
     return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
 
 
+def _literal(value: str) -> Callable[[re.Match[str]], str]:
+    """A re.sub replacement that inserts `value` as is (a regex value is full of backslashes)."""
+    return lambda _match: value
+
+
 def interpolate(query: str, variables: dict[str, str], *, from_ms: int, to_ms: int,
                 interval_s: int = 10) -> str:
     """Grafana's macros and template variables, as the InfluxDB (InfluxQL) datasource fills them in."""
@@ -66,7 +71,7 @@ def interpolate(query: str, variables: dict[str, str], *, from_ms: int, to_ms: i
     for name, value in variables.items():
         text = text.replace(f"${{{name}}}", value).replace(f"[[{name}]]", value)
         # Whole names only: $rack must not eat the start of $rack_cdu.
-        text = re.sub(rf"\${re.escape(name)}(?!\w)", lambda _m, v=value: v, text)
+        text = re.sub(rf"\${re.escape(name)}(?!\w)", _literal(value), text)
     leftover = re.findall(r"\$\w+|\[\[\w+\]\]", text)
     if leftover:
         raise AssertionError(f"not interpolated: {leftover} in {text}")

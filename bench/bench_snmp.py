@@ -6,15 +6,17 @@ its CPU is not counted. For each N it prints points per round, the round's wall 
 this process' CPU milliseconds per 1,000 points (time.process_time), and failed polls.
 
 Request layers compared (`--layers`):
-  driver       the driver as shipped: its own requests straight into pysnmp's command generators, through
-               one shared engine, numeric ObjectNames kept per OID, no MIB look-ups
+  driver       the driver as shipped: v1/v2c through its own BER codec (drivers/snmp/fast.py), one UDP socket
+               (v3 goes through pysnmp, as in `pysnmp`)
+  pysnmp       the driver's requests straight into pysnmp's command generators, through one shared engine,
+               numeric ObjectNames kept per OID, no MIB look-ups (drivers/snmp/session.py)
   hlapi        the same polls through pysnmp's hlapi (get_cmd/bulk_cmd) done carefully: one engine, target
                and auth objects built once, ObjectTypes built once per OID, lookupMib=False
   hlapi-naive  hlapi as its examples use it: a new UdpTransportTarget and CommunityData per request,
                ObjectType(ObjectIdentity("1.3.6...")) per varbind per request, lookupMib left on
 
     python bench/bench_snmp.py                   # N = 10, 100, 300; every layer; 3 measured rounds
-    python bench/bench_snmp.py --quick           # N = 10, 100; driver and hlapi-naive; 2 rounds
+    python bench/bench_snmp.py --quick           # N = 10, 100; driver, pysnmp and hlapi-naive; 2 rounds
     python bench/bench_snmp.py --sizes 50 --layers driver --v3
 """
 
@@ -45,7 +47,7 @@ from drivers.errors import DriverError  # noqa: E402
 from drivers.profiles import load_profile  # noqa: E402
 from drivers.snmp.config import SnmpDevice  # noqa: E402
 from drivers.snmp.driver import SnmpDriver  # noqa: E402
-from drivers.snmp.session import Oid, VarBind  # noqa: E402
+from drivers.snmp.session import Oid, Session, VarBind  # noqa: E402
 from drivers.snmp.usm import auth_protocol, priv_protocol  # noqa: E402
 
 OUTLETS = 48
@@ -175,6 +177,8 @@ async def measure(raw: dict[str, Any], layer: str, rounds: int) -> dict[str, flo
         driver = SnmpDriver(device, load_profile(device.profile), context)
         if engine is not None:
             driver.session = HlapiSession(device, engine, naive=layer == "hlapi-naive")  # type: ignore[assignment]
+        elif layer == "pysnmp":
+            driver.session = Session(device, context)
         drivers.append(driver)
 
     async def poll(driver: SnmpDriver) -> int:
@@ -215,9 +219,9 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="N = 10, 100; driver and hlapi-naive; 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="N = 10, 100; driver, pysnmp, hlapi-naive; 2 rounds")
     parser.add_argument("--sizes", type=int, nargs="*")
-    parser.add_argument("--layers", nargs="*", choices=("driver", "hlapi", "hlapi-naive"))
+    parser.add_argument("--layers", nargs="*", choices=("driver", "pysnmp", "hlapi", "hlapi-naive"))
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--v3", action="store_true", help="SNMPv3 authPriv (SHA-256 + AES-128) instead of v2c")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
@@ -228,7 +232,8 @@ def main() -> None:
         serve_main(args.serve)
         return
     sizes = args.sizes or ([10, 100] if args.quick else [10, 100, 300])
-    layers = args.layers or (["driver", "hlapi-naive"] if args.quick else ["driver", "hlapi", "hlapi-naive"])
+    layers = args.layers or (["driver", "pysnmp", "hlapi-naive"] if args.quick
+                             else ["driver", "pysnmp", "hlapi", "hlapi-naive"])
     rounds = args.rounds or (2 if args.quick else 3)
     print(f"machine: {machine()}; {OUTLETS} outlets per PDU; SNMP {'v3 authPriv' if args.v3 else 'v2c'}")
     print(f"{'N':>5} {'layer':<12} {'points/round':>12} {'round s':>8} {'points/s':>9} {'CPU ms/1000 pts':>16} "

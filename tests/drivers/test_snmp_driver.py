@@ -260,7 +260,8 @@ async def test_v3_protocols(auth: str, priv: str, snmp_env: None, context: Drive
     security = {**V3, "auth_protocol": auth, "priv_protocol": priv}
     if priv == "none":
         del security["priv_key"]
-    raw = hall([pdu("p1", "apc-rpdu2", **security), pdu("p2", "raritan-px", version="1")])
+    # v1 has no GETBULK: a Raritan walk is one GETNEXT per row (~130 requests), hence the deadline.
+    raw = hall([pdu("p1", "apc-rpdu2", **security), pdu("p2", "raritan-px", version="1", deadline="10s")])
     config = parse_config(raw)
     async with SnmpSimulator(Plant(config, frozen=True), config.devices, refresh=0):  # type: ignore[arg-type]
         for device_id in ("p1", "p2"):

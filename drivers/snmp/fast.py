@@ -1,0 +1,385 @@
+"""SNMP v1/v2c requests without pysnmp: a small BER codec and one UDP socket per process.
+
+Why: pysnmp spends nearly all of a PDU poll's CPU in pyasn1, decoding the response into objects the driver
+turns straight back into integers (bench/snmp.md). A community-based message is simple enough to encode and
+decode by hand, and the OIDs repeat every poll, so both directions are mostly dictionary look-ups:
+
+    Message  ::= SEQUENCE { version INTEGER (0 = v1, 1 = v2c), community OCTET STRING, pdu }
+    pdu      ::= [A0 get | A1 getnext | A2 response | A3 set | A5 getbulk] IMPLICIT SEQUENCE {
+                   request-id INTEGER,
+                   error-status INTEGER  (getbulk: non-repeaters),
+                   error-index  INTEGER  (getbulk: max-repetitions),
+                   SEQUENCE OF SEQUENCE { name OBJECT IDENTIFIER, value } }
+    value    ::= INTEGER 02 | OCTET STRING 04 | NULL 05 | OID 06 | IpAddress 40 | Counter32 41 | Gauge32 42
+               | TimeTicks 43 | Opaque 44 | Counter64 46 | noSuchObject 80 | noSuchInstance 81 | endOfMibView 82
+
+SNMPv3 (USM authentication and privacy) stays with pysnmp (`drivers.snmp.session.Session`). This module has
+the same request interface, returns plain Python values (int, bytes, a tuple for an OID) and the `ABSENT`
+markers for the three exception values, and raises the same `DriverError`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Sequence
+from typing import Any, cast
+
+from drivers.base import DriverContext
+from drivers.errors import AuthError, BadResponse, DeviceTimeout, DriverError
+from drivers.snmp.config import SnmpDevice
+
+Oid = tuple[int, ...]
+VarBind = tuple[Oid, Any]
+
+GET, GETNEXT, RESPONSE, SET, GETBULK = 0xA0, 0xA1, 0xA2, 0xA3, 0xA5
+ERROR_STATUS = ("noError", "tooBig", "noSuchName", "badValue", "readOnly", "genErr", "noAccess", "wrongType",
+                "wrongLength", "wrongEncoding", "wrongValue", "noCreation", "inconsistentValue",
+                "resourceUnavailable", "commitFailed", "undoFailed", "authorizationError", "notWritable",
+                "inconsistentName")
+_ACCESS_STATUSES = {"noAccess", "authorizationError", "notWritable", "readOnly"}
+SYNTAX_TAGS = {"Integer32": 0x02, "Unsigned32": 0x42, "Gauge32": 0x42, "Counter32": 0x41}
+
+
+class Exception_:
+    """noSuchObject, noSuchInstance, endOfMibView: "no value here"."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NO_SUCH_OBJECT = Exception_("noSuchObject")
+NO_SUCH_INSTANCE = Exception_("noSuchInstance")
+END_OF_MIB_VIEW = Exception_("endOfMibView")
+ABSENT = (Exception_,)
+
+
+# ---- BER -------------------------------------------------------------------------------------------------
+
+def _length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(body),)) + body
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    return bytes((tag,)) + _length(len(body)) + body
+
+
+def _integer(tag: int, value: int) -> bytes:
+    size = max(1, (value.bit_length() + 8) // 8)  # room for the sign bit
+    return _tlv(tag, value.to_bytes(size, "big", signed=True))
+
+
+def _unsigned(tag: int, value: int) -> bytes:
+    size = max(1, (value.bit_length() + 8) // 8)  # a leading zero keeps the top bit clear
+    return _tlv(tag, value.to_bytes(size, "big", signed=False))
+
+
+def encode_oid(oid: Oid) -> bytes:
+    if len(oid) < 2:
+        raise ValueError(f"an OID needs two arcs at least: {oid}")
+    out = bytearray()
+    for arc in (oid[0] * 40 + oid[1], *oid[2:]):
+        if arc < 0x80:
+            out.append(arc)
+            continue
+        chunk = bytearray()
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        chunk[0] &= 0x7F
+        out += chunk[::-1]
+    return _tlv(0x06, bytes(out))
+
+
+def decode_oid(body: bytes) -> Oid:
+    arcs: list[int] = []
+    value = 0
+    for byte in body:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            if not arcs:
+                # The first subidentifier packs two arcs: 40 x first + second (the first arc is 0, 1 or 2).
+                arcs += [min(value // 40, 2), value - 40 * min(value // 40, 2)]
+            else:
+                arcs.append(value)
+            value = 0
+    return tuple(arcs)
+
+
+def _header(data: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the TLV at `at`."""
+    tag = data[at]
+    first = data[at + 1]
+    if first < 0x80:
+        return tag, at + 2, at + 2 + first
+    count = first & 0x7F
+    if count == 0 or count > 4:
+        raise ValueError("unsupported BER length")
+    start = at + 2 + count
+    return tag, start, start + int.from_bytes(data[at + 2:start], "big")
+
+
+class Codec:
+    """Encodes requests and decodes responses, remembering every OID it has seen both ways."""
+
+    def __init__(self) -> None:
+        self._oid_bytes: dict[Oid, bytes] = {}
+        self._oids: dict[bytes, Oid] = {}
+
+    def oid_bytes(self, oid: Oid) -> bytes:
+        found = self._oid_bytes.get(oid)
+        if found is None:
+            found = self._oid_bytes[oid] = encode_oid(oid)
+        return found
+
+    def request(self, version: int, community: bytes, pdu_tag: int, request_id: int, a: int, b: int,
+                var_binds: Sequence[tuple[Oid, bytes]]) -> bytes:
+        """`var_binds`: (oid, encoded value); a,b: error-status/index, or non-repeaters/max-repetitions."""
+        bindings = b"".join(_tlv(0x30, self.oid_bytes(oid) + value) for oid, value in var_binds)
+        pdu = _integer(0x02, request_id) + _integer(0x02, a) + _integer(0x02, b) + _tlv(0x30, bindings)
+        return _tlv(0x30, _integer(0x02, version) + _tlv(0x04, community) + _tlv(pdu_tag, pdu))
+
+    def response(self, data: bytes) -> tuple[int, int, int, list[VarBind]]:
+        """(request-id, error-status, error-index, varbinds) of a Response-PDU; ValueError if it is none."""
+        tag, at, end = _header(data, 0)
+        if tag != 0x30:
+            raise ValueError("not an SNMP message")
+        _t, _s, at = _header(data, at)  # version
+        _t, _s, at = _header(data, at)  # community
+        tag, at, _end = _header(data, at)
+        if tag != RESPONSE:
+            raise ValueError(f"not a response PDU (tag {tag:#x})")
+        numbers = []
+        for _ in range(3):
+            _t, s, e = _header(data, at)
+            numbers.append(int.from_bytes(data[s:e], "big", signed=True))
+            at = e
+        _t, at, end = _header(data, at)
+        out: list[VarBind] = []
+        oids = self._oids
+        while at < end:
+            _t, s, bind_end = _header(data, at)
+            _t, os_, oe = _header(data, s)
+            raw = data[os_:oe]
+            oid = oids.get(raw)
+            if oid is None:
+                oid = oids[raw] = decode_oid(raw)
+            tag, vs, ve = _header(data, oe)
+            out.append((oid, _value(tag, data[vs:ve])))
+            at = bind_end
+        return numbers[0], numbers[1], numbers[2], out
+
+
+def _value(tag: int, body: bytes) -> Any:
+    if tag == 0x02:
+        return int.from_bytes(body, "big", signed=True)
+    if tag in (0x41, 0x42, 0x43, 0x46):
+        return int.from_bytes(body, "big", signed=False)
+    if tag == 0x80:
+        return NO_SUCH_OBJECT
+    if tag == 0x81:
+        return NO_SUCH_INSTANCE
+    if tag == 0x82:
+        return END_OF_MIB_VIEW
+    if tag == 0x06:
+        return decode_oid(body)
+    if tag == 0x05:
+        return None
+    return bytes(body)  # OCTET STRING, IpAddress, Opaque: not numbers, the driver says so
+
+
+_NULL = b"\x05\x00"
+
+
+# ---- transport ---------------------------------------------------------------------------------------------
+
+class _Endpoint(asyncio.DatagramProtocol):
+    """One UDP socket for every agent: responses find their request by request-id and source address."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[int, tuple[tuple[str, int], asyncio.Future[bytes]]] = {}
+        self.codec = Codec()
+        self.users = 0
+        self._ids = itertools.count(random.randrange(1, 2**30))
+
+    def next_id(self) -> int:
+        return next(self._ids) % (2**31 - 1) + 1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's selector datagram transport does not subclass DatagramTransport, but is one.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            request_id = _peek_request_id(data)
+        except (ValueError, IndexError):
+            return  # not SNMP, or truncated: as if it never came
+        entry = self.pending.get(request_id)
+        if entry is None or entry[0] != (addr[0], addr[1]) or entry[1].done():
+            return
+        entry[1].set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # The socket is shared and unconnected: an error here names no agent. Requests time out instead.
+        return None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _peek_request_id(data: bytes) -> int:
+    _t, at, _e = _header(data, 0)
+    _t, _s, at = _header(data, at)
+    _t, _s, at = _header(data, at)
+    _t, at, _e = _header(data, at)
+    _t, s, e = _header(data, at)
+    return int.from_bytes(data[s:e], "big", signed=True)
+
+
+async def _endpoint(context: DriverContext) -> _Endpoint:
+    endpoint = context.shared.get("snmp_fast_endpoint")
+    if not isinstance(endpoint, _Endpoint) or endpoint.transport is None or endpoint.transport.is_closing():
+        loop = asyncio.get_running_loop()
+        _transport, endpoint = await loop.create_datagram_endpoint(_Endpoint, local_addr=("0.0.0.0", 0))
+        context.shared["snmp_fast_endpoint"] = endpoint
+    return endpoint
+
+
+class FastSession:
+    """Requests to one v1/v2c agent, with the interface of `drivers.snmp.session.Session`."""
+
+    def __init__(self, device: SnmpDevice, context: DriverContext) -> None:
+        if device.version == "3":
+            raise ValueError("FastSession speaks SNMPv1/v2c only")
+        self.device = device
+        self.context = context
+        self.version = 0 if device.version == "1" else 1
+        self.community = device.community.encode()
+        self.write_community = (device.write_community or device.community).encode()
+        self.address = (device.host, device.port)
+        self._endpoint: _Endpoint | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.device.id} ({self.device.host}:{self.device.port})"
+
+    async def _open(self) -> _Endpoint:
+        if self._endpoint is None:
+            self._endpoint = await _endpoint(self.context)
+            self._endpoint.users += 1
+            if self.address[0] not in ("127.0.0.1", "::1", "localhost") and not _numeric(self.address[0]):
+                infos = await asyncio.get_running_loop().getaddrinfo(self.address[0], self.address[1])
+                self.address = (str(infos[0][4][0]), self.address[1])
+            elif self.address[0] == "localhost":
+                self.address = ("127.0.0.1", self.address[1])
+        return self._endpoint
+
+    async def _request(self, pdu_tag: int, a: int, b: int, var_binds: Sequence[tuple[Oid, bytes]],
+                       community: bytes | None = None) -> list[VarBind]:
+        endpoint = await self._open()
+        loop = asyncio.get_running_loop()
+        request_id = endpoint.next_id()
+        message = endpoint.codec.request(self.version, community or self.community, pdu_tag, request_id, a, b,
+                                         var_binds)
+        tries = self.device.retries + 1
+        try:
+            for _ in range(tries):
+                future: asyncio.Future[bytes] = loop.create_future()
+                endpoint.pending[request_id] = (self.address, future)
+                assert endpoint.transport is not None
+                endpoint.transport.sendto(message, self.address)
+                try:
+                    async with asyncio.timeout(self.device.timeout):
+                        data = await future
+                except TimeoutError:
+                    continue
+                return self._decode(endpoint, data, request_id, var_binds)
+        finally:
+            endpoint.pending.pop(request_id, None)
+        raise DeviceTimeout(f"{self.where}: no answer after {tries} tr{'y' if tries == 1 else 'ies'} "
+                            f"of {self.device.timeout:g}s")
+
+    def _decode(self, endpoint: _Endpoint, data: bytes, request_id: int,
+                asked: Sequence[tuple[Oid, bytes]]) -> list[VarBind]:
+        try:
+            answered_id, status, index, var_binds = endpoint.codec.response(data)
+        except (ValueError, IndexError) as err:
+            raise BadResponse(f"{self.where}: malformed response: {err}") from err
+        if answered_id != request_id:
+            raise BadResponse(f"{self.where}: response to another request")
+        if status:
+            text = ERROR_STATUS[status] if 0 <= status < len(ERROR_STATUS) else f"error-status {status}"
+            oid = ""
+            if 0 < index <= len(asked):
+                oid = " at " + ".".join(map(str, asked[index - 1][0]))
+            if text in _ACCESS_STATUSES:
+                raise AuthError(f"{self.where}: refused: {text}{oid}")
+            error = BadResponse(f"{self.where}: error-status {text}{oid}")
+            error.status = text  # type: ignore[attr-defined]
+            error.index = index  # type: ignore[attr-defined]
+            raise error
+        return var_binds
+
+    async def get(self, oids: Sequence[Oid]) -> list[VarBind]:
+        return await self._request(GET, 0, 0, [(oid, _NULL) for oid in oids])
+
+    async def next(self, oids: Sequence[Oid]) -> list[VarBind]:
+        """GETNEXT; on SNMPv1 a column past the end of the MIB fails the request (noSuchName): that column
+        reads endOfMibView and the others are asked again."""
+        remaining = list(range(len(oids)))
+        out: dict[int, VarBind] = {}
+        while remaining:
+            try:
+                answer = await self._request(GETNEXT, 0, 0, [(oids[i], _NULL) for i in remaining])
+            except BadResponse as err:
+                index = getattr(err, "index", 0)
+                if getattr(err, "status", "") != "noSuchName" or not 0 < index <= len(remaining):
+                    raise
+                position = remaining.pop(index - 1)
+                out[position] = (oids[position], END_OF_MIB_VIEW)
+                continue
+            out.update(zip(remaining, answer, strict=False))
+            break
+        return [out[i] for i in sorted(out)]
+
+    async def bulk(self, oids: Sequence[Oid], max_repetitions: int) -> list[VarBind]:
+        if self.version == 0:
+            return await self.next(oids)
+        return await self._request(GETBULK, 0, max_repetitions, [(oid, _NULL) for oid in oids])
+
+    async def set(self, oid: Oid, value: int, syntax: str) -> None:
+        tag = SYNTAX_TAGS.get(syntax)
+        if tag is None:
+            raise DriverError(f"{self.where}: cannot SET a {syntax}")
+        encoded = _integer(tag, value) if tag == 0x02 else _unsigned(tag, value)
+        await self._request(SET, 0, 0, [(oid, encoded)], community=self.write_community)
+
+    def close(self) -> None:
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            endpoint.users -= 1
+            if endpoint.users <= 0:
+                endpoint.close()
+                if self.context.shared.get("snmp_fast_endpoint") is endpoint:
+                    del self.context.shared["snmp_fast_endpoint"]
+
+
+def _numeric(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

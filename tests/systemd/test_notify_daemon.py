@@ -1,0 +1,81 @@
+"""The real daemon under a NOTIFY_SOCKET this test listens on, as systemd would run it (Type=notify):
+
+- READY=1 (with a STATUS= summary) once its first poll round is done,
+- WATCHDOG=1 at the configured `systemd.watchdog_interval`,
+- no WATCHDOG=1 while its event loop is stalled (SIGUSR2 with DCIM_TEST_STALL_SECONDS, the test hook of
+  dcim.sdnotify.install_stall_hook), then pings again,
+- STOPPING=1 and exit status 0 on SIGTERM.
+
+Devices are served by `dcim simulate` in a process of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import statistics
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import yaml
+
+from tests.e2e.harness import DaemonProcess, cdu_hall
+from tests.helpers import wait_until
+from tests.servers import port_accepts
+
+if TYPE_CHECKING:
+    from tests.systemd.conftest import NotifyListener
+
+ROOT = Path(__file__).resolve().parents[2]
+INTERVAL = 0.2
+STALL = 2.0
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif("sdnotify" not in (ROOT / "dcim" / "daemon.py").read_text(),
+                       reason="dcim/daemon.py does not use dcim.sdnotify yet (READY/WATCHDOG not wired)"),
+]
+
+
+async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: NotifyListener) -> None:
+    path = cdu_hall(tmp_path, cdus=2, interval="250ms")
+    raw = yaml.safe_load(path.read_text())
+    raw["systemd"] = {"watchdog_interval": f"{int(INTERVAL * 1000)}ms"}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "NOTIFY_SOCKET": notify_listener.path, "DCIM_TEST_STALL_SECONDS": str(STALL),
+           "PYTHONUNBUFFERED": "1"}
+    for key in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(key, None)
+    log_path = tmp_path / "dcim-run.log"
+    with DaemonProcess(path, command="simulate") as simulate:
+        await wait_until(lambda: all(port_accepts(d["host"], d["port"]) for d in raw["devices"]), timeout=30,
+                         message=f"simulators listening\n{simulate.log()}")
+        with log_path.open("ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "dcim.cli", "run", "-c", str(path), env=env, cwd=ROOT,
+                stdout=log, stderr=log)
+        try:
+            ready = await notify_listener.wait_for("READY", within=30)
+            # The summary of the first poll round: every device counted.
+            assert "2 devices" in ready.fields.get("STATUS", ""), ready.fields
+            pings = [await notify_listener.wait_for("WATCHDOG", within=10) for _ in range(6)]
+            gaps = [b.at - a.at for a, b in itertools.pairwise(pings)]
+            # At the configured rate (never faster; a loaded machine may be slower, hence the median).
+            assert min(gaps) >= INTERVAL * 0.5, gaps
+            assert statistics.median(gaps) < INTERVAL * 3, gaps
+            proc.send_signal(signal.SIGUSR2)
+            after = [await notify_listener.wait_for("WATCHDOG", within=STALL + 10) for _ in range(4)]
+            gaps = [b.at - a.at for a, b in itertools.pairwise([pings[-1], *after])]
+            assert max(gaps) >= STALL * 0.9, f"no WATCHDOG gap during a {STALL} s stall: {gaps}"
+            proc.send_signal(signal.SIGTERM)
+            await notify_listener.wait_for("STOPPING", within=30)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0, log_path.read_text()[-4000:]
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        simulate.stop()

@@ -72,6 +72,7 @@ class Outbox:
         self._available = asyncio.Event()
         self._written = asyncio.Event()
         self._full_logged = False
+        self._writing = False
 
     @property
     def depth(self) -> int:
@@ -115,13 +116,24 @@ class Outbox:
             return
         batch, self._buffer = self._buffer, []
         self._on_disk += len(batch)
+        self._writing = True
+        write = asyncio.ensure_future(self._call(self._insert, batch))
+        cancelled: asyncio.CancelledError | None = None
         try:
-            dropped = await self._call(self._insert, batch)
-        except BaseException:
-            # Not written: put it back in front, so a cancellation mid-write loses nothing.
+            try:
+                dropped = await asyncio.shield(write)
+            except asyncio.CancelledError as err:
+                # The worker thread goes on with an insert it has started: let it finish, so that a
+                # cancelled write is neither lost nor written a second time by `close`.
+                cancelled = err
+                dropped = await write
+        except Exception:
+            # Not written: put it back in front, so nothing is lost.
             self._on_disk -= len(batch)
             self._buffer[:0] = batch
             raise
+        finally:
+            self._writing = False
         if dropped:
             self._on_disk -= dropped
             self.dropped += dropped
@@ -135,6 +147,8 @@ class Outbox:
             self._full_logged = False
         self._available.set()
         self._written.set()
+        if cancelled is not None:
+            raise cancelled
 
     def _insert(self, batch: list[tuple[int, str, bytes, int]]) -> int:
         assert self._db is not None
@@ -186,9 +200,11 @@ class Outbox:
 
     async def flush(self) -> None:
         """Wait until everything put so far is on disk (the writer task must be running)."""
-        while self._buffer:
+        # Also while a batch is being written: it has left the buffer but is not on disk yet.
+        while self._buffer or self._writing:
             self._written.clear()
-            self._buffered.set()
+            if self._buffer:
+                self._buffered.set()
             await self._written.wait()
 
     async def close(self) -> None:

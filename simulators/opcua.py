@@ -10,7 +10,8 @@
 Values are pushed from `plant.values(device)` every `refresh` seconds (only those that changed, so a
 subscription sees real changes); client writes go to `plant.write`. Faults, read on each refresh:
   trip, lockout     plant state, shows in status / alarm / running
-  bad_node          {point: leaving_temp_c, status: BadSensorFailure}: the node's StatusCode turns Bad
+  bad_node          {point: leaving_temp_c, status: BadSensorFailure}: the node's StatusCode turns Bad (an
+                    Uncertain status, e.g. UncertainLastUsableValue, keeps the value)
   restart           {down: 0.5}: the server stops, stays down `down` seconds, starts again on the same
                     endpoint with its namespace indexes shifted by one (clients must resolve URIs again);
                     the fault clears itself
@@ -282,7 +283,10 @@ class ChillerServer:
                 if item.bad != bad_status:
                     item.bad, item.last = bad_status, None
                     code = ua.StatusCode(getattr(StatusCodes, bad_status))
-                    dv = ua.DataValue(StatusCode=code, SourceTimestamp=now, ServerTimestamp=now)
+                    # An Uncertain status keeps its (last usable) value; a Bad one carries none.
+                    value = None if code.is_bad() else ua.Variant(self._raw(item.point, values.get(name), item.vtype),
+                                                                   item.vtype)
+                    dv = ua.DataValue(value, StatusCode=code, SourceTimestamp=now, ServerTimestamp=now)
                     await server.write_attribute_value(item.node.nodeid, dv)
                 continue
             raw = self._raw(item.point, values.get(name), item.vtype)

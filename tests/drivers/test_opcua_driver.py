@@ -205,6 +205,26 @@ async def test_a_bad_node_is_a_bad_sample_with_the_status_name(sim: Running, dri
     await sub.stop()
 
 
+async def test_an_uncertain_value_is_stale_with_the_status_name(sim: Running, driver: OpcUaDriver) -> None:
+    sim.plant.inject(sim.device.id, "bad_node", point="cooling_kw", status="UncertainLastUsableValue")
+    try:
+        def uncertain() -> Sample | None:
+            sample = next(s for s in polled if s.point == "cooling_kw")
+            return sample if sample.quality is Quality.STALE else None
+
+        polled: list[Sample] = []
+
+        async def poll() -> Sample | None:
+            polled[:] = await driver.read()
+            return uncertain()
+
+        sample = await wait_until(poll, timeout=10)
+        assert sample is not None and sample.reason == "UncertainLastUsableValue"
+        assert sample.value == sim.plant.values(sim.device.id)["cooling_kw"]
+    finally:
+        sim.plant.clear(sim.device.id, "bad_node")
+
+
 async def test_a_trip_shows_in_status_alarm_and_running(sim: Running) -> None:
     sub = Subscription(driver_for(sim))
     state = sim.plant.chillers[sim.device.id]

@@ -1,14 +1,19 @@
-"""SNMP driver for rack PDUs: a poll is one GET of the scalars and one multi-column GETBULK walk of the tables.
+"""SNMP driver for rack PDUs: a poll is a GET of the scalars and multi-column GETBULK walks of the tables.
 
-    driver = make_driver(device, profile, context)     # context.shared holds the process's pysnmp engine
+    driver = make_driver(device, profile, context)     # context.shared: the UDP socket / pysnmp engine
     await driver.connect()
     samples = await driver.read()                      # inside the device's `deadline`
     await driver.write("outlet_command:7", "off")      # canonical outlet control
 
+Requests: SNMPv1/v2c through the driver's BER codec (fast.py, one UDP socket per process), SNMPv3 through
+pysnmp (session.py, one engine per process); both are shared through `DriverContext.shared` and closed with
+the last driver that uses them, so every driver must be closed.
+
 Plan (built once per profile): scalars and the scalar decimal-digits objects go in GETs of up to
 `GET_CHUNK` varbinds; table columns are grouped by walk prefix, so Raritan's value column (current, power and
-energy rows of one outlet under one prefix) is walked once and its rows dispatched by their suffix. The walk
-asks for every unfinished column at once, `max_repetitions` rows each, until each column leaves its prefix.
+energy rows of one outlet under one prefix) is walked once and its rows dispatched by their suffix. Columns of
+like length are walked together with multi-column GETBULKs until each leaves its prefix; once a column's row
+count is known, a walk asks for one row past it (see `_walk`).
 
 Decimal digits (Raritan) are read on the first poll after connecting or after a failed poll, and kept: a
 firmware update or a swapped PDU that changes them is a new connection by then.

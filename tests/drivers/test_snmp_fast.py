@@ -122,3 +122,22 @@ async def test_timeout_names_the_device(snmp_env: None, context: DriverContext) 
         await driver.read()
     await driver.close()
     assert snmp_device(config, "silent").retries == 2
+
+
+async def test_fast_and_pysnmp_sessions_read_the_same(
+    pdu_config: Config, simulator: SnmpSimulator, context: DriverContext
+) -> None:
+    from drivers.snmp.session import Session
+
+    for device_id in ("apc-a01", "rpx-a01"):
+        fast_driver = await open_driver(pdu_config, device_id, context)
+        slow_driver = await open_driver(pdu_config, device_id, context)
+        slow_driver.session = Session(snmp_device(pdu_config, device_id), context)
+        try:
+            quick, slow = await asyncio.gather(fast_driver.read(), slow_driver.read())
+            await slow_driver.write("outlet_command:3", "off")
+            assert by_series(await fast_driver.read())[("pdu_outlet", "state", (("outlet", "3"),))] == "off"
+        finally:
+            await fast_driver.close()
+            await slow_driver.close()
+        assert by_series(quick) == by_series(slow)

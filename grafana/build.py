@@ -262,12 +262,14 @@ ALARM_ANNOTATION_QUERY = ('SELECT "message", "rule", "severity", "state" FROM "a
 
 
 def alarm_annotation(where: str = SITE) -> dict[str, Any]:
+    # The target in the shape Grafana's InfluxDB datasource migrates legacy annotations to (InfluxQL,
+    # `fromAnnotations`): the event's message is the text, rule / severity / state its tags.
     query = ALARM_ANNOTATION_QUERY.format(where=where)
     return {
         "name": "Alarms", "datasource": DS, "enable": True, "iconColor": "red", "hide": False,
-        "query": query, "textColumn": "message", "tagsColumn": "rule,severity,state",
-        "target": {"refId": "Anno", "rawQuery": True, "query": query, "textColumn": "message",
-                   "tagsColumn": "rule,severity,state"},
+        "target": {"refId": "Anno", "datasource": DS, "rawQuery": True, "query": query, "queryType": "tags",
+                   "fromAnnotations": True, "textColumn": "message", "tagsColumn": "rule,severity,state",
+                   "titleColumn": "", "timeEndColumn": ""},
     }
 
 

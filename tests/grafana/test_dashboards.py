@@ -4,6 +4,7 @@ write. (No Grafana server can be installed here; tests/grafana/test_queries.py r
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as grafana_dashboard
+from grafana_foundation_sdk.models import units as grafana_units
 
 from dcim.config import parse_config
 from tests.grafana.dashboards import DATASOURCE_UID, ROOT, load_all, panels, queries
@@ -20,9 +24,8 @@ from tests.grafana.schema import rack_tags_of, unknown_names, written_schema
 
 DASHBOARDS = load_all()
 PROVISIONING = ROOT / "grafana" / "provisioning"
-# Grafana unit ids (packages/grafana-data/src/valueFormats/categories.ts) this project uses.
-UNITS = {"celsius", "kelvin", "watt", "kwatt", "kwatth", "voltamp", "percent", "pressurekpa", "flowlpm", "amp",
-         "volt", "humidity", "none", "short", "dateTimeAsIso"}
+# Every unit id Grafana knows, from its generated models (packages/grafana-data valueFormats).
+UNITS = {v for k, v in vars(grafana_units).items() if isinstance(v, str) and not k.startswith("_")}
 PANEL_TYPES = {"timeseries", "stat", "gauge", "bargauge", "table", "state-timeline"}
 EXPECTED = {"hall.json": "dcim-hall", "rack.json": "dcim-rack", "cooling.json": "dcim-cooling",
             "chillers.json": "dcim-chillers", "alarms.json": "dcim-alarms"}
@@ -90,6 +93,43 @@ def test_every_panel_uses_the_provisioned_datasource_and_sets_a_unit(name: str) 
     for anno in d["annotations"]["list"]:
         if not anno.get("builtIn"):
             assert anno["datasource"]["uid"] == DATASOURCE_UID
+
+
+def _lost(original: Any, decoded: Any, path: str = "") -> list[str]:
+    """Keys of `original` that a decode/encode round trip dropped (unknown to the model)."""
+    if isinstance(original, dict) and isinstance(decoded, dict):
+        out = []
+        for key, value in original.items():
+            out += [f"{path}.{key}"] if key not in decoded else _lost(value, decoded[key], f"{path}.{key}")
+        return out
+    if isinstance(original, list) and isinstance(decoded, list):
+        return [lost for i, (a, b) in enumerate(zip(original, decoded, strict=False))
+                for lost in _lost(a, b, f"{path}[{i}]")]
+    return []
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_panels_are_what_grafanas_own_models_know(name: str) -> None:
+    """Decoded with Grafana's generated dashboard models (grafana-foundation-sdk) and encoded again, no panel
+    loses a key: no misspelt or unknown panel, fieldConfig or gridPos field. (Variables and annotations keep
+    a few keys the models do not carry: `definition`, `builtIn`, the datasource-specific annotation target.)"""
+    data = DASHBOARDS[name]
+    model = grafana_dashboard.Dashboard.from_json(data)
+    assert model.uid == data["uid"] and model.schema_version == data["schemaVersion"]
+    decoded = json.loads(json.dumps(model, cls=JSONEncoder))
+    assert _lost(data["panels"], decoded["panels"], ".panels") == []
+    lost = _lost({k: v for k, v in data.items() if k not in ("templating", "annotations")}, decoded)
+    assert lost == []
+
+
+def test_annotations_show_the_alarm_message() -> None:
+    for name, d in DASHBOARDS.items():
+        (anno,) = [a for a in d["annotations"]["list"] if not a.get("builtIn")]
+        target = anno["target"]
+        assert target["fromAnnotations"] is True and target["rawQuery"] is True, name
+        selected = set(re.findall(r'"([a-z_]+)"', target["query"].split(" FROM ")[0]))
+        assert target["textColumn"] in selected, name
+        assert set(target["tagsColumn"].split(",")) <= selected, name
 
 
 def test_no_query_names_what_the_daemon_does_not_write() -> None:

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -140,15 +139,21 @@ async def run_case(chillers: int, nodes: int, seconds: float, refresh: float) ->
                 good += sum(1 for s in samples if s.quality is Quality.GOOD)
 
             online: list[bool] = []
+            all_up = asyncio.Event()
+
+            def status(up: bool, _error: str) -> None:
+                online.append(up)
+                if sum(online) >= chillers:
+                    all_up.set()
+
             drivers = [make_driver(d, load_profile(profile, (profile_dir,)), DriverContext())
                        for d in devices(profile_dir, profile, ports)]
             tasks = []
             for drv in drivers:
                 assert isinstance(drv, OpcUaSubscriber)
-                tasks.append(asyncio.create_task(drv.subscribe(emit, lambda up, _e: online.append(up))))
-            while len(online) < chillers:  # wait until every subscription is up (plus one warm-up second)
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(1.0)
+                tasks.append(asyncio.create_task(drv.subscribe(emit, status)))
+            await asyncio.wait_for(all_up.wait(), timeout=60)
+            await asyncio.sleep(1.0)  # warm-up: the initial values of every item are not part of the figure
             count0, cpu0, child0, t0 = count, time.process_time(), proc_cpu(child.pid), time.monotonic()
             await asyncio.sleep(seconds)
             count1, cpu1, child1, t1 = count, time.process_time(), proc_cpu(child.pid), time.monotonic()

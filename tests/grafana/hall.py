@@ -1,4 +1,4 @@
-"""The test hall: air- and liquid-cooled racks, APC and Raritan PDUs on A/B feeds, two CDUs, a chiller.
+"""The test hall: air- and liquid-cooled racks, APC and Raritan PDUs on A/B feeds, CDUs, a chiller.
 
 `hall_config(ports)` returns the raw configuration mapping; ports are only used when the daemon and the
 simulators really serve it (tests/grafana/test_daemon_fill.py).
@@ -10,23 +10,26 @@ from collections.abc import Callable
 from typing import Any
 
 
-def hall_config(port: Callable[[], int] | None = None, *, interval: str = "1s") -> dict[str, Any]:
+def hall_config(port: Callable[[], int] | None = None, *, interval: str = "1s", racks_per_row: int = 2
+                ) -> dict[str, Any]:
+    """Row A: liquid-cooled 150 kW racks (APC PDUs), each on its own CDU (A01 on cdu-1, ...); row B:
+    air-cooled 50 kW racks (Raritan PDUs). Breakers sized for 2N: one feed carries the whole rack within
+    80 % of its breaker."""
     def next_port() -> int:
         return port() if port is not None else 0
 
     devices: list[dict[str, Any]] = []
     racks_a: list[dict[str, Any]] = []
     racks_b: list[dict[str, Any]] = []
-    for n, cdu in ((1, "cdu-1"), (2, "cdu-2")):
-        devices.append({"id": cdu, "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1",
+    for n in range(1, racks_per_row + 1):
+        devices.append({"id": f"cdu-{n}", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1",
                         "port": next_port() or 15020 + n, "unit_id": 1, "profile": "generic-cdu",
                         "interval": interval, "timeout": "500ms", "room": "dh1", "row": "A", "simulate": True})
-    # Liquid racks A01, A02 (APC PDUs) on cdu-1 and cdu-2; air racks B01, B02 (Raritan PDUs). Breakers sized
-    # for 2N: one feed carries the whole rack within 80 % of its breaker.
-    racks: tuple[tuple[str, str, int, str | None, str], ...] = (("A01", "liquid", 150, "cdu-1", "apc-rpdu2"),
-        ("A02", "liquid", 150, "cdu-2", "apc-rpdu2"),
-        ("B01", "air", 50, None, "raritan-px"),
-        ("B02", "air", 50, None, "raritan-px"))
+    racks: list[tuple[str, str, int, str | None, str]] = []
+    for n in range(1, racks_per_row + 1):
+        racks.append((f"A{n:02d}", "liquid", 150, f"cdu-{n}", "apc-rpdu2"))
+    for n in range(1, racks_per_row + 1):
+        racks.append((f"B{n:02d}", "air", 50, None, "raritan-px"))
     for rack, cooling, budget, loop, profile in racks:
         feeds = {}
         for side in ("a", "b"):

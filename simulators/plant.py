@@ -141,7 +141,8 @@ class Plant:
                 cdu.pump_max_lpm = cdu.flow_setpoint_lpm / 1.1  # two pumps at ~55 % meet the setpoint
                 self.cdus[device.id] = cdu
             elif device.kind == "chiller":
-                self.chillers[device.id] = ChillerState(device.id)
+                # The first chiller leads; the others stand by, stopped, until a changeover starts them.
+                self.chillers[device.id] = ChillerState(device.id, running=not chillers or device.id == chillers[0])
         self._settle()
 
     # ---- faults -------------------------------------------------------------------------------------
@@ -266,14 +267,29 @@ class Plant:
         cdu.reservoir_ok = leak is None
 
     def _step_chiller(self, ch: ChillerState, dt: float) -> None:
-        ch.running = not (self.fault(ch.id, "trip") or self.fault(ch.id, "lockout")) and ch.running
         ch.tripped = self.fault(ch.id, "trip") is not None
         ch.locked_out = self.fault(ch.id, "lockout") is not None
+        if ch.tripped or ch.locked_out:
+            if ch.running:
+                ch.running = False
+                self._changeover(ch)
         load = self.chiller_load_kw(ch)
         capacity = ch.capacity_kw * ch.demand_limit_pct / 100 if ch.running else 0.0
         overload = max(0.0, load - capacity)
         target = ch.setpoint_c + (overload / max(ch.capacity_kw, 1.0)) * 20.0
         ch.leaving_c += (1 - math.exp(-dt / 60.0)) * (target - ch.leaving_c)
+
+    def _changeover(self, lead: ChillerState) -> None:
+        """A lead that stops hands its loops to a healthy standby, which starts (as a plant controller does).
+        The loops stay there when the lead comes back: switching back is an operator's decision."""
+        standby = next((c for c in self.chillers.values()
+                        if c is not lead and not (c.tripped or c.locked_out)), None)
+        if standby is None:
+            return
+        for cdu in self.cdus.values():
+            if cdu.chiller == lead.id:
+                cdu.chiller = standby.id
+        standby.running = True
 
     def chiller_load_kw(self, ch: ChillerState) -> float:
         return sum(self.cdu_heat_kw(c) for c in self.cdus.values() if c.chiller == ch.id)

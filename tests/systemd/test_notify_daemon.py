@@ -18,7 +18,7 @@ import signal
 import statistics
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -79,3 +79,32 @@ async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: No
                 proc.kill()
                 await proc.wait()
         simulate.stop()
+
+
+async def test_ingest_is_ready_and_pings(tmp_path: Path, notify_listener: NotifyListener, mosquitto: Any,
+                                         influxdb_v1: Any) -> None:
+    """dcim-ingest.service is Type=notify too: `dcim ingest` must say READY and keep the watchdog fed, or
+    systemd would fail its start and later kill it."""
+    path = cdu_hall(tmp_path, mqtt=mosquitto, influxdb={"url": influxdb_v1.url, "api": "v1",
+                                                        "database": influxdb_v1.database})
+    raw = yaml.safe_load(path.read_text())
+    raw["systemd"] = {"watchdog_interval": f"{int(INTERVAL * 1000)}ms"}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "NOTIFY_SOCKET": notify_listener.path, "PYTHONUNBUFFERED": "1"}
+    for key in ("WATCHDOG_USEC", "WATCHDOG_PID", "DCIM_TEST_STALL_SECONDS"):
+        env.pop(key, None)
+    log_path = tmp_path / "dcim-ingest.log"
+    with log_path.open("ab") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dcim.cli", "ingest", "-c", str(path), env=env, cwd=ROOT, stdout=log, stderr=log)
+    try:
+        await notify_listener.wait_for("READY", within=30)
+        for _ in range(3):
+            await notify_listener.wait_for("WATCHDOG", within=10)
+        proc.send_signal(signal.SIGTERM)
+        await notify_listener.wait_for("STOPPING", within=30)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0, log_path.read_text()[-4000:]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

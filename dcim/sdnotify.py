@@ -132,7 +132,9 @@ class Notifier:
 
 
 def watchdog_interval(configured: float | None, environ: Mapping[str, str] | None = None) -> float | None:
-    """Seconds between WATCHDOG=1 pings: the configured value, else half of $WATCHDOG_USEC, else None.
+    """Seconds between WATCHDOG=1 pings: the configured value (0 or None: not configured), else half of
+    $WATCHDOG_USEC, else None. A configured value that would not beat systemd's WatchdogSec is replaced
+    by half of it, with a warning.
 
     $WATCHDOG_PID, when set, names the process the watchdog is meant for; another process (a child
     that inherited the environment) must not ping on the service's behalf.
@@ -141,14 +143,19 @@ def watchdog_interval(configured: float | None, environ: Mapping[str, str] | Non
     pid = env.get("WATCHDOG_PID")
     if pid and pid.strip() != str(os.getpid()):
         return None
-    if configured:
-        return configured
-    usec = env.get("WATCHDOG_USEC", "")
     try:
-        value = int(usec)
+        usec = int(env.get("WATCHDOG_USEC", ""))
     except ValueError:
-        return None
-    return value / 2 / 1_000_000 if value > 0 else None
+        usec = 0
+    limit = usec / 1_000_000 if usec > 0 else None
+    if configured:
+        if limit is not None and configured >= limit:
+            # Pinging at (or slower than) WatchdogSec gets the service killed however healthy it is.
+            log.warning("systemd.watchdog_interval is not below WatchdogSec: using half of WatchdogSec",
+                        configured=configured, watchdog_sec=limit)
+            return limit / 2
+        return configured
+    return limit / 2 if limit is not None else None
 
 
 def install_stall_hook(loop: asyncio.AbstractEventLoop, environ: Mapping[str, str] | None = None) -> bool:

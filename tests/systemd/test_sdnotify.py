@@ -91,6 +91,11 @@ def test_watchdog_interval() -> None:
     assert watchdog_interval(None, {}) is None
     assert watchdog_interval(None, {"WATCHDOG_USEC": "30000000"}) == 15.0
     assert watchdog_interval(2.0, {"WATCHDOG_USEC": "30000000"}) == 2.0
+    assert watchdog_interval(2.0, {}) == 2.0
+    assert watchdog_interval(0, {"WATCHDOG_USEC": "30000000"}) == 15.0
+    # Configured slower than WatchdogSec would get a healthy service killed: half of WatchdogSec instead.
+    assert watchdog_interval(45.0, {"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_interval(30.0, {"WATCHDOG_USEC": "30000000"}) == 15.0
     assert watchdog_interval(None, {"WATCHDOG_USEC": "garbage"}) is None
     assert watchdog_interval(None, {"WATCHDOG_USEC": "0"}) is None
     # The watchdog belongs to another process (we are a child that inherited the environment).

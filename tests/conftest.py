@@ -8,7 +8,6 @@ skips the test with the package to install, except under CI (CI=true), where it 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import warnings
 from collections.abc import Callable, Generator, Iterator
@@ -18,8 +17,9 @@ from typing import Any, TypeVar
 import pytest
 from pytest_asyncio import is_async_test
 
+from tests.helpers import require_binary
 from tests.receivers import HttpReceiver, SmtpReceiver
-from tests.servers import InfluxDBv1, Mosquitto, ServerProcess, VictoriaMetrics, find_binary
+from tests.servers import InfluxDBv1, Mosquitto, ServerProcess, VictoriaMetrics
 from tests.servers import free_port as _free_port
 
 S = TypeVar("S", bound=ServerProcess)
@@ -49,15 +49,7 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 
 
 def _require(cls: type[ServerProcess]) -> None:
-    if find_binary(cls.binary_name) is not None:
-        return
-    message = (
-        f"{cls.binary_name} is not installed: run scripts/install-test-deps.sh "
-        f"(apt-get install {cls.package})"
-    )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}; CI must run every test")
-    pytest.skip(message)
+    require_binary(cls.binary_name, cls.package)
 
 
 def _serve(request: pytest.FixtureRequest, server: S) -> Iterator[S]:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, overload
 
-from tests.servers import free_port
+import pytest
 
-__all__ = ["free_port", "wait_until", "wait_until_sync"]
+from tests.servers import find_binary, free_port
+
+__all__ = ["free_port", "require_binary", "wait_until", "wait_until_sync"]
 
 T = TypeVar("T")
 
@@ -100,3 +103,18 @@ def wait_until_sync(
         if time.monotonic() >= deadline:
             raise AssertionError(_describe(predicate, message, last, error))
         time.sleep(interval)
+
+
+def require_binary(binary: str, package: str) -> str:
+    """The path of ``binary``; if it is missing, skip the calling test, or fail it under CI (CI=true),
+    because CI must run everything. Call it in a test or fixture::
+
+        snmpget = require_binary("snmpget", "snmp")
+    """
+    path = find_binary(binary)
+    if path is not None:
+        return path
+    message = f"{binary} is not installed: run scripts/install-test-deps.sh (apt-get install {package})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message}; CI must run every test")
+    pytest.skip(message)

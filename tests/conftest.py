@@ -1,7 +1,7 @@
 """Shared fixtures: real servers on free ports in temp dirs, alert-hook receivers, and a task-leak check.
 
-Server fixtures are function-scoped: each starts in well under a second (see tests/test_servers.py and
-the report in bench/), so every test gets a clean server it may stop, restart or pause. A missing binary
+Server fixtures are function-scoped: each starts in 20 to 60 ms (bench/bench_servers.py, figures in
+bench/servers.md), so every test gets a clean server it may stop, restart or pause. A missing binary
 skips the test with the package to install, except under CI (CI=true), where it fails: CI runs everything.
 """
 

@@ -10,6 +10,8 @@
     GET    /api/v1/maintenance               windows not over yet
     POST   /api/v1/maintenance               {"subject": "A01", "minutes": 90, "reason": "..."}  (token)
 
+Alarm keys contain a slash (`rack-power/A01`): it may be sent as is or encoded as `%2F`.
+
 Anything that changes state needs `Authorization: Bearer <http.token>`: 401 without it, 403 with a wrong
 one (compared in constant time). With no token configured, state-changing calls are refused (403, saying
 so): an API on a shared host must not let any local user silence alarms.
@@ -112,10 +114,10 @@ class HttpApi:
         r.add_get("/healthz", self._healthz)
         r.add_get("/metrics", self._metrics)
         r.add_get("/api/v1/alarms", self._alarms)
-        r.add_get("/api/v1/alarms/{key}", self._alarm)
-        r.add_post("/api/v1/alarms/{key}/ack", self._ack)
-        r.add_post("/api/v1/alarms/{key}/shelve", self._shelve)
-        r.add_delete("/api/v1/alarms/{key}/shelve", self._unshelve)
+        r.add_get("/api/v1/alarms/{key:.+}", self._alarm)
+        r.add_post("/api/v1/alarms/{key:.+}/ack", self._ack)
+        r.add_post("/api/v1/alarms/{key:.+}/shelve", self._shelve)
+        r.add_delete("/api/v1/alarms/{key:.+}/shelve", self._unshelve)
         r.add_get("/api/v1/maintenance", self._maintenance)
         r.add_post("/api/v1/maintenance", self._add_maintenance)
         return app

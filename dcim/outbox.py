@@ -117,7 +117,10 @@ class Outbox:
         batch, self._buffer = self._buffer, []
         self._on_disk += len(batch)
         self._writing = True
-        write = asyncio.ensure_future(self._call(self._insert, batch))
+        # Submitted at once (not in a task that starts later): the worker runs jobs in order, so a `take`
+        # issued after this sees the batch.
+        assert self._executor is not None, f"outbox {self.name} is not open"
+        write = asyncio.get_running_loop().run_in_executor(self._executor, self._insert, batch)
         cancelled: asyncio.CancelledError | None = None
         try:
             try:

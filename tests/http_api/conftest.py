@@ -32,13 +32,13 @@ def store(tmp_path: Path, clock: FakeClock) -> AlarmStore:
     now = clock.now_ns()
     for rack, severity in (("A01", Severity.CRITICAL), ("A02", Severity.WARNING)):
         record = AlarmRecord(
-            key=f"rack-power:{rack}", rule="rack-power", subject=rack, state=AlarmState.FIRING,
+            key=f"rack-power/{rack}", rule="rack-power", subject=rack, state=AlarmState.FIRING,
             severity=severity, metric="power_kw", value=61.5, threshold=57.0, message="over budget",
             labels={"site": "hall-1", "rack": rack}, since_ns=now, fired_ns=now, updated_ns=now, notified=True,
         )
         s.put(record, history=True)
     resolved = AlarmRecord(
-        key="rack-flow:A03", rule="rack-flow", subject="A03", state=AlarmState.RESOLVED,
+        key="rack-flow/A03", rule="rack-flow", subject="A03", state=AlarmState.RESOLVED,
         severity=Severity.WARNING, since_ns=now, fired_ns=now, resolved_ns=now, updated_ns=now,
     )
     s.put(resolved, history=True)

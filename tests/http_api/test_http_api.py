@@ -75,47 +75,49 @@ async def test_list_active_and_history(api: ApiFactory, http: aiohttp.ClientSess
     async with api() as url:
         async with http.get(url + "/api/v1/alarms") as r:
             alarms = (await r.json())["alarms"]
-        assert [a["key"] for a in alarms] == ["rack-power:A01", "rack-power:A02"]
+        assert [a["key"] for a in alarms] == ["rack-power/A01", "rack-power/A02"]
         assert alarms[0]["severity"] == "critical" and alarms[0]["state"] == "firing"
         async with http.get(url + "/api/v1/alarms?all=1&limit=2") as r:
             history = (await r.json())["alarms"]
-        assert [a["key"] for a in history] == ["rack-flow:A03", "rack-power:A02"]
+        assert [a["key"] for a in history] == ["rack-flow/A03", "rack-power/A02"]
         async with http.get(url + "/api/v1/alarms?all=1&limit=x") as r:
             assert r.status == 400 and "limit" in (await r.json())["error"]
-        async with http.get(url + "/api/v1/alarms/rack-power:A01") as r:
+        async with http.get(url + "/api/v1/alarms/rack-power/A01") as r:
             assert (await r.json())["alarm"]["value"] == 61.5
+        async with http.get(url + "/api/v1/alarms/rack-power%2FA02") as r:  # the slash encoded
+            assert (await r.json())["alarm"]["key"] == "rack-power/A02"
         async with http.get(url + "/api/v1/alarms/nope") as r:
             assert r.status == 404 and "nope" in (await r.json())["error"]
 
 
 async def test_state_changes_need_the_token(api: ApiFactory, http: aiohttp.ClientSession, store: AlarmStore) -> None:
     async with api() as url:
-        ack = url + "/api/v1/alarms/rack-power:A01/ack"
+        ack = url + "/api/v1/alarms/rack-power/A01/ack"
         async with http.post(ack) as r:
             assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
         async with http.post(ack, headers={"Authorization": "Basic dXNlcjpwdw=="}) as r:
             assert r.status == 401
         async with http.post(ack, headers=auth("wrong")) as r:
             assert r.status == 403 and (await r.json())["error"] == "wrong token"
-        async with http.delete(url + "/api/v1/alarms/rack-power:A01/shelve", headers=auth(TOKEN + "x")) as r:
+        async with http.delete(url + "/api/v1/alarms/rack-power/A01/shelve", headers=auth(TOKEN + "x")) as r:
             assert r.status == 403
-    assert store.get("rack-power:A01").acknowledged is False
+    assert store.get("rack-power/A01").acknowledged is False
 
 
 async def test_without_a_token_state_changes_are_refused(
     api: ApiFactory, http: aiohttp.ClientSession, store: AlarmStore
 ) -> None:
     async with api(token=None) as url:
-        async with http.post(url + "/api/v1/alarms/rack-power:A01/ack", headers=auth()) as r:
+        async with http.post(url + "/api/v1/alarms/rack-power/A01/ack", headers=auth()) as r:
             assert r.status == 403 and "no http.token is configured" in (await r.json())["error"]
         async with http.get(url + "/api/v1/alarms") as r:  # reading is still allowed
             assert r.status == 200
-    assert store.get("rack-power:A01").acknowledged is False
+    assert store.get("rack-power/A01").acknowledged is False
 
 
 async def test_acknowledge_round_trip(api: ApiFactory, http: aiohttp.ClientSession, store: AlarmStore) -> None:
     async with api() as url:
-        async with http.post(url + "/api/v1/alarms/rack-power:A01/ack", headers=auth(),
+        async with http.post(url + "/api/v1/alarms/rack-power/A01/ack", headers=auth(),
                              json={"user": "alice", "comment": "on it"}) as r:
             assert r.status == 200
             assert (await r.json())["alarm"]["ack_by"] == "alice"
@@ -123,15 +125,15 @@ async def test_acknowledge_round_trip(api: ApiFactory, http: aiohttp.ClientSessi
             first = (await r.json())["alarms"][0]
         assert first["acknowledged"] is True and first["ack_comment"] == "on it"
         # An empty body is fine (user "api"); a resolved alarm cannot be acknowledged.
-        async with http.post(url + "/api/v1/alarms/rack-power:A02/ack", headers=auth()) as r:
+        async with http.post(url + "/api/v1/alarms/rack-power/A02/ack", headers=auth()) as r:
             assert r.status == 200 and (await r.json())["alarm"]["ack_by"] == "api"
-        async with http.post(url + "/api/v1/alarms/rack-flow:A03/ack", headers=auth()) as r:
+        async with http.post(url + "/api/v1/alarms/rack-flow/A03/ack", headers=auth()) as r:
             assert r.status == 409 and "not firing" in (await r.json())["error"]
         async with http.post(url + "/api/v1/alarms/missing/ack", headers=auth()) as r:
             assert r.status == 404
     store.flush()
     reopened = AlarmStore(store.path)
-    assert reopened.get("rack-power:A01").ack_by == "alice"
+    assert reopened.get("rack-power/A01").ack_by == "alice"
     reopened.close()
 
 
@@ -139,15 +141,15 @@ async def test_shelve_round_trip(
     api: ApiFactory, http: aiohttp.ClientSession, store: AlarmStore, clock: FakeClock
 ) -> None:
     async with api() as url:
-        shelve = url + "/api/v1/alarms/rack-power:A01/shelve"
+        shelve = url + "/api/v1/alarms/rack-power/A01/shelve"
         async with http.post(shelve, headers=auth(), json={"minutes": 30, "user": "bob"}) as r:
             assert r.status == 200
             alarm = (await r.json())["alarm"]
         assert alarm["shelved_until_ns"] == clock.now_ns() + 30 * NS_MIN and alarm["shelved_by"] == "bob"
-        assert store.get("rack-power:A01").shelved_until_ns == clock.now_ns() + 30 * NS_MIN
+        assert store.get("rack-power/A01").shelved_until_ns == clock.now_ns() + 30 * NS_MIN
         async with http.delete(shelve, headers=auth()) as r:
             assert r.status == 200 and (await r.json())["alarm"]["shelved_until_ns"] is None
-        assert store.get("rack-power:A01").shelved_until_ns is None
+        assert store.get("rack-power/A01").shelved_until_ns is None
 
 
 @pytest.mark.parametrize(("body", "expected"), [
@@ -163,10 +165,10 @@ async def test_bad_bodies_get_a_clear_400(
     api: ApiFactory, http: aiohttp.ClientSession, store: AlarmStore, body: str, expected: str
 ) -> None:
     async with api() as url:
-        async with http.post(url + "/api/v1/alarms/rack-power:A01/shelve", headers=auth(), data=body) as r:
+        async with http.post(url + "/api/v1/alarms/rack-power/A01/shelve", headers=auth(), data=body) as r:
             assert r.status == 400
             assert expected in (await r.json())["error"]
-    assert store.get("rack-power:A01").shelved_until_ns is None
+    assert store.get("rack-power/A01").shelved_until_ns is None
 
 
 async def test_maintenance_windows(
@@ -192,5 +194,5 @@ async def test_unknown_paths_and_methods(api: ApiFactory, http: aiohttp.ClientSe
     async with api() as url:
         async with http.get(url + "/api/v1/nothing") as r:
             assert r.status == 404 and "error" in await r.json()
-        async with http.put(url + "/api/v1/alarms/rack-power:A01/ack", headers=auth()) as r:
+        async with http.put(url + "/api/v1/alarms/rack-power/A01/ack", headers=auth()) as r:
             assert r.status == 405

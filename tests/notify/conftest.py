@@ -50,7 +50,7 @@ def event(
 ) -> AlarmEvent:
     labels = {"site": "hall-1", "room": "r1", "row": rack[0], "rack": rack, **kw.pop("labels", {})}
     return AlarmEvent(
-        key=f"{rule}:{rack}", rule=rule, subject=rack, state=state, severity=severity, ts_ns=ts_ns,
+        key=f"{rule}/{rack}", rule=rule, subject=rack, state=state, severity=severity, ts_ns=ts_ns,
         message=kw.pop("message", f"{rule} on {rack}"), metric=kw.pop("metric", "power_kw"),
         value=kw.pop("value", 61.5), threshold=kw.pop("threshold", 57.0), labels=labels, **kw,
     )

@@ -87,17 +87,17 @@ async def test_pagerduty_trigger_and_resolve(
     trigger, resolve = [r.json() for r in await receiver.wait_for(2)]
     assert trigger["routing_key"] == "R0UTINGKEY0123456789012345678901"
     assert trigger["event_action"] == "trigger"
-    assert trigger["dedup_key"] == dedup_key("rule-0:A01") == "dcim/rule-0:A01"
+    assert trigger["dedup_key"] == dedup_key("rule-0/A01") == "dcim/rule-0/A01"
     payload = trigger["payload"]
     assert payload["severity"] == "critical" and payload["source"] == "A01"
     assert payload["summary"].startswith("A01 rule-0") and payload["timestamp"].endswith("Z")
     assert payload["custom_details"]["value"] == 61.5 and payload["group"] == "A01"
-    assert resolve == {"event_action": "resolve", "dedup_key": "dcim/rule-1:A01",
+    assert resolve == {"event_action": "resolve", "dedup_key": "dcim/rule-1/A01",
                        "routing_key": "R0UTINGKEY0123456789012345678901"}
 
 
 def test_pagerduty_dedup_key_is_stable_and_bounded() -> None:
-    assert dedup_key("rack-power:A01") == dedup_key("rack-power:A01")
+    assert dedup_key("rack-power/A01") == dedup_key("rack-power/A01")
     long = dedup_key("x" * 400)
     assert len(long) <= 255 and long == dedup_key("x" * 400)
 
@@ -106,7 +106,7 @@ def test_pagerduty_sends_only_news_and_reminders(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("PD_KEY", "k")
     h = hook({"type": "pagerduty", "routing_key": "env:PD_KEY"})
     alarms = [event("A01", "a"), event("A01", "b", acknowledged=True)]
-    context_only = Notification("g", {}, alarms, frozenset({"a:A01"}))
+    context_only = Notification("g", {}, alarms, frozenset({"a/A01"}))
     assert len(h.render(context_only)) == 1
     reminder = Notification("g", {}, alarms, frozenset(), repeat=True)
     actions = [b'"acknowledge"' in b for b in h.render(reminder)]

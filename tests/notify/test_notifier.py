@@ -41,7 +41,7 @@ async def test_burst_on_one_rack_is_one_notification(
         _, req2 = await receiver.wait_for(2)
         body2 = req2.json()
         assert body2["counts"] == {"firing": 1, "resolved": 2}
-        assert {a["key"] for a in body2["alarms"] if a["changed"]} == {"rack-power:A01", "rack-flow:A01"}
+        assert {a["key"] for a in body2["alarms"] if a["changed"]} == {"rack-power/A01", "rack-flow/A01"}
 
 
 async def test_repeat_until_acknowledged(receiver: HttpReceiver, clock: FakeClock, state_dir: Path) -> None:
@@ -70,7 +70,7 @@ async def test_hook_down_retried_with_backoff_nothing_lost(
         notifier.submit(event("A01"))
         await notifier.idle()
         requests = await receiver.wait_for(4)  # three 500s, then the accepted one
-        assert [r.json()["alarms"][0]["key"] for r in requests] == ["rack-power:A01"] * 4
+        assert [r.json()["alarms"][0]["key"] for r in requests] == ["rack-power/A01"] * 4
         assert len({r.headers["idempotency-key"] for r in requests}) == 1
         assert retries.get(hook="ops") - before == 3
         await wait_until(lambda: notifier.outboxes["ops"].depth == 0, message="delivery acknowledged")
@@ -147,7 +147,7 @@ async def test_restart_delivers_what_was_queued_exactly_once(
     notifier = Notifier(config, state_dir, clock=clock)
     async with running(notifier):
         [req] = await receiver.wait_for(1)
-        assert req.json()["alarms"][0]["key"] == "rack-power:A01"
+        assert req.json()["alarms"][0]["key"] == "rack-power/A01"
         await wait_until(lambda: notifier.outboxes["ops"].depth == 0, message="delivery acknowledged")
         notifier.submit(event("A01"))
         await advance(clock, notifier, 600)

@@ -38,7 +38,7 @@ def test_a_burst_on_one_rack_is_one_notification_after_group_wait() -> None:
     due += router.due(T0 + 36 * S)
     by_rack = {d.notification.group_labels["rack"]: d.notification for d in due}
     assert [a.rule for a in by_rack["A01"].alarms] == ["rack-power", "rack-flow"]
-    assert by_rack["A01"].changed == {"rack-power:A01", "rack-flow:A01"}
+    assert by_rack["A01"].changed == {"rack-power/A01", "rack-flow/A01"}
     assert sorted(due[0].hooks) == ["mail", "ops", "pd"]  # no routes: every hook
 
 
@@ -53,10 +53,10 @@ def test_later_changes_wait_for_group_interval_and_resolved_are_sent() -> None:
     router.on_event(event("A01", state=AlarmState.RESOLVED), T0 + 200 * S)
     [second] = router.due(T0 + 330 * S)
     states = {a.key: a.state for a in second.notification.alarms}
-    assert states == {"rack-power:A01": AlarmState.RESOLVED, "rack-flow:A01": AlarmState.FIRING}
-    assert second.notification.changed == {"rack-power:A01", "rack-flow:A01"}
+    assert states == {"rack-power/A01": AlarmState.RESOLVED, "rack-flow/A01": AlarmState.FIRING}
+    assert second.notification.changed == {"rack-power/A01", "rack-flow/A01"}
     # The resolved alarm is gone from the group; the firing one stays.
-    assert list(router.groups[second.notification.group_key].alarms) == ["rack-flow:A01"]
+    assert list(router.groups[second.notification.group_key].alarms) == ["rack-flow/A01"]
 
 
 def test_same_state_again_is_not_news() -> None:
@@ -147,7 +147,7 @@ def test_groups_survive_a_round_trip_through_json() -> None:
     copy.restore([Group.from_dict(json.loads(json.dumps(g.to_dict()))) for g in live])
     assert copy.next_due_ns() == router.next_due_ns()
     [due] = copy.due(T0 + 330 * S)
-    assert due.notification.changed == {"rack-flow:A01"}
+    assert due.notification.changed == {"rack-flow/A01"}
 
 
 def test_escalation_to_critical_is_news_easing_is_not() -> None:
@@ -156,6 +156,6 @@ def test_escalation_to_critical_is_news_easing_is_not() -> None:
     router.due(T0 + 30 * S)
     router.on_event(event("A01", severity=Severity.CRITICAL), T0 + 40 * S)
     [due] = router.due(T0 + 330 * S)
-    assert due.notification.changed == {"rack-power:A01"} and due.notification.severity is Severity.CRITICAL
+    assert due.notification.changed == {"rack-power/A01"} and due.notification.severity is Severity.CRITICAL
     router.on_event(event("A01", severity=Severity.WARNING), T0 + 400 * S)
     assert router.due(T0 + 1000 * S) == []

@@ -124,25 +124,32 @@ except OSError:
     pass
 else:
     sys.exit("W+X mapping was allowed: MDWE is not in force")
-import asyncio, ssl
+import asyncio, sqlite3, ssl
 import aiomqtt, asyncua, pymodbus.client, pysnmp.hlapi.v3arch.asyncio, influxdb_client, cryptography.x509
-import dcim.config, dcim.lineproto, dcim.sdnotify, drivers.profiles, simulators.plant
+import dcim.cli, dcim.daemon, dcim.sdnotify, drivers.profiles, rules.service, simulators.plant
+import drivers.modbus.driver, drivers.opcua.driver, drivers.snmp.driver
 from cryptography.hazmat.primitives.asymmetric import ec
 ec.generate_private_key(ec.SECP256R1())
 ssl.create_default_context()
+db = sqlite3.connect(":memory:")
+db.execute("create table t (x)")
+db.execute("insert into t values (1)")
 async def main() -> None:
     await asyncio.sleep(0)
 asyncio.run(main())
-print("ok")
+# The daemon's own start-up path: load and validate a configuration with every profile.
+sys.exit(dcim.cli.main(["check", "-c", sys.argv[1]]) or print("ok"))
 """
 
 
 def test_imports_survive_memory_deny_write_execute() -> None:
     """MemoryDenyWriteExecute=yes refuses writable+executable memory. Linux 6.3+ offers the same rule to
-    any process (prctl PR_SET_MDWE), so the daemon's imports and crypto run under it here."""
-    result = subprocess.run([sys.executable, "-c", MDWE_PROGRAM], capture_output=True, text=True, timeout=120,
-                            cwd=ROOT)
+    any process (prctl PR_SET_MDWE), so the daemon's imports, crypto, SQLite and `dcim check` run under it
+    here. (The daemon's full run under the rule is not tested: that needs systemd as PID 1.)"""
+    result = subprocess.run([sys.executable, "-c", MDWE_PROGRAM, str(ROOT / "examples" / "hall.yaml")],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
     if result.returncode == 77:
         pytest.skip("kernel has no PR_SET_MDWE")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    # `dcim check` validated the configuration, then the program reached its end.
+    assert "hall.yaml: OK" in result.stdout and result.stdout.splitlines()[-1] == "ok", result.stdout

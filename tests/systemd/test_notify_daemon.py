@@ -4,7 +4,9 @@
 - WATCHDOG=1 at the configured `systemd.watchdog_interval`,
 - no WATCHDOG=1 while its event loop is stalled (SIGUSR2 with DCIM_TEST_STALL_SECONDS, the test hook of
   dcim.sdnotify.install_stall_hook), then pings again,
-- STOPPING=1 and exit status 0 on SIGTERM.
+- STOPPING=1 and exit status 0 on SIGTERM,
+
+all under the kernel's rule behind MemoryDenyWriteExecute=yes (PR_SET_MDWE, where the kernel has it).
 
 Devices are served by `dcim simulate` in a process of its own.
 """
@@ -34,6 +36,15 @@ ROOT = Path(__file__).resolve().parents[2]
 INTERVAL = 0.2
 STALL = 2.0
 
+# `python -m dcim.cli ARGS`, but with writable+executable memory refused first (prctl PR_SET_MDWE, Linux
+# 6.3+; the same rule as the unit's MemoryDenyWriteExecute=yes). Older kernels run it without the rule.
+MDWE_LAUNCHER = """
+import ctypes, runpy, sys
+ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0)
+sys.argv = ["dcim", *sys.argv[1:]]
+runpy.run_module("dcim.cli", run_name="__main__")
+"""
+
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif("sdnotify" not in (ROOT / "dcim" / "daemon.py").read_text(),
@@ -55,8 +66,9 @@ async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: No
         await wait_until(lambda: all(port_accepts(d["host"], d["port"]) for d in raw["devices"]), timeout=30,
                          message=f"simulators listening\n{simulate.log()}")
         with log_path.open("ab") as log:
+            # Under the kernel's MemoryDenyWriteExecute rule, as dcim.service runs it.
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "dcim.cli", "run", "-c", str(path), env=env, cwd=ROOT,
+                sys.executable, "-c", MDWE_LAUNCHER, "run", "-c", str(path), env=env, cwd=ROOT,
                 stdout=log, stderr=log)
         try:
             ready = await notify_listener.wait_for("READY", within=30)

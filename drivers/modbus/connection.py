@@ -155,12 +155,14 @@ class ModbusConnection:
     ) -> ModbusPDU:
         """Run one request with the device's timeout per attempt and its retries. Raises DriverError."""
         error: DriverError = DeviceTimeout(f"{what}: no answer")
+        cancels = cancelling()
         async with self._slots:
             for _attempt in range(retries + 1):
                 try:
                     async with asyncio.timeout(timeout):
                         client = await self.ensure_connected()
                         response = await call(client)
+                    raise_if_cancelled(cancels)
                 except TimeoutError:
                     self._silent += 1
                     if self._client is None:
@@ -207,6 +209,22 @@ class ModbusConnection:
 
     async def close(self) -> None:
         self._drop()
+
+
+def cancelling() -> int:
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def raise_if_cancelled(before: int) -> None:
+    """Re-raise a cancellation that pymodbus swallowed.
+
+    pymodbus awaits with asyncio.wait_for, which on Python 3.11 drops a cancellation that arrives as the
+    awaited future completes. The task stays marked as cancelling: without this check a poller task would
+    ignore its shutdown and poll on forever.
+    """
+    if cancelling() > before:
+        raise asyncio.CancelledError
 
 
 def _key(device: ModbusDevice) -> str:

@@ -20,7 +20,7 @@ from drivers.base import Driver, DriverContext
 from drivers.errors import BadResponse, DeviceTimeout, WriteRejected
 from drivers.modbus import codec
 from drivers.modbus.config import ModbusDevice
-from drivers.modbus.connection import ModbusConnection, join, leave
+from drivers.modbus.connection import ModbusConnection, cancelling, join, leave, raise_if_cancelled
 from drivers.modbus.plan import Read, plan_reads
 from drivers.modbus.points import Point
 from drivers.profiles import Profile
@@ -46,9 +46,11 @@ class ModbusDriver(Driver):
         return self._connection
 
     async def connect(self) -> None:
+        cancels = cancelling()
         try:
             async with asyncio.timeout(self.device.timeout):
                 await self.connection.ensure_connected()
+            raise_if_cancelled(cancels)
         except TimeoutError as err:
             raise DeviceTimeout(f"{self.device.id}: connecting to {self.connection.name} timed out") from err
 

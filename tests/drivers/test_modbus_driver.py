@@ -392,3 +392,28 @@ async def test_an_outage_reports_a_stable_error() -> None:
 async def _refused(error: Any) -> str:
     text: str = await error()
     return text if text.startswith("cannot connect") else ""
+
+
+async def test_a_cancellation_the_library_swallows_is_raised_again() -> None:
+    """pymodbus' asyncio.wait_for (Python 3.11) can drop a cancellation that arrives with the answer;
+    a poller task must still stop. The call below swallows it the same way, deterministically."""
+    config = hall([{"id": "cdu-1", "port": free_port()}])
+    plant = Plant(config, frozen=True)
+    device = modbus(config)[0]
+    entered = asyncio.Event()
+
+    async def swallowing(client: Any) -> Any:
+        answer = await client.read_holding_registers(100, count=2, device_id=1)
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return answer  # what wait_for does when the awaited future is already done
+        return answer
+
+    async with simulating(plant, [device]), driving(device) as driver:
+        task = asyncio.create_task(driver.connection.request("swallow", swallowing, timeout=10, retries=0))
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

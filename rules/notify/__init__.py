@@ -14,6 +14,7 @@ the notifier as an event of unchanged state with `acknowledged=True`; it stops t
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ QUEUE = REGISTRY.gauge("dcim_notify_queue_depth", "Messages waiting in a hook's 
 DROPPED = REGISTRY.gauge(
     "dcim_notify_dropped", "Messages dropped because a hook's outbox was full", ("hook",)
 )
+STATE_ERRORS = REGISTRY.counter("dcim_notify_state_errors_total", "Failed writes of the notifier's state")
 INBOX_DROPPED = REGISTRY.counter("dcim_notify_inbox_dropped_total", "Alarm events dropped: inbox full")
 
 # Alarm events waiting for the router; only reached if the router task is not running at all.
@@ -162,11 +164,22 @@ class Notifier:
             # On disk before the groups are saved as notified: a crash in between sends again rather
             # than never (at least once).
             await asyncio.gather(*(self.outboxes[h].flush() for h in touched))
-            await state.save(*self.router.take_changed())
+            await self._save(state)
             if not self._inbox and not self._wakeup.is_set():
                 self._idle.set()
             deadlines = [t for t in (self.router.next_due_ns(), self.limiter.next_due_ns()) if t is not None]
             await self._wait((min(deadlines) - self.clock.now_ns()) / 1e9 if deadlines else None)
+
+    async def _save(self, state: NotifyState) -> None:
+        live, gone = self.router.take_changed()
+        try:
+            await state.save(live, gone)
+        except sqlite3.Error as err:
+            # Kept for the next round; meanwhile a restart could notify these groups once more.
+            self.router.changed.update(g.key for g in live)
+            self.router.changed.update(gone)
+            STATE_ERRORS.inc()
+            log.error("notify state not saved; retrying", error=str(err))
 
     async def _wait(self, seconds: float | None) -> None:
         """Until an event arrives or `seconds` pass on the clock (a fake clock's time, in tests)."""

@@ -36,13 +36,17 @@ class NotifyState:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notify-state")
         rows: list[tuple[str, str]] = await self._call(self._open)
-        groups = []
+        groups, bad = [], []
         for key, data in rows:
             try:
                 groups.append(Group.from_dict(json.loads(data)))
             except (ValueError, KeyError, TypeError) as err:
-                # One unreadable row must not cost the others; it is logged, then replaced or deleted.
-                log.warning("notify state: unreadable group skipped", group=key, error=str(err))
+                # One unreadable row must not cost the others: logged and deleted. Its alarms, if still
+                # firing, are notified again when the rule engine next announces them.
+                log.warning("notify state: unreadable group dropped", group=key, error=str(err))
+                bad.append((key,))
+        if bad:
+            await self._call(self._save, [], bad)
         return groups
 
     def _open(self) -> list[tuple[str, str]]:

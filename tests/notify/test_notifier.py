@@ -4,6 +4,7 @@ Time is a fake clock (group_wait, group_interval, repeat); retries use real but 
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -187,3 +188,31 @@ async def test_no_hooks_means_no_work(clock: FakeClock, state_dir: Path) -> None
     async with running(notifier):
         notifier.submit(event("A01"))
     assert not (state_dir / "notify").exists()
+
+
+async def test_an_unreadable_state_row_costs_only_itself(
+    receiver: HttpReceiver, clock: FakeClock, state_dir: Path
+) -> None:
+    config = webhook_config(receiver.url, group_wait=0)
+    notifier = Notifier(config, state_dir, clock=clock)
+    async with running(notifier):
+        notifier.submit(event("A01"))
+        await receiver.wait_for(1)
+        await wait_until(lambda: notifier.outboxes["ops"].depth == 0, message="delivery acknowledged")
+    db = sqlite3.connect(state_dir / "notify" / "state.sqlite")
+    with db:
+        db.execute("INSERT INTO groups (key, data) VALUES ('broken', '{not json')")
+        db.execute("INSERT INTO groups (key, data) VALUES ('partial', ?)", ('{"key": "x"}',))
+    db.close()
+    notifier = Notifier(config, state_dir, clock=clock)
+    async with running(notifier):
+        assert list(notifier.router.groups) == ["-1|site=hall-1|rack=A01"]
+        notifier.submit(event("A01"))  # still known as notified: not sent again
+        notifier.submit(event("A02"))
+        await notifier.idle()
+        requests = await receiver.wait_for(2)
+        assert [r.json()["group"]["labels"]["rack"] for r in requests] == ["A01", "A02"]
+    db = sqlite3.connect(state_dir / "notify" / "state.sqlite")
+    keys = sorted(k for (k,) in db.execute("SELECT key FROM groups"))
+    db.close()
+    assert keys == ["-1|site=hall-1|rack=A01", "-1|site=hall-1|rack=A02"]

@@ -6,7 +6,8 @@
   dcim.sdnotify.install_stall_hook), then pings again,
 - STOPPING=1 and exit status 0 on SIGTERM,
 
-all under the kernel's rule behind MemoryDenyWriteExecute=yes (PR_SET_MDWE, where the kernel has it).
+all inside tests/systemd/sandbox.py: dcim.service's SystemCallFilter, RestrictAddressFamilies and
+MemoryDenyWriteExecute applied by seccomp and PR_SET_MDWE (where the kernel and python3-seccomp have them).
 
 Devices are served by `dcim simulate` in a process of its own.
 """
@@ -28,6 +29,7 @@ import yaml
 from tests.e2e.harness import DaemonProcess, cdu_hall
 from tests.helpers import wait_until
 from tests.servers import port_accepts
+from tests.systemd.syscalls import allowed_by
 
 if TYPE_CHECKING:
     from tests.systemd.conftest import NotifyListener
@@ -36,14 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 INTERVAL = 0.2
 STALL = 2.0
 
-# `python -m dcim.cli ARGS`, but with writable+executable memory refused first (prctl PR_SET_MDWE, Linux
-# 6.3+; the same rule as the unit's MemoryDenyWriteExecute=yes). Older kernels run it without the rule.
-MDWE_LAUNCHER = """
-import ctypes, runpy, sys
-ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0)
-sys.argv = ["dcim", *sys.argv[1:]]
-runpy.run_module("dcim.cli", run_name="__main__")
-"""
+SANDBOX = Path(__file__).with_name("sandbox.py")
 
 pytestmark = [
     pytest.mark.e2e,
@@ -52,13 +47,17 @@ pytestmark = [
 ]
 
 
-async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: NotifyListener) -> None:
-    path = cdu_hall(tmp_path, cdus=2, interval="250ms")
+async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: NotifyListener, mosquitto: Any,
+                                             influxdb_v1: Any) -> None:
+    # The whole path (polls, rules, SQLite outboxes, MQTT, ingest, InfluxDB) runs inside the sandbox.
+    path = cdu_hall(tmp_path, cdus=2, interval="250ms", mqtt=mosquitto,
+                    influxdb={"url": influxdb_v1.url, "api": "v1", "database": influxdb_v1.database})
     raw = yaml.safe_load(path.read_text())
     raw["systemd"] = {"watchdog_interval": f"{int(INTERVAL * 1000)}ms"}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {**os.environ, "NOTIFY_SOCKET": notify_listener.path, "DCIM_TEST_STALL_SECONDS": str(STALL),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
+           "DCIM_TEST_SYSCALLS": ",".join(allowed_by(ROOT / "systemd" / "dcim.service"))}
     for key in ("WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(key, None)
     log_path = tmp_path / "dcim-run.log"
@@ -66,9 +65,9 @@ async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: No
         await wait_until(lambda: all(port_accepts(d["host"], d["port"]) for d in raw["devices"]), timeout=30,
                          message=f"simulators listening\n{simulate.log()}")
         with log_path.open("ab") as log:
-            # Under the kernel's MemoryDenyWriteExecute rule, as dcim.service runs it.
+            # Under dcim.service's syscall filter, address families and W^X memory (tests/systemd/sandbox.py).
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", MDWE_LAUNCHER, "run", "-c", str(path), env=env, cwd=ROOT,
+                sys.executable, str(SANDBOX), "dcim.cli", "run", "-c", str(path), env=env, cwd=ROOT,
                 stdout=log, stderr=log)
         try:
             ready = await notify_listener.wait_for("READY", within=30)
@@ -83,9 +82,12 @@ async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: No
             after = [await notify_listener.wait_for("WATCHDOG", within=STALL + 10) for _ in range(4)]
             gaps = [b.at - a.at for a, b in itertools.pairwise([pings[-1], *after])]
             assert max(gaps) >= STALL * 0.9, f"no WATCHDOG gap during a {STALL} s stall: {gaps}"
+            await wait_until(lambda: influxdb_v1.query('SELECT count("flow_lpm") FROM "cdu"'), timeout=30,
+                             message="samples stored through MQTT and the ingest")
             proc.send_signal(signal.SIGTERM)
             await notify_listener.wait_for("STOPPING", within=30)
             assert await asyncio.wait_for(proc.wait(), 30) == 0, log_path.read_text()[-4000:]
+            print(log_path.read_text().splitlines()[0])  # what the sandbox applied, for the record
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -102,13 +104,15 @@ async def test_ingest_is_ready_and_pings(tmp_path: Path, notify_listener: Notify
     raw = yaml.safe_load(path.read_text())
     raw["systemd"] = {"watchdog_interval": f"{int(INTERVAL * 1000)}ms"}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, "NOTIFY_SOCKET": notify_listener.path, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "NOTIFY_SOCKET": notify_listener.path, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
+           "DCIM_TEST_SYSCALLS": ",".join(allowed_by(ROOT / "systemd" / "dcim-ingest.service"))}
     for key in ("WATCHDOG_USEC", "WATCHDOG_PID", "DCIM_TEST_STALL_SECONDS"):
         env.pop(key, None)
     log_path = tmp_path / "dcim-ingest.log"
     with log_path.open("ab") as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dcim.cli", "ingest", "-c", str(path), env=env, cwd=ROOT, stdout=log, stderr=log)
+            sys.executable, str(SANDBOX), "dcim.cli", "ingest", "-c", str(path), env=env, cwd=ROOT,
+            stdout=log, stderr=log)
     try:
         await notify_listener.wait_for("READY", within=30)
         for _ in range(3):

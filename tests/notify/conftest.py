@@ -15,27 +15,21 @@ from rules.clock import FakeClock
 from rules.events import AlarmEvent, AlarmState, Severity
 from rules.notify import Notifier
 from rules.notify.config import NotifyConfig
-from tests.receivers import HttpReceiver, SmtpReceiver
+from tests.receivers import HttpReceiver
 
 # Fast retries: the tests wait for outcomes, never for the backoff itself.
 FAST_RETRY = {"initial_backoff": 0.01, "max_backoff": 0.05, "jitter": 0.5}
 
 
 @pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver() as r:
-        yield r
+def receiver(http_receiver: HttpReceiver) -> HttpReceiver:
+    """The shared `http_receiver` (tests/conftest.py) under a short name."""
+    return http_receiver
 
 
 @pytest.fixture
 def second_receiver() -> Iterator[HttpReceiver]:
     with HttpReceiver() as r:
-        yield r
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpReceiver]:
-    with SmtpReceiver() as r:
         yield r
 
 

@@ -168,6 +168,10 @@ class Router:
         for index in routes:
             group_by: list[str] = self._setting(index, "group_by")
             labels = {name: _label(event, name) for name in group_by}
+            if not any(v for n, v in labels.items() if n != "site"):
+                # Alarms without the grouping labels (a CDU's or a chiller's have no rack) are grouped by
+                # their subject, not all together.
+                labels["subject"] = event.subject
             key = f"{index}|" + "|".join(f"{k}={v}" for k, v in labels.items())
             group = self.groups.get(key)
             if group is None:

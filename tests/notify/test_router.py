@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from rules.events import AlarmState, Severity
 from rules.notify.config import NotifyConfig
@@ -159,3 +160,13 @@ def test_escalation_to_critical_is_news_easing_is_not() -> None:
     assert due.notification.changed == {"rack-power/A01"} and due.notification.severity is Severity.CRITICAL
     router.on_event(event("A01", severity=Severity.WARNING), T0 + 400 * S)
     assert router.due(T0 + 1000 * S) == []
+
+
+def test_alarms_without_the_grouping_labels_group_by_subject() -> None:
+    router = Router(config(group_wait=0))
+    for device in ("cdu-1", "ch-1"):
+        e = event("X00", "leak")
+        router.on_event(replace(e, key=f"leak/{device}", subject=device, labels={"site": "hall-1"}), T0)
+    due = router.due(T0)
+    assert sorted(d.notification.group_labels["subject"] for d in due) == ["cdu-1", "ch-1"]
+    assert due[0].notification.title.startswith("[CRITICAL] hall-1 ")

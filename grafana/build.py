@@ -160,6 +160,8 @@ class Panel:
     links: list[dict[str, Any]] = field(default_factory=list)
     # Shown instead of "No data": a count of troubles is 0, not unknown, when nothing matches.
     no_value: str | None = None
+    # A stat of states (strings, booleans): Grafana's stat shows numeric fields only unless told which.
+    states: bool = False
 
     def render(self, pid: int, x: int, y: int) -> dict[str, Any]:
         defaults: dict[str, Any] = {
@@ -184,12 +186,17 @@ class Panel:
             defaults["custom"] = custom
         elif self.custom:
             defaults["custom"] = self.custom
-        panel = {
+        options: dict[str, Any] = {**_OPTIONS.get(self.type, {}), **self.options}
+        if self.states:
+            aliases = [a for t in self.targets for a in re.findall(r'AS "([^"]+)"', t["query"])]
+            fields = "/^(" + "|".join(re.escape(a).replace("\\ ", " ") for a in aliases) + ")$/"
+            options["reduceOptions"] = {**options["reduceOptions"], "fields": fields}
+        panel: dict[str, Any] = {
             "id": pid, "type": self.type, "title": self.title, "description": self.description,
             "datasource": DS, "gridPos": {"x": x, "y": y, "w": self.w, "h": self.h},
             "targets": self.targets,
             "fieldConfig": {"defaults": defaults, "overrides": self.overrides},
-            "options": {**_OPTIONS.get(self.type, {}), **self.options},
+            "options": options,
         }
         if self.transformations:
             panel["transformations"] = self.transformations
@@ -577,16 +584,17 @@ def cooling() -> Dashboard:
     d.row("CDU $cdu", repeat="cdu")
     leak_fields = {"leak": "leak", **{f"leak_zone{i}": f"zone {i}" for i in range(1, 5)}}
     d.add(
-        Panel("stat", "Leak", [target(latest("cdu", leak_fields, CDU))], "none", w=6, h=4,
+        Panel("stat", "Leak", [target(latest("cdu", leak_fields, CDU))], "none", states=True, w=6, h=4,
               mappings=bool_mapping("LEAK", "dry"), options={"graphMode": "none", "colorMode": "background"},
               description="Any leak is critical (cdu-leak rule); a firing leak hides the racks' coolant alarms."),
         Panel("stat", "Pumps", [target(latest("cdu", {"pump1_running": "pump 1", "pump2_running": "pump 2",
                                                       "pump_fault": "fault"}, CDU))],
-              "none", w=6, h=4, options={"graphMode": "none", "colorMode": "background"},
+              "none", states=True, w=6, h=4, options={"graphMode": "none", "colorMode": "background"},
               mappings=bool_mapping("running", "stopped", true_bad=False),
               overrides=[{"matcher": {"id": "byName", "options": "fault"},
                           "properties": [{"id": "mappings", "value": bool_mapping("FAULT", "ok")}]}]),
-        Panel("stat", "Reservoir", [target(latest("cdu", {"reservoir_level": "reservoir"}, CDU))], "none", w=3, h=4,
+        Panel("stat", "Reservoir", [target(latest("cdu", {"reservoir_level": "reservoir"}, CDU))], "none",
+              states=True, w=3, h=4,
               mappings=text_mapping({"ok": GREEN, "low": YELLOW, "empty": RED}),
               options={"graphMode": "none", "colorMode": "background"}),
         Panel("stat", "Flow / setpoint",
@@ -661,11 +669,12 @@ def chillers() -> Dashboard:
                   variables, [alarm_annotation(SITE + ' AND "device" =~ /^$chiller$/')])
     d.row("Chiller $chiller", repeat="chiller")
     d.add(
-        Panel("stat", "Status", [target(latest("chiller", {"status": "status"}, CHILLER))], "none", w=4, h=4,
+        Panel("stat", "Status", [target(latest("chiller", {"status": "status"}, CHILLER))], "none",
+              states=True, w=4, h=4,
               mappings=text_mapping({"running": GREEN, "stopped": BLUE, "tripped": RED, "locked_out": RED}),
               options={"graphMode": "none", "colorMode": "background"},
               description="chiller-trip: tripped or locked out is critical."),
-        Panel("stat", "Alarm", [target(latest("chiller", {"alarm": "alarm"}, CHILLER))], "none", w=4, h=4,
+        Panel("stat", "Alarm", [target(latest("chiller", {"alarm": "alarm"}, CHILLER))], "none", states=True, w=4, h=4,
               mappings=bool_mapping("ALARM", "ok"), options={"graphMode": "none", "colorMode": "background"}),
         Panel("stat", "Leaving water", [target(latest("chiller", {"leaving_temp_c": "leaving",
                                                                   "setpoint_c": "setpoint"}, CHILLER))],

@@ -222,3 +222,20 @@ def test_dashboard_provisioning() -> None:
     (provider,) = doc["providers"]
     assert provider["type"] == "file" and Path(provider["options"]["path"]).is_absolute()
     assert provider["allowUiUpdates"] is False  # the JSON files stay the source of truth
+
+
+def test_state_stats_name_their_fields() -> None:
+    """Grafana's stat shows numeric fields only by default: a stat of states (leak, status, reservoir...)
+    must name its string and boolean fields, or it shows "No data" over perfectly good data."""
+    checked = 0
+    for name, d in DASHBOARDS.items():
+        for panel in panels(d):
+            if panel["type"] != "stat" or not panel["fieldConfig"]["defaults"]["mappings"]:
+                continue
+            fields = panel["options"]["reduceOptions"].get("fields", "")
+            assert fields.startswith("/^(") and fields.endswith(")$/"), (name, panel["title"])
+            pattern = re.compile(fields[1:-1])
+            aliases = re.findall(r'AS "([^"]+)"', panel["targets"][0]["query"])
+            assert aliases and all(pattern.fullmatch(a) for a in aliases), (name, panel["title"], fields)
+            checked += 1
+    assert checked == 5

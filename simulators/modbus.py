@@ -19,6 +19,7 @@ the first marker (the driver then omits it), otherwise the register reads 0.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,10 @@ from drivers.profiles import Profile, load_profile
 from simulators.plant import Plant
 
 log = structlog.get_logger(__name__)
+
+# pymodbus logs a traceback for every request to an unknown unit id; the client gets exception 4 anyway.
+if logging.getLogger("pymodbus").level == logging.NOTSET:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 TABLE_OF_FUNCTION = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 3: "holding", 6: "holding",
                      16: "holding", 22: "holding", 23: "holding", 4: "input"}

@@ -15,6 +15,7 @@ bounds how many requests of the devices behind this gateway are admitted at once
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,12 @@ from drivers.errors import BadResponse, DeviceTimeout, DeviceUnreachable, Driver
 from drivers.modbus.config import ModbusDevice
 
 log = structlog.get_logger(__name__)
+
+# Every pymodbus failure becomes one of our errors and the poller logs an outage once; pymodbus' own
+# warnings ("Failed to connect", once per attempt) would repeat it on every retry. Left alone when an
+# operator has set a level for the "pymodbus" logger.
+if logging.getLogger("pymodbus").level == logging.NOTSET:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -176,7 +183,7 @@ class ModbusConnection:
                         if self._silent >= SILENT_LIMIT:
                             # Perhaps a half-open socket: open a fresh one for the next attempt. TCP itself
                             # worked, so no backoff (a unit that is merely silent keeps timing out).
-                            log.info("modbus connection silent, reopening", gateway=self.name,
+                            log.debug("modbus connection silent, reopening", gateway=self.name,
                                      unanswered=self._silent)
                             self._silent = 0
                             self._drop()

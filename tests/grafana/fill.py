@@ -54,15 +54,14 @@ def device_batch(plant: Plant, config: Config, device_id: str, ts_ns: int) -> Ba
 
 
 def alarm_lines(event: AlarmEvent, topology: Topology) -> list[str]:
-    """The `alarm` line of one event: tags rule, severity and the labels; fields state, value, threshold,
-    message (what docs/grafana.md asks the daemon to write)."""
-    tags = {**event.labels, "rule": event.rule, "severity": event.severity.value}
-    samples = [Sample(event.subject, "state", event.state.value, event.ts_ns, measurement="alarm"),
-               Sample(event.subject, "message", event.message, event.ts_ns, measurement="alarm")]
-    for name, number in (("value", event.value), ("threshold", event.threshold)):
-        if number is not None:
-            samples.append(Sample(event.subject, name, number, event.ts_ns, measurement="alarm"))
-    return encode_batch(Batch(event.subject, "alarm", event.ts_ns, samples), sorted(tags.items()))
+    """The `alarm` line of one event, as rules.service publishes it: a batch of the subject, its samples
+    tagged rule and severity, fields state, value, threshold, message; the subject's topology tags."""
+    tags = tuple(sorted({"rule": event.rule, "severity": event.severity.value}.items()))
+    fields: list[tuple[str, Value | None]] = [("state", event.state.value), ("value", event.value),
+                                              ("threshold", event.threshold), ("message", event.message)]
+    samples = [Sample(event.subject, name, value, event.ts_ns, measurement="alarm", tags=tags)
+               for name, value in fields if value is not None]
+    return encode_batch(Batch(event.subject, "alarm", event.ts_ns, samples), topology.tags(event.subject))
 
 
 def scenario(plant: Plant) -> None:

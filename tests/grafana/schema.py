@@ -5,7 +5,7 @@ the code has it): measurements, their fields and their tags. Dashboards may name
   drivers/profiles, its `measurement` (default: the profile's kind), its row tag (`index_tag`) and constant
   tags; the static tags come from dcim.topology (site, room, row, rack, feed, device).
 - rack: rules.model.RACK_METRICS, tags of a rack in dcim.topology (site, room, row, rack, cdu).
-- alarm: one line per alarm event (rules.events.AlarmEvent): tags rule, severity and the event's labels,
+- alarm: one line per alarm change (rules.service): tags rule, severity and the subject's topology tags,
   fields state, value, threshold, message.
 - every line may carry `quality` and `quality_reason` (dcim.lineproto).
 """
@@ -23,7 +23,9 @@ from rules.model import RACK_METRICS
 QUALITY_FIELDS = {"quality", "quality_reason"}
 DEVICE_TAGS = {"site", "room", "row", "rack", "feed", "device"}
 ALARM_FIELDS = {"state", "value", "threshold", "message"}
-ALARM_TAGS = {"rule", "severity", "site", "room", "row", "rack", "device", "cdu"}
+# rules.service publishes alarm samples tagged rule and severity; the publisher adds the subject's
+# topology tags (a device's or a rack's, dcim.topology).
+ALARM_TAGS = {"rule", "severity", "site", "room", "row", "rack", "device", "feed", "cdu"}
 
 
 @dataclass

@@ -22,7 +22,7 @@ from tests.e2e.harness import DaemonProcess
 from tests.grafana.dashboards import load_all, panels, queries
 from tests.grafana.hall import hall_config
 from tests.grafana.runner import influxql, run_dashboard
-from tests.grafana.schema import identifiers
+from tests.grafana.schema import identifiers, written_schema
 from tests.helpers import free_port, wait_until
 from tests.servers import http_request, port_accepts
 
@@ -91,6 +91,24 @@ async def daemon_filled(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> Any
             yield influxdb_v1, started_ms
             assert daemon.stop() == 0, daemon.log()
         simulate.stop()
+
+
+def keys(url: str, database: str, what: str, measurement: str) -> set[str]:
+    series = influxql(url, database, f'SHOW {what} KEYS FROM "{measurement}"')
+    return {row[0] for s in series for row in s.get("values", [])}
+
+
+async def test_the_schema_the_checks_use_is_what_the_daemon_writes(daemon_filled: Any) -> None:
+    """tests/grafana/schema.py (against which every dashboard query is checked) knows every measurement,
+    field and tag the daemon wrote, so "not written" there means not written."""
+    influx, _ = daemon_filled
+    schema = written_schema()
+    for measurement in measurements(influx.url, influx.database):
+        assert measurement in schema, measurement
+        fields = keys(influx.url, influx.database, "FIELD", measurement)
+        tags = keys(influx.url, influx.database, "TAG", measurement)
+        assert fields <= schema[measurement].fields, (measurement, fields - schema[measurement].fields)
+        assert tags <= schema[measurement].tags, (measurement, tags - schema[measurement].tags)
 
 
 async def test_dashboards_over_what_the_daemon_wrote(daemon_filled: Any) -> None:

@@ -8,8 +8,9 @@ from `plant.values(device)` on every request, encoding with the same codec the d
 Writes to writable points are decoded with the profile and forwarded to `plant.write`; a value the profile
 or the plant refuses gets exception 3 (illegal data value), a write to a read-only or unmapped register
 exception 2 (illegal data address). A unit whose plant device has the `no_response` fault drops every
-request, so its clients time out. A plant value missing for a point with `missing` markers is served as
-the first marker (the driver then omits it), otherwise the register reads 0.
+request, so its clients time out (with the fault parameter `gateway: true` it answers exception 11 instead,
+as a Modbus TCP gateway does for a silent serial unit). A plant value missing for a point with `missing`
+markers is served as the first marker (the driver then omits it), otherwise the register reads 0.
 
     simulator = ModbusSimulator(plant, devices)
     await simulator.start(); ...; await simulator.stop()     # tests: `requests` counts what arrived
@@ -87,6 +88,9 @@ class _Unit:
     ) -> ExcCodes | None:
         if not self.plant.answering(self.device.id):
             self.dropped += 1
+            if (self.plant.fault(self.device.id, "no_response") or {}).get("gateway"):
+                # A gateway answers for its silent serial unit: "gateway target device failed to respond".
+                return ExcCodes.GATEWAY_NO_RESPONSE
             # pymodbus sends no answer at all for this exception when ignore_missing_devices is set.
             raise NoSuchIdException(f"{self.device.id} is not answering (fault)")
         table = TABLE_OF_FUNCTION.get(function_code)

@@ -52,6 +52,12 @@ EXCEPTION_NAMES = {
     11: "gateway target device failed to respond",
 }
 
+GATEWAY_PATH_UNAVAILABLE = 10
+GATEWAY_TARGET_FAILED = 11
+# Answers that say "try again": acknowledge (5), busy (6), and a gateway whose unit did not answer (11), which
+# after the last retry means the device is as good as silent (DeviceTimeout).
+RETRYABLE = (5, 6, GATEWAY_TARGET_FAILED)
+
 REQUESTS = REGISTRY.counter("dcim_modbus_requests_total", "Modbus requests", ("gateway", "result"))
 CONNECTS = REGISTRY.counter(
     "dcim_modbus_connects_total", "Modbus TCP connection attempts", ("gateway", "result")
@@ -202,7 +208,16 @@ class ModbusConnection:
                 self._silent = 0
                 if response.isError():
                     REQUESTS.inc(gateway=self.name, result="exception")
-                    raise ExceptionCode(response.exception_code, what)
+                    code = response.exception_code
+                    if code == GATEWAY_PATH_UNAVAILABLE:
+                        raise DeviceUnreachable(str(ExceptionCode(code, what)))
+                    if code in RETRYABLE:
+                        # The unit exists but cannot answer now (busy, or silent behind its gateway).
+                        error = ExceptionCode(code, what)
+                        if code == GATEWAY_TARGET_FAILED:
+                            error = DeviceTimeout(str(error))
+                        continue
+                    raise ExceptionCode(code, what)
                 REQUESTS.inc(gateway=self.name, result="ok")
                 return response
         raise error

@@ -417,3 +417,19 @@ async def test_a_cancellation_the_library_swallows_is_raised_again() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_gateway_reporting_its_unit_silent_means_the_device_is_offline() -> None:
+    port = free_port()
+    config = hall([{"id": "cdu-1", "port": port, "unit_id": 1, "retries": 2},
+                   {"id": "cdu-2", "port": port, "unit_id": 2}])
+    plant = Plant(config, frozen=True)
+    one, two = modbus(config)
+    context = DriverContext()
+    async with simulating(plant, [one, two]) as simulator, \
+            driving(one, context=context) as silent, driving(two, context=context) as healthy:
+        plant.inject("cdu-1", "no_response", gateway=True)
+        with pytest.raises(DeviceTimeout, match=r"exception 11 \(gateway target device failed to respond\)"):
+            await silent.read()
+        assert simulator.addresses[("127.0.0.1", port)][0].dropped == 3  # retried twice, then given up
+        assert await healthy.read()

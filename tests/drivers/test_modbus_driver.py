@@ -143,6 +143,7 @@ def types_profile(directory: Path, byte_order: str, word_order: str) -> str:
         {"name": "reservoir_level", "table": "input", "address": 24, "type": "uint16",
          "enum": {1: "ok", 2: "low", 3: "empty"}},
         {"name": "leak_zone2", "table": "coil", "address": 3, "type": "bool"},
+        {"name": "auto_flow_control", "table": "coil", "address": 0, "type": "bool", "writable": True},
         {"name": "pump2_running", "table": "discrete", "address": 5, "type": "bool"},
         {"name": "supply_temp_setpoint_c", "table": "holding", "address": 0, "type": "float32",
          "writable": {"min": 18, "max": 45}},
@@ -177,9 +178,12 @@ async def test_every_type_and_order_over_tcp(tmp_path: Path, byte_order: str, wo
         await driver.write("flow_setpoint_lpm", 512.3)
         assert plant.cdus["cdu-1"].supply_setpoint_c == 29.5
         assert plant.cdus["cdu-1"].flow_setpoint_lpm == pytest.approx(512.3)
+        await driver.write("auto_flow_control", False)  # a coil: function 5
+        assert plant.cdus["cdu-1"].auto_flow_control is False
         got = by_name(await driver.read())
         assert got["supply_temp_setpoint_c"].value == 29.5
         assert got["flow_setpoint_lpm"].value == 512.3
+        assert got["auto_flow_control"].value is False and got["leak_zone2"].value is True
 
 
 @pytest.mark.parametrize(

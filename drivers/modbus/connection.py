@@ -153,6 +153,17 @@ class ModbusConnection:
             self._client = client
             return client
 
+    async def connect(self, timeout: float) -> None:  # noqa: ASYNC109 - the device's, as for a request
+        """Connect now (unless connected or backing off), within `timeout`. Raises DeviceUnreachable."""
+        cancels = cancelling()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.ensure_connected()
+            raise_if_cancelled(cancels)
+        except TimeoutError as err:
+            self._failed(f"connecting to {self.name} timed out")
+            raise DeviceUnreachable(self._last_error) from err
+
     def _failed(self, error: str) -> None:
         self._last_error = error
         self._retry_at = time.monotonic() + self.backoff.next_delay()
@@ -179,9 +190,9 @@ class ModbusConnection:
                 except TimeoutError:
                     self._silent += 1
                     if self._client is None:
-                        error = DeviceUnreachable(f"connecting to {self.name} timed out")
                         if not self._connect_lock.locked():
-                            self._failed(str(error))
+                            self._failed(f"connecting to {self.name} timed out")
+                        error = DeviceUnreachable(f"connecting to {self.name} timed out")
                     elif not self._client.connected:
                         error = self._lost(f"connection to {self.name} lost")
                     else:

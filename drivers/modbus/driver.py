@@ -12,15 +12,14 @@ device as a whole is unreachable.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from dcim.samples import Quality, Sample, Value, now_ns
 from drivers.base import Driver, DriverContext
-from drivers.errors import BadResponse, DeviceTimeout, WriteRejected
+from drivers.errors import BadResponse, WriteRejected
 from drivers.modbus import codec
 from drivers.modbus.config import ModbusDevice
-from drivers.modbus.connection import ModbusConnection, cancelling, join, leave, raise_if_cancelled
+from drivers.modbus.connection import ModbusConnection, join, leave
 from drivers.modbus.plan import Read, plan_reads
 from drivers.modbus.points import Point
 from drivers.profiles import Profile
@@ -46,13 +45,7 @@ class ModbusDriver(Driver):
         return self._connection
 
     async def connect(self) -> None:
-        cancels = cancelling()
-        try:
-            async with asyncio.timeout(self.device.timeout):
-                await self.connection.ensure_connected()
-            raise_if_cancelled(cancels)
-        except TimeoutError as err:
-            raise DeviceTimeout(f"{self.device.id}: connecting to {self.connection.name} timed out") from err
+        await self.connection.connect(self.device.timeout)
 
     async def _read_raw(self, read: Read) -> list[int] | list[bool]:
         unit = self.device.unit_id

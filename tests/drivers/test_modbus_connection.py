@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import socket
+
+import pytest
 
 from dcim.config import parse_config
 from drivers.base import DriverContext
+from drivers.errors import DeviceUnreachable
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.connection import REQUESTS, Backoff, join, leave
 from drivers.modbus.driver import make_driver
@@ -65,3 +70,39 @@ async def test_requests_are_counted_per_gateway() -> None:
         await driver.close()
         await simulator.stop()
     assert REQUESTS.get(gateway=gateway, result="ok") == 3
+
+
+async def test_a_connect_that_hangs_times_out_and_backs_off() -> None:
+    # A listener whose backlog is full drops further SYNs: connecting to it hangs, like a firewalled host.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(3):
+                filler = socket.socket()
+                filler.setblocking(False)
+                try:
+                    filler.connect(("127.0.0.1", port))
+                except BlockingIOError:
+                    pass
+                fillers.append(filler)
+            dev = ModbusDevice(id="d", kind="cdu", protocol="modbus", port=port, profile="generic-cdu",
+                               timeout=0.2)
+            driver = make_driver(dev, load_profile("generic-cdu"), DriverContext())
+            try:
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                with pytest.raises(DeviceUnreachable, match="timed out") as first:
+                    await driver.connect()
+                assert loop.time() - started < 0.2 + 0.5
+                # Backing off now: the next attempt fails at once, with the same text.
+                with pytest.raises(DeviceUnreachable) as second:
+                    await driver.read()
+                assert str(second.value) == str(first.value)
+            finally:
+                await driver.close()
+        finally:
+            for filler in fillers:
+                filler.close()

@@ -216,3 +216,20 @@ async def test_an_unreadable_state_row_costs_only_itself(
     keys = sorted(k for (k,) in db.execute("SELECT key FROM groups"))
     db.close()
     assert keys == ["-1|site=hall-1|rack=A01", "-1|site=hall-1|rack=A02"]
+
+
+async def test_a_refused_message_is_given_up_and_counted_the_next_goes_through(
+    receiver: HttpReceiver, clock: FakeClock, state_dir: Path
+) -> None:
+    deliveries = REGISTRY.counter("dcim_notify_deliveries_total", "", ("hook", "result"))
+    failed_before = deliveries.get(hook="ops", result="failed")
+    notifier = Notifier(webhook_config(receiver.url, group_wait=0), state_dir, clock=clock)
+    async with running(notifier):
+        receiver.fail_next(1, status=400)
+        notifier.submit(event("A01"))
+        await receiver.wait_for(1)
+        notifier.submit(event("A02"))
+        requests = await receiver.wait_for(2)
+        await wait_until(lambda: notifier.outboxes["ops"].depth == 0, message="outbox drained")
+    assert [r.json()["group"]["labels"]["rack"] for r in requests] == ["A01", "A02"]  # no retry of A01
+    assert deliveries.get(hook="ops", result="failed") - failed_before == 1

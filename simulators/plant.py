@@ -261,6 +261,10 @@ class Plant:
         delta = heat / (flow / 60 * WATER_RHO * WATER_CP) if flow > 1 else 40.0
         cdu.return_temp_c += alpha * (cdu.supply_temp_c + min(delta, 40.0) - cdu.return_temp_c)
         cdu.facility_return_c = cdu.facility_supply_c + min(15.0, heat / max(1.0, 0.6 * 1.5 * len(cdu.racks) * 150) * 10)
+        self._apply_leak(cdu)
+
+    def _apply_leak(self, cdu: CduState) -> None:
+        # Applied when served too, so a leak shows at once even in a frozen plant.
         leak = self.fault(cdu.id, "leak")
         zone = int(leak.get("zone", 1)) if leak is not None else 0
         cdu.leak_zones = [leak is not None and i == zone for i in range(1, len(cdu.leak_zones) + 1)]
@@ -316,6 +320,7 @@ class Plant:
         return out
 
     def _cdu_values(self, cdu: CduState) -> dict[str, Value]:
+        self._apply_leak(cdu)
         flow = self.cdu_flow_lpm(cdu)
         heat_removed = flow / 60 * WATER_RHO * WATER_CP * (cdu.return_temp_c - cdu.supply_temp_c)
         mean_speed = sum(p.speed_pct for p in cdu.pumps) / len(cdu.pumps)

@@ -209,8 +209,8 @@ class HttpApi:
         return _json(report, 200 if report.get("ok") else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.registry.render(), content_type="text/plain",
-                            headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")
+        return web.Response(body=self.registry.render().encode(), headers={
+            "Content-Type": "text/plain; version=0.0.4; charset=utf-8", "X-Content-Type-Options": "nosniff"})
 
     async def _alarms(self, request: web.Request) -> web.Response:
         if request.query.get("all", "") not in ("", "0", "false"):

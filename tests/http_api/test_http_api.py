@@ -53,6 +53,7 @@ async def test_metrics_parse_as_prometheus_text(api: ApiFactory, http: aiohttp.C
             pass
         async with http.get(url + "/metrics") as r:
             assert r.status == 200 and r.content_type == "text/plain"
+            assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
             text = await r.text()
     typed: set[str] = set()
     for line in text.splitlines():

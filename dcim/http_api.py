@@ -202,10 +202,15 @@ class HttpApi:
     async def _healthz(self, request: web.Request) -> web.Response:
         if self.health is None:
             return _json({"ok": True})
-        result = self.health()
-        if inspect.isawaitable(result):
-            result = await result
-        report = dict(result)
+        try:
+            result = self.health()
+            if inspect.isawaitable(result):
+                result = await result
+            report = dict(result)
+        except Exception as err:
+            # A health check that cannot even run is not healthy; still an answer, not a 500.
+            log.exception("health check failed")
+            return _json({"ok": False, "error": f"health check failed: {type(err).__name__}"}, 503)
         return _json(report, 200 if report.get("ok") else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:

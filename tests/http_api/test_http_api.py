@@ -42,6 +42,13 @@ async def test_healthz_reports_the_health_callable(api: ApiFactory, http: aiohtt
         async with http.get(url + "/healthz") as r:
             assert r.status == 503 and (await r.json())["reason"] == "broker unreachable"
 
+    def broken() -> dict[str, object]:
+        raise RuntimeError("boom")
+
+    async with api(health=broken) as url:
+        async with http.get(url + "/healthz") as r:
+            assert r.status == 503 and "RuntimeError" in (await r.json())["error"]
+
 
 _SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? \S+$')
 

@@ -41,13 +41,14 @@ class Silencer:
         out += self.dependencies(subject)
         return out
 
-    def dependencies(self, subject: str) -> list[str]:
-        """Devices whose data the subject's alarms are computed from."""
+    def dependencies(self, subject: str, category: str = "coolant") -> list[str]:
+        """Devices whose data the subject's alarms are computed from: a rack's PDUs (every rack metric
+        starts from its power), and its CDU for coolant alarms."""
         place = self.topology.racks.get(subject)
         if place is None:
             return []
         deps = [f.pdu for f in (place.rack.feeds.a, place.rack.feeds.b) if f is not None]
-        if place.rack.cdu:
+        if place.rack.cdu and category == "coolant":
             deps.append(place.rack.cdu)
         return deps
 
@@ -65,7 +66,8 @@ class Silencer:
             return SHELVED
         if record.rule == self.comm_rule:
             return ""
-        if record.subject in self.offline or any(d in self.offline for d in self.dependencies(record.subject)):
+        deps = self.dependencies(record.subject, record.labels.get("category", ""))
+        if record.subject in self.offline or any(d in self.offline for d in deps):
             return INHIBITED
         place = self.topology.racks.get(record.subject)
         if place is not None and place.rack.cdu and record.labels.get("category") == "coolant" \

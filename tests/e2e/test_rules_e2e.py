@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dcim.config import Config, load_config
 from dcim.pipeline import Pipeline
 from dcim.poller import DeviceCoordinator, make_driver
+from dcim.simulate import run_simulators
 from dcim.topology import Topology
 from drivers.base import DriverContext
 from drivers.profiles import load_profile
@@ -29,27 +31,28 @@ from rules.notify import Notifier
 from rules.service import RuleService
 from simulators.plant import Plant
 from tests.e2e.harness import cdu_hall, simulators
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.receivers import HttpReceiver, SmtpReceiver
 
 pytestmark = pytest.mark.e2e
 SECRET = "e2e-webhook-secret"
 
 
-def rules_config(receiver: HttpReceiver, smtp: SmtpReceiver, secret_file: Path) -> dict[str, Any]:
+def rules_config(receiver: HttpReceiver, smtp: SmtpReceiver | None, secret_file: Path) -> dict[str, Any]:
     fast = {"for": 0, "clear_after": 0}
+    hooks: dict[str, Any] = {
+        "ops": {"type": "webhook", "url": receiver.url + "/hook", "secret": f"file:{secret_file}", "timeout": 2},
+    }
+    if smtp is not None:
+        hooks["mail"] = {"type": "email", "host": smtp.host, "port": smtp.port, "security": "none",
+                         "from": "dcim@example.test", "to": ["noc@example.test"], "timeout": 5}
     return {
         "packs": {"air-rack": False, "liquid-rack": False, "chiller": False},
         "overrides": {"cdu-pump-fault": {"cdu-1": fast}, "cdu-flow-low": {"cdu-1": fast}},
         "tick": "200ms",
         "notifications": {
-            "hooks": {
-                "ops": {"type": "webhook", "url": receiver.url + "/hook", "secret": f"file:{secret_file}",
-                        "timeout": 2},
-                "mail": {"type": "email", "host": smtp.host, "port": smtp.port, "security": "none",
-                         "from": "dcim@example.test", "to": ["noc@example.test"], "timeout": 5},
-            },
-            "routes": [{"match": {"severity": ["critical", "warning"]}, "hooks": ["ops", "mail"]}],
+            "hooks": hooks,
+            "routes": [{"match": {"severity": ["critical", "warning"]}, "hooks": sorted(hooks)}],
             "group_wait": 0.2, "group_interval": 0.5, "repeat_interval": 0,
             "retry": {"initial_backoff": 0.05, "max_backoff": 0.2},
         },
@@ -145,3 +148,74 @@ async def test_pump_failure_notifies_survives_restart_and_resolves(
             assert service.store.active() == []
     firing = [k for k, s in webhook_alarms(http_receiver) if s == "firing"]
     assert sorted(firing) == ["cdu-flow-low/cdu-1", "cdu-pump-fault/cdu-1"]  # each exactly once
+
+
+def power_hall(tmp_path: Path, receiver: HttpReceiver, secret_file: Path) -> Path:
+    """Two liquid racks on one CDU (Modbus), each fed by two APC PDUs (SNMP), all simulated."""
+    def device(dev_id: str, kind: str, protocol: str, profile: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": dev_id, "kind": kind, "protocol": protocol, "host": "127.0.0.1",
+                               "port": free_port(), "profile": profile, "interval": "200ms", "timeout": "300ms",
+                               "retries": 0, "simulate": True}
+        if protocol == "modbus":
+            out["unit_id"] = 1
+        return out
+    devices = [device("cdu-1", "cdu", "modbus", "generic-cdu")]
+    racks = []
+    for rack in ("R1", "R2"):
+        feeds = {}
+        for side in "ab":
+            devices.append(device(f"pdu-{rack}-{side}", "pdu", "snmp", "apc-rpdu2"))
+            feeds[side] = {"pdu": f"pdu-{rack}-{side}", "breaker_a": 250}
+        racks.append({"id": rack, "cooling": "liquid", "power_budget_kw": 150, "cdu": "cdu-1", "feeds": feeds})
+    fast = {"for": 0, "clear_after": 0}
+    rules = rules_config(receiver, None, secret_file)
+    rules["packs"] = {"air-rack": False, "cdu-loop": False, "chiller": False}
+    rules["overrides"] = {"liquid-rack-power-budget": {"R1": fast, "R2": fast},
+                          "liquid-rack-redundancy": {"R1": fast, "R2": fast}}
+    config = {"site": {"id": "hall-1"}, "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": racks}]}],
+              "devices": devices, "state_dir": str(tmp_path / "state"), "http": {"enabled": False},
+              "rules": rules}
+    path = tmp_path / "dcim.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+async def test_rack_over_budget_and_a_feed_trip_notify_and_resolve(
+        tmp_path: Path, http_receiver: HttpReceiver) -> None:
+    secret_file = tmp_path / "hook.secret"
+    secret_file.write_text(SECRET)
+    config = load_config(power_hall(tmp_path, http_receiver, secret_file))
+    plant = Plant(config, frozen=True)
+    # Not the harness's `simulators`: it waits for TCP ports, and SNMP is UDP; the first rack metrics
+    # below are the proof that every simulator answers.
+    sim = asyncio.create_task(run_simulators(config, plant), name="simulators")
+    try:
+        await _power_scenario(config, plant, http_receiver)
+    finally:
+        sim.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sim
+
+
+async def _power_scenario(config: Config, plant: Plant, http_receiver: HttpReceiver) -> None:
+    async with rules_daemon(config) as (service, _):
+        await wait_until(lambda: service.engine.readings.number("R1", "redundant_headroom_kw",
+                                                                SystemClock().now_ns()), timeout=15,
+                         message="rack metrics from the PDUs")
+        assert service.store.active() == []
+        plant.racks["R1"].extra_kw = 60.0          # 172 kW on a 150 kW budget (and past one feed)
+        plant.inject("pdu-R2-a", "feed_trip")      # B carries R2 alone: no redundancy left
+        wanted = {("liquid-rack-power-budget/R1", "firing"), ("liquid-rack-redundancy/R2", "firing")}
+        await wait_until(lambda: wanted <= set(webhook_alarms(http_receiver)), timeout=20,
+                         message="budget and redundancy alarms on the webhook")
+        r2 = service.store.get("liquid-rack-redundancy/R2")
+        assert r2.value is not None and r2.value < 0 and r2.labels["rack"] == "R2"
+        for request in http_receiver.recorder.items:
+            assert verify_signature(SECRET, request.body, request.headers["x-dcim-timestamp"],
+                                    request.headers["x-dcim-signature"])
+        plant.racks["R1"].extra_kw = 0.0
+        plant.clear("pdu-R2-a")
+        done = {("liquid-rack-power-budget/R1", "resolved"), ("liquid-rack-redundancy/R2", "resolved")}
+        await wait_until(lambda: done <= set(webhook_alarms(http_receiver)), timeout=20,
+                         message="resolved on the webhook")
+        await wait_until(lambda: service.store.active() == [], timeout=10)

@@ -116,12 +116,12 @@ def test_pagerduty_sends_only_news_and_reminders(monkeypatch: pytest.MonkeyPatch
 async def test_slack_blocks(
     receiver: HttpReceiver, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SLACK_URL", receiver.url + "/services/T000/B000/XXXX")
+    monkeypatch.setenv("SLACK_URL", receiver.url + "/services/T000/B000/abcd")
     h = hook({"type": "slack", "url": "env:SLACK_URL", "channel": "#noc"})
     await h.send(h.render(notification(AlarmState.FIRING))[0], session)
     [req] = await receiver.wait_for(1)
     data = req.json()
-    assert req.path == "/services/T000/B000/XXXX"
+    assert req.path == "/services/T000/B000/abcd"
     assert data["channel"] == "#noc" and data["text"].startswith("[CRITICAL] hall-1 A01: 1 firing")
     assert data["blocks"][0]["type"] == "header"
     assert "rule-0" in data["blocks"][1]["text"]["text"]

@@ -132,6 +132,7 @@ class Daemon:
             "mqtt_connected": self.publisher.connected.is_set() if self.publisher else None,
             "ingest_subscribed": self.ingest.subscribed.is_set() if self.ingest else None,
             "outboxes": {o.name: {"depth": o.depth, "dropped": o.dropped} for o in self.outboxes},
+            "hooks": self.notifier.health() if self.notifier is not None else {},
             "dead_tasks": dead,
         }
 

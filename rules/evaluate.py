@@ -53,7 +53,8 @@ class Engine:
         self.on_event = on_event
         self.readings = Readings(round(config.stale_after * NS))
         self.metrics = RackMetrics(topology, self.readings, flow_lpm_per_kw=config.flow_lpm_per_kw)
-        self.rules = {rule.name: rule for rule in effective_rules(config)}
+        # rules.enabled false: no rule is bound, no alarm raised; rack metrics are still derived.
+        self.rules = {rule.name: rule for rule in effective_rules(config)} if config.enabled else {}
         self.loop_fault_rules = {name for name, rule in self.rules.items() if rule.loop_fault}
         self.bound: list[Bound] = []
         self.nodata: list[Bound] = []
@@ -64,6 +65,12 @@ class Engine:
         self.offline_since: dict[str, int] = {}
         self.evaluations = 0
         self._bind()
+        # A device that was offline when the daemon stopped stays offline until it answers: its
+        # communication alarm keeps speaking for the alarms that depend on it.
+        for record in store.records():
+            if record.rule == COMM_RULE and record.state is AlarmState.FIRING:
+                self.readings.offline.add(record.subject)
+                self.offline_since[record.subject] = record.fired_ns or record.since_ns
 
     # ---- binding -----------------------------------------------------------------------------------------
 
@@ -276,7 +283,7 @@ class Engine:
 
     def _judge_comm(self, device: str, now: int, error: str = "") -> None:
         comm = self.config.communication
-        if not comm.enabled:
+        if not comm.enabled or not self.config.enabled:
             return
         since = self.offline_since.get(device)
         key = f"{COMM_RULE}/{device}"

@@ -3,8 +3,10 @@ one communication alarm instead of many on stale data."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rules.events import AlarmState
-from tests.rules.rig import Rig
+from tests.rules.rig import Rig, hall
 
 
 def loop_down(r: Rig, seconds: int) -> None:
@@ -60,3 +62,40 @@ async def test_offline_device_raises_one_communication_alarm(rig: Rig) -> None:
     rig.run(5)
     assert sorted(rig.notifier.resolved()) == ["device-offline/cdu-1", "device-offline/pdu-A01-a"]
     assert all(e.state is AlarmState.FIRING or e.key.startswith("device-offline") for e in rig.notifier.events)
+
+
+def all_but_cdu2(r: Rig) -> None:
+    for rack in ("A01", "A02", "B01", "B02"):
+        r.feed(rack, 50, 50)
+    for rack in ("C01", "C02"):
+        r.feed(rack, 15, 15)
+    r.cdu("cdu-1")
+
+
+async def test_restart_keeps_an_offline_device_offline_until_it_answers(tmp_path: Path) -> None:
+    r = Rig(hall(tmp_path))
+    r.run(5)
+    r.status("cdu-2", False, "timeout")
+    r.run(200, lambda: all_but_cdu2(r))
+    assert r.notifier.fired() == ["device-offline/cdu-2"]
+    await r.service.store.flush_async()
+    r.service.store.close()
+
+    again = Rig(hall(tmp_path))
+    again.clock.advance(300)
+    again.run(5, lambda: all_but_cdu2(again))
+    assert again.notifier.events == []     # the held-back no-data alarms stay held back
+    assert "cdu-2" in again.service.engine.readings.offline
+    again.run(2)                            # cdu-2 answers again (good data is proof of life)
+    assert again.notifier.resolved() == ["device-offline/cdu-2"]
+    again.service.store.close()
+
+
+async def test_rules_disabled_raise_nothing_but_metrics_flow(tmp_path: Path) -> None:
+    r = Rig(hall(tmp_path, {"enabled": False}))
+    r.run(3)
+    r.status("cdu-1", False, "timeout")
+    r.cdu("cdu-1", leak=True)
+    r.run(3)
+    assert r.notifier.events == [] and r.service.store.active() == []
+    assert r.rack_values("A01")["power_kw"] == 100.0

@@ -31,14 +31,14 @@ class Silencer:
         # The engine's live set of offline devices.
         self.offline = offline
 
-    def related(self, subject: str) -> list[str]:
-        """The subject, its rack, and for a rack the devices serving it: what a maintenance window on any
-        of them covers."""
+    def related(self, subject: str, category: str = "") -> list[str]:
+        """The subject, its rack, and for a rack the devices its alarm depends on: a maintenance window on
+        any of them covers the alarm (work on a CDU silences its racks' coolant alarms, not their power)."""
         out = [subject]
         rack = dict(self.topology.tags(subject)).get("rack")
         if rack and rack != subject:
             out.append(rack)
-        out += self.dependencies(subject)
+        out += self.dependencies(subject, category)
         return out
 
     def dependencies(self, subject: str, category: str = "coolant") -> list[str]:
@@ -60,13 +60,14 @@ class Silencer:
         return None
 
     def reason(self, record: AlarmRecord, now_ns: int) -> str:
-        if self.store.in_maintenance(self.related(record.subject), now_ns) is not None:
+        category = record.labels.get("category", "")
+        if self.store.in_maintenance(self.related(record.subject, category), now_ns) is not None:
             return MAINTENANCE
         if record.shelved_until_ns is not None and record.shelved_until_ns > now_ns:
             return SHELVED
         if record.rule == self.comm_rule:
             return ""
-        deps = self.dependencies(record.subject, record.labels.get("category", ""))
+        deps = self.dependencies(record.subject, category)
         if record.subject in self.offline or any(d in self.offline for d in deps):
             return INHIBITED
         place = self.topology.racks.get(record.subject)

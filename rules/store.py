@@ -2,7 +2,8 @@
 
 The engine and the HTTP API work on the in-memory records; every change is queued and written in
 batches by `flush()` (the service runs it in a worker thread once per tick, so SQLite never blocks the
-event loop). The database is also the channel for `dcim alarms` run from a shell while the daemon runs:
+event loop; the operator's rare calls, from the HTTP API or the CLI, run one short statement where they
+are made). The database is also the channel for `dcim alarms` run from a shell while the daemon runs:
 an acknowledgement or shelve written there carries a newer `op_ns`, and the daemon's next flush picks it
 up. Engine writes never overwrite an operator's newer acknowledgement, because the upsert keeps the
 operator columns of whichever side has the newer `op_ns`.

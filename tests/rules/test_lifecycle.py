@@ -154,3 +154,24 @@ async def test_run_ticks_on_the_clock_and_flushes_when_cancelled(tmp_path: Path)
     with pytest.raises(asyncio.CancelledError):
         await task
     assert AlarmStore(tmp_path / "alarms.db").get("cdu-leak/cdu-1").state is AlarmState.FIRING
+
+
+async def test_maintenance_on_a_cdu_covers_its_racks_coolant_alarms_not_their_power(rig: Rig) -> None:
+    now = rig.clock.now_ns()
+    rig.service.store.add_maintenance("cdu-1", now, now + 3600 * NS, "filter change")
+    for _ in range(60):                    # A01 over budget, and cdu-1's loop short of flow
+        rig.clock.advance(1)
+        rig.feed("A01", 80, 80)
+        for rack in ("A02", "B01", "B02"):
+            rig.feed(rack, 50, 50)
+        for rack in ("C01", "C02"):
+            rig.feed(rack, 15, 15)
+        rig.cdu("cdu-1", flow_lpm=200.0)
+        rig.cdu("cdu-2")
+        rig.service.tick()
+    held = {a.key: a.suppressed for a in rig.service.store.active()}
+    assert held["liquid-rack-coolant-flow/A02"] == "maintenance"
+    assert held["cdu-flow-low/cdu-1"] == "maintenance"
+    assert held["liquid-rack-power-budget/A01"] == ""
+    assert "liquid-rack-power-budget/A01" in rig.notifier.fired()
+    assert not any("flow" in key for key in rig.notifier.fired())

@@ -107,7 +107,7 @@ class Rig:
         pass
 
     def send(self, device: str, kind: str, values: dict[str, Value],
-             rows: dict[tuple[tuple[str, str], ...], dict[str, Value]] | None = None) -> None:
+             rows: dict[Any, Any] | None = None) -> None:
         now = self.clock.now_ns()
         samples = [Sample(device, k, v, now, measurement=kind) for k, v in values.items()]
         for tags, row in (rows or {}).items():

@@ -84,6 +84,14 @@ class NoData(StrictModel):
     severity: Severity = Severity.WARNING
 
 
+class OnlyIf(StrictModel):
+    """Judge the rule only while another point of the subject has one of these values (e.g. a chiller's
+    COP only while it runs); otherwise its condition counts as clear."""
+
+    point: Canonical
+    match: Annotated[list[Value], Field(min_length=1)]
+
+
 class Tuning(StrictModel):
     """What an override can change for one subject."""
 
@@ -121,6 +129,7 @@ class Rule(StrictModel):
     # The condition must stay clear this long before the alarm resolves.
     clear_after: Duration = 0.0
     no_data: NoData | None = None
+    only_if: OnlyIf | None = None
     # power | coolant | thermal | chiller | ...: coolant alarms of racks are hidden by a fault of their loop.
     category: str = ""
     # A firing alarm of this rule on a CDU hides the `coolant` alarms of the racks the CDU serves.

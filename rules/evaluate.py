@@ -110,6 +110,8 @@ class Engine:
                 bound = Bound(tuned, subject, f"{rule.name}/{subject}", tuned.thresholds(), timing, labels)
                 self.bound.append(bound)
                 points = {rule.metric} | {t.ref for t in bound.thresholds.values() if t.ref}
+                if rule.only_if is not None:
+                    points.add(rule.only_if.point)
                 for point in points:
                     self.by_point.setdefault((subject, point), []).append(bound)
                 if tuned.no_data is not None:
@@ -224,6 +226,13 @@ class Engine:
 
     def verdict(self, bound: Bound, now: int, current: Severity | None) -> Verdict | None:
         rule = bound.rule
+        if rule.only_if is not None:
+            gate = self.readings.reading(bound.subject, rule.only_if.point, now)
+            if gate is None:
+                return None
+            if not any(_same(gate.value, wanted) for wanted in rule.only_if.match):
+                text = f"{bound.subject}: {rule.only_if.point} = {gate.value}: {rule.name} not judged"
+                return Verdict(None, None, None, text)
         if rule.kind == "state":
             reading = self.readings.reading(bound.subject, rule.metric, now)
             if reading is None:

@@ -1,0 +1,49 @@
+"""The chiller pack on the plant's chiller readings: trip at once, COP only while running."""
+
+from __future__ import annotations
+
+from rules.events import Severity
+from simulators.plant import Plant
+from tests.rules.rig import Rig
+
+
+def chiller_seconds(r: Rig, plant: Plant, seconds: int, **override: object) -> None:
+    for _ in range(seconds):
+        r.clock.advance(1)
+        r.healthy()
+        values = {**plant.values("ch-1"), **override}
+        r.send("ch-1", "chiller", values)  # type: ignore[arg-type]
+        r.service.tick()
+
+
+async def test_trip_fires_at_once_and_resolves_on_restart(rig: Rig) -> None:
+    plant = Plant(rig.config, frozen=True)
+    chiller_seconds(rig, plant, 5)
+    assert rig.notifier.events == []
+    plant.inject("ch-1", "trip")
+    chiller_seconds(rig, plant, 1)
+    assert rig.notifier.fired() == ["chiller-trip/ch-1"]
+    assert rig.notifier.events[0].severity is Severity.CRITICAL
+    plant.clear("ch-1")
+    chiller_seconds(rig, plant, 1, status="running", running=True, alarm=False)
+    assert rig.notifier.resolved() == ["chiller-trip/ch-1"]
+
+
+async def test_low_cop_warns_only_while_running(rig: Rig) -> None:
+    plant = Plant(rig.config, frozen=True)
+    chiller_seconds(rig, plant, 900, running=False, status="stopped", cop=0.0)
+    assert rig.notifier.events == []          # a chiller on standby has no COP to judge
+    chiller_seconds(rig, plant, 601, running=True, status="running", cop=3.2)
+    assert rig.notifier.fired() == ["chiller-cop/ch-1"]
+    chiller_seconds(rig, plant, 1, running=False, status="stopped", cop=0.0)
+    chiller_seconds(rig, plant, 300, running=False, status="stopped", cop=0.0)
+    assert rig.notifier.resolved() == ["chiller-cop/ch-1"]
+
+
+async def test_leaving_temperature_against_setpoint(rig: Rig) -> None:
+    plant = Plant(rig.config, frozen=True)
+    setpoint = float(plant.values("ch-1")["setpoint_c"])
+    chiller_seconds(rig, plant, 121, leaving_temp_c=setpoint + 2.5)
+    assert [(e.key, e.severity) for e in rig.notifier.events] == [("chiller-leaving-temp/ch-1", Severity.WARNING)]
+    chiller_seconds(rig, plant, 121, leaving_temp_c=setpoint + 4.5)
+    assert rig.notifier.events[-1].severity is Severity.CRITICAL

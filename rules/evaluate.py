@@ -45,13 +45,13 @@ def _same(value: Value, wanted: Value) -> bool:
 
 class Engine:
     def __init__(self, config: RulesConfig, topology: Topology, store: AlarmStore, clock: Clock,
-                 on_event: Callable[[AlarmRecord], None]) -> None:
+                 on_event: Callable[[AlarmRecord], None], *, push: set[str] | None = None) -> None:
         self.config = config
         self.topology = topology
         self.store = store
         self.clock = clock
         self.on_event = on_event
-        self.readings = Readings(round(config.stale_after * NS))
+        self.readings = Readings(round(config.stale_after * NS), push=set(push or ()))
         self.metrics = RackMetrics(topology, self.readings, flow_lpm_per_kw=config.flow_lpm_per_kw)
         # rules.enabled false: no rule is bound, no alarm raised; rack metrics are still derived.
         self.rules = {rule.name: rule for rule in effective_rules(config)} if config.enabled else {}
@@ -278,6 +278,9 @@ class Engine:
     def _judge_nodata(self, bound: Bound, now: int) -> None:
         assert bound.rule.no_data is not None
         last = self.last_good.get((bound.subject, bound.rule.metric))
+        if last is not None and bound.subject in self.readings.push \
+                and self.readings.reading(bound.subject, bound.rule.metric, now) is not None:
+            last = now  # an unchanged value of a push device is a current value
         if last is None:
             # Never seen in this run: a metric the subject does not have, or a device that never
             # answered (the communication alarm covers that).

@@ -57,6 +57,9 @@ class Readings:
     rows: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Reading]]] = field(
         default_factory=dict)
     offline: set[str] = field(default_factory=set)
+    # Devices that push changes only (OPC UA subscriptions): a value holds until the device says otherwise
+    # (a new value, a STALE/BAD sample, offline), however old it is; age says nothing about them.
+    push: set[str] = field(default_factory=set)
 
     def update(self, batch: Batch) -> list[str]:
         """Keep the batch's good values; returns the untagged points that changed (for rule evaluation)."""
@@ -83,7 +86,7 @@ class Readings:
         if subject in self.offline:
             return None
         found = self.points.get(subject, {}).get(point)
-        if found is None or now_ns - found.ts_ns > self.stale_after_ns:
+        if found is None or (now_ns - found.ts_ns > self.stale_after_ns and subject not in self.push):
             return None
         return found
 

@@ -76,7 +76,8 @@ class RuleService:
         self.alarm_outlet = alarm_outlet
         self.notifier = notifier
         self.store = AlarmStore(Path(config.state_dir) / self.config.store, clock=self.clock)
-        self.engine = Engine(self.config, topology, self.store, self.clock, self._on_event)
+        push = {d.id for d in config.devices if getattr(d, "mode", "poll") == "subscribe"}
+        self.engine = Engine(self.config, topology, self.store, self.clock, self._on_event, push=push)
         self.silencer = Silencer(topology, self.store, self.engine.loop_fault_rules, COMM_RULE,
                                  self.engine.readings.offline)
         self.control = ControlActions(self.config.control, topology, self.store, self.engine.readings,

@@ -47,3 +47,19 @@ async def test_leaving_temperature_against_setpoint(rig: Rig) -> None:
     assert [(e.key, e.severity) for e in rig.notifier.events] == [("chiller-leaving-temp/ch-1", Severity.WARNING)]
     chiller_seconds(rig, plant, 121, leaving_temp_c=setpoint + 4.5)
     assert rig.notifier.events[-1].severity is Severity.CRITICAL
+
+
+async def test_a_subscribed_chiller_sends_changes_only_and_its_values_hold(rig: Rig) -> None:
+    plant = Plant(rig.config, frozen=True)
+    assert "ch-1" in rig.service.engine.readings.push          # OPC UA, mode: subscribe (the default)
+    setpoint = float(plant.values("ch-1")["setpoint_c"])
+    chiller_seconds(rig, plant, 1, leaving_temp_c=setpoint + 2.5)
+    for _ in range(600):                    # ten minutes without a data change from the chiller
+        rig.clock.advance(1)
+        rig.healthy()
+        rig.service.tick()
+    # The unchanged values still count (no no-data alarm), and the setpoint-relative threshold fired.
+    assert rig.notifier.fired() == ["chiller-leaving-temp/ch-1"]
+    rig.status("ch-1", False, "connection lost")
+    rig.run(5)
+    assert sorted(rig.notifier.fired()) == ["chiller-leaving-temp/ch-1", "device-offline/ch-1"]

@@ -356,7 +356,8 @@ class SnmpSimulator:
         self.engine = None
 
 
-async def serve(plant: Plant, devices: list[SnmpDevice], *, refresh: float = 0.25) -> None:
-    """Serve every given PDU on its configured host:port until cancelled."""
-    async with SnmpSimulator(plant, devices, refresh=refresh):
+async def serve(plant: Plant, devices: list[SnmpDevice], *, refresh: float = 0.25,
+                profile_dirs: tuple[Any, ...] = ()) -> None:
+    """Serve every given PDU on its configured host:port until cancelled (profiles from `profile_dirs` too)."""
+    async with SnmpSimulator(plant, devices, refresh=refresh, profile_dirs=tuple(profile_dirs)):
         await asyncio.Event().wait()

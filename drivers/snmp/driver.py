@@ -144,9 +144,9 @@ class SnmpDriver(Driver):
         self._digits: dict[Oid, int] | None = None
         self._row_counts: dict[Oid, int] = {}
         self._lock = asyncio.Lock()
-        # A poll may not outlive the device's interval unless configured otherwise: a dead PDU must not
-        # hold its poller past the next tick. Per request: timeout x (retries + 1).
-        self.deadline = device.deadline or max(device.interval, device.timeout * (device.retries + 1))
+        # The poller's default (dcim.poller.poll_deadline): one request's tries and a little slack. A healthy
+        # agent answers a whole poll's requests well within that; a dead one is cut off there.
+        self.deadline = device.deadline or device.timeout * (device.retries + 1) + 0.25
 
     async def connect(self) -> None:
         if self.session is None:

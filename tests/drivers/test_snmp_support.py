@@ -41,7 +41,8 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 def pdu(device_id: str, profile: str, **extra: Any) -> dict[str, Any]:
     return {"id": device_id, "kind": "pdu", "protocol": "snmp", "host": "127.0.0.1", "port": free_udp_port(),
             "profile": profile, "community": "public", "write_community": "private",
-            "interval": "1s", "timeout": "300ms", "retries": 1, **extra}
+            # A generous poll deadline: tests share two cores with everything else (deadline tests set theirs).
+            "interval": "1s", "timeout": "300ms", "retries": 1, "deadline": "5s", **extra}
 
 
 def hall(devices: list[dict[str, Any]] | None = None) -> dict[str, Any]:

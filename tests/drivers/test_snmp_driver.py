@@ -301,3 +301,42 @@ def test_profile_errors_are_clear(point: dict[str, object], message: str) -> Non
 
     with pytest.raises(ProfileError, match=message):
         parse_profile({"name": "t", "kind": "pdu", "protocol": "snmp", "points": [point]})
+
+
+async def test_undecodable_values_are_bad_samples_with_a_reason(
+    pdu_config: Config, simulator: SnmpSimulator, context: DriverContext
+) -> None:
+    apc = load_profile("apc-rpdu2")
+    rpx = load_profile("raritan-px")
+
+    def replace(profile: object, name: str, tag: str | None, **changes: object) -> object:
+        points = [p.model_copy(update=changes) if p.name == name and p.index_tag == tag else p
+                  for p in profile.points]  # type: ignore[attr-defined]
+        return profile.model_copy(update={"points": points})  # type: ignore[attr-defined]
+
+    # An enumeration that lacks a state the agent reports: BAD with the raw value, the other points fine.
+    narrow = replace(apc, "state", "outlet", enum={1: "off"})
+    driver = SnmpDriver(pdu_config.device("apc-a01"), narrow, context)  # type: ignore[arg-type]
+    samples = await driver.read()
+    await driver.close()
+    bad = [s for s in samples if s.quality is Quality.BAD]
+    assert len(bad) == 24 and {s.reason for s in bad} == {"unknown value 2"}
+    assert all(s.value is None and s.measurement == "pdu_outlet" for s in bad)
+    assert len(samples) - len(bad) > 90
+    # Decimal digits: the agent has no such object -> the profile's usual digits, else BAD.
+    nowhere = "1.3.6.1.4.1.13742.6.3.99.1.1.5"
+    fallback = replace(rpx, "power_w", None, digits_oid=nowhere, digits=1)
+    unknown = replace(rpx, "power_w", None, digits_oid=nowhere, digits=None)
+    for profile, expect in ((fallback, "good"), (unknown, "bad")):
+        driver = SnmpDriver(pdu_config.device("rpx-a01"), profile, context)  # type: ignore[arg-type]
+        got = {(s.point, s.tags): s for s in await driver.read()}
+        await driver.close()
+        power = got[("power_w", ())]
+        assert power.quality.value == expect
+        if expect == "bad":
+            assert "decimal digits unknown" in power.reason
+    # A value that is not a number (an OCTET STRING where a gauge was expected).
+    driver = SnmpDriver(pdu_config.device("apc-a01"), apc, context)  # type: ignore[arg-type]
+    sample = driver._sample(apc.points[1], b"n/a", None, (), 1)
+    assert sample is not None and sample.quality is Quality.BAD and "not an integer" in sample.reason
+    await driver.close()

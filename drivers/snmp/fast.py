@@ -21,13 +21,15 @@ markers for the three exception values, and raises the same `DriverError`s.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import random
+import socket
 from collections.abc import Sequence
 from typing import Any, cast
 
 from drivers.base import DriverContext
-from drivers.errors import AuthError, BadResponse, DeviceTimeout, DriverError
+from drivers.errors import AuthError, BadResponse, DeviceTimeout, DeviceUnreachable, DriverError
 from drivers.snmp.config import SnmpDevice
 
 Oid = tuple[int, ...]
@@ -247,13 +249,19 @@ def _peek_request_id(data: bytes) -> int:
     return int.from_bytes(data[s:e], "big", signed=True)
 
 
-async def _endpoint(context: DriverContext) -> _Endpoint:
-    endpoint = context.shared.get("snmp_fast_endpoint")
-    if not isinstance(endpoint, _Endpoint) or endpoint.transport is None or endpoint.transport.is_closing():
+async def _endpoint(context: DriverContext, key: str, family: int) -> _Endpoint:
+    """The process's socket for one address family, made once (drivers may open concurrently)."""
+    lock = context.shared.setdefault("snmp_fast_lock", asyncio.Lock())
+    async with lock:
+        endpoint = context.shared.get(key)
+        if isinstance(endpoint, _Endpoint) and endpoint.transport is not None and not endpoint.transport.is_closing():
+            return endpoint
         loop = asyncio.get_running_loop()
-        _transport, endpoint = await loop.create_datagram_endpoint(_Endpoint, local_addr=("0.0.0.0", 0))
-        context.shared["snmp_fast_endpoint"] = endpoint
-    return endpoint
+        anywhere = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        _transport, endpoint = await loop.create_datagram_endpoint(_Endpoint, local_addr=(anywhere, 0),
+                                                                   family=family)
+        context.shared[key] = endpoint
+        return endpoint
 
 
 class FastSession:
@@ -269,6 +277,7 @@ class FastSession:
         self.write_community = (device.write_community or device.community).encode()
         self.address = (device.host, device.port)
         self._endpoint: _Endpoint | None = None
+        self._key = "snmp_fast_endpoint"
 
     @property
     def where(self) -> str:
@@ -276,14 +285,26 @@ class FastSession:
 
     async def _open(self) -> _Endpoint:
         if self._endpoint is None:
-            self._endpoint = await _endpoint(self.context)
+            family, address = await self._resolve()
+            self._key = "snmp_fast_endpoint6" if family == socket.AF_INET6 else "snmp_fast_endpoint"
+            self._endpoint = await _endpoint(self.context, self._key, family)
             self._endpoint.users += 1
-            if self.address[0] not in ("127.0.0.1", "::1", "localhost") and not _numeric(self.address[0]):
-                infos = await asyncio.get_running_loop().getaddrinfo(self.address[0], self.address[1])
-                self.address = (str(infos[0][4][0]), self.address[1])
-            elif self.address[0] == "localhost":
-                self.address = ("127.0.0.1", self.address[1])
+            self.address = address
         return self._endpoint
+
+    async def _resolve(self) -> tuple[int, tuple[str, int]]:
+        host, port = self.device.host, self.device.port
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError as err:
+                raise DeviceUnreachable(f"{self.where}: cannot resolve {host}: {err}") from err
+            # IPv4 first when a name has both ("localhost" is often ::1 first; agents listen on IPv4 more).
+            family, _type, _proto, _name, sockaddr = min(infos, key=lambda info: info[0] != socket.AF_INET)
+            return family, (str(sockaddr[0]), port)
+        return (socket.AF_INET6 if literal.version == 6 else socket.AF_INET), (str(literal), port)
 
     async def _request(self, pdu_tag: int, a: int, b: int, var_binds: Sequence[tuple[Oid, bytes]],
                        community: bytes | None = None) -> list[VarBind]:
@@ -371,15 +392,5 @@ class FastSession:
             endpoint.users -= 1
             if endpoint.users <= 0:
                 endpoint.close()
-                if self.context.shared.get("snmp_fast_endpoint") is endpoint:
-                    del self.context.shared["snmp_fast_endpoint"]
-
-
-def _numeric(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+                if self.context.shared.get(self._key) is endpoint:
+                    del self.context.shared[self._key]

@@ -141,3 +141,43 @@ async def test_fast_and_pysnmp_sessions_read_the_same(
             await fast_driver.close()
             await slow_driver.close()
         assert by_series(quick) == by_series(slow)
+
+
+class _Ipv6Agent(asyncio.DatagramProtocol):
+    """Answers any GET with INTEGER 42 per varbind: enough to see the IPv6 socket work."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        request, _ = decoder.decode(data, asn1Spec=V2C.Message())
+        pdu = V2C.apiMessage.get_pdu(request)
+        response = V2C.apiPDU.get_response(pdu)
+        V2C.apiPDU.set_varbinds(response, [(name, V2C.Integer(42)) for name, _ in V2C.apiPDU.get_varbinds(pdu)])
+        V2C.apiMessage.set_pdu(request, response)
+        self.transport.sendto(encoder.encode(request), addr)  # type: ignore[attr-defined]
+
+
+async def test_ipv6_and_host_names(snmp_env: None, context: DriverContext) -> None:
+    import socket
+
+    loop = asyncio.get_running_loop()
+    try:
+        transport, _ = await loop.create_datagram_endpoint(_Ipv6Agent, local_addr=("::1", 0),
+                                                           family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = transport.get_extra_info("sockname")[1]
+    config = parse_config(hall([pdu("v6", "apc-rpdu2", host="::1", port=port),
+                                pdu("byname", "apc-rpdu2", host="localhost")]))
+    v6 = fast.FastSession(snmp_device(config, "v6"), context)
+    try:
+        assert await v6.get([(1, 3, 6, 1, 2, 1, 1, 3, 0)]) == [((1, 3, 6, 1, 2, 1, 1, 3, 0), 42)]
+    finally:
+        v6.close()
+        transport.close()
+    byname = fast.FastSession(snmp_device(config, "byname"), context)
+    await byname._open()
+    assert byname.address[0] == "127.0.0.1"
+    byname.close()
+    assert not [k for k, v in context.shared.items() if isinstance(v, fast._Endpoint)]

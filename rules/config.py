@@ -172,7 +172,8 @@ class Communication(StrictModel):
 
     enabled: bool = True
     severity: Severity = Severity.WARNING
-    for_: Duration = Field(default=0.0, alias="for")
+    # One lost poll (a dropped UDP packet, a daemon starting before its devices) is not worth a page.
+    for_: Duration = Field(default=30.0, alias="for")
 
 
 class Envelope(StrictModel):

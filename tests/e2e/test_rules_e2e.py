@@ -150,18 +150,19 @@ async def test_pump_failure_notifies_survives_restart_and_resolves(
     assert sorted(firing) == ["cdu-flow-low/cdu-1", "cdu-pump-fault/cdu-1"]  # each exactly once
 
 
-def power_hall(tmp_path: Path, receiver: HttpReceiver, secret_file: Path) -> Path:
-    """Two liquid racks on one CDU (Modbus), each fed by two APC PDUs (SNMP), all simulated."""
+def power_hall(tmp_path: Path, receiver: HttpReceiver, secret_file: Path, racks_n: int = 2,
+               interval: str = "200ms", timeout: str = "300ms") -> Path:
+    """Liquid racks on one CDU (Modbus), each fed by two APC PDUs (SNMP), all simulated."""
     def device(dev_id: str, kind: str, protocol: str, profile: str) -> dict[str, Any]:
         out: dict[str, Any] = {"id": dev_id, "kind": kind, "protocol": protocol, "host": "127.0.0.1",
-                               "port": free_port(), "profile": profile, "interval": "200ms", "timeout": "300ms",
+                               "port": free_port(), "profile": profile, "interval": interval, "timeout": timeout,
                                "retries": 0, "simulate": True}
         if protocol == "modbus":
             out["unit_id"] = 1
         return out
     devices = [device("cdu-1", "cdu", "modbus", "generic-cdu")]
     racks = []
-    for rack in ("R1", "R2"):
+    for rack in (f"R{n}" for n in range(1, racks_n + 1)):
         feeds = {}
         for side in "ab":
             devices.append(device(f"pdu-{rack}-{side}", "pdu", "snmp", "apc-rpdu2"))
@@ -170,8 +171,8 @@ def power_hall(tmp_path: Path, receiver: HttpReceiver, secret_file: Path) -> Pat
     fast = {"for": 0, "clear_after": 0}
     rules = rules_config(receiver, None, secret_file)
     rules["packs"] = {"air-rack": False, "cdu-loop": False, "chiller": False}
-    rules["overrides"] = {"liquid-rack-power-budget": {"R1": fast, "R2": fast},
-                          "liquid-rack-redundancy": {"R1": fast, "R2": fast}}
+    every = {f"R{n}": fast for n in range(1, racks_n + 1)}
+    rules["overrides"] = {"liquid-rack-power-budget": every, "liquid-rack-redundancy": every}
     config = {"site": {"id": "hall-1"}, "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": racks}]}],
               "devices": devices, "state_dir": str(tmp_path / "state"), "http": {"enabled": False},
               "rules": rules}
@@ -219,3 +220,44 @@ async def _power_scenario(config: Config, plant: Plant, http_receiver: HttpRecei
         await wait_until(lambda: done <= set(webhook_alarms(http_receiver)), timeout=20,
                          message="resolved on the webhook")
         await wait_until(lambda: service.store.active() == [], timeout=10)
+
+
+async def test_storm_on_a_cdu_loop_sends_a_bounded_number_of_notifications(
+        tmp_path: Path, http_receiver: HttpReceiver) -> None:
+    secret_file = tmp_path / "hook.secret"
+    secret_file.write_text(SECRET)
+    racks = 6
+    # Twelve SNMP agents and a CDU in this process on a shared machine: relaxed polling, so that no
+    # device looks offline for being slow.
+    path = power_hall(tmp_path, http_receiver, secret_file, racks_n=racks, interval="1s", timeout="2s")
+    raw = yaml.safe_load(path.read_text())
+    every = {f"R{n}": {"for": 0, "clear_after": 0} for n in range(1, racks + 1)}
+    raw["rules"]["packs"]["cdu-loop"] = True
+    raw["rules"]["overrides"] = {"liquid-rack-coolant-flow": every, "liquid-rack-heat-capture": every,
+                                 "cdu-pump-fault": {"cdu-1": {"clear_after": 0}},
+                                 "cdu-flow-low": {"cdu-1": {"for": 0, "clear_after": 0}}}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = load_config(path)
+    plant = Plant(config, frozen=True)
+    sim = asyncio.create_task(run_simulators(config, plant), name="simulators")
+    try:
+        async with rules_daemon(config) as (service, _):
+            await wait_until(lambda: all(service.engine.readings.number(f"R{n}", "flow_ratio_pct",
+                                                                        SystemClock().now_ns())
+                                         for n in range(1, racks + 1)), timeout=20, message="rack flow ratios")
+            await wait_until(lambda: service.store.active() == [], timeout=20, message="a quiet hall")
+            http_receiver.recorder.clear()
+            plant.inject("cdu-1", "pump_failure")
+            coolant = {f"liquid-rack-coolant-flow/R{n}" for n in range(1, racks + 1)}
+            await wait_until(lambda: coolant <= {a.key for a in service.store.active()}, timeout=20,
+                             message="every rack's coolant alarm firing")
+            await wait_until(lambda: ("cdu-flow-low/cdu-1", "firing") in webhook_alarms(http_receiver),
+                             timeout=20)
+            notified = {key for key, state in webhook_alarms(http_receiver) if state == "firing"}
+            assert notified == {"cdu-pump-fault/cdu-1", "cdu-flow-low/cdu-1"}
+            assert all(service.store.get(k).suppressed == "inhibited" for k in coolant)
+            assert len(http_receiver.recorder.items) <= 2
+    finally:
+        sim.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sim

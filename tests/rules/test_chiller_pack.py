@@ -61,5 +61,7 @@ async def test_a_subscribed_chiller_sends_changes_only_and_its_values_hold(rig: 
     # The unchanged values still count (no no-data alarm), and the setpoint-relative threshold fired.
     assert rig.notifier.fired() == ["chiller-leaving-temp/ch-1"]
     rig.status("ch-1", False, "connection lost")
-    rig.run(5)
+    rig.run(29)
+    assert "device-offline/ch-1" not in rig.notifier.fired()   # rules.communication.for: 30 s
+    rig.run(1)
     assert sorted(rig.notifier.fired()) == ["chiller-leaving-temp/ch-1", "device-offline/ch-1"]

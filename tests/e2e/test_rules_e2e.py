@@ -3,8 +3,8 @@ pipeline -> RuleService -> Notifier -> a real local HTTP server (webhook, HMAC s
 real local SMTP server. Inject a pump failure: the alarm is notified; restart the rule service and the
 notifier while it fires: nothing is sent again; clear the fault: the resolved notifications arrive.
 
-The daemon's own wiring of these parts (dcim/daemon.py) is the lead's; this test assembles the same parts
-the way docs/rules.md tells the daemon to.
+The first tests assemble the daemon's rule path in the test's process (to reach into the engine and the
+store); the last one runs `dcim run` itself as a process and restarts it while an alarm fires.
 """
 
 from __future__ import annotations
@@ -261,3 +261,33 @@ async def test_storm_on_a_cdu_loop_sends_a_bounded_number_of_notifications(
         sim.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sim
+
+
+async def test_daemon_process_restart_while_firing_sends_nothing_again(
+        tmp_path: Path, http_receiver: HttpReceiver) -> None:
+    from tests.e2e.harness import DaemonProcess
+
+    secret_file = tmp_path / "hook.secret"
+    secret_file.write_text(SECRET)
+    path = cdu_hall(tmp_path, cdus=1, interval="200ms",
+                    rules=rules_config(http_receiver, None, secret_file))
+    config = load_config(path)
+    plant = Plant(config, frozen=True)
+    plant.inject("cdu-1", "pump_failure")
+    async with simulators(config, plant):
+        with DaemonProcess(path) as daemon:
+            await wait_until(lambda: ("cdu-pump-fault/cdu-1", "firing") in webhook_alarms(http_receiver),
+                             timeout=30, message=f"pump fault on the webhook; daemon log:\n{daemon.log()}")
+            assert daemon.stop() == 0
+        sent = len(http_receiver.recorder.items)
+        with DaemonProcess(path) as daemon:
+            # Both runs log into the same file: the second "first poll round done" is this run's.
+            await wait_until(lambda: daemon.log().count("first poll round done") >= 2, timeout=30,
+                             message="the restarted daemon polled (and so judged) the still-failed pumps")
+            assert len(http_receiver.recorder.items) == sent, "a firing alarm was sent again after restart"
+            plant.clear("cdu-1")
+            await wait_until(lambda: ("cdu-pump-fault/cdu-1", "resolved") in webhook_alarms(http_receiver),
+                             timeout=30, message="resolved after the restart")
+            assert daemon.stop() == 0
+    firing = [k for k, s in webhook_alarms(http_receiver) if s == "firing"]
+    assert firing.count("cdu-pump-fault/cdu-1") == 1

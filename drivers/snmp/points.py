@@ -21,7 +21,7 @@ and used when the agent has no such object). An `enum` maps raw integers to cano
 from __future__ import annotations
 
 import re
-from functools import cached_property
+from functools import lru_cache
 from typing import Annotated
 
 from pydantic import Field, model_validator
@@ -37,7 +37,9 @@ def parse_oid(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split("."))
 
 
+@lru_cache(maxsize=4096)
 def _split(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    # Cached by the text, not on the point: a point copied with another OID must not keep the old parts.
     """'1.2.*.5' -> ((1, 2), (5,)); without a wildcard -> (the OID, ())."""
     head, _, tail = text.lstrip(".").partition(INDEX)
     tail = tail.strip(".")
@@ -87,11 +89,11 @@ class Point(PointBase):
     def is_column(self) -> bool:
         return INDEX in self.oid
 
-    @cached_property
+    @property
     def _parts(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         return _split(self.oid)
 
-    @cached_property
+    @property
     def _digits_parts(self) -> tuple[tuple[int, ...], tuple[int, ...], bool] | None:
         if self.digits_oid is None:
             return None

@@ -12,6 +12,7 @@ PENDING lives in memory only; FIRING and RESOLVED are events (stored, published,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rules.events import AlarmState, Severity
@@ -47,8 +48,8 @@ class Timing:
 
 
 def step(record: AlarmRecord | None, timers: Timers, verdict: Verdict, timing: Timing, now: int,
-         make: AlarmRecord) -> tuple[AlarmRecord | None, bool]:
-    """Advance one alarm. `make` is a fresh PENDING record used when the condition first appears.
+         make: Callable[[], AlarmRecord]) -> tuple[AlarmRecord | None, bool]:
+    """Advance one alarm. `make` gives a fresh PENDING record when the condition first appears.
     Returns (the record to keep, or None to forget it; whether this step is an event to announce)."""
     active = record is not None and record.state in (AlarmState.PENDING, AlarmState.FIRING)
     if verdict.severity is None:
@@ -71,7 +72,7 @@ def step(record: AlarmRecord | None, timers: Timers, verdict: Verdict, timing: T
 
     timers.clear_since = None
     if record is None or not active:
-        record = make
+        record = make()
         record.since_ns = record.updated_ns = now
     assert record is not None
     record.value, record.threshold = verdict.value, verdict.threshold

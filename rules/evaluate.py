@@ -262,7 +262,7 @@ class Engine:
         shown = resolved.get(Severity.WARNING)
         if shown is None:
             shown = resolved.get(Severity.CRITICAL)
-        return Verdict(None, value, shown, f"{bound.subject}: {rule.description or rule.name}: {value:.4g}")
+        return Verdict(None, value, shown, "")  # a clear verdict's message is never shown
 
     def _judge(self, bound: Bound, now: int) -> None:
         self.evaluations += 1
@@ -312,14 +312,19 @@ class Engine:
 
     def _apply(self, key: str, rule: str, subject: str, metric: str, labels: dict[str, str],
                record: AlarmRecord | None, verdict: Verdict, timing: Timing, now: int) -> None:
+        if record is None and verdict.severity is None and key not in self.timers:
+            return  # the common case: nothing wrong, nothing pending
         timers = self.timers.setdefault(key, Timers())
-        fresh = AlarmRecord(key, rule, subject, AlarmState.PENDING, verdict.severity or Severity.WARNING,
-                            metric=metric, labels=dict(labels)) if verdict.severity is not None else None
-        kept, announce = step(record, timers, verdict, timing, now, fresh or AlarmRecord(
-            key, rule, subject, AlarmState.PENDING, Severity.WARNING))
+
+        def fresh() -> AlarmRecord:
+            return AlarmRecord(key, rule, subject, AlarmState.PENDING, verdict.severity or Severity.WARNING,
+                               metric=metric, labels=dict(labels))
+
+        kept, announce = step(record, timers, verdict, timing, now, fresh)
         if kept is None:
             if record is not None:
                 self.store.forget(key)
+            self.timers.pop(key, None)
             return
         if announce:
             kept.labels["severity"] = str(kept.severity)

@@ -99,3 +99,17 @@ def test_feed_capacity_single_phase() -> None:
 
     assert feed_capacity_kw(Feed(pdu="p", breaker_a=32, voltage_v=230, phases=1)) == pytest.approx(5.888)
     assert feed_capacity_kw(Feed(pdu="p", breaker_a=32, voltage_v=230, phases=3)) == pytest.approx(17.664)
+
+
+async def test_phase_imbalance_and_branch_load_edge_cases(rig: Rig) -> None:
+    rig.clock.advance(1)
+    rig.feed("A01", 50, 50, phases=(80.0, 60.0, 70.0))     # Iavg 70: max deviation 10 -> 14.3 %
+    rig.feed("A02", 0.05, 0.05, phases=(0.4, 0.1, 0.2))    # Iavg 0.23 A: imbalance means nothing
+    rig.feed("B01", 50, 50)                                 # no phase rows: branch load from power
+    rig.service.tick()
+    a01, a02, b01 = (rig.rack_values(r) for r in ("A01", "A02", "B01"))
+    assert a01["phase_imbalance_pct"] == pytest.approx(100 * 10 / 70, rel=1e-3)
+    assert a01["branch_load_pct"] == pytest.approx(80 / 250 * 100)
+    assert "phase_imbalance_pct" not in a02
+    assert "phase_imbalance_pct" not in b01
+    assert b01["branch_load_pct"] == pytest.approx(50 / (230 * 3 * 250 / 1000) * 100, rel=1e-3)

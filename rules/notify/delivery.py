@@ -37,6 +37,15 @@ def backoff(attempt: int, retry: Retry, rand: random.Random) -> float:
     return base * (1.0 - retry.jitter * rand.random())
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation a library swallowed. aiosmtplib's use of asyncio.wait_for can lose one on
+    Python 3.11 (gh-86296): the task is still marked as cancelling, but no CancelledError will come, so a
+    delivery loop would run on and its daemon would never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Delivery:
     def __init__(
         self, hook: Hook, outbox: Outbox, retry: Retry, *, rand: random.Random | None = None
@@ -56,6 +65,7 @@ class Delivery:
                 await self._deliver(item, session)
                 # One at a time: a restart after this point never sends this message again.
                 await self.outbox.ack([item])
+                _raise_if_cancelled()
 
     async def _deliver(self, item: Item, session: aiohttp.ClientSession) -> None:
         name = self.hook.name
@@ -66,6 +76,7 @@ class Delivery:
             try:
                 await self.hook.send(item.payload, session)
             except HookError as err:
+                _raise_if_cancelled()
                 HOOK_UP.set(0, hook=name)
                 give_up = not err.transient or (
                     self.retry.max_attempts and attempt >= self.retry.max_attempts

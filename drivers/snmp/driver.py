@@ -5,9 +5,9 @@
     samples = await driver.read()                      # inside the device's `deadline`
     await driver.write("outlet_command:7", "off")      # canonical outlet control
 
-Requests: SNMPv1/v2c through the driver's BER codec (fast.py, one UDP socket per process), SNMPv3 through
-pysnmp (session.py, one engine per process); both are shared through `DriverContext.shared` and closed with
-the last driver that uses them, so every driver must be closed.
+Requests: through the driver's BER codec (fast.py for v1/v2c, fast_v3.py for v3 USM) over one UDP socket per
+process, shared through `DriverContext.shared` and closed with the last driver that uses it, so every driver
+must be closed. session.py sends the same requests through pysnmp's engine (one per process), for comparison.
 
 Plan (built once per profile): scalars and the scalar decimal-digits objects go in GETs of up to
 `GET_CHUNK` varbinds; table columns are grouped by walk prefix, so Raritan's value column (current, power and
@@ -40,8 +40,9 @@ from drivers.errors import BadResponse, DeviceTimeout, DriverError, WriteRejecte
 from drivers.profiles import Profile
 from drivers.snmp import fast
 from drivers.snmp.config import SnmpDevice
+from drivers.snmp.fast_v3 import UsmSession
 from drivers.snmp.points import Point
-from drivers.snmp.session import Oid, Session, VarBind
+from drivers.snmp.session import Oid, VarBind
 
 GET_CHUNK = 40
 # Tables of up to this many rows (phases, banks, probes) are walked together in one request.
@@ -52,8 +53,8 @@ _END = (rfc1905.EndOfMibView, fast.Exception_)
 
 
 class Requests(Protocol):
-    """What a poll needs from a session: pysnmp's (`session.Session`, SNMPv3) or the BER codec's
-    (`fast.FastSession`, v1/v2c)."""
+    """What a poll needs from a session: the BER codec's (`fast.FastSession` v1/v2c, `fast_v3.UsmSession`)
+    or pysnmp's (`session.Session`, kept for comparison: bench and tests)."""
 
     async def get(self, oids: Sequence[Oid]) -> list[VarBind]: ...
 
@@ -65,9 +66,10 @@ class Requests(Protocol):
 
 
 def open_session(device: SnmpDevice, context: DriverContext) -> Requests:
-    """v1/v2c through the BER codec (a tenth of pysnmp's CPU, bench/snmp.md), v3 through pysnmp's USM."""
+    """Every version through the BER codec (a tenth of pysnmp's CPU, bench/snmp.md); SNMPv3's USM reuses
+    pysnmp's key localisation and ciphers. `session.Session` (all pysnmp) does the same requests."""
     if device.version == "3":
-        return Session(device, context)
+        return UsmSession(device, context)
     return fast.FastSession(device, context)
 
 POLL_SECONDS = REGISTRY.summary("dcim_snmp_poll_seconds", "SNMP poll wall time", ("device",))

@@ -146,20 +146,24 @@ class Codec:
     def request(self, version: int, community: bytes, pdu_tag: int, request_id: int, a: int, b: int,
                 var_binds: Sequence[tuple[Oid, bytes]]) -> bytes:
         """`var_binds`: (oid, encoded value); a,b: error-status/index, or non-repeaters/max-repetitions."""
-        bindings = b"".join(_tlv(0x30, self.oid_bytes(oid) + value) for oid, value in var_binds)
-        pdu = _integer(0x02, request_id) + _integer(0x02, a) + _integer(0x02, b) + _tlv(0x30, bindings)
-        return _tlv(0x30, _integer(0x02, version) + _tlv(0x04, community) + _tlv(pdu_tag, pdu))
+        pdu = self.pdu_bytes(pdu_tag, request_id, a, b, var_binds)
+        return _tlv(0x30, _integer(0x02, version) + _tlv(0x04, community) + pdu)
 
     def response(self, data: bytes) -> tuple[int, int, int, list[VarBind]]:
         """(request-id, error-status, error-index, varbinds) of a Response-PDU; ValueError if it is none."""
-        tag, at, end = _header(data, 0)
+        tag, at, _end = _header(data, 0)
         if tag != 0x30:
             raise ValueError("not an SNMP message")
         _t, _s, at = _header(data, at)  # version
         _t, _s, at = _header(data, at)  # community
-        tag, at, _end = _header(data, at)
+        tag, request_id, status, index, var_binds = self.pdu(data, at)
         if tag != RESPONSE:
             raise ValueError(f"not a response PDU (tag {tag:#x})")
+        return request_id, status, index, var_binds
+
+    def pdu(self, data: bytes, at: int) -> tuple[int, int, int, int, list[VarBind]]:
+        """(tag, request-id, error-status, error-index, varbinds) of the PDU at `at`."""
+        tag, at, _end = _header(data, at)
         numbers = []
         for _ in range(3):
             _t, s, e = _header(data, at)
@@ -175,10 +179,16 @@ class Codec:
             oid = oids.get(raw)
             if oid is None:
                 oid = oids[raw] = decode_oid(raw)
-            tag, vs, ve = _header(data, oe)
-            out.append((oid, _value(tag, data[vs:ve])))
+            value_tag, vs, ve = _header(data, oe)
+            out.append((oid, _value(value_tag, data[vs:ve])))
             at = bind_end
-        return numbers[0], numbers[1], numbers[2], out
+        return tag, numbers[0], numbers[1], numbers[2], out
+
+    def pdu_bytes(self, pdu_tag: int, request_id: int, a: int, b: int,
+                  var_binds: Sequence[tuple[Oid, bytes]]) -> bytes:
+        bindings = b"".join(_tlv(0x30, self.oid_bytes(oid) + value) for oid, value in var_binds)
+        pdu = _integer(0x02, request_id) + _integer(0x02, a) + _integer(0x02, b) + _tlv(0x30, bindings)
+        return _tlv(pdu_tag, pdu)
 
 
 def _value(tag: int, body: bytes) -> Any:
@@ -241,10 +251,14 @@ class _Endpoint(asyncio.DatagramProtocol):
 
 
 def _peek_request_id(data: bytes) -> int:
+    """The request-id of a v1/v2c message, the msgID of a v3 one (its PDU may be encrypted)."""
     _t, at, _e = _header(data, 0)
-    _t, _s, at = _header(data, at)
-    _t, _s, at = _header(data, at)
-    _t, at, _e = _header(data, at)
+    _t, s, at = _header(data, at)
+    if data[s:at] == b"\x03":
+        _t, at, _e = _header(data, at)  # msgGlobalData
+    else:
+        _t, _s, at = _header(data, at)  # community
+        _t, at, _e = _header(data, at)  # PDU
     _t, s, e = _header(data, at)
     return int.from_bytes(data[s:e], "big", signed=True)
 

@@ -40,6 +40,13 @@ for pair in $REQUIRED; do
     fi
 done
 
+# Debian's libseccomp binding, for the test that applies dcim.service's system-call filter
+# (tests/systemd/sandbox.py loads it from /usr/lib/python3/dist-packages).
+if [ ! -e /usr/lib/python3/dist-packages/seccomp.cpython-311-x86_64-linux-gnu.so ] \
+        && ! ls /usr/lib/python3/dist-packages/seccomp*.so >/dev/null 2>&1; then
+    missing="${missing:+$missing }python3-seccomp"
+fi
+
 [ -z "$missing" ] && exit 0
 
 if [ "$check_only" = 1 ]; then

@@ -4,7 +4,6 @@ figures docs/deploy.md records are what systemd-analyze says of the shipped unit
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 import yaml
 
 from dcim.config import ConfigError, parse_config
+from tests.helpers import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,8 +50,8 @@ def test_grafana_sample_loads() -> None:
     assert config.influxdb is not None and config.influxdb.api == "v1"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_recorded_exposure_is_current(tmp_path: Path) -> None:
+    require_binary("systemd-analyze", "systemd")
     recorded = dict(re.findall(r"^\| (dcim[\w-]*\.service) \| (\d+\.\d) \| OK \|$",
                                (ROOT / "docs" / "deploy.md").read_text(), flags=re.M))
     assert set(recorded) == {"dcim.service", "dcim-ingest.service", "dcim-simulate.service"}

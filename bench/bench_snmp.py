@@ -6,8 +6,8 @@ its CPU is not counted. For each N it prints points per round, the round's wall 
 this process' CPU milliseconds per 1,000 points (time.process_time), and failed polls.
 
 Request layers compared (`--layers`):
-  driver       the driver as shipped: v1/v2c through its own BER codec (drivers/snmp/fast.py), one UDP socket
-               (v3 goes through pysnmp, as in `pysnmp`)
+  driver       the driver as shipped: its own BER codec (drivers/snmp/fast.py; SNMPv3 USM in fast_v3.py),
+               one UDP socket
   pysnmp       the driver's requests straight into pysnmp's command generators, through one shared engine,
                numeric ObjectNames kept per OID, no MIB look-ups (drivers/snmp/session.py)
   hlapi        the same polls through pysnmp's hlapi (get_cmd/bulk_cmd) done carefully: one engine, target

@@ -26,6 +26,9 @@ class SnmpDevice(DeviceBase):
     max_repetitions: Annotated[int, Field(ge=1, le=200)] = 25
     # Whole-poll deadline: a slow agent is cut off here, whatever its per-request timeout and retries.
     deadline: PositiveDuration | None = None
+    # Who builds the messages: the driver's own BER codec (a tenth of the CPU), or pysnmp's engine, for an
+    # agent whose quirks only pysnmp copes with.
+    client: Literal["builtin", "pysnmp"] = "builtin"
 
     @model_validator(mode="after")
     def _v3(self) -> SnmpDevice:

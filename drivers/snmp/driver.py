@@ -7,7 +7,8 @@
 
 Requests: through the driver's BER codec (fast.py for v1/v2c, fast_v3.py for v3 USM) over one UDP socket per
 process, shared through `DriverContext.shared` and closed with the last driver that uses it, so every driver
-must be closed. session.py sends the same requests through pysnmp's engine (one per process), for comparison.
+must be closed. With `client: pysnmp`, session.py sends the same requests through pysnmp's engine (one per
+process).
 
 Plan (built once per profile): scalars and the scalar decimal-digits objects go in GETs of up to
 `GET_CHUNK` varbinds; table columns are grouped by walk prefix, so Raritan's value column (current, power and
@@ -42,7 +43,7 @@ from drivers.snmp import fast
 from drivers.snmp.config import SnmpDevice
 from drivers.snmp.fast_v3 import UsmSession
 from drivers.snmp.points import Point
-from drivers.snmp.session import Oid, VarBind
+from drivers.snmp.session import Oid, Session, VarBind
 
 GET_CHUNK = 40
 # Tables of up to this many rows (phases, banks, probes) are walked together in one request.
@@ -54,7 +55,7 @@ _END = (rfc1905.EndOfMibView, fast.Exception_)
 
 class Requests(Protocol):
     """What a poll needs from a session: the BER codec's (`fast.FastSession` v1/v2c, `fast_v3.UsmSession`)
-    or pysnmp's (`session.Session`, kept for comparison: bench and tests)."""
+    or pysnmp's (`session.Session`, with `client: pysnmp`)."""
 
     async def get(self, oids: Sequence[Oid]) -> list[VarBind]: ...
 
@@ -68,6 +69,8 @@ class Requests(Protocol):
 def open_session(device: SnmpDevice, context: DriverContext) -> Requests:
     """Every version through the BER codec (a tenth of pysnmp's CPU, bench/snmp.md); SNMPv3's USM reuses
     pysnmp's key localisation and ciphers. `session.Session` (all pysnmp) does the same requests."""
+    if device.client == "pysnmp":
+        return Session(device, context)
     if device.version == "3":
         return UsmSession(device, context)
     return fast.FastSession(device, context)

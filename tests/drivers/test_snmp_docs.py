@@ -28,6 +28,7 @@ def test_configuration_sample_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     apc, raritan = config.devices
     assert isinstance(apc, SnmpDevice) and isinstance(raritan, SnmpDevice)
     assert apc.write_community == "private" and apc.deadline == 1.0 and apc.max_repetitions == 25
+    assert apc.client == "builtin"
     assert raritan.version == "3" and raritan.auth_protocol == "sha256" and raritan.priv_protocol == "aes128"
     assert raritan.priv_key is not None and raritan.priv_key.get_secret_value() == "priv-key-of-the-doc"
 

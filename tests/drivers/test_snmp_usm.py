@@ -33,8 +33,10 @@ from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures by name
 async def test_same_samples_as_pysnmp(pdu_config: Config, simulator: SnmpSimulator, context: DriverContext) -> None:
     for device_id in ("rpx-a02", "apc-a02"):
         ours = await open_driver(pdu_config, device_id, context)
-        theirs = await open_driver(pdu_config, device_id, context)
-        theirs.session = Session(snmp_device(pdu_config, device_id), context)
+        theirs = await open_driver(pdu_config.model_copy(update={"devices": [
+            d.model_copy(update={"client": "pysnmp"}) if d.id == device_id else d for d in pdu_config.devices]}),
+            device_id, context)
+        assert isinstance(theirs._session(), Session)
         try:
             assert isinstance(ours._session(), UsmSession)
             mine, pysnmp = await asyncio.gather(ours.read(), theirs.read())

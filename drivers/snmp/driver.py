@@ -49,8 +49,8 @@ GET_CHUNK = 40
 # Tables of up to this many rows (phases, banks, probes) are walked together in one request.
 SHORT_TABLE = 8
 # An exception value (noSuchObject, noSuchInstance, endOfMibView) means "not there": omitted, like -1.
-_ABSENT = (rfc1905.NoSuchObject, rfc1905.NoSuchInstance, rfc1905.EndOfMibView, fast.Exception_)
-_END = (rfc1905.EndOfMibView, fast.Exception_)
+_ABSENT = (rfc1905.NoSuchObject, rfc1905.NoSuchInstance, rfc1905.EndOfMibView, fast.NoValue)
+_END = (rfc1905.EndOfMibView, fast.NoValue)
 
 
 class Requests(Protocol):

@@ -1,4 +1,4 @@
-"""SNMP v1/v2c requests without pysnmp: a small BER codec and one UDP socket per process.
+"""SNMP v1/v2c requests without pysnmp: a small BER codec and one UDP socket per process (per family).
 
 Why: pysnmp spends nearly all of a PDU poll's CPU in pyasn1, decoding the response into objects the driver
 turns straight back into integers (bench/snmp.md). A community-based message is simple enough to encode and
@@ -13,9 +13,9 @@ decode by hand, and the OIDs repeat every poll, so both directions are mostly di
     value    ::= INTEGER 02 | OCTET STRING 04 | NULL 05 | OID 06 | IpAddress 40 | Counter32 41 | Gauge32 42
                | TimeTicks 43 | Opaque 44 | Counter64 46 | noSuchObject 80 | noSuchInstance 81 | endOfMibView 82
 
-SNMPv3 (USM authentication and privacy) stays with pysnmp (`drivers.snmp.session.Session`). This module has
-the same request interface, returns plain Python values (int, bytes, a tuple for an OID) and the `ABSENT`
-markers for the three exception values, and raises the same `DriverError`s.
+SNMPv3 wraps the same PDUs in its USM envelope (fast_v3.py). Both have the request interface of pysnmp's
+path (`drivers.snmp.session.Session`), return plain Python values (int, bytes, a tuple for an OID) and the
+`NoValue` markers for the three exception values, and raise the same `DriverError`s.
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ ERROR_STATUS = ("noError", "tooBig", "noSuchName", "badValue", "readOnly", "genE
                 "inconsistentName")
 _ACCESS_STATUSES = {"noAccess", "authorizationError", "notWritable", "readOnly"}
 SYNTAX_TAGS = {"Integer32": 0x02, "Unsigned32": 0x42, "Gauge32": 0x42, "Counter32": 0x41}
+# Encoded OIDs remembered for decoding; every profile's rows of every PDU fit many times over.
+OID_CACHE = 200_000
 
 
-class Exception_:
+class NoValue:
     """noSuchObject, noSuchInstance, endOfMibView: "no value here"."""
 
     __slots__ = ("name",)
@@ -56,10 +58,10 @@ class Exception_:
         return self.name
 
 
-NO_SUCH_OBJECT = Exception_("noSuchObject")
-NO_SUCH_INSTANCE = Exception_("noSuchInstance")
-END_OF_MIB_VIEW = Exception_("endOfMibView")
-ABSENT = (Exception_,)
+NO_SUCH_OBJECT = NoValue("noSuchObject")
+NO_SUCH_INSTANCE = NoValue("noSuchInstance")
+END_OF_MIB_VIEW = NoValue("endOfMibView")
+ABSENT = (NoValue,)
 
 
 # ---- BER -------------------------------------------------------------------------------------------------
@@ -178,6 +180,8 @@ class Codec:
             raw = data[os_:oe]
             oid = oids.get(raw)
             if oid is None:
+                if len(oids) >= OID_CACHE:
+                    oids.clear()  # an agent walking far outside the profiles: never grow without bound
                 oid = oids[raw] = decode_oid(raw)
             value_tag, vs, ve = _header(data, oe)
             out.append((oid, _value(value_tag, data[vs:ve])))

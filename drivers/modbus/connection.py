@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +25,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
+from dcim.backoff import Backoff
 from dcim.metrics import REGISTRY
 from drivers.base import DriverContext
 from drivers.errors import BadResponse, DeviceTimeout, DeviceUnreachable, DriverError
@@ -77,24 +77,6 @@ class ExceptionCode(BadResponse):
         super().__init__(f"{what}: exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})")
 
 
-class Backoff:
-    """Jittered, doubling, capped delays: 0.1 s, 0.2 s, ... up to `cap`, each drawn in [delay/2, delay]."""
-
-    def __init__(self, *, first: float = 0.1, cap: float = 10.0, rng: random.Random | None = None) -> None:
-        self.first = first
-        self.cap = cap
-        self.failures = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        delay: float = min(self.cap, self.first * 2.0 ** min(self.failures, 30))
-        self.failures += 1
-        return delay * (0.5 + self._rng.random() / 2)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
 class ModbusConnection:
     def __init__(
         self, host: str, port: int, *, max_in_flight: int = 1, backoff: Backoff | None = None
@@ -102,7 +84,7 @@ class ModbusConnection:
         self.host = host
         self.port = port
         self.name = f"{host}:{port}"
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(initial=0.1, maximum=10.0)
         self.users: set[str] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._connect_lock = asyncio.Lock()
@@ -166,7 +148,7 @@ class ModbusConnection:
 
     def _failed(self, error: str) -> None:
         self._last_error = error
-        self._retry_at = time.monotonic() + self.backoff.next_delay()
+        self._retry_at = time.monotonic() + self.backoff.next()
 
     def _drop(self) -> None:
         if self._client is not None:

@@ -22,6 +22,7 @@ from asyncua import ua
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
 from asyncua.ua.attribute_ids import AttributeIds
 
+from dcim.backoff import Backoff
 from dcim.metrics import REGISTRY
 from dcim.samples import Quality, Sample, now_ns
 from drivers.base import SampleCallback, StatusCallback
@@ -59,12 +60,12 @@ class OpcUaSubscriber(OpcUaDriver):
                 await self._drop()
 
     async def _subscribe_forever(self, emit: SampleCallback, report: Callable[[bool, str], None]) -> None:
-        delay = self.device.reconnect_min
+        backoff = Backoff(initial=self.device.reconnect_min, maximum=self.device.reconnect_max, rng=self._rng)
         while True:
             reason = ""
             try:
                 await self.connect()
-                delay = self.device.reconnect_min
+                backoff.reset()
                 await self._run(emit, lambda: report(True, ""))
             except DriverError as err:
                 reason = str(err)
@@ -74,11 +75,7 @@ class OpcUaSubscriber(OpcUaDriver):
             self._emit_stale(emit, reason)
             async with self._lock:
                 await self._drop()
-            await self._pause(self._jitter(delay), emit, reason)
-            delay = min(delay * 2, self.device.reconnect_max)
-
-    def _jitter(self, delay: float) -> float:
-        return delay * self._rng.uniform(0.5, 1.0)
+            await self._pause(backoff.next(), emit, reason)
 
     async def _pause(self, seconds: float, emit: SampleCallback, reason: str) -> None:
         """Wait out the backoff, re-emitting STALE samples every interval so the gap stays visible."""

@@ -8,11 +8,12 @@ import socket
 
 import pytest
 
+from dcim.backoff import Backoff
 from dcim.config import parse_config
 from drivers.base import DriverContext
 from drivers.errors import DeviceUnreachable
 from drivers.modbus.config import ModbusDevice
-from drivers.modbus.connection import REQUESTS, Backoff, join, leave
+from drivers.modbus.connection import REQUESTS, join, leave
 from drivers.modbus.driver import make_driver
 from drivers.profiles import load_profile
 from simulators.modbus import ModbusSimulator
@@ -21,14 +22,14 @@ from tests.helpers import free_port
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
-    backoff = Backoff(first=0.1, cap=2.0, rng=random.Random(7))
-    delays = [backoff.next_delay() for _ in range(10)]
+    backoff = Backoff(initial=0.1, maximum=2.0, rng=random.Random(7))
+    delays = [backoff.next() for _ in range(10)]
     nominal = [min(2.0, 0.1 * 2**i) for i in range(10)]
     assert all(n / 2 <= d <= n for d, n in zip(delays, nominal, strict=True))
     assert len({round(d / n, 6) for d, n in zip(delays, nominal, strict=True)}) > 1  # jittered
     assert max(delays) <= 2.0
     backoff.reset()
-    assert backoff.next_delay() <= 0.1
+    assert backoff.next() <= 0.1
 
 
 def device(id_: str, port: int, unit: int = 1) -> ModbusDevice:

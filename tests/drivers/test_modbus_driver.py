@@ -163,9 +163,7 @@ async def test_every_type_and_order_over_tcp(tmp_path: Path, byte_order: str, wo
     config = hall([{"id": "cdu-1", "port": free_port(), "profile": name}], profile_dirs=[str(tmp_path)])
     plant = Plant(config, frozen=True)
     plant.inject("cdu-1", "pump_failure", pump=1)  # pump_fault true, pump1 stopped: flags both ways
-    # A frozen plant never steps, so the leak's wet zone and low reservoir are set on the state directly.
-    plant.cdus["cdu-1"].leak_zones[1] = True
-    plant.cdus["cdu-1"].reservoir_ok = False
+    plant.inject("cdu-1", "leak", zone=2)  # zone 2 wet, reservoir low: shows at once, even frozen
     device, dirs = modbus(config)[0], (tmp_path,)
     async with simulating(plant, [device], dirs), driving(device, profile_dirs=dirs) as driver:
         profile = load_profile(name, dirs)

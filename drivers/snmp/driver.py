@@ -93,8 +93,8 @@ class Plan:
     scalars: list[tuple[Oid, Point]] = field(default_factory=list)
     walks: dict[Oid, list[_Column]] = field(default_factory=dict)
     digit_scalars: list[Oid] = field(default_factory=list)
-    # Walks of decimal-digits columns: prefix -> suffixes wanted.
-    digit_walks: dict[Oid, set[Oid]] = field(default_factory=dict)
+    # Decimal-digits columns to walk (every row is kept: the points pick theirs by OID).
+    digit_walks: set[Oid] = field(default_factory=set)
     decimals: dict[int, int] = field(default_factory=dict)  # id(point) -> decimals of its scale
 
     @classmethod
@@ -108,10 +108,8 @@ class Plan:
                 prefix, suffix = point.split()
                 plan.walks.setdefault(prefix, []).append(_Column(suffix, point))
                 if point.digits_oid is not None and "*" in point.digits_oid:
-                    head, _, tail = point.digits_oid.partition("*")
-                    digits_prefix = tuple(int(x) for x in head.strip(".").split("."))
-                    digits_suffix = tuple(int(x) for x in tail.strip(".").split(".")) if tail.strip(".") else ()
-                    plan.digit_walks.setdefault(digits_prefix, set()).add(digits_suffix)
+                    head = point.digits_oid.partition("*")[0]
+                    plan.digit_walks.add(tuple(int(x) for x in head.strip(".").split(".")))
                 elif point.digits_oid is not None:
                     plan.digit_scalars.append(point.digits_instance() or ())
             else:
@@ -274,7 +272,7 @@ class SnmpDriver(Driver):
                 if not isinstance(value, _ABSENT):
                     digits[oid] = int(value)
         if self.plan.digit_walks:
-            for found in (await self._walk(list(self.plan.digit_walks))).values():
+            for found in (await self._walk(sorted(self.plan.digit_walks))).values():
                 for oid, value in found:
                     if not isinstance(value, _ABSENT):
                         digits[oid] = int(value)

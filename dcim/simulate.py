@@ -152,9 +152,8 @@ async def run_simulators(config: Config, plant: Plant | None = None, *, control_
         tg.create_task(tick(plant), name="plant")
         for protocol, devices in groups.items():
             module = importlib.import_module(f"simulators.{protocol}")
-            # Profiles kept in the configuration's profile_dirs are served too (SNMP serves built-ins only).
-            options = {"profile_dirs": config.extra_profile_dirs()} if protocol != "snmp" else {}
-            tg.create_task(module.serve(plant, devices, **options), name=f"simulate:{protocol}")
+            serving = module.serve(plant, devices, profile_dirs=config.extra_profile_dirs())
+            tg.create_task(serving, name=f"simulate:{protocol}")
             log.info("simulating", protocol=protocol, devices=[d.id for d in devices])
         if control_port is not None:
             tg.create_task(serve_control(plant, control_host, control_port), name="simulator-control")

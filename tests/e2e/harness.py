@@ -15,12 +15,11 @@ from typing import Any
 import yaml
 
 from dcim.config import Config, load_config
-from dcim.simulate import run_simulators
+from dcim.simulate import run_simulators, wait_listening
 from drivers.modbus import codec
 from drivers.profiles import load_profile
 from simulators.plant import Plant
-from tests.helpers import free_port, wait_until
-from tests.servers import port_accepts
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,11 +60,12 @@ def cdu_hall(tmp_path: Path, *, mqtt: Any | None = None, influxdb: dict[str, Any
 async def simulators(config: Config, plant: Plant) -> AsyncIterator[Plant]:
     task = asyncio.create_task(run_simulators(config, plant), name="simulators")
     try:
-        for device in config.devices:
-            await wait_until(lambda d=device: task.done() or port_accepts(d.host, d.port), timeout=15,
-                             message=f"simulator for {device.id} listening")
+        listening = asyncio.create_task(wait_listening(config))
+        await asyncio.wait([task, listening], return_when=asyncio.FIRST_COMPLETED)
         if task.done():
+            listening.cancel()
             task.result()
+        await listening
         yield plant
     finally:
         task.cancel()

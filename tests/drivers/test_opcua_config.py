@@ -36,10 +36,8 @@ def test_the_documented_profile_fragment_is_valid() -> None:
     assert [p.node for p in profile.points][1] == "/Chiller/Power"
 
 
-def test_the_example_snippet_merges_into_a_hall() -> None:
-    text = (ROOT / "examples" / "chillers.yaml.snippet").read_text()
-    devices = yaml.safe_load("devices:\n" + text)["devices"]
-    config = parse_config({"site": {"id": "hall-1"}, "rooms": [{"id": "dh1"}], "devices": devices})
+def test_the_example_hall_has_a_lead_and_a_standby_chiller() -> None:
+    config = parse_config(yaml.safe_load((ROOT / "examples" / "hall.yaml").read_text()), "hall.yaml")
     ports = [d.endpoint for d in config.devices if isinstance(d, OpcUaDevice)]
     assert ports == ["opc.tcp://127.0.0.1:14840", "opc.tcp://127.0.0.1:14841"]
 

@@ -40,12 +40,8 @@ def test_profile_sample_loads() -> None:
     assert profile.points[0].missing == [-1]
 
 
-def test_pdus_snippet_merges_into_the_hall() -> None:
-    hall = yaml.safe_load((REPO / "examples" / "hall.yaml").read_text())
-    snippet = yaml.safe_load((REPO / "examples" / "pdus.yaml.snippet").read_text())
-    hall["rooms"] = snippet["rooms"]
-    hall["devices"] = [*hall["devices"], *snippet["devices"]]
-    config = parse_config(hall, "hall.yaml + pdus.yaml.snippet")
+def test_every_rack_of_the_example_hall_has_an_a_and_a_b_pdu() -> None:
+    config = parse_config(yaml.safe_load((REPO / "examples" / "hall.yaml").read_text()), "hall.yaml")
     racks = [rack for _, _, rack in config.racks()]
     assert all(rack.feeds.a is not None and rack.feeds.b is not None for rack in racks)
     assert {rack.id for rack in racks if rack.cooling == "air"} == {"C01", "C02"}

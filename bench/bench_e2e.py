@@ -47,9 +47,12 @@ def rss_mib(pid: int) -> float:
 def config_for(n: int, workdir: Path, mqtt_port: int, influx_url: str) -> Path:
     devices: list[dict[str, Any]] = []
     racks = []
-    for i in range(1, n + 1):
+    ports: set[int] = set()
+    while len(ports) < n:  # free_port() may hand out a port twice across hundreds of calls
+        ports.add(free_port())
+    for i, port in enumerate(sorted(ports), start=1):
         devices.append({"id": f"cdu-{i}", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1",
-                        "port": free_port(), "profile": "generic-cdu", "interval": "1s", "timeout": "800ms",
+                        "port": port, "profile": "generic-cdu", "interval": "1s", "timeout": "800ms",
                         "retries": 0, "simulate": True})
         racks.append({"id": f"R{i}", "cooling": "liquid", "power_budget_kw": 150, "cdu": f"cdu-{i}"})
     config = {
@@ -81,7 +84,9 @@ def run(n: int, seconds: float, workdir: Path) -> dict[str, float]:
             last_port = yaml.safe_load(path.read_text())["devices"][-1]["port"]
             while not port_accepts("127.0.0.1", last_port):
                 if time.monotonic() > deadline or sim.poll() is not None:
-                    raise RuntimeError(f"simulators did not start: see {log.name}")
+                    log.flush()
+                    tail = Path(log.name).read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"simulators did not start:\n{tail}")
                 time.sleep(0.2)
             daemon = subprocess.Popen([*dcim, "run", "-c", str(path)], cwd=REPO, stdout=log, stderr=log)
             try:

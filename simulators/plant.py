@@ -260,7 +260,8 @@ class Plant:
         cdu.supply_temp_c += alpha * (supply_target - cdu.supply_temp_c)
         delta = heat / (flow / 60 * WATER_RHO * WATER_CP) if flow > 1 else 40.0
         cdu.return_temp_c += alpha * (cdu.supply_temp_c + min(delta, 40.0) - cdu.return_temp_c)
-        cdu.facility_return_c = cdu.facility_supply_c + min(15.0, heat / max(1.0, 0.6 * 1.5 * len(cdu.racks) * 150) * 10)
+        design_kw = max(1.0, 0.6 * 1.5 * len(cdu.racks) * 150)
+        cdu.facility_return_c = cdu.facility_supply_c + min(15.0, heat / design_kw * 10)
         self._apply_leak(cdu)
 
     def _apply_leak(self, cdu: CduState) -> None:

@@ -18,8 +18,8 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/dcim demo -c examples/hall.yaml
 
-## test: install the real servers the tests use (Debian packages), then run the whole suite
-test: venv
+## test: ruff, mypy --strict, install the real servers the tests use (Debian packages), run the whole suite
+test: venv lint typecheck
 	bash scripts/install-test-deps.sh
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 

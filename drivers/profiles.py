@@ -172,7 +172,7 @@ def parse_profile(raw: Any, source: str = "<profile>") -> Profile[Any]:
     defaults = data.pop("defaults", {}) or {}
     if isinstance(data.get("points"), list) and isinstance(defaults, dict):
         data["points"] = [{**defaults, **p} if isinstance(p, dict) else p for p in data["points"]]
-    model = Profile[point_model(protocol)]  # type: ignore[misc]
+    model: Any = Profile[point_model(protocol)]  # type: ignore[misc]
     try:
         profile: Profile[Any] = model.model_validate(data)
     except ValidationError as err:

@@ -25,7 +25,7 @@ import ipaddress
 import itertools
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from drivers.base import DriverContext
@@ -327,23 +327,28 @@ class FastSession:
     async def _request(self, pdu_tag: int, a: int, b: int, var_binds: Sequence[tuple[Oid, bytes]],
                        community: bytes | None = None) -> list[VarBind]:
         endpoint = await self._open()
-        loop = asyncio.get_running_loop()
         request_id = endpoint.next_id()
         message = endpoint.codec.request(self.version, community or self.community, pdu_tag, request_id, a, b,
                                          var_binds)
+        data = await self._send_with_retries(endpoint, request_id, lambda: message)
+        return self._decode(endpoint, data, request_id, var_binds)
+
+    async def _send_with_retries(self, endpoint: _Endpoint, request_id: int, build: Callable[[], bytes]) -> bytes:
+        """Send, wait up to the timeout for the answer to `request_id`, try again up to `retries` times.
+        `build` makes the message for each try (SNMPv3 needs a fresh one: engine time, privacy salt)."""
+        loop = asyncio.get_running_loop()
         tries = self.device.retries + 1
         try:
             for _ in range(tries):
                 future: asyncio.Future[bytes] = loop.create_future()
                 endpoint.pending[request_id] = (self.address, future)
                 assert endpoint.transport is not None
-                endpoint.transport.sendto(message, self.address)
+                endpoint.transport.sendto(build(), self.address)
                 try:
                     async with asyncio.timeout(self.device.timeout):
-                        data = await future
+                        return await future
                 except TimeoutError:
                     continue
-                return self._decode(endpoint, data, request_id, var_binds)
         finally:
             endpoint.pending.pop(request_id, None)
         raise DeviceTimeout(f"{self.where}: no answer after {tries} tr{'y' if tries == 1 else 'ies'} "

@@ -20,7 +20,6 @@ the HMAC is the standard library's. What pysnmp does per varbind in pyasn1 is wh
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import hmac
@@ -32,7 +31,7 @@ from pyasn1.type import univ
 from pysnmp.entity import config as snmp_config
 
 from drivers.base import DriverContext
-from drivers.errors import AuthError, BadResponse, DeviceTimeout
+from drivers.errors import AuthError, BadResponse
 from drivers.snmp.config import SnmpDevice
 from drivers.snmp.fast import (
     _ACCESS_STATUSES,
@@ -153,28 +152,11 @@ class UsmSession(FastSession):
     async def _exchange(self, pdu_tag: int, a: int, b: int, var_binds: Sequence[tuple[Oid, bytes]],
                         flags: int) -> tuple[int, list[VarBind]]:
         endpoint = await self._open()
-        loop = asyncio.get_running_loop()
         request_id = endpoint.next_id()
-        tries = self.device.retries + 1
-        try:
-            for _ in range(tries):
-                # Built per try: the engine time moves on, and a privacy salt is never reused.
-                message = self._message(endpoint.codec.pdu_bytes(pdu_tag, request_id, a, b, var_binds), request_id,
-                                        flags)
-                future: asyncio.Future[bytes] = loop.create_future()
-                endpoint.pending[request_id] = (self.address, future)
-                assert endpoint.transport is not None
-                endpoint.transport.sendto(message, self.address)
-                try:
-                    async with asyncio.timeout(self.device.timeout):
-                        data = await future
-                except TimeoutError:
-                    continue
-                return self._open_message(endpoint.codec, data, request_id, var_binds)
-        finally:
-            endpoint.pending.pop(request_id, None)
-        raise DeviceTimeout(f"{self.where}: no answer after {tries} tr{'y' if tries == 1 else 'ies'} "
-                            f"of {self.device.timeout:g}s")
+        pdu = endpoint.codec.pdu_bytes(pdu_tag, request_id, a, b, var_binds)
+        # Built per try: the engine time moves on, and a privacy salt is never reused.
+        data = await self._send_with_retries(endpoint, request_id, lambda: self._message(pdu, request_id, flags))
+        return self._open_message(endpoint.codec, data, request_id, var_binds)
 
     # ---- messages ----------------------------------------------------------------------------------------
 

@@ -38,6 +38,25 @@ def _load(path: str) -> Config:
         raise SystemExit(2) from None
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+def _run_async(main: Any) -> int:
+    """Run a daemon-like coroutine; a task that fails is reported in one line, not an exception group."""
+    try:
+        asyncio.run(main)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # the last stop before the user: say what failed, exit 1
+        for leaf in _leaves(error):
+            print(f"dcim: stopped: {type(leaf).__name__}: {leaf}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -69,8 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     setup_logging(config.logging.level, config.logging.format)
-    asyncio.run(run_daemon(config))
-    return 0
+    return _run_async(run_daemon(config))
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -81,8 +99,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if config.influxdb is None or config.mqtt.host is None:
         print(f"{args.config}: `dcim ingest` needs both mqtt.host and influxdb", file=sys.stderr)
         return 2
-    asyncio.run(run_daemon(config, ingest=True, poll=False))
-    return 0
+    return _run_async(run_daemon(config, ingest=True, poll=False))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -96,14 +113,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         plant = Plant(config, seed=args.seed, frozen=args.frozen)
         await run_simulators(config, plant, control_port=args.control_port)
 
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
-    except ValueError as err:
-        print(f"{args.config}: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return _run_async(main())
 
 
 def _device_driver(config: Config, device_id: str) -> Any:

@@ -16,6 +16,7 @@ queued stays in the outboxes on disk for the next start. Nothing is lost either 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from pathlib import Path
@@ -221,13 +222,27 @@ class Daemon:
         await self._cancel(("",))
 
 
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM / SIGINT stop gracefully; a second one exits at once (what the outboxes hold stays on
+    disk, what is only in memory is lost): the way out when a shutdown does not finish."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.error("second signal during shutdown: exiting now", signal=sig.name)
+            os._exit(128 + sig.value)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
 async def run_daemon(config: Config, *, ingest: bool | None = None, poll: bool = True) -> None:
     """`dcim run` (and `dcim ingest`, with poll=False): until SIGTERM or SIGINT."""
     daemon = Daemon(config, ingest=ingest, poll=poll)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     sdnotify.install_stall_hook(loop)
     try:
         await daemon.run(stop)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import socket
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import aiomqtt
 
 from dcim.config import Config, ConfigError, load_config
-from dcim.daemon import Daemon
+from dcim.daemon import Daemon, stop_on_signals
 from dcim.logs import setup_logging
 from dcim.samples import Batch, DeviceStatus
 from dcim.simulate import run_simulators, wait_listening
@@ -202,14 +201,15 @@ async def demo(config: Config, *, duration: float | None, faults: bool) -> None:
         config = config.model_copy(update={"mqtt": config.mqtt.model_copy(
             update={"host": "127.0.0.1", "port": port, "protocol": "3.1.1"})})
         print(f"embedded MQTT broker (amqtt) on 127.0.0.1:{port}", flush=True)
+    # An ephemeral port for the HTTP API: a daemon already running here must not keep the demo from starting.
+    config = config.model_copy(update={"http": config.http.model_copy(update={"port": 0})})
     plant = Plant(config)
     view = View(config)
     daemon = Daemon(config)
     daemon.pipeline.add_sink(view)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     if duration is not None:
         loop.call_later(duration, stop.set)
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from dcim.aio import reraise_lost_cancellation
 from dcim.metrics import REGISTRY
 from dcim.pipeline import Pipeline
 from dcim.samples import Batch, DeviceStatus, Quality, Sample, Value, now_ns
@@ -76,6 +77,7 @@ class DeviceCoordinator:
         next_tick = loop.time()
         while True:
             await self.poll_once()
+            reraise_lost_cancellation()  # a driver library may have swallowed our cancellation
             next_tick += interval
             now = loop.time()
             if now > next_tick:

@@ -22,6 +22,7 @@ from asyncua import ua
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
 from asyncua.ua.attribute_ids import AttributeIds
 
+from dcim.aio import reraise_lost_cancellation
 from dcim.backoff import Backoff
 from dcim.metrics import REGISTRY
 from dcim.samples import Quality, Sample, now_ns
@@ -65,6 +66,7 @@ class OpcUaSubscriber(OpcUaDriver):
             reason = ""
             try:
                 await self.connect()
+                reraise_lost_cancellation()
                 backoff.reset()
                 await self._run(emit, lambda: report(True, ""))
             except DriverError as err:
@@ -107,6 +109,7 @@ class OpcUaSubscriber(OpcUaDriver):
         try:
             sub = await client.create_subscription(device.publishing_interval * 1000, None, queue_maxsize=100_000)
             handles = await self._monitor(sub, emit)
+            reraise_lost_cancellation()  # asyncua's wait_for can swallow a cancellation (Python 3.11)
         except asyncio.CancelledError:
             raise
         except Exception as err:

@@ -14,6 +14,7 @@ import time
 import aiohttp
 import structlog
 
+from dcim.aio import reraise_lost_cancellation
 from dcim.metrics import REGISTRY
 from dcim.outbox import Item, Outbox
 from rules.hooks.base import Hook, HookError
@@ -37,15 +38,6 @@ def backoff(attempt: int, retry: Retry, rand: random.Random) -> float:
     return base * (1.0 - retry.jitter * rand.random())
 
 
-def _raise_if_cancelled() -> None:
-    """Re-raise a cancellation a library swallowed. aiosmtplib's use of asyncio.wait_for can lose one on
-    Python 3.11 (gh-86296): the task is still marked as cancelling, but no CancelledError will come, so a
-    delivery loop would run on and its daemon would never stop."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class Delivery:
     def __init__(
         self, hook: Hook, outbox: Outbox, retry: Retry, *, rand: random.Random | None = None
@@ -65,7 +57,7 @@ class Delivery:
                 await self._deliver(item, session)
                 # One at a time: a restart after this point never sends this message again.
                 await self.outbox.ack([item])
-                _raise_if_cancelled()
+                reraise_lost_cancellation()
 
     async def _deliver(self, item: Item, session: aiohttp.ClientSession) -> None:
         name = self.hook.name
@@ -76,7 +68,7 @@ class Delivery:
             try:
                 await self.hook.send(item.payload, session)
             except HookError as err:
-                _raise_if_cancelled()
+                reraise_lost_cancellation()
                 HOOK_UP.set(0, hook=name)
                 give_up = not err.transient or (
                     self.retry.max_attempts and attempt >= self.retry.max_attempts

@@ -44,6 +44,7 @@ from drivers.snmp.config import SnmpDevice
 from drivers.snmp.fast_v3 import UsmSession
 from drivers.snmp.points import Point
 from drivers.snmp.session import Oid, Session, VarBind
+from drivers.snmp.status import StatusError
 
 GET_CHUNK = 40
 # Tables of up to this many rows (phases, banks, probes) are walked together in one request.
@@ -208,11 +209,10 @@ class SnmpDriver(Driver):
         while remaining:
             try:
                 return await session.get(remaining)
-            except BadResponse as err:
-                index = getattr(err, "index", 0)
-                if getattr(err, "status", "") != "noSuchName" or not 0 < index <= len(remaining):
+            except StatusError as err:
+                if err.status != "noSuchName" or not 0 < err.index <= len(remaining):
                     raise
-                del remaining[index - 1]
+                del remaining[err.index - 1]
         return []
 
     async def _walk(self, prefixes: list[Oid]) -> dict[Oid, list[VarBind]]:

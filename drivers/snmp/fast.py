@@ -29,18 +29,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from drivers.base import DriverContext
-from drivers.errors import AuthError, BadResponse, DeviceTimeout, DeviceUnreachable, DriverError
+from drivers.errors import BadResponse, DeviceTimeout, DeviceUnreachable, DriverError
 from drivers.snmp.config import SnmpDevice
+from drivers.snmp.status import StatusError, status_error, status_name
 
 Oid = tuple[int, ...]
 VarBind = tuple[Oid, Any]
 
 GET, GETNEXT, RESPONSE, SET, GETBULK = 0xA0, 0xA1, 0xA2, 0xA3, 0xA5
-ERROR_STATUS = ("noError", "tooBig", "noSuchName", "badValue", "readOnly", "genErr", "noAccess", "wrongType",
-                "wrongLength", "wrongEncoding", "wrongValue", "noCreation", "inconsistentValue",
-                "resourceUnavailable", "commitFailed", "undoFailed", "authorizationError", "notWritable",
-                "inconsistentName")
-_ACCESS_STATUSES = {"noAccess", "authorizationError", "notWritable", "readOnly"}
 SYNTAX_TAGS = {"Integer32": 0x02, "Unsigned32": 0x42, "Gauge32": 0x42, "Counter32": 0x41}
 # Encoded OIDs remembered for decoding; every profile's rows of every PDU fit many times over.
 OID_CACHE = 200_000
@@ -363,16 +359,7 @@ class FastSession:
         if answered_id != request_id:
             raise BadResponse(f"{self.where}: response to another request")
         if status:
-            text = ERROR_STATUS[status] if 0 <= status < len(ERROR_STATUS) else f"error-status {status}"
-            oid = ""
-            if 0 < index <= len(asked):
-                oid = " at " + ".".join(map(str, asked[index - 1][0]))
-            if text in _ACCESS_STATUSES:
-                raise AuthError(f"{self.where}: refused: {text}{oid}")
-            error = BadResponse(f"{self.where}: error-status {text}{oid}")
-            error.status = text  # type: ignore[attr-defined]
-            error.index = index  # type: ignore[attr-defined]
-            raise error
+            raise status_error(self.where, status_name(status), index, [oid for oid, _ in asked])
         return var_binds
 
     async def get(self, oids: Sequence[Oid]) -> list[VarBind]:
@@ -386,11 +373,10 @@ class FastSession:
         while remaining:
             try:
                 answer = await self._request(GETNEXT, 0, 0, [(oids[i], _NULL) for i in remaining])
-            except BadResponse as err:
-                index = getattr(err, "index", 0)
-                if getattr(err, "status", "") != "noSuchName" or not 0 < index <= len(remaining):
+            except StatusError as err:
+                if err.status != "noSuchName" or not 0 < err.index <= len(remaining):
                     raise
-                position = remaining.pop(index - 1)
+                position = remaining.pop(err.index - 1)
                 out[position] = (oids[position], END_OF_MIB_VIEW)
                 continue
             out.update(zip(remaining, answer, strict=False))

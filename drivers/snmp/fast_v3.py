@@ -34,9 +34,7 @@ from drivers.base import DriverContext
 from drivers.errors import AuthError, BadResponse
 from drivers.snmp.config import SnmpDevice
 from drivers.snmp.fast import (
-    _ACCESS_STATUSES,
     _NULL,
-    ERROR_STATUS,
     GET,
     GETBULK,
     GETNEXT,
@@ -51,6 +49,7 @@ from drivers.snmp.fast import (
     _tlv,
     _unsigned,
 )
+from drivers.snmp.status import status_error, status_name
 from drivers.snmp.usm import auth_protocol, priv_protocol
 
 REPORT = 0xA8
@@ -244,14 +243,7 @@ class UsmSession(FastSession):
         except (ValueError, IndexError) as err:
             raise AuthError(f"{self.where}: SNMPv3 response could not be decrypted (wrong privacy key?)") from err
         if tag == RESPONSE and status:
-            text = ERROR_STATUS[status] if 0 <= status < len(ERROR_STATUS) else f"error-status {status}"
-            oid = " at " + ".".join(map(str, asked[index - 1][0])) if 0 < index <= len(asked) else ""
-            if text in _ACCESS_STATUSES:
-                raise AuthError(f"{self.where}: refused: {text}{oid}")
-            error = BadResponse(f"{self.where}: error-status {text}{oid}")
-            error.status = text  # type: ignore[attr-defined]
-            error.index = index  # type: ignore[attr-defined]
-            raise error
+            raise status_error(self.where, status_name(status), index, [oid for oid, _ in asked])
         if tag not in (RESPONSE, REPORT):
             raise BadResponse(f"{self.where}: unexpected PDU {tag:#x}")
         return tag, var_binds

@@ -27,6 +27,7 @@ from pysnmp.proto.api import v2c
 from drivers.base import DriverContext
 from drivers.errors import AuthError, BadResponse, DeviceTimeout, DeviceUnreachable, DriverError
 from drivers.snmp.config import SnmpDevice
+from drivers.snmp.status import status_error
 from drivers.snmp.usm import auth_protocol, priv_protocol
 
 Oid = tuple[int, ...]
@@ -43,7 +44,6 @@ _AUTH_ERRORS = (
     errind.AuthenticationError, errind.AuthenticationFailure, errind.UnknownSecurityName,
 )
 # SET error statuses that mean "you may not", not "the device is confused".
-_ACCESS_STATUSES = {"noAccess", "authorizationError", "notWritable", "readOnly"}
 
 
 class _Engines:
@@ -181,16 +181,7 @@ class Session:
 
     def _status(self, status: Any, index: Any, var_binds: Any) -> DriverError:
         text = status.prettyPrint() if hasattr(status, "prettyPrint") else str(status)
-        position = int(index)
-        oid = ""
-        if 0 < position <= len(var_binds):
-            oid = " at " + ".".join(str(x) for x in tuple(var_binds[position - 1][0]))
-        if text in _ACCESS_STATUSES:
-            return AuthError(f"{self.where}: refused: {text}{oid}")
-        error = BadResponse(f"{self.where}: error-status {text}{oid}")
-        error.status = text  # type: ignore[attr-defined]
-        error.index = position  # type: ignore[attr-defined]
-        return error
+        return status_error(self.where, text, int(index), [tuple(vb[0]) for vb in var_binds])
 
     async def get(self, oids: Sequence[Oid]) -> list[VarBind]:
         var_binds = [(self._name(oid), _NULL) for oid in oids]

@@ -12,8 +12,6 @@ is not counted; the daemon's CPU is read from /proc.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,31 +24,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchlib import cpu_seconds, free_ports, machine, rss_mib  # noqa: E402
+
 from drivers.profiles import load_profile  # noqa: E402
-from tests.servers import InfluxDBv1, Mosquitto, free_port, port_accepts  # noqa: E402
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from tests.servers import InfluxDBv1, Mosquitto, port_accepts  # noqa: E402
 
 
 def config_for(n: int, workdir: Path, mqtt_port: int, influx_url: str) -> Path:
     devices: list[dict[str, Any]] = []
     racks = []
-    ports: set[int] = set()
-    while len(ports) < n:  # free_port() may hand out a port twice across hundreds of calls
-        ports.add(free_port())
-    for i, port in enumerate(sorted(ports), start=1):
+    for i, port in enumerate(free_ports(n), start=1):
         devices.append({"id": f"cdu-{i}", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1",
                         "port": port, "profile": "generic-cdu", "interval": "1s", "timeout": "800ms",
                         "retries": 0, "simulate": True})
@@ -120,9 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = args.sizes or ([10, 100] if args.quick else [10, 100, 500])
     seconds = args.seconds or (10.0 if args.quick else 30.0)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
+    print(f"machine: {machine()}")
     print(f"{'CDUs':>6} {'expected pts/s':>15} {'stored pts/s':>13} {'CPU s/1000 pts':>15} "
           f"{'daemon CPU':>11} {'RSS MiB':>8}")
     with tempfile.TemporaryDirectory(prefix="dcim-bench-") as tmp:

@@ -13,8 +13,6 @@ Prints the fill rate and, per dashboard, the median and worst refresh and its sl
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchlib import machine
 
 from dcim.config import parse_config
 from tests.grafana.dashboards import interpolate, load_all, panels, regex_value
@@ -32,15 +32,6 @@ from tests.servers import InfluxDBv1
 
 WINDOW = {"alarms.json": 24 * 3600}
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def refresh(db: InfluxDBv1, dashboard: dict[str, Any], to_ms: int, window_s: int) -> tuple[float, str, float]:
@@ -77,7 +68,7 @@ def main() -> None:
     minutes = args.minutes or (15 if args.quick else 60)
     refreshes = args.refreshes or (3 if args.quick else 7)
     config = parse_config(hall_config(racks_per_row=racks))
-    print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}")
+    print(f"machine: {machine()}")
     print(f"hall: {2 * racks} racks, {len(config.devices)} devices; {minutes} min of data every 10 s")
     with InfluxDBv1() as db:
         now_ns = time.time_ns()

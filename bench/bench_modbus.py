@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import platform
 import resource
-import socket
 import statistics
 import sys
 import time
@@ -27,24 +25,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchlib import free_ports, machine, rss_mib  # noqa: E402
+
 from dcim.config import parse_config  # noqa: E402
 from drivers.base import DriverContext  # noqa: E402
 from drivers.errors import DriverError  # noqa: E402
 from drivers.modbus.config import ModbusDevice  # noqa: E402
 from drivers.modbus.driver import ModbusDriver, make_driver  # noqa: E402
 from drivers.profiles import load_profile  # noqa: E402
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def config_raw(n: int) -> dict[str, Any]:
@@ -85,12 +73,6 @@ def run_simulators(raw: dict[str, Any], ready: EventType) -> None:
 
     asyncio.run(main())
 
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Stats:
@@ -160,16 +142,6 @@ async def measure(n: int, seconds: float, warmup: float) -> dict[str, float]:
         "failed": stats.failed, "rss_mib": memory,
     }
 
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    import os
-
-    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, {platform.system()}"
 
 
 def main() -> None:

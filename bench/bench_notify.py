@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from aiohttp import web
+from benchlib import machine
 
 from rules.events import AlarmEvent, AlarmState, Severity
 from rules.notify import Notifier
@@ -55,13 +54,6 @@ def make_event(i: int) -> AlarmEvent:
                       metric="power_kw", value=61.5, threshold=57.0,
                       labels={"site": "hall-1", "room": "dh1", "row": "R", "rack": rack})
 
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -119,7 +111,7 @@ async def bench(latency_n: int, burst_n: int) -> None:
             await task
     await runner.cleanup()
 
-    print(f"machine: nproc={os.cpu_count()} cpu={cpu_model()} python={platform.python_version()}")
+    print(f"machine: {machine()}")
     print(f"submit -> webhook received, one at a time (n={latency_n}):")
     print(f"  p50 {statistics.median(lat_ms):.2f} ms   p99 {percentile(lat_ms, 0.99):.2f} ms   "
           f"max {max(lat_ms):.2f} ms")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +25,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchlib import free_ports, machine  # noqa: E402
 
 from dcim.config import parse_config  # noqa: E402
 from dcim.samples import Quality, Sample  # noqa: E402
@@ -98,17 +99,6 @@ async def serve(profile_dir: Path, profile: str, ports: list[int], refresh: floa
         print("ready", flush=True)
 
 
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
 
 def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -174,14 +164,6 @@ async def run_case(chillers: int, nodes: int, seconds: float, refresh: float) ->
             child.terminate()
             await child.wait()
 
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, Python {platform.python_version()}"
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -21,17 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchlib import machine  # noqa: E402
+
 from tests.servers import InfluxDBv1, Mosquitto, ServerProcess, VictoriaMetrics  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _ms(values: list[float]) -> str:
@@ -66,7 +57,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds per server")
     args = parser.parse_args()
     rounds = args.rounds or (5 if args.quick else 20)
-    print(f"machine: {os.cpu_count()} CPUs, {_cpu_model()}; load average {os.getloadavg()[0]:.2f}")
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
     print(f"{rounds} rounds; milliseconds, median and worst")
     print(f"{'server':<18} {'start':>7} {'worst':>7}   {'restart':>7} {'worst':>7}   {'stop':>7} {'worst':>7}")
     for cls in (Mosquitto, InfluxDBv1, VictoriaMetrics):

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchlib import free_ports, machine  # noqa: E402
 from pysnmp.hlapi import varbinds as hlapi_varbinds  # noqa: E402
 from pysnmp.hlapi.v3arch import asyncio as hlapi  # noqa: E402
 
@@ -53,17 +53,6 @@ from drivers.snmp.usm import auth_protocol, priv_protocol  # noqa: E402
 OUTLETS = 48
 
 
-def free_udp_ports(n: int) -> list[int]:
-    sockets = []
-    for _ in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
 
 def config_raw(n: int, v3: bool) -> dict[str, Any]:
     security: dict[str, Any] = {"community": "public", "write_community": "private"}
@@ -73,7 +62,7 @@ def config_raw(n: int, v3: bool) -> dict[str, Any]:
     devices = [{"id": f"pdu-{i}", "kind": "pdu", "protocol": "snmp", "host": "127.0.0.1", "port": port,
                 "profile": "apc-rpdu2" if i % 2 else "raritan-px", "interval": "10s", "timeout": "10s",
                 "retries": 1, "deadline": "60s", **security}
-               for i, port in enumerate(free_udp_ports(n), start=1)]
+               for i, port in enumerate(free_ports(n, socket.SOCK_DGRAM), start=1)]
     racks = [{"id": f"R{i}", "cooling": "air", "power_budget_kw": 50,
               "feeds": {"a": {"pdu": f"pdu-{2 * i - 1}", "breaker_a": 63},
                         **({"b": {"pdu": f"pdu-{2 * i}", "breaker_a": 63}} if 2 * i <= n else {})}}
@@ -204,17 +193,6 @@ async def measure(raw: dict[str, Any], layer: str, rounds: int) -> dict[str, flo
     return {"points_per_round": points / rounds, "round_s": wall / rounds, "points_per_s": points / wall,
             "cpu_ms_per_1000": cpu * 1e6 / max(points, 1), "failed_polls": failures}
 
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ def run(n: int, seconds: float, workdir: Path) -> dict[str, float]:
     points_per_line = len(load_profile("generic-cdu").points)
     with Mosquitto(workdir / f"mqtt-{n}") as mqtt, InfluxDBv1(workdir / f"influx-{n}") as influx:
         path = config_for(n, workdir, mqtt.port, influx.url)
-        dcim = [sys.executable, "-m", "dcim.cli"]
+        dcim = [sys.executable, "-m", "dcim.app.cli"]
         log = (workdir / f"bench-{n}.log").open("wb")
         sim = subprocess.Popen([*dcim, "simulate", "-c", str(path), "--frozen"], cwd=REPO, stdout=log, stderr=log)
         try:

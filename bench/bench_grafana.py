@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import machine
 
-from dcim.config import parse_config
+from dcim.app.config import parse_config
 from tests.grafana.dashboards import interpolate, load_all, panels, regex_value
 from tests.grafana.fill import synthetic_lines
 from tests.grafana.hall import hall_config

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from benchlib import free_ports, machine, rss_mib  # noqa: E402
 
-from dcim.config import parse_config  # noqa: E402
+from dcim.app.config import parse_config  # noqa: E402
 from drivers.base import DriverContext  # noqa: E402
 from drivers.errors import DriverError  # noqa: E402
 from drivers.modbus.config import ModbusDevice  # noqa: E402

@@ -20,7 +20,7 @@ from pathlib import Path
 from aiohttp import web
 from benchlib import machine
 
-from rules.events import AlarmEvent, AlarmState, Severity
+from dcim.core.events import AlarmEvent, AlarmState, Severity
 from rules.notify import Notifier
 from rules.notify.config import NotifyConfig
 

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchlib import free_ports, machine  # noqa: E402
 
-from dcim.config import parse_config  # noqa: E402
-from dcim.samples import Quality, Sample  # noqa: E402
+from dcim.app.config import parse_config  # noqa: E402
+from dcim.core.samples import Quality, Sample  # noqa: E402
 from drivers.base import DriverContext  # noqa: E402
 from drivers.opcua.config import OpcUaDevice  # noqa: E402
 from drivers.opcua.driver import OpcUaSubscriber, make_driver  # noqa: E402

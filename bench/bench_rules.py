@@ -24,12 +24,12 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dcim.config import Config
-from dcim.pipeline import Pipeline
-from dcim.samples import Batch, Sample, Value
-from dcim.topology import Topology
+from dcim.app.config import Config
+from dcim.core.events import AlarmEvent, AlarmState
+from dcim.core.pipeline import Pipeline
+from dcim.core.samples import Batch, Sample, Value
+from dcim.core.topology import Topology
 from rules.clock import FakeClock
-from rules.events import AlarmEvent, AlarmState
 from rules.service import RuleService
 
 

@@ -41,7 +41,7 @@ from benchlib import free_ports, machine  # noqa: E402
 from pysnmp.hlapi import varbinds as hlapi_varbinds  # noqa: E402
 from pysnmp.hlapi.v3arch import asyncio as hlapi  # noqa: E402
 
-from dcim.config import parse_config  # noqa: E402
+from dcim.app.config import parse_config  # noqa: E402
 from drivers.base import DriverContext  # noqa: E402
 from drivers.errors import DriverError  # noqa: E402
 from drivers.profiles import load_profile  # noqa: E402

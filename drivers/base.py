@@ -17,48 +17,18 @@ import abc
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import Field
 
-from dcim.samples import Sample, Value
+from dcim.core.config import DeviceKind, Id, PositiveDuration, StrictModel
+from dcim.core.samples import Sample, Value
 
 if TYPE_CHECKING:
     from drivers.profiles import Profile
 
-DeviceKind = Literal["pdu", "cdu", "chiller"]
-
-
-def parse_duration(value: Any) -> Any:
-    """Accept seconds as a number or a string with a unit: `250ms`, `1s`, `2.5s`, `5m`, `1h`."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-            if text.endswith(suffix):
-                number = text[: -len(suffix)].strip()
-                try:
-                    return float(number) * factor
-                except ValueError:
-                    break
-        try:
-            return float(text)
-        except ValueError as err:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 1s, 5m)") from err
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-
-
-class StrictModel(BaseModel):
-    """Configuration base: unknown keys are errors, so a typo never passes silently."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class DeviceBase(StrictModel):
     """Fields common to every device; each protocol adds its own in drivers/<protocol>/config.py."""
 
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+    id: Id
     kind: DeviceKind
     profile: str
     host: str = "127.0.0.1"

@@ -27,8 +27,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from dcim.samples import Value
-from drivers.base import DeviceKind, StrictModel
+from dcim.core.config import DeviceKind, StrictModel, error_path
+from dcim.core.samples import Value
 from drivers.errors import WriteRejected
 
 BUILTIN_DIR = Path(__file__).parent / "profiles"
@@ -194,14 +194,3 @@ def load_profile(name: str, extra_dirs: tuple[Path, ...] = ()) -> Profile[Any]:
     if profile.name != name:
         raise ProfileError(name, [(str(path), f"file is named {name} but declares name {profile.name!r}")])
     return profile
-
-
-def error_path(loc: tuple[int | str, ...]) -> str:
-    """('devices', 3, 'port') -> 'devices[3].port'."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out

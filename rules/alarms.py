@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rules.events import AlarmState, Severity
+from dcim.core.events import AlarmState, Severity
 from rules.store import AlarmRecord
 
 NS = 1_000_000_000

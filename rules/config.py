@@ -27,19 +27,17 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from dcim.samples import Value
-from drivers.base import Duration, PositiveDuration, StrictModel
-from rules.events import Severity
+from dcim.core.config import Duration, PositiveDuration, StrictModel
+from dcim.core.events import Severity
+from dcim.core.samples import Value
+from dcim.core.topology import Hall
 from rules.model import RACK_METRICS, Threshold, parse_threshold
 from rules.notify.config import NotifyConfig
-
-if TYPE_CHECKING:
-    from dcim.config import Config
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
 Canonical = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
@@ -303,7 +301,14 @@ def effective_rules(config: RulesConfig) -> list[Rule]:
     return out
 
 
-def check_references(config: Config) -> list[tuple[str, str]]:
+class RulesSite(Hall, Protocol):
+    """The configuration as the rule engine sees it: the hall and its `rules:` section."""
+
+    @property
+    def rules(self) -> RulesConfig: ...
+
+
+def check_references(config: RulesSite) -> list[tuple[str, str]]:
     """Names in the rules that must exist elsewhere in the configuration (racks, devices, rules)."""
     rc = config.rules
     errors: list[tuple[str, str]] = []

@@ -32,13 +32,13 @@ from typing import Protocol
 
 import structlog
 
-from dcim.metrics import REGISTRY
-from dcim.samples import Value
-from dcim.topology import Topology
+from dcim.core.events import AlarmState
+from dcim.core.metrics import REGISTRY
+from dcim.core.samples import Value
+from dcim.core.topology import Topology
 from rules.alarms import NS, RANK
 from rules.clock import Clock
 from rules.config import Action, ControlConfig
-from rules.events import AlarmState
 from rules.metrics import Readings
 from rules.store import AlarmRecord, AlarmStore
 

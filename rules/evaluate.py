@@ -11,12 +11,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from dcim.samples import Batch, DeviceStatus, Value
-from dcim.topology import Topology
+from dcim.core.events import AlarmState, Severity
+from dcim.core.samples import Batch, DeviceStatus, Value
+from dcim.core.topology import Topology
 from rules.alarms import NS, RANK, Timers, Timing, Verdict, step
 from rules.clock import Clock
 from rules.config import Rule, RulesConfig, effective_rules
-from rules.events import AlarmState, Severity
 from rules.metrics import RackMetrics, Readings, feed_capacity_kw
 from rules.model import Threshold
 from rules.store import AlarmRecord, AlarmStore

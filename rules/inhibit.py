@@ -12,8 +12,8 @@ hear of it until the reason is gone. Maintenance windows also lock out control a
 
 from __future__ import annotations
 
-from dcim.topology import Topology
-from rules.events import AlarmState
+from dcim.core.events import AlarmState
+from dcim.core.topology import Topology
 from rules.store import AlarmRecord, AlarmStore
 
 MAINTENANCE = "maintenance"

@@ -31,9 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dcim.config import Feed
-from dcim.samples import Batch, Quality, Sample, Value
-from dcim.topology import RackPlace, Topology
+from dcim.core.samples import Batch, Quality, Sample, Value
+from dcim.core.topology import Feed, RackPlace, Topology
 
 NS = 1_000_000_000
 MIN_IAVG_A = 0.5

@@ -24,18 +24,18 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from dcim.metrics import REGISTRY
-from dcim.samples import Batch, DeviceStatus, Sample
-from dcim.topology import Topology
+from dcim.core.events import AlarmEvent, AlarmState
+from dcim.core.metrics import REGISTRY
+from dcim.core.samples import Batch, DeviceStatus, Sample
+from dcim.core.topology import Topology
 from rules.clock import Clock, SystemClock
 from rules.control import ControlActions, Controller
 from rules.evaluate import COMM_RULE, Engine
-from rules.events import AlarmEvent, AlarmState
 from rules.inhibit import Silencer
 from rules.store import AlarmRecord, AlarmStore
 
 if TYPE_CHECKING:
-    from dcim.config import Config
+    from rules.config import RulesSite
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +65,7 @@ class _Sink:
 
 
 class RuleService:
-    def __init__(self, config: Config, topology: Topology, *, controller: Controller | None = None,
+    def __init__(self, config: RulesSite, topology: Topology, *, controller: Controller | None = None,
                  publish: Callable[[Batch], None] | None = None, alarm_outlet: AlarmOutlet | None = None,
                  notifier: AlarmNotifier | None = None, clock: Clock | None = None) -> None:
         self.config = config.rules

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dcim.core.events import AlarmEvent, AlarmState, Severity
 from rules.clock import Clock, SystemClock
-from rules.events import AlarmEvent, AlarmState, Severity
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alarms (

@@ -39,7 +39,7 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 
-from dcim.samples import Value
+from dcim.core.samples import Value
 from drivers.opcua.config import OpcUaDevice
 from drivers.opcua.nodes import UNECE, standard_node, string_node
 from drivers.opcua.points import Point

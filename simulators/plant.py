@@ -22,10 +22,10 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dcim.samples import Value
+from dcim.core.samples import Value
 
 if TYPE_CHECKING:
-    from dcim.config import Config
+    from dcim.core.topology import Hall
 
 WATER_CP = 4.18  # kJ/(kg.K)
 WATER_RHO = 1.0  # kg/L
@@ -113,7 +113,7 @@ class ChillerState:
 
 
 class Plant:
-    def __init__(self, config: Config, *, seed: int = 1, frozen: bool = False) -> None:
+    def __init__(self, config: Hall, *, seed: int = 1, frozen: bool = False) -> None:
         self.rng = random.Random(seed)
         self.frozen = frozen
         self.time_s = 0.0

@@ -34,7 +34,7 @@ from pysnmp.entity.rfc3413 import cmdrsp, context
 from pysnmp.proto import rfc1902, rfc1905
 from pysnmp.smi import error as smi_error
 
-from dcim.samples import Value
+from dcim.core.samples import Value
 from drivers.profiles import Profile, load_profile
 from drivers.snmp.config import SnmpDevice
 from drivers.snmp.points import Point

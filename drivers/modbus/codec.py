@@ -18,7 +18,7 @@ import math
 import struct
 from collections.abc import Sequence
 
-from dcim.samples import Value
+from dcim.core.samples import Value
 from drivers.modbus.points import REGISTER_COUNT, Point
 
 # struct format (big-endian) of each type's raw value.

@@ -25,8 +25,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
-from dcim.backoff import Backoff
-from dcim.metrics import REGISTRY
+from dcim.core.backoff import Backoff
+from dcim.core.metrics import REGISTRY
 from drivers.base import DriverContext
 from drivers.errors import BadResponse, DeviceTimeout, DeviceUnreachable, DriverError
 from drivers.modbus.config import ModbusDevice

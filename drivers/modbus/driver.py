@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcim.samples import Quality, Sample, Value, now_ns
+from dcim.core.samples import Quality, Sample, Value, now_ns
 from drivers.base import Driver, DriverContext
 from drivers.errors import BadResponse, WriteRejected
 from drivers.modbus import codec

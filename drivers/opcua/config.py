@@ -26,8 +26,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from dcim.secrets import Secret
-from drivers.base import DeviceBase, PositiveDuration, StrictModel
+from dcim.core.config import PositiveDuration, StrictModel
+from dcim.core.secrets import Secret
+from drivers.base import DeviceBase
 
 
 class Deadband(StrictModel):

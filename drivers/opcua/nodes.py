@@ -25,7 +25,7 @@ from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 
-from dcim.samples import Quality, Sample, Value
+from dcim.core.samples import Quality, Sample, Value
 from drivers.errors import BadResponse, WriteRejected
 from drivers.opcua.points import Point
 from drivers.profiles import Profile

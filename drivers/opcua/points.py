@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from drivers.base import StrictModel
+from dcim.core.config import StrictModel
 from drivers.profiles import PointBase
 
 

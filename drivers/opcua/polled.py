@@ -19,8 +19,8 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography.hazmat.primitives import serialization
 
-from dcim.metrics import REGISTRY
-from dcim.samples import Sample, Value, now_ns
+from dcim.core.metrics import REGISTRY
+from dcim.core.samples import Sample, Value, now_ns
 from drivers.base import Driver
 from drivers.errors import AuthError, BadResponse, DeviceTimeout, DeviceUnreachable, DriverError, WriteRejected
 from drivers.opcua import nodes

@@ -22,10 +22,10 @@ from asyncua import ua
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
 from asyncua.ua.attribute_ids import AttributeIds
 
-from dcim.aio import reraise_lost_cancellation
-from dcim.backoff import Backoff
-from dcim.metrics import REGISTRY
-from dcim.samples import Quality, Sample, now_ns
+from dcim.core.aio import reraise_lost_cancellation
+from dcim.core.backoff import Backoff
+from dcim.core.metrics import REGISTRY
+from dcim.core.samples import Quality, Sample, now_ns
 from drivers.base import SampleCallback, StatusCallback
 from drivers.errors import DriverError
 from drivers.opcua import nodes

@@ -6,8 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from dcim.secrets import Secret
-from drivers.base import DeviceBase, PositiveDuration
+from dcim.core.config import PositiveDuration
+from dcim.core.secrets import Secret
+from drivers.base import DeviceBase
 
 
 class SnmpDevice(DeviceBase):

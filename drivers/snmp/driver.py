@@ -34,8 +34,8 @@ from typing import Any, Protocol
 
 from pysnmp.proto import rfc1905
 
-from dcim.metrics import REGISTRY
-from dcim.samples import Quality, Sample, Value, now_ns
+from dcim.core.metrics import REGISTRY
+from dcim.core.samples import Quality, Sample, Value, now_ns
 from drivers.base import DeviceBase, Driver, DriverContext
 from drivers.errors import BadResponse, DeviceTimeout, DriverError, WriteRejected
 from drivers.profiles import Profile
@@ -148,7 +148,7 @@ class SnmpDriver(Driver):
         self._digits: dict[Oid, int] | None = None
         self._row_counts: dict[Oid, int] = {}
         self._lock = asyncio.Lock()
-        # The poller's default (dcim.poller.poll_deadline): one request's tries and a little slack. A healthy
+        # The poller's default (dcim.app.poller.poll_deadline): one request's tries and a little slack. A healthy
         # agent answers a whole poll's requests well within that; a dead one is cut off there.
         self.deadline = device.deadline or device.timeout * (device.retries + 1) + 0.25
 

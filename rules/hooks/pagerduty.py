@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from rules.events import AlarmEvent, AlarmState
+from dcim.core.events import AlarmEvent, AlarmState
 from rules.hooks.base import Hook, post
 from rules.notify.config import PagerDutyHook
 from rules.notify.model import Notification, iso

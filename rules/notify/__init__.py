@@ -22,10 +22,10 @@ from typing import Any
 import aiohttp
 import structlog
 
-from dcim.metrics import REGISTRY
-from dcim.outbox import Outbox
+from dcim.core.events import AlarmEvent, Severity
+from dcim.core.metrics import REGISTRY
+from dcim.core.outbox import Outbox
 from rules.clock import Clock, SystemClock
-from rules.events import AlarmEvent, Severity
 from rules.hooks import Hook, make_hook
 from rules.notify.config import NotifyConfig
 from rules.notify.delivery import Delivery

@@ -23,8 +23,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from dcim.secrets import Secret
-from drivers.base import Duration, PositiveDuration, StrictModel
+from dcim.core.config import Duration, PositiveDuration, StrictModel
+from dcim.core.secrets import Secret
 
 HookName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 HttpUrl = Annotated[str, Field(pattern=r"^https?://\S+$")]

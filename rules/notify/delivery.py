@@ -14,9 +14,9 @@ import time
 import aiohttp
 import structlog
 
-from dcim.aio import reraise_lost_cancellation
-from dcim.metrics import REGISTRY
-from dcim.outbox import Item, Outbox
+from dcim.core.aio import reraise_lost_cancellation
+from dcim.core.metrics import REGISTRY
+from dcim.core.outbox import Item, Outbox
 from rules.hooks.base import Hook, HookError
 from rules.notify.config import Retry
 

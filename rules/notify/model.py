@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from rules.events import AlarmEvent, AlarmState, Severity
+from dcim.core.events import AlarmEvent, AlarmState, Severity
 
 
 def event_to_dict(event: AlarmEvent) -> dict[str, Any]:

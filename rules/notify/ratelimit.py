@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from rules.events import AlarmEvent
+from dcim.core.events import AlarmEvent
 from rules.notify.config import RateLimit
 from rules.notify.model import Notification
 

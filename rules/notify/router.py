@@ -19,8 +19,8 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
-from dcim.metrics import REGISTRY
-from rules.events import AlarmEvent, AlarmState, Severity
+from dcim.core.events import AlarmEvent, AlarmState, Severity
+from dcim.core.metrics import REGISTRY
 from rules.notify.config import NotifyConfig, Route
 from rules.notify.model import Notification, event_from_dict, event_to_dict
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcim.config import ConfigError, load_config, parse_config
+from dcim.app.config import ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,7 +94,7 @@ def test_example_configuration_is_valid() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dcim.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dcim.app.cli", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
 
 

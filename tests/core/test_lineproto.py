@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dcim.lineproto import encode_batch
-from dcim.samples import Batch, Quality, Sample
+from dcim.core.lineproto import encode_batch
+from dcim.core.samples import Batch, Quality, Sample
 
 TS = 1_700_000_000_000_000_000
 TAGS = (("device", "cdu-1"), ("site", "hall 1"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dcim.outbox import Outbox
+from dcim.core.outbox import Outbox
 
 
 @pytest.fixture

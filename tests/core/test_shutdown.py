@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dcim.aio import reraise_lost_cancellation
-from dcim.pipeline import Pipeline
-from dcim.poller import DeviceCoordinator
-from dcim.samples import Sample, Value, now_ns
+from dcim.app.poller import DeviceCoordinator
+from dcim.core.aio import reraise_lost_cancellation
+from dcim.core.pipeline import Pipeline
+from dcim.core.samples import Sample, Value, now_ns
 from drivers.base import Driver
 from drivers.modbus.config import ModbusDevice
 from drivers.profiles import load_profile
@@ -81,7 +81,7 @@ def test_dcim_run_with_its_http_port_taken_stops_at_once_with_one_clear_line(tmp
         path = cdu_hall(tmp_path, cdus=1)
         path.write_text(path.read_text().replace("http:\n  enabled: false", f"http:\n  port: {port}"))
         assert f"port: {port}" in path.read_text()
-        result: Any = subprocess.run([sys.executable, "-m", "dcim.cli", "run", "-c", str(path)], cwd=REPO,
+        result: Any = subprocess.run([sys.executable, "-m", "dcim.app.cli", "run", "-c", str(path)], cwd=REPO,
                                      capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "dcim: stopped: OSError" in result.stderr and "address already in use" in result.stderr

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from dcim.backoff import Backoff
-from dcim.config import parse_config
+from dcim.app.config import parse_config
+from dcim.core.backoff import Backoff
 from drivers.base import DriverContext
 from drivers.errors import DeviceUnreachable
 from drivers.modbus.config import ModbusDevice

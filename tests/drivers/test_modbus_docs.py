@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from dcim.config import parse_config
+from dcim.app.config import parse_config
 from drivers.base import DriverContext
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.driver import make_driver

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from dcim.config import Config, parse_config
-from dcim.samples import Quality, Sample
+from dcim.app.config import Config, parse_config
+from dcim.core.samples import Quality, Sample
 from drivers.base import DriverContext
 from drivers.errors import DeviceTimeout, DeviceUnreachable, WriteRejected
 from drivers.modbus import codec

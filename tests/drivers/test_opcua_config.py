@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dcim.config import ConfigError, parse_config
+from dcim.app.config import ConfigError, parse_config
 from drivers.opcua.config import OpcUaDevice
 from drivers.profiles import ProfileError, parse_profile
 

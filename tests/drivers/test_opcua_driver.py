@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from dcim.samples import Quality, Sample
+from dcim.core.samples import Quality, Sample
 from drivers.base import DriverContext, Subscriber
 from drivers.errors import WriteRejected
 from drivers.opcua.driver import OpcUaDriver, OpcUaSubscriber, make_driver

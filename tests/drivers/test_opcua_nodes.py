@@ -10,7 +10,7 @@ import pytest
 from asyncua import ua
 from asyncua.ua.status_codes import StatusCodes
 
-from dcim.samples import Quality
+from dcim.core.samples import Quality
 from drivers.errors import WriteRejected
 from drivers.opcua.nodes import Resolved, encode, to_sample, variant_type
 from drivers.opcua.points import Point

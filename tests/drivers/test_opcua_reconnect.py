@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from dcim.samples import Quality
+from dcim.core.samples import Quality
 from drivers.base import DriverContext
 from drivers.errors import DeviceUnreachable
 from drivers.opcua.driver import OpcUaSubscriber, make_driver

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from dcim.samples import Quality
+from dcim.core.samples import Quality
 from drivers.base import DriverContext
 from drivers.errors import AuthError
 from drivers.opcua.driver import OpcUaDriver, make_driver

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dcim.config import parse_config
+from dcim.app.config import parse_config
 from drivers.profiles import parse_profile
 from drivers.snmp.config import SnmpDevice
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from dcim.config import Config, parse_config
-from dcim.samples import Quality, Value
+from dcim.app.config import Config, parse_config
+from dcim.core.samples import Quality, Value
 from drivers.base import DriverContext
 from drivers.errors import AuthError, DeviceTimeout, DriverError, WriteRejected
 from drivers.profiles import load_profile

@@ -10,7 +10,7 @@ import pytest
 from pyasn1.codec.ber import decoder, encoder
 from pysnmp.proto import api
 
-from dcim.config import Config, parse_config
+from dcim.app.config import Config, parse_config
 from drivers.base import DriverContext
 from drivers.errors import BadResponse, DeviceTimeout
 from drivers.snmp import fast

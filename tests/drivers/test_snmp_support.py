@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from dcim.config import Config, parse_config
-from dcim.samples import Sample, Value
+from dcim.app.config import Config, parse_config
+from dcim.core.samples import Sample, Value
 from drivers.base import DriverContext
 from drivers.profiles import load_profile
 from drivers.snmp.config import SnmpDevice

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from dcim.config import Config, parse_config
+from dcim.app.config import Config, parse_config
 from drivers.base import DriverContext
 from drivers.errors import AuthError
 from drivers.snmp.fast_v3 import UsmSession

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from dcim.config import Config, load_config
-from dcim.simulate import run_simulators, wait_listening
+from dcim.app.config import Config, load_config
+from dcim.app.simulate import run_simulators, wait_listening
 from drivers.modbus import codec
 from drivers.profiles import load_profile
 from simulators.plant import Plant
@@ -93,7 +93,7 @@ class DaemonProcess:
     def __init__(self, config_path: Path, *args: str, command: str = "run") -> None:
         self.config_path = config_path
         self.log_path = config_path.parent / f"dcim-{command}.log"
-        self.argv = [sys.executable, "-m", "dcim.cli", command, "-c", str(config_path), *args]
+        self.argv = [sys.executable, "-m", "dcim.app.cli", command, "-c", str(config_path), *args]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:

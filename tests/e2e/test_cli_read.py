@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 async def dcim(*args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dcim.cli", *args, cwd=REPO,
+        sys.executable, "-m", "dcim.app.cli", *args, cwd=REPO,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None

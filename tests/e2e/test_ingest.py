@@ -12,9 +12,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from dcim.config import Config, parse_config
-from dcim.ingest import Ingest
-from dcim.outbox import Outbox
+from dcim.app.config import Config, parse_config
+from dcim.app.ingest import Ingest
+from dcim.core.outbox import Outbox
 from simulators.plant import Plant
 from tests.e2e.harness import DaemonProcess, cdu_hall, expected_cdu_values, load, simulators
 from tests.helpers import wait_until

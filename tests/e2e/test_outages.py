@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from dcim.daemon import Daemon
-from dcim.samples import Batch, DeviceStatus, Quality
+from dcim.app.daemon import Daemon
+from dcim.core.samples import Batch, DeviceStatus, Quality
 from simulators.plant import Plant
 from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators
 from tests.helpers import wait_until

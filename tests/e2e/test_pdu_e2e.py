@@ -81,7 +81,7 @@ async def test_outlet_switched_off_through_dcim_is_off_in_the_next_poll(tmp_path
             before = await wait_until(lambda: influxdb_v1.query(query), timeout=30, ignore=(Exception,))
             assert before[0]["state"] == "on" and before[0]["power"] > 0
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "dcim.cli", "write", "-c", str(path), "apc-c01a", "outlet_command:7", "off",
+                sys.executable, "-m", "dcim.app.cli", "write", "-c", str(path), "apc-c01a", "outlet_command:7", "off",
                 cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             _out, err = await asyncio.wait_for(process.communicate(), 60)
             assert process.returncode == 0, err.decode()

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-from dcim.config import Config, load_config
-from dcim.pipeline import Pipeline
-from dcim.poller import DeviceCoordinator, make_driver
-from dcim.simulate import run_simulators
-from dcim.topology import Topology
+from dcim.app.config import Config, load_config
+from dcim.app.poller import DeviceCoordinator, make_driver
+from dcim.app.simulate import run_simulators
+from dcim.core.pipeline import Pipeline
+from dcim.core.topology import Topology
 from drivers.base import DriverContext
 from drivers.profiles import load_profile
 from rules.clock import SystemClock

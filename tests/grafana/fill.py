@@ -1,6 +1,6 @@
 """Fill InfluxDB without the daemon: the plant's values, read through the real profiles, derived rack
-metrics from the real rules.metrics, alarm events as rules.events.AlarmEvent; all encoded by the real
-dcim.lineproto with the real dcim.topology tags. What the daemon's pipeline would write for the same plant.
+metrics from the real rules.metrics, alarm events as dcim.core.events.AlarmEvent; all encoded by the real
+dcim.core.lineproto with the real dcim.core.topology tags. What the daemon's pipeline would write for the same plant.
 
 The scenario is not a quiet hall: it has a rack over budget, a tripped feed, a leak that fired and
 resolved, and firing alarms, so the panels that show trouble have trouble to show.
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcim.config import Config
-from dcim.lineproto import encode_batch
-from dcim.samples import Batch, Sample, Value
-from dcim.topology import Topology
+from dcim.app.config import Config
+from dcim.core.events import AlarmEvent, AlarmState, Severity
+from dcim.core.lineproto import encode_batch
+from dcim.core.samples import Batch, Sample, Value
+from dcim.core.topology import Topology
 from drivers.profiles import load_profile
-from rules.events import AlarmEvent, AlarmState, Severity
 from rules.metrics import RackMetrics, Readings
 from simulators.plant import Plant
 

@@ -3,11 +3,11 @@ the code has it): measurements, their fields and their tags. Dashboards may name
 
 - device measurements (pdu, pdu_outlet, cdu, chiller): every readable point of every profile in
   drivers/profiles, its `measurement` (default: the profile's kind), its row tag (`index_tag`) and constant
-  tags; the static tags come from dcim.topology (site, room, row, rack, feed, device).
-- rack: rules.model.RACK_METRICS, tags of a rack in dcim.topology (site, room, row, rack, cdu).
+  tags; the static tags come from dcim.core.topology (site, room, row, rack, feed, device).
+- rack: rules.model.RACK_METRICS, tags of a rack in dcim.core.topology (site, room, row, rack, cdu).
 - alarm: one line per alarm change (rules.service): tags rule, severity and the subject's topology tags,
   fields state, value, threshold, message.
-- every line may carry `quality` and `quality_reason` (dcim.lineproto).
+- every line may carry `quality` and `quality_reason` (dcim.core.lineproto).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from dcim.config import Config
-from dcim.topology import Topology
+from dcim.app.config import Config
+from dcim.core.topology import Topology
 from drivers.profiles import available_profiles, load_profile
 from rules.model import RACK_METRICS
 
@@ -24,7 +24,7 @@ QUALITY_FIELDS = {"quality", "quality_reason"}
 DEVICE_TAGS = {"site", "room", "row", "rack", "feed", "device"}
 ALARM_FIELDS = {"state", "value", "threshold", "message"}
 # rules.service publishes alarm samples tagged rule and severity; the publisher adds the subject's
-# topology tags (a device's or a rack's, dcim.topology).
+# topology tags (a device's or a rack's, dcim.core.topology).
 ALARM_TAGS = {"rule", "severity", "site", "room", "row", "rack", "device", "feed", "cdu"}
 
 
@@ -55,7 +55,7 @@ def written_schema() -> dict[str, Measurement]:
 
 
 def rack_tags_of(config: Config) -> set[str]:
-    """Tag keys dcim.topology really gives rack lines (so the `cdu` tag is checked, not assumed)."""
+    """Tag keys dcim.core.topology really gives rack lines (so the `cdu` tag is checked, not assumed)."""
     topology = Topology(config)
     return {key for rack in topology.racks for key, _ in topology.tags(rack)}
 

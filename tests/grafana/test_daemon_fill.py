@@ -4,7 +4,7 @@ and every dashboard query whose measurements the daemon has written runs and ret
 
 A leak injected through the simulator's control endpoint gives the rule engine an alarm to write. Queries
 over a measurement the daemon has not written (`rack` and `alarm` while the rule engine is not wired into
-dcim/daemon.py) are listed, and the test skips with that reason after checking all the others; once the
+dcim/app/daemon.py) are listed, and the test skips with that reason after checking all the others; once the
 daemon writes them, they are checked too without any change to this file.
 """
 
@@ -137,7 +137,7 @@ async def test_dashboards_over_what_the_daemon_wrote(daemon_filled: Any) -> None
     assert checked >= 60
     if unavailable:
         pytest.skip(f"the daemon wrote no {sorted(set().union(*unavailable.values()))} lines (a leak was "
-                    f"injected: is the rule engine wired into dcim/daemon.py?); {checked} queries over the "
+                    f"injected: is the rule engine wired into dcim/app/daemon.py?); {checked} queries over the "
                     "rest passed; "
                     f"panels left out: {unavailable}")
 

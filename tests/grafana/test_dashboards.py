@@ -17,7 +17,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as grafana_dashboard
 from grafana_foundation_sdk.models import units as grafana_units
 
-from dcim.config import parse_config
+from dcim.app.config import parse_config
 from tests.grafana.dashboards import DATASOURCE_UID, ROOT, load_all, panels, queries
 from tests.grafana.hall import hall_config
 from tests.grafana.schema import rack_tags_of, unknown_names, written_schema

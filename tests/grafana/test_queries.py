@@ -2,7 +2,7 @@
 filled in, runs against a real InfluxDB 1.x (influxd 1.6) and returns data.
 
 The database is filled by tests/grafana/fill.py: the plant's values read through the real profiles,
-derived rack metrics from rules.metrics, alarm events, all encoded by dcim.lineproto with dcim.topology's
+derived rack metrics from rules.metrics, alarm events, all encoded by dcim.core.lineproto with dcim.core.topology's
 tags; a scenario with trouble in it, so the panels that count troubles have some to count.
 (test_daemon_fill.py does the same with the real daemon and simulators filling the database.)
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dcim.config import parse_config
+from dcim.app.config import parse_config
 from tests.grafana.dashboards import load_all
 from tests.grafana.fill import synthetic_lines
 from tests.grafana.hall import hall_config

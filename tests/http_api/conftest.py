@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from dcim.config import HttpConfig
-from dcim.http_api import HttpApi
+from dcim.app.config import HttpConfig
+from dcim.app.http_api import HttpApi
+from dcim.core.events import AlarmState, Severity
 from rules.clock import FakeClock
-from rules.events import AlarmState, Severity
 from rules.store import AlarmRecord, AlarmStore
 
 TOKEN = "t0ken-for-tests"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcim.config import ConfigError, parse_config
+from dcim.app.config import ConfigError, parse_config
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"
 

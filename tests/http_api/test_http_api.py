@@ -7,7 +7,7 @@ import re
 import aiohttp
 import pytest
 
-from dcim.metrics import REGISTRY
+from dcim.core.metrics import REGISTRY
 from rules.clock import FakeClock
 from rules.store import AlarmStore
 from tests.http_api.conftest import TOKEN, ApiFactory, auth

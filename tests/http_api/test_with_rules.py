@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 from pydantic import SecretStr
 
-from dcim.config import HttpConfig
-from dcim.http_api import HttpApi
+from dcim.app.config import HttpConfig
+from dcim.app.http_api import HttpApi
 from rules.notify import Notifier
 from tests.http_api.conftest import TOKEN, auth, serving
 from tests.notify.conftest import advance, running, webhook_config

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from dcim.core.events import AlarmEvent, AlarmState, Severity
 from rules.clock import FakeClock
-from rules.events import AlarmEvent, AlarmState, Severity
 from rules.notify import Notifier
 from rules.notify.config import NotifyConfig
 from tests.receivers import HttpReceiver

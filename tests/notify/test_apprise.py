@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from rules.events import AlarmState
+from dcim.core.events import AlarmState
 from rules.hooks import HookError, make_hook
 from rules.notify.config import NotifyConfig
 from rules.notify.model import Notification

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcim.config import ConfigError, parse_config
+from dcim.app.config import ConfigError, parse_config
 from rules.notify.config import EmailHook, PagerDutyHook, WebhookHook
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "notifications.md"

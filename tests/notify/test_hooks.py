@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from rules.events import AlarmState, Severity
+from dcim.core.events import AlarmState, Severity
 from rules.hooks import HookError, make_hook
 from rules.hooks.pagerduty import dedup_key
 from rules.hooks.webhook import verify_signature

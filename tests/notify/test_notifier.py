@@ -8,9 +8,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from dcim.metrics import REGISTRY
+from dcim.core.events import AlarmState, Severity
+from dcim.core.metrics import REGISTRY
 from rules.clock import FakeClock
-from rules.events import AlarmState, Severity
 from rules.notify import Notifier
 from rules.notify.config import NotifyConfig
 from tests.helpers import wait_until

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from rules.events import AlarmState, Severity
+from dcim.core.events import AlarmState, Severity
 from rules.notify.config import NotifyConfig
 from rules.notify.router import Group, Router
 from tests.notify.conftest import event

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from dcim.config import Config, parse_config
-from dcim.samples import Sample
+from dcim.app.config import Config, parse_config
+from dcim.core.samples import Sample
 from drivers.opcua.config import OpcUaDevice
 from drivers.opcua.security import make_certificate
 from drivers.profiles import load_profile

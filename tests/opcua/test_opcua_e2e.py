@@ -17,8 +17,8 @@ import aiomqtt
 import pytest
 import yaml
 
-from dcim.config import Config, load_config
-from dcim.simulate import run_simulators
+from dcim.app.config import Config, load_config
+from dcim.app.simulate import run_simulators
 from simulators.plant import Plant
 from tests.e2e.harness import DaemonProcess
 from tests.helpers import free_port, wait_until

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcim.config import Config, parse_config
-from dcim.pipeline import Pipeline
-from dcim.samples import Batch, DeviceStatus, Sample, Value
-from dcim.topology import Topology
+from dcim.app.config import Config, parse_config
+from dcim.core.events import AlarmEvent, AlarmState
+from dcim.core.pipeline import Pipeline
+from dcim.core.samples import Batch, DeviceStatus, Sample, Value
+from dcim.core.topology import Topology
 from rules.clock import FakeClock
-from rules.events import AlarmEvent, AlarmState
 from rules.service import RuleService
 
 

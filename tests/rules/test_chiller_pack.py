@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rules.events import Severity
+from dcim.core.events import Severity
 from simulators.plant import Plant
 from tests.rules.rig import Rig
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcim.cli import main
+from dcim.app.cli import main
 from rules.store import AlarmStore
 from tests.rules.rig import Rig, hall
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dcim.config import ConfigError, parse_config
+from dcim.app.config import ConfigError, parse_config
 from rules.config import PACKS, effective_rules, load_pack
 from tests.rules.rig import hall
 

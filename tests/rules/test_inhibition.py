@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rules.events import AlarmState
+from dcim.core.events import AlarmState
 from tests.rules.rig import Rig, hall
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from dcim.core.events import AlarmState
 from rules.clock import NS
-from rules.events import AlarmState
 from rules.store import AlarmStore
 from tests.rules.rig import Rig, hall
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dcim.samples import Quality
+from dcim.core.samples import Quality
 from rules.metrics import feed_capacity_kw
 from simulators.plant import Plant
 from tests.rules.rig import Rig, hall
@@ -95,7 +95,7 @@ def test_missing_inputs_give_bad_samples_with_reasons(plant_rig: tuple[Rig, Plan
 
 
 def test_feed_capacity_single_phase() -> None:
-    from dcim.config import Feed
+    from dcim.core.topology import Feed
 
     assert feed_capacity_kw(Feed(pdu="p", breaker_a=32, voltage_v=230, phases=1)) == pytest.approx(5.888)
     assert feed_capacity_kw(Feed(pdu="p", breaker_a=32, voltage_v=230, phases=3)) == pytest.approx(17.664)

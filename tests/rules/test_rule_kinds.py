@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from rules.events import AlarmState, Severity
+from dcim.core.events import AlarmState, Severity
 from tests.rules.rig import Rig, hall
 
 NO_PACKS = {"air-rack": False, "liquid-rack": False, "cdu-loop": False, "chiller": False}

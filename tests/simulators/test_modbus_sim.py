@@ -12,7 +12,7 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
-from dcim.config import Config, parse_config
+from dcim.app.config import Config, parse_config
 from drivers.modbus.config import ModbusDevice
 from simulators.modbus import ModbusSimulator, serve
 from simulators.plant import Plant

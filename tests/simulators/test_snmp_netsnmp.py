@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dcim.config import Config
+from dcim.app.config import Config
 from simulators.plant import Plant
 from simulators.snmp import SnmpSimulator
 from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures by name

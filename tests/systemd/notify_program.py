@@ -1,4 +1,4 @@
-"""A minimal asyncio service using dcim.sdnotify the way the daemon does (run by test_sdnotify.py).
+"""A minimal asyncio service using dcim.app.sdnotify the way the daemon does (run by test_sdnotify.py).
 
     NOTIFY_SOCKET=/tmp/x WATCHDOG_USEC=200000 DCIM_TEST_STALL_SECONDS=1 python notify_program.py
 
@@ -12,7 +12,7 @@ import asyncio
 import signal
 import time
 
-from dcim.sdnotify import Notifier, install_stall_hook, watchdog_interval
+from dcim.app.sdnotify import Notifier, install_stall_hook, watchdog_interval
 
 
 async def main() -> None:

@@ -1,6 +1,6 @@
 """Run `dcim` (or any module) under the kernel rules dcim.service asks systemd for, without systemd:
 
-    python sandbox.py dcim.cli run -c dcim.yaml
+    python sandbox.py dcim.app.cli run -c dcim.yaml
 
 - MemoryDenyWriteExecute=yes: prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) (Linux 6.3+).
 - SystemCallFilter=@system-service, SystemCallFilter=~@privileged @resources, SystemCallErrorNumber=EPERM,

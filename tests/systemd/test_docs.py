@@ -1,4 +1,4 @@
-"""The documentation's samples are real: its YAML loads with dcim.config.parse_config, and the exposure
+"""The documentation's samples are real: its YAML loads with dcim.app.config.parse_config, and the exposure
 figures docs/deploy.md records are what systemd-analyze says of the shipped units today."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcim.config import ConfigError, parse_config
+from dcim.app.config import ConfigError, parse_config
 from tests.helpers import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@
 - READY=1 (with a STATUS= summary) once its first poll round is done,
 - WATCHDOG=1 at the configured `systemd.watchdog_interval`,
 - no WATCHDOG=1 while its event loop is stalled (SIGUSR2 with DCIM_TEST_STALL_SECONDS, the test hook of
-  dcim.sdnotify.install_stall_hook), then pings again,
+  dcim.app.sdnotify.install_stall_hook), then pings again,
 - STOPPING=1 and exit status 0 on SIGTERM,
 
 all inside tests/systemd/sandbox.py: dcim.service's SystemCallFilter, RestrictAddressFamilies and
@@ -42,8 +42,8 @@ SANDBOX = Path(__file__).with_name("sandbox.py")
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif("sdnotify" not in (ROOT / "dcim" / "daemon.py").read_text(),
-                       reason="dcim/daemon.py does not use dcim.sdnotify yet (READY/WATCHDOG not wired)"),
+    pytest.mark.skipif("sdnotify" not in (ROOT / "dcim" / "app" / "daemon.py").read_text(),
+                       reason="dcim/app/daemon.py does not use dcim.app.sdnotify yet (READY/WATCHDOG not wired)"),
 ]
 
 
@@ -67,7 +67,7 @@ async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: No
         with log_path.open("ab") as log:
             # Under dcim.service's syscall filter, address families and W^X memory (tests/systemd/sandbox.py).
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(SANDBOX), "dcim.cli", "run", "-c", str(path), env=env, cwd=ROOT,
+                sys.executable, str(SANDBOX), "dcim.app.cli", "run", "-c", str(path), env=env, cwd=ROOT,
                 stdout=log, stderr=log)
         try:
             ready = await notify_listener.wait_for("READY", within=30)
@@ -111,7 +111,7 @@ async def test_ingest_is_ready_and_pings(tmp_path: Path, notify_listener: Notify
     log_path = tmp_path / "dcim-ingest.log"
     with log_path.open("ab") as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(SANDBOX), "dcim.cli", "ingest", "-c", str(path), env=env, cwd=ROOT,
+            sys.executable, str(SANDBOX), "dcim.app.cli", "ingest", "-c", str(path), env=env, cwd=ROOT,
             stdout=log, stderr=log)
     try:
         await notify_listener.wait_for("READY", within=30)

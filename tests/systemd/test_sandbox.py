@@ -53,6 +53,6 @@ def test_the_sandbox_enforces_the_units_rules() -> None:
 
 
 def test_dcim_check_runs_in_the_sandbox() -> None:
-    result = run_in_sandbox("dcim.cli", "check", "-c", str(ROOT / "examples" / "hall.yaml"))
+    result = run_in_sandbox("dcim.app.cli", "check", "-c", str(ROOT / "examples" / "hall.yaml"))
     assert result.returncode == 0, result.stderr
     assert "hall.yaml: OK" in result.stdout

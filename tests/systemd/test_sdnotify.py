@@ -1,4 +1,4 @@
-"""dcim.sdnotify against a real AF_UNIX datagram socket (what systemd listens on)."""
+"""dcim.app.sdnotify against a real AF_UNIX datagram socket (what systemd listens on)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dcim.sdnotify import DROPPED, Notifier, install_stall_hook, watchdog_interval
+from dcim.app.sdnotify import DROPPED, Notifier, install_stall_hook, watchdog_interval
 
 if TYPE_CHECKING:
     from tests.systemd.conftest import NotifyListener

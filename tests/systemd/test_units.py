@@ -129,7 +129,7 @@ else:
     sys.exit("W+X mapping was allowed: MDWE is not in force")
 import asyncio, sqlite3, ssl
 import aiomqtt, asyncua, pymodbus.client, pysnmp.hlapi.v3arch.asyncio, influxdb_client, cryptography.x509
-import dcim.cli, dcim.daemon, dcim.sdnotify, drivers.profiles, rules.service, simulators.plant
+import dcim.app.cli, dcim.app.daemon, dcim.app.sdnotify, drivers.profiles, rules.service, simulators.plant
 import drivers.modbus.driver, drivers.opcua.driver, drivers.snmp.driver
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.helpers import require_binary
@@ -142,7 +142,7 @@ async def main() -> None:
     await asyncio.sleep(0)
 asyncio.run(main())
 # The daemon's own start-up path: load and validate a configuration with every profile.
-sys.exit(dcim.cli.main(["check", "-c", sys.argv[1]]) or print("ok"))
+sys.exit(dcim.app.cli.main(["check", "-c", sys.argv[1]]) or print("ok"))
 """
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import structlog
 
-from dcim.aio import reraise_lost_cancellation
-from dcim.metrics import REGISTRY
-from dcim.pipeline import Pipeline
-from dcim.samples import Batch, DeviceStatus, Quality, Sample, Value, now_ns
+from dcim.core.aio import reraise_lost_cancellation
+from dcim.core.metrics import REGISTRY
+from dcim.core.pipeline import Pipeline
+from dcim.core.samples import Batch, DeviceStatus, Quality, Sample, Value, now_ns
 from drivers.base import DeviceBase, Driver, DriverContext, Subscriber
 from drivers.errors import DriverError
 from drivers.profiles import Profile

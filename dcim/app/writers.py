@@ -17,7 +17,7 @@ from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.rest import ApiException
 
-from dcim.config import InfluxConfig
+from dcim.app.config import InfluxConfig
 
 
 class RetryableWriteError(Exception):

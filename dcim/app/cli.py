@@ -22,12 +22,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from dcim.config import Config, ConfigError, json_schema, load_config
-from dcim.logs import setup_logging
-from dcim.samples import Quality, Value
+from dcim.app.config import Config, ConfigError, json_schema, load_config
+from dcim.core.logs import setup_logging
+from dcim.core.samples import Quality, Value
 
 # Packages that add subcommands of their own: each has `register(subparsers)`.
-COMMAND_MODULES = ("rules.cli", "drivers.opcua.cli")
+COMMAND_MODULES = ("dcim.app.alarms_cli", "drivers.opcua.cli")
 
 
 def _load(path: str) -> Config:
@@ -84,7 +84,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from dcim.daemon import run_daemon
+    from dcim.app.daemon import run_daemon
 
     config = _load(args.config)
     setup_logging(config.logging.level, config.logging.format)
@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from dcim.daemon import run_daemon
+    from dcim.app.daemon import run_daemon
 
     config = _load(args.config)
     setup_logging(config.logging.level, config.logging.format)
@@ -103,7 +103,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from dcim.simulate import run_simulators
+    from dcim.app.simulate import run_simulators
     from simulators.plant import Plant
 
     config = _load(args.config)
@@ -117,7 +117,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _device_driver(config: Config, device_id: str) -> Any:
-    from dcim.poller import make_driver
+    from dcim.app.poller import make_driver
     from drivers.base import DriverContext
     from drivers.profiles import load_profile
 
@@ -210,7 +210,7 @@ def cmd_write(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dcim.demo import run_demo
+    from dcim.app.demo import run_demo
 
     return run_demo(Path(args.config), duration=args.duration, scenario=not args.no_faults)
 

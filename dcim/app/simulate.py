@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from dcim.config import Config, Device
+from dcim.app.config import Config, Device
 from simulators.plant import FAULTS, Plant
 
 log = structlog.get_logger(__name__)

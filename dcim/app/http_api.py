@@ -31,8 +31,8 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dcim.config import HttpConfig
-from dcim.metrics import REGISTRY, Registry
+from dcim.app.config import HttpConfig
+from dcim.core.metrics import REGISTRY, Registry
 from rules.store import AlarmNotActive, AlarmNotFound
 
 log = structlog.get_logger(__name__)

@@ -21,11 +21,11 @@ from typing import Any
 
 import aiomqtt
 
-from dcim.config import Config, ConfigError, load_config
-from dcim.daemon import Daemon, stop_on_signals
-from dcim.logs import setup_logging
-from dcim.samples import Batch, DeviceStatus
-from dcim.simulate import run_simulators, wait_listening
+from dcim.app.config import Config, ConfigError, load_config
+from dcim.app.daemon import Daemon, stop_on_signals
+from dcim.app.simulate import run_simulators, wait_listening
+from dcim.core.logs import setup_logging
+from dcim.core.samples import Batch, DeviceStatus
 from simulators.plant import Plant
 
 CLEAR = "\033[H\033[J"

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from dcim.metrics import REGISTRY
+from dcim.core.metrics import REGISTRY
 
 log = structlog.get_logger(__name__)
 

@@ -20,53 +20,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError
 
-from dcim.secrets import Secret
-from drivers.base import Duration, PositiveDuration, StrictModel
+from dcim.core.config import Duration, PositiveDuration, StrictModel, error_path
+from dcim.core.secrets import Secret
+from dcim.core.topology import Rack, Room, Row, Site
 from drivers.modbus.config import ModbusDevice
 from drivers.opcua.config import OpcUaDevice
-from drivers.profiles import ProfileError, available_profiles, error_path, load_profile
+from drivers.profiles import ProfileError, available_profiles, load_profile
 from drivers.snmp.config import SnmpDevice
 from rules.config import RulesConfig, check_references
-
-Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
-
-
-class Feed(StrictModel):
-    pdu: Id
-    breaker_a: Annotated[float, Field(gt=0, le=1000)] = 32.0
-    voltage_v: Annotated[float, Field(gt=0, le=1000)] = 230.0
-    phases: Literal[1, 3] = 3
-
-
-class Feeds(StrictModel):
-    a: Feed | None = None
-    b: Feed | None = None
-
-
-class Rack(StrictModel):
-    id: Id
-    cooling: Literal["air", "liquid"]
-    power_budget_kw: Annotated[float, Field(gt=0, le=2000)]
-    feeds: Feeds = Feeds()
-    # The CDU whose secondary loop (TCS) serves this rack; liquid-cooled racks need one.
-    cdu: Id | None = None
-    description: str = ""
-
-
-class Row(StrictModel):
-    id: Id
-    racks: list[Rack] = Field(default_factory=list)
-
-
-class Room(StrictModel):
-    id: Id
-    rows: list[Row] = Field(default_factory=list)
-
-
-class Site(StrictModel):
-    id: Id
-    name: str = ""
-
 
 Device = Annotated[ModbusDevice | SnmpDevice | OpcUaDevice, Field(discriminator="protocol")]
 

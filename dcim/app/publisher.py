@@ -22,14 +22,14 @@ from typing import Any
 import aiomqtt
 import structlog
 
-from dcim.backoff import Backoff
-from dcim.config import MqttConfig
-from dcim.lineproto import encode_batch
-from dcim.metrics import REGISTRY
-from dcim.outbox import Item, Outbox
-from dcim.samples import Batch, DeviceStatus
-from dcim.topology import Topology
-from rules.events import AlarmEvent, AlarmState
+from dcim.app.config import MqttConfig
+from dcim.core.backoff import Backoff
+from dcim.core.events import AlarmEvent, AlarmState
+from dcim.core.lineproto import encode_batch
+from dcim.core.metrics import REGISTRY
+from dcim.core.outbox import Item, Outbox
+from dcim.core.samples import Batch, DeviceStatus
+from dcim.core.topology import Topology
 
 log = structlog.get_logger(__name__)
 

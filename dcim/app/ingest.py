@@ -21,14 +21,14 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from dcim.backoff import Backoff
-from dcim.config import Config
-from dcim.lineproto import encode_batch
-from dcim.metrics import REGISTRY
-from dcim.outbox import Item, Outbox
-from dcim.publisher import CONNECTED, protocol, tls_context
-from dcim.samples import Batch, Quality, Sample
-from dcim.writers import RejectedWriteError, RetryableWriteError, Writer, make_writer
+from dcim.app.config import Config
+from dcim.app.publisher import CONNECTED, protocol, tls_context
+from dcim.app.writers import RejectedWriteError, RetryableWriteError, Writer, make_writer
+from dcim.core.backoff import Backoff
+from dcim.core.lineproto import encode_batch
+from dcim.core.metrics import REGISTRY
+from dcim.core.outbox import Item, Outbox
+from dcim.core.samples import Batch, Quality, Sample
 
 log = structlog.get_logger(__name__)
 

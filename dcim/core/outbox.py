@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from dcim.metrics import REGISTRY
+from dcim.core.metrics import REGISTRY
 
 log = structlog.get_logger(__name__)
 

@@ -2,9 +2,82 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Annotated, Literal, Protocol
 
-from dcim.config import Config, Rack
+from pydantic import Field
+
+from dcim.core.config import DeviceKind, Id, StrictModel
+
+
+class Feed(StrictModel):
+    pdu: Id
+    breaker_a: Annotated[float, Field(gt=0, le=1000)] = 32.0
+    voltage_v: Annotated[float, Field(gt=0, le=1000)] = 230.0
+    phases: Literal[1, 3] = 3
+
+
+class Feeds(StrictModel):
+    a: Feed | None = None
+    b: Feed | None = None
+
+
+class Rack(StrictModel):
+    id: Id
+    cooling: Literal["air", "liquid"]
+    power_budget_kw: Annotated[float, Field(gt=0, le=2000)]
+    feeds: Feeds = Feeds()
+    # The CDU whose secondary loop (TCS) serves this rack; liquid-cooled racks need one.
+    cdu: Id | None = None
+    description: str = ""
+
+
+class Row(StrictModel):
+    id: Id
+    racks: list[Rack] = Field(default_factory=list)
+
+
+class Room(StrictModel):
+    id: Id
+    rows: list[Row] = Field(default_factory=list)
+
+
+class Site(StrictModel):
+    id: Id
+    name: str = ""
+
+
+class PlacedDevice(Protocol):
+    """What the topology needs of a device's configuration (every protocol's device model has it)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> DeviceKind: ...
+    @property
+    def room(self) -> str | None: ...
+    @property
+    def row(self) -> str | None: ...
+    @property
+    def rack(self) -> str | None: ...
+    @property
+    def feed(self) -> Literal["a", "b"] | None: ...
+
+
+class Hall(Protocol):
+    """The site as the layers below the application see the configuration: its places and devices."""
+
+    @property
+    def site(self) -> Site: ...
+    @property
+    def rooms(self) -> list[Room]: ...
+    @property
+    def devices(self) -> Sequence[PlacedDevice]: ...
+    @property
+    def state_dir(self) -> str: ...
+
+    def racks(self) -> Iterator[tuple[Room, Row, Rack]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +88,7 @@ class RackPlace:
 
 
 class Topology:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Hall) -> None:
         self.site = config.site.id
         self.racks: dict[str, RackPlace] = {
             rack.id: RackPlace(rack, room.id, row.id) for room, row, rack in config.racks()

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import structlog
 
-from dcim.samples import Batch, DeviceStatus
+from dcim.core.samples import Batch, DeviceStatus
 
 log = structlog.get_logger(__name__)
 

@@ -24,16 +24,16 @@ from typing import Any
 
 import structlog
 
-from dcim import sdnotify
-from dcim.config import Config
-from dcim.http_api import HttpApi
-from dcim.ingest import Ingest
-from dcim.outbox import Outbox
-from dcim.pipeline import Pipeline
-from dcim.poller import DeviceCoordinator, make_driver
-from dcim.publisher import MqttPublisher
-from dcim.samples import Value
-from dcim.topology import Topology
+from dcim.app import sdnotify
+from dcim.app.config import Config
+from dcim.app.http_api import HttpApi
+from dcim.app.ingest import Ingest
+from dcim.app.poller import DeviceCoordinator, make_driver
+from dcim.app.publisher import MqttPublisher
+from dcim.core.outbox import Outbox
+from dcim.core.pipeline import Pipeline
+from dcim.core.samples import Value
+from dcim.core.topology import Topology
 from drivers.base import DriverContext
 from drivers.errors import WriteRejected
 from drivers.profiles import load_profile

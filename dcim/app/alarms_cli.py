@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from drivers.base import parse_duration
+from dcim.core.config import parse_duration
 from rules.store import AlarmNotActive, AlarmNotFound, AlarmRecord, AlarmStore
 
 NS = 1_000_000_000
@@ -87,7 +87,7 @@ def _duration(text: str) -> float:
 
 
 def cmd_alarms(args: argparse.Namespace) -> int:
-    from dcim.config import ConfigError, load_config
+    from dcim.app.config import ConfigError, load_config
 
     try:
         config = load_config(args.config)

@@ -1,0 +1,3 @@
+from dcim.app.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The application: daemon, command line, configuration assembly, HTTP API, publisher, ingest, demo."""

@@ -1,6 +1,6 @@
 """MQTT publisher: the pipeline's samples to the broker, through a durable outbox, at QoS 1.
 
-Topics (shared/DESIGN.md):
+Topics (docs/architecture.md, wire formats):
     {prefix}/{site}/{kind}/{device}          one poll's samples: line protocol (default) or JSON
     {prefix}/{site}/status/{device}          retained JSON: {"online": bool, "error": "...", "ts": ...}
     {prefix}/{site}/alarms/{subject}/{rule}  retained JSON while the alarm is active; cleared when resolved

@@ -22,10 +22,12 @@ PACKAGES = ("dcim", "drivers", "rules", "simulators")
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run lint-imports as `make lint` does. It puts its working directory first on sys.path, so in a scratch
     copy it analyses the copy, not the installed tree."""
-    executable = Path(sys.executable).parent / "lint-imports"
+    # The script installed beside this interpreter (the project's venv), else the one on PATH.
+    beside = Path(sys.executable).parent / "lint-imports"
+    executable = str(beside) if beside.exists() else shutil.which("lint-imports") or "lint-imports"
     # Wide columns: rich wraps its report at the terminal width, 80 without a terminal.
     env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
-    return subprocess.run([str(executable), "--no-cache", "--no-logo"], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([executable, "--no-cache", "--no-logo"], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120, check=False)
 
 

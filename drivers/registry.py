@@ -123,3 +123,15 @@ def protocol_of(device: DeviceBase) -> ProtocolSpec:
 def make_driver(device: DeviceBase, profile: Profile[Any], context: DriverContext) -> Driver:
     """The driver of a configured device, from its protocol's factory."""
     return protocol_of(device).driver_factory()(device, profile, context)
+
+
+def markdown_table(specs: tuple[ProtocolSpec, ...] | None = None) -> str:
+    """The docs' table of protocols (docs/contributing.md carries the built-ins'; a test keeps it current)."""
+    rows = ["| protocol | what | device model | point model | driver | simulator | docs |",
+            "|---|---|---|---|---|---|---|"]
+    for spec in specs if specs is not None else tuple(PROTOCOLS):
+        docs = f"[{spec.docs}]({spec.docs})" if spec.docs else ""
+        rows.append(f"| `{spec.name}` | {spec.title} | `{spec.device.__module__}.{spec.device.__qualname__}` "
+                    f"| `{spec.point.__module__}.{spec.point.__qualname__}` | `{spec.driver}` "
+                    f"| {f'`{spec.simulator}`' if spec.simulator else ''} | {docs} |")
+    return "\n".join(rows)

@@ -105,9 +105,10 @@ def test_a_protocol_registered_at_run_time_joins_the_configuration_and_profiles(
         assert config_model() is not before
         assert "BusDevice" in json_schema()["$defs"]
         with pytest.raises(ConfigError) as typo:
-            parse_config({**raw, "devices": [{**raw["devices"][0], "adress": 2}]})
+            parse_config({**raw, "devices": [{**raw["devices"][0], "adress": 2, "simulate": True}]})
         # The union's tag is not in the error's path; the profile is for another protocol.
         assert ("devices[0].adress", "unknown key (typo?)") in typo.value.errors
+        assert ("devices[0].simulate", "protocol testbus has no simulator") in typo.value.errors
         assert any(p == "devices[0].profile" and "is for modbus" in m for p, m in typo.value.errors)
         profile = parse_profile({"name": "bus-cdu", "kind": "cdu", "protocol": "testbus",
                                  "points": [{"name": "flow_lpm", "offset": 3}]})

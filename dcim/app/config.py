@@ -232,6 +232,10 @@ def _references(raw: dict[str, Any]) -> list[tuple[str, str]]:
                 errors.append((f"devices[{i}].id", f"duplicate device id {dev_id!r} (also devices[{ids[dev_id]}])"))
             ids.setdefault(dev_id, i)
             kinds[dev_id] = str(dev.get("kind"))
+        protocol = dev.get("protocol")
+        if dev.get("simulate") is True and isinstance(protocol, str) and protocol in PROTOCOLS and \
+                PROTOCOLS.get(protocol).simulator is None:
+            errors.append((f"devices[{i}].simulate", f"protocol {protocol} has no simulator"))
         name = dev.get("profile")
         if isinstance(name, str):
             if name not in profiles:

@@ -30,6 +30,9 @@ class DeviceBase(StrictModel):
 
     id: Id
     kind: DeviceKind
+    # The protocol's name in drivers.registry; each protocol's model narrows it to `Literal[name]`, the tag of
+    # the configuration's device union.
+    protocol: str
     profile: str
     host: str = "127.0.0.1"
     interval: PositiveDuration = 1.0

@@ -6,23 +6,22 @@ ranges) and the dashboards (canonical names). Adding a device model is adding a 
 
     name: generic-cdu            # must equal the file name
     kind: cdu                    # pdu | cdu | chiller
-    protocol: modbus             # modbus | snmp | opcua
+    protocol: modbus             # a registered protocol (drivers.registry): modbus | snmp | opcua built in
     vendor: ...; model: ...; description: ...
     defaults: {byte_order: big}  # merged into every point before validation
     points:
       - {name: supply_temp_c, unit: degC, table: input, address: 0, type: int16, scale: 0.1}
 
-Each protocol defines its own point model (drivers/<protocol>/points.py) on top of `PointBase`.
+Each protocol declares its own point model on top of `PointBase` in its registry entry (drivers.registry).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -32,7 +31,6 @@ from dcim.core.samples import Value
 from drivers.errors import WriteRejected
 
 BUILTIN_DIR = Path(__file__).parent / "profiles"
-PROTOCOLS = ("modbus", "snmp", "opcua")
 CANONICAL = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -100,7 +98,8 @@ P = TypeVar("P", bound=PointBase)
 class Profile(StrictModel, Generic[P]):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
     kind: DeviceKind
-    protocol: Literal["modbus", "snmp", "opcua"]
+    # A registered protocol (drivers.registry); `parse_profile` checks it and picks the protocol's point model.
+    protocol: str
     vendor: str = ""
     model: str = ""
     description: str = ""
@@ -140,9 +139,10 @@ class ProfileError(Exception):
 
 
 def point_model(protocol: str) -> type[PointBase]:
-    module = importlib.import_module(f"drivers.{protocol}.points")
-    model: type[PointBase] = module.Point
-    return model
+    # Imported here: the registry imports this module (PointBase, Profile).
+    from drivers.registry import PROTOCOLS
+
+    return PROTOCOLS.get(protocol).point
 
 
 def available_profiles(extra_dirs: tuple[Path, ...] = ()) -> dict[str, Path]:
@@ -165,9 +165,11 @@ def load_profile_file(path: Path) -> Profile[Any]:
 def parse_profile(raw: Any, source: str = "<profile>") -> Profile[Any]:
     if not isinstance(raw, dict):
         raise ProfileError(source, [(source, "a profile must be a mapping")])
+    from drivers.registry import PROTOCOLS
+
     protocol = raw.get("protocol")
-    if protocol not in PROTOCOLS:
-        raise ProfileError(source, [("protocol", f"must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")])
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+        raise ProfileError(source, [("protocol", f"must be one of {', '.join(PROTOCOLS.names())}, not {protocol!r}")])
     data = dict(raw)
     defaults = data.pop("defaults", {}) or {}
     if isinstance(data.get("points"), list) and isinstance(defaults, dict):

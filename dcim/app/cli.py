@@ -25,9 +25,11 @@ from typing import Any
 from dcim.app.config import Config, ConfigError, json_schema, load_config
 from dcim.core.logs import setup_logging
 from dcim.core.samples import Quality, Value
+from drivers.registry import PROTOCOLS
 
-# Packages that add subcommands of their own: each has `register(subparsers)`.
-COMMAND_MODULES = ("dcim.app.alarms_cli", "drivers.opcua.cli")
+# Packages that add subcommands of their own: each has `register(subparsers)`. Protocols name theirs in the
+# protocol registry (`ProtocolSpec.commands`).
+COMMAND_MODULES = ("dcim.app.alarms_cli",)
 
 
 def _load(path: str) -> Config:
@@ -248,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--no-faults", action="store_true", help="do not inject the demo's faults")
     demo.set_defaults(func=cmd_demo)
-    for name in COMMAND_MODULES:
+    for name in (*COMMAND_MODULES, *(spec.commands for spec in PROTOCOLS if spec.commands)):
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
     return parser

@@ -14,22 +14,23 @@ duplicate ids, unknown profiles).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, create_model
 
 from dcim.core.config import Duration, PositiveDuration, StrictModel, error_path
 from dcim.core.secrets import Secret
 from dcim.core.topology import Rack, Room, Row, Site
-from drivers.modbus.config import ModbusDevice
-from drivers.opcua.config import OpcUaDevice
+from drivers.base import DeviceBase
 from drivers.profiles import ProfileError, available_profiles, load_profile
-from drivers.snmp.config import SnmpDevice
+from drivers.registry import PROTOCOLS
 from rules.config import RulesConfig, check_references
 
-Device = Annotated[ModbusDevice | SnmpDevice | OpcUaDevice, Field(discriminator="protocol")]
+# A configured device: an instance of its protocol's device model (drivers.registry), tagged by `protocol`.
+Device = DeviceBase
 
 
 class Tls(StrictModel):
@@ -103,6 +104,9 @@ class SystemdConfig(StrictModel):
 
 
 class Config(StrictModel):
+    """The configuration. `devices` is validated against the registered protocols' device models: validating
+    through `Config` validates through `config_model()`, the model built from the protocol registry."""
+
     site: Site
     rooms: list[Room] = Field(default_factory=list)
     devices: list[Device] = Field(default_factory=list)
@@ -131,6 +135,37 @@ class Config(StrictModel):
     def extra_profile_dirs(self) -> tuple[Path, ...]:
         return tuple(Path(p) for p in self.profile_dirs)
 
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Config:
+        # The static class types the code; the registry's model validates (and keeps each device's own model).
+        if cls is Config:
+            return config_model().model_validate(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if cls is Config:
+            return config_model().model_json_schema(*args, **kwargs)
+        return super().model_json_schema(*args, **kwargs)
+
+
+def config_model() -> type[Config]:
+    """`Config` with `devices` as the discriminated union of every registered protocol's device model."""
+    PROTOCOLS.load_plugins()
+    return _config_model(PROTOCOLS.version)
+
+
+@cache
+def _config_model(version: int) -> type[Config]:
+    # Keyed on the registry's version: a protocol registered later gets a new model, an old one stays valid.
+    models = tuple(spec.device for spec in PROTOCOLS)
+    device: Any = models[0] if len(models) == 1 else Annotated[Union[models], Field(discriminator="protocol")]  # noqa: UP007
+    built: type[Config] = create_model(
+        "Config", __base__=Config, __module__=__name__,
+        devices=(list[device], Field(default_factory=list)),
+    )
+    return built
+
 
 class ConfigError(Exception):
     def __init__(self, source: str, errors: list[tuple[str, str]]) -> None:
@@ -150,7 +185,7 @@ def _loc_path(loc: tuple[int | str, ...], data: Any) -> str:
     node = data
     for part in loc:
         if isinstance(node, dict) and isinstance(part, str) and part not in node and (
-            part in ("modbus", "snmp", "opcua") or part == node.get("type")  # hook types (rules.notify)
+            part in PROTOCOLS or part == node.get("type")  # hook types (rules.notify)
         ):
             continue
         parts.append(part)
@@ -168,7 +203,7 @@ def _message(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown key (typo?)"
     if error["type"] == "union_tag_invalid":
-        return "protocol must be one of modbus, snmp, opcua"
+        return f"protocol must be one of {', '.join(PROTOCOLS.names())}"
     return msg.removeprefix("Value error, ")
 
 
@@ -197,6 +232,10 @@ def _references(raw: dict[str, Any]) -> list[tuple[str, str]]:
                 errors.append((f"devices[{i}].id", f"duplicate device id {dev_id!r} (also devices[{ids[dev_id]}])"))
             ids.setdefault(dev_id, i)
             kinds[dev_id] = str(dev.get("kind"))
+        protocol = dev.get("protocol")
+        if dev.get("simulate") is True and isinstance(protocol, str) and protocol in PROTOCOLS and \
+                PROTOCOLS.get(protocol).simulator is None:
+            errors.append((f"devices[{i}].simulate", f"protocol {protocol} has no simulator"))
         name = dev.get("profile")
         if isinstance(name, str):
             if name not in profiles:

@@ -9,7 +9,6 @@ its own task and each poll runs under a deadline.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 from typing import Any
 
@@ -19,6 +18,7 @@ from dcim.core.aio import reraise_lost_cancellation
 from dcim.core.metrics import REGISTRY
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Batch, DeviceStatus, Quality, Sample, Value, now_ns
+from drivers import registry
 from drivers.base import DeviceBase, Driver, DriverContext, Subscriber
 from drivers.errors import DriverError
 from drivers.profiles import Profile
@@ -34,10 +34,8 @@ SampleKey = tuple[str, tuple[tuple[str, str], ...], str]
 
 
 def make_driver(device: DeviceBase, profile: Profile[Any], context: DriverContext) -> Driver:
-    protocol = str(getattr(device, "protocol"))  # noqa: B009 - every device model has one
-    module = importlib.import_module(f"drivers.{protocol}.driver")
-    driver: Driver = module.make_driver(device, profile, context)
-    return driver
+    # The device's protocol's factory, from the protocol registry.
+    return registry.make_driver(device, profile, context)
 
 
 def poll_deadline(device: DeviceBase) -> float:

@@ -23,7 +23,7 @@ from dcim.core.config import DeviceKind, Id, PositiveDuration, StrictModel
 from dcim.core.samples import Sample, Value
 
 if TYPE_CHECKING:
-    from drivers.profiles import Profile
+    from drivers.profile_model import Profile
 
 class DeviceBase(StrictModel):
     """Fields common to every device; each protocol adds its own in drivers/<protocol>/config.py."""

@@ -29,7 +29,7 @@ from typing import Any, Protocol, cast
 
 from dcim.core.registry import Registry, RegistryError
 from drivers.base import DeviceBase, Driver, DriverContext
-from drivers.profiles import PointBase, Profile
+from drivers.profile_model import PointBase, Profile
 
 __all__ = ["BUILTIN", "PROTOCOLS", "ProtocolSpec", "RegistryError", "SimulatorServe", "make_driver", "protocol_of"]
 

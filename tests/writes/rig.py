@@ -59,6 +59,8 @@ def hall(tmp_path: Path, *, control: dict[str, Any] | None = None, chiller: bool
             "id": "chiller-1", "kind": "chiller", "protocol": "opcua", "profile": "generic-chiller",
             "endpoint": f"opc.tcp://127.0.0.1:{free_port()}", "mode": "poll", "timeout": "2s",
             "interval": "500ms", "simulate": True})
+    token = tmp_path / "http-token"
+    token.write_text(TOKEN)
     config: dict[str, Any] = {
         "site": {"id": "hall-1"},
         "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": [
@@ -70,7 +72,7 @@ def hall(tmp_path: Path, *, control: dict[str, Any] | None = None, chiller: bool
         "state_dir": str(tmp_path / "state"),
         "logging": {"level": "info", "format": "json"},
         "rules": {"control": {"armed": True, "min_interval": "1h", "verify_timeout": "10s", **(control or {})}},
-        "http": {"enabled": True, "port": free_port(), "token": TOKEN} if http else {"enabled": False},
+        "http": {"enabled": True, "port": free_port(), "token": f"file:{token}"} if http else {"enabled": False},
         **extra,
     }
     path = tmp_path / "dcim.yaml"

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -83,6 +84,9 @@ class ControlActions:
         self._scheduled: list[_Scheduled] = []
         self._sent: deque[int] = deque()
         self._last: dict[tuple[str, str], int] = {}
+        # Told of commands refused here, before the write path saw them, so the audit trail has them too:
+        # (device, point, value, origin, reason). The daemon sets it to WriteGuard.note_refusal.
+        self.on_refused: Callable[[str, str, Value, str, str], None] | None = None
 
     # ---- scheduling --------------------------------------------------------------------------------------
 
@@ -132,7 +136,7 @@ class ControlActions:
         except asyncio.CancelledError:
             raise
         except WriteRefused as err:
-            self._log(command, "refused", str(err))
+            self._log(command, "refused", str(err), audited=True)
             return
         except Exception as err:
             self._log(command, "failed", f"{type(err).__name__}: {err}")
@@ -228,7 +232,9 @@ class ControlActions:
             return f"action budget spent ({self.config.max_actions} per {self.config.period:g} s)"
         return ""
 
-    def _log(self, command: Command, outcome: str, detail: str) -> None:
+    def _log(self, command: Command, outcome: str, detail: str, *, audited: bool = False) -> None:
+        if outcome == "refused" and not audited and self.on_refused is not None:
+            self.on_refused(command.device, command.point, command.value, f"rule:{command.action}", detail)
         COMMANDS.inc(outcome=outcome)
         (log.warning if outcome != "executed" else log.info)(
             "control action", action=command.action, alarm=command.alarm, device=command.device,

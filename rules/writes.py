@@ -224,6 +224,7 @@ class WriteGuard:
         self.now = now
         self._last_sent: dict[tuple[str, str], int] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._pending: set[asyncio.Task[None]] = set()
         if audit is not None:
             for record in audit.records():
                 if record.get("outcome") in SENT:
@@ -378,6 +379,14 @@ class WriteGuard:
                 continue
             return sample.value
         return None
+
+    def note_refusal(self, device: str, point: str, value: Value, origin: str, reason: str) -> None:
+        """Record a write refused before it reached this guard (a rule action outside its envelope or
+        budget, rules.control): the audit trail has every attempt. Recorded in the background."""
+        result = WriteResult(device, point, value, origin, "refused", reason, ts_ns=self.now())
+        task = asyncio.get_running_loop().create_task(self._record(result), name=f"audit:{device}")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     # ---- the record ----------------------------------------------------------------------------------------
 

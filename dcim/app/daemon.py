@@ -93,6 +93,8 @@ class Daemon:
         self.guard = WriteGuard(config.rules.control, self.topology, drivers=self._driver,
                                 maintenance=self.rules.store if self.rules is not None else None, audit=self.audit,
                                 publish=self.publisher.on_batch if self.publisher is not None else None)
+        if self.rules is not None:
+            self.rules.control.on_refused = self.guard.note_refusal
         if self.rules is not None and config.http.enabled and poll:
             self.http = HttpApi(config.http, self.rules.store, health=self.health)
             self.http.writes = self.guard  # read by dcim/app/api_writes.py

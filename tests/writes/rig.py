@@ -45,7 +45,7 @@ class CountingPlant(Plant):
 
 def hall(tmp_path: Path, *, control: dict[str, Any] | None = None, chiller: bool = False,
          http: bool = False, **extra: Any) -> Path:
-    """One liquid rack (CDU) and one air rack (PDU A feed), optionally a chiller; control armed by default."""
+    """One liquid rack on a CDU, fed by one PDU (feed A), optionally a chiller; control armed by default."""
     devices: list[dict[str, Any]] = [
         {"id": "cdu-1", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1", "port": free_port(),
          "unit_id": 1, "profile": "generic-cdu", "interval": "500ms", "timeout": "500ms", "retries": 1,
@@ -64,9 +64,8 @@ def hall(tmp_path: Path, *, control: dict[str, Any] | None = None, chiller: bool
     config: dict[str, Any] = {
         "site": {"id": "hall-1"},
         "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": [
-            {"id": "A01", "cooling": "liquid", "power_budget_kw": 150, "cdu": "cdu-1"},
-            {"id": "A02", "cooling": "air", "power_budget_kw": 40,
-             "feeds": {"a": {"pdu": "pdu-1", "breaker_a": 63}}},
+            {"id": "A01", "cooling": "liquid", "power_budget_kw": 150, "cdu": "cdu-1",
+             "feeds": {"a": {"pdu": "pdu-1", "breaker_a": 125}}},
         ]}]}],
         "devices": devices,
         "state_dir": str(tmp_path / "state"),

@@ -236,6 +236,15 @@ class WriteGuard:
     def profile_check(self, driver: Driver, request: WriteRequest) -> tuple[PointBase, Value]:
         spec = writable_spec(driver, request.point)
         checked = spec.check_write(request.value)
+        # A table point (an SNMP outlet column) is written one row at a time: `outlet_command:7`.
+        _, index = split_point(request.point)
+        tag = getattr(spec, "index_tag", None)
+        if tag and not index:
+            raise WriteRejected(f"{spec.name} addresses one {tag}: write {spec.name}:<{tag}>, e.g. {spec.name}:7")
+        if index and not tag:
+            raise WriteRejected(f"{spec.name} is not a table point: write it without ':{index}'")
+        if index and not all(part.isdigit() for part in index.split(".")):
+            raise WriteRejected(f"{spec.name}: {index!r} is not a row index (e.g. {spec.name}:7)")
         return spec, checked
 
     def limits_check(self, driver: Driver, request: WriteRequest, value: Value) -> None:

@@ -55,10 +55,13 @@ def actions(daemon: Daemon) -> list[dict[str, Any]]:
     return daemon.rules.store.actions()
 
 
-async def test_an_armed_rule_action_is_verified_audited_and_published(tmp_path: Path, mosquitto: Any) -> None:
+async def test_an_armed_rule_action_is_verified_audited_and_published(tmp_path: Path, mosquitto: Any,
+                                                                       influxdb_v1: Any) -> None:
     control = {"armed": True, "envelope": ENVELOPE, "actions": LEAK_ACTIONS[:1]}
     config = load(hall(tmp_path, control=control,
-                       mqtt={"host": "127.0.0.1", "port": mosquitto.port, "prefix": "dcim"}))
+                       mqtt={"host": "127.0.0.1", "port": mosquitto.port, "prefix": "dcim"},
+                       influxdb={"url": influxdb_v1.url, "api": "v1", "database": "dcim",
+                                 "flush_interval": "100ms"}))
     plant = CountingPlant(config)
     async with simulators(config, plant), \
             aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="audit-watch") as watcher, \
@@ -68,12 +71,18 @@ async def test_an_armed_rule_action_is_verified_audited_and_published(tmp_path: 
         await wait_until(lambda: any(a["outcome"] == "executed" for a in actions(daemon)), timeout=30,
                          message="leak action executed")
         message = await asyncio.wait_for(anext(aiter(watcher.messages)), 30)
+        stored = await wait_until(lambda: influxdb_v1.query("SELECT * FROM audit"), timeout=30,
+                                  ignore=(Exception,), message="audit record stored")
     assert plant.received == [("cdu-1", "flow_setpoint_lpm", 300.0)]
     [record] = AuditLog(Path(config.state_dir) / "audit.log").records()
     assert (record["origin"], record["outcome"], record["new"]) == ("rule:leak-flow-down", "verified", 300)
     assert str(message.topic) == "dcim/hall-1/audit/cdu-1"
     line = message.payload.decode() if isinstance(message.payload, bytes) else str(message.payload)
     assert line.startswith("audit,") and "origin=rule:leak-flow-down" in line and "outcome=verified" in line
+    [row] = stored
+    assert (row["origin"], row["outcome"], row["point"], row["device"]) == (
+        "rule:leak-flow-down", "verified", "flow_setpoint_lpm", "cdu-1")
+    assert (row["seq"], row["hash"], row["new"]) == (1, record["hash"], "300")
 
 
 async def test_not_armed_no_write_of_any_origin_reaches_any_simulator_under_every_fault(tmp_path: Path) -> None:

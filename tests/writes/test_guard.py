@@ -157,3 +157,8 @@ async def test_opcua_eurange_narrower_than_the_profile_refuses_before_sending(tm
         ok = await rig.write("chiller-1", "setpoint_c", 20.0)
         assert ok.outcome == "verified", ok
     assert plant.received == [("chiller-1", "setpoint_c", 20.0)]
+
+
+async def test_a_table_point_without_its_row_is_refused(tmp_path: Path) -> None:
+    reason = await refused(tmp_path, "pdu-1", "outlet_command", "off")
+    assert reason == "outlet_command addresses one outlet: write outlet_command:<outlet>, e.g. outlet_command:7"

@@ -39,7 +39,7 @@ from dcim.core.metrics import REGISTRY
 from dcim.core.samples import Batch, Sample, Value, now_ns
 from dcim.core.topology import Topology
 from drivers.base import Driver
-from drivers.errors import DriverError, WriteRejected
+from drivers.errors import WriteRejected
 from drivers.profiles import PointBase, WriteRange
 from rules.config import ControlConfig
 
@@ -285,9 +285,18 @@ class WriteGuard:
 
     async def write(self, request: WriteRequest) -> WriteResult:
         lock = self._locks.setdefault((request.device, request.point), asyncio.Lock())
-        # One write per point at a time: the rate check and the send must not interleave.
-        async with lock:
-            result = await self._write(request)
+        try:
+            # One write per point at a time: the rate check and the send must not interleave.
+            async with lock:
+                result = await self._write(request)
+        except asyncio.CancelledError:
+            # Cancelled (a caller's deadline, shutdown): the attempt is still recorded, right here.
+            lost = WriteResult(request.device, request.point, request.value, request.origin, "failed",
+                               "cancelled before the outcome was known (the write may have been sent)",
+                               ts_ns=self.now())
+            if self.audit is not None:
+                self.audit.append({k: v for k, v in lost.to_dict().items() if k not in ("seq", "hash")})
+            raise
         await self._record(result)
         return result
 
@@ -318,8 +327,8 @@ class WriteGuard:
         if self.connect or hasattr(driver, "write_limits"):
             try:
                 await driver.connect()
-            except DriverError as err:
-                result.outcome, result.reason = "failed", f"cannot connect: {err}"
+            except Exception as err:  # drivers raise DriverError; anything else must still be recorded
+                result.outcome, result.reason = "failed", f"cannot connect: {err or type(err).__name__}"
                 return result
             try:
                 self.limits_check(driver, request, checked)
@@ -340,7 +349,7 @@ class WriteGuard:
                 self._last_sent[key] = previous
             result.reason = str(err)
             return result
-        except DriverError as err:
+        except Exception as err:  # drivers raise DriverError; anything else must still be recorded
             result.outcome, result.reason = "failed", str(err) or type(err).__name__
             return result
         await self._verify(driver, spec, request.point, checked, result)
@@ -377,8 +386,9 @@ class WriteGuard:
             return None
         try:
             samples = await asyncio.wait_for(driver.read(), self.control.verify_timeout)
-        except (DriverError, TimeoutError) as err:
-            log.info("write read-back failed", device=driver.device.id, point=point, error=str(err))
+        except Exception as err:  # a read-back that fails leaves the write unverified, never unrecorded
+            log.info("write read-back failed", device=driver.device.id, point=point,
+                     error=str(err) or type(err).__name__)
             return None
         tag = getattr(spec, "index_tag", None)
         for sample in samples:

@@ -224,8 +224,12 @@ class ControlConfig(StrictModel):
     # At most this many commands per `period` seconds, all actions together.
     max_actions: Annotated[int, Field(ge=1)] = 10
     period: PositiveDuration = 3600.0
-    # And at most one command per device and point per this many seconds.
+    # And at most one command per device and point per this many seconds (every write, whoever asks).
     min_interval: Duration = 10.0
+    # A write a person asks for (`dcim write`, the HTTP API) while not armed: refused unless this is set.
+    operator_writes: bool = False
+    # A write is verified when the point reads back as written within this time (docs/writes.md).
+    verify_timeout: PositiveDuration = 10.0
 
 
 class RulesConfig(StrictModel):

@@ -5,7 +5,8 @@
     dcim schema               the JSON Schema of the configuration
     dcim simulate -c FILE     serve every `simulate: true` device from the simulators
     dcim read -c FILE DEVICE  read a device once and print its points (commissioning)
-    dcim write -c FILE DEVICE POINT VALUE   write one point, range-checked by the profile
+    dcim write -c FILE DEVICE POINT VALUE   write one point: guarded, verified, audited (dcim/app/writes_cli.py)
+    dcim audit -c FILE [--verify]            the write audit trail and its hash chain
     dcim ingest -c FILE       the MQTT -> InfluxDB ingest alone
     dcim demo                 simulators + embedded broker + daemon, live on the terminal
 """
@@ -29,7 +30,7 @@ from drivers.registry import PROTOCOLS
 
 # Packages that add subcommands of their own: each has `register(subparsers)`. Protocols name theirs in the
 # protocol registry (`ProtocolSpec.commands`).
-COMMAND_MODULES = ("dcim.app.alarms_cli",)
+COMMAND_MODULES = ("dcim.app.alarms_cli", "dcim.app.writes_cli")
 
 
 def _load(path: str) -> Config:
@@ -175,42 +176,6 @@ def cmd_read(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-def _parse_value(text: str) -> Value:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def cmd_write(args: argparse.Namespace) -> int:
-    from drivers.errors import DriverError
-
-    config = _load(args.config)
-    setup_logging("warning", "console")
-    driver = _device_driver(config, args.device)
-    value = _parse_value(args.value)
-
-    async def main() -> int:
-        try:
-            async with asyncio.timeout(args.timeout):
-                await driver.connect()
-                await driver.write(args.point, value)
-        except (DriverError, TimeoutError) as err:
-            print(f"{args.device}: write refused: {err or 'no answer in time'}", file=sys.stderr)
-            return 1
-        finally:
-            await driver.close()
-        print(f"{args.device}: {args.point} <- {value}")
-        return 0
-
-    return asyncio.run(main())
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from dcim.app.demo import run_demo
 
@@ -238,12 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--json", action="store_true")
     read.add_argument("--timeout", type=float, default=15.0)
     read.set_defaults(func=cmd_read)
-    write = with_config(sub.add_parser("write", help="write one point of a device"))
-    write.add_argument("device")
-    write.add_argument("point")
-    write.add_argument("value")
-    write.add_argument("--timeout", type=float, default=15.0)
-    write.set_defaults(func=cmd_write)
     with_config(sub.add_parser("ingest", help="run only the MQTT -> InfluxDB ingest")).set_defaults(func=cmd_ingest)
     demo = sub.add_parser("demo", help="simulated hall, embedded broker and the daemon, live")
     demo.add_argument("-c", "--config", default=str(Path("examples") / "hall.yaml"))

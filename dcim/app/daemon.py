@@ -30,15 +30,17 @@ from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest
 from dcim.app.poller import DeviceCoordinator, make_driver
 from dcim.app.publisher import MqttPublisher
+from dcim.core.audit import AuditLog
 from dcim.core.outbox import Outbox
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Value
 from dcim.core.topology import Topology
-from drivers.base import DriverContext
-from drivers.errors import WriteRejected
+from drivers.base import Driver, DriverContext
+from drivers.errors import DriverError
 from drivers.profiles import load_profile
 from rules.notify import Notifier
 from rules.service import RuleService
+from rules.writes import WriteGuard, WriteRefused, WriteRequest, WriteResult
 
 log = structlog.get_logger(__name__)
 
@@ -86,8 +88,16 @@ class Daemon:
             self.pipeline.add_sink(self.publisher)
             if self.rules is not None:
                 self.rules.alarm_outlet = self.publisher
+        # The one write path (rules.writes): rule actions and the HTTP API write through it, audited.
+        self.audit = AuditLog(self.state_dir / "audit.log")
+        self.guard = WriteGuard(config.rules.control, self.topology, drivers=self._driver,
+                                maintenance=self.rules.store if self.rules is not None else None, audit=self.audit,
+                                publish=self.publisher.on_batch if self.publisher is not None else None)
+        if self.rules is not None:
+            self.rules.control.on_refused = self.guard.note_refusal
         if self.rules is not None and config.http.enabled and poll:
             self.http = HttpApi(config.http, self.rules.store, health=self.health)
+            self.http.writes = self.guard  # read by dcim/app/api_writes.py
 
     def _wire_rules(self) -> None:
         """The rule engine is the pipeline's first sink: it sees every sample before MQTT does."""
@@ -101,11 +111,18 @@ class Daemon:
 
     # ---- control: the one path by which anything writes to a device ----------------------------------
 
-    async def write(self, device: str, point: str, value: Value) -> None:
+    def _driver(self, device: str) -> Driver | None:
         coordinator = self.coordinators.get(device)
-        if coordinator is None:
-            raise WriteRejected(f"no device {device!r}")
-        await coordinator.write(point, value)
+        return coordinator.driver if coordinator is not None else None
+
+    async def write(self, device: str, point: str, value: Value, *, origin: str = "rule") -> WriteResult:
+        """A rule action's write (rules.control), through the guard: refused raises WriteRefused."""
+        result = await self.guard.write(WriteRequest(device, point, value, origin))
+        if result.outcome == "refused":
+            raise WriteRefused(result.reason)
+        if result.outcome == "failed":
+            raise DriverError(result.reason)
+        return result
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 

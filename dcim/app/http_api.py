@@ -31,6 +31,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dcim.app import api_writes
 from dcim.app.config import HttpConfig
 from dcim.core.metrics import REGISTRY, Registry
 from rules.store import AlarmNotActive, AlarmNotFound
@@ -120,6 +121,7 @@ class HttpApi:
         r.add_delete("/api/v1/alarms/{key:.+}/shelve", self._unshelve)
         r.add_get("/api/v1/maintenance", self._maintenance)
         r.add_post("/api/v1/maintenance", self._add_maintenance)
+        api_writes.register(app, self)  # POST /api/v1/devices/{device}/points/{point}: dcim/app/api_writes.py
         return app
 
     async def run(self) -> None:

@@ -54,7 +54,8 @@ class MqttConfig(StrictModel):
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     # Durable outbox between the pipeline and the broker.
     outbox_max_messages: Annotated[int, Field(ge=100)] = 200_000
-    reconnect_max: PositiveDuration = 30.0
+    # The longest wait between two connection attempts: also how late delivery may resume after an outage.
+    reconnect_max: PositiveDuration = 5.0
 
 
 class InfluxConfig(StrictModel):
@@ -81,7 +82,7 @@ class IngestConfig(StrictModel):
     # MQTT 5 shared subscription group: workers in one group split the messages between them.
     group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "dcim-ingest"
     # MQTT client id of this worker; stable across restarts (its broker session holds what arrives while it
-    # is away). Default: dcim-ingest-<hostname>-<group>. Set one per worker to run several on one host.
+    # is away). Default: dcim-ingest-<hostname>-<hash of state_dir>-<group>, distinct per instance.
     client_id: str | None = None
 
 

@@ -376,6 +376,7 @@ class Daemon:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self.supervisor.forget(coordinator.name)
+        coordinator.polled.set()  # a device removed before its first poll must not hold READY back
 
     async def _cancel(self, prefixes: tuple[str, ...]) -> None:
         tasks = [t for n, t in self._tasks.items() if n.startswith(prefixes) and not t.done()]

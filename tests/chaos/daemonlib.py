@@ -52,6 +52,12 @@ async def health(port: int) -> tuple[int, dict[str, Any]]:
     return status, json.loads(body)
 
 
+async def healthy(port: int) -> dict[str, Any] | None:
+    """The /healthz report once it says 200 (for wait_until), else None."""
+    status, report = await health(port)
+    return report if status == 200 else None
+
+
 async def metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """/metrics as {(name, labels): value}."""
     _, body = await get(port, "/metrics")

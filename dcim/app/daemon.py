@@ -315,17 +315,13 @@ class Daemon:
         old = self.config
         later = [name for name in type(old).model_fields
                  if name not in RELOADABLE and getattr(old, name) != getattr(new, name)]
-        if self.rules is not None and (new.rules.enabled != old.rules.enabled
-                                       or new.rules.store != old.rules.store
-                                       or new.rules.notifications != old.rules.notifications):
-            later.append("rules (enabled, store, notifications)")
+        # The notifier, the alarm store and whether the engine runs at all are wired at start.
+        fixed = {"enabled": old.rules.enabled, "store": old.rules.store, "notifications": old.rules.notifications}
+        later += [f"rules.{key}" for key, value in fixed.items() if getattr(new.rules, key) != value]
         if later:
             log.warning("reload: these sections changed and take effect only at the next restart",
                         sections=later)
-        rules = new.rules
-        if self.rules is not None:
-            rules = new.rules.model_copy(update={"enabled": old.rules.enabled, "store": old.rules.store,
-                                                 "notifications": old.rules.notifications})
+        rules = new.rules.model_copy(update=fixed)
         merged = old.model_copy(update={"devices": new.devices, "rooms": new.rooms, "rules": rules})
         try:
             await self._apply_devices(old.devices, new.devices)

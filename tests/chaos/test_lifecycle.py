@@ -170,3 +170,20 @@ def test_dcim_check_reports_a_file_that_is_not_utf8(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"{path}: 1 error(s)", "  (file): not UTF-8 text: byte 0xe9 at line 3 (offset 34); save the file as UTF-8"]
+
+
+async def test_sigterm_while_the_publisher_waits_for_a_silent_broker_stops_the_daemon(tmp_path: Path) -> None:
+    """The other half of the start-up hang: the first SIGTERM is enough while the publisher is still
+    waiting for a broker that accepted the connection and never answers."""
+    with socket.socket() as silent_broker:
+        silent_broker.bind(("127.0.0.1", 0))
+        silent_broker.listen(16)
+        path = edit(cdu_hall(tmp_path, cdus=1),
+                    mqtt={"host": "127.0.0.1", "port": silent_broker.getsockname()[1]})
+        config = load(path)
+        async with simulators(config, Plant(config, frozen=True)):
+            with DaemonProcess(path) as daemon:
+                await wait_until(lambda: log_events(daemon, "first poll round done"), timeout=30,
+                                 message=daemon.log())
+                assert daemon.stop(signal.SIGTERM, timeout=EXIT_TIMEOUT) == 0, daemon.log()
+                assert log_events(daemon, "stopped"), daemon.log()

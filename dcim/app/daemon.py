@@ -414,20 +414,11 @@ async def run_daemon(config: Config, *, ingest: bool | None = None, poll: bool =
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stop_on_signals(stop)
-    # Before anything else: SIGHUP's default action would end the process.
-    pending_reload = False
-
-    def early_hup() -> None:
-        nonlocal pending_reload
-        pending_reload = True
-
-    loop.add_signal_handler(signal.SIGHUP, early_hup)
     sdnotify.install_stall_hook(loop)
     try:
         daemon = Daemon(config, ingest=ingest, poll=poll, config_path=config_path)
+        # SIGHUP's default action ends the process: a reload instead, once there is a daemon to reload.
         loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
-        if pending_reload:
-            daemon.request_reload()
         await daemon.run(stop)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

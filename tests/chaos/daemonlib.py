@@ -13,7 +13,7 @@ import yaml
 from tests.e2e.harness import DaemonProcess
 from tests.servers import http_request
 
-_SAMPLE = re.compile(r'^(\w+)\{([^}]*)\} (\S+)$')
+_SAMPLE = re.compile(r'^(\w+)(?:\{([^}]*)\})? (\S+)$')
 
 
 def with_http(path: Path, **http: Any) -> Path:
@@ -65,7 +65,7 @@ async def metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], flo
     for line in body.decode().splitlines():
         match = _SAMPLE.match(line)
         if match:
-            labels = frozenset(tuple(p.split("=", 1)) for p in re.findall(r'\w+="[^"]*"', match[2]))
+            labels = frozenset(tuple(p.split("=", 1)) for p in re.findall(r'\w+="[^"]*"', match[2] or ""))
             out[(match[1], frozenset((k, v.strip('"')) for k, v in labels))] = float(match[3])
     return out
 

@@ -89,6 +89,20 @@ class RuleService:
         if self.config.control.armed:
             log.warning("control actions are ARMED", actions=[a.name for a in self.config.control.actions])
 
+    def reload(self, config: RulesSite, topology: Topology) -> None:
+        """A new configuration (the daemon's SIGHUP): rules, topology and control actions are rebuilt on the
+        same alarm store, so alarm state (firing, acknowledged, shelved, history) carries over exactly as it
+        does across a restart. Control commands already on their way finish."""
+        controller = self.control.controller
+        self.config = config.rules
+        self.topology = topology
+        push = {d.id for d in config.devices if getattr(d, "mode", "poll") == "subscribe"}
+        self.engine = Engine(self.config, topology, self.store, self.clock, self._on_event, push=push)
+        self.silencer = Silencer(topology, self.store, self.engine.loop_fault_rules, COMM_RULE,
+                                 self.engine.readings.offline)
+        self.control = ControlActions(self.config.control, topology, self.store, self.engine.readings,
+                                      self.clock, controller)
+
     # ---- the loop ----------------------------------------------------------------------------------------
 
     async def run(self) -> None:

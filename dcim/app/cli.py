@@ -54,8 +54,13 @@ def _run_async(main: Any) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # the last stop before the user: say what failed, exit 1
+        from dcim.app.instance import StartupError
+
         for leaf in _leaves(error):
-            print(f"dcim: stopped: {type(leaf).__name__}: {leaf}", file=sys.stderr)
+            if isinstance(leaf, StartupError):
+                print(f"dcim: cannot start: {leaf}", file=sys.stderr)
+            else:
+                print(f"dcim: stopped: {type(leaf).__name__}: {leaf}", file=sys.stderr)
         return 1
     return 0
 
@@ -91,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     setup_logging(config.logging.level, config.logging.format)
-    return _run_async(run_daemon(config))
+    return _run_async(run_daemon(config, config_path=args.config))
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -102,7 +107,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if config.influxdb is None or config.mqtt.host is None:
         print(f"{args.config}: `dcim ingest` needs both mqtt.host and influxdb", file=sys.stderr)
         return 2
-    return _run_async(run_daemon(config, ingest=True, poll=False))
+    return _run_async(run_daemon(config, ingest=True, poll=False, config_path=args.config))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

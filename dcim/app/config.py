@@ -55,7 +55,8 @@ class MqttConfig(StrictModel):
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     # Durable outbox between the pipeline and the broker.
     outbox_max_messages: Annotated[int, Field(ge=100)] = 200_000
-    reconnect_max: PositiveDuration = 30.0
+    # The longest wait between two connection attempts: also how late delivery may resume after an outage.
+    reconnect_max: PositiveDuration = 5.0
 
 
 class InfluxConfig(StrictModel):
@@ -82,7 +83,7 @@ class IngestConfig(StrictModel):
     # MQTT 5 shared subscription group: workers in one group split the messages between them.
     group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "dcim-ingest"
     # MQTT client id of this worker; stable across restarts (its broker session holds what arrives while it
-    # is away). Default: dcim-ingest-<hostname>-<group>. Set one per worker to run several on one host.
+    # is away). Default: dcim-ingest-<hostname>-<hash of state_dir>-<group>, distinct per instance.
     client_id: str | None = None
 
 
@@ -198,8 +199,15 @@ def _loc_path(loc: tuple[int | str, ...], data: Any) -> str:
     return error_path(tuple(parts))
 
 
+# Fields that hold (or may hold) a credential: their values never appear in an error message.
+_SECRET_FIELDS = frozenset({"password", "token", "secret", "routing_key", "url", "urls"})
+
+
 def _message(error: Any) -> str:
     msg = str(error["msg"])
+    value = error.get("input")
+    if isinstance(value, str) and value and value in msg and _SECRET_FIELDS & {str(p) for p in error["loc"]}:
+        msg = msg.replace(value, "**********")
     if error["type"] == "extra_forbidden":
         return "unknown key (typo?)"
     if error["type"] == "union_tag_invalid":
@@ -298,15 +306,67 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     return config
 
 
-def load_config(path: str | Path) -> Config:
+def _duplicate_keys(node: yaml.Node | None, loc: tuple[int | str, ...] = ()) -> list[tuple[str, str]]:
+    """Keys given twice in one mapping, with their path: YAML says keys are unique, PyYAML keeps the last
+    silently, and a block pasted twice would quietly change a port or a limit."""
+    errors: list[tuple[str, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = str(key_node.value)
+            if key == "<<":
+                continue  # a merge key: overriding what it merges is allowed
+            if key in seen:
+                errors.append((error_path((*loc, key)),
+                               f"duplicate key (line {key_node.start_mark.line + 1}; first at line {seen[key]})"))
+            else:
+                seen[key] = key_node.start_mark.line + 1
+            errors += _duplicate_keys(value_node, (*loc, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            errors += _duplicate_keys(item, (*loc, i))
+    return errors
+
+
+def _yaml_error(err: yaml.YAMLError) -> tuple[str, str]:
+    """A YAML error as (where, what) without the snippet of the file PyYAML appends: the line may hold a
+    value someone would rather not see in a log."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"(yaml) line {mark.line + 1}, column {mark.column + 1}", str(err.problem or err.context)
+    return "(yaml)", str(err)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """The file's YAML: UTF-8, unique keys. Raises ConfigError naming the file and the place."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except OSError as err:
-        raise ConfigError(str(path), [("(file)", err.strerror or str(err))]) from err
+        raise ConfigError(str(path), [("(file)", err.strerror or str(err))]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(str(path), [("(file)", f"not UTF-8 text: byte 0x{data[err.start]:02x} at line {line} "
+                                                 f"(offset {err.start}); save the file as UTF-8")]) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        duplicates = _duplicate_keys(node)
+        if duplicates:
+            raise ConfigError(str(path), duplicates)
+        return loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
-        raise ConfigError(str(path), [("(yaml)", str(err))]) from err
-    return parse_config(raw, str(path))
+        raise ConfigError(str(path), [_yaml_error(err)]) from None
+    finally:
+        loader.dispose()
+
+
+def load_config(path: str | Path) -> Config:
+    return parse_config(load_yaml(path), str(Path(path)))
 
 
 def json_schema() -> dict[str, Any]:

@@ -107,6 +107,7 @@ class HttpApi:
         self._token = config.token.get_secret_value().encode() if config.token is not None else None
         self.port: int | None = None
         self.ready = asyncio.Event()
+        self._runner: web.AppRunner | None = None
         self.app = self._app()
 
     def _app(self) -> web.Application:
@@ -124,21 +125,41 @@ class HttpApi:
         api_writes.register(app, self)  # POST /api/v1/devices/{device}/points/{point}: dcim/app/api_writes.py
         return app
 
-    async def run(self) -> None:
-        """Serve until cancelled; the port is closed on the way out."""
+    async def start(self) -> None:
+        """Bind the listener now: a port that is taken is a start-up error (OSError), raised here before
+        the daemon starts anything that runs for long."""
         runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.config.host, self.config.port)
             await site.start()
-            self.port = int(runner.addresses[0][1])
-            log.info("http api listening", host=self.config.host, port=self.port,
-                     writes="token" if self._token else "refused (no http.token)")
-            self.ready.set()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("http api listening", host=self.config.host, port=self.port,
+                 writes="token" if self._token else "refused (no http.token)")
+        self.ready.set()
+
+    async def serve(self) -> None:
+        """Serve (on the listener `start` bound) until cancelled; the port is closed on the way out."""
+        if self._runner is None:
+            await self.start()
+        try:
             await asyncio.Event().wait()
         finally:
-            self.ready.clear()
+            await self.close()
+
+    async def close(self) -> None:
+        runner, self._runner = self._runner, None
+        self.ready.clear()
+        if runner is not None:
             await runner.cleanup()
+
+    async def run(self) -> None:
+        """Bind and serve until cancelled."""
+        await self.serve()
 
     # -- plumbing -----------------------------------------------------------------------------
     @web.middleware

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from typing import Any
 
 import aiomqtt
@@ -22,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from dcim.app.config import Config
+from dcim.app.instance import instance_tag
 from dcim.app.publisher import CONNECTED, protocol, tls_context
 from dcim.app.writers import RejectedWriteError, RetryableWriteError, Writer, make_writer
 from dcim.core.backoff import Backoff
@@ -51,6 +51,11 @@ def json_to_lines(payload: bytes) -> list[str]:
         for s in data["samples"]
     ]
     return encode_batch(Batch(data["device"], data["kind"], int(data["ts"]), samples), tags)
+
+
+def ingest_client_id(config: Config) -> str:
+    """Stable across restarts (the broker session keeps what arrives meanwhile), distinct per instance."""
+    return f"dcim-ingest-{instance_tag(config.state_dir)}-{config.ingest.group}"
 
 
 class Ingest:
@@ -84,7 +89,7 @@ class Ingest:
             connect_props.SessionExpiryInterval = SESSION_EXPIRY_S
         return aiomqtt.Client(
             mqtt.host or "", mqtt.port,
-            identifier=self.config.ingest.client_id or f"dcim-ingest-{socket.gethostname()}-{self.config.ingest.group}",
+            identifier=self.config.ingest.client_id or ingest_client_id(self.config),
             username=mqtt.username, password=password, keepalive=mqtt.keepalive,
             tls_context=tls_context(mqtt), protocol=protocol(mqtt),
             clean_session=None if v5 else False, clean_start=False, properties=connect_props, timeout=10,

@@ -6,6 +6,7 @@ import abc
 
 import aiohttp
 
+from dcim.core.secrets import redact
 from rules.notify.model import Notification
 
 
@@ -46,6 +47,7 @@ async def post(
             transient = response.status not in (400, 413, 422)
             raise HookError(f"HTTP {response.status}: {detail}", transient=transient)
     except aiohttp.ClientError as err:
-        raise HookError(f"{type(err).__name__}: {err}", transient=True) from err
+        # aiohttp puts a malformed URL in its message: for Slack and apprise the URL is the credential.
+        raise HookError(redact(f"{type(err).__name__}: {err}", url), transient=True) from None
     except TimeoutError as err:
         raise HookError(f"no answer within {timeout_s:g} s", transient=True) from err

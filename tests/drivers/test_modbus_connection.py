@@ -93,11 +93,10 @@ async def test_a_connect_that_hangs_times_out_and_backs_off() -> None:
                                timeout=0.2)
             driver = make_driver(dev, load_profile("generic-cdu"), DriverContext())
             try:
-                loop = asyncio.get_running_loop()
-                started = loop.time()
-                with pytest.raises(DeviceUnreachable, match="timed out") as first:
-                    await driver.connect()
-                assert loop.time() - started < 0.2 + 0.5
+                # The driver's own timeout ends the hang; the outer bound only turns a hang into a failure.
+                async with asyncio.timeout(30):
+                    with pytest.raises(DeviceUnreachable, match="timed out") as first:
+                        await driver.connect()
                 # Backing off now: the next attempt fails at once, with the same text.
                 with pytest.raises(DeviceUnreachable) as second:
                     await driver.read()

@@ -290,7 +290,6 @@ async def test_a_silent_unit_times_out_while_another_port_keeps_answering() -> N
             driving(one, context=context) as silent, driving(two, context=context) as healthy:
         await silent.read()
         plant.inject("cdu-1", "no_response")
-        loop = asyncio.get_running_loop()
         finished: list[str] = []
 
         async def poll(driver: ModbusDriver) -> list[Sample]:
@@ -299,15 +298,12 @@ async def test_a_silent_unit_times_out_while_another_port_keeps_answering() -> N
             finally:
                 finished.append(driver.device.id)
 
-        started = loop.time()
         silent_task = asyncio.create_task(poll(silent))
         healthy_samples = await poll(healthy)
         with pytest.raises(DeviceTimeout, match=r"no answer within 0\.3 s"):
             await silent_task
-        elapsed = loop.time() - started
-        # One plan read of cdu-1 tried twice (retries=1), each bounded by the timeout; a generous margin
-        # for a loaded machine, but nowhere near a second round of retries.
-        assert elapsed < 0.3 * 2 + 0.5
+        # Counts and order, not wall-clock: the healthy unit answered first, and the silent one's read was
+        # tried exactly twice (retries=1, each ended by the timeout; the dropped count below), no more.
         assert finished == ["cdu-2", "cdu-1"]
         assert_matches_plant(healthy.profile, healthy_samples, plant.values("cdu-2"))
         assert simulator.addresses[(one.host, one.port)][0].dropped == 2

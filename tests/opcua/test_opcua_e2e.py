@@ -88,14 +88,19 @@ async def test_chiller_points_reach_influxdb_and_survive_a_server_restart(
         watching = asyncio.create_task(watch())
         try:
             with DaemonProcess(path) as daemon:
-                rows = await wait_until(
-                    lambda: influxdb_v1.query("SELECT * FROM chiller WHERE device='chiller-1' ORDER BY time DESC"),
-                    timeout=45, ignore=(Exception,), message=f"chiller rows in InfluxDB\n{daemon.log()}")
-                stored: dict[str, Any] = {}
-                for row in rows:  # the newest value of every field (a subscription sends changes only)
-                    for key, value in row.items():
-                        if value is not None and key not in stored:
-                            stored[key] = value
+                def newest_fields() -> dict[str, Any]:
+                    """The newest value of every field, once every expected field has one (a subscription
+                    sends changes only, so the first rows may not carry every field yet)."""
+                    rows = influxdb_v1.query("SELECT * FROM chiller WHERE device='chiller-1' ORDER BY time DESC")
+                    stored: dict[str, Any] = {}
+                    for row in rows:
+                        for key, value in row.items():
+                            if value is not None and key not in stored:
+                                stored[key] = value
+                    return stored if all(name in stored for name in expected) else {}
+
+                stored = await wait_until(newest_fields, timeout=45, ignore=(Exception,),
+                                          message=f"every chiller field in InfluxDB\n{daemon.log()}")
                 for name, want in expected.items():
                     got = stored.get(name)
                     if isinstance(want, bool):
@@ -114,7 +119,8 @@ async def test_chiller_points_reach_influxdb_and_survive_a_server_restart(
                 await wait_until(
                     lambda: influxdb_v1.query("SELECT setpoint_c FROM chiller WHERE setpoint_c = 17"),
                     timeout=45, ignore=(Exception,), message=f"data after the restart\n{daemon.log()}")
-                assert statuses[-1].get("online") is True, statuses
+                await wait_until(lambda: statuses[-1].get("online") is True, timeout=20,
+                                 message=f"online status on MQTT after the restart: {statuses}")
                 assert daemon.stop(signal.SIGTERM) == 0, daemon.log()
         finally:
             if watching.done():

@@ -9,7 +9,6 @@ its own task and each poll runs under a deadline.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -34,46 +33,9 @@ SKIPPED = REGISTRY.counter("dcim_poll_overruns_total", "Poll ticks skipped becau
 SampleKey = tuple[str, tuple[tuple[str, str], ...], str]
 
 
-FAULT_ENV = "DCIM_TEST_POLL_FAULTS"
-
-
 def make_driver(device: DeviceBase, profile: Profile[Any], context: DriverContext) -> Driver:
     # The device's protocol's factory, from the protocol registry.
-    driver = registry.make_driver(device, profile, context)
-    install_poll_fault(driver)
-    return driver
-
-
-def install_poll_fault(driver: Driver, environ: Any = None) -> bool:
-    """Tests only: $DCIM_TEST_POLL_FAULTS="cdu-2=raise,cdu-3=stuck" makes a device's reads misbehave.
-
-    raise: every read raises RuntimeError, as a driver bug would (supervision must hold).
-    stuck: the first read swallows the poll deadline's cancellation, as a library with the gh-86296 bug
-           does, and hangs; the next cancellation (shutdown) goes through. The poller is then stuck and
-           /healthz must say so.
-    Without the variable nothing is touched, so a production daemon never carries the hook.
-    """
-    env = os.environ if environ is None else environ
-    faults = dict(item.partition("=")[::2] for item in env.get(FAULT_ENV, "").split(",") if item)
-    mode = faults.get(driver.device.id)
-    if mode is None:
-        return False
-    if mode not in ("raise", "stuck"):
-        raise ValueError(f"{FAULT_ENV}: {driver.device.id}={mode}: use raise or stuck")
-
-    async def read() -> list[Sample]:
-        if mode == "raise":
-            raise RuntimeError(f"test hook: {FAULT_ENV} makes {driver.device.id} raise")
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            pass  # swallowed, on purpose
-        await asyncio.Event().wait()
-        return []
-
-    setattr(driver, "read", read)  # noqa: B010 - replaces the bound method on this instance only
-    log.warning("test hook: device reads will misbehave", device=driver.device.id, mode=mode)
-    return True
+    return registry.make_driver(device, profile, context)
 
 
 def poll_deadline(device: DeviceBase) -> float:

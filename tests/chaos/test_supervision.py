@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from dcim.app.poller import FAULT_ENV, DeviceCoordinator
+from dcim.app.poller import DeviceCoordinator
 from dcim.app.supervise import RESTARTS, Supervisor
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Batch, DeviceStatus, Quality, Sample, Value
@@ -18,6 +18,7 @@ from drivers.modbus.config import ModbusDevice
 from drivers.profiles import load_profile
 from simulators.plant import Plant
 from tests.chaos.daemonlib import health, healthy, http_port, log_events, metrics, polls, with_http
+from tests.chaos.faults import faulty_device
 from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators
 from tests.helpers import wait_until
 
@@ -120,11 +121,12 @@ async def test_a_task_waiting_for_its_restart_is_reported_dead() -> None:
 
 async def test_dcim_run_survives_a_driver_that_raises_on_every_poll(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(FAULT_ENV, "cdu-2=raise")
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     path = with_http(cdu_hall(tmp_path, cdus=3, interval="200ms"))
     config = load(path)
     async with simulators(config, Plant(config, frozen=True)):
+        # cdu-2 becomes a device of the chaosfault plugin protocol, whose driver raises on every read.
+        faulty_device(path, "cdu-2", "raise", monkeypatch)
         with DaemonProcess(path) as daemon:
             port = await wait_until(lambda: http_port(daemon), timeout=30, message=f"http port\n{daemon.log()}")
             # The bad device fails many polls in a row...
@@ -140,7 +142,7 @@ async def test_dcim_run_survives_a_driver_that_raises_on_every_poll(
             # once: on a loaded machine a poll may come late enough to look stale for a moment.
             report = await wait_until(lambda: healthy(port), timeout=30, message=daemon.log())
             assert report["devices"]["cdu-2"]["online"] is False
-            assert "RuntimeError: test hook" in report["devices"]["cdu-2"]["error"]
+            assert "RuntimeError: chaosfault driver bug" in report["devices"]["cdu-2"]["error"]
             assert report["devices"]["cdu-1"]["online"] is True and report["dead_tasks"] == []
             assert len(log_events(daemon, "device poll raised an unexpected error")) == 1
             assert daemon.stop() == 0, daemon.log()
@@ -154,7 +156,6 @@ async def _errors_at_least(port: int, device: str, count: int) -> Any:
 async def test_healthz_is_200_without_systemd_and_503_when_a_poller_is_stuck(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    monkeypatch.delenv(FAULT_ENV, raising=False)
     path = with_http(cdu_hall(tmp_path, cdus=2, interval="200ms"))
     config = load(path)
     async with simulators(config, Plant(config, frozen=True)):
@@ -170,7 +171,9 @@ async def test_healthz_is_200_without_systemd_and_503_when_a_poller_is_stuck(
             assert report["ok"] is True and report["dead_tasks"] == [] and report["stale_devices"] == []
             assert daemon.stop() == 0, daemon.log()
 
-        monkeypatch.setenv(FAULT_ENV, "cdu-2=stuck")
+        # cdu-2 becomes a device of the chaosfault plugin protocol, whose driver hangs swallowing the
+        # poll deadline's cancellation.
+        faulty_device(path, "cdu-2", "stuck", monkeypatch)
         daemon.log_path.unlink()  # the next run's port, not this one's
         with DaemonProcess(path) as daemon:
             port = await wait_until(lambda: http_port(daemon), timeout=30, message=f"http port\n{daemon.log()}")

@@ -1,14 +1,19 @@
 """Real servers for the tests: Mosquitto, InfluxDB 1.x and VictoriaMetrics, each in its own temp dir.
 
-Every server is a child process on a free loopback port, its output in ``<workdir>/<name>.log``:
+Every server is a child process on a loopback port of its own, its output in ``<workdir>/<name>.log``:
 
     with Mosquitto() as broker:          # start() on enter, close() on exit
         broker.host, broker.port
         broker.restart()                 # same port: clients see a real outage and a real recovery
         await broker.arestart()          # the same without blocking the event loop
 
-Readiness is polled against the port or health endpoint with a deadline; a server that does not come up
-raises ServerError with the tail of its log. ``stop()`` sends SIGTERM, then SIGKILL after a timeout.
+These servers cannot bind port 0 and report what they got, so a port is chosen, the server is started on
+it, and it counts as started only once the kernel shows a listening socket on that port held by the server's
+own process (``/proc/net/tcp`` and ``/proc/<pid>/fd``) and the server answers there. Someone else on the port
+(a connection to it would reach them, not us) or an exit during start-up means a conflict: the first start
+retries with other ports. Readiness is then polled against the health endpoint with a deadline; a server
+that does not come up raises ServerError with the tail of its log. ``stop()`` sends SIGTERM, then SIGKILL
+after a timeout.
 Children are started through ``setpriv --pdeathsig KILL`` when available, so a test run that is killed
 hard does not leave servers behind holding ports. The kernel ties that to the *thread* that started the
 server, so start servers from a thread that outlives them (the main thread, as fixtures and ``astart()``
@@ -37,7 +42,7 @@ from typing import Any, ClassVar, Self
 # /usr/sbin is not on a normal user's PATH on Debian, and mosquitto lives there.
 _SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 _POLL_INTERVAL_S = 0.02
-_START_ATTEMPTS = 3  # a fresh port can be taken by someone else between probing it and binding it
+_START_ATTEMPTS = 5  # a chosen port can be taken by someone else before the server binds it: try others
 
 
 class ServerError(RuntimeError):
@@ -45,7 +50,11 @@ class ServerError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel's pick for port 0)."""
+    """A TCP port nobody listens on right now (the kernel's pick for port 0), released on return.
+
+    Only a candidate: someone else may bind it before you do. Servers of our own bind port 0 and report the
+    port they got; external servers here use it as a candidate and check who bound it (``listening_pids``).
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
@@ -55,6 +64,43 @@ def free_port(host: str = "127.0.0.1") -> int:
 def find_binary(name: str) -> str | None:
     """The absolute path of an executable on PATH or in the sbin directories, or None."""
     return shutil.which(name) or shutil.which(name, path=_SBIN_PATH)
+
+
+def _socket_inodes(port: int) -> set[str]:
+    """Inodes of the TCP sockets (IPv4 and IPv6) listening on ``port``, from the kernel's tables."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; field 9 is the inode.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def listening_pids(port: int, candidates: Sequence[int]) -> set[int]:
+    """Which of the ``candidates`` processes hold a TCP socket listening on ``port`` (Linux /proc)."""
+    inodes = {f"socket:[{inode}]" for inode in _socket_inodes(port)}
+    found: set[int] = set()
+    if not inodes:
+        return found
+    for pid in candidates:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    found.add(pid)
+                    break
+            except OSError:
+                continue
+    return found
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -113,6 +159,10 @@ class ServerProcess:
     def _allocate_ports(self) -> None:
         self.port = free_port(self.host)
 
+    def ports(self) -> list[int]:
+        """Every TCP port this server must listen on (checked to be held by its own process)."""
+        return [self.port]
+
     def _prepare(self) -> None:
         """Write the configuration for the current ports."""
 
@@ -137,7 +187,8 @@ class ServerProcess:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> Self:
-        """Start and wait until ready. The first start picks the ports; later starts reuse them."""
+        """Start and wait until ready. The first start picks the ports (other ones on a conflict); later
+        starts reuse them, so clients see the same server come back."""
         first = self.port == 0
         for _ in range(_START_ATTEMPTS if first else 1):
             began = time.monotonic()
@@ -148,7 +199,7 @@ class ServerProcess:
                 self._after_start()
                 self.startup_seconds = time.monotonic() - began
                 return self
-        raise self._failure("exited during start-up")
+        raise self._failure("did not get its port(s)" if first else "exited during start-up")
 
     async def astart(self) -> Self:
         """start() without blocking the event loop while the server comes up."""
@@ -163,7 +214,7 @@ class ServerProcess:
                 await asyncio.to_thread(self._after_start)
                 self.startup_seconds = time.monotonic() - began
                 return self
-        raise self._failure("exited during start-up")
+        raise self._failure("did not get its port(s)" if first else "exited during start-up")
 
     def stop(self) -> None:
         """SIGTERM, wait, then SIGKILL. Safe to call when not running."""
@@ -263,16 +314,47 @@ class ServerProcess:
     def _environment(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def owns_ports(self) -> bool:
+        """True when every port of ``ports()`` has a listening socket held by this server's own process."""
+        pid = self.pid
+        return pid is not None and all(pid in listening_pids(port, [pid]) for port in self.ports())
+
     def _check_ready(self, began: float) -> bool:
-        """True when ready or exited (the caller tells which); raises once the deadline has passed."""
+        """True when ready or stopped (the caller tells which: a conflict stops the server); raises once the
+        deadline has passed.
+
+        A server is ready once its own process holds its ports and it answers there. A port held by someone
+        else while ours is still starting is a conflict: we stop ours, and start() tries other ports.
+        """
         if not self.running:
             return True
-        if self._probe():
+        if self.owns_ports():
+            if self._probe():
+                return True
+        elif any(_socket_inodes(port) and self.pid not in listening_pids(port, self._family())
+                 for port in self.ports()):
+            self._log_note(f"a port of {self.ports()} is held by another process: trying other ports")
+            self.stop()
             return True
         if time.monotonic() - began > self.start_timeout:
             self.stop()
             raise self._failure(f"not ready after {self.start_timeout:.0f} s")
         return False
+
+    def _family(self) -> list[int]:
+        """The server's pid and its children's (a server that forks a listener still owns its port)."""
+        pid = self.pid
+        if pid is None:
+            return []
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [pid, *(int(c) for c in children)]
+
+    def _log_note(self, note: str) -> None:
+        with self.log_path.open("a") as log:
+            log.write(f"--- {note}\n")
 
     def _begin_stop(self) -> subprocess.Popen[bytes] | None:
         proc, self._proc = self._proc, None
@@ -364,6 +446,9 @@ class InfluxDBv1(ServerProcess):
         self.rpc_port = free_port(self.host)
         while self.rpc_port == self.port:
             self.rpc_port = free_port(self.host)
+
+    def ports(self) -> list[int]:
+        return [self.port, self.rpc_port]
 
     def _prepare(self) -> None:
         d = self.workdir

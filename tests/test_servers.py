@@ -20,7 +20,7 @@ from paho.mqtt.properties import Properties
 from tests.conftest import _require
 from tests.helpers import wait_until, wait_until_sync
 from tests.receivers import HttpReceiver, MqttRecorder, SmtpReceiver
-from tests.servers import InfluxDBv1, Mosquitto, ServerError, VictoriaMetrics, port_accepts
+from tests.servers import InfluxDBv1, Mosquitto, ServerError, VictoriaMetrics, listening_pids, port_accepts
 
 pytest_plugins = ["pytester"]
 
@@ -459,3 +459,30 @@ def test_leaked_tasks_fail_the_test(pytester: pytest.Pytester) -> None:
     assert "ERROR at teardown of test_fails_and_leaks" not in result.stdout.str()
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_first_leaks*", "*module-leak*"])
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_leaks_a_task*", "*forgotten*"])
+
+
+@pytest.mark.parametrize("cls", [Mosquitto, VictoriaMetrics])
+def test_a_port_taken_before_the_server_binds_it_is_a_conflict_and_another_is_used(
+        tmp_path: Path, cls: type[Mosquitto] | type[VictoriaMetrics]) -> None:
+    """The race the harness must not lose: the chosen port is taken between choosing and binding. Someone
+    else's listener answers connections, so only the kernel's socket table tells whose it is."""
+    _require(cls)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        class Unlucky(cls):  # type: ignore[valid-type,misc]
+            candidates = [port]
+
+            def _allocate_ports(self) -> None:
+                super()._allocate_ports()
+                if self.candidates:
+                    self.port = self.candidates.pop()
+
+        with Unlucky(tmp_path / "server") as server:
+            assert server.port != port
+            assert server.owns_ports()
+            assert listening_pids(server.port, [server.pid]) == {server.pid}
+            # The first start on the taken port failed (an exit, or a conflict seen): one retry on another.
+            assert server.log_path.read_text().count("--- start") == 2

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from benchlib import cpu_seconds, free_ports, machine, rss_mib  # noqa: E402
 
 from drivers.profiles import load_profile  # noqa: E402
-from tests.servers import InfluxDBv1, Mosquitto, port_accepts  # noqa: E402
+from tests.servers import InfluxDBv1, Mosquitto  # noqa: E402
 
 
 def config_for(n: int, workdir: Path, mqtt_port: int, influx_url: str) -> Path:
@@ -64,8 +64,8 @@ def run(n: int, seconds: float, workdir: Path) -> dict[str, float]:
         sim = subprocess.Popen([*dcim, "simulate", "-c", str(path), "--frozen"], cwd=REPO, stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + 120
-            last_port = yaml.safe_load(path.read_text())["devices"][-1]["port"]
-            while not port_accepts("127.0.0.1", last_port):
+            # `dcim simulate` says itself when every socket is bound ("simulators ready"): nothing is probed.
+            while "simulators ready" not in Path(log.name).read_text(errors="replace"):
                 if time.monotonic() > deadline or sim.poll() is not None:
                     log.flush()
                     tail = Path(log.name).read_text(errors="replace")[-2000:]

@@ -1,4 +1,4 @@
-"""What the benchmarks share: the machine they ran on, process CPU and memory from /proc, free ports.
+"""What the benchmarks share: the machine they ran on, process CPU and memory from /proc, held ports.
 
 Each benchmark runs as a script (`python bench/bench_x.py`), so this directory is first on sys.path and
 `from benchlib import ...` finds this module.
@@ -42,13 +42,30 @@ def rss_mib(pid: int | str = "self") -> float:
     return 0.0
 
 
+# Sockets holding TCP ports for the rest of the benchmark process (see free_ports).
+_HELD: list[socket.socket] = []
+
+
 def free_ports(n: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> list[int]:
-    """`n` distinct free loopback ports (TCP, or UDP with kind=SOCK_DGRAM), all held until all are chosen."""
+    """`n` distinct loopback ports. TCP ports stay held until this process exits: bound with SO_REUSEADDR and
+    never listening, so no other bind(0) or outgoing connection gets them while the simulators (which bind
+    with SO_REUSEADDR, in this process or a child) still can. UDP ports (kind=SOCK_DGRAM) are only
+    candidates, released on return: a UDP server cannot share a held port, and the SNMP simulator runs in a
+    child process; a port taken meanwhile makes that child fail at start, loudly."""
     sockets = [socket.socket(socket.AF_INET, kind) for _ in range(n)]
     try:
         for s in sockets:
+            if kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
+        ports = [s.getsockname()[1] for s in sockets]
+    except BaseException:
         for s in sockets:
             s.close()
+        raise
+    if kind == socket.SOCK_STREAM:
+        _HELD.extend(sockets)
+    else:
+        for s in sockets:
+            s.close()
+    return ports

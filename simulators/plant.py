@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +123,9 @@ class Plant:
         self.cdus: dict[str, CduState] = {}
         self.chillers: dict[str, ChillerState] = {}
         self.kinds: dict[str, str] = {d.id: d.kind for d in config.devices}
+        # Bound sockets to serve devices on instead of binding their host:port (a UDP port a test holds until
+        # the simulator takes it over, so it is never free for someone else in between). Taken on first use.
+        self.sockets: dict[str, socket.socket] = {}
         for _, _, rack in config.racks():
             state = RackState(rack.id, rack.cooling, rack.power_budget_kw, rack.cdu,
                               utilization=0.6 + 0.25 * self.rng.random() if not frozen else 0.75)

@@ -304,7 +304,10 @@ class SnmpSimulator:
                     if device.write_community:
                         agent.writers.add(self._community(engine, communities, device.write_community))
                 domain = (*udp.DOMAIN_NAME, n)
-                transport = udp.UdpAsyncioTransport().open_server_mode((device.host, device.port))
+                # A socket handed over through the plant is served as it is: its port was never free.
+                held = self.plant.sockets.pop(device.id, None)
+                transport = (udp.UdpAsyncioTransport().open_server_mode(sock=held) if held is not None
+                             else udp.UdpAsyncioTransport().open_server_mode((device.host, device.port)))
                 snmp_config.add_transport(engine, domain, transport)
                 # Bind now, so a port in use fails here and a started simulator is listening.
                 await transport._lport

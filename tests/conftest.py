@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers on free ports in temp dirs, alert-hook receivers, and a task-leak check.
+"""Shared fixtures: real servers on ports of their own in temp dirs, alert-hook receivers, and a task-leak check.
 
 Server fixtures are function-scoped: each starts in 20 to 60 ms (bench/bench_servers.py, figures in
 bench/servers.md), so every test gets a clean server it may stop, restart or pause. A missing binary
@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import pytest
 from pytest_asyncio import is_async_test
 
-from tests.helpers import require_binary
+from tests.helpers import free_port as _free_port
+from tests.helpers import release_held_ports, require_binary
 from tests.receivers import HttpReceiver, SmtpReceiver
 from tests.servers import InfluxDBv1, Mosquitto, ServerProcess, VictoriaMetrics
-from tests.servers import free_port as _free_port
 
 S = TypeVar("S", bound=ServerProcess)
 
@@ -128,8 +128,18 @@ def smtp_receiver_tls() -> Iterator[SmtpReceiver]:
 
 @pytest.fixture
 def free_port() -> int:
-    """A loopback TCP port nobody listens on (more: ``tests.helpers.free_port()``)."""
+    """A loopback TCP port held for this test until its server binds it (more: ``tests.helpers.free_port()``)."""
     return _free_port()
+
+
+@pytest.fixture(autouse=True)
+def _release_held_ports() -> Iterator[None]:
+    """Ports held by tests.helpers.free_port() and free_udp_port() are released once the test and its
+    fixtures are done (autouse: set up first, so torn down after the servers that use the ports)."""
+    try:
+        yield
+    finally:
+        release_held_ports()
 
 
 def _describe(task: asyncio.Task[Any]) -> str:

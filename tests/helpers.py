@@ -1,9 +1,21 @@
-"""Small helpers for tests: wait for a condition with a deadline instead of sleeping.
+"""Small helpers for tests: wait for a condition with a deadline instead of sleeping, and ports held for
+servers that have not started yet.
 
     from tests.helpers import wait_until
     rows = await wait_until(lambda: influx.query("SELECT * FROM cdu"), timeout=10)
 
 The predicate may be a plain function or return an awaitable; its first truthy result is returned.
+
+    port = free_port()          # a TCP port held for this test: write it into a configuration, start the
+                                # server later; nobody else can get it meanwhile
+    port = free_udp_port()      # the same for UDP (SNMP); the simulator serves on that very socket:
+    hand_over(plant, config.devices)    # (plant.sockets), before the SNMP simulator starts
+
+A held TCP port is a socket bound with SO_REUSEADDR and never listening: the kernel neither hands that port
+to another bind(0) nor uses it for an outgoing connection, while a server that binds it with SO_REUSEADDR
+(asyncio, aiohttp, pymodbus, asyncua, mosquitto and Go servers all do) gets it and listens. A UDP port
+cannot be shared that way with a server that does not set SO_REUSEADDR (pysnmp): its socket itself is
+handed over (``take_udp``, ``Plant.sockets``). Held ports are released after each test (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -11,15 +23,63 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar, overload
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar, overload
 
 import pytest
 
-from tests.servers import find_binary, free_port
+from tests.servers import find_binary, hold_port
 
-__all__ = ["free_port", "require_binary", "wait_until", "wait_until_sync"]
+__all__ = ["free_port", "free_udp_port", "hand_over", "release_held_ports", "require_binary", "take_udp", "wait_until",
+           "wait_until_sync"]
+
+# Sockets holding ports for the current test, by (kind, port); released by release_held_ports().
+_HELD: dict[tuple[int, int], socket.socket] = {}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port held for the rest of the test: bound (SO_REUSEADDR), never listening, so no other bind(0)
+    or outgoing connection can take it before the server it is meant for binds it."""
+    sock = hold_port(host)
+    port: int = sock.getsockname()[1]
+    _HELD[(socket.SOCK_STREAM, port)] = sock
+    return port
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port held for the rest of the test by a bound socket; the simulator serving it must take that
+    socket over (``take_udp(port)``), since a UDP server cannot bind a port another socket holds."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    port: int = sock.getsockname()[1]
+    _HELD[(socket.SOCK_DGRAM, port)] = sock
+    return port
+
+
+def take_udp(port: int) -> socket.socket | None:
+    """The socket holding UDP ``port`` (from free_udp_port), now the caller's to serve on; None if no socket
+    of this process holds it (a fixed port in a test's configuration)."""
+    return _HELD.pop((socket.SOCK_DGRAM, port), None)
+
+
+def hand_over(plant: Any, devices: Iterable[Any]) -> Any:
+    """Give the simulators the UDP sockets this test holds for ``devices``' ports (``plant.sockets``), so
+    each is served on the very socket that held its port. Returns the plant."""
+    for device in devices:
+        port = getattr(device, "port", None)
+        if isinstance(port, int) and (sock := take_udp(port)) is not None:
+            plant.sockets[device.id] = sock
+    return plant
+
+
+def release_held_ports() -> None:
+    """Close every socket still holding a port (after each test; the servers have their own sockets)."""
+    held = list(_HELD.values())
+    _HELD.clear()
+    for sock in held:
+        sock.close()
 
 T = TypeVar("T")
 

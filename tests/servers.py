@@ -7,13 +7,14 @@ Every server is a child process on a loopback port of its own, its output in ``<
         broker.restart()                 # same port: clients see a real outage and a real recovery
         await broker.arestart()          # the same without blocking the event loop
 
-These servers cannot bind port 0 and report what they got, so a port is chosen, the server is started on
-it, and it counts as started only once the kernel shows a listening socket on that port held by the server's
-own process (``/proc/net/tcp`` and ``/proc/<pid>/fd``) and the server answers there. Someone else on the port
-(a connection to it would reach them, not us) or an exit during start-up means a conflict: the first start
-retries with other ports. Readiness is then polled against the health endpoint with a deadline; a server
-that does not come up raises ServerError with the tail of its log. ``stop()`` sends SIGTERM, then SIGKILL
-after a timeout.
+These servers cannot bind port 0 and report what they got, so a port is chosen and held (``hold_port``:
+bound with SO_REUSEADDR, never listening, so no bind(0) or outgoing connection elsewhere gets it, from the
+first start to close(), outages included), and the server is started on it. It counts as started only once
+the kernel shows a listening socket on that port held by the server's own process (``/proc/net/tcp`` and
+``/proc/<pid>/fd``) and it answers there. Someone else listening on the port (a connection would reach them,
+not us) or an exit during start-up is a conflict: the first start retries with other ports. A server that
+does not come up within its deadline raises ServerError with the tail of its log. ``stop()`` sends SIGTERM,
+then SIGKILL after a timeout.
 Children are started through ``setpriv --pdeathsig KILL`` when available, so a test run that is killed
 hard does not leave servers behind holding ports. The kernel ties that to the *thread* that started the
 server, so start servers from a thread that outlives them (the main thread, as fixtures and ``astart()``
@@ -59,6 +60,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def hold_port(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket bound to ``port`` (0: the kernel's pick) with SO_REUSEADDR and never listening.
+
+    While it is open the kernel gives its port to no other bind(0) and no outgoing connection, and a server
+    that binds the port with SO_REUSEADDR (mosquitto, Go servers, asyncio) still gets it and listens: the
+    port is held for that server, across its restarts too, with no window in which it is free.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def find_binary(name: str) -> str | None:
@@ -150,6 +168,7 @@ class ServerProcess:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.port = 0
+        self._holds: list[socket.socket] = []  # holding our ports while the server is down (hold_port)
         self.startup_seconds: float | None = None  # of the last start, for the benchmark notes
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
@@ -157,7 +176,19 @@ class ServerProcess:
     # What each server defines.
 
     def _allocate_ports(self) -> None:
-        self.port = free_port(self.host)
+        self.port = self._hold()
+
+    def _hold(self) -> int:
+        """A port held for this server from now until close(): restarts find it still theirs."""
+        sock = hold_port(self.host)
+        self._holds.append(sock)
+        port: int = sock.getsockname()[1]
+        return port
+
+    def _release(self) -> None:
+        holds, self._holds = self._holds, []
+        for sock in holds:
+            sock.close()
 
     def ports(self) -> list[int]:
         """Every TCP port this server must listen on (checked to be held by its own process)."""
@@ -268,8 +299,9 @@ class ServerProcess:
         self._paused = False
 
     def close(self) -> None:
-        """Stop and remove the work directory if this object made it."""
+        """Stop, release the ports and remove the work directory if this object made it."""
         self.stop()
+        self._release()
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -297,6 +329,7 @@ class ServerProcess:
         if self.running:
             raise ServerError(f"{self.name} is already running (pid {self.pid})")
         if fresh_ports:
+            self._release()
             self._allocate_ports()
         self._prepare()
         command = self._command()
@@ -442,10 +475,8 @@ class InfluxDBv1(ServerProcess):
         return f"http://{self.host}:{self.port}"
 
     def _allocate_ports(self) -> None:
-        self.port = free_port(self.host)
-        self.rpc_port = free_port(self.host)
-        while self.rpc_port == self.port:
-            self.rpc_port = free_port(self.host)
+        self.port = self._hold()
+        self.rpc_port = self._hold()  # held at once: never the same as port
 
     def ports(self) -> list[int]:
         return [self.port, self.rpc_port]

@@ -384,9 +384,21 @@ def test_a_missing_binary_skips_locally_and_fails_in_ci(monkeypatch: pytest.Monk
         _Missing()
 
 
-def test_free_port_is_bindable(free_port: int) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", free_port))
+def test_free_port_is_held_for_a_server_that_binds_it(free_port: int) -> None:
+    # Held: a plain bind (what anyone else would try) fails, and no bind(0) hands it out...
+    with socket.socket() as other, pytest.raises(OSError, match="in use"):
+        other.bind(("127.0.0.1", free_port))
+    for _ in range(200):
+        with socket.socket() as anyone:
+            anyone.bind(("127.0.0.1", 0))
+            assert anyone.getsockname()[1] != free_port
+    # ... while a server binding it with SO_REUSEADDR (asyncio, aiohttp, pymodbus, mosquitto, Go) listens.
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", free_port))
+        server.listen()
+        with socket.create_connection(("127.0.0.1", free_port), timeout=10):
+            pass
 
 
 LEAK_TESTS = '''

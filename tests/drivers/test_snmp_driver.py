@@ -31,6 +31,7 @@ from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures by name
     snmp_device,
     snmp_env,
 )
+from tests.helpers import hand_over
 
 
 @pytest.mark.parametrize("device_id", ["apc-a01", "rpx-a01", "rpx-a02", "apc-a02"])
@@ -261,7 +262,7 @@ async def test_v3_protocols(auth: str, priv: str, snmp_env: None, context: Drive
     # v1 has no GETBULK: a Raritan walk is one GETNEXT per row (~130 requests), hence the deadline.
     raw = hall([pdu("p1", "apc-rpdu2", **security), pdu("p2", "raritan-px", version="1", deadline="10s")])
     config = parse_config(raw)
-    async with SnmpSimulator(Plant(config, frozen=True), config.devices, refresh=0):  # type: ignore[arg-type]
+    async with SnmpSimulator(hand_over(Plant(config, frozen=True), config.devices), config.devices, refresh=0):  # type: ignore[arg-type]
         for device_id in ("p1", "p2"):
             driver = await open_driver(config, device_id, context)
             samples = await driver.read()

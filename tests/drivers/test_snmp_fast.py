@@ -28,6 +28,7 @@ from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures by name
     snmp_device,
     snmp_env,
 )
+from tests.helpers import hand_over
 
 V2C = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
 
@@ -77,7 +78,7 @@ def test_unsigned_and_negative_integers() -> None:
 async def test_snmpv1_reads_everything(snmp_env: None, context: DriverContext) -> None:
     config = parse_config(hall([pdu("v1-apc", "apc-rpdu2", version="1", deadline="10s"),
                                 pdu("v2-rpx", "raritan-px")]))
-    plant = Plant(config, frozen=True)
+    plant = hand_over(Plant(config, frozen=True), config.devices)
     async with SnmpSimulator(plant, config.devices, refresh=0):  # type: ignore[arg-type]
         v1 = await open_driver(config, "v1-apc", context)
         v2 = await open_driver(config, "v2-rpx", context)

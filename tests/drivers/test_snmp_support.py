@@ -9,7 +9,6 @@ Two air-cooled racks, each with an A and a B PDU, one of each vendor per rack:
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -24,18 +23,12 @@ from drivers.snmp.driver import SnmpDriver, make_driver
 from drivers.snmp.points import Point
 from simulators.plant import Plant
 from simulators.snmp import SnmpSimulator
+from tests.helpers import free_udp_port, hand_over
 
 AUTH_KEY = "auth-key-4-tests"
 PRIV_KEY = "priv-key-4-tests"
 V3 = {"version": "3", "user": "dcim-v3", "auth_protocol": "sha256", "auth_key": "env:DCIM_TEST_SNMP_AUTH",
       "priv_protocol": "aes128", "priv_key": "env:DCIM_TEST_SNMP_PRIV"}
-
-
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def pdu(device_id: str, profile: str, **extra: Any) -> dict[str, Any]:
@@ -72,7 +65,7 @@ def pdu_config(snmp_env: None) -> Config:
 
 @pytest.fixture
 def plant(pdu_config: Config) -> Plant:
-    plant = Plant(pdu_config, frozen=True)
+    plant = hand_over(Plant(pdu_config, frozen=True), pdu_config.devices)
     plant.racks["A02"].outlets = 48
     return plant
 

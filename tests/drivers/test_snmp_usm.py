@@ -28,6 +28,7 @@ from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures by name
     snmp_device,
     snmp_env,
 )
+from tests.helpers import hand_over
 
 
 async def test_same_samples_as_pysnmp(pdu_config: Config, simulator: SnmpSimulator, context: DriverContext) -> None:
@@ -72,7 +73,7 @@ async def test_clock_drift_and_a_replaced_agent_are_recovered(
 async def test_security_level_and_user_refusals(snmp_env: None, context: DriverContext) -> None:
     good = {**V3, "user": "alice"}
     config = parse_config(hall([pdu("p1", "apc-rpdu2", **good), pdu("p2", "apc-rpdu2")]))
-    async with SnmpSimulator(Plant(config, frozen=True), config.devices, refresh=0):  # type: ignore[arg-type]
+    async with SnmpSimulator(hand_over(Plant(config, frozen=True), config.devices), config.devices, refresh=0):  # type: ignore[arg-type]
         for change, reason in (
             ({"user": "mallory"}, "unknown user name"),
             ({"priv_protocol": "none", "priv_key": None}, "unsupported security level"),

@@ -1,9 +1,17 @@
-"""End-to-end harness: a configuration on free ports, simulators in the test's loop, `dcim run` as a process."""
+"""End-to-end harness: a configuration on held ports, simulators in the test's loop, `dcim run` as a process.
+
+Every port in a configuration written here is held by this test from the moment it is chosen
+(``tests.helpers.free_port``: TCP, bound and never listening; ``free_udp_port``: UDP, handed to the SNMP
+simulator as its socket), so nothing else can take it before the simulator or the daemon binds it. The
+simulators say themselves when they listen (``ready``), and the daemon's readiness is read from its own
+log or /healthz: no port is probed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +27,7 @@ from dcim.app.simulate import run_simulators, wait_listening
 from drivers.modbus import codec
 from drivers.profiles import load_profile
 from simulators.plant import Plant
-from tests.helpers import free_port
+from tests.helpers import free_port, hand_over, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,6 +67,7 @@ def cdu_hall(tmp_path: Path, *, mqtt: Any | None = None, influxdb: dict[str, Any
 @contextlib.asynccontextmanager
 async def simulators(config: Config, plant: Plant) -> AsyncIterator[Plant]:
     ready = asyncio.Event()
+    hand_over(plant, config.devices)  # UDP ports this test holds are served on the sockets that hold them
     task = asyncio.create_task(run_simulators(config, plant, ready=ready), name="simulators")
     try:
         await wait_listening(ready, task)
@@ -81,6 +90,10 @@ def expected_cdu_values(plant: Plant, device: str, profile_name: str = "generic-
         else:
             out[point.name] = codec.decode(point, codec.encode(point, value))
     return out
+
+
+class PortConflict(RuntimeError):
+    """A process of ours found an address it was configured with in use."""
 
 
 class DaemonProcess:
@@ -113,7 +126,38 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
 
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """The process's own JSON log records of `event` (configure `logging.format: json`)."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        found = []
+        for line in text.splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if isinstance(record, dict) and record.get("event") == event:
+                        found.append(record)
+        return found
+
+    async def ready(self, event: str = "simulators ready", timeout: float = 120.0) -> dict[str, Any]:  # noqa: ASYNC109
+        """Until the process logs `event` itself (`dcim simulate` logs "simulators ready" once every simulator
+        said its sockets are bound): nothing is probed. Raises PortConflict if it exits first because an address
+        was in use (the caller chooses other ports), AssertionError if it exits for another reason."""
+        def seen() -> dict[str, Any] | None:
+            if records := self.events(event):
+                return records[-1]
+            if self.process is not None and self.process.poll() is not None:
+                log = self.log()
+                if "Address already in use" in log or "Errno 98" in log:
+                    raise PortConflict(f"{' '.join(self.argv)}: a port was taken:\n{log[-2000:]}")
+                raise AssertionError(f"exited {self.process.returncode} before {event!r}:\n{log}")
+            return None
+
+        return await wait_until(seen, timeout=timeout, interval=0.05, message=f"{event!r} from {self.argv}")
+
     def __enter__(self) -> DaemonProcess:
+        # A process already started (and waited for with ready()) is adopted, not started twice.
+        if self.process is not None and self.process.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.harness import DaemonProcess
+from tests.e2e.harness import DaemonProcess, PortConflict
 from tests.grafana.dashboards import load_all, panels, queries
 from tests.grafana.hall import hall_config
 from tests.grafana.runner import influxql, run_dashboard
 from tests.grafana.schema import identifiers, written_schema
 from tests.helpers import free_port, wait_until
-from tests.servers import http_request, port_accepts
+from tests.servers import http_request
 
 pytestmark = pytest.mark.e2e
 
@@ -58,21 +58,28 @@ def leak_alarm_and_flow(url: str, database: str) -> bool:
 
 @pytest.fixture
 async def daemon_filled(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> Any:
-    raw = hall_config(free_port, interval="2s")
-    raw["mqtt"] = {"host": mosquitto.host, "port": mosquitto.port, "prefix": "dcim"}
-    raw["influxdb"] = {"url": influxdb_v1.url, "api": "v1", "database": influxdb_v1.database,
-                       "flush_interval": "200ms"}
-    raw["state_dir"] = str(tmp_path / "state")
-    raw["logging"] = {"level": "info", "format": "json"}
-    path = tmp_path / "dcim.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     started_ms = time.time_ns() // 1_000_000
-    control = free_port()
-    with DaemonProcess(path, "--control-port", str(control), command="simulate") as simulate:
-        tcp = [(d["host"], d["port"]) for d in raw["devices"] if "port" in d and d["protocol"] == "modbus"]
-        tcp.append(("127.0.0.1", int(raw["devices"][-1]["endpoint"].rsplit(":", 1)[1])))
-        await wait_until(lambda: all(port_accepts(h, p) for h, p in tcp), timeout=60,
-                         message=f"simulators listening\n{simulate.log()}")
+    path = tmp_path / "dcim.yaml"
+    # TCP ports are held by this test until `dcim simulate` binds them; the SNMP agents' UDP ports of a
+    # process of its own cannot be: a port taken meanwhile makes it exit, and the hall gets other ports.
+    for _attempt in range(3):
+        raw = hall_config(free_port, interval="2s")
+        raw["mqtt"] = {"host": mosquitto.host, "port": mosquitto.port, "prefix": "dcim"}
+        raw["influxdb"] = {"url": influxdb_v1.url, "api": "v1", "database": influxdb_v1.database,
+                           "flush_interval": "200ms"}
+        raw["state_dir"] = str(tmp_path / "state")
+        raw["logging"] = {"level": "info", "format": "json"}
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        control = free_port()
+        simulate = DaemonProcess(path, "--control-port", str(control), command="simulate").start()
+        try:
+            await simulate.ready()  # its own "simulators ready" line: every socket bound, nothing probed
+            break
+        except PortConflict:
+            simulate.stop()
+    else:
+        raise AssertionError(f"dcim simulate found a port taken three times:\n{simulate.log()}")
+    with simulate:
         with DaemonProcess(path) as daemon:
             expected = {"pdu": 8, "cdu": 2, "chiller": 1}
             await wait_until(lambda: devices_written(influxdb_v1.url, influxdb_v1.database) == expected

@@ -431,7 +431,6 @@ async def run_daemon(config: Config, *, ingest: bool | None = None, poll: bool =
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stop_on_signals(stop)
-    sdnotify.install_stall_hook(loop)
     try:
         daemon = Daemon(config, ingest=ingest, poll=poll, config_path=config_path)
         # SIGHUP's default action ends the process: a reload instead, once there is a daemon to reload.

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
-import time
 from collections.abc import Callable, Mapping
 
 import structlog
@@ -29,9 +27,6 @@ log = structlog.get_logger(__name__)
 
 SENT = REGISTRY.counter("dcim_sdnotify_sent_total", "sd_notify messages sent")
 DROPPED = REGISTRY.counter("dcim_sdnotify_dropped_total", "sd_notify messages dropped (socket full or gone)")
-
-STALL_ENV = "DCIM_TEST_STALL_SECONDS"
-
 
 def _address(value: str) -> str | bytes:
     if value.startswith("@"):
@@ -156,27 +151,3 @@ def watchdog_interval(configured: float | None, environ: Mapping[str, str] | Non
             return limit / 2
         return configured
     return limit / 2 if limit is not None else None
-
-
-def install_stall_hook(loop: asyncio.AbstractEventLoop, environ: Mapping[str, str] | None = None) -> bool:
-    """Tests only: with $DCIM_TEST_STALL_SECONDS=N, SIGUSR2 blocks the event loop for N seconds.
-
-    This is how tests prove the watchdog stops pinging when the main loop stalls. Without the variable
-    nothing is installed, so a production daemon never carries the hook. Returns whether it installed.
-    """
-    env = os.environ if environ is None else environ
-    raw = env.get(STALL_ENV, "")
-    if not raw:
-        return False
-    try:
-        seconds = float(raw)
-    except ValueError as err:
-        raise ValueError(f"{STALL_ENV} must be a number of seconds, not {raw!r}") from err
-
-    def stall() -> None:
-        log.warning("stalling the event loop on SIGUSR2 (test hook)", seconds=seconds)
-        # Blocking on purpose: this simulates a wedged main loop.
-        time.sleep(seconds)
-
-    loop.add_signal_handler(signal.SIGUSR2, stall)
-    return True

@@ -92,6 +92,7 @@ async def test_outage_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb_v1:
             # The outage lasts until ten more polls were made (counted, not timed).
             await wait_until(lambda: _ok_polls_at_least(port, polls_before + 10), timeout=60, message=daemon.log())
             server.start()
+            back = asyncio.get_running_loop().time()  # for the figures printed below, never asserted
             # Freeze the count: the device stops answering, so the good polls made are final.
             plant.inject("cdu-1", "no_response")
             await wait_until(lambda: _offline(port), timeout=30, message=daemon.log())
@@ -99,12 +100,23 @@ async def test_outage_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb_v1:
             rows = await wait_until(
                 lambda: (r := influxdb_v1.query("SELECT flow_lpm FROM cdu")) and len(r) >= made and r,
                 timeout=60, ignore=(Exception,), message=f"{made} polls stored\n{daemon.log()}")
+            caught_up = asyncio.get_running_loop().time() - back
+            assert daemon.process is not None
+            peak = _peak_rss_mib(daemon.process.pid)
             assert daemon.stop() == 0, daemon.log()
     # Every good poll stored once: nothing lost, nothing doubled.
     stamps = [int(r["time"]) for r in rows]
-    print(f"{outage} outage: {made} good polls made, {len(rows)} rows stored, {len(set(stamps))} distinct")
+    print(f"{outage} outage: {made} good polls made, {len(rows)} rows stored, {len(set(stamps))} distinct; "
+          f"all stored {caught_up:.1f} s after the {outage} was back; daemon peak RSS {peak:.0f} MiB")
     assert len(rows) == made == len(set(stamps))
     assert logged in daemon.log()
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 async def _ok_polls_at_least(port: int, count: float) -> bool:

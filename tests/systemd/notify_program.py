@@ -1,18 +1,24 @@
 """A minimal asyncio service using dcim.app.sdnotify the way the daemon does (run by test_sdnotify.py).
 
-    NOTIFY_SOCKET=/tmp/x WATCHDOG_USEC=200000 DCIM_TEST_STALL_SECONDS=1 python notify_program.py
+    NOTIFY_SOCKET=/tmp/x WATCHDOG_USEC=200000 python notify_program.py [STALL_SECONDS]
 
 A "work" task ticks (the daemon's poll rounds); READY goes out after the first tick; the watchdog pings
-while the last tick is recent; SIGUSR2 (test hook) blocks the loop; SIGTERM stops with STOPPING=1.
+while the last tick is recent; SIGUSR2 blocks the loop for STALL_SECONDS (1 by default), as a wedged main
+loop would; SIGTERM stops with STOPPING=1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 
-from dcim.app.sdnotify import Notifier, install_stall_hook, watchdog_interval
+from dcim.app.sdnotify import Notifier, watchdog_interval
+
+
+def stall(seconds: float) -> None:
+    time.sleep(seconds)  # blocking on purpose: the wedged main loop the watchdog must notice
 
 
 async def main() -> None:
@@ -21,7 +27,7 @@ async def main() -> None:
     interval = watchdog_interval(None)
     assert interval is not None, "WATCHDOG_USEC is not set"
     loop = asyncio.get_running_loop()
-    install_stall_hook(loop)
+    loop.add_signal_handler(signal.SIGUSR2, stall, float(sys.argv[1]) if len(sys.argv) > 1 else 1.0)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     ticks = 0

@@ -2,8 +2,8 @@
 
 - READY=1 (with a STATUS= summary) once its first poll round is done,
 - WATCHDOG=1 at the configured `systemd.watchdog_interval`,
-- no WATCHDOG=1 while its event loop is stalled (SIGUSR2 with DCIM_TEST_STALL_SECONDS, the test hook of
-  dcim.app.sdnotify.install_stall_hook), then pings again,
+- no WATCHDOG=1 while its event loop is stalled (a device of the chaosfault plugin protocol,
+  tests/chaos/plugin, whose read blocks the loop once the test creates its trigger file), then pings again,
 - STOPPING=1 and exit status 0 on SIGTERM,
 
 all inside tests/systemd/sandbox.py: dcim.service's SystemCallFilter, RestrictAddressFamilies and
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from tests.chaos.faults import faulty_device, plugin_path
 from tests.e2e.harness import DaemonProcess, cdu_hall
 from tests.helpers import wait_until
 from tests.systemd.syscalls import allowed_by
@@ -53,8 +54,14 @@ async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: No
     raw = yaml.safe_load(path.read_text())
     raw["systemd"] = {"watchdog_interval": f"{int(INTERVAL * 1000)}ms"}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, "NOTIFY_SOCKET": notify_listener.path, "DCIM_TEST_STALL_SECONDS": str(STALL),
-           "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
+    # `dcim run` gets its own file: cdu-2 is a chaosfault device there, whose read blocks the event loop for
+    # STALL seconds once `trigger` exists (the simulators still serve the plain hall).
+    run_path = tmp_path / "dcim-run.yaml"
+    run_path.write_text(path.read_text())
+    trigger = tmp_path / "stall-now"
+    faulty_device(run_path, "cdu-2", "block", None, trigger=str(trigger), block_seconds=STALL)
+    env = {**os.environ, "NOTIFY_SOCKET": notify_listener.path,
+           "PYTHONUNBUFFERED": "1", "PYTHONPATH": plugin_path(str(ROOT)),
            "DCIM_TEST_SYSCALLS": ",".join(allowed_by(ROOT / "systemd" / "dcim.service"))}
     for key in ("WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(key, None)
@@ -64,7 +71,7 @@ async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: No
         with log_path.open("ab") as log:
             # Under dcim.service's syscall filter, address families and W^X memory (tests/systemd/sandbox.py).
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(SANDBOX), "dcim.app.cli", "run", "-c", str(path), env=env, cwd=ROOT,
+                sys.executable, str(SANDBOX), "dcim.app.cli", "run", "-c", str(run_path), env=env, cwd=ROOT,
                 stdout=log, stderr=log)
         try:
             ready = await notify_listener.wait_for("READY", within=30)
@@ -73,7 +80,7 @@ async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: No
             # Pings keep coming. Their rate is not asserted: gaps measured where the test reads bunch and
             # stretch on a loaded machine (the interval's handling is tested in test_sdnotify.py).
             pings = [await notify_listener.wait_for("WATCHDOG", within=10) for _ in range(6)]
-            proc.send_signal(signal.SIGUSR2)
+            trigger.touch()
             after = [await notify_listener.wait_for("WATCHDOG", within=STALL + 10) for _ in range(4)]
             gaps = [b.at - a.at for a, b in itertools.pairwise([pings[-1], *after])]
             assert max(gaps) >= STALL * 0.9, f"no WATCHDOG gap during a {STALL} s stall: {gaps}"
@@ -101,7 +108,7 @@ async def test_ingest_is_ready_and_pings(tmp_path: Path, notify_listener: Notify
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {**os.environ, "NOTIFY_SOCKET": notify_listener.path, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
            "DCIM_TEST_SYSCALLS": ",".join(allowed_by(ROOT / "systemd" / "dcim-ingest.service"))}
-    for key in ("WATCHDOG_USEC", "WATCHDOG_PID", "DCIM_TEST_STALL_SECONDS"):
+    for key in ("WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(key, None)
     log_path = tmp_path / "dcim-ingest.log"
     with log_path.open("ab") as log:

@@ -9,11 +9,16 @@ registry, and nothing in the product knows it exists.
     mode: stuck   the first read swallows the poll deadline's cancellation, as a library with the gh-86296
                   bug does, and hangs; the next cancellation (shutdown) goes through. The poller is then
                   stuck and /healthz must say so.
+    mode: block   a read that finds the file `trigger` removes it and blocks the whole event loop for
+                  `block_seconds` (a synchronous call, as a library doing blocking I/O would): the daemon's
+                  main loop is wedged and the systemd watchdog must stop pinging. Otherwise it raises.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 from typing import Any, Literal
 
 from dcim.core.samples import Sample, Value
@@ -24,7 +29,9 @@ from drivers.registry import ProtocolSpec
 
 class FaultyDevice(DeviceBase):
     protocol: Literal["chaosfault"]
-    mode: Literal["raise", "stuck"] = "raise"
+    mode: Literal["raise", "stuck", "block"] = "raise"
+    trigger: str | None = None  # mode block: the file whose appearance makes the next read block
+    block_seconds: float = 2.0
 
 
 class FaultyPoint(PointBase):
@@ -35,6 +42,7 @@ class FaultyDriver(Driver):
     def __init__(self, device: FaultyDevice, profile: Profile[Any]) -> None:
         super().__init__(device, profile)
         self.mode = device.mode
+        self.faulty = device
         self.reads = 0
 
     async def connect(self) -> None:
@@ -42,7 +50,12 @@ class FaultyDriver(Driver):
 
     async def read(self) -> list[Sample]:
         self.reads += 1
-        if self.mode == "raise":
+        if self.mode == "block":
+            trigger = Path(self.faulty.trigger) if self.faulty.trigger else None
+            if trigger is not None and trigger.exists():
+                trigger.unlink()
+                time.sleep(self.faulty.block_seconds)  # noqa: ASYNC251 - blocking on purpose: the wedged loop
+        if self.mode in ("raise", "block"):
             raise RuntimeError(f"chaosfault driver bug: read {self.reads} of {self.device.id} raises")
         try:
             await asyncio.Event().wait()

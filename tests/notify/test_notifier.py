@@ -79,7 +79,8 @@ async def test_hook_down_retried_with_backoff_nothing_lost(
         delivered = len(receiver.requests)
         for rack in ("A02", "A03", "A04"):
             notifier.submit(event(rack))
-        # submit is synchronous and queues only: nothing was sent (or tried) while it ran.
+        # submit is a plain call (it cannot await, so it does no I/O and returns at once: structural, not
+        # timed); it only queues, so nothing reached the hook while it ran.
         assert len(receiver.requests) == delivered
         await advance(clock, notifier, 0)
         assert notifier.outboxes["ops"].depth >= 1

@@ -134,7 +134,7 @@ def free_port() -> int:
 
 @pytest.fixture(autouse=True)
 def _release_held_ports() -> Iterator[None]:
-    """Ports held by tests.helpers.free_port() and free_udp_port() are released once the test and its
+    """Ports held by tests.helpers.free_port() and hold_udp_port() are released once the test and its
     fixtures are done (autouse: set up first, so torn down after the servers that use the ports)."""
     try:
         yield

@@ -8,7 +8,7 @@ The predicate may be a plain function or return an awaitable; its first truthy r
 
     port = free_port()          # a TCP port held for this test: write it into a configuration, start the
                                 # server later; nobody else can get it meanwhile
-    port = free_udp_port()      # the same for UDP (SNMP); the simulator serves on that very socket:
+    port = hold_udp_port()      # the same for UDP (SNMP); the simulator serves on that very socket:
     hand_over(plant, config.devices)    # (plant.sockets), before the SNMP simulator starts
 
 A held TCP port is a socket bound with SO_REUSEADDR and never listening: the kernel neither hands that port
@@ -32,8 +32,16 @@ import pytest
 
 from tests.servers import find_binary, hold_port
 
-__all__ = ["free_port", "free_udp_port", "hand_over", "release_held_ports", "require_binary", "take_udp", "wait_until",
-           "wait_until_sync"]
+__all__ = [
+    "free_port",
+    "hand_over",
+    "hold_udp_port",
+    "release_held_ports",
+    "require_binary",
+    "take_udp",
+    "wait_until",
+    "wait_until_sync",
+]
 
 # Sockets holding ports for the current test, by (kind, port); released by release_held_ports().
 _HELD: dict[tuple[int, int], socket.socket] = {}
@@ -48,7 +56,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     return port
 
 
-def free_udp_port(host: str = "127.0.0.1") -> int:
+def hold_udp_port(host: str = "127.0.0.1") -> int:
     """A UDP port held for the rest of the test by a bound socket; the simulator serving it must take that
     socket over (``take_udp(port)``), since a UDP server cannot bind a port another socket holds."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -59,7 +67,7 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 
 
 def take_udp(port: int) -> socket.socket | None:
-    """The socket holding UDP ``port`` (from free_udp_port), now the caller's to serve on; None if no socket
+    """The socket holding UDP ``port`` (from hold_udp_port), now the caller's to serve on; None if no socket
     of this process holds it (a fixed port in a test's configuration)."""
     return _HELD.pop((socket.SOCK_DGRAM, port), None)
 

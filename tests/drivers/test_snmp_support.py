@@ -9,6 +9,7 @@ Two air-cooled racks, each with an A and a B PDU, one of each vendor per rack:
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from drivers.snmp.driver import SnmpDriver, make_driver
 from drivers.snmp.points import Point
 from simulators.plant import Plant
 from simulators.snmp import SnmpSimulator
-from tests.helpers import free_udp_port, hand_over
+from tests.helpers import hand_over, hold_udp_port
 
 AUTH_KEY = "auth-key-4-tests"
 PRIV_KEY = "priv-key-4-tests"
@@ -31,8 +32,17 @@ V3 = {"version": "3", "user": "dcim-v3", "auth_protocol": "sha256", "auth_key": 
       "priv_protocol": "aes128", "priv_key": "env:DCIM_TEST_SNMP_PRIV"}
 
 
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port free right now, released on return: only for a server of the test's own that binds it
+    itself. For the SNMP simulator use tests.helpers.hold_udp_port() and hand_over(): never released."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def pdu(device_id: str, profile: str, **extra: Any) -> dict[str, Any]:
-    return {"id": device_id, "kind": "pdu", "protocol": "snmp", "host": "127.0.0.1", "port": free_udp_port(),
+    return {"id": device_id, "kind": "pdu", "protocol": "snmp", "host": "127.0.0.1", "port": hold_udp_port(),
             "profile": profile, "community": "public", "write_community": "private",
             # A generous poll deadline: tests share two cores with everything else (deadline tests set theirs).
             "interval": "1s", "timeout": "300ms", "retries": 1, "deadline": "5s", **extra}

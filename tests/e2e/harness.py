@@ -1,7 +1,7 @@
 """End-to-end harness: a configuration on held ports, simulators in the test's loop, `dcim run` as a process.
 
 Every port in a configuration written here is held by this test from the moment it is chosen
-(``tests.helpers.free_port``: TCP, bound and never listening; ``free_udp_port``: UDP, handed to the SNMP
+(``tests.helpers.free_port``: TCP, bound and never listening; ``hold_udp_port``: UDP, handed to the SNMP
 simulator as its socket), so nothing else can take it before the simulator or the daemon binds it. The
 simulators say themselves when they listen (``ready``), and the daemon's readiness is read from its own
 log or /healthz: no port is probed.

@@ -13,14 +13,14 @@ import yaml
 
 from simulators.plant import Plant
 from tests.e2e.harness import REPO, DaemonProcess, load, simulators
-from tests.helpers import free_port, free_udp_port, wait_until
+from tests.helpers import free_port, hold_udp_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 def pdu_hall(tmp_path: Path, mosquitto: Any, influx: Any) -> Path:
     def pdu(device_id: str, profile: str) -> dict[str, Any]:
-        return {"id": device_id, "kind": "pdu", "protocol": "snmp", "host": "127.0.0.1", "port": free_udp_port(),
+        return {"id": device_id, "kind": "pdu", "protocol": "snmp", "host": "127.0.0.1", "port": hold_udp_port(),
                 "profile": profile, "community": "public", "write_community": "private", "interval": "500ms",
                 "timeout": "300ms", "retries": 1, "deadline": "1s", "simulate": True}
 

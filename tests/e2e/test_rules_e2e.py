@@ -30,7 +30,7 @@ from rules.notify import Notifier
 from rules.service import RuleService
 from simulators.plant import Plant
 from tests.e2e.harness import cdu_hall, simulators
-from tests.helpers import free_port, free_udp_port, wait_until
+from tests.helpers import free_port, hold_udp_port, wait_until
 from tests.receivers import HttpReceiver, SmtpReceiver
 
 pytestmark = pytest.mark.e2e
@@ -154,7 +154,7 @@ def power_hall(tmp_path: Path, receiver: HttpReceiver, secret_file: Path, racks_
     """Liquid racks on one CDU (Modbus), each fed by two APC PDUs (SNMP), all simulated."""
     def device(dev_id: str, kind: str, protocol: str, profile: str) -> dict[str, Any]:
         out: dict[str, Any] = {"id": dev_id, "kind": kind, "protocol": protocol, "host": "127.0.0.1",
-                               "port": free_udp_port() if protocol == "snmp" else free_port(),
+                               "port": hold_udp_port() if protocol == "snmp" else free_port(),
                                "profile": profile, "interval": interval, "timeout": timeout,
                                "retries": 0, "simulate": True}
         if protocol == "modbus":

@@ -22,7 +22,7 @@ from rules.store import AlarmStore
 from rules.writes import WriteGuard, WriteRequest, WriteResult
 from simulators.plant import Plant
 from tests.e2e.harness import REPO
-from tests.helpers import free_port, free_udp_port
+from tests.helpers import free_port, hold_udp_port
 
 TOKEN = "write-test-token"
 
@@ -50,7 +50,7 @@ def hall(tmp_path: Path, *, control: dict[str, Any] | None = None, chiller: bool
         {"id": "cdu-1", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1", "port": free_port(),
          "unit_id": 1, "profile": "generic-cdu", "interval": "500ms", "timeout": "500ms", "retries": 1,
          "simulate": True},
-        {"id": "pdu-1", "kind": "pdu", "protocol": "snmp", "host": "127.0.0.1", "port": free_udp_port(),
+        {"id": "pdu-1", "kind": "pdu", "protocol": "snmp", "host": "127.0.0.1", "port": hold_udp_port(),
          "profile": "apc-rpdu2", "community": "public", "write_community": "private", "interval": "500ms",
          "timeout": "500ms", "retries": 1, "deadline": "2s", "simulate": True},
     ]

@@ -208,6 +208,9 @@ class UsmSession(FastSession):
                 fields.append((s, e))
                 p = e
             engine_id = bytes(data[fields[0][0]:fields[0][1]])
+            if len(engine_id) > 32:
+                # RFC 3411: 5 to 32 bytes. Keys are localised to it: no 60 kB "engine" is worth hashing.
+                raise ValueError(f"engine ID of {len(engine_id)} bytes")
             # Boots and time are 0..2^31-1 (RFC 3414); a 200-byte "time" must not reach float arithmetic.
             boots = _int(data, *fields[1])
             engine_time = _int(data, *fields[2])

@@ -128,7 +128,7 @@ async def serve() -> AsyncIterator[Callable[[Answer], Any]]:
 
 def device(port: int, **extra: Any) -> SnmpDevice:
     fields: dict[str, Any] = {"id": "evil", "kind": "pdu", "protocol": "snmp", "profile": "hostile",
-                              "host": "127.0.0.1", "port": port, "timeout": 2.0, "retries": 0, "deadline": 30.0}
+                              "host": "127.0.0.1", "port": port, "timeout": 5.0, "retries": 0, "deadline": 60.0}
     return SnmpDevice.model_validate({**fields, **extra})
 
 

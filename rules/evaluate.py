@@ -11,7 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from dcim.core.events import AlarmState, Severity
+from dcim.core.metrics import REGISTRY
 from dcim.core.samples import Batch, DeviceStatus
 from dcim.core.topology import Topology
 from rules.alarms import NS, RANK, Timers, Timing, Verdict, step
@@ -22,6 +25,12 @@ from rules.metrics import RackMetrics, Readings, feed_capacity_kw
 from rules.store import AlarmRecord, AlarmStore
 
 COMM_RULE = "device-offline"
+
+log = structlog.get_logger(__name__)
+
+KIND_ERRORS = REGISTRY.counter(
+    "dcim_rule_kind_errors_total", "Rule evaluations that raised in the rule's kind (the alarm holds)", ("rule",)
+)
 
 
 @dataclass(eq=False, slots=True)
@@ -68,6 +77,8 @@ class Engine:
         self.last_good: dict[tuple[str, str], int] = {}
         self.offline_since: dict[str, int] = {}
         self.evaluations = 0
+        # Alarms whose kind raised: logged once each, counted every time.
+        self.failing: set[str] = set()
         self._bind()
         # A device that was offline when the daemon stopped stays offline until it answers: its
         # communication alarm keeps speaking for the alarms that depend on it.
@@ -127,7 +138,13 @@ class Engine:
                     subjects[subject] = Subject(subject, self.readings, self._attributes(subject))
                 labels = {**self.labels(subject), "rule": rule.name, "category": rule.category}
                 timing = Timing(round(tuned.for_ * NS), round(tuned.clear_after * NS))
-                condition = kind.condition(tuned, subjects[subject])
+                try:
+                    condition = kind.condition(tuned, subjects[subject])
+                except Exception:
+                    # A kind that cannot take this rule costs this rule, never the engine.
+                    KIND_ERRORS.inc(rule=rule.name)
+                    log.exception("rule kind failed to bind; rule not judged", rule=rule.name, subject=subject)
+                    continue
                 bound = Bound(tuned, subject, f"{rule.name}/{subject}", condition, timing, labels)
                 self.bound.append(bound)
                 points = condition.points()
@@ -217,18 +234,26 @@ class Engine:
             if not any(same_value(gate.value, wanted) for wanted in rule.only_if.match):
                 text = f"{bound.subject}: {rule.only_if.point} = {gate.value}: {rule.name} not judged"
                 return Verdict(None, None, None, text)
-        assessment = bound.condition.assess(now)
-        if assessment is None:
+        try:
+            assessment = bound.condition.assess(now)
+            if assessment is None:
+                return None
+            shown = None
+            for severity, excess, threshold in assessment.levels:
+                # Once at this severity (or above), the value must come back past it by `hysteresis`.
+                margin = rule.hysteresis if RANK[current] >= RANK[severity] else 0.0
+                if excess > -margin:
+                    return Verdict(severity, assessment.value, threshold,
+                                   bound.condition.describe(assessment, severity, threshold))
+                if threshold is not None:
+                    shown = threshold
+        except Exception:
+            # A bug in a kind (an installed one, say) judges nothing: this alarm holds, every other rule goes on.
+            KIND_ERRORS.inc(rule=rule.name)
+            if bound.key not in self.failing:
+                self.failing.add(bound.key)
+                log.exception("rule kind failed; the alarm holds", alarm=bound.key, kind=rule.kind)
             return None
-        shown = None
-        for severity, excess, threshold in assessment.levels:
-            # Once at this severity (or above), the value must come back past the threshold by `hysteresis`.
-            margin = rule.hysteresis if RANK[current] >= RANK[severity] else 0.0
-            if excess > -margin:
-                return Verdict(severity, assessment.value, threshold,
-                               bound.condition.describe(assessment, severity, threshold))
-            if threshold is not None:
-                shown = threshold
         return Verdict(None, assessment.value, shown, "")  # a clear verdict's message is never shown
 
     def _judge(self, bound: Bound, now: int) -> None:

@@ -9,15 +9,16 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import yaml
 
 from dcim.app.config import ConfigError, parse_config
 from dcim.core.events import AlarmState, Severity
-from rules.kinds import RULE_KINDS, RuleKind
-from rules.kinds.threshold import LimitCondition, ThresholdRule
+from dcim.core.metrics import REGISTRY
+from rules.kinds import RULE_KINDS, Assessment, RuleKind
+from rules.kinds.threshold import LimitCondition, LimitRule, ThresholdRule
 from tests.rules.rig import Rig, hall
 from tests.toy_plugins import dcim, install_toys, modules, section
 
@@ -127,3 +128,39 @@ async def test_band_fires_and_resolves_in_the_engine(band: RuleKind[Any], tmp_pa
     drive(r, 11, supply_temp_c=12.0)   # below the band
     assert [e.state for e in r.notifier.events] == [AlarmState.FIRING, AlarmState.RESOLVED, AlarmState.FIRING]
     assert r.notifier.events[-1].threshold == 18.0
+
+
+# ---- a broken kind costs its own alarms, never the engine ------------------------------------------------
+
+
+class FaultyRule(LimitRule):
+    kind: Literal["faulty"]
+
+
+class FaultyCondition(LimitCondition):
+    def assess(self, now_ns: int) -> Assessment | None:
+        if self.subject.number(self.rule.metric, now_ns) is not None:
+            raise ZeroDivisionError("a bug in the kind")
+        return None
+
+
+@pytest.fixture
+def faulty() -> Iterator[None]:
+    RULE_KINDS.register(RuleKind("faulty", FaultyRule, FaultyCondition))
+    yield
+    RULE_KINDS.unregister("faulty")
+
+
+async def test_a_kind_that_raises_holds_its_alarm_and_the_others_go_on(faulty: None, tmp_path: Path) -> None:
+    errors = REGISTRY.counter("dcim_rule_kind_errors_total", "", ("rule",))
+    before = errors.get(rule="buggy")
+    r = Rig(hall(tmp_path, {"packs": NO_PACKS, "rules": [
+        {"name": "buggy", "scope": {"devices": {"kind": "cdu"}}, "metric": "supply_temp_c", "kind": "faulty",
+         "warning": 1},
+        {"name": "leak", "scope": {"devices": {"kind": "cdu"}}, "metric": "leak", "kind": "state", "match": [True]},
+    ]}))
+    drive(r, 3)
+    r.cdu("cdu-1", leak=True)
+    assert r.notifier.fired() == ["leak/cdu-1"]
+    assert r.service.store.record("buggy/cdu-1") is None
+    assert errors.get(rule="buggy") - before >= 4

@@ -18,7 +18,7 @@ from dcim.core.secrets import Secret
 from rules.hooks.base import Hook, HookConfig, HookError, HookType
 
 if TYPE_CHECKING:
-    from rules.notify.model import Notification
+    from rules.hooks.notification import Notification
 
 
 class AppriseHook(HookConfig):

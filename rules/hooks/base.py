@@ -28,8 +28,8 @@ from dcim.core.config import PositiveDuration, StrictModel
 from dcim.core.secrets import redact
 
 if TYPE_CHECKING:
-    # Only a type here: rules.notify imports the hooks, so the hooks do not import it back at run time.
-    from rules.notify.model import Notification
+    # A type only: the notification model is built by rules.notify.
+    from rules.hooks.notification import Notification
 
 HttpUrl = Annotated[str, Field(pattern=r"^https?://\S+$")]
 

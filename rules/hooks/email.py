@@ -19,7 +19,7 @@ from dcim.core.secrets import Secret
 from rules.hooks.base import Hook, HookConfig, HookError, HookType, reveal
 
 if TYPE_CHECKING:
-    from rules.notify.model import Notification
+    from rules.hooks.notification import Notification
 
 Address = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]
 

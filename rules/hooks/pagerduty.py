@@ -23,7 +23,7 @@ from dcim.core.secrets import Secret
 from rules.hooks.base import Hook, HookConfig, HookType, HttpUrl, post
 
 if TYPE_CHECKING:
-    from rules.notify.model import Notification
+    from rules.hooks.notification import Notification
 
 
 class PagerDutyHook(HookConfig):

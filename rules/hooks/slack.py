@@ -11,7 +11,7 @@ from dcim.core.secrets import Secret
 from rules.hooks.base import Hook, HookConfig, HookType, post
 
 if TYPE_CHECKING:
-    from rules.notify.model import Notification
+    from rules.hooks.notification import Notification
 
 
 class SlackHook(HookConfig):

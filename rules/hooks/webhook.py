@@ -27,7 +27,7 @@ from dcim.core.secrets import Secret
 from rules.hooks.base import Hook, HookConfig, HookType, HttpUrl, post, reveal
 
 if TYPE_CHECKING:
-    from rules.notify.model import Notification
+    from rules.hooks.notification import Notification
 
 
 class WebhookHook(HookConfig):

@@ -27,9 +27,9 @@ from dcim.core.metrics import REGISTRY
 from dcim.core.outbox import Outbox
 from rules.clock import Clock, SystemClock
 from rules.hooks import Hook, make_hook
+from rules.hooks.notification import Notification
 from rules.notify.config import NotifyConfig
 from rules.notify.delivery import Delivery
-from rules.notify.model import Notification
 from rules.notify.ratelimit import RateLimiter
 from rules.notify.router import Router
 from rules.notify.state import NotifyState

@@ -33,6 +33,7 @@ from dcim.app.publisher import MqttPublisher
 from dcim.core.outbox import Outbox
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Value
+from dcim.core.sqlite import SqliteWriter
 from dcim.core.topology import Topology
 from drivers.base import DriverContext
 from drivers.errors import WriteRejected
@@ -60,6 +61,8 @@ class Daemon:
         self.notifier: Notifier | None = None
         self.http: HttpApi | None = None
         self.ready = asyncio.Event()
+        # The one SQLite writer thread of the process: outboxes, alarm store and notifier state all use it.
+        self.writer = SqliteWriter(name="sqlite-writer")
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         run_ingest = config.ingest.enabled if ingest is None else ingest
         extra = config.extra_profile_dirs()
@@ -74,12 +77,12 @@ class Daemon:
             self.coordinators[device.id] = DeviceCoordinator(device, driver, self.pipeline)
         if config.mqtt.host and run_ingest and config.influxdb is not None:
             ingest_box = Outbox(self.state_dir / "ingest-outbox.sqlite", name="ingest",
-                                max_items=config.influxdb.outbox_max_lines)
+                                max_items=config.influxdb.outbox_max_lines, writer=self.writer)
             self.outboxes.append(ingest_box)
             self.ingest = Ingest(config, ingest_box)
         if config.mqtt.host and poll:
             box = Outbox(self.state_dir / "mqtt-outbox.sqlite", name="mqtt",
-                         max_items=config.mqtt.outbox_max_messages)
+                         max_items=config.mqtt.outbox_max_messages, writer=self.writer)
             self.outboxes.append(box)
             gate = self.ingest.subscribed if self.ingest is not None else None
             self.publisher = MqttPublisher(config.mqtt, self.topology, box, gate=gate)
@@ -94,9 +97,9 @@ class Daemon:
         if not self.config.rules.enabled:
             return
         if self.config.rules.notifications.hooks:
-            self.notifier = Notifier(self.config.rules.notifications, self.state_dir)
+            self.notifier = Notifier(self.config.rules.notifications, self.state_dir, writer=self.writer)
         self.rules = RuleService(self.config, self.topology, controller=self, publish=self.pipeline.publish,
-                                 notifier=self.notifier)
+                                 notifier=self.notifier, writer=self.writer)
         self.pipeline.add_sink(self.rules.sink)
 
     # ---- control: the one path by which anything writes to a device ----------------------------------
@@ -132,7 +135,8 @@ class Daemon:
                         for d, c in self.coordinators.items()},
             "mqtt_connected": self.publisher.connected.is_set() if self.publisher else None,
             "ingest_subscribed": self.ingest.subscribed.is_set() if self.ingest else None,
-            "outboxes": {o.name: {"depth": o.depth, "dropped": o.dropped} for o in self.outboxes},
+            "outboxes": {o.name: {"depth": o.depth, "dropped": o.dropped, "degraded": o.degraded}
+                         for o in self.outboxes},
             "hooks": self.notifier.health() if self.notifier is not None else {},
             "dead_tasks": dead,
         }
@@ -171,8 +175,12 @@ class Daemon:
                 log.info("stopping")
                 await self._shutdown()
         finally:
-            for box in self.outboxes:
-                await box.close()
+            try:
+                for box in self.outboxes:
+                    await box.close()
+            finally:
+                # Last: everything submitted by the tasks above is written, then the files are closed.
+                await self.writer.close()
             log.info("stopped")
 
     async def _watch_ready(self) -> None:

@@ -87,6 +87,7 @@ class RuleService:
         self.sink = _Sink(self)
         self.store.on_change = self._on_operator
         self._control_tasks: set[asyncio.Task[None]] = set()
+        self._store_failing = False
         REGISTRY.add_collector(self._collect)
         if self.config.control.armed:
             log.warning("control actions are ARMED", actions=[a.name for a in self.config.control.actions])
@@ -117,9 +118,14 @@ class RuleService:
         except DISK_ERRORS as err:
             # The changes stay in memory (one snapshot per alarm) and go with the next flush.
             ERRORS.inc(where="store")
-            if self.store.flush_errors == 1 or self.store.flush_errors % 100 == 0:
+            if not self._store_failing:
                 log.error("alarm store write failed; keeping changes in memory, retrying every tick",
-                          error=str(err), failures=self.store.flush_errors)
+                          error=str(err))
+            self._store_failing = True
+            return
+        if self._store_failing:
+            log.info("alarm store writable again")
+            self._store_failing = False
 
     def tick(self) -> None:
         """One round: rack metrics into the pipeline, timers, silences, due control actions."""

@@ -97,7 +97,8 @@ class Outbox:
         self._next_id = -1
         # Acknowledged but still on disk: the delete failed (full disk) and is retried with the next write.
         self._acked: set[int] = set()
-        self._error = ""  # set while the disk refuses writes
+        self._error = ""  # set while items are held in memory because the disk refused them
+        self._disk_failing = False  # from a refused write to the next one that succeeds (for the log)
         self._retry = Backoff(initial=0.5, maximum=10.0)
         self._wake = asyncio.Event()
         self._available = asyncio.Event()
@@ -112,7 +113,7 @@ class Outbox:
 
     @property
     def degraded(self) -> bool:
-        """True while the disk refuses writes (what is put is kept in memory)."""
+        """True while the disk refuses writes and items are kept in memory."""
         return bool(self._error)
 
     async def open(self) -> None:
@@ -199,7 +200,10 @@ class Outbox:
         self._wake.clear()
         acked = sorted(self._acked)
         if not self._buffered and not acked:
-            return  # nothing to write (a failing disk stays degraded until a real write succeeds)
+            # Nothing held in memory any more (it went out from there): not degraded, and the next put
+            # tries the disk again. The "writable again" message waits for a write that succeeds.
+            self._error = ""
+            return
         assert self._db is not None, f"outbox {self.name} is not open"
         batch = self._unbuffer()
         rows = [(i.priority, i.key, i.payload, int(i.retain)) for i in batch]
@@ -236,10 +240,11 @@ class Outbox:
         dropped, deleted = done.result()
         self._acked.difference_update(acked)
         self._on_disk += len(batch) - dropped - deleted
-        if self._error:
+        self._error = ""
+        if self._disk_failing:
             log.info("outbox disk writable again", outbox=self.name, written=len(batch),
                      dropped_total=self.dropped)
-            self._error = ""
+            self._disk_failing = False
             self._retry.reset()
             self._memory_full_logged = False
         if dropped:
@@ -257,7 +262,8 @@ class Outbox:
 
     def _degrade(self, error: BaseException) -> None:
         WRITE_ERRORS.inc(outbox=self.name)
-        if not self._error:
+        if not self._disk_failing:
+            self._disk_failing = True
             log.error("outbox disk refuses writes: keeping items in memory and retrying", outbox=self.name,
                       error=str(error), in_memory=self._buffered)
         self._error = str(error) or type(error).__name__

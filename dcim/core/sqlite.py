@@ -163,6 +163,7 @@ class SqliteWriter:
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()      # admitted, waiting to run
         self._overflow: deque[_Job] = deque()   # submitted while the queue was full, in order
+        self._group: list[_Job] = []            # running now (writer thread)
         self._closing = False
         self._thread: threading.Thread | None = None
         self._databases: list[Database] = []
@@ -274,7 +275,7 @@ class SqliteWriter:
             log.exception("sqlite writer stopped", writer=self.name)
             with self._cond:
                 self._closing = True
-                jobs = [*self._queue, *self._overflow]
+                jobs = [*self._group, *self._queue, *self._overflow]
                 self._queue.clear()
                 self._overflow.clear()
             for job in jobs:
@@ -291,7 +292,7 @@ class SqliteWriter:
                     self._cond.wait()
                 if not self._queue:
                     break  # closing, and everything submitted has run
-                group = [self._queue.popleft() for _ in range(min(len(self._queue), GROUP_MAX))]
+                group = self._group = [self._queue.popleft() for _ in range(min(len(self._queue), GROUP_MAX))]
                 admitted = []
                 while self._overflow and len(self._queue) < self.max_jobs:
                     job = self._overflow.popleft()
@@ -301,6 +302,7 @@ class SqliteWriter:
                 if job.admitted is not None:  # an async submitter waiting for room
                     job.admitted.settle(None, None)
             self._run_group(group)
+            self._group = []
 
     def _finish(self) -> None:
         for db in list(self._databases):

@@ -389,12 +389,10 @@ def alarm_table(where: str, title: str = "Active alarms", w: int = 24, h: int = 
 RACK_FILTER = SITE + ' AND "room" =~ /^$room$/'
 
 
-def rack_budget_subquery(where: str, grouped: bool) -> str:
+def rack_budget_subquery(where: str) -> str:
     # The budget is not stored; power_kw / utilization_pct recovers it (exact while the rack draws power).
-    group = "GROUP BY time($__interval), \"rack\"" if grouped else 'GROUP BY "rack"'
-    agg = "mean" if grouped else "last"
-    return (f'SELECT {agg}("power_kw") AS "power_kw", {agg}("power_kw") / {agg}("utilization_pct") * 100 '
-            f'AS "budget_kw" FROM "rack" WHERE {where} AND $timeFilter {group}')
+    return ('SELECT last("power_kw") AS "power_kw", last("power_kw") / last("utilization_pct") * 100 '
+            f'AS "budget_kw" FROM "rack" WHERE {where} AND $timeFilter GROUP BY "rack"')
 
 
 ONLINE_MAPPING = bool_mapping("online", "offline", true_bad=False)
@@ -432,7 +430,7 @@ def hall() -> Dashboard:
     d = Dashboard("dcim-hall", "dcim / Hall overview",
                   "IT power against budget, rack utilization at a glance, active alarms.",
                   [SITE_VAR, ROOM_VAR], [alarm_annotation(RACK_FILTER, "IT power against budget")], refresh="10s")
-    now = f"({rack_budget_subquery(RACK_FILTER, grouped=False)})"
+    now = f"({rack_budget_subquery(RACK_FILTER)})"
     d.add(
         Panel("stat", "IT power", [target(f'SELECT sum("power_kw") FROM {now}')], "kwatt", w=4, h=5,
               decimals=1, description="Sum of the racks' power (both feeds), latest reading."),

@@ -9,7 +9,8 @@ Phases, each ended by what the database shows (never by a clock):
     ack          alice acknowledges it over the HTTP API: the stored alarm says so
     chiller_ok   the chiller has held still long enough for its heartbeat to fill a few intervals, and
                  every rack's power has been known for a few ticks
-    pdu_dead     pdu-a01a stops answering: stored offline, rack A01 without power, the other racks with
+    pdu_dead     pdu-a01a stops answering: stored offline, its communication alarm fired, rack A01
+                 without power, the other racks with
     chiller_trip the chiller trips: status tripped, COP 0
     chiller_dead the chiller's server stops: stored offline, its lines STALE
 
@@ -100,6 +101,8 @@ def _phases(workdir: Path, mosquitto: Mosquitto, influx: InfluxDBv1) -> Iterator
     token = workdir / "http-token"
     token.write_text(TOKEN)
     raw["http"] = {"enabled": True, "host": "127.0.0.1", "port": 0, "token": f"file:{token}"}
+    # A device that stops answering raises its communication alarm after 4 s instead of 30.
+    raw["rules"] = {"communication": {"for": "4s"}}
     raw["state_dir"] = str(workdir / "state")
     raw["logging"] = {"level": "info", "format": "json"}
     path = workdir / "dcim.yaml"
@@ -152,6 +155,9 @@ def _phases(workdir: Path, mosquitto: Mosquitto, influx: InfluxDBv1) -> Iterator
             wait_until_sync(lambda: run.scalar("SELECT last(\"online\") FROM \"device_status\" WHERE "
                                                "\"device\" = 'pdu-a01a'") is False,
                             timeout=60, interval=0.5, message=f"pdu-a01a stored offline\n{logs()}")
+            wait_until_sync(lambda: run.scalar("SELECT last(\"state\") FROM \"alarm\" WHERE \"rule\" = "
+                                               "'device-offline' AND \"device\" = 'pdu-a01a'") == "firing",
+                            timeout=60, interval=0.5, message=f"pdu-a01a's communication alarm\n{logs()}")
             # Several ticks of the rule engine with A01 missing and B01 present.
             wait_until_sync(lambda: (run.scalar(f"SELECT count(\"quality\") FROM \"rack\" WHERE \"rack\" = 'A01' "
                                                 f"AND {since}") or 0) >= 10

@@ -225,6 +225,9 @@ class RuleService:
             self.notifier.submit(record.event())
 
     def _on_operator(self, record: AlarmRecord) -> None:
+        # Stored again at the event's own time: the database merges the acknowledgement into that point,
+        # so dashboards see who acknowledged without a second event to count or annotate.
+        self._publish(record)
         event = record.event()
         if self.alarm_outlet is not None:
             self.alarm_outlet.alarm_changed(event)
@@ -238,9 +241,9 @@ class RuleService:
             return
         tags = tuple(sorted({"rule": record.rule, "severity": str(record.severity)}.items()))
         ts = record.updated_ns
-        fields: list[tuple[str, str | float | None]] = [
+        fields: list[tuple[str, str | float | bool | None]] = [
             ("state", str(record.state)), ("value", record.value), ("threshold", record.threshold),
-            ("message", record.message),
+            ("message", record.message), ("acknowledged", record.acknowledged), ("ack_by", record.ack_by),
         ]
         samples = [Sample(record.subject, name, value, ts, measurement="alarm", tags=tags)
                    for name, value in fields if value is not None]

@@ -221,9 +221,11 @@ class Ingest:
         RECEIVED.inc()
         try:
             await self._accept(topic, payload)
-        except Exception as err:  # a bug of ours must cost one message, not the ingest
-            self._drop_message(topic, "internal_error", str(err))
-            log.exception("ingest: message dropped on an internal error", topic=topic)
+        except Exception:  # a bug of ours must cost one message, not the ingest
+            self.dropped_messages += 1
+            MESSAGES_DROPPED.inc(reason="internal_error")
+            if self._first_warning(topic):
+                log.exception("ingest: message dropped on an internal error", topic=topic)
 
     async def _accept(self, topic: str, payload: Any) -> None:
         parts = topic.split("/")

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from dcim.app.config import Config, parse_config
-from dcim.app.ingest import Ingest
+from dcim.app.config import Config, IngestConfig, parse_config
+from dcim.app.ingest import DeadLetters, Ingest
 from dcim.core.outbox import Outbox
 from simulators.plant import Plant
 from tests.e2e.harness import DaemonProcess, cdu_hall, expected_cdu_values, load, simulators
@@ -259,3 +259,24 @@ async def test_kill_9_while_messages_flow_loses_nothing(tmp_path: Path, mosquitt
         await wait_until(lambda: stored() >= total, timeout=60, message="every message, once restarted")
         assert second.stop() == 0, second.log()
     assert stored() == total
+
+
+async def test_dead_letter_file_is_bounded(tmp_path: Path) -> None:
+    letters = DeadLetters(tmp_path / "dead.jsonl", max_bytes=4096)
+    for n in range(200):
+        await letters.add({"n": n, "payload": letters.payload(b"x" * 10_000)})
+    check_bounded(tmp_path)
+
+
+def check_bounded(directory: Path) -> None:
+    files = sorted(directory.iterdir())
+    assert [f.name for f in files] == ["dead.jsonl", "dead.jsonl.1"]
+    assert all(f.stat().st_size <= 4096 for f in files)
+    assert json.loads((directory / "dead.jsonl").read_text().splitlines()[-1])["n"] == 199
+
+
+def test_settings_in_the_docs_load() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "ingest.md").read_text()
+    block = text.split("```yaml\n")[1].split("```")[0]
+    ingest = IngestConfig.model_validate(yaml.safe_load(block)["ingest"])
+    assert ingest.dead_letter and ingest.max_clock_ahead == 3600.0

@@ -242,7 +242,7 @@ async def test_kill_9_while_messages_flow_loses_nothing(tmp_path: Path, mosquitt
 
     first = DaemonProcess(path, command="ingest").start()
     try:
-        await wait_until(lambda: "ingest subscribed" in first.log(), timeout=20)
+        await wait_until(lambda: "ingest subscribed" in first.log(), timeout=60)
         async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
             for n in range(total):
                 await client.publish(f"dcim/hall-1/cdu/cdu-{n % 3}",
@@ -256,7 +256,7 @@ async def test_kill_9_while_messages_flow_loses_nothing(tmp_path: Path, mosquitt
     finally:
         first.__exit__()
     with DaemonProcess(path, command="ingest") as second:
-        await wait_until(lambda: stored() >= total, timeout=60, message="every message, once restarted")
+        await wait_until(lambda: stored() >= total, timeout=120, message="every message, once restarted")
         assert second.stop() == 0, second.log()
     assert stored() == total
 

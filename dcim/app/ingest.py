@@ -246,7 +246,9 @@ class Ingest:
         limits = self.limits()
         if raw.lstrip()[:1] == b"{":
             try:
-                lines = json_lines(raw, limits)
+                # json.loads of a big payload is one long call: in a thread, the event loop still gets turns.
+                big = len(raw) >= ACK_GROUP_BYTES
+                lines = await asyncio.to_thread(json_lines, raw, limits) if big else json_lines(raw, limits)
             except Invalid as err:
                 await self._dead_letter(topic, err.reason, raw)
                 self._drop_message(topic, err.reason, str(err))

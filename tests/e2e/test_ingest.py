@@ -280,3 +280,17 @@ def test_settings_in_the_docs_load() -> None:
     block = text.split("```yaml\n")[1].split("```")[0]
     ingest = IngestConfig.model_validate(yaml.safe_load(block)["ingest"])
     assert ingest.dead_letter and ingest.max_clock_ahead == 3600.0
+
+
+async def test_big_json_payload_is_read_whole(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> None:
+    samples = [{"point": "current_a", "value": n / 10, "quality": "good", "measurement": "pdu_outlet",
+                "tags": {"outlet": str(n)}} for n in range(20_000)]
+    payload = json.dumps({"device": "pdu-1", "kind": "pdu", "ts": TS, "tags": {"device": "pdu-1"},
+                          "samples": samples}).encode()
+    assert len(payload) > 1 << 20  # read in a thread: the event loop keeps its turns meanwhile
+    config = ingest_config(tmp_path, mosquitto, influxdb_v1)
+    async with running_ingest(config) as ingest:
+        await publish(mosquitto.port, "dcim/hall-1/pdu/pdu-1", payload)
+        await wait_until(lambda: ingest.written >= 20_000, timeout=60)
+    assert ingest.dropped_lines == 0
+    assert influxdb_v1.query("SELECT count(current_a) FROM pdu_outlet")[0]["count"] == 20_000

@@ -372,11 +372,16 @@ class Ingest:
                         refusals=self._rejections_logged)
 
     async def drain(self, timeout: float, quiet: float = 0.5) -> bool:  # noqa: ASYNC109 - a shutdown budget
-        """At shutdown: wait until no message came for `quiet` seconds and everything is written."""
+        """At shutdown: wait until no message came for `quiet` seconds and everything is written.
+
+        The quiet time counts from the call at the earliest: what the daemon's publisher handed the broker
+        just before is still on its way here. What comes later waits in the broker session, unacknowledged.
+        """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        started = loop.time()
+        deadline = started + timeout
         while loop.time() < deadline:
-            idle = loop.time() - self._last_message >= quiet
+            idle = loop.time() - max(self._last_message, started) >= quiet
             if idle and self.outbox.depth == 0:
                 return True
             await asyncio.sleep(0.05)

@@ -27,8 +27,10 @@ test: venv lint typecheck
 bench: venv
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b $(BENCH_ARGS); done
 
+## lint: ruff, then the layer contracts of pyproject.toml ([tool.importlinter]); a wrong import is named
 lint: venv
 	$(VENV)/bin/ruff check dcim drivers rules simulators tests bench
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 typecheck: venv
 	$(PY) -m mypy

@@ -23,13 +23,16 @@ from dcim.core.config import DeviceKind, Id, PositiveDuration, StrictModel
 from dcim.core.samples import Sample, Value
 
 if TYPE_CHECKING:
-    from drivers.profiles import Profile
+    from drivers.profile_model import Profile
 
 class DeviceBase(StrictModel):
     """Fields common to every device; each protocol adds its own in drivers/<protocol>/config.py."""
 
     id: Id
     kind: DeviceKind
+    # The protocol's name in drivers.registry; each protocol's model narrows it to `Literal[name]`, the tag of
+    # the configuration's device union.
+    protocol: str
     profile: str
     host: str = "127.0.0.1"
     interval: PositiveDuration = 1.0

@@ -19,14 +19,17 @@
 Every command is checked before it goes out: the action is armed; the point is in the envelope for the
 device's kind and the value within its range; no maintenance window covers the device or its rack; the
 per-point interval and the global budget allow it. Executed or refused, it is logged and recorded in the
-alarm store's `actions` table. The write itself goes through `Controller.write`: the daemon routes it to
-the device's driver, which checks it against the device profile once more.
+alarm store's `actions` table. The write itself goes through `Controller.write` with the action as its
+origin: the daemon hands it to the one write path (rules.writes.WriteGuard), which checks the profile, the
+device's own range, armed, maintenance and rate again, verifies by read-back and records it in the audit
+trail. What the guard refuses is recorded here as refused, a write it could not verify as unverified.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +44,7 @@ from rules.clock import Clock
 from rules.config import Action, ControlConfig
 from rules.metrics import Readings
 from rules.store import AlarmRecord, AlarmStore
+from rules.writes import WriteRefused, WriteResult
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +52,8 @@ COMMANDS = REGISTRY.counter("dcim_control_commands_total", "Control commands by 
 
 
 class Controller(Protocol):
-    async def write(self, device: str, point: str, value: Value) -> None: ...
+    async def write(self, device: str, point: str, value: Value, *, origin: str = "rule") -> object:
+        """Raises WriteRefused (rules.writes) when the guard refuses; may return a WriteResult."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,9 @@ class ControlActions:
         self._scheduled: list[_Scheduled] = []
         self._sent: deque[int] = deque()
         self._last: dict[tuple[str, str], int] = {}
+        # Told of commands refused here, before the write path saw them, so the audit trail has them too:
+        # (device, point, value, origin, reason). The daemon sets it to WriteGuard.note_refusal.
+        self.on_refused: Callable[[str, str, Value, str, str], None] | None = None
 
     # ---- scheduling --------------------------------------------------------------------------------------
 
@@ -123,11 +131,18 @@ class ControlActions:
             self._log(command, "refused", "no controller")
             return
         try:
-            await self.controller.write(command.device, command.point, command.value)
+            result = await self.controller.write(command.device, command.point, command.value,
+                                                 origin=f"rule:{command.action}")
         except asyncio.CancelledError:
             raise
+        except WriteRefused as err:
+            self._log(command, "refused", str(err), audited=True)
+            return
         except Exception as err:
             self._log(command, "failed", f"{type(err).__name__}: {err}")
+            return
+        if isinstance(result, WriteResult) and result.outcome == "unverified":
+            self._log(command, "unverified", result.reason)
             return
         self._log(command, "executed", "")
 
@@ -217,7 +232,9 @@ class ControlActions:
             return f"action budget spent ({self.config.max_actions} per {self.config.period:g} s)"
         return ""
 
-    def _log(self, command: Command, outcome: str, detail: str) -> None:
+    def _log(self, command: Command, outcome: str, detail: str, *, audited: bool = False) -> None:
+        if outcome == "refused" and not audited and self.on_refused is not None:
+            self.on_refused(command.device, command.point, command.value, f"rule:{command.action}", detail)
         COMMANDS.inc(outcome=outcome)
         (log.warning if outcome != "executed" else log.info)(
             "control action", action=command.action, alarm=command.alarm, device=command.device,

@@ -270,10 +270,14 @@ class ModbusSimulator:
             await server.shutdown()  # type: ignore[no-untyped-call]
 
 
-async def serve(plant: Plant, devices: list[ModbusDevice], *, profile_dirs: tuple[Path, ...] = ()) -> None:
-    """Serve every given device on its host:port until cancelled; cancellation closes the sockets."""
+async def serve(plant: Plant, devices: list[ModbusDevice], *, profile_dirs: tuple[Path, ...] = (),
+                ready: asyncio.Event | None = None) -> None:
+    """Serve every given device on its host:port until cancelled; cancellation closes the sockets.
+    `ready` is set once every listening socket is bound (`start` returns only then)."""
     simulator = ModbusSimulator(plant, devices, profile_dirs=profile_dirs)
     await simulator.start()
+    if ready is not None:
+        ready.set()
     try:
         await asyncio.Event().wait()
     finally:

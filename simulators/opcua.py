@@ -318,10 +318,18 @@ class ChillerServer:
 
 
 async def serve(plant: Plant, devices: list[OpcUaDevice], *, security: ServerSecurity | None = None,
-                profile_dirs: tuple[Path, ...] = (), refresh: float = 0.25) -> None:
-    """Serve every given chiller on its endpoint until cancelled."""
+                profile_dirs: tuple[Path, ...] = (), refresh: float = 0.25,
+                ready: asyncio.Event | None = None) -> None:
+    """Serve every given chiller on its endpoint until cancelled. `ready` is set once every server has
+    started (its socket bound) the first time; a server that cannot start fails the whole group instead."""
     async with asyncio.TaskGroup() as group:
+        servers = []
         for device in devices:
             server = ChillerServer(plant, device, load_profile(device.profile, profile_dirs), security=security,
                                    refresh=refresh)
+            servers.append(server)
             group.create_task(server.run(), name=f"opcua-sim-{device.id}")
+        if ready is not None:
+            for server in servers:
+                await server.running.wait()
+            ready.set()

@@ -357,7 +357,10 @@ class SnmpSimulator:
 
 
 async def serve(plant: Plant, devices: list[SnmpDevice], *, refresh: float = 0.25,
-                profile_dirs: tuple[Any, ...] = ()) -> None:
-    """Serve every given PDU on its configured host:port until cancelled (profiles from `profile_dirs` too)."""
+                profile_dirs: tuple[Any, ...] = (), ready: asyncio.Event | None = None) -> None:
+    """Serve every given PDU on its configured host:port until cancelled (profiles from `profile_dirs` too).
+    `ready` is set once every agent's UDP socket is bound (`start` awaits each bind)."""
     async with SnmpSimulator(plant, devices, refresh=refresh, profile_dirs=tuple(profile_dirs)):
+        if ready is not None:
+            ready.set()
         await asyncio.Event().wait()

@@ -5,7 +5,8 @@
     dcim schema               the JSON Schema of the configuration
     dcim simulate -c FILE     serve every `simulate: true` device from the simulators
     dcim read -c FILE DEVICE  read a device once and print its points (commissioning)
-    dcim write -c FILE DEVICE POINT VALUE   write one point, range-checked by the profile
+    dcim write -c FILE DEVICE POINT VALUE   write one point: guarded, verified, audited (dcim/app/writes_cli.py)
+    dcim audit -c FILE [--verify]            the write audit trail and its hash chain
     dcim ingest -c FILE       the MQTT -> InfluxDB ingest alone
     dcim demo                 simulators + embedded broker + daemon, live on the terminal
 """
@@ -25,9 +26,11 @@ from typing import Any
 from dcim.app.config import Config, ConfigError, json_schema, load_config
 from dcim.core.logs import setup_logging
 from dcim.core.samples import Quality, Value
+from drivers.registry import PROTOCOLS
 
-# Packages that add subcommands of their own: each has `register(subparsers)`.
-COMMAND_MODULES = ("dcim.app.alarms_cli", "drivers.opcua.cli")
+# Packages that add subcommands of their own: each has `register(subparsers)`. Protocols name theirs in the
+# protocol registry (`ProtocolSpec.commands`).
+COMMAND_MODULES = ("dcim.app.alarms_cli", "dcim.app.writes_cli")
 
 
 def _load(path: str) -> Config:
@@ -51,8 +54,13 @@ def _run_async(main: Any) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # the last stop before the user: say what failed, exit 1
+        from dcim.app.instance import StartupError
+
         for leaf in _leaves(error):
-            print(f"dcim: stopped: {type(leaf).__name__}: {leaf}", file=sys.stderr)
+            if isinstance(leaf, StartupError):
+                print(f"dcim: cannot start: {leaf}", file=sys.stderr)
+            else:
+                print(f"dcim: stopped: {type(leaf).__name__}: {leaf}", file=sys.stderr)
         return 1
     return 0
 
@@ -88,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     setup_logging(config.logging.level, config.logging.format)
-    return _run_async(run_daemon(config))
+    return _run_async(run_daemon(config, config_path=args.config))
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -99,7 +107,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if config.influxdb is None or config.mqtt.host is None:
         print(f"{args.config}: `dcim ingest` needs both mqtt.host and influxdb", file=sys.stderr)
         return 2
-    return _run_async(run_daemon(config, ingest=True, poll=False))
+    return _run_async(run_daemon(config, ingest=True, poll=False, config_path=args.config))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -173,42 +181,6 @@ def cmd_read(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-def _parse_value(text: str) -> Value:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def cmd_write(args: argparse.Namespace) -> int:
-    from drivers.errors import DriverError
-
-    config = _load(args.config)
-    setup_logging("warning", "console")
-    driver = _device_driver(config, args.device)
-    value = _parse_value(args.value)
-
-    async def main() -> int:
-        try:
-            async with asyncio.timeout(args.timeout):
-                await driver.connect()
-                await driver.write(args.point, value)
-        except (DriverError, TimeoutError) as err:
-            print(f"{args.device}: write refused: {err or 'no answer in time'}", file=sys.stderr)
-            return 1
-        finally:
-            await driver.close()
-        print(f"{args.device}: {args.point} <- {value}")
-        return 0
-
-    return asyncio.run(main())
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from dcim.app.demo import run_demo
 
@@ -236,19 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--json", action="store_true")
     read.add_argument("--timeout", type=float, default=15.0)
     read.set_defaults(func=cmd_read)
-    write = with_config(sub.add_parser("write", help="write one point of a device"))
-    write.add_argument("device")
-    write.add_argument("point")
-    write.add_argument("value")
-    write.add_argument("--timeout", type=float, default=15.0)
-    write.set_defaults(func=cmd_write)
     with_config(sub.add_parser("ingest", help="run only the MQTT -> InfluxDB ingest")).set_defaults(func=cmd_ingest)
     demo = sub.add_parser("demo", help="simulated hall, embedded broker and the daemon, live")
     demo.add_argument("-c", "--config", default=str(Path("examples") / "hall.yaml"))
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--no-faults", action="store_true", help="do not inject the demo's faults")
     demo.set_defaults(func=cmd_demo)
-    for name in COMMAND_MODULES:
+    for name in (*COMMAND_MODULES, *(spec.commands for spec in PROTOCOLS if spec.commands)):
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
     return parser

@@ -14,22 +14,23 @@ duplicate ids, unknown profiles).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, create_model
 
 from dcim.core.config import Duration, PositiveDuration, StrictModel, error_path
 from dcim.core.secrets import Secret
 from dcim.core.topology import Rack, Room, Row, Site
-from drivers.modbus.config import ModbusDevice
-from drivers.opcua.config import OpcUaDevice
+from drivers.base import DeviceBase
 from drivers.profiles import ProfileError, available_profiles, load_profile
-from drivers.snmp.config import SnmpDevice
+from drivers.registry import PROTOCOLS
 from rules.config import RulesConfig, check_references
 
-Device = Annotated[ModbusDevice | SnmpDevice | OpcUaDevice, Field(discriminator="protocol")]
+# A configured device: an instance of its protocol's device model (drivers.registry), tagged by `protocol`.
+Device = DeviceBase
 
 
 class Tls(StrictModel):
@@ -54,7 +55,8 @@ class MqttConfig(StrictModel):
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     # Durable outbox between the pipeline and the broker.
     outbox_max_messages: Annotated[int, Field(ge=100)] = 200_000
-    reconnect_max: PositiveDuration = 30.0
+    # The longest wait between two connection attempts: also how late delivery may resume after an outage.
+    reconnect_max: PositiveDuration = 5.0
 
 
 class InfluxConfig(StrictModel):
@@ -81,7 +83,7 @@ class IngestConfig(StrictModel):
     # MQTT 5 shared subscription group: workers in one group split the messages between them.
     group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "dcim-ingest"
     # MQTT client id of this worker; stable across restarts (its broker session holds what arrives while it
-    # is away). Default: dcim-ingest-<hostname>-<group>. Set one per worker to run several on one host.
+    # is away). Default: dcim-ingest-<hostname>-<hash of state_dir>-<group>, distinct per instance.
     client_id: str | None = None
     # Every message is checked before it is queued (docs/ingest.md). A larger message is dropped whole.
     max_message_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
@@ -114,6 +116,9 @@ class SystemdConfig(StrictModel):
 
 
 class Config(StrictModel):
+    """The configuration. `devices` is validated against the registered protocols' device models: validating
+    through `Config` validates through `config_model()`, the model built from the protocol registry."""
+
     site: Site
     rooms: list[Room] = Field(default_factory=list)
     devices: list[Device] = Field(default_factory=list)
@@ -142,6 +147,37 @@ class Config(StrictModel):
     def extra_profile_dirs(self) -> tuple[Path, ...]:
         return tuple(Path(p) for p in self.profile_dirs)
 
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Config:
+        # The static class types the code; the registry's model validates (and keeps each device's own model).
+        if cls is Config:
+            return config_model().model_validate(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if cls is Config:
+            return config_model().model_json_schema(*args, **kwargs)
+        return super().model_json_schema(*args, **kwargs)
+
+
+def config_model() -> type[Config]:
+    """`Config` with `devices` as the discriminated union of every registered protocol's device model."""
+    PROTOCOLS.load_plugins()
+    return _config_model(PROTOCOLS.version)
+
+
+@cache
+def _config_model(version: int) -> type[Config]:
+    # Keyed on the registry's version: a protocol registered later gets a new model, an old one stays valid.
+    models = tuple(spec.device for spec in PROTOCOLS)
+    device: Any = models[0] if len(models) == 1 else Annotated[Union[models], Field(discriminator="protocol")]  # noqa: UP007
+    built: type[Config] = create_model(
+        "Config", __base__=Config, __module__=__name__,
+        devices=(list[device], Field(default_factory=list)),
+    )
+    return built
+
 
 class ConfigError(Exception):
     def __init__(self, source: str, errors: list[tuple[str, str]]) -> None:
@@ -161,7 +197,7 @@ def _loc_path(loc: tuple[int | str, ...], data: Any) -> str:
     node = data
     for part in loc:
         if isinstance(node, dict) and isinstance(part, str) and part not in node and (
-            part in ("modbus", "snmp", "opcua") or part == node.get("type")  # hook types (rules.notify)
+            part in PROTOCOLS or part == node.get("type")  # hook types (rules.notify)
         ):
             continue
         parts.append(part)
@@ -174,12 +210,19 @@ def _loc_path(loc: tuple[int | str, ...], data: Any) -> str:
     return error_path(tuple(parts))
 
 
+# Fields that hold (or may hold) a credential: their values never appear in an error message.
+_SECRET_FIELDS = frozenset({"password", "token", "secret", "routing_key", "url", "urls"})
+
+
 def _message(error: Any) -> str:
     msg = str(error["msg"])
+    value = error.get("input")
+    if isinstance(value, str) and value and value in msg and _SECRET_FIELDS & {str(p) for p in error["loc"]}:
+        msg = msg.replace(value, "**********")
     if error["type"] == "extra_forbidden":
         return "unknown key (typo?)"
     if error["type"] == "union_tag_invalid":
-        return "protocol must be one of modbus, snmp, opcua"
+        return f"protocol must be one of {', '.join(PROTOCOLS.names())}"
     return msg.removeprefix("Value error, ")
 
 
@@ -208,6 +251,10 @@ def _references(raw: dict[str, Any]) -> list[tuple[str, str]]:
                 errors.append((f"devices[{i}].id", f"duplicate device id {dev_id!r} (also devices[{ids[dev_id]}])"))
             ids.setdefault(dev_id, i)
             kinds[dev_id] = str(dev.get("kind"))
+        protocol = dev.get("protocol")
+        if dev.get("simulate") is True and isinstance(protocol, str) and protocol in PROTOCOLS and \
+                PROTOCOLS.get(protocol).simulator is None:
+            errors.append((f"devices[{i}].simulate", f"protocol {protocol} has no simulator"))
         name = dev.get("profile")
         if isinstance(name, str):
             if name not in profiles:
@@ -270,15 +317,67 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     return config
 
 
-def load_config(path: str | Path) -> Config:
+def _duplicate_keys(node: yaml.Node | None, loc: tuple[int | str, ...] = ()) -> list[tuple[str, str]]:
+    """Keys given twice in one mapping, with their path: YAML says keys are unique, PyYAML keeps the last
+    silently, and a block pasted twice would quietly change a port or a limit."""
+    errors: list[tuple[str, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = str(key_node.value)
+            if key == "<<":
+                continue  # a merge key: overriding what it merges is allowed
+            if key in seen:
+                errors.append((error_path((*loc, key)),
+                               f"duplicate key (line {key_node.start_mark.line + 1}; first at line {seen[key]})"))
+            else:
+                seen[key] = key_node.start_mark.line + 1
+            errors += _duplicate_keys(value_node, (*loc, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            errors += _duplicate_keys(item, (*loc, i))
+    return errors
+
+
+def _yaml_error(err: yaml.YAMLError) -> tuple[str, str]:
+    """A YAML error as (where, what) without the snippet of the file PyYAML appends: the line may hold a
+    value someone would rather not see in a log."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"(yaml) line {mark.line + 1}, column {mark.column + 1}", str(err.problem or err.context)
+    return "(yaml)", str(err)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """The file's YAML: UTF-8, unique keys. Raises ConfigError naming the file and the place."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except OSError as err:
-        raise ConfigError(str(path), [("(file)", err.strerror or str(err))]) from err
+        raise ConfigError(str(path), [("(file)", err.strerror or str(err))]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(str(path), [("(file)", f"not UTF-8 text: byte 0x{data[err.start]:02x} at line {line} "
+                                                 f"(offset {err.start}); save the file as UTF-8")]) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        duplicates = _duplicate_keys(node)
+        if duplicates:
+            raise ConfigError(str(path), duplicates)
+        return loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
-        raise ConfigError(str(path), [("(yaml)", str(err))]) from err
-    return parse_config(raw, str(path))
+        raise ConfigError(str(path), [_yaml_error(err)]) from None
+    finally:
+        loader.dispose()
+
+
+def load_config(path: str | Path) -> Config:
+    return parse_config(load_yaml(path), str(Path(path)))
 
 
 def json_schema() -> dict[str, Any]:

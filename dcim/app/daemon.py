@@ -7,6 +7,14 @@
     ingest-write       ingest outbox -> database
     rules              derived metrics, alarm timers     (rules/)
     http-api           /healthz, /metrics, /api/v1/...
+    ready-watch        READY, STATUS and the watchdog under systemd (not critical: it ends without systemd)
+    reload             SIGHUP: the configuration again, devices and rules without a restart
+
+Every task but ready-watch runs under a Supervisor (dcim.app.supervise): an unexpected exception is logged
+once, counted and the task restarts with backoff, so the daemon ends only on a signal or a start-up error.
+Everything that can fail at start-up (the instance lock on state_dir, the outboxes, the HTTP listener) is
+taken before any long-running task starts: such a failure is one line and exit status 1, whatever else is
+configured (dcim.app.instance.StartupError).
 
 Shutdown (SIGTERM, SIGINT, or `stop` set): the producers stop first, then the publisher drains its outbox
 to the broker and the ingest drains the broker to the database, each for a bounded time; what is still
@@ -18,37 +26,61 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from dcim.app import sdnotify
-from dcim.app.config import Config
+from dcim.app.config import Config, ConfigError, Device, load_config
 from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest
+from dcim.app.instance import InstanceLock, StartupError, instance_tag
 from dcim.app.poller import DeviceCoordinator, make_driver
 from dcim.app.publisher import MqttPublisher
+from dcim.app.supervise import Supervisor
+from dcim.core.audit import AuditLog
 from dcim.core.outbox import Outbox
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Value
+from dcim.core.sqlite import SqliteWriter
 from dcim.core.topology import Topology
-from drivers.base import DriverContext
-from drivers.errors import WriteRejected
+from drivers.base import DeviceBase, Driver, DriverContext
+from drivers.errors import DriverError
 from drivers.profiles import load_profile
 from rules.notify import Notifier
 from rules.service import RuleService
+from rules.writes import WriteGuard, WriteRefused, WriteRequest, WriteResult
 
 log = structlog.get_logger(__name__)
 
 DRAIN_SECONDS = 5.0
 
 
+# Sections SIGHUP applies at once; a change anywhere else is logged as needing a restart.
+RELOADABLE = ("devices", "rooms", "rules")
+
+
 class Daemon:
-    def __init__(self, config: Config, *, ingest: bool | None = None, poll: bool = True) -> None:
+    def __init__(self, config: Config, *, ingest: bool | None = None, poll: bool = True,
+                 config_path: str | Path | None = None) -> None:
         self.config = config
+        self.config_path = Path(config_path) if config_path is not None else None
         self.state_dir = Path(config.state_dir)
+        # First of all: a second instance on this state_dir must not touch its stores, not even to open them.
+        self.lock = InstanceLock(self.state_dir)
+        self.lock.acquire()
+        try:
+            self._build(config, ingest=ingest, poll=poll)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, config: Config, *, ingest: bool | None, poll: bool) -> None:
+        self.instance = instance_tag(self.state_dir)
+        self.poll = poll
+        self.supervisor = Supervisor()
         self.topology = Topology(config)
         self.pipeline = Pipeline()
         self.context = DriverContext()
@@ -60,7 +92,12 @@ class Daemon:
         self.notifier: Notifier | None = None
         self.http: HttpApi | None = None
         self.ready = asyncio.Event()
+        # The one SQLite writer thread of the process: outboxes, alarm store and notifier state all use it.
+        self.writer = SqliteWriter(name="sqlite-writer")
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._reload_requested = asyncio.Event()
+        self.reloads = 0
         run_ingest = config.ingest.enabled if ingest is None else ingest
         extra = config.extra_profile_dirs()
 
@@ -69,43 +106,60 @@ class Daemon:
         for device in config.devices:
             if not device.enabled or not poll:
                 continue
-            profile = load_profile(device.profile, extra)
-            driver = make_driver(device, profile, self.context)
-            self.coordinators[device.id] = DeviceCoordinator(device, driver, self.pipeline)
+            self.coordinators[device.id] = self._coordinator(device, extra)
         if config.mqtt.host and run_ingest and config.influxdb is not None:
             ingest_box = Outbox(self.state_dir / "ingest-outbox.sqlite", name="ingest",
-                                max_items=config.influxdb.outbox_max_lines)
+                                max_items=config.influxdb.outbox_max_lines, writer=self.writer)
             self.outboxes.append(ingest_box)
             self.ingest = Ingest(config, ingest_box)
         if config.mqtt.host and poll:
             box = Outbox(self.state_dir / "mqtt-outbox.sqlite", name="mqtt",
-                         max_items=config.mqtt.outbox_max_messages)
+                         max_items=config.mqtt.outbox_max_messages, writer=self.writer)
             self.outboxes.append(box)
             gate = self.ingest.subscribed if self.ingest is not None else None
-            self.publisher = MqttPublisher(config.mqtt, self.topology, box, gate=gate)
+            self.publisher = MqttPublisher(config.mqtt, self.topology, box, gate=gate, instance=self.instance)
             self.pipeline.add_sink(self.publisher)
             if self.rules is not None:
                 self.rules.alarm_outlet = self.publisher
+        # The one write path (rules.writes): rule actions and the HTTP API write through it, audited.
+        self.audit = AuditLog(self.state_dir / "audit.log")
+        self.guard = WriteGuard(config.rules.control, self.topology, drivers=self._driver,
+                                maintenance=self.rules.store if self.rules is not None else None, audit=self.audit,
+                                publish=self.publisher.on_batch if self.publisher is not None else None)
+        if self.rules is not None:
+            self.rules.control.on_refused = self.guard.note_refusal
         if self.rules is not None and config.http.enabled and poll:
             self.http = HttpApi(config.http, self.rules.store, health=self.health)
+            self.http.writes = self.guard  # read by dcim/app/api_writes.py
+
+    def _coordinator(self, device: DeviceBase, extra: tuple[Path, ...]) -> DeviceCoordinator:
+        profile = load_profile(device.profile, extra)
+        return DeviceCoordinator(device, make_driver(device, profile, self.context), self.pipeline)
 
     def _wire_rules(self) -> None:
         """The rule engine is the pipeline's first sink: it sees every sample before MQTT does."""
         if not self.config.rules.enabled:
             return
         if self.config.rules.notifications.hooks:
-            self.notifier = Notifier(self.config.rules.notifications, self.state_dir)
+            self.notifier = Notifier(self.config.rules.notifications, self.state_dir, writer=self.writer)
         self.rules = RuleService(self.config, self.topology, controller=self, publish=self.pipeline.publish,
-                                 notifier=self.notifier)
+                                 notifier=self.notifier, writer=self.writer)
         self.pipeline.add_sink(self.rules.sink)
 
     # ---- control: the one path by which anything writes to a device ----------------------------------
 
-    async def write(self, device: str, point: str, value: Value) -> None:
+    def _driver(self, device: str) -> Driver | None:
         coordinator = self.coordinators.get(device)
-        if coordinator is None:
-            raise WriteRejected(f"no device {device!r}")
-        await coordinator.write(point, value)
+        return coordinator.driver if coordinator is not None else None
+
+    async def write(self, device: str, point: str, value: Value, *, origin: str = "rule") -> WriteResult:
+        """A rule action's write (rules.control), through the guard: refused raises WriteRefused."""
+        result = await self.guard.write(WriteRequest(device, point, value, origin))
+        if result.outcome == "refused":
+            raise WriteRefused(result.reason)
+        if result.outcome == "failed":
+            raise DriverError(result.reason)
+        return result
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -115,64 +169,117 @@ class Daemon:
         firing = len(self.rules.store.active()) if self.rules is not None else 0
         return f"{len(self.coordinators)} devices, {online} online, {firing} alarms active, {dropped} dropped"
 
+    def check(self) -> tuple[list[str], list[str]]:
+        """(critical tasks not running, devices whose poller completed no poll for three intervals)."""
+        dead = self.supervisor.dead()
+        stale = sorted(d for d, c in self.coordinators.items() if c.stale())
+        return dead, stale
+
     def alive(self) -> bool:
-        """Progress for the watchdog: samples went through the pipeline recently (a dead device still
-        produces BAD samples on its interval, so only a stalled daemon stops them)."""
-        if not self.coordinators:
-            return True
-        longest = max(c.device.interval for c in self.coordinators.values())
-        return time.monotonic() - self.pipeline.last_publish < max(30.0, 3 * longest)
+        """The liveness verdict, for /healthz and the systemd watchdog alike: every critical task runs and
+        every poller completed a poll (a success or a recorded failure) within three intervals."""
+        dead, stale = self.check()
+        return not dead and not stale
 
     def health(self) -> dict[str, Any]:
-        dead = sorted(n for n, t in self._tasks.items() if t.done() and not t.cancelled())
+        dead, stale = self.check()
         return {
-            "ok": not dead and self.alive(),
+            "ok": not dead and not stale,
             "summary": self.summary(),
             "devices": {d: {"online": bool(c.online), "error": c.last_error or None}
                         for d, c in self.coordinators.items()},
             "mqtt_connected": self.publisher.connected.is_set() if self.publisher else None,
             "ingest_subscribed": self.ingest.subscribed.is_set() if self.ingest else None,
-            "outboxes": {o.name: {"depth": o.depth, "dropped": o.dropped} for o in self.outboxes},
+            "outboxes": {o.name: {"depth": o.depth, "dropped": o.dropped, "degraded": o.degraded}
+                         for o in self.outboxes},
             "hooks": self.notifier.health() if self.notifier is not None else {},
             "dead_tasks": dead,
+            "stale_devices": stale,
+            "task_failures": self.supervisor.report(),
         }
+
+    async def _prepare(self) -> None:
+        """Everything that can fail at start-up, before any long-running task exists: the outboxes on
+        state_dir and the HTTP listener. A failure undoes what was done and raises StartupError."""
+        opened: list[Outbox] = []
+        try:
+            for box in self.outboxes:
+                try:
+                    await box.open()
+                except Exception as err:
+                    raise StartupError(f"cannot open the {box.name} outbox in state_dir {self.state_dir}: "
+                                       f"{err}") from None
+                opened.append(box)
+            if self.http is not None:
+                try:
+                    await self.http.start()
+                except OSError as err:
+                    where = f"{self.config.http.host}:{self.config.http.port}"
+                    reason = os.strerror(err.errno).lower() if err.errno else str(err)
+                    raise StartupError(f"http api cannot listen on {where}: {reason}") from None
+        except BaseException:
+            for box in opened:
+                await box.close()
+            raise
+
+    def _start(self, name: str, factory: Callable[[], Awaitable[Any]], *, critical: bool = True,
+               on_error: Callable[[BaseException], None] | None = None) -> None:
+        assert self._tg is not None
+        self._tasks[name] = self._tg.create_task(
+            self.supervisor.run(name, factory, critical=critical, on_error=on_error), name=name)
+
+    def _start_device(self, coordinator: DeviceCoordinator) -> None:
+        self._start(coordinator.name, coordinator.run, on_error=coordinator.fail)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
-        for box in self.outboxes:
-            await box.open()
+        try:
+            await self._prepare()
+        except BaseException:
+            await self.writer.close()
+            self.lock.release()
+            raise
         try:
             async with asyncio.TaskGroup() as tg:
-                def start(name: str, coro: Any) -> None:
-                    self._tasks[name] = tg.create_task(coro, name=name)
-
+                self._tg = tg
+                start = self._start
                 for box in self.outboxes:
-                    start(f"outbox:{box.name}", box.run())
+                    start(f"outbox:{box.name}", box.run)
                 if self.publisher is not None:
-                    start("mqtt-publisher", self.publisher.run())
+                    start("mqtt-publisher", self.publisher.run)
                 else:
                     log.warning("mqtt.host is not set: samples are not published (rules still run)")
                 if self.ingest is not None:
-                    start("ingest-receive", self.ingest.receive())
-                    start("ingest-write", self.ingest.write_loop())
+                    start("ingest-receive", self.ingest.receive)
+                    start("ingest-write", self.ingest.write_loop)
                 for coordinator in self.coordinators.values():
-                    start(coordinator.name, coordinator.run())
+                    self._start_device(coordinator)
                 if self.notifier is not None:
-                    start("notifier", self.notifier.run())
+                    start("notifier", self.notifier.run)
                 if self.rules is not None:
-                    start("rules", self.rules.run())
+                    start("rules", self.rules.run)
                 if self.http is not None:
-                    start("http-api", self.http.run())
-                start("ready-watch", self._watch_ready())
+                    start("http-api", self.http.serve)
+                start("reload", self._reload_loop)
+                # Not critical: without systemd it has nothing left to do after the first poll round.
+                self._tasks["ready-watch"] = tg.create_task(self._watch_ready(), name="ready-watch")
                 log.info("daemon started", site=self.config.site.id, devices=len(self.coordinators),
                          mqtt=self.config.mqtt.host or "none",
-                         ingest="on" if self.ingest else "off")
+                         ingest="on" if self.ingest else "off", instance=self.instance)
                 await stop.wait()
                 log.info("stopping")
                 await self._shutdown()
         finally:
-            for box in self.outboxes:
-                await box.close()
+            self._tg = None
+            try:
+                if self.http is not None:
+                    await self.http.close()
+                for box in self.outboxes:
+                    await box.close()
+            finally:
+                # Last: everything submitted by the tasks above is written, then the files are closed.
+                await self.writer.close()
+                self.lock.release()
             log.info("stopped")
 
     async def _watch_ready(self) -> None:
@@ -203,6 +310,96 @@ class Daemon:
                 last = text
             await asyncio.sleep(5.0)
 
+    # ---- SIGHUP: reload ------------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """From the SIGHUP handler: reloads run one at a time in the `reload` task."""
+        self._reload_requested.set()
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Validate the configuration file again and apply it: devices added, removed and changed start,
+        stop and restart (the others are not touched); rules and topology are rebuilt on the same alarm
+        store. A file with errors changes nothing: each error is logged with its path. Returns whether the
+        new configuration was applied."""
+        if self.config_path is None:
+            log.warning("reload requested, but the daemon was not started from a configuration file")
+            return False
+        log.info("reloading the configuration", path=str(self.config_path))
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as err:
+            for path, message in err.errors:
+                log.error("reload refused: configuration invalid; the running one stays",
+                          source=err.source, path=path, error=message)
+            return False
+        old = self.config
+        later = [name for name in type(old).model_fields
+                 if name not in RELOADABLE and getattr(old, name) != getattr(new, name)]
+        # The notifier, the alarm store and whether the engine runs at all are wired at start.
+        fixed = {"enabled": old.rules.enabled, "store": old.rules.store, "notifications": old.rules.notifications}
+        later += [f"rules.{key}" for key, value in fixed.items() if getattr(new.rules, key) != value]
+        if later:
+            log.warning("reload: these sections changed and take effect only at the next restart",
+                        sections=later)
+        rules = new.rules.model_copy(update=fixed)
+        merged = old.model_copy(update={"devices": new.devices, "rooms": new.rooms, "rules": rules})
+        try:
+            await self._apply_devices(old.devices, new.devices)
+        finally:
+            # Devices already swapped must see their topology, whatever happened to the others.
+            self.config = merged
+            self.topology = Topology(merged)
+            if self.publisher is not None:
+                self.publisher.topology = self.topology
+            if self.rules is not None:
+                self.rules.reload(merged, self.topology)
+        self.reloads += 1
+        log.info("configuration reloaded", devices=len(self.coordinators), reloads=self.reloads)
+        return True
+
+    async def _apply_devices(self, before: list[Device], after: list[Device]) -> None:
+        if not self.poll:
+            return
+        old = {d.id: d for d in before if d.enabled}
+        new = {d.id: d for d in after if d.enabled}
+        stopped = [i for i in old if i not in new or new[i] != old[i]]
+        started = [i for i in new if i not in old or new[i] != old[i]]
+        # Build the new drivers first: a profile that fails to load leaves the running device alone.
+        extra = self.config.extra_profile_dirs()
+        fresh: dict[str, DeviceCoordinator] = {}
+        for device_id in started:
+            try:
+                fresh[device_id] = self._coordinator(new[device_id], extra)
+            except Exception as err:
+                log.error("reload: device not (re)started", device=device_id, error=str(err))
+        for device_id in stopped:
+            if device_id not in new or device_id in fresh:
+                await self._stop_device(device_id)
+        for device_id, coordinator in fresh.items():
+            self.coordinators[device_id] = coordinator
+            self._start_device(coordinator)
+        if stopped or started:
+            log.info("reload: devices changed", stopped=sorted(set(stopped) - set(started)),
+                     started=sorted(set(started) - set(stopped)),
+                     restarted=sorted(set(started) & set(stopped)))
+
+    async def _stop_device(self, device_id: str) -> None:
+        coordinator = self.coordinators.pop(device_id, None)
+        if coordinator is None:
+            return
+        task = self._tasks.pop(coordinator.name, None)
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.supervisor.forget(coordinator.name)
+        coordinator.polled.set()  # a device removed before its first poll must not hold READY back
+
     async def _cancel(self, prefixes: tuple[str, ...]) -> None:
         tasks = [t for n, t in self._tasks.items() if n.startswith(prefixes) and not t.done()]
         for task in tasks:
@@ -210,7 +407,7 @@ class Daemon:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _shutdown(self) -> None:
-        await self._cancel(("device:", "ready-watch", "rules", "http-api"))
+        await self._cancel(("reload", "device:", "ready-watch", "rules", "http-api"))
         if self.publisher is not None and self.publisher.connected.is_set():
             if not await self.publisher.drain(DRAIN_SECONDS):
                 log.warning("broker did not take everything in time; the rest stays in the outbox",
@@ -237,15 +434,18 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
-async def run_daemon(config: Config, *, ingest: bool | None = None, poll: bool = True) -> None:
-    """`dcim run` (and `dcim ingest`, with poll=False): until SIGTERM or SIGINT."""
-    daemon = Daemon(config, ingest=ingest, poll=poll)
-    stop = asyncio.Event()
+async def run_daemon(config: Config, *, ingest: bool | None = None, poll: bool = True,
+                     config_path: str | Path | None = None) -> None:
+    """`dcim run` (and `dcim ingest`, with poll=False): until SIGTERM or SIGINT; SIGHUP reloads."""
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     stop_on_signals(stop)
     sdnotify.install_stall_hook(loop)
     try:
+        daemon = Daemon(config, ingest=ingest, poll=poll, config_path=config_path)
+        # SIGHUP's default action ends the process: a reload instead, once there is a daemon to reload.
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
         await daemon.run(stop)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -214,8 +214,9 @@ async def demo(config: Config, *, duration: float | None, faults: bool) -> None:
         loop.call_later(duration, stop.set)
     try:
         async with asyncio.TaskGroup() as tg:
-            sims = tg.create_task(run_simulators(config, plant), name="simulators")
-            await wait_listening(config)
+            listening = asyncio.Event()
+            sims = tg.create_task(run_simulators(config, plant, ready=listening), name="simulators")
+            await wait_listening(listening, sims)
             helpers = [tg.create_task(watch_broker(config, view), name="demo-view"),
                        tg.create_task(show(view, sys.stdout.isatty()), name="demo-screen")]
             if faults:

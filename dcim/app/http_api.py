@@ -31,6 +31,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dcim.app import api_writes
 from dcim.app.config import HttpConfig
 from dcim.core.metrics import REGISTRY, Registry
 from rules.store import AlarmNotActive, AlarmNotFound
@@ -47,12 +48,12 @@ class AlarmStoreLike(Protocol):
     """What the API needs of rules.store.AlarmStore."""
 
     def active(self) -> list[Any]: ...
-    def history(self, limit: int = 100) -> list[Any]: ...
-    def get(self, key: str) -> Any: ...
-    def acknowledge(self, key: str, user: str, comment: str = "") -> Any: ...
-    def shelve(self, key: str, until_ns: int, user: str) -> Any: ...
-    def unshelve(self, key: str) -> Any: ...
-    def add_maintenance(self, subject: str, start_ns: int, end_ns: int, reason: str) -> Any: ...
+    async def history_async(self, limit: int = 100) -> list[Any]: ...
+    async def get_async(self, key: str) -> Any: ...
+    async def acknowledge_async(self, key: str, user: str, comment: str = "") -> Any: ...
+    async def shelve_async(self, key: str, until_ns: int, user: str) -> Any: ...
+    async def unshelve_async(self, key: str) -> Any: ...
+    async def add_maintenance_async(self, subject: str, start_ns: int, end_ns: int, reason: str) -> Any: ...
     def maintenance(self, now_ns: int | None = None) -> list[Any]: ...
 
 
@@ -106,6 +107,7 @@ class HttpApi:
         self._token = config.token.get_secret_value().encode() if config.token is not None else None
         self.port: int | None = None
         self.ready = asyncio.Event()
+        self._runner: web.AppRunner | None = None
         self.app = self._app()
 
     def _app(self) -> web.Application:
@@ -120,23 +122,44 @@ class HttpApi:
         r.add_delete("/api/v1/alarms/{key:.+}/shelve", self._unshelve)
         r.add_get("/api/v1/maintenance", self._maintenance)
         r.add_post("/api/v1/maintenance", self._add_maintenance)
+        api_writes.register(app, self)  # POST /api/v1/devices/{device}/points/{point}: dcim/app/api_writes.py
         return app
 
-    async def run(self) -> None:
-        """Serve until cancelled; the port is closed on the way out."""
+    async def start(self) -> None:
+        """Bind the listener now: a port that is taken is a start-up error (OSError), raised here before
+        the daemon starts anything that runs for long."""
         runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.config.host, self.config.port)
             await site.start()
-            self.port = int(runner.addresses[0][1])
-            log.info("http api listening", host=self.config.host, port=self.port,
-                     writes="token" if self._token else "refused (no http.token)")
-            self.ready.set()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("http api listening", host=self.config.host, port=self.port,
+                 writes="token" if self._token else "refused (no http.token)")
+        self.ready.set()
+
+    async def serve(self) -> None:
+        """Serve (on the listener `start` bound) until cancelled; the port is closed on the way out."""
+        if self._runner is None:
+            await self.start()
+        try:
             await asyncio.Event().wait()
         finally:
-            self.ready.clear()
+            await self.close()
+
+    async def close(self) -> None:
+        runner, self._runner = self._runner, None
+        self.ready.clear()
+        if runner is not None:
             await runner.cleanup()
+
+    async def run(self) -> None:
+        """Bind and serve until cancelled."""
+        await self.serve()
 
     # -- plumbing -----------------------------------------------------------------------------
     @web.middleware
@@ -185,9 +208,9 @@ class HttpApi:
             problems = [f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}" for e in err.errors()]
             raise _BadRequest("; ".join(problems)) from err
 
-    async def _operate(self, fn: Callable[[], Any]) -> web.Response:
+    async def _operate(self, fn: Callable[[], Awaitable[Any]]) -> web.Response:
         try:
-            record = fn()
+            record = await fn()
         except _BadRequest as err:
             return _error(400, str(err))
         except AlarmNotFound as err:
@@ -225,18 +248,15 @@ class HttpApi:
                 return _error(400, "limit must be an integer")
             if not 1 <= limit <= 10_000:
                 return _error(400, "limit must be between 1 and 10000")
-            flush = getattr(self.store, "flush_async", None)
-            if flush is not None:
-                # Pending writes go to disk on the store's worker thread; what is left is one SELECT.
-                await flush()
-            records = self.store.history(limit)
+            # On the store's SQLite writer thread, after the writes queued before it.
+            records = await self.store.history_async(limit)
         else:
             records = self.store.active()
         return _json({"alarms": [r.to_dict() for r in records]})
 
     async def _alarm(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
-        return await self._operate(lambda: self.store.get(key))
+        return await self._operate(lambda: self.store.get_async(key))
 
     async def _ack(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
@@ -245,7 +265,7 @@ class HttpApi:
         except _BadRequest as err:
             return _error(400, str(err))
         log.info("alarm acknowledged over http", alarm=key, user=body.user)
-        return await self._operate(lambda: self.store.acknowledge(key, body.user, body.comment))
+        return await self._operate(lambda: self.store.acknowledge_async(key, body.user, body.comment))
 
     async def _shelve(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
@@ -255,12 +275,12 @@ class HttpApi:
             return _error(400, str(err))
         until = self.now_ns() + int(body.minutes * _NS_PER_MINUTE)
         log.info("alarm shelved over http", alarm=key, user=body.user, minutes=body.minutes)
-        return await self._operate(lambda: self.store.shelve(key, until, body.user))
+        return await self._operate(lambda: self.store.shelve_async(key, until, body.user))
 
     async def _unshelve(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
         log.info("alarm unshelved over http", alarm=key)
-        return await self._operate(lambda: self.store.unshelve(key))
+        return await self._operate(lambda: self.store.unshelve_async(key))
 
     async def _maintenance(self, request: web.Request) -> web.Response:
         return _json({"windows": [w.to_dict() for w in self.store.maintenance()]})
@@ -273,7 +293,7 @@ class HttpApi:
         start = self.now_ns() + int(body.start_in_minutes * _NS_PER_MINUTE)
         end = start + int(body.minutes * _NS_PER_MINUTE)
         try:
-            window = self.store.add_maintenance(body.subject, start, end, body.reason)
+            window = await self.store.add_maintenance_async(body.subject, start, end, body.reason)
         except ValueError as err:
             return _error(400, str(err))
         log.info("maintenance window added over http", subject=body.subject, minutes=body.minutes)

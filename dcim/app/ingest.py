@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,6 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from dcim.app.config import Config
+from dcim.app.instance import instance_tag
 from dcim.app.publisher import CONNECTED, protocol, tls_context
 from dcim.app.writers import RejectedWriteError, RetryableWriteError, Writer, make_writer
 from dcim.core.backoff import Backoff
@@ -64,6 +64,8 @@ ACK_GROUP_BYTES = 1 << 20
 # MQTT 5 Receive Maximum: messages the broker may send before this worker acknowledges one. With manual
 # acknowledgement it bounds what waits in memory to RECEIVE_MAXIMUM x ingest.max_message_bytes.
 RECEIVE_MAXIMUM = 20
+# While the outbox's disk refuses writes: how often to look whether the lines went out after all.
+DEGRADED_RECHECK_S = 0.5
 # Topics remembered for "logged once" warnings; past the bound, warnings are only counted.
 WARNED_TOPICS = 1000
 DEAD_LETTER_PAYLOAD = 64 * 1024
@@ -107,6 +109,11 @@ class DeadLetters:
         return raw[: min(DEAD_LETTER_PAYLOAD, self.max_bytes // 4)].decode("utf-8", errors="replace")
 
 
+def ingest_client_id(config: Config) -> str:
+    """Stable across restarts (the broker session keeps what arrives meanwhile), distinct per instance."""
+    return f"dcim-ingest-{instance_tag(config.state_dir)}-{config.ingest.group}"
+
+
 class Ingest:
     def __init__(self, config: Config, outbox: Outbox, writer: Writer | None = None) -> None:
         if config.influxdb is None:
@@ -147,7 +154,7 @@ class Ingest:
             connect_props.ReceiveMaximum = RECEIVE_MAXIMUM
         client = aiomqtt.Client(
             mqtt.host or "", mqtt.port,
-            identifier=self.config.ingest.client_id or f"dcim-ingest-{socket.gethostname()}-{self.config.ingest.group}",
+            identifier=self.config.ingest.client_id or ingest_client_id(self.config),
             username=mqtt.username, password=password, keepalive=mqtt.keepalive,
             tls_context=tls_context(mqtt), protocol=protocol(mqtt),
             clean_session=None if v5 else False, clean_start=False, properties=connect_props, timeout=10,
@@ -204,6 +211,12 @@ class Ingest:
 
     async def _commit(self, client: aiomqtt.Client, messages: list[aiomqtt.Message]) -> None:
         await self.outbox.flush()
+        # A disk that refuses writes leaves the lines in memory, where the writer still takes them from: the
+        # broker gets its acknowledgement once they are on disk after all, or all written to the database.
+        # Meanwhile it holds the rest (at most RECEIVE_MAXIMUM unacknowledged here).
+        while self.outbox.degraded and self.outbox.depth:
+            await asyncio.sleep(DEGRADED_RECHECK_S)
+            await self.outbox.flush()
         paho = client._client  # paho's ack(), see _client
         for message in messages:
             if message.qos > 0:

@@ -9,7 +9,7 @@ its own task and each poll runs under a deadline.
 from __future__ import annotations
 
 import asyncio
-import importlib
+import os
 import time
 from typing import Any
 
@@ -19,6 +19,7 @@ from dcim.core.aio import reraise_lost_cancellation
 from dcim.core.metrics import REGISTRY
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Batch, DeviceStatus, Quality, Sample, Value, now_ns
+from drivers import registry
 from drivers.base import DeviceBase, Driver, DriverContext, Subscriber
 from drivers.errors import DriverError
 from drivers.profiles import Profile
@@ -33,11 +34,46 @@ SKIPPED = REGISTRY.counter("dcim_poll_overruns_total", "Poll ticks skipped becau
 SampleKey = tuple[str, tuple[tuple[str, str], ...], str]
 
 
+FAULT_ENV = "DCIM_TEST_POLL_FAULTS"
+
+
 def make_driver(device: DeviceBase, profile: Profile[Any], context: DriverContext) -> Driver:
-    protocol = str(getattr(device, "protocol"))  # noqa: B009 - every device model has one
-    module = importlib.import_module(f"drivers.{protocol}.driver")
-    driver: Driver = module.make_driver(device, profile, context)
+    # The device's protocol's factory, from the protocol registry.
+    driver = registry.make_driver(device, profile, context)
+    install_poll_fault(driver)
     return driver
+
+
+def install_poll_fault(driver: Driver, environ: Any = None) -> bool:
+    """Tests only: $DCIM_TEST_POLL_FAULTS="cdu-2=raise,cdu-3=stuck" makes a device's reads misbehave.
+
+    raise: every read raises RuntimeError, as a driver bug would (supervision must hold).
+    stuck: the first read swallows the poll deadline's cancellation, as a library with the gh-86296 bug
+           does, and hangs; the next cancellation (shutdown) goes through. The poller is then stuck and
+           /healthz must say so.
+    Without the variable nothing is touched, so a production daemon never carries the hook.
+    """
+    env = os.environ if environ is None else environ
+    faults = dict(item.partition("=")[::2] for item in env.get(FAULT_ENV, "").split(",") if item)
+    mode = faults.get(driver.device.id)
+    if mode is None:
+        return False
+    if mode not in ("raise", "stuck"):
+        raise ValueError(f"{FAULT_ENV}: {driver.device.id}={mode}: use raise or stuck")
+
+    async def read() -> list[Sample]:
+        if mode == "raise":
+            raise RuntimeError(f"test hook: {FAULT_ENV} makes {driver.device.id} raise")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass  # swallowed, on purpose
+        await asyncio.Event().wait()
+        return []
+
+    setattr(driver, "read", read)  # noqa: B010 - replaces the bound method on this instance only
+    log.warning("test hook: device reads will misbehave", device=driver.device.id, mode=mode)
+    return True
 
 
 def poll_deadline(device: DeviceBase) -> float:
@@ -56,7 +92,11 @@ class DeviceCoordinator:
         self.last_error = ""
         self.last_success_ns = 0
         self.polled = asyncio.Event()  # set after the first poll, whatever its outcome
+        # Monotonic time of the last completed poll (success or recorded failure), or of the coordinator's
+        # creation before the first: the liveness check's proof that the poller is not stuck or dead.
+        self.last_poll = time.monotonic()
         self._last_keys: dict[SampleKey, Sample] = {}
+        self._unexpected_logged: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -101,6 +141,12 @@ class DeviceCoordinator:
             error = f"no answer within the poll deadline ({poll_deadline(self.device):g} s)"
         except DriverError as err:
             error = str(err) or type(err).__name__
+        except Exception as err:
+            # A driver bug or a hostile answer the decoding did not expect (an OverflowError from a
+            # 200-byte INTEGER): the device is offline with the reason, polling goes on.
+            error = f"unexpected error: {type(err).__name__}: {err}"[:300]
+            self._log_unexpected(err)
+            await self._reset_driver()
         if error is None:
             POLLS.inc(device=self.device.id, result="ok")
             POLL_SECONDS.observe(time.perf_counter() - started, device=self.device.id)
@@ -111,8 +157,42 @@ class DeviceCoordinator:
             samples = self._bad_samples(ts, error)
         batch = Batch(self.device.id, self.device.kind, ts, samples)
         self._emit_batch(batch)
+        self.last_poll = time.monotonic()
         self.polled.set()
         return batch
+
+    def _log_unexpected(self, err: Exception) -> None:
+        key = type(err).__qualname__
+        if key not in self._unexpected_logged:
+            # The traceback once per kind of error: the next ones are the same bug, counted in the metrics.
+            self._unexpected_logged.add(key)
+            log.error("device poll raised an unexpected error", device=self.device.id, exc_info=err)
+
+    async def _reset_driver(self) -> None:
+        """After an unexpected error the driver's connection state is unknown: start the next poll afresh."""
+        try:
+            async with asyncio.timeout(max(1.0, self.device.timeout)):
+                await self.driver.close()
+        except Exception:  # a close that fails (or times out) changes nothing here
+            pass
+
+    def fail(self, err: BaseException) -> None:
+        """The coordinator's task failed (supervision restarts it): offline, with a BAD batch and the reason."""
+        error = f"unexpected error: {type(err).__name__}: {err}"[:300]
+        ts = now_ns()
+        self._set_status(False, error)
+        POLLS.inc(device=self.device.id, result="error")
+        self._emit_batch(Batch(self.device.id, self.device.kind, ts, self._bad_samples(ts, error)))
+        self.last_poll = time.monotonic()
+        self.polled.set()
+
+    def stale(self, now: float | None = None) -> bool:
+        """True when a polled device has not completed a poll for three intervals (or three poll deadlines,
+        when the deadline is the longer): its poller is stuck or dead. A subscription has no schedule."""
+        if isinstance(self.driver, Subscriber):
+            return False
+        period = max(self.device.interval, poll_deadline(self.device))
+        return (time.monotonic() if now is None else now) - self.last_poll > 3 * period
 
     def _bad_samples(self, ts: int, reason: str) -> list[Sample]:
         if self._last_keys:

@@ -1,6 +1,6 @@
 """MQTT publisher: the pipeline's samples to the broker, through a durable outbox, at QoS 1.
 
-Topics (shared/DESIGN.md):
+Topics (docs/architecture.md, wire formats):
     {prefix}/{site}/{kind}/{device}          one poll's samples: line protocol (default) or JSON
     {prefix}/{site}/status/{device}          retained JSON: {"online": bool, "error": "...", "ts": ...}
     {prefix}/{site}/alarms/{subject}/{rule}  retained JSON while the alarm is active; cleared when resolved
@@ -23,6 +23,7 @@ import aiomqtt
 import structlog
 
 from dcim.app.config import MqttConfig
+from dcim.core.aio import reraise_lost_cancellation
 from dcim.core.backoff import Backoff
 from dcim.core.events import AlarmEvent, AlarmState
 from dcim.core.lineproto import encode_batch
@@ -57,8 +58,11 @@ def protocol(config: MqttConfig) -> aiomqtt.ProtocolVersion:
     return aiomqtt.ProtocolVersion.V5 if config.protocol == "5" else aiomqtt.ProtocolVersion.V311
 
 
-def client_id(config: MqttConfig, role: str) -> str:
-    return config.client_id or f"dcim-{role}-{socket.gethostname()}"
+def client_id(config: MqttConfig, role: str, instance: str | None = None) -> str:
+    """The configured id, else `dcim-<role>-<instance>`: `instance` tells daemons on one host apart
+    (dcim.app.instance.instance_tag: host name and a hash of the state_dir), since two clients with one id
+    knock each other off the broker."""
+    return config.client_id or f"dcim-{role}-{instance or socket.gethostname()}"
 
 
 def batch_json(batch: Batch, tags: tuple[tuple[str, str], ...]) -> bytes:
@@ -77,14 +81,14 @@ def batch_json(batch: Batch, tags: tuple[tuple[str, str], ...]) -> bytes:
 
 class MqttPublisher:
     def __init__(self, config: MqttConfig, topology: Topology, outbox: Outbox,
-                 *, gate: asyncio.Event | None = None) -> None:
+                 *, gate: asyncio.Event | None = None, instance: str | None = None) -> None:
         if config.host is None:
             raise ValueError("mqtt.host is not set")
         self.config = config
         self.topology = topology
         self.outbox = outbox
         self.base = f"{config.prefix}/{topology.site}"
-        self.client_id = client_id(config, "publisher")
+        self.client_id = client_id(config, "publisher", instance)
         self.presence_topic = f"{self.base}/daemon/{self.client_id}"
         self.connected = asyncio.Event()
         self._drained = asyncio.Event()
@@ -148,34 +152,46 @@ class MqttPublisher:
         )
 
     async def run(self) -> None:
+        # The delay between attempts is capped by mqtt.reconnect_max and starts again from the shortest
+        # once a connection succeeds: how soon delivery resumes after the broker returns is bounded by it.
         backoff = Backoff(maximum=self.config.reconnect_max)
         down_logged = False
-        while True:
-            try:
-                async with self._client() as client:
-                    await client.publish(self.presence_topic, b"online", qos=1, retain=True)
-                    self.connected.set()
-                    CONNECTED.set(1, role="publisher")
-                    backoff.reset()
-                    if down_logged:
-                        log.info("broker reachable again", host=self.config.host, queued=self.outbox.depth)
-                        down_logged = False
-                    else:
-                        log.info("connected to broker", host=self.config.host, port=self.config.port)
-                    try:
-                        await self._send_loop(client)
-                    except asyncio.CancelledError:
-                        # Clean stop: say so, since the will is only for a connection that dies.
-                        await asyncio.shield(self._say_offline(client))
-                        raise
-            except aiomqtt.MqttError as err:
-                self.connected.clear()
-                CONNECTED.set(0, role="publisher")
-                if not down_logged:
-                    log.warning("broker unavailable; buffering in the outbox",
-                                host=self.config.host, port=self.config.port, error=str(err))
-                    down_logged = True
-                await asyncio.sleep(backoff.next())
+        try:
+            while True:
+                try:
+                    async with self._client() as client:
+                        # aiomqtt connects through asyncio.wait_for, which may drop a cancellation that
+                        # lands as the connection completes (gh-86296): a stop would then wait for ever.
+                        reraise_lost_cancellation()
+                        await client.publish(self.presence_topic, b"online", qos=1, retain=True)
+                        self.connected.set()
+                        CONNECTED.set(1, role="publisher")
+                        backoff.reset()
+                        if down_logged:
+                            log.info("broker reachable again", host=self.config.host, queued=self.outbox.depth)
+                            down_logged = False
+                        else:
+                            log.info("connected to broker", host=self.config.host, port=self.config.port)
+                        try:
+                            await self._send_loop(client)
+                        except asyncio.CancelledError:
+                            # Clean stop: say so, since the will is only for a connection that dies.
+                            await asyncio.shield(self._say_offline(client))
+                            raise
+                except aiomqtt.MqttError as err:
+                    self.connected.clear()
+                    CONNECTED.set(0, role="publisher")
+                    if not down_logged:
+                        log.warning("broker unavailable; buffering in the outbox",
+                                    host=self.config.host, port=self.config.port, error=str(err))
+                        down_logged = True
+                    reraise_lost_cancellation()
+                    await asyncio.sleep(backoff.next())
+        finally:
+            # Whatever ended the loop (a cancellation, or a bug that supervision restarts us after),
+            # nothing is connected any more.
+            self.connected.clear()
+            CONNECTED.set(0, role="publisher")
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
         try:

@@ -1,7 +1,8 @@
 """`dcim simulate`: serve every simulated device of a configuration from the plant model.
 
-Each protocol's simulator (`simulators/<protocol>.py`, `serve(plant, devices)`) serves its devices on their
-configured addresses; one ticker advances the plant. An optional HTTP control endpoint injects faults:
+Each protocol's simulator (named in the protocol registry, `drivers.registry`; `serve(plant, devices, *,
+profile_dirs, ready)`) serves its devices on their configured addresses and says when its sockets are bound;
+one ticker advances the plant. An optional HTTP control endpoint injects faults:
 
     curl -X POST localhost:8471/faults/cdu-1/pump_failure                 # all pumps of cdu-1 fail
     curl -X POST localhost:8471/faults/cdu-1/leak -d '{"zone": 2}'
@@ -12,10 +13,7 @@ configured addresses; one ticker advances the plant. An optional HTTP control en
 from __future__ import annotations
 
 import asyncio
-import errno
-import importlib
 import json
-import socket
 from collections import defaultdict
 from typing import Any
 
@@ -23,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from dcim.app.config import Config, Device
+from drivers.registry import PROTOCOLS
 from simulators.plant import FAULTS, Plant
 
 log = structlog.get_logger(__name__)
@@ -30,32 +29,18 @@ log = structlog.get_logger(__name__)
 TICK_S = 0.25
 
 
-def _listening(device: Device) -> bool:
-    if device.protocol == "snmp":
-        # UDP has no connect handshake: the port is served when we can no longer bind it ourselves.
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((device.host, device.port))
-            except OSError as err:
-                return err.errno == errno.EADDRINUSE
-            return False
-    if device.protocol == "opcua":
-        port = int(device.endpoint.rsplit(":", 1)[1].split("/", 1)[0])
-    else:
-        port = device.port
-    with socket.socket() as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex((device.host, port)) == 0
-
-
-async def wait_listening(config: Config) -> None:
-    """Until every simulated device's address is served (the demo starts the daemon after this)."""
-    pending = [d for devices in simulated_devices(config).values() for d in devices]
-    async with asyncio.timeout(30.0):
-        while pending:
-            pending = [d for d in pending if not await asyncio.to_thread(_listening, d)]
-            if pending:
-                await asyncio.sleep(0.1)
+async def wait_listening(ready: asyncio.Event, simulators: asyncio.Future[None]) -> None:
+    """Until `run_simulators(..., ready=ready)` says every simulated device is served (each protocol's simulator
+    signals it once its sockets are bound: nothing is probed). If the simulators stop first (a port taken),
+    their error is raised here."""
+    waiter: asyncio.Future[Any] = asyncio.ensure_future(ready.wait())
+    try:
+        await asyncio.wait([waiter, simulators], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if not ready.is_set():
+        simulators.result()
+        raise RuntimeError("the simulators stopped before serving")
 
 
 def simulated_devices(config: Config) -> dict[str, list[Device]]:
@@ -142,18 +127,28 @@ async def serve_control(plant: Plant, host: str, port: int, ready: asyncio.Event
 
 
 async def run_simulators(config: Config, plant: Plant | None = None, *, control_port: int | None = None,
-                         control_host: str = "127.0.0.1") -> None:
-    """Serve until cancelled."""
+                         control_host: str = "127.0.0.1", ready: asyncio.Event | None = None) -> None:
+    """Serve until cancelled. `ready` is set (and "simulators ready" logged) once every protocol's simulator and
+    the control endpoint have said they are listening."""
     plant = plant or Plant(config)
     groups = simulated_devices(config)
     if not groups:
         raise ValueError("no device has `simulate: true`: nothing to serve")
+    serves = {protocol: PROTOCOLS.get(protocol).simulator_serve() for protocol in groups}
+    listening: list[asyncio.Event] = []
     async with asyncio.TaskGroup() as tg:
         tg.create_task(tick(plant), name="plant")
         for protocol, devices in groups.items():
-            module = importlib.import_module(f"simulators.{protocol}")
-            serving = module.serve(plant, devices, profile_dirs=config.extra_profile_dirs())
+            listening.append(asyncio.Event())
+            serving = serves[protocol](plant, devices, profile_dirs=config.extra_profile_dirs(), ready=listening[-1])
             tg.create_task(serving, name=f"simulate:{protocol}")
             log.info("simulating", protocol=protocol, devices=[d.id for d in devices])
         if control_port is not None:
-            tg.create_task(serve_control(plant, control_host, control_port), name="simulator-control")
+            listening.append(asyncio.Event())
+            tg.create_task(serve_control(plant, control_host, control_port, listening[-1]), name="simulator-control")
+        # A simulator that fails cancels this wait with the rest of the group.
+        for event in listening:
+            await event.wait()
+        log.info("simulators ready", devices=[d.id for devices in groups.values() for d in devices])
+        if ready is not None:
+            ready.set()

@@ -45,3 +45,21 @@ def resolve_secret(value: Any) -> Any:
 
 
 Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+
+
+def redact_url(url: str) -> str:
+    """A URL that may carry a credential (a Slack webhook's path, a token in the query or the user info)
+    as something fit for a log: the scheme and host only, `https://hooks.slack.com/...`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<redacted URL>"
+    host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/..." if host else "<redacted URL>"
+
+
+def redact(text: str, *secrets: str) -> str:
+    """`text` with every occurrence of each secret (a URL: all but its scheme and host) taken out."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, redact_url(secret) if "://" in secret else "**********")
+    return text

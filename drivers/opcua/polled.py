@@ -278,6 +278,12 @@ class OpcUaDriver(Driver):
 
     # ---- writes ----------------------------------------------------------------------------------------
 
+    def write_limits(self, point: str) -> tuple[float, float] | None:
+        """The node's EURange as the server reported it at the last connect (None: none, or not connected).
+        A write outside it is refused before sending, whatever range the profile allows."""
+        eu_range, _unit = self.metadata.get(point, (None, ""))
+        return eu_range
+
     async def write(self, point: str, value: Value) -> None:
         spec = self.profile.point(point)
         checked = spec.check_write(value)
@@ -285,6 +291,11 @@ class OpcUaDriver(Driver):
         item = next((r for r in self._resolved if r.point.name == point), None)
         if item is None or item.node_id is None:
             raise WriteRejected(f"{point}: the server has no node for it ({item.error if item else 'unknown'})")
+        limits = self.write_limits(point)
+        if limits is not None and isinstance(checked, int | float) and not isinstance(checked, bool):
+            low, high = limits
+            if not low <= float(checked) <= high:
+                raise WriteRejected(f"{point}: {checked} is outside the server's EURange {low:g}..{high:g}")
         variant = nodes.encode(item, checked)
         params = ua.WriteParameters()
         wv = ua.WriteValue()

@@ -58,14 +58,10 @@ def cdu_hall(tmp_path: Path, *, mqtt: Any | None = None, influxdb: dict[str, Any
 
 @contextlib.asynccontextmanager
 async def simulators(config: Config, plant: Plant) -> AsyncIterator[Plant]:
-    task = asyncio.create_task(run_simulators(config, plant), name="simulators")
+    ready = asyncio.Event()
+    task = asyncio.create_task(run_simulators(config, plant, ready=ready), name="simulators")
     try:
-        listening = asyncio.create_task(wait_listening(config))
-        await asyncio.wait([task, listening], return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            listening.cancel()
-            task.result()
-        await listening
+        await wait_listening(ready, task)
         yield plant
     finally:
         task.cancel()

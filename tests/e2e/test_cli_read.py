@@ -42,17 +42,18 @@ async def test_read_prints_every_point_with_unit_and_quality(tmp_path: Path) -> 
 
 
 async def test_write_in_range_reaches_the_device_and_out_of_range_is_refused(tmp_path: Path) -> None:
-    path = cdu_hall(tmp_path, cdus=1)
+    # No daemon runs: `--direct`, with operator writes allowed while control is not armed.
+    path = cdu_hall(tmp_path, cdus=1, rules={"control": {"operator_writes": True}})
     config = load(path)
     plant = Plant(config, frozen=True)
     async with simulators(config, plant):
-        code, _out, err = await dcim("write", "-c", str(path), "cdu-1", "supply_temp_setpoint_c", "30.5")
+        code, _out, err = await dcim("write", "-c", str(path), "cdu-1", "supply_temp_setpoint_c", "30.5", "--direct")
         assert code == 0, err
         assert plant.cdus["cdu-1"].supply_setpoint_c == pytest.approx(30.5)
-        code, _out, err = await dcim("write", "-c", str(path), "cdu-1", "supply_temp_setpoint_c", "80")
+        code, _out, err = await dcim("write", "-c", str(path), "cdu-1", "supply_temp_setpoint_c", "80", "--direct")
         assert code == 1 and "outside the allowed range" in err
         assert plant.cdus["cdu-1"].supply_setpoint_c == pytest.approx(30.5)
-        code, _out, err = await dcim("write", "-c", str(path), "cdu-1", "flow_lpm", "10")
+        code, _out, err = await dcim("write", "-c", str(path), "cdu-1", "flow_lpm", "10", "--direct")
         assert code == 1 and "read-only" in err
 
 

@@ -24,6 +24,8 @@ def pdu_hall(tmp_path: Path, mosquitto: Any, influx: Any) -> Path:
                 "profile": profile, "community": "public", "write_community": "private", "interval": "500ms",
                 "timeout": "300ms", "retries": 1, "deadline": "1s", "simulate": True}
 
+    token = tmp_path / "http-token"
+    token.write_text("e2e-token")
     config = {
         "site": {"id": "hall-1"},
         "rooms": [{"id": "dh1", "rows": [{"id": "C", "racks": [
@@ -33,7 +35,9 @@ def pdu_hall(tmp_path: Path, mosquitto: Any, influx: Any) -> Path:
         "mqtt": {"host": "127.0.0.1", "port": mosquitto.port},
         "influxdb": {"url": influx.url, "api": "v1", "database": "dcim", "flush_interval": "100ms"},
         "state_dir": str(tmp_path / "state"),
-        "http": {"enabled": False},
+        # `dcim write` goes through the daemon's HTTP API; operator writes are allowed while not armed.
+        "http": {"port": free_port(), "token": f"file:{token}"},
+        "rules": {"control": {"operator_writes": True}},
         "logging": {"level": "info", "format": "json"},
     }
     path = tmp_path / "dcim.yaml"
@@ -82,6 +86,7 @@ async def test_outlet_switched_off_through_dcim_is_off_in_the_next_poll(tmp_path
             assert before[0]["state"] == "on" and before[0]["power"] > 0
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "dcim.app.cli", "write", "-c", str(path), "apc-c01a", "outlet_command:7", "off",
+                "--yes",
                 cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             _out, err = await asyncio.wait_for(process.communicate(), 60)
             assert process.returncode == 0, err.decode()

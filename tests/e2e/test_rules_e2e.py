@@ -20,7 +20,6 @@ import yaml
 
 from dcim.app.config import Config, load_config
 from dcim.app.poller import DeviceCoordinator, make_driver
-from dcim.app.simulate import run_simulators
 from dcim.core.pipeline import Pipeline
 from dcim.core.topology import Topology
 from drivers.base import DriverContext
@@ -187,15 +186,8 @@ async def test_rack_over_budget_and_a_feed_trip_notify_and_resolve(
     secret_file.write_text(SECRET)
     config = load_config(power_hall(tmp_path, http_receiver, secret_file))
     plant = Plant(config, frozen=True)
-    # Not the harness's `simulators`: it waits for TCP ports, and SNMP is UDP; the first rack metrics
-    # below are the proof that every simulator answers.
-    sim = asyncio.create_task(run_simulators(config, plant), name="simulators")
-    try:
+    async with simulators(config, plant):
         await _power_scenario(config, plant, http_receiver)
-    finally:
-        sim.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sim
 
 
 async def _power_scenario(config: Config, plant: Plant, http_receiver: HttpReceiver) -> None:
@@ -239,8 +231,7 @@ async def test_storm_on_a_cdu_loop_sends_a_bounded_number_of_notifications(
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     config = load_config(path)
     plant = Plant(config, frozen=True)
-    sim = asyncio.create_task(run_simulators(config, plant), name="simulators")
-    try:
+    async with simulators(config, plant):
         async with rules_daemon(config) as (service, _):
             await wait_until(lambda: all(service.engine.readings.number(f"R{n}", "flow_ratio_pct",
                                                                         SystemClock().now_ns())
@@ -257,10 +248,6 @@ async def test_storm_on_a_cdu_loop_sends_a_bounded_number_of_notifications(
             assert notified == {"cdu-pump-fault/cdu-1", "cdu-flow-low/cdu-1"}
             assert all(service.store.get(k).suppressed == "inhibited" for k in coolant)
             assert len(http_receiver.recorder.items) <= 2
-    finally:
-        sim.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sim
 
 
 async def test_daemon_process_restart_while_firing_sends_nothing_again(

@@ -18,11 +18,10 @@ import pytest
 import yaml
 
 from dcim.app.config import Config, load_config
-from dcim.app.simulate import run_simulators
+from dcim.app.simulate import run_simulators, wait_listening
 from simulators.plant import Plant
 from tests.e2e.harness import DaemonProcess
 from tests.helpers import free_port, wait_until
-from tests.servers import port_accepts
 
 pytestmark = pytest.mark.e2e
 
@@ -54,13 +53,10 @@ def chiller_hall(tmp_path: Path, mqtt: Any, influxdb: dict[str, Any]) -> Path:
 
 @contextlib.asynccontextmanager
 async def simulated(config: Config, plant: Plant) -> AsyncIterator[None]:
-    task = asyncio.create_task(run_simulators(config, plant), name="simulators")
+    ready = asyncio.Event()
+    task = asyncio.create_task(run_simulators(config, plant, ready=ready), name="simulators")
     try:
-        port = int(config.device("chiller-1").endpoint.rsplit(":", 1)[1])  # type: ignore[union-attr]
-        await wait_until(lambda: task.done() or port_accepts("127.0.0.1", port), timeout=30,
-                         message="OPC UA simulator listening")
-        if task.done():
-            task.result()
+        await wait_listening(ready, task)
         yield
     finally:
         task.cancel()

@@ -77,7 +77,7 @@ class FakeController:
 
     writes: list[tuple[str, str, Value]] = field(default_factory=list)
 
-    async def write(self, device: str, point: str, value: Value) -> None:
+    async def write(self, device: str, point: str, value: Value, *, origin: str = "rule") -> None:
         self.writes.append((device, point, value))
 
 

@@ -106,7 +106,7 @@ async def test_values_outside_the_envelope_are_refused(tmp_path: Path) -> None:
 async def test_controller_failure_is_logged_not_raised(tmp_path: Path) -> None:
     r = control_rig(tmp_path)
 
-    async def broken(device: str, point: str, value: object) -> None:
+    async def broken(device: str, point: str, value: object, **_: object) -> None:
         raise ConnectionError("pdu unreachable")
 
     r.service.control.controller = type("Broken", (), {"write": staticmethod(broken)})()

@@ -96,6 +96,12 @@ class LeakResponder:
                     self.incidents[key] = Incident(**item)
                 except TypeError:
                     log.error("leak response state unreadable", item=item)
+            for incident in self.incidents.values():
+                if incident.stage == "isolating" and not incident.done:
+                    # Stopped mid-isolation: what was sent is in the audit trail; do not send it twice.
+                    incident.done = True
+                    self._stage(incident, "isolation incomplete", "the daemon stopped during isolation: "
+                                "see the audit trail for what was written", control.clock.now_ns())
 
     # ---- stages ------------------------------------------------------------------------------------------
 

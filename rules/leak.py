@@ -27,18 +27,18 @@ import json
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
 from dcim.core.audit import AuditLog
 from dcim.core.events import AlarmState
+from dcim.core.samples import Value
+from rules.clock import Clock
 from rules.config import Action, LeakResponse
 from rules.leases import write_json_atomically
-from rules.store import AlarmRecord
-
-if TYPE_CHECKING:
-    from rules.control import Command, ControlActions
+from rules.metrics import Readings
+from rules.store import AlarmRecord, AlarmStore
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +47,32 @@ ACTION = "leak-isolate"
 STATE_FILE = "leak-response.json"
 # Finished incidents stay in the state file (and in `dcim alarms`) this long.
 KEEP_NS = 7 * 86_400 * NS
+
+
+class Command(Protocol):
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def point(self) -> str: ...
+
+    @property
+    def value(self) -> Value: ...
+
+
+class Control(Protocol):
+    """What the leak response uses of rules.control.ControlActions (which owns it): the isolation is one
+    more control action, held to the same envelope and budget."""
+
+    clock: Clock
+    store: AlarmStore
+    readings: Readings
+
+    def commands(self, action: Action, record: AlarmRecord) -> list[Any]: ...
+
+    def admit(self, command: Any, now: int) -> bool: ...
+
+    async def send_outcome(self, command: Any) -> str: ...
 
 
 @dataclass(slots=True)
@@ -80,7 +106,7 @@ def describe(incident: dict[str, Any]) -> str:
 
 
 class LeakResponder:
-    def __init__(self, config: LeakResponse, control: ControlActions, state_dir: Path | None) -> None:
+    def __init__(self, config: LeakResponse, control: Control, state_dir: Path | None) -> None:
         self.config = config
         self.control = control
         self.state_path = state_dir / STATE_FILE if state_dir is not None else None

@@ -83,7 +83,7 @@ async def test_an_armed_rule_action_is_verified_audited_and_published(tmp_path: 
     [row] = stored
     assert (row["origin"], row["outcome"], row["point"], row["device"]) == (
         "rule:leak-flow-down", "verified", "flow_setpoint_lpm", "cdu-1")
-    assert (row["seq"], row["hash"], row["new"]) == (1, record["hash"], "300")
+    assert (row["seq"], row["hash"], row["new"]) == (record["seq"], record["hash"], "300")
 
 
 async def test_not_armed_no_write_of_any_origin_reaches_any_simulator_under_every_fault(tmp_path: Path) -> None:

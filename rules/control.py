@@ -142,6 +142,10 @@ class ControlActions:
         self._last[(command.device, command.point)] = now
         return True
 
+    def close(self) -> None:
+        """At shutdown, after the jobs were cancelled: what they had not yet recorded is recorded now."""
+        self.leak.flush_now()
+
     def jobs(self) -> list[Coroutine[Any, Any, None]]:
         """Work due this tick besides the actions: lease restores, leak response stages."""
         now = self.clock.now_ns()

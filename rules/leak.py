@@ -226,6 +226,13 @@ class LeakResponder:
         if self.state_path is not None:
             write_json_atomically(self.state_path, [i.to_dict() for i in self.incidents.values()])
 
+    def flush_now(self) -> None:
+        """Blocking: the stages not yet in the audit trail (their flush job was cancelled at shutdown)."""
+        queue, self._audit_queue = self._audit_queue, []
+        if self.audit is not None:
+            for fields in queue:
+                self.audit.append(fields)
+
     async def _flush_audit(self) -> None:
         async with self._audit_lock:  # stages reach the audit trail in the order they happened
             queue, self._audit_queue = self._audit_queue, []

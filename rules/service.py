@@ -116,6 +116,7 @@ class RuleService:
             for task in self._control_tasks:
                 task.cancel()
             await asyncio.gather(*self._control_tasks, return_exceptions=True)
+            self.control.close()
             try:
                 await asyncio.shield(self._flush())
             finally:

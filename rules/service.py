@@ -15,7 +15,6 @@ the outlet; acknowledgements of notified alarms also to the notifier (which stop
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,12 +26,13 @@ import structlog
 from dcim.core.events import AlarmEvent, AlarmState
 from dcim.core.metrics import REGISTRY
 from dcim.core.samples import Batch, DeviceStatus, Sample
+from dcim.core.sqlite import SqliteWriter
 from dcim.core.topology import Topology
 from rules.clock import Clock, SystemClock
 from rules.control import ControlActions, Controller
 from rules.evaluate import COMM_RULE, Engine
 from rules.inhibit import Silencer
-from rules.store import AlarmRecord, AlarmStore
+from rules.store import DISK_ERRORS, AlarmRecord, AlarmStore
 
 if TYPE_CHECKING:
     from rules.config import RulesSite
@@ -67,7 +67,8 @@ class _Sink:
 class RuleService:
     def __init__(self, config: RulesSite, topology: Topology, *, controller: Controller | None = None,
                  publish: Callable[[Batch], None] | None = None, alarm_outlet: AlarmOutlet | None = None,
-                 notifier: AlarmNotifier | None = None, clock: Clock | None = None) -> None:
+                 notifier: AlarmNotifier | None = None, clock: Clock | None = None,
+                 writer: SqliteWriter | None = None) -> None:
         self.config = config.rules
         self.topology = topology
         self.clock: Clock = clock or SystemClock()
@@ -75,16 +76,18 @@ class RuleService:
         # Public: the daemon may create its publisher after the service and set it here.
         self.alarm_outlet = alarm_outlet
         self.notifier = notifier
-        self.store = AlarmStore(Path(config.state_dir) / self.config.store, clock=self.clock)
+        # `writer`: the process's SQLite writer (the daemon's); the store makes its own without.
+        self.store = AlarmStore(Path(config.state_dir) / self.config.store, clock=self.clock, writer=writer)
         push = {d.id for d in config.devices if getattr(d, "mode", "poll") == "subscribe"}
         self.engine = Engine(self.config, topology, self.store, self.clock, self._on_event, push=push)
         self.silencer = Silencer(topology, self.store, self.engine.loop_fault_rules, COMM_RULE,
                                  self.engine.readings.offline)
         self.control = ControlActions(self.config.control, topology, self.store, self.engine.readings,
-                                      self.clock, controller)
+                                      self.clock, controller, state_dir=Path(config.state_dir))
         self.sink = _Sink(self)
         self.store.on_change = self._on_operator
         self._control_tasks: set[asyncio.Task[None]] = set()
+        self._store_failing = False
         REGISTRY.add_collector(self._collect)
         if self.config.control.armed:
             log.warning("control actions are ARMED", actions=[a.name for a in self.config.control.actions])
@@ -101,7 +104,7 @@ class RuleService:
         self.silencer = Silencer(topology, self.store, self.engine.loop_fault_rules, COMM_RULE,
                                  self.engine.readings.offline)
         self.control = ControlActions(self.config.control, topology, self.store, self.engine.readings,
-                                      self.clock, controller)
+                                      self.clock, controller, state_dir=Path(config.state_dir))
 
     # ---- the loop ----------------------------------------------------------------------------------------
 
@@ -116,17 +119,28 @@ class RuleService:
             for task in self._control_tasks:
                 task.cancel()
             await asyncio.gather(*self._control_tasks, return_exceptions=True)
+            self.control.close()
+            # Both on the store's writer, in this order: a flush cut short by the cancellation still
+            # lands before the final one, never after it.
             try:
                 await asyncio.shield(self._flush())
             finally:
-                self.store.close()
+                await asyncio.shield(self.store.close_async())
 
     async def _flush(self) -> None:
         try:
             await self.store.flush_async()
-        except sqlite3.Error:
+        except DISK_ERRORS as err:
+            # The changes stay in memory (one snapshot per alarm) and go with the next flush.
             ERRORS.inc(where="store")
-            log.exception("alarm store write failed; retrying next tick")
+            if not self._store_failing:
+                log.error("alarm store write failed; keeping changes in memory, retrying every tick",
+                          error=str(err))
+            self._store_failing = True
+            return
+        if self._store_failing:
+            log.info("alarm store writable again")
+            self._store_failing = False
 
     def tick(self) -> None:
         """One round: rack metrics into the pipeline, timers, silences, due control actions."""
@@ -145,6 +159,10 @@ class RuleService:
         for command in self.control.due():
             task = asyncio.get_running_loop().create_task(self.control.send(command),
                                                           name=f"rules:control:{command.device}")
+            self._control_tasks.add(task)
+            task.add_done_callback(self._control_tasks.discard)
+        for job in self.control.jobs():  # lease restores, leak response stages
+            task = asyncio.get_running_loop().create_task(job, name="rules:control:job")
             self._control_tasks.add(task)
             task.add_done_callback(self._control_tasks.discard)
         TICK_SECONDS.observe(time.perf_counter() - wall)
@@ -212,6 +230,9 @@ class RuleService:
             self.notifier.submit(record.event())
 
     def _on_operator(self, record: AlarmRecord) -> None:
+        # Stored again at the event's own time: the database merges the acknowledgement into that point,
+        # so dashboards see who acknowledged without a second event to count or annotate.
+        self._publish(record)
         event = record.event()
         if self.alarm_outlet is not None:
             self.alarm_outlet.alarm_changed(event)
@@ -225,9 +246,9 @@ class RuleService:
             return
         tags = tuple(sorted({"rule": record.rule, "severity": str(record.severity)}.items()))
         ts = record.updated_ns
-        fields: list[tuple[str, str | float | None]] = [
+        fields: list[tuple[str, str | float | bool | None]] = [
             ("state", str(record.state)), ("value", record.value), ("threshold", record.threshold),
-            ("message", record.message),
+            ("message", record.message), ("acknowledged", record.acknowledged), ("ack_by", record.ack_by),
         ]
         samples = [Sample(record.subject, name, value, ts, measurement="alarm", tags=tags)
                    for name, value in fields if value is not None]

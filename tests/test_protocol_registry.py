@@ -263,7 +263,9 @@ async def test_the_worked_example_is_a_protocol_for_schema_check_simulate_read_a
     async with _simulating(tmp_path, site, tmp_path / "simulate.yaml") as records:
         port = records["toyline simulator listening"]["port"]
         assert records["simulators ready"]["devices"] == ["toy-1"]
-        reading = {**config, "devices": [{**config["devices"][0], "port": port, "simulate": False}]}
+        # Operator writes with no daemon running: `--direct`, through the same guard (docs/writes.md).
+        reading = {**config, "devices": [{**config["devices"][0], "port": port, "simulate": False}],
+                   "rules": {"control": {"operator_writes": True}}}
         (tmp_path / "read.yaml").write_text(yaml.safe_dump(reading))
 
         read = await asyncio.to_thread(_dcim, tmp_path, site, "read", "--json", "-c", "read.yaml", "toy-1")
@@ -273,11 +275,11 @@ async def test_the_worked_example_is_a_protocol_for_schema_check_simulate_read_a
         assert all(s["quality"] == "good" and isinstance(s["value"], float) for s in samples.values())
         assert samples["supply_temp_c"]["measurement"] == "cdu"
 
-        out_of_range = await asyncio.to_thread(_dcim, tmp_path, site, "write", "-c", "read.yaml", "toy-1",
-                                               "supply_temp_setpoint_c", "80")
+        out_of_range = await asyncio.to_thread(_dcim, tmp_path, site, "write", "--direct", "-c", "read.yaml",
+                                               "toy-1", "supply_temp_setpoint_c", "80")
         assert out_of_range.returncode == 1 and "outside the allowed range" in out_of_range.stderr
-        write = await asyncio.to_thread(_dcim, tmp_path, site, "write", "-c", "read.yaml", "toy-1",
-                                        "supply_temp_setpoint_c", "30.5")
+        write = await asyncio.to_thread(_dcim, tmp_path, site, "write", "--direct", "-c", "read.yaml",
+                                        "toy-1", "supply_temp_setpoint_c", "30.5")
         assert write.returncode == 0, write.stderr
         again = await asyncio.to_thread(_dcim, tmp_path, site, "read", "--json", "-c", "read.yaml", "toy-1")
         assert again.returncode == 0, again.stderr

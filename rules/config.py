@@ -42,7 +42,9 @@ from rules.notify.config import NotifyConfig
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
 Canonical = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 ThresholdSpec = float | str
-PACKS = ("air-rack", "liquid-rack", "cdu-loop", "chiller")
+PACKS = ("air-rack", "liquid-rack", "cdu-loop", "chiller", "cooling-plant")
+# ASHRAE liquid-cooling classes: the highest facility water supply temperature each allows (degC).
+ASHRAE_CLASSES = {"W17": 17.0, "W27": 27.0, "W32": 32.0, "W40": 40.0, "W45": 45.0}
 
 
 def _threshold(value: Any) -> Any:
@@ -232,6 +234,17 @@ class ControlConfig(StrictModel):
     verify_timeout: PositiveDuration = 10.0
 
 
+class CoolingPlant(StrictModel):
+    """What the cooling-plant pack and the derived cooling metrics need to know of the site (rules.metrics)."""
+
+    # The site's ASHRAE liquid-cooling class: facility supply above its maximum is critical.
+    ashrae_class: Literal["W17", "W27", "W32", "W40", "W45"] = "W32"
+    # Rated cooling capacity per chiller id; a running chiller without one counts as enough capacity.
+    chiller_capacity_kw: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    # A rack whose CDU runs on its last pump is judged against this share of its power budget.
+    last_pump_budget_pct: Annotated[float, Field(gt=0, le=100)] = 50.0
+
+
 class RulesConfig(StrictModel):
     enabled: bool = True
     packs: dict[str, bool] = Field(default_factory=lambda: dict.fromkeys(PACKS, True))
@@ -243,6 +256,7 @@ class RulesConfig(StrictModel):
     # A sample older than this no longer counts as the current value (rack metrics, rules).
     stale_after: PositiveDuration = 15.0
     flow_lpm_per_kw: Annotated[float, Field(gt=0, le=100)] = 1.5
+    cooling: CoolingPlant = CoolingPlant()
     communication: Communication = Communication()
     control: ControlConfig = ControlConfig()
     notifications: NotifyConfig = NotifyConfig()

@@ -72,7 +72,8 @@ def _table(records: list[AlarmRecord], history: bool) -> str:
         if r.shelved_until_ns:
             notes.append(f"shelved until {_when(r.shelved_until_ns)}")
         if r.suppressed:
-            notes.append(r.suppressed)
+            # e.g. "suppressed: inhibited by cdu-leak/cdu-1": the alarm that speaks for this one.
+            notes.append(f"suppressed: {r.suppressed}")
         at = r.updated_ns if history else (r.fired_ns or r.since_ns)
         note = f"[{', '.join(notes)}] " if notes else ""
         lines.append(f"{_when(at):19}  {r.severity!s:8}  {r.state!s:8}  {r.key:44}  {note}{r.message}")

@@ -97,6 +97,9 @@ class Plan:
     # Decimal-digits columns to walk (every row is kept: the points pick theirs by OID).
     digit_walks: set[Oid] = field(default_factory=set)
     decimals: dict[int, int] = field(default_factory=dict)  # id(point) -> decimals of its scale
+    # Sensor state objects (`state_oid`), read every poll: scalars to GET, columns to walk.
+    state_scalars: list[Oid] = field(default_factory=list)
+    state_walks: set[Oid] = field(default_factory=set)
 
     @classmethod
     def build(cls, profile: Profile[Point]) -> Plan:
@@ -105,6 +108,10 @@ class Plan:
             plan.decimals[id(point)] = max(0, math.ceil(-math.log10(abs(point.scale)) - 1e-9))
             if not point.readable:
                 continue
+            if point.state_oid is not None and point.is_column:
+                plan.state_walks.add(tuple(int(x) for x in point.state_oid.partition("*")[0].strip(".").split(".")))
+            elif point.state_oid is not None:
+                plan.state_scalars.append(point.state_instance() or ())
             if point.is_column:
                 prefix, suffix = point.split()
                 plan.walks.setdefault(prefix, []).append(_Column(suffix, point))
@@ -147,6 +154,7 @@ class SnmpDriver(Driver):
         self.session: Requests | None = None
         self._digits: dict[Oid, int] | None = None
         self._row_counts: dict[Oid, int] = {}
+        self._states: dict[Oid, int] = {}
         self._lock = asyncio.Lock()
         # The poller's default (dcim.app.poller.poll_deadline): one request's tries and a little slack. A healthy
         # agent answers a whole poll's requests well within that; a dead one is cut off there.
@@ -182,6 +190,7 @@ class SnmpDriver(Driver):
                     self._digits = await self._read_digits()
                 scalars = await self._get_all([oid for oid, _ in self.plan.scalars])
                 columns = await self._walk(list(self.plan.walks))
+                states = await self._read_ints(self.plan.state_scalars, self.plan.state_walks)
         except TimeoutError as err:
             self._digits = None
             ERRORS.inc(device=self.device.id, error="deadline")
@@ -193,7 +202,7 @@ class SnmpDriver(Driver):
             raise
         finally:
             POLL_SECONDS.observe(time.monotonic() - started, device=self.device.id)
-        return self._decode(scalars, columns, now_ns())
+        return self._decode(scalars, columns, now_ns(), states)
 
     async def _get_all(self, oids: list[Oid]) -> dict[Oid, Any]:
         out: dict[Oid, Any] = {}
@@ -266,27 +275,33 @@ class SnmpDriver(Driver):
         return rows
 
     async def _read_digits(self) -> dict[Oid, int]:
-        digits: dict[Oid, int] = {}
-        if self.plan.digit_scalars:
-            for oid, value in (await self._get_all(self.plan.digit_scalars)).items():
+        return await self._read_ints(self.plan.digit_scalars, self.plan.digit_walks)
+
+    async def _read_ints(self, scalars: list[Oid], walks: set[Oid]) -> dict[Oid, int]:
+        out: dict[Oid, int] = {}
+        if scalars:
+            for oid, value in (await self._get_all(scalars)).items():
                 if not isinstance(value, _ABSENT):
-                    digits[oid] = int(value)
-        if self.plan.digit_walks:
-            for found in (await self._walk(sorted(self.plan.digit_walks))).values():
+                    out[oid] = int(value)
+        if walks:
+            for found in (await self._walk(sorted(walks))).values():
                 for oid, value in found:
                     if not isinstance(value, _ABSENT):
-                        digits[oid] = int(value)
-        return digits
+                        out[oid] = int(value)
+        return out
 
     # ---- decoding ------------------------------------------------------------------------------------
 
-    def _decode(self, scalars: dict[Oid, Any], columns: dict[Oid, list[VarBind]], ts: int) -> list[Sample]:
+    def _decode(self, scalars: dict[Oid, Any], columns: dict[Oid, list[VarBind]], ts: int,
+                states: dict[Oid, int] | None = None) -> list[Sample]:
         samples: list[Sample] = []
+        self._states = states or {}
         for oid, point in self.plan.scalars:
             value = scalars.get(oid)
             if value is None:
                 continue
-            sample = self._sample(point, value, point.digits_instance(), tuple(sorted(point.tags.items())), ts)
+            sample = self._sample(point, value, point.digits_instance(), tuple(sorted(point.tags.items())), ts,
+                                  point.state_instance())
             if sample is not None:
                 samples.append(sample)
         for prefix, found in columns.items():
@@ -301,18 +316,25 @@ class SnmpDriver(Driver):
                     if not index:
                         continue
                     point = column.point
+                    if not point.wants_row(index):
+                        continue
                     assert point.index_tag is not None
                     tags = ((point.index_tag, ".".join(map(str, index))),)
-                    sample = self._sample(point, value, point.digits_instance(index), tags, ts)
+                    sample = self._sample(point, value, point.digits_instance(index), tags, ts,
+                                          point.state_instance(index))
                     if sample is not None:
                         samples.append(sample)
         return samples
 
     def _sample(self, point: Point, value: Any, digits_oid: Oid | None, tags: tuple[tuple[str, str], ...],
-                ts: int) -> Sample | None:
+                ts: int, state_oid: Oid | None = None) -> Sample | None:
         measurement = point.measurement or self.profile.kind
         if isinstance(value, _ABSENT):
             return None
+        state = self._states.get(state_oid) if state_oid is not None else None
+        if state is not None and state in point.unavailable_states:
+            return Sample(self.device.id, point.name, None, ts, Quality.BAD,
+                          f"sensor unavailable (state {state})", measurement, tags)
         try:
             raw = int(value)
         except (TypeError, ValueError):

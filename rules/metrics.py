@@ -42,7 +42,8 @@ device-scoped rule see them next to the CDU's own points):
     cooling_capacity_margin_kw   site-wide: capacity of the running chillers (rules.cooling.chiller_capacity_kw
                                  x demand_limit_pct) - the heat all CDUs remove. No running chiller: the
                                  capacity is 0, so any heat load makes it negative ("cooling capacity lost").
-                                 A chiller counts as running only on a fresh `running` = true.
+                                 A chiller counts as running only on a fresh `running` = true; a running
+                                 chiller without a configured capacity is taken to carry the load (>= 0).
 """
 
 from __future__ import annotations
@@ -204,6 +205,7 @@ class RackMetrics:
             return None, "no fresh heat_removed_kw from any CDU"
         load = sum(known)
         capacity = 0.0
+        unrated = False
         unknown: list[str] = []
         for chiller in self.chillers:
             running = self.readings.reading(chiller, "running", now)
@@ -214,10 +216,14 @@ class RackMetrics:
                 continue
             rated = self.cooling.chiller_capacity_kw.get(chiller)
             if rated is None:
-                # Capacity not configured: a running chiller is taken to carry the load.
-                return None, f"{chiller} runs and has no rules.cooling.chiller_capacity_kw"
+                # Capacity not configured: a running chiller is taken to carry the load (margin 0), so
+                # only "no running chiller" is judged.
+                unrated = True
+                continue
             limit = self.readings.number(chiller, "demand_limit_pct", now)
             capacity += rated * (100.0 if limit is None else limit) / 100.0
+        if unrated:
+            return max(0.0, capacity - load), ""
         if unknown and capacity < load:
             # Never "lost" on a guess: a chiller that does not report may be running (its communication
             # alarm speaks for it).

@@ -63,11 +63,10 @@ class Silencer:
         return deps
 
     def loop_fault(self, cdu: str) -> AlarmRecord | None:
-        for rule in self.loop_fault_rules:
-            record = self.store.record(f"{rule}/{cdu}")
-            if record is not None and record.state is AlarmState.FIRING:
-                return record
-        return None
+        """The loop fault that fired first (the root cause), the same one on every tick and every run."""
+        firing = [r for rule in self.loop_fault_rules
+                  if (r := self.store.record(f"{rule}/{cdu}")) is not None and r.state is AlarmState.FIRING]
+        return min(firing, key=lambda r: (r.fired_ns or r.since_ns, r.key), default=None)
 
     def reason(self, record: AlarmRecord, now_ns: int) -> str:
         category = record.labels.get("category", "")

@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     from rules.config import CoolingPlant
 
 NS = 1_000_000_000
+# Derived points of every CDU (measurement `cdu`): what `_plant` writes.
+CDU_METRICS = ("facility_supply_max_c", "facility_setpoint_c", "approach_k", "cooling_capacity_margin_kw")
 MIN_IAVG_A = 0.5
 DEAD_FEED_SHARE = 0.02
 MIN_RACK_KW = 1.0

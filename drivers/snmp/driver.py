@@ -129,6 +129,17 @@ class Plan:
         return plan
 
 
+def _ints(var_binds: Iterable[tuple[Oid, Any]]) -> dict[Oid, int]:
+    out: dict[Oid, int] = {}
+    for oid, value in var_binds:
+        if value is not None and not isinstance(value, _ABSENT):
+            try:
+                out[oid] = int(value)
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
 _PLANS: dict[int, tuple[Profile[Point], Plan]] = {}
 
 
@@ -188,9 +199,12 @@ class SnmpDriver(Driver):
             async with self._lock, asyncio.timeout(self.deadline):
                 if self._digits is None:
                     self._digits = await self._read_digits()
-                scalars = await self._get_all([oid for oid, _ in self.plan.scalars])
-                columns = await self._walk(list(self.plan.walks))
-                states = await self._read_ints(self.plan.state_scalars, self.plan.state_walks)
+                # State objects ride along in the same requests (often the very column another point
+                # walks already, e.g. Raritan's outlet sensor states).
+                scalars = await self._get_all([oid for oid, _ in self.plan.scalars] + self.plan.state_scalars)
+                columns = await self._walk(list(self.plan.walks.keys() | self.plan.state_walks))
+                states = _ints([*((oid, scalars.get(oid)) for oid in self.plan.state_scalars),
+                                *(vb for prefix in self.plan.state_walks for vb in columns.get(prefix, ()))])
         except TimeoutError as err:
             self._digits = None
             ERRORS.inc(device=self.device.id, error="deadline")
@@ -275,20 +289,17 @@ class SnmpDriver(Driver):
         return rows
 
     async def _read_digits(self) -> dict[Oid, int]:
-        return await self._read_ints(self.plan.digit_scalars, self.plan.digit_walks)
-
-    async def _read_ints(self, scalars: list[Oid], walks: set[Oid]) -> dict[Oid, int]:
-        out: dict[Oid, int] = {}
-        if scalars:
-            for oid, value in (await self._get_all(scalars)).items():
+        digits: dict[Oid, int] = {}
+        if self.plan.digit_scalars:
+            for oid, value in (await self._get_all(self.plan.digit_scalars)).items():
                 if not isinstance(value, _ABSENT):
-                    out[oid] = int(value)
-        if walks:
-            for found in (await self._walk(sorted(walks))).values():
+                    digits[oid] = int(value)
+        if self.plan.digit_walks:
+            for found in (await self._walk(sorted(self.plan.digit_walks))).values():
                 for oid, value in found:
                     if not isinstance(value, _ABSENT):
-                        out[oid] = int(value)
-        return out
+                        digits[oid] = int(value)
+        return digits
 
     # ---- decoding ------------------------------------------------------------------------------------
 
@@ -305,7 +316,7 @@ class SnmpDriver(Driver):
             if sample is not None:
                 samples.append(sample)
         for prefix, found in columns.items():
-            columns_here = self.plan.walks[prefix]
+            columns_here = self.plan.walks.get(prefix, [])
             for oid, value in found:
                 rest = oid[len(prefix):]
                 for column in columns_here:

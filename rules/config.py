@@ -18,16 +18,16 @@
       control: {armed: false, ...}              # rules.control.ControlConfig
       notifications: {...}                      # rules.notify.config.NotifyConfig
 
-Rule kinds: `threshold` (above/below a warning and/or critical threshold), `rate` (change per `per`
-seconds over `window`, above a threshold), `state` (the value equals one of `match`). Any rule can add
-`no_data`: an alarm when the metric has had no good value for that long.
+Rule kinds (`threshold`, `rate`, `state`, and any an installed package registers) are one file each in
+rules/kinds: a rule's `kind:` (default `threshold`) picks its model. Any rule can add `no_data`: an alarm
+when the metric has had no good value for that long.
 """
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 import yaml
 from pydantic import Field, field_validator, model_validator
@@ -36,135 +36,13 @@ from dcim.core.config import Duration, PositiveDuration, StrictModel
 from dcim.core.events import Severity
 from dcim.core.samples import Value
 from dcim.core.topology import Hall
-from rules.model import RACK_METRICS, Threshold, parse_threshold
+from rules.kinds import Rule, RuleBase, Tuning
+from rules.kinds.base import Name
 from rules.notify.config import NotifyConfig
 
-Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
-Canonical = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
-ThresholdSpec = float | str
 PACKS = ("air-rack", "liquid-rack", "cdu-loop", "chiller", "cooling-plant")
 # ASHRAE liquid-cooling classes: the highest facility water supply temperature each allows (degC).
 ASHRAE_CLASSES = {"W17": 17.0, "W27": 27.0, "W32": 32.0, "W40": 40.0, "W45": 45.0}
-
-
-def _threshold(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, int | float | str) and not isinstance(value, bool):
-        parse_threshold(value)
-        return value
-    raise ValueError("a threshold is a number or an expression like '80% of power_budget_kw'")
-
-
-class RackSelector(StrictModel):
-    cooling: Literal["air", "liquid"] | None = None
-    rooms: list[str] | None = None
-    rows: list[str] | None = None
-    ids: list[str] | None = None
-
-
-class DeviceSelector(StrictModel):
-    kind: Literal["pdu", "cdu", "chiller"] | None = None
-    ids: list[str] | None = None
-
-
-class Scope(StrictModel):
-    racks: RackSelector | None = None
-    devices: DeviceSelector | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> Scope:
-        if (self.racks is None) == (self.devices is None):
-            raise ValueError("a scope selects either racks or devices (e.g. {racks: {cooling: liquid}})")
-        return self
-
-
-class NoData(StrictModel):
-    after: PositiveDuration
-    severity: Severity = Severity.WARNING
-
-
-class OnlyIf(StrictModel):
-    """Judge the rule only while another point of the subject has one of these values (e.g. a chiller's
-    COP only while it runs); otherwise its condition counts as clear."""
-
-    point: Canonical
-    match: Annotated[list[Value], Field(min_length=1)]
-
-
-class Tuning(StrictModel):
-    """What an override can change for one subject."""
-
-    enabled: bool | None = None
-    warning: ThresholdSpec | None = None
-    critical: ThresholdSpec | None = None
-    for_: Duration | None = Field(default=None, alias="for")
-    hysteresis: Annotated[float, Field(ge=0)] | None = None
-    clear_after: Duration | None = None
-
-    _check = field_validator("warning", "critical", mode="before")(_threshold)
-
-
-class Rule(StrictModel):
-    name: Name
-    description: str = ""
-    enabled: bool = True
-    scope: Scope
-    metric: Canonical
-    kind: Literal["threshold", "rate", "state"] = "threshold"
-    # threshold and rate: which side of the thresholds is bad.
-    when: Literal["above", "below"] = "above"
-    warning: ThresholdSpec | None = None
-    critical: ThresholdSpec | None = None
-    # state: the values that raise the alarm, at `severity`.
-    match: list[Value] | None = None
-    severity: Severity = Severity.CRITICAL
-    # rate: the change over `window`, scaled to a change per `per` seconds.
-    window: PositiveDuration = 60.0
-    per: PositiveDuration = 60.0
-    # Pending period: the condition must hold this long before the alarm fires.
-    for_: Duration = Field(default=0.0, alias="for")
-    # Recovery threshold: the value must come back past the threshold by this much (metric units).
-    hysteresis: Annotated[float, Field(ge=0)] = 0.0
-    # The condition must stay clear this long before the alarm resolves.
-    clear_after: Duration = 0.0
-    no_data: NoData | None = None
-    only_if: OnlyIf | None = None
-    # power | coolant | thermal | chiller | ...: coolant alarms of racks are hidden by a fault of their loop.
-    category: str = ""
-    # A firing alarm of this rule on a CDU hides the `coolant` alarms of the racks the CDU serves.
-    loop_fault: bool = False
-    message: str = ""
-    overrides: dict[str, Tuning] = Field(default_factory=dict)
-
-    _check = field_validator("warning", "critical", mode="before")(_threshold)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Rule:
-        if self.kind == "state":
-            if not self.match:
-                raise ValueError("a state rule needs `match`: the values that raise it (e.g. [true])")
-        elif self.warning is None and self.critical is None:
-            raise ValueError(f"a {self.kind} rule needs a `warning` or a `critical` threshold (or both)")
-        if self.scope.racks is not None and self.metric not in RACK_METRICS:
-            raise ValueError(
-                f"metric {self.metric!r} is not a rack metric (rack metrics: {', '.join(RACK_METRICS)})"
-            )
-        return self
-
-    def thresholds(self) -> dict[Severity, Threshold]:
-        out: dict[Severity, Threshold] = {}
-        if self.warning is not None:
-            out[Severity.WARNING] = parse_threshold(self.warning)
-        if self.critical is not None:
-            out[Severity.CRITICAL] = parse_threshold(self.critical)
-        return out
-
-    def tuned(self, tuning: Tuning | None) -> Rule:
-        if tuning is None:
-            return self
-        update = {k: v for k, v in tuning.model_dump().items() if v is not None}
-        return self.model_copy(update=update)
 
 
 class Communication(StrictModel):
@@ -239,7 +117,7 @@ class CoolingPlant(StrictModel):
 
     # The site's ASHRAE liquid-cooling class: facility supply above its maximum is critical.
     ashrae_class: Literal["W17", "W27", "W32", "W40", "W45"] = "W32"
-    # Rated cooling capacity per chiller id; a running chiller without one counts as enough capacity.
+    # Rated cooling capacity per chiller id; a running chiller without one is taken to carry the load.
     chiller_capacity_kw: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     # A rack whose CDU runs on its last pump is judged against this share of its power budget.
     last_pump_budget_pct: Annotated[float, Field(gt=0, le=100)] = 50.0
@@ -300,15 +178,15 @@ def load_pack(name: str) -> Pack:
     return Pack.model_validate(raw)
 
 
-def effective_rules(config: RulesConfig) -> list[Rule]:
+def effective_rules(config: RulesConfig) -> list[RuleBase]:
     """Enabled packs, minus `disable`, with own rules replacing same-named ones, `overrides` merged in."""
     own = {rule.name: rule for rule in config.rules}
-    rules: list[Rule] = []
+    rules: list[RuleBase] = []
     for pack, on in config.packs.items():
         if on:
             rules += [own.pop(r.name, r) for r in load_pack(pack).rules]
     rules += own.values()
-    out: list[Rule] = []
+    out: list[RuleBase] = []
     for rule in rules:
         if rule.name in config.disable or not rule.enabled:
             continue

@@ -7,40 +7,53 @@ re-judges every bound rule so that pending periods, clear delays and no-data tim
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
 
 from dcim.core.events import AlarmState, Severity
-from dcim.core.samples import Batch, DeviceStatus, Value
+from dcim.core.metrics import REGISTRY
+from dcim.core.samples import Batch, DeviceStatus
 from dcim.core.topology import Topology
 from rules.alarms import NS, RANK, Timers, Timing, Verdict, step
 from rules.clock import Clock
-from rules.config import Rule, RulesConfig, effective_rules
+from rules.config import RulesConfig, effective_rules
+from rules.kinds import RULE_KINDS, Condition, RuleBase, Subject, same_value
 from rules.metrics import RackMetrics, Readings, feed_capacity_kw
-from rules.model import Threshold
 from rules.store import AlarmRecord, AlarmStore
 
 COMM_RULE = "device-offline"
 
+log = structlog.get_logger(__name__)
 
-@dataclass(eq=False)
+KIND_ERRORS = REGISTRY.counter(
+    "dcim_rule_kind_errors_total", "Rule evaluations that raised in the rule's kind (the alarm holds)", ("rule",)
+)
+
+
+@dataclass(eq=False, slots=True)
 class Bound:
-    rule: Rule
+    """A rule bound to one subject: one alarm, judged by its kind's condition."""
+
+    rule: RuleBase
     subject: str
     key: str
-    thresholds: dict[Severity, Threshold]
+    condition: Condition[Any]
     timing: Timing
     labels: dict[str, str]
-    # (ts_ns, value) of the metric, for rate rules.
-    history: deque[tuple[int, float]] = field(default_factory=deque)
     judged_ns: int = -1
 
 
-def _same(value: Value, wanted: Value) -> bool:
-    if isinstance(value, str) or isinstance(wanted, str):
-        return str(value).lower() == str(wanted).lower()
-    return float(value) == float(wanted)
+@dataclass(eq=False, slots=True)
+class NoDataBound:
+    """The `no_data` timer of a rule bound to one subject: an alarm of its own (`{rule}.no_data/{subject}`)."""
+
+    rule: RuleBase
+    subject: str
+    key: str
+    labels: dict[str, str]
 
 
 class Engine:
@@ -58,13 +71,15 @@ class Engine:
         self.rules = {rule.name: rule for rule in effective_rules(config)} if config.enabled else {}
         self.loop_fault_rules = {name for name, rule in self.rules.items() if rule.loop_fault}
         self.bound: list[Bound] = []
-        self.nodata: list[Bound] = []
+        self.nodata: list[NoDataBound] = []
         self.by_point: dict[tuple[str, str], list[Bound]] = {}
         self.timers: dict[str, Timers] = {}
         # Last time each (subject, point) had a good value, for no-data rules.
         self.last_good: dict[tuple[str, str], int] = {}
         self.offline_since: dict[str, int] = {}
         self.evaluations = 0
+        # Alarms whose kind raised: logged once each, counted every time.
+        self.failing: set[str] = set()
         self._bind()
         # A device that was offline when the daemon stopped stays offline until it answers: its
         # communication alarm keeps speaking for the alarms that depend on it.
@@ -75,7 +90,7 @@ class Engine:
 
     # ---- binding -----------------------------------------------------------------------------------------
 
-    def _subjects(self, rule: Rule) -> list[str]:
+    def _subjects(self, rule: RuleBase) -> list[str]:
         if rule.scope.racks is not None:
             sel = rule.scope.racks
             return [
@@ -100,25 +115,47 @@ class Engine:
             labels["cdu"] = place.rack.cdu
         return labels
 
+    def _attributes(self, subject: str) -> dict[str, float | None]:
+        """What thresholds can name besides the subject's points: a rack's budget and feed ratings."""
+        place = self.topology.racks.get(subject)
+        if place is None:
+            return {}
+        attributes: dict[str, float | None] = {"power_budget_kw": place.rack.power_budget_kw}
+        feeds = [f for f in (place.rack.feeds.a, place.rack.feeds.b) if f is not None]
+        if feeds:
+            attributes["feed_capacity_kw"] = min(feed_capacity_kw(f) for f in feeds)
+            attributes["breaker_a"] = min(f.breaker_a for f in feeds)
+        return attributes
+
     def _bind(self) -> None:
+        subjects: dict[str, Subject] = {}
         for rule in self.rules.values():
+            kind = RULE_KINDS.get(rule.kind)
             for subject in self._subjects(rule):
                 tuned = rule.tuned(rule.overrides.get(subject))
                 if not tuned.enabled:
                     continue
+                if subject not in subjects:
+                    subjects[subject] = Subject(subject, self.readings, self._attributes(subject))
                 labels = {**self.labels(subject), "rule": rule.name, "category": rule.category}
                 timing = Timing(round(tuned.for_ * NS), round(tuned.clear_after * NS))
-                bound = Bound(tuned, subject, f"{rule.name}/{subject}", tuned.thresholds(), timing, labels)
+                try:
+                    condition = kind.condition(tuned, subjects[subject])
+                except Exception:
+                    # A kind that cannot take this rule costs this rule, never the engine.
+                    KIND_ERRORS.inc(rule=rule.name)
+                    log.exception("rule kind failed to bind; rule not judged", rule=rule.name, subject=subject)
+                    continue
+                bound = Bound(tuned, subject, f"{rule.name}/{subject}", condition, timing, labels)
                 self.bound.append(bound)
-                points = {rule.metric} | {t.ref for t in bound.thresholds.values() if t.ref}
+                points = condition.points()
                 if rule.only_if is not None:
                     points.add(rule.only_if.point)
                 for point in points:
                     self.by_point.setdefault((subject, point), []).append(bound)
                 if tuned.no_data is not None:
-                    nd_timing = Timing(round(tuned.no_data.after * NS), 0)
-                    self.nodata.append(Bound(tuned, subject, f"{rule.name}.no_data/{subject}", {}, nd_timing,
-                                             {**labels, "rule": f"{rule.name}.no_data"}))
+                    self.nodata.append(NoDataBound(tuned, subject, f"{rule.name}.no_data/{subject}",
+                                                   {**labels, "rule": f"{rule.name}.no_data"}))
 
     # ---- input -------------------------------------------------------------------------------------------
 
@@ -137,9 +174,8 @@ class Engine:
             if reading is not None:
                 self.last_good[(batch.device, point)] = reading.ts_ns
             for bound in self.by_point.get((batch.device, point), ()):
-                if bound.rule.kind == "rate" and point == bound.rule.metric and reading is not None \
-                        and not isinstance(reading.value, str):
-                    self._remember(bound, reading.ts_ns, float(reading.value))
+                if reading is not None and bound.condition.observes:
+                    bound.condition.observe(point, reading)
                 due[id(bound)] = bound
         for bound in due.values():
             self._judge(bound, now)
@@ -176,8 +212,8 @@ class Engine:
                 self._judge(bound, now)
             if i % chunk == chunk - 1:
                 yield
-        for bound in self.nodata:
-            self._judge_nodata(bound, now)
+        for watch in self.nodata:
+            self._judge_nodata(watch, now)
         for device in list(self.offline_since):
             self._judge_comm(device, now)
         yield
@@ -189,81 +225,37 @@ class Engine:
 
     # ---- judging -----------------------------------------------------------------------------------------
 
-    def _remember(self, bound: Bound, ts_ns: int, value: float) -> None:
-        if bound.history and ts_ns <= bound.history[-1][0]:
-            return
-        bound.history.append((ts_ns, value))
-        horizon = ts_ns - round(bound.rule.window * NS)
-        while len(bound.history) > 2 and bound.history[1][0] <= horizon:
-            bound.history.popleft()
-
-    def _lookup(self, subject: str, now: int) -> Callable[[str], float | None]:
-        place = self.topology.racks.get(subject)
-
-        def lookup(name: str) -> float | None:
-            if place is not None:
-                feeds = [f for f in (place.rack.feeds.a, place.rack.feeds.b) if f is not None]
-                if name == "power_budget_kw":
-                    return place.rack.power_budget_kw
-                if name == "feed_capacity_kw" and feeds:
-                    return min(feed_capacity_kw(f) for f in feeds)
-                if name == "breaker_a" and feeds:
-                    return min(f.breaker_a for f in feeds)
-            return self.readings.number(subject, name, now)
-
-        return lookup
-
-    def _value(self, bound: Bound, now: int) -> float | None:
-        if bound.rule.kind != "rate":
-            return self.readings.number(bound.subject, bound.rule.metric, now)
-        history = bound.history
-        if len(history) < 2 or now - history[-1][0] > self.readings.stale_after_ns:
-            return None
-        (t0, v0), (t1, v1) = history[0], history[-1]
-        # Less than half a window of data says little about the rate over the window.
-        if t1 - t0 < bound.rule.window * NS / 2:
-            return None
-        return (v1 - v0) / ((t1 - t0) / NS) * bound.rule.per
-
     def verdict(self, bound: Bound, now: int, current: Severity | None) -> Verdict | None:
+        """The rule's kind judges its condition; hysteresis is applied here, the same for every kind."""
         rule = bound.rule
         if rule.only_if is not None:
             gate = self.readings.reading(bound.subject, rule.only_if.point, now)
             if gate is None:
                 return None
-            if not any(_same(gate.value, wanted) for wanted in rule.only_if.match):
+            if not any(same_value(gate.value, wanted) for wanted in rule.only_if.match):
                 text = f"{bound.subject}: {rule.only_if.point} = {gate.value}: {rule.name} not judged"
                 return Verdict(None, None, None, text)
-        if rule.kind == "state":
-            reading = self.readings.reading(bound.subject, rule.metric, now)
-            if reading is None:
+        try:
+            assessment = bound.condition.assess(now)
+            if assessment is None:
                 return None
-            hit = any(_same(reading.value, wanted) for wanted in rule.match or ())
-            number = None if isinstance(reading.value, str) else float(reading.value)
-            text = f"{bound.subject}: {rule.description or rule.name} ({rule.metric} = {reading.value})"
-            return Verdict(rule.severity if hit else None, number, None, text)
-        value = self._value(bound, now)
-        if value is None:
+            shown = None
+            for severity, excess, threshold in assessment.levels:
+                # Once at this severity (or above), the value must come back past it by `hysteresis`.
+                margin = rule.hysteresis if RANK[current] >= RANK[severity] else 0.0
+                if excess > -margin:
+                    return Verdict(severity, assessment.value, threshold,
+                                   bound.condition.describe(assessment, severity, threshold))
+                if threshold is not None:
+                    shown = threshold
+        except Exception:
+            # A bug in a kind (an installed one, say) judges nothing: this alarm holds, every other rule goes on.
+            KIND_ERRORS.inc(rule=rule.name)
+            if bound.key not in self.failing:
+                self.failing.add(bound.key)
+                log.exception("rule kind failed; the alarm holds", alarm=bound.key, kind=rule.kind)
             return None
-        lookup = self._lookup(bound.subject, now)
-        resolved = {sev: t.resolve(lookup) for sev, t in bound.thresholds.items()}
-        if all(v is None for v in resolved.values()):
-            return None
-        above = rule.when == "above"
-        for severity in (Severity.CRITICAL, Severity.WARNING):
-            limit = resolved.get(severity)
-            if limit is None:
-                continue
-            margin = rule.hysteresis if RANK[current] >= RANK[severity] else 0.0
-            if (value > limit - margin) if above else (value < limit + margin):
-                what = "rate of " + rule.metric if rule.kind == "rate" else rule.metric
-                text = (f"{bound.subject}: {rule.description or rule.name}: {what} {value:.4g} "
-                        f"{'>' if above else '<'} {limit:.4g} ({bound.thresholds[severity]})")
-                return Verdict(severity, value, limit, text)
-        shown = resolved.get(Severity.WARNING)
-        if shown is None:
-            shown = resolved.get(Severity.CRITICAL)
-        return Verdict(None, value, shown, "")  # a clear verdict's message is never shown
+        return Verdict(None, assessment.value, shown, "")  # a clear verdict's message is never shown
 
     def _judge(self, bound: Bound, now: int) -> None:
         self.evaluations += 1
@@ -276,7 +268,7 @@ class Engine:
         self._apply(bound.key, bound.rule.name, bound.subject, bound.rule.metric, bound.labels, record,
                     verdict, bound.timing, now)
 
-    def _judge_nodata(self, bound: Bound, now: int) -> None:
+    def _judge_nodata(self, bound: NoDataBound, now: int) -> None:
         assert bound.rule.no_data is not None
         last = self.last_good.get((bound.subject, bound.rule.metric))
         if last is not None and bound.subject in self.readings.push \

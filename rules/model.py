@@ -12,7 +12,6 @@ capacity, see rules.metrics) and `breaker_a` (the smaller feed breaker's rating)
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 RACK_ATTRIBUTES = ("power_budget_kw", "feed_capacity_kw", "breaker_a")
@@ -33,18 +32,13 @@ _OFFSET = re.compile(rf"^\s*({_NAME})\s*(?:([-+])\s*(\d+(?:\.\d+)?))?\s*$")
 
 @dataclass(frozen=True, slots=True)
 class Threshold:
-    """value = factor x ref + offset (ref None: the offset is the absolute threshold)."""
+    """value = factor x ref + offset (ref None: the offset is the absolute threshold). A rule's subject
+    resolves it (rules.kinds.base.Subject.resolve)."""
 
     offset: float
     factor: float = 1.0
     ref: str | None = None
     text: str = ""
-
-    def resolve(self, lookup: Callable[[str], float | None]) -> float | None:
-        if self.ref is None:
-            return self.offset
-        base = lookup(self.ref)
-        return None if base is None else self.factor * base + self.offset
 
     def __str__(self) -> str:
         return self.text or f"{self.offset:g}"

@@ -15,7 +15,6 @@ the outlet; acknowledgements of notified alarms also to the notifier (which stop
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,12 +26,13 @@ import structlog
 from dcim.core.events import AlarmEvent, AlarmState
 from dcim.core.metrics import REGISTRY
 from dcim.core.samples import Batch, DeviceStatus, Sample
+from dcim.core.sqlite import SqliteWriter
 from dcim.core.topology import Topology
 from rules.clock import Clock, SystemClock
 from rules.control import ControlActions, Controller
 from rules.evaluate import COMM_RULE, Engine
 from rules.inhibit import Silencer
-from rules.store import AlarmRecord, AlarmStore
+from rules.store import DISK_ERRORS, AlarmRecord, AlarmStore
 
 if TYPE_CHECKING:
     from rules.config import RulesSite
@@ -67,7 +67,8 @@ class _Sink:
 class RuleService:
     def __init__(self, config: RulesSite, topology: Topology, *, controller: Controller | None = None,
                  publish: Callable[[Batch], None] | None = None, alarm_outlet: AlarmOutlet | None = None,
-                 notifier: AlarmNotifier | None = None, clock: Clock | None = None) -> None:
+                 notifier: AlarmNotifier | None = None, clock: Clock | None = None,
+                 writer: SqliteWriter | None = None) -> None:
         self.config = config.rules
         self.topology = topology
         self.clock: Clock = clock or SystemClock()
@@ -75,7 +76,8 @@ class RuleService:
         # Public: the daemon may create its publisher after the service and set it here.
         self.alarm_outlet = alarm_outlet
         self.notifier = notifier
-        self.store = AlarmStore(Path(config.state_dir) / self.config.store, clock=self.clock)
+        # `writer`: the process's SQLite writer (the daemon's); the store makes its own without.
+        self.store = AlarmStore(Path(config.state_dir) / self.config.store, clock=self.clock, writer=writer)
         push = {d.id for d in config.devices if getattr(d, "mode", "poll") == "subscribe"}
         self.engine = Engine(self.config, topology, self.store, self.clock, self._on_event, push=push)
         self.silencer = Silencer(topology, self.store, self.engine.loop_fault_rules, COMM_RULE,
@@ -85,6 +87,7 @@ class RuleService:
         self.sink = _Sink(self)
         self.store.on_change = self._on_operator
         self._control_tasks: set[asyncio.Task[None]] = set()
+        self._store_failing = False
         REGISTRY.add_collector(self._collect)
         if self.config.control.armed:
             log.warning("control actions are ARMED", actions=[a.name for a in self.config.control.actions])
@@ -116,17 +119,27 @@ class RuleService:
             for task in self._control_tasks:
                 task.cancel()
             await asyncio.gather(*self._control_tasks, return_exceptions=True)
+            # Both on the store's writer, in this order: a flush cut short by the cancellation still
+            # lands before the final one, never after it.
             try:
                 await asyncio.shield(self._flush())
             finally:
-                self.store.close()
+                await asyncio.shield(self.store.close_async())
 
     async def _flush(self) -> None:
         try:
             await self.store.flush_async()
-        except sqlite3.Error:
+        except DISK_ERRORS as err:
+            # The changes stay in memory (one snapshot per alarm) and go with the next flush.
             ERRORS.inc(where="store")
-            log.exception("alarm store write failed; retrying next tick")
+            if not self._store_failing:
+                log.error("alarm store write failed; keeping changes in memory, retrying every tick",
+                          error=str(err))
+            self._store_failing = True
+            return
+        if self._store_failing:
+            log.info("alarm store writable again")
+            self._store_failing = False
 
     def tick(self) -> None:
         """One round: rack metrics into the pipeline, timers, silences, due control actions."""

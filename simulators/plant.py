@@ -418,8 +418,6 @@ class Plant:
             "energy_kwh": round(kw * (1000 + self.time_s / 3600), 1),
             "breaker_a": breaker,
             "voltage_ln_v": rack.voltage_v,
-            # A wye inlet's neutral carries the phasor sum of the line currents (unity power factor).
-            "neutral_current_a": self._neutral_a(rack, feed_w=watts),
             "tripped": self._feed_tripped(rack, feed),
             "load_state": _load_state(watts, near_w, over_w),
             "near_overload_w": near_w,
@@ -447,7 +445,8 @@ class Plant:
         return round(0.8 * capacity_w / 100) * 100.0, round(0.9 * capacity_w / 100) * 100.0
 
     def rows(self, device: str, table: str) -> dict[int, dict[str, Value]]:
-        """PDU table rows: `phase` (1..3), `outlet` (1..N), `bank` (1..2), `probe` (1)."""
+        """PDU table rows: `phase` (1..3), `pole` (4: a wye inlet's neutral), `outlet` (1..N), `bank` (1..2),
+        `probe` (1)."""
         located = self.pdu_feed(device)
         if located is None:
             return {}
@@ -468,6 +467,9 @@ class Plant:
                 }
                 for i, w in enumerate(weights, start=1)
             }
+        if table == "pole":
+            # A wye inlet's neutral carries the phasor sum of the line currents (unity power factor).
+            return {4: {"neutral_current_a": self._neutral_a(rack, feed_w)}}
         if table == "bank":
             # Two banks (breakers), each feeding half of the outlets.
             outlets = self.rows(device, "outlet")

@@ -44,6 +44,7 @@ from dcim.core.audit import AuditLog
 from dcim.core.outbox import Outbox
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Value
+from dcim.core.sqlite import SqliteWriter
 from dcim.core.topology import Topology
 from drivers.base import DeviceBase, Driver, DriverContext
 from drivers.errors import DriverError
@@ -91,6 +92,8 @@ class Daemon:
         self.notifier: Notifier | None = None
         self.http: HttpApi | None = None
         self.ready = asyncio.Event()
+        # The one SQLite writer thread of the process: outboxes, alarm store and notifier state all use it.
+        self.writer = SqliteWriter(name="sqlite-writer")
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._reload_requested = asyncio.Event()
@@ -106,12 +109,12 @@ class Daemon:
             self.coordinators[device.id] = self._coordinator(device, extra)
         if config.mqtt.host and run_ingest and config.influxdb is not None:
             ingest_box = Outbox(self.state_dir / "ingest-outbox.sqlite", name="ingest",
-                                max_items=config.influxdb.outbox_max_lines)
+                                max_items=config.influxdb.outbox_max_lines, writer=self.writer)
             self.outboxes.append(ingest_box)
             self.ingest = Ingest(config, ingest_box)
         if config.mqtt.host and poll:
             box = Outbox(self.state_dir / "mqtt-outbox.sqlite", name="mqtt",
-                         max_items=config.mqtt.outbox_max_messages)
+                         max_items=config.mqtt.outbox_max_messages, writer=self.writer)
             self.outboxes.append(box)
             gate = self.ingest.subscribed if self.ingest is not None else None
             self.publisher = MqttPublisher(config.mqtt, self.topology, box, gate=gate, instance=self.instance)
@@ -138,9 +141,9 @@ class Daemon:
         if not self.config.rules.enabled:
             return
         if self.config.rules.notifications.hooks:
-            self.notifier = Notifier(self.config.rules.notifications, self.state_dir)
+            self.notifier = Notifier(self.config.rules.notifications, self.state_dir, writer=self.writer)
         self.rules = RuleService(self.config, self.topology, controller=self, publish=self.pipeline.publish,
-                                 notifier=self.notifier)
+                                 notifier=self.notifier, writer=self.writer)
         self.pipeline.add_sink(self.rules.sink)
 
     # ---- control: the one path by which anything writes to a device ----------------------------------
@@ -187,7 +190,8 @@ class Daemon:
                         for d, c in self.coordinators.items()},
             "mqtt_connected": self.publisher.connected.is_set() if self.publisher else None,
             "ingest_subscribed": self.ingest.subscribed.is_set() if self.ingest else None,
-            "outboxes": {o.name: {"depth": o.depth, "dropped": o.dropped} for o in self.outboxes},
+            "outboxes": {o.name: {"depth": o.depth, "dropped": o.dropped, "degraded": o.degraded}
+                         for o in self.outboxes},
             "hooks": self.notifier.health() if self.notifier is not None else {},
             "dead_tasks": dead,
             "stale_devices": stale,
@@ -232,6 +236,7 @@ class Daemon:
         try:
             await self._prepare()
         except BaseException:
+            await self.writer.close()
             self.lock.release()
             raise
         try:
@@ -266,11 +271,15 @@ class Daemon:
                 await self._shutdown()
         finally:
             self._tg = None
-            if self.http is not None:
-                await self.http.close()
-            for box in self.outboxes:
-                await box.close()
-            self.lock.release()
+            try:
+                if self.http is not None:
+                    await self.http.close()
+                for box in self.outboxes:
+                    await box.close()
+            finally:
+                # Last: everything submitted by the tasks above is written, then the files are closed.
+                await self.writer.close()
+                self.lock.release()
             log.info("stopped")
 
     async def _watch_ready(self) -> None:

@@ -48,12 +48,12 @@ class AlarmStoreLike(Protocol):
     """What the API needs of rules.store.AlarmStore."""
 
     def active(self) -> list[Any]: ...
-    def history(self, limit: int = 100) -> list[Any]: ...
-    def get(self, key: str) -> Any: ...
-    def acknowledge(self, key: str, user: str, comment: str = "") -> Any: ...
-    def shelve(self, key: str, until_ns: int, user: str) -> Any: ...
-    def unshelve(self, key: str) -> Any: ...
-    def add_maintenance(self, subject: str, start_ns: int, end_ns: int, reason: str) -> Any: ...
+    async def history_async(self, limit: int = 100) -> list[Any]: ...
+    async def get_async(self, key: str) -> Any: ...
+    async def acknowledge_async(self, key: str, user: str, comment: str = "") -> Any: ...
+    async def shelve_async(self, key: str, until_ns: int, user: str) -> Any: ...
+    async def unshelve_async(self, key: str) -> Any: ...
+    async def add_maintenance_async(self, subject: str, start_ns: int, end_ns: int, reason: str) -> Any: ...
     def maintenance(self, now_ns: int | None = None) -> list[Any]: ...
 
 
@@ -208,9 +208,9 @@ class HttpApi:
             problems = [f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}" for e in err.errors()]
             raise _BadRequest("; ".join(problems)) from err
 
-    async def _operate(self, fn: Callable[[], Any]) -> web.Response:
+    async def _operate(self, fn: Callable[[], Awaitable[Any]]) -> web.Response:
         try:
-            record = fn()
+            record = await fn()
         except _BadRequest as err:
             return _error(400, str(err))
         except AlarmNotFound as err:
@@ -248,18 +248,15 @@ class HttpApi:
                 return _error(400, "limit must be an integer")
             if not 1 <= limit <= 10_000:
                 return _error(400, "limit must be between 1 and 10000")
-            flush = getattr(self.store, "flush_async", None)
-            if flush is not None:
-                # Pending writes go to disk on the store's worker thread; what is left is one SELECT.
-                await flush()
-            records = self.store.history(limit)
+            # On the store's SQLite writer thread, after the writes queued before it.
+            records = await self.store.history_async(limit)
         else:
             records = self.store.active()
         return _json({"alarms": [r.to_dict() for r in records]})
 
     async def _alarm(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
-        return await self._operate(lambda: self.store.get(key))
+        return await self._operate(lambda: self.store.get_async(key))
 
     async def _ack(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
@@ -268,7 +265,7 @@ class HttpApi:
         except _BadRequest as err:
             return _error(400, str(err))
         log.info("alarm acknowledged over http", alarm=key, user=body.user)
-        return await self._operate(lambda: self.store.acknowledge(key, body.user, body.comment))
+        return await self._operate(lambda: self.store.acknowledge_async(key, body.user, body.comment))
 
     async def _shelve(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
@@ -278,12 +275,12 @@ class HttpApi:
             return _error(400, str(err))
         until = self.now_ns() + int(body.minutes * _NS_PER_MINUTE)
         log.info("alarm shelved over http", alarm=key, user=body.user, minutes=body.minutes)
-        return await self._operate(lambda: self.store.shelve(key, until, body.user))
+        return await self._operate(lambda: self.store.shelve_async(key, until, body.user))
 
     async def _unshelve(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
         log.info("alarm unshelved over http", alarm=key)
-        return await self._operate(lambda: self.store.unshelve(key))
+        return await self._operate(lambda: self.store.unshelve_async(key))
 
     async def _maintenance(self, request: web.Request) -> web.Response:
         return _json({"windows": [w.to_dict() for w in self.store.maintenance()]})
@@ -296,7 +293,7 @@ class HttpApi:
         start = self.now_ns() + int(body.start_in_minutes * _NS_PER_MINUTE)
         end = start + int(body.minutes * _NS_PER_MINUTE)
         try:
-            window = self.store.add_maintenance(body.subject, start, end, body.reason)
+            window = await self.store.add_maintenance_async(body.subject, start, end, body.reason)
         except ValueError as err:
             return _error(400, str(err))
         log.info("maintenance window added over http", subject=body.subject, minutes=body.minutes)

@@ -10,6 +10,8 @@ A multi-register value is laid out by `word_order` (which register holds the mos
 
 Decoding: registers -> raw (integer or IEEE float) -> `missing`? -> bit / enum / raw * scale + offset.
 Encoding inverts it: integers round to the nearest raw value and must fit the type, or the write is refused.
+Whatever the registers hold, decoding gives a value or raises DecodeError with the reason (NaN, infinity, a
+scaled value that is no finite number, an unknown enum code, a wrong register count): never anything else.
 """
 
 from __future__ import annotations
@@ -109,7 +111,13 @@ def decode(point: Point, registers: Sequence[int]) -> Value | None:
         return state
     if point.scale == 1.0 and point.offset == 0.0:
         return raw
-    value = raw * point.scale + point.offset
+    try:
+        value = raw * point.scale + point.offset
+    except OverflowError as err:
+        raise DecodeError(f"{point.name}: {raw} cannot be scaled: {err}") from err
+    if not math.isfinite(value):
+        # A float64 register near its maximum times a scale above 1: no reading, and inf breaks JSON.
+        raise DecodeError(f"{point.name}: {raw} x {point.scale:g} + {point.offset:g} is not a finite number")
     # Scaling by 0.1 etc. leaves binary noise (22.400000000000002): keep what the register can resolve.
     return _tidy(value, point.scale)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +27,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
 from dcim.core.backoff import Backoff
+from dcim.core.logs import truncate
 from dcim.core.metrics import REGISTRY
 from drivers.base import DriverContext
 from drivers.errors import BadResponse, DeviceTimeout, DeviceUnreachable, DriverError
@@ -197,7 +199,14 @@ class ModbusConnection:
                     continue
                 except ModbusException as err:
                     REQUESTS.inc(gateway=self.name, result="bad")
-                    raise BadResponse(f"{what}: {err}") from err
+                    raise BadResponse(f"{what}: {truncate(str(err))}") from err
+                except (ValueError, IndexError, KeyError, TypeError, AttributeError, struct.error) as err:
+                    # pymodbus decoding a hostile frame can fail in ways it does not wrap: the stream is out
+                    # of step now, so start over on a fresh socket; the device answered nonsense, it is not down.
+                    REQUESTS.inc(gateway=self.name, result="bad")
+                    self._drop()
+                    raise BadResponse(f"{what}: undecodable answer: {type(err).__name__}: {truncate(str(err))}") \
+                        from err
                 self._silent = 0
                 if response.isError():
                     REQUESTS.inc(gateway=self.name, result="exception")

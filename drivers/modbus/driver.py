@@ -7,11 +7,13 @@
 
 A read of the plan answered with a Modbus exception (illegal address, ...) turns that read's points BAD
 with the reason and the rest of the poll still counts; a timeout or a lost connection raises, because the
-device as a whole is unreachable.
+device as a whole is unreachable. Registers that decode to no reading (NaN, infinity, an overflowing scale)
+are BAD samples with the reason; nothing a device sends raises anything but a DriverError.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from dcim.core.samples import Quality, Sample, Value, now_ns
@@ -102,6 +104,10 @@ class ModbusDriver(Driver):
                         value = codec.decode(point, [int(r) for r in raw])
                 except codec.DecodeError as err:
                     samples.append(self._sample(point, ts_ns, None, str(err)))
+                    continue
+                except (ValueError, ArithmeticError, struct.error) as err:
+                    # The codec's contract is DecodeError; a gap in it must cost one point, not the daemon.
+                    samples.append(self._sample(point, ts_ns, None, f"{point.name}: cannot decode: {err}"))
                     continue
                 if value is not None:
                     samples.append(self._sample(point, ts_ns, value))

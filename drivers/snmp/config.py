@@ -16,6 +16,8 @@ class SnmpDevice(DeviceBase):
     port: Annotated[int, Field(ge=1, le=65535)] = 161
     version: Literal["1", "2c", "3"] = "2c"
     community: str = "public"
+    # SET needs this (v1/v2c): without it every write is refused before anything is sent, never sent with the
+    # read community. SNMPv3 writes go as `user`, whose access the agent's view decides.
     write_community: str | None = None
     # SNMPv3 (USM)
     user: str | None = None
@@ -25,6 +27,11 @@ class SnmpDevice(DeviceBase):
     priv_key: Secret | None = None
     context: str = ""
     max_repetitions: Annotated[int, Field(ge=1, le=200)] = 25
+    # Bounds of one table walk, against an agent whose table never ends (each GETBULK answers the next row):
+    # a column is cut off at `max_walk_rows` rows, every walk of a poll after `walk_timeout` (default: none
+    # of its own, the poll `deadline` applies). A cut-off column is one BAD sample with the reason.
+    max_walk_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    walk_timeout: PositiveDuration | None = None
     # Whole-poll deadline: a slow agent is cut off here, whatever its per-request timeout and retries.
     deadline: PositiveDuration | None = None
     # Who builds the messages: the driver's own BER codec (a tenth of the CPU), or pysnmp's engine, for an

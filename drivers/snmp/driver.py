@@ -21,6 +21,13 @@ firmware update or a swapped PDU that changes them is a new connection by then.
 
 Outlet writes: the canonical point is `outlet_command` with the outlet number after a colon,
 `write("outlet_command:7", "off")`; the value is one of the profile's enum names (`on`, `off`, `cycle`, ...).
+A v1/v2c device without `write_community` refuses every write before anything is sent.
+
+Hostile or broken agents: nothing an agent answers raises anything but a `DriverError`. A value that cannot be
+a reading (more than 64 bits, a string where a number belongs, a scaling that overflows, decimal digits out of
+0..9) is a BAD sample with the reason; so is a point the agent does not have (noSuchObject, noSuchInstance,
+endOfMibView, noSuchName, a column with no rows), logged once per device and point. A walk stops at the
+device's `max_walk_rows` rows per column and its `walk_timeout`; a column cut off there is a BAD sample.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import structlog
 from pysnmp.proto import rfc1905
 
 from dcim.core.metrics import REGISTRY
@@ -52,6 +60,12 @@ SHORT_TABLE = 8
 # An exception value (noSuchObject, noSuchInstance, endOfMibView) means "not there": omitted, like -1.
 _ABSENT = (rfc1905.NoSuchObject, rfc1905.NoSuchInstance, rfc1905.EndOfMibView, fast.NoValue)
 _END = (rfc1905.EndOfMibView, fast.NoValue)
+# Raw integers beyond 64 bits are no reading any PDU makes (Counter64 is the widest SMI type).
+MAX_RAW_BITS = 64
+# A scalar that is not in the agent's answer at all (SNMPv1 noSuchName dropped it from the request).
+_NOT_ANSWERED = object()
+
+log = structlog.get_logger(__name__)
 
 
 class Requests(Protocol):
@@ -97,7 +111,7 @@ class Plan:
     # Decimal-digits columns to walk (every row is kept: the points pick theirs by OID).
     digit_walks: set[Oid] = field(default_factory=set)
     decimals: dict[int, int] = field(default_factory=dict)  # id(point) -> decimals of its scale
-    # Sensor state objects (`state_oid`), read every poll: scalars to GET, columns to walk.
+    # Sensor state objects (`state_oid`), read every poll with the values: scalars to GET, columns to walk.
     state_scalars: list[Oid] = field(default_factory=list)
     state_walks: set[Oid] = field(default_factory=set)
 
@@ -132,11 +146,12 @@ class Plan:
 def _ints(var_binds: Iterable[tuple[Oid, Any]]) -> dict[Oid, int]:
     out: dict[Oid, int] = {}
     for oid, value in var_binds:
-        if value is not None and not isinstance(value, _ABSENT):
-            try:
-                out[oid] = int(value)
-            except (TypeError, ValueError):
-                continue
+        if value is None or isinstance(value, (*_ABSENT, bytes, bytearray, str, tuple, fast.Malformed)):
+            continue
+        try:
+            out[oid] = int(value)
+        except (TypeError, ValueError):
+            continue
     return out
 
 
@@ -166,6 +181,10 @@ class SnmpDriver(Driver):
         self._digits: dict[Oid, int] | None = None
         self._row_counts: dict[Oid, int] = {}
         self._states: dict[Oid, int] = {}
+        # Columns whose last walk was cut off (prefix -> reason); they yield a BAD sample, not rows.
+        self._cut: dict[Oid, str] = {}
+        # (point, OID) already logged as absent: once per driver, however many polls (bounded by the profile).
+        self._reported: set[tuple[str, Oid]] = set()
         self._lock = asyncio.Lock()
         # The poller's default (dcim.app.poller.poll_deadline): one request's tries and a little slack. A healthy
         # agent answers a whole poll's requests well within that; a dead one is cut off there.
@@ -242,7 +261,10 @@ class SnmpDriver(Driver):
         """Walk columns of like length together, so few repetitions are wasted past a short table's end.
 
         A column's row count is learnt on its first walk; later walks ask for just one row more than that
-        (to see the end), in groups of similar length, capped by `max_repetitions`."""
+        (to see the end), in groups of similar length, capped by `max_repetitions`. A column cut off by the
+        walk limits comes back empty, with its reason in `self._cut`."""
+        self._cut = {}
+        started = time.monotonic()
         groups: dict[object, list[Oid]] = {}
         for prefix in prefixes:
             known = self._row_counts.get(prefix)
@@ -250,18 +272,27 @@ class SnmpDriver(Driver):
             groups.setdefault(key, []).append(prefix)
         rows: dict[Oid, list[VarBind]] = {}
         for group in groups.values():
-            rows.update(await self._walk_group(group))
+            rows.update(await self._walk_group(group, started))
         for prefix, found in rows.items():
-            self._row_counts[prefix] = len(found)
+            if prefix in self._cut:
+                self._row_counts.pop(prefix, None)
+            else:
+                self._row_counts[prefix] = len(found)
         return rows
 
-    async def _walk_group(self, prefixes: list[Oid]) -> dict[Oid, list[VarBind]]:
-        """Walk several columns at once; each stops where its rows leave its prefix."""
+    async def _walk_group(self, prefixes: list[Oid], started: float) -> dict[Oid, list[VarBind]]:
+        """Walk several columns at once; each stops where its rows leave its prefix, or at the walk limits."""
         session = self._session()
         rows: dict[Oid, list[VarBind]] = {prefix: [] for prefix in prefixes}
         cursor = {prefix: prefix for prefix in prefixes}
         active = list(prefixes)
+        limit = self.config.max_walk_rows
         while active:
+            if self.config.walk_timeout is not None and time.monotonic() - started > self.config.walk_timeout:
+                for prefix in active:
+                    self._cut_off(prefix, rows, f"walk stopped after {len(rows[prefix])} rows: walk_timeout of "
+                                               f"{self.config.walk_timeout:g}s passed")
+                break
             REQUESTS.inc(device=self.device.id, kind="bulk")
             repetitions = self.config.max_repetitions
             if all(p in self._row_counts for p in active):
@@ -285,20 +316,32 @@ class SnmpDriver(Driver):
                                       f"{'.'.join(map(str, oid))}")
                 cursor[prefix] = oid
                 rows[prefix].append((oid, value))
+                if len(rows[prefix]) >= limit:
+                    # The next answer would be row limit + 1: a table that long is no PDU's, stop here.
+                    finished.add(prefix)
+                    self._cut_off(prefix, rows, f"walk stopped at max_walk_rows ({limit} rows)")
             active = [p for p in active if p not in finished]
         return rows
 
+    def _cut_off(self, prefix: Oid, rows: dict[Oid, list[VarBind]], reason: str) -> None:
+        """A column the walk limits cut off: its rows are dropped (an endless table is not trusted, and each
+        row would be a new series downstream); its points get one BAD sample with `reason`."""
+        rows[prefix] = []
+        self._cut[prefix] = reason
+        ERRORS.inc(device=self.device.id, error="walk_limit")
+
     async def _read_digits(self) -> dict[Oid, int]:
+        """Decimal digits per OID; -1 for an answer that is no digit count (0..9), which makes its points BAD."""
         digits: dict[Oid, int] = {}
         if self.plan.digit_scalars:
             for oid, value in (await self._get_all(self.plan.digit_scalars)).items():
                 if not isinstance(value, _ABSENT):
-                    digits[oid] = int(value)
+                    digits[oid] = _digit_count(value)
         if self.plan.digit_walks:
             for found in (await self._walk(sorted(self.plan.digit_walks))).values():
                 for oid, value in found:
                     if not isinstance(value, _ABSENT):
-                        digits[oid] = int(value)
+                        digits[oid] = _digit_count(value)
         return digits
 
     # ---- decoding ------------------------------------------------------------------------------------
@@ -308,15 +351,28 @@ class SnmpDriver(Driver):
         samples: list[Sample] = []
         self._states = states or {}
         for oid, point in self.plan.scalars:
-            value = scalars.get(oid)
-            if value is None:
+            value = scalars.get(oid, _NOT_ANSWERED)
+            tags = tuple(sorted(point.tags.items()))
+            if value is _NOT_ANSWERED or isinstance(value, _ABSENT):
+                what = "noSuchName" if value is _NOT_ANSWERED else _absent_name(value)
+                samples.append(self._absent(point, oid, f"{what}: the agent has no {_dotted(oid)}", tags, ts))
                 continue
-            sample = self._sample(point, value, point.digits_instance(), tuple(sorted(point.tags.items())), ts,
-                                  point.state_instance())
+            sample = self._sample(point, value, point.digits_instance(), tags, ts, point.state_instance())
             if sample is not None:
                 samples.append(sample)
         for prefix, found in columns.items():
+            # A prefix walked for sensor states only has no columns of its own.
             columns_here = self.plan.walks.get(prefix, [])
+            cut = self._cut.get(prefix)
+            if cut is not None or not found:
+                for column in columns_here:
+                    if cut is not None:
+                        samples.append(self._bad(column.point, cut, (), ts))
+                    else:
+                        samples.append(self._absent(
+                            column.point, prefix,
+                            f"no rows under {_dotted(prefix)} (the agent has no such table, or it is empty)", (), ts))
+                continue
             for oid, value in found:
                 rest = oid[len(prefix):]
                 for column in columns_here:
@@ -337,21 +393,36 @@ class SnmpDriver(Driver):
                         samples.append(sample)
         return samples
 
+    def _bad(self, point: Point, reason: str, tags: tuple[tuple[str, str], ...], ts: int) -> Sample:
+        return Sample(self.device.id, point.name, None, ts, Quality.BAD, reason,
+                      point.measurement or self.profile.kind, tags)
+
+    def _absent(self, point: Point, oid: Oid, reason: str, tags: tuple[tuple[str, str], ...], ts: int) -> Sample:
+        """A point the agent does not have: a BAD sample every poll, a warning once per driver."""
+        if (point.name, oid) not in self._reported:
+            self._reported.add((point.name, oid))
+            log.warning("snmp point not on the device", device=self.device.id, point=point.name, reason=reason)
+        return self._bad(point, reason, tags, ts)
+
     def _sample(self, point: Point, value: Any, digits_oid: Oid | None, tags: tuple[tuple[str, str], ...],
                 ts: int, state_oid: Oid | None = None) -> Sample | None:
         measurement = point.measurement or self.profile.kind
         if isinstance(value, _ABSENT):
-            return None
+            return self._bad(point, f"{_absent_name(value)} in row {tags}", tags, ts)
         state = self._states.get(state_oid) if state_oid is not None else None
         if state is not None and state in point.unavailable_states:
-            return Sample(self.device.id, point.name, None, ts, Quality.BAD,
-                          f"sensor unavailable (state {state})", measurement, tags)
+            return self._bad(point, f"sensor unavailable (state {state})", tags, ts)
+        if isinstance(value, fast.Malformed):
+            return self._bad(point, value.reason, tags, ts)
+        if isinstance(value, bytes | bytearray | str | tuple) or value is None:
+            # int(b"12") is 12: a string is never read as a number, whatever it holds.
+            return self._bad(point, f"not an integer: {_shown(value)}", tags, ts)
         try:
             raw = int(value)
         except (TypeError, ValueError):
-            return Sample(self.device.id, point.name, None, ts, Quality.BAD,
-                          f"not an integer: {value.prettyPrint() if hasattr(value, 'prettyPrint') else value!r}",
-                          measurement, tags)
+            return self._bad(point, f"not an integer: {_shown(value)}", tags, ts)
+        if raw.bit_length() > MAX_RAW_BITS:
+            return self._bad(point, f"integer of {raw.bit_length()} bits (at most {MAX_RAW_BITS})", tags, ts)
         if raw in point.missing:
             return None
         if point.enum is not None:
@@ -366,11 +437,18 @@ class SnmpDriver(Driver):
             if known is None:
                 return Sample(self.device.id, point.name, None, ts, Quality.BAD,
                               "decimal digits unknown (agent has no decimalDigits object)", measurement, tags)
+            if known < 0:
+                return self._bad(point, f"decimal digits at {_dotted(digits_oid)} are not 0..9", tags, ts)
             digits = known
-        number = raw * point.scale / 10**digits if digits else raw * point.scale
-        decimals = self.plan.decimals.get(id(point), 0) + digits
-        # Always a float: one field keeps one type in InfluxDB, whatever the vendor's resolution.
-        result: Value = float(round(number, decimals))
+        try:
+            number = raw * point.scale / 10**digits if digits else raw * point.scale
+            decimals = self.plan.decimals.get(id(point), 0) + digits
+            # Always a float: one field keeps one type in InfluxDB, whatever the vendor's resolution.
+            result = float(round(number, decimals))
+        except (OverflowError, ValueError) as err:
+            return self._bad(point, f"{raw} cannot be scaled: {err}", tags, ts)
+        if not math.isfinite(result):
+            return self._bad(point, f"{raw} x {point.scale:g} is not a finite number", tags, ts)
         return Sample(self.device.id, point.name, result, ts, Quality.GOOD, "", measurement, tags)
 
     # ---- writing -------------------------------------------------------------------------------------
@@ -378,6 +456,9 @@ class SnmpDriver(Driver):
     async def write(self, point: str, value: Value) -> None:
         """`write("outlet_command:7", "off")`; a scalar writable point is written by its plain name."""
         name, _, index_text = point.partition(":")
+        if self.config.version != "3" and not self.config.write_community:
+            # Never fall back on the read community: an agent that accepts it for SET would obey.
+            raise WriteRejected(f"{self.device.id}: no write_community configured: SNMP writes are refused")
         target = self._writable(name, index_text)
         checked = target.check_write(value)
         if target.is_column:
@@ -414,6 +495,32 @@ class SnmpDriver(Driver):
         if not target.is_column and index_text:
             raise WriteRejected(f"{name} is not a table point: write it without ':{index_text}'")
         return target
+
+
+def _digit_count(value: Any) -> int:
+    """An agent's decimal digits as 0..9, or -1 for anything else (a string, a huge or negative number)."""
+    if isinstance(value, bytes | bytearray | str | tuple | fast.Malformed) or value is None:
+        return -1
+    try:
+        digits = int(value)
+    except (TypeError, ValueError):
+        return -1
+    return digits if 0 <= digits <= 9 else -1
+
+
+def _absent_name(value: Any) -> str:
+    name = getattr(value, "name", None)
+    return name if isinstance(name, str) else type(value).__name__[:1].lower() + type(value).__name__[1:]
+
+
+def _dotted(oid: Oid) -> str:
+    return ".".join(map(str, oid))
+
+
+def _shown(value: Any) -> str:
+    """A value for a reason text, never longer than a line (an agent may send a 60 kB string)."""
+    text = value.prettyPrint() if hasattr(value, "prettyPrint") else repr(value)
+    return text if len(text) <= 64 else f"{text[:60]}... ({len(text)} chars)"
 
 
 def make_driver(device: DeviceBase, profile: Profile[Any], context: DriverContext) -> Driver:

@@ -16,6 +16,14 @@ decode by hand, and the OIDs repeat every poll, so both directions are mostly di
 SNMPv3 wraps the same PDUs in its USM envelope (fast_v3.py). Both have the request interface of pysnmp's
 path (`drivers.snmp.session.Session`), return plain Python values (int, bytes, a tuple for an OID) and the
 `NoValue` markers for the three exception values, and raise the same `DriverError`s.
+
+Hostile answers are bounded here, before any value reaches the driver's arithmetic: a length that runs past
+its enclosing TLV or the datagram, a length of more than four length bytes, a request-id or error field of
+more than 64 bits, or a varbind name that is not an OID (more than `MAX_ARCS` arcs, an arc past 2^32 - 1 or a
+truncated subidentifier) make the whole message malformed (`ValueError` here, `BadResponse` for the driver).
+A malformed *value* (an INTEGER of more than 64 bits, a Counter64 of more than 64, an OID value like the
+above) is one `Malformed` marker in its varbind: the driver turns it into a BAD sample with the reason and the
+rest of the poll stands. Nothing is decoded recursively, so nesting depth costs nothing.
 """
 
 from __future__ import annotations
@@ -26,20 +34,32 @@ import itertools
 import random
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
+from dcim.core.metrics import REGISTRY
 from drivers.base import DriverContext
-from drivers.errors import BadResponse, DeviceTimeout, DeviceUnreachable, DriverError
+from drivers.errors import BadResponse, DeviceTimeout, DeviceUnreachable, DriverError, WriteRejected
 from drivers.snmp.config import SnmpDevice
 from drivers.snmp.status import StatusError, status_error, status_name
 
 Oid = tuple[int, ...]
 VarBind = tuple[Oid, Any]
+K = TypeVar("K")
+V = TypeVar("V")
 
 GET, GETNEXT, RESPONSE, SET, GETBULK = 0xA0, 0xA1, 0xA2, 0xA3, 0xA5
 SYNTAX_TAGS = {"Integer32": 0x02, "Unsigned32": 0x42, "Gauge32": 0x42, "Counter32": 0x41}
-# Encoded OIDs remembered for decoding; every profile's rows of every PDU fit many times over.
-OID_CACHE = 200_000
+# Encoded OIDs remembered both ways. Agents of one profile share their OIDs, so every profile's rows fit many
+# times over; an agent that walks far outside the profiles (an endless table) evicts the oldest entries.
+OID_CACHE = 50_000
+# RFC 2578 7.1.3: at most 128 sub-identifiers, each at most 2^32 - 1.
+MAX_ARCS = 128
+MAX_ARC = 2**32 - 1
+# Largest INTEGER body accepted: 64 bits, plus the leading zero byte of an unsigned Counter64 past 2^63.
+MAX_INT_BYTES = 9
+
+CACHE_EVICTIONS = REGISTRY.counter("dcim_snmp_cache_evictions_total",
+                                   "SNMP codec cache entries dropped to keep the cache within its bound", ("cache",))
 
 
 class NoValue:
@@ -58,6 +78,46 @@ NO_SUCH_OBJECT = NoValue("noSuchObject")
 NO_SUCH_INSTANCE = NoValue("noSuchInstance")
 END_OF_MIB_VIEW = NoValue("endOfMibView")
 ABSENT = (NoValue,)
+
+
+class Malformed:
+    """A varbind value that cannot be a reading (an INTEGER of 200 bytes): the reason is kept for the BAD sample."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Malformed({self.reason!r})"
+
+
+class BoundedCache(Generic[K, V]):
+    """A dict with at most `size` entries; inserting into a full one drops the oldest (counted as `name`).
+
+    First in, first out rather than least recently used: a hit costs one dict look-up, which is all the hot
+    path can afford, and the profiles' OIDs are re-inserted at once after an eviction storm."""
+
+    __slots__ = ("_data", "name", "size")
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+        self._data: dict[K, V] = {}
+
+    def get(self, key: K) -> V | None:
+        return self._data.get(key)
+
+    def put(self, key: K, value: V) -> V:
+        data = self._data
+        if len(data) >= self.size and key not in data:
+            del data[next(iter(data))]
+            CACHE_EVICTIONS.inc(cache=self.name)
+        data[key] = value
+        return value
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
 # ---- BER -------------------------------------------------------------------------------------------------
@@ -101,6 +161,13 @@ def encode_oid(oid: Oid) -> bytes:
 
 
 def decode_oid(body: bytes) -> Oid:
+    """The arcs of an OBJECT IDENTIFIER's content; ValueError for one no agent may send (see MAX_ARCS)."""
+    if not body:
+        raise ValueError("empty OID")
+    if len(body) > MAX_ARCS * 5:
+        raise ValueError(f"OID of {len(body)} bytes")
+    if body[-1] & 0x80:
+        raise ValueError("truncated OID subidentifier")
     arcs: list[int] = []
     value = 0
     for byte in body:
@@ -108,37 +175,65 @@ def decode_oid(body: bytes) -> Oid:
         if not byte & 0x80:
             if not arcs:
                 # The first subidentifier packs two arcs: 40 x first + second (the first arc is 0, 1 or 2).
-                arcs += [min(value // 40, 2), value - 40 * min(value // 40, 2)]
+                first = min(value // 40, 2)
+                arcs += [first, value - 40 * first]
             else:
                 arcs.append(value)
+            if arcs[-1] > MAX_ARC:
+                raise ValueError(f"OID arc {arcs[-1]} beyond 2^32 - 1")
             value = 0
+    if len(arcs) > MAX_ARCS:
+        raise ValueError(f"OID of {len(arcs)} arcs")
     return tuple(arcs)
 
 
-def _header(data: bytes, at: int) -> tuple[int, int, int]:
-    """(tag, start of content, end of content) of the TLV at `at`."""
+def _header(data: bytes, at: int, limit: int = -1) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the TLV at `at`, which must end by `limit` (by default the
+    end of `data`). ValueError for a length that runs past it: a hostile length never makes a slice of
+    something that is not there, and never reads into a neighbouring TLV."""
+    if limit < 0:
+        limit = len(data)
+    if at + 2 > limit:
+        raise ValueError("truncated BER header")
     tag = data[at]
     first = data[at + 1]
     if first < 0x80:
-        return tag, at + 2, at + 2 + first
+        end = at + 2 + first
+        if end > limit:
+            raise ValueError(f"BER length {first} runs past the message")
+        return tag, at + 2, end
     count = first & 0x7F
     if count == 0 or count > 4:
         raise ValueError("unsupported BER length")
     start = at + 2 + count
-    return tag, start, start + int.from_bytes(data[at + 2:start], "big")
+    end = start + int.from_bytes(data[at + 2:start], "big")
+    if end > limit:
+        raise ValueError(f"BER length {end - start} runs past the message")
+    return tag, start, end
+
+
+def _int(data: bytes, start: int, end: int) -> int:
+    """A signed INTEGER field of the message (request-id, error-status, msgID, boots, ...): at most 64 bits."""
+    if not 0 < end - start <= 8:
+        raise ValueError(f"INTEGER field of {end - start} bytes")
+    return int.from_bytes(data[start:end], "big", signed=True)
 
 
 class Codec:
-    """Encodes requests and decodes responses, remembering every OID it has seen both ways."""
+    """Encodes requests and decodes responses, remembering the OIDs it has seen both ways (bounded)."""
 
-    def __init__(self) -> None:
-        self._oid_bytes: dict[Oid, bytes] = {}
-        self._oids: dict[bytes, Oid] = {}
+    def __init__(self, cache_size: int = OID_CACHE) -> None:
+        self._oid_bytes: BoundedCache[Oid, bytes] = BoundedCache("oid_bytes", cache_size)
+        self._oids: BoundedCache[bytes, Oid] = BoundedCache("oids", cache_size)
+
+    def cache_sizes(self) -> tuple[int, int]:
+        """(encoded OIDs, decoded OIDs) held now; never more than the bound each."""
+        return len(self._oid_bytes), len(self._oids)
 
     def oid_bytes(self, oid: Oid) -> bytes:
         found = self._oid_bytes.get(oid)
         if found is None:
-            found = self._oid_bytes[oid] = encode_oid(oid)
+            found = self._oid_bytes.put(oid, encode_oid(oid))
         return found
 
     def request(self, version: int, community: bytes, pdu_tag: int, request_id: int, a: int, b: int,
@@ -149,37 +244,38 @@ class Codec:
 
     def response(self, data: bytes) -> tuple[int, int, int, list[VarBind]]:
         """(request-id, error-status, error-index, varbinds) of a Response-PDU; ValueError if it is none."""
-        tag, at, _end = _header(data, 0)
+        tag, at, end = _header(data, 0)
         if tag != 0x30:
             raise ValueError("not an SNMP message")
-        _t, _s, at = _header(data, at)  # version
-        _t, _s, at = _header(data, at)  # community
-        tag, request_id, status, index, var_binds = self.pdu(data, at)
+        _t, _s, at = _header(data, at, end)  # version
+        _t, _s, at = _header(data, at, end)  # community
+        tag, request_id, status, index, var_binds = self.pdu(data, at, end)
         if tag != RESPONSE:
             raise ValueError(f"not a response PDU (tag {tag:#x})")
         return request_id, status, index, var_binds
 
-    def pdu(self, data: bytes, at: int) -> tuple[int, int, int, int, list[VarBind]]:
-        """(tag, request-id, error-status, error-index, varbinds) of the PDU at `at`."""
-        tag, at, _end = _header(data, at)
+    def pdu(self, data: bytes, at: int, limit: int = -1) -> tuple[int, int, int, int, list[VarBind]]:
+        """(tag, request-id, error-status, error-index, varbinds) of the PDU at `at`. Every TLV must lie
+        within its parent; ValueError otherwise (see the module's docstring)."""
+        tag, at, pdu_end = _header(data, at, limit)
         numbers = []
         for _ in range(3):
-            _t, s, e = _header(data, at)
-            numbers.append(int.from_bytes(data[s:e], "big", signed=True))
+            _t, s, e = _header(data, at, pdu_end)
+            numbers.append(_int(data, s, e))
             at = e
-        _t, at, end = _header(data, at)
+        _t, at, end = _header(data, at, pdu_end)
         out: list[VarBind] = []
         oids = self._oids
         while at < end:
-            _t, s, bind_end = _header(data, at)
-            _t, os_, oe = _header(data, s)
+            _t, s, bind_end = _header(data, at, end)
+            name_tag, os_, oe = _header(data, s, bind_end)
+            if name_tag != 0x06:
+                raise ValueError(f"varbind name is not an OID (tag {name_tag:#x})")
             raw = data[os_:oe]
             oid = oids.get(raw)
             if oid is None:
-                if len(oids) >= OID_CACHE:
-                    oids.clear()  # an agent walking far outside the profiles: never grow without bound
-                oid = oids[raw] = decode_oid(raw)
-            value_tag, vs, ve = _header(data, oe)
+                oid = oids.put(raw, decode_oid(raw))
+            value_tag, vs, ve = _header(data, oe, bind_end)
             out.append((oid, _value(value_tag, data[vs:ve])))
             at = bind_end
         return tag, numbers[0], numbers[1], numbers[2], out
@@ -191,11 +287,21 @@ class Codec:
         return _tlv(pdu_tag, pdu)
 
 
+_UNSIGNED_NAMES = {0x41: "Counter32", 0x42: "Gauge32", 0x43: "TimeTicks", 0x46: "Counter64"}
+
+
 def _value(tag: int, body: bytes) -> Any:
     if tag == 0x02:
+        if not 0 < len(body) <= 8:
+            return Malformed(f"INTEGER of {len(body)} bytes (at most 8)")
         return int.from_bytes(body, "big", signed=True)
     if tag in (0x41, 0x42, 0x43, 0x46):
-        return int.from_bytes(body, "big", signed=False)
+        # Counter64 holds 64 bits, the others 32; either may carry one leading zero byte.
+        bits = 64 if tag == 0x46 else 32
+        value = int.from_bytes(body, "big", signed=False)
+        if not body or len(body) > MAX_INT_BYTES or value.bit_length() > bits:
+            return Malformed(f"{_UNSIGNED_NAMES[tag]} of {len(body)} bytes (at most {bits} bits)")
+        return value
     if tag == 0x80:
         return NO_SUCH_OBJECT
     if tag == 0x81:
@@ -203,7 +309,10 @@ def _value(tag: int, body: bytes) -> Any:
     if tag == 0x82:
         return END_OF_MIB_VIEW
     if tag == 0x06:
-        return decode_oid(body)
+        try:
+            return decode_oid(body)
+        except ValueError as err:
+            return Malformed(f"OID value: {err}")
     if tag == 0x05:
         return None
     return bytes(body)  # OCTET STRING, IpAddress, Opaque: not numbers, the driver says so
@@ -260,7 +369,7 @@ def _peek_request_id(data: bytes) -> int:
         _t, _s, at = _header(data, at)  # community
         _t, at, _e = _header(data, at)  # PDU
     _t, s, e = _header(data, at)
-    return int.from_bytes(data[s:e], "big", signed=True)
+    return _int(data, s, e)
 
 
 async def _endpoint(context: DriverContext, key: str, family: int) -> _Endpoint:
@@ -288,7 +397,8 @@ class FastSession:
         self.context = context
         self.version = 0 if device.version == "1" else 1
         self.community = device.community.encode()
-        self.write_community = (device.write_community or device.community).encode()
+        # None: writes are refused (never sent with the read community).
+        self.write_community = device.write_community.encode() if device.write_community else None
         self.address = (device.host, device.port)
         self._endpoint: _Endpoint | None = None
         self._key = "snmp_fast_endpoint"
@@ -392,6 +502,8 @@ class FastSession:
         tag = SYNTAX_TAGS.get(syntax)
         if tag is None:
             raise DriverError(f"{self.where}: cannot SET a {syntax}")
+        if self.write_community is None:
+            raise WriteRejected(f"{self.where}: no write_community configured: SNMP writes are refused")
         encoded = _integer(tag, value) if tag == 0x02 else _unsigned(tag, value)
         await self._request(SET, 0, 0, [(oid, encoded)], community=self.write_community)
 

@@ -45,6 +45,7 @@ from drivers.snmp.fast import (
     Oid,
     VarBind,
     _header,
+    _int,
     _integer,
     _tlv,
     _unsigned,
@@ -190,25 +191,31 @@ class UsmSession(FastSession):
     def _open_message(self, codec: Any, data: bytes, msg_id: int,
                       asked: Sequence[tuple[Oid, bytes]]) -> tuple[int, list[VarBind]]:
         try:
-            _t, at, _end = _header(data, 0)
-            _t, _s, at = _header(data, at)  # msgVersion
-            _t, g, at = _header(data, at)  # msgGlobalData
-            _t, s, e = _header(data, g)
-            answered = int.from_bytes(data[s:e], "big", signed=True)
-            _t, _s, e = _header(data, e)  # msgMaxSize
-            _t, s, e = _header(data, e)
+            _t, at, end = _header(data, 0)
+            _t, _s, at = _header(data, at, end)  # msgVersion
+            _t, g, at = _header(data, at, end)  # msgGlobalData
+            _t, s, e = _header(data, g, at)
+            answered = _int(data, s, e)
+            _t, _s, e = _header(data, e, at)  # msgMaxSize
+            _t, s, e = _header(data, e, at)
             flags = data[s] if e > s else 0
-            _t, sec_start, sec_end = _header(data, at)  # msgSecurityParameters (OCTET STRING)
+            _t, sec_start, sec_end = _header(data, at, end)  # msgSecurityParameters (OCTET STRING)
             data_at = sec_end
-            _t, p, _e = _header(data, sec_start)  # its SEQUENCE
+            _t, p, sec_seq_end = _header(data, sec_start, sec_end)  # its SEQUENCE
             fields = []
             for _ in range(6):
-                _t, s, e = _header(data, p)
+                _t, s, e = _header(data, p, sec_seq_end)
                 fields.append((s, e))
                 p = e
             engine_id = bytes(data[fields[0][0]:fields[0][1]])
-            boots = int.from_bytes(data[fields[1][0]:fields[1][1]], "big")
-            engine_time = int.from_bytes(data[fields[2][0]:fields[2][1]], "big")
+            if len(engine_id) > 32:
+                # RFC 3411: 5 to 32 bytes. Keys are localised to it: no 60 kB "engine" is worth hashing.
+                raise ValueError(f"engine ID of {len(engine_id)} bytes")
+            # Boots and time are 0..2^31-1 (RFC 3414); a 200-byte "time" must not reach float arithmetic.
+            boots = _int(data, *fields[1])
+            engine_time = _int(data, *fields[2])
+            if not (0 <= boots < 2**31 and 0 <= engine_time < 2**31):
+                raise ValueError(f"engine boots {boots} or time {engine_time} out of range")
             auth_at, auth_end = fields[4]
             salt = bytes(data[fields[5][0]:fields[5][1]])
         except (ValueError, IndexError) as err:
@@ -226,22 +233,27 @@ class UsmSession(FastSession):
             # Discovery, a response (authenticated above) or a notInTimeWindow Report: the agent's clock.
             self.engine_id, self.boots = engine_id, boots
             self.time_base = time.monotonic() - engine_time
-        try:
-            if flags & 2:
-                if self.keys is None:
-                    raise AuthError(f"{self.where}: encrypted message before keys were known")
-                _t, s, e = _header(data, data_at)
+        if flags & 2:
+            if self.keys is None:
+                raise AuthError(f"{self.where}: encrypted message before keys were known")
+            try:
+                _t, s, e = _header(data, data_at, end)
                 scoped = self.keys.privacy.decrypt_data(self.keys.priv, (boots, engine_time, univ.OctetString(salt)),
                                                         univ.OctetString(data[s:e]))
                 scoped_data, scoped_at = bytes(scoped), 0
-            else:
-                scoped_data, scoped_at = data, data_at
-            _t, p, _e = _header(scoped_data, scoped_at)
-            _t, _s, p = _header(scoped_data, p)  # contextEngineID
-            _t, _s, p = _header(scoped_data, p)  # contextName
-            tag, _request_id, status, index, var_binds = codec.pdu(scoped_data, p)
+            except Exception as err:  # whatever the cipher raises on junk, it is not a reading
+                raise AuthError(f"{self.where}: SNMPv3 response could not be decrypted (wrong privacy key?)") from err
+        else:
+            scoped_data, scoped_at = data, data_at
+        try:
+            _t, p, scoped_end = _header(scoped_data, scoped_at)
+            _t, _s, p = _header(scoped_data, p, scoped_end)  # contextEngineID
+            _t, _s, p = _header(scoped_data, p, scoped_end)  # contextName
+            tag, _request_id, status, index, var_binds = codec.pdu(scoped_data, p, scoped_end)
         except (ValueError, IndexError) as err:
-            raise AuthError(f"{self.where}: SNMPv3 response could not be decrypted (wrong privacy key?)") from err
+            if flags & 2:
+                raise AuthError(f"{self.where}: SNMPv3 response could not be decrypted (wrong privacy key?)") from err
+            raise BadResponse(f"{self.where}: malformed SNMPv3 message: {err}") from err
         if tag == RESPONSE and status:
             raise status_error(self.where, status_name(status), index, [oid for oid, _ in asked])
         if tag not in (RESPONSE, REPORT):

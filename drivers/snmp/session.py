@@ -25,8 +25,9 @@ from pysnmp.proto import errind, rfc1902
 from pysnmp.proto.api import v2c
 
 from drivers.base import DriverContext
-from drivers.errors import AuthError, BadResponse, DeviceTimeout, DeviceUnreachable, DriverError
+from drivers.errors import AuthError, BadResponse, DeviceTimeout, DeviceUnreachable, DriverError, WriteRejected
 from drivers.snmp.config import SnmpDevice
+from drivers.snmp.fast import OID_CACHE, BoundedCache
 from drivers.snmp.status import status_error
 from drivers.snmp.usm import auth_protocol, priv_protocol
 
@@ -130,7 +131,10 @@ class Session:
         self._next = cmdgen.NextCommandGeneratorSingleRun()
         self._bulk = cmdgen.BulkCommandGeneratorSingleRun()
         self._set = cmdgen.SetCommandGenerator()
-        self._names: dict[Oid, Any] = {}
+        # Bounded: an endless walk brings a new cursor OID with every request.
+        self._names: BoundedCache[Oid, Any] = BoundedCache("pysnmp_names", OID_CACHE)
+        # SNMPv3 context name (pysnmp's `contextName`); v1/v2c have none.
+        self._context = device.context if device.version == "3" else ""
 
     def _community(self, community: str) -> str:
         # One community entry per string and engine; its security name is derived from the string so two
@@ -147,7 +151,7 @@ class Session:
         # OIDs repeat every poll: keep their ObjectNames instead of building them again.
         name = self._names.get(oid)
         if name is None:
-            name = self._names[oid] = rfc1902.ObjectName(oid)
+            name = self._names.put(oid, rfc1902.ObjectName(oid))
         return name
 
     async def _request(self, send: Any, *args: Any) -> list[VarBind]:
@@ -185,23 +189,26 @@ class Session:
 
     async def get(self, oids: Sequence[Oid]) -> list[VarBind]:
         var_binds = [(self._name(oid), _NULL) for oid in oids]
-        return await self._request(self._get.send_varbinds, self._target, None, "", var_binds)
+        return await self._request(self._get.send_varbinds, self._target, None, self._context, var_binds)
 
     async def next(self, oids: Sequence[Oid]) -> list[VarBind]:
         var_binds = [(self._name(oid), _NULL) for oid in oids]
-        return await self._request(self._next.send_varbinds, self._target, None, "", var_binds)
+        return await self._request(self._next.send_varbinds, self._target, None, self._context, var_binds)
 
     async def bulk(self, oids: Sequence[Oid], max_repetitions: int) -> list[VarBind]:
         """One GETBULK (GETNEXT on SNMPv1, which has no GETBULK): rows of `len(oids)` varbinds."""
         if self._v1:
             return await self.next(oids)
         var_binds = [(self._name(oid), _NULL) for oid in oids]
-        return await self._request(self._bulk.send_varbinds, self._target, None, "", 0, max_repetitions,
-                                   var_binds)
+        return await self._request(self._bulk.send_varbinds, self._target, None, self._context, 0,
+                                   max_repetitions, var_binds)
 
     async def set(self, oid: Oid, value: int, syntax: str) -> None:
+        if not self.device.write_community and self.device.version != "3":
+            raise WriteRejected(f"{self.where}: no write_community configured: SNMP writes are refused")
         typed = getattr(rfc1902, syntax)(value)
-        await self._request(self._set.send_varbinds, self._write_target, None, "", [(self._name(oid), typed)])
+        await self._request(self._set.send_varbinds, self._write_target, None, self._context,
+                            [(self._name(oid), typed)])
 
     def close(self) -> None:
         try:

@@ -4,31 +4,38 @@ hook = make_hook("oncall", config.hooks["oncall"])
 for body in hook.render(notification):   # queued in the hook's durable outbox
     ...
 await hook.send(body, session)           # raises HookError(transient=...) when it fails
+
+A hook type is one file: its configuration model and its sender side by side (see rules.hooks.base). The
+built-in types register below, one line each; an installed package adds one through an entry point of the
+group `dcim.hooks` naming its `HookType`:
+
+    [project.entry-points."dcim.hooks"]
+    jsonl = "dcim_jsonl:HOOK"
 """
 
 from __future__ import annotations
 
-from rules.hooks.base import Hook, HookError
-from rules.hooks.email import EmailSender
-from rules.hooks.pagerduty import PagerDutySender
-from rules.hooks.slack import SlackSender
-from rules.hooks.webhook import WebhookSender
-from rules.notify.config import AppriseHook, EmailHook, PagerDutyHook, SlackHook, WebhookHook
+from typing import Annotated, Any
 
-__all__ = ["Hook", "HookError", "make_hook"]
+from dcim.core.registry import Registry
+from rules.hooks import apprise, email, pagerduty, slack, webhook
+from rules.hooks.base import Hook, HookConfig, HookError, HookType, HttpUrl, post, reveal
+from rules.union import RegistryUnion
+
+__all__ = ["HOOK_TYPES", "Hook", "HookConfig", "HookError", "HookSpec", "HookType", "HttpUrl", "make_hook", "post",
+           "reveal"]
+
+HOOK_TYPES: Registry[HookType[Any]] = Registry("hook type", "dcim.hooks", lambda hook_type: hook_type.name)
+
+HOOK_TYPES.register(webhook.HOOK)
+HOOK_TYPES.register(pagerduty.HOOK)
+HOOK_TYPES.register(slack.HOOK)
+HOOK_TYPES.register(email.HOOK)
+HOOK_TYPES.register(apprise.HOOK)
+
+# The configuration of one hook: the model of the hook type its `type:` names.
+HookSpec = Annotated[HookConfig, RegistryUnion(HOOK_TYPES, "type", lambda hook_type: hook_type.model)]
 
 
-def make_hook(name: str, config: WebhookHook | PagerDutyHook | SlackHook | EmailHook | AppriseHook) -> Hook:
-    if isinstance(config, WebhookHook):
-        return WebhookSender(name, config)
-    if isinstance(config, PagerDutyHook):
-        return PagerDutySender(name, config)
-    if isinstance(config, SlackHook):
-        return SlackSender(name, config)
-    if isinstance(config, EmailHook):
-        return EmailSender(name, config)
-    # Imported here: apprise is an optional dependency.
-    from rules.hooks.apprise import AppriseSender
-
-    hook: Hook = AppriseSender(name, config)
-    return hook
+def make_hook(name: str, config: HookConfig) -> Hook:
+    return HOOK_TYPES.get(config.type).sender(name, config)

@@ -1,6 +1,6 @@
 """The long tail of channels (Teams, Telegram, Matrix, Discord, ntfy, ...) through apprise, optional:
-`pip install apprise`. Its plugins are synchronous; `async_notify` runs them on worker threads, so the
-event loop never waits on them.
+`pip install apprise`, imported only when a hook of this type is made. Its plugins are synchronous;
+`async_notify` runs them on worker threads, so the event loop never waits on them.
 
 Every URL of the hook gets each message; when one of them fails the message is retried for all of them
 (give a flaky channel a hook of its own).
@@ -9,28 +9,34 @@ Every URL of the hook gets each message; when one of them fails the message is r
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import aiohttp
+from pydantic import Field
 
-from rules.hooks.base import Hook, HookError
-from rules.notify.config import AppriseHook
-from rules.notify.model import Notification
+from dcim.core.secrets import Secret
+from rules.hooks.base import Hook, HookConfig, HookError, HookType
 
-_apprise: Any
-try:
-    import apprise as _apprise
-except ImportError:  # pragma: no cover - exercised only where apprise is not installed
-    _apprise = None
+if TYPE_CHECKING:
+    from rules.hooks.notification import Notification
+
+
+class AppriseHook(HookConfig):
+    """Any channel apprise knows (Teams, Telegram, Matrix, ...). URLs carry credentials: secret references."""
+
+    type: Literal["apprise"]
+    urls: Annotated[list[Secret], Field(min_length=1)]
 
 
 class AppriseSender(Hook):
     def __init__(self, name: str, config: AppriseHook) -> None:
-        if _apprise is None:
-            raise RuntimeError(f"hook {name}: type apprise needs the apprise package (pip install apprise)")
+        try:
+            import apprise  # optional, and slow to import: only for a configured hook of this type
+        except ImportError:  # pragma: no cover - exercised only where apprise is not installed
+            raise RuntimeError(f"hook {name}: type apprise needs the apprise package (pip install apprise)") from None
         super().__init__(name)
         self.config = config
-        self.client = _apprise.Apprise()
+        self.client = apprise.Apprise()
         for i, url in enumerate(config.urls):
             # Checked at start-up: a URL apprise cannot parse is a configuration error, not a retry.
             if not self.client.add(url.get_secret_value()):
@@ -53,3 +59,6 @@ class AppriseSender(Hook):
         )
         if not result:
             raise HookError(f"apprise could not deliver ({getattr(result, 'status', 'failed')})", transient=True)
+
+
+HOOK = HookType("apprise", AppriseHook, AppriseSender)

@@ -1,13 +1,48 @@
-"""The interface of a hook, and the HTTP POST most of them share."""
+"""What a hook type is: a configuration model and a sender, side by side in one file, registered by name.
+
+    class FileHook(HookConfig):                    # the configuration under `notifications.hooks.NAME`
+        type: Literal["jsonl"]
+        path: str
+
+    class FileSender(Hook):                        # made once per configured hook
+        def __init__(self, name: str, config: FileHook) -> None: ...
+        def render(self, notification) -> list[bytes]: ...      # queued in the hook's durable outbox
+        async def send(self, body, session) -> None: ...        # raises HookError(transient=...)
+
+    HOOK = HookType("jsonl", FileHook, FileSender)
+
+Also here: the HTTP POST most hooks share, and `reveal` for secret fields.
+"""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Generic, TypeVar, get_args
 
 import aiohttp
+from pydantic import Field, SecretStr
 
+from dcim.core.config import PositiveDuration, StrictModel
 from dcim.core.secrets import redact
-from rules.notify.model import Notification
+
+if TYPE_CHECKING:
+    # A type only: the notification model is built by rules.notify.
+    from rules.hooks.notification import Notification
+
+HttpUrl = Annotated[str, Field(pattern=r"^https?://\S+$")]
+
+
+class HookConfig(StrictModel):
+    """What every hook type's configuration has. A hook type adds `type: Literal[NAME]` and its own fields."""
+
+    type: str
+    timeout: PositiveDuration = 10.0
+
+
+def reveal(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
 
 
 class HookError(Exception):
@@ -51,3 +86,24 @@ async def post(
         raise HookError(redact(f"{type(err).__name__}: {err}", url), transient=True) from None
     except TimeoutError as err:
         raise HookError(f"no answer within {timeout_s:g} s", transient=True) from err
+
+
+C = TypeVar("C", bound=HookConfig)
+
+
+@dataclass(frozen=True)
+class HookType(Generic[C]):
+    """A hook type as registered: its `type:` name, its configuration model, its sender."""
+
+    name: str
+    model: type[C]
+    # Called once per configured hook with its name and configuration; may raise ValueError (a
+    # configuration the sender cannot use) or RuntimeError (a missing optional package).
+    sender: Callable[[str, C], Hook]
+
+    def __post_init__(self) -> None:
+        field = self.model.model_fields.get("type")
+        if field is None or get_args(field.annotation) != (self.name,):
+            raise TypeError(f"hook type {self.name!r}: its model needs `type: Literal[{self.name!r}]`")
+
+

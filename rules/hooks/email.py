@@ -9,13 +9,41 @@ from __future__ import annotations
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 
 import aiohttp
 import aiosmtplib
+from pydantic import Field, model_validator
 
-from rules.hooks.base import Hook, HookError
-from rules.notify.config import EmailHook, reveal
-from rules.notify.model import Notification
+from dcim.core.secrets import Secret
+from rules.hooks.base import Hook, HookConfig, HookError, HookType, reveal
+
+if TYPE_CHECKING:
+    from rules.hooks.notification import Notification
+
+Address = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]
+
+
+class EmailHook(HookConfig):
+    type: Literal["email"]
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    # starttls: plain connection upgraded with STARTTLS (587); tls: TLS from the start (465);
+    # none: no encryption (a local relay only).
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: Secret | None = None
+    sender: str = Field(alias="from", pattern=r"^[^@\s]+@[^@\s]+$")
+    to: Annotated[list[Address], Field(min_length=1)]
+    subject_prefix: str = "[dcim]"
+    # CA bundle to verify the server with (a private CA); the system store otherwise.
+    ca_file: str | None = None
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> Self:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
 
 
 class EmailSender(Hook):
@@ -64,3 +92,6 @@ class EmailSender(Hook):
             raise HookError(f"SMTP: {type(err).__name__}: {err}", transient=True) from err
         except (OSError, ssl.SSLError) as err:
             raise HookError(f"SMTP: {type(err).__name__}: {err}", transient=True) from err
+
+
+HOOK = HookType("email", EmailHook, EmailSender)

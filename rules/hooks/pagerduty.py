@@ -13,14 +13,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
 from dcim.core.events import AlarmEvent, AlarmState
-from rules.hooks.base import Hook, post
-from rules.notify.config import PagerDutyHook
-from rules.notify.model import Notification, iso
+from dcim.core.secrets import Secret
+from rules.hooks.base import Hook, HookConfig, HookType, HttpUrl, post
+
+if TYPE_CHECKING:
+    from rules.hooks.notification import Notification
+
+
+class PagerDutyHook(HookConfig):
+    """PagerDuty Events API v2: a trigger / resolve event per alarm, dedup key derived from the alarm key."""
+
+    type: Literal["pagerduty"]
+    routing_key: Secret
+    url: HttpUrl = "https://events.pagerduty.com/v2/enqueue"
+    # PagerDuty's `source` field: defaults to the alarm's subject (rack or device).
+    source: str | None = None
+
+
+def iso(ts_ns: int) -> str:
+    """PagerDuty's timestamp: ISO 8601, UTC, whole seconds (as in the notification's JSON)."""
+    return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def dedup_key(alarm_key: str) -> str:
@@ -86,3 +104,6 @@ class PagerDutySender(Hook):
         event["routing_key"] = self.config.routing_key.get_secret_value()
         data = json.dumps(event).encode()
         await post(session, self.config.url, data, {"Content-Type": "application/json"}, self.config.timeout)
+
+
+HOOK = HookType("pagerduty", PagerDutyHook, PagerDutySender)

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
-from rules.hooks.base import Hook, post
-from rules.notify.config import SlackHook
-from rules.notify.model import Notification
+from dcim.core.secrets import Secret
+from rules.hooks.base import Hook, HookConfig, HookType, post
+
+if TYPE_CHECKING:
+    from rules.hooks.notification import Notification
+
+
+class SlackHook(HookConfig):
+    """Slack incoming webhook. The URL itself is the credential, hence a secret reference."""
+
+    type: Literal["slack"]
+    url: Secret
+    channel: str | None = None
+    username: str | None = None
 
 # Slack refuses messages with more than 50 blocks.
 _MAX_ALARM_BLOCKS = 40
@@ -43,3 +54,6 @@ class SlackSender(Hook):
     async def send(self, body: bytes, session: aiohttp.ClientSession) -> None:
         url = self.config.url.get_secret_value()
         await post(session, url, body, {"Content-Type": "application/json"}, self.config.timeout)
+
+
+HOOK = HookType("slack", SlackHook, SlackSender)

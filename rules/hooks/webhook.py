@@ -18,12 +18,25 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
+from pydantic import Field
 
-from rules.hooks.base import Hook, post
-from rules.notify.config import WebhookHook, reveal
-from rules.notify.model import Notification
+from dcim.core.secrets import Secret
+from rules.hooks.base import Hook, HookConfig, HookType, HttpUrl, post, reveal
+
+if TYPE_CHECKING:
+    from rules.hooks.notification import Notification
+
+
+class WebhookHook(HookConfig):
+    """POST the notification as JSON; signed with HMAC-SHA256 when a secret is given."""
+
+    type: Literal["webhook"]
+    url: HttpUrl
+    secret: Secret | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -72,3 +85,6 @@ class WebhookSender(Hook):
         if secret is not None:
             headers["X-Dcim-Signature"] = sign(secret, timestamp, body)
         await post(session, self.config.url, body, headers, self.config.timeout)
+
+
+HOOK = HookType("webhook", WebhookHook, WebhookSender)

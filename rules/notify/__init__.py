@@ -14,7 +14,6 @@ the notifier as an event of unchanged state with `acknowledged=True`; it stops t
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,13 @@ import structlog
 
 from dcim.core.events import AlarmEvent, Severity
 from dcim.core.metrics import REGISTRY
-from dcim.core.outbox import Outbox
+from dcim.core.outbox import DISK_ERRORS, Outbox
+from dcim.core.sqlite import SqliteWriter
 from rules.clock import Clock, SystemClock
 from rules.hooks import Hook, make_hook
+from rules.hooks.notification import Notification
 from rules.notify.config import NotifyConfig
 from rules.notify.delivery import Delivery
-from rules.notify.model import Notification
 from rules.notify.ratelimit import RateLimiter
 from rules.notify.router import Router
 from rules.notify.state import NotifyState
@@ -56,8 +56,11 @@ INBOX_MAX = 100_000
 
 
 class Notifier:
-    def __init__(self, config: NotifyConfig, state_dir: Path, *, clock: Clock | None = None) -> None:
+    def __init__(self, config: NotifyConfig, state_dir: Path, *, clock: Clock | None = None,
+                 writer: SqliteWriter | None = None) -> None:
         self.config = config
+        # The process's SQLite writer (the daemon's); each outbox and the state make their own without.
+        self.writer = writer
         self.dir = Path(state_dir) / "notify"
         self.clock: Clock = clock or SystemClock()
         self.router = Router(config)
@@ -65,7 +68,8 @@ class Notifier:
         self.hooks: dict[str, Hook] = {name: make_hook(name, hook) for name, hook in config.hooks.items()}
         self.outboxes = {
             name: Outbox(
-                self.dir / f"hook-{name}.sqlite", name=f"hook-{name}", max_items=config.outbox_max_items
+                self.dir / f"hook-{name}.sqlite", name=f"hook-{name}", max_items=config.outbox_max_items,
+                writer=writer,
             )
             for name in self.hooks
         }
@@ -123,7 +127,7 @@ class Notifier:
             log.info("notifications off: no hooks configured" if self.config.enabled else "notifications off")
             self.ready.set()
             await asyncio.Event().wait()
-        state = NotifyState(self.dir / "state.sqlite")
+        state = NotifyState(self.dir / "state.sqlite", writer=self.writer)
         try:
             self.router.restore([g for g in await state.open() if self._route_exists(g.route)])
             for outbox in self.outboxes.values():
@@ -140,7 +144,10 @@ class Notifier:
                 self.router.on_event(self._inbox.popleft(), now)
             for outbox in self.outboxes.values():
                 await outbox.close()
-            await state.save(*self.router.take_changed())
+            try:
+                await state.save(*self.router.take_changed())
+            except DISK_ERRORS as err:
+                log.error("notify state not saved at shutdown", error=str(err))
             await state.close()
 
     def _route_exists(self, index: int) -> bool:
@@ -174,7 +181,7 @@ class Notifier:
         live, gone = self.router.take_changed()
         try:
             await state.save(live, gone)
-        except sqlite3.Error as err:
+        except DISK_ERRORS as err:
             # Kept for the next round; meanwhile a restart could notify these groups once more.
             self.router.changed.update(g.key for g in live)
             self.router.changed.update(gone)

@@ -21,81 +21,24 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 
 from dcim.core.config import Duration, PositiveDuration, StrictModel
-from dcim.core.secrets import Secret
+from rules.hooks import HookSpec
+from rules.hooks import reveal as reveal
+
+# The built-in hook models, for importers of this module; a hook type's model lives with its sender.
+from rules.hooks.apprise import AppriseHook as AppriseHook
+from rules.hooks.email import EmailHook as EmailHook
+from rules.hooks.pagerduty import PagerDutyHook as PagerDutyHook
+from rules.hooks.slack import SlackHook as SlackHook
+from rules.hooks.webhook import WebhookHook as WebhookHook
 
 HookName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
-HttpUrl = Annotated[str, Field(pattern=r"^https?://\S+$")]
 # Labels an alarm carries that routes can match and groups can be formed by.
 Label = Literal["site", "room", "row", "rack", "device", "cdu", "rule", "severity", "subject"]
-
-
-class _HookBase(StrictModel):
-    timeout: PositiveDuration = 10.0
-
-
-class WebhookHook(_HookBase):
-    """POST the notification as JSON; signed with HMAC-SHA256 when a secret is given."""
-
-    type: Literal["webhook"]
-    url: HttpUrl
-    secret: Secret | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-
-
-class PagerDutyHook(_HookBase):
-    """PagerDuty Events API v2: a trigger / resolve event per alarm, dedup key derived from the alarm key."""
-
-    type: Literal["pagerduty"]
-    routing_key: Secret
-    url: HttpUrl = "https://events.pagerduty.com/v2/enqueue"
-    # PagerDuty's `source` field: defaults to the alarm's subject (rack or device).
-    source: str | None = None
-
-
-class SlackHook(_HookBase):
-    """Slack incoming webhook. The URL itself is the credential, hence a secret reference."""
-
-    type: Literal["slack"]
-    url: Secret
-    channel: str | None = None
-    username: str | None = None
-
-
-class EmailHook(_HookBase):
-    type: Literal["email"]
-    host: str
-    port: Annotated[int, Field(ge=1, le=65535)] = 587
-    # starttls: plain connection upgraded with STARTTLS (587); tls: TLS from the start (465);
-    # none: no encryption (a local relay only).
-    security: Literal["starttls", "tls", "none"] = "starttls"
-    username: str | None = None
-    password: Secret | None = None
-    sender: str = Field(alias="from", pattern=r"^[^@\s]+@[^@\s]+$")
-    to: Annotated[list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]], Field(min_length=1)]
-    subject_prefix: str = "[dcim]"
-    # CA bundle to verify the server with (a private CA); the system store otherwise.
-    ca_file: str | None = None
-
-    @model_validator(mode="after")
-    def _auth_pair(self) -> EmailHook:
-        if (self.username is None) != (self.password is None):
-            raise ValueError("username and password go together")
-        return self
-
-
-class AppriseHook(_HookBase):
-    """Any channel apprise knows (Teams, Telegram, Matrix, ...). URLs carry credentials: secret references."""
-
-    type: Literal["apprise"]
-    urls: Annotated[list[Secret], Field(min_length=1)]
-
-
-Hook = Annotated[
-    WebhookHook | PagerDutyHook | SlackHook | EmailHook | AppriseHook, Field(discriminator="type")
-]
+# One hook's configuration, of the type its `type:` names (rules.hooks: built-ins and installed ones).
+Hook = HookSpec
 
 
 class Match(StrictModel):
@@ -171,6 +114,3 @@ class NotifyConfig(StrictModel):
                     raise ValueError(f"routes[{i}] names unknown hook {name!r} (hooks: {known})")
         return self
 
-
-def reveal(secret: SecretStr | None) -> str | None:
-    return None if secret is None else secret.get_secret_value()

@@ -12,8 +12,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from dcim.core.events import AlarmEvent
+from rules.hooks.notification import Notification
 from rules.notify.config import RateLimit
-from rules.notify.model import Notification
 
 WINDOW_NS = 60 * 1_000_000_000
 # The summary lists this many alarms at most; the count covers them all.

@@ -21,8 +21,8 @@ from typing import Any
 
 from dcim.core.events import AlarmEvent, AlarmState, Severity
 from dcim.core.metrics import REGISTRY
+from rules.hooks.notification import Notification, event_from_dict, event_to_dict
 from rules.notify.config import NotifyConfig, Route
-from rules.notify.model import Notification, event_from_dict, event_to_dict
 
 _S = 1_000_000_000
 

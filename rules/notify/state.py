@@ -1,20 +1,19 @@
 """What the notifier must remember across a restart: its groups, with the state each alarm was last
 notified in and when each group last sent (so reminders keep their rhythm and nothing is sent twice).
 
-One SQLite file, one worker thread: the event loop never waits on the disk.
+One SQLite file on the process's SQLite writer (dcim.core.sqlite; without one it makes its own): the
+event loop never waits on the disk.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import structlog
 
+from dcim.core.sqlite import Database, SqliteWriter
 from rules.notify.router import Group
 
 log = structlog.get_logger(__name__)
@@ -23,19 +22,17 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS groups (key TEXT PRIMARY KEY, data TEXT NO
 
 
 class NotifyState:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, writer: SqliteWriter | None = None) -> None:
         self.path = path
-        self._db: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
-
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        assert self._executor is not None, "notify state is not open"
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        self._writer = writer
+        self._own_writer = writer is None
+        self._db: Database | None = None
 
     async def open(self) -> list[Group]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notify-state")
-        rows: list[tuple[str, str]] = await self._call(self._open)
+        if self._writer is None:
+            self._writer = SqliteWriter(name="notify-state")
+        self._db = self._writer.database(self.path)
+        rows: list[tuple[str, str]] = await self._db.call(_open)
         groups, bad = [], []
         for key, data in rows:
             try:
@@ -46,39 +43,34 @@ class NotifyState:
                 log.warning("notify state: unreadable group dropped", group=key, error=str(err))
                 bad.append((key,))
         if bad:
-            await self._call(self._save, [], bad)
+            await self._db.call(_save, [], bad)
         return groups
-
-    def _open(self) -> list[tuple[str, str]]:
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(_SCHEMA)
-        self._db = db
-        rows: list[tuple[str, str]] = db.execute("SELECT key, data FROM groups").fetchall()
-        return rows
 
     async def save(self, live: list[Group], gone: list[str]) -> None:
         if not live and not gone:
             return
+        assert self._db is not None, "notify state is not open"
         rows = [(g.key, json.dumps(g.to_dict(), separators=(",", ":"))) for g in live]
-        await self._call(self._save, rows, [(k,) for k in gone])
-
-    def _save(self, rows: list[tuple[str, str]], gone: list[tuple[str]]) -> None:
-        assert self._db is not None
-        self._db.execute("BEGIN")
-        self._db.executemany("INSERT OR REPLACE INTO groups (key, data) VALUES (?, ?)", rows)
-        self._db.executemany("DELETE FROM groups WHERE key = ?", gone)
-        self._db.execute("COMMIT")
+        await self._db.call(_save, rows, [(k,) for k in gone])
 
     async def close(self) -> None:
-        if self._executor is None:
+        if self._db is None:
             return
-        await self._call(self._close)
-        self._executor.shutdown(wait=True)
-        self._executor = None
+        await self._db.close()
+        self._db = None
+        if self._own_writer and self._writer is not None:
+            await self._writer.close()
+            self._writer = None
 
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+
+# ---- jobs on the writer thread (inside its transaction) ----------------------------------------------
+
+def _open(db: sqlite3.Connection) -> list[tuple[str, str]]:
+    db.execute(_SCHEMA)
+    rows: list[tuple[str, str]] = db.execute("SELECT key, data FROM groups").fetchall()
+    return rows
+
+
+def _save(db: sqlite3.Connection, rows: list[tuple[str, str]], gone: list[tuple[str]]) -> None:
+    db.executemany("INSERT OR REPLACE INTO groups (key, data) VALUES (?, ?)", rows)
+    db.executemany("DELETE FROM groups WHERE key = ?", gone)

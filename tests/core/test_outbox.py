@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from dcim.core.outbox import Outbox
+from dcim.core.sqlite import SqliteWriter
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -74,3 +78,90 @@ async def test_close_writes_buffer_and_reopen_finds_it(tmp_path: Path) -> None:
     assert again.depth == 2
     assert [i.payload for i in await again.take(10)] == [b"unsent-1", b"unsent-2"]
     await again.close()
+
+
+# ---- a disk that refuses writes -------------------------------------------------------------------------
+# `PRAGMA max_page_count` makes SQLite answer SQLITE_FULL ("database or disk is full") exactly as a full
+# disk does, without root. The tmpfs test in tests/e2e/test_full_disk.py fills a real file system.
+
+BIG = b"x" * 8192  # more than a page: every insert needs the file to grow
+
+
+async def set_page_limit(box: Outbox, *, full: bool) -> None:
+    def limit(conn: sqlite3.Connection) -> None:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {int(pages) if full else 1_073_741_823}")
+
+    assert box._db is not None
+    await box._db.call(limit)
+
+
+@pytest.fixture
+async def writer() -> AsyncIterator[SqliteWriter]:
+    w = SqliteWriter(name="outbox-tests")
+    yield w
+    await w.close()
+
+
+async def test_full_disk_keeps_items_in_memory_serves_them_and_writes_them_back(
+        tmp_path: Path, writer: SqliteWriter) -> None:
+    box = Outbox(tmp_path / "o.sqlite", name="full", max_items=100, writer=writer)
+    await box.open()
+    run = asyncio.create_task(box.run())
+    try:
+        await set_page_limit(box, full=True)
+        box.put("t", BIG, priority=1)
+        box.put("alarm", b"fire", priority=0, retain=True)
+        await wait_until(lambda: box.degraded, timeout=10, message="the outbox notices the full disk")
+        assert not run.done(), "the writer task must live on"
+        await box.flush()  # returns: the items wait in memory
+        items = await box.take(10)
+        assert [i.payload for i in items] == [b"fire", BIG]  # alarms first, served from memory
+        assert all(i.id < 0 for i in items)
+        await box.ack(items[:1])
+        assert box.depth == 1
+        box.put("t", b"after", priority=1)
+        await set_page_limit(box, full=False)
+        await wait_until(lambda: not box.degraded, timeout=30, message="the retry writes once there is room")
+        await box.flush()
+        assert [i.payload for i in await box.take(10)] == [BIG, b"after"]
+        assert all(i.id > 0 for i in await box.take(10))
+    finally:
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        await box.close()
+    again = Outbox(tmp_path / "o.sqlite", name="full-again", max_items=100, writer=writer)
+    await again.open()
+    assert [i.payload for i in await again.take(10)] == [BIG, b"after"]
+    await again.close()
+
+
+async def test_full_disk_memory_bound_drops_oldest_telemetry_first(tmp_path: Path, writer: SqliteWriter) -> None:
+    box = Outbox(tmp_path / "o.sqlite", name="bounded", max_items=1000, writer=writer,
+                 memory_max_bytes=20 * (len(BIG) + 200))
+    await box.open()
+    await set_page_limit(box, full=True)
+    box.put("alarm", b"keep me", priority=0)
+    box.put("t", BIG + b"first", priority=1)
+    await box._write_buffer()  # one write attempt, refused
+    assert box.degraded
+    dropped_before = box.dropped
+    for n in range(60):
+        box.put("t", BIG + str(n).encode(), priority=1)
+    assert box.dropped > dropped_before
+    items = await box.take(1000)
+    assert items[0].payload == b"keep me"
+    kept = [i.payload for i in items[1:]]
+    assert kept and kept[-1] == BIG + b"59"  # the newest telemetry is kept, the oldest went first
+    assert kept == [BIG + str(n).encode() for n in range(60 - len(kept), 60)]
+    await box.close()  # says what is lost, does not hang or raise
+
+
+async def test_close_on_a_full_disk_neither_hangs_nor_raises(tmp_path: Path, writer: SqliteWriter) -> None:
+    box = Outbox(tmp_path / "o.sqlite", name="closing", max_items=10, writer=writer)
+    await box.open()
+    await set_page_limit(box, full=True)
+    box.put("t", BIG)
+    await box.close()
+    assert box.degraded

@@ -134,14 +134,16 @@ async def test_outlet_write_is_checked_before_sending(
 async def test_read_only_community_cannot_switch(
     pdu_config: Config, simulator: SnmpSimulator, context: DriverContext
 ) -> None:
-    device = pdu_config.device("apc-a01").model_copy(update={"write_community": None})
+    # A write community the agent only lets read: the agent refuses (without one, the driver refuses first:
+    # tests/drivers/test_snmp_hostile.py).
+    device = pdu_config.device("apc-a01").model_copy(update={"write_community": "public"})
     driver = SnmpDriver(device, load_profile(device.profile), context)  # type: ignore[arg-type]
     with pytest.raises(AuthError, match="noAccess"):
         await driver.write("outlet_command:3", "off")
     await driver.close()
 
 
-async def test_missing_and_absent_values_are_omitted(
+async def test_absent_values_are_bad_samples_with_their_reason(
     pdu_config: Config, simulator: SnmpSimulator, context: DriverContext
 ) -> None:
     profile = load_profile("apc-rpdu2")
@@ -155,9 +157,11 @@ async def test_missing_and_absent_values_are_omitted(
     driver = SnmpDriver(device, widened, context)  # type: ignore[arg-type]
     samples = await driver.read()
     await driver.close()
-    names = {s.point for s in samples}
-    assert "peak_power_w" not in names and "frequency_hz" not in names
-    assert "power_w" in names
+    bad = {s.point: s for s in samples if s.quality is Quality.BAD}
+    assert set(bad) == {"peak_power_w", "frequency_hz"}
+    assert bad["peak_power_w"].reason.startswith("noSuchInstance: the agent has no 1.3.6.1.4.1.318.1.1.26.4.3.1.6.1")
+    assert bad["frequency_hz"].reason.startswith("no rows under 1.3.6.1.4.1.318.1.1.26.99.1")
+    assert "power_w" in {s.point for s in samples if s.quality is Quality.GOOD}
 
 
 async def test_minus_one_reads_as_missing(

@@ -7,8 +7,8 @@ import pytest
 
 from dcim.core.events import AlarmState
 from rules.hooks import HookError, make_hook
+from rules.hooks.notification import Notification
 from rules.notify.config import NotifyConfig
-from rules.notify.model import Notification
 from tests.notify.conftest import event
 from tests.receivers import HttpReceiver
 

@@ -12,10 +12,10 @@ import pytest
 
 from dcim.core.events import AlarmState, Severity
 from rules.hooks import HookError, make_hook
+from rules.hooks.notification import Notification
 from rules.hooks.pagerduty import dedup_key
 from rules.hooks.webhook import verify_signature
 from rules.notify.config import NotifyConfig
-from rules.notify.model import Notification
 from tests.notify.conftest import event
 from tests.receivers import HttpReceiver, SmtpReceiver
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from rules.hooks.notification import Notification
 from rules.notify.config import RateLimit
-from rules.notify.model import Notification
 from rules.notify.ratelimit import WINDOW_NS, RateLimiter
 from tests.notify.conftest import event
 

@@ -67,7 +67,8 @@ async def test_phase_imbalance_of_a_wye_raritan_and_a_three_phase_apc(
         apc = await read(config, "apc-3ph", context)
     # The Raritan agent serves pole 4 (the neutral) under the same pole column as the lines.
     neutral = [s for s in raritan if s.point == "neutral_current_a"]
-    assert len(neutral) == 1 and neutral[0].value == pytest.approx(plant.values("rpx-wye")["neutral_current_a"])
+    assert len(neutral) == 1 and neutral[0].tags == (("pole", "4"),)
+    assert neutral[0].value == pytest.approx(plant.rows("rpx-wye", "pole")[4]["neutral_current_a"])
     assert float(neutral[0].value or 0) > 5.0  # an unbalanced wye load puts current on the neutral
     for samples in (raritan, apc):
         phases = sorted(s.tags for s in samples if s.point == "current_a" and s.tags[0][0] == "phase")

@@ -41,8 +41,6 @@ from rules.kinds.base import Name
 from rules.notify.config import NotifyConfig
 
 PACKS = ("air-rack", "liquid-rack", "cdu-loop", "chiller", "cooling-plant")
-# ASHRAE liquid-cooling classes: the highest facility water supply temperature each allows (degC).
-ASHRAE_CLASSES = {"W17": 17.0, "W27": 27.0, "W32": 32.0, "W40": 40.0, "W45": 45.0}
 
 
 class Communication(StrictModel):

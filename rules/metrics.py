@@ -48,21 +48,39 @@ device-scoped rule see them next to the CDU's own points):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from dcim.core.samples import Batch, Quality, Sample, Value
 from dcim.core.topology import Feed, RackPlace, Topology
 
-if TYPE_CHECKING:
-    from rules.config import CoolingPlant
-
 NS = 1_000_000_000
+# ASHRAE liquid-cooling classes: the highest facility water supply temperature each allows (degC).
+ASHRAE_CLASSES = {"W17": 17.0, "W27": 27.0, "W32": 32.0, "W40": 40.0, "W45": 45.0}
 # Derived points of every CDU (measurement `cdu`): what `_plant` writes.
 CDU_METRICS = ("facility_supply_max_c", "facility_setpoint_c", "approach_k", "cooling_capacity_margin_kw")
 MIN_IAVG_A = 0.5
 DEAD_FEED_SHARE = 0.02
 MIN_RACK_KW = 1.0
+
+
+class CoolingSettings(Protocol):
+    """The site's cooling plant as the metrics need it (rules.config.CoolingPlant, `rules.cooling`)."""
+
+    @property
+    def ashrae_class(self) -> str: ...
+    @property
+    def chiller_capacity_kw(self) -> Mapping[str, float]: ...
+    @property
+    def last_pump_budget_pct(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class DefaultCooling:
+    ashrae_class: str = "W32"
+    chiller_capacity_kw: Mapping[str, float] = field(default_factory=dict)
+    last_pump_budget_pct: float = 50.0
 
 
 @dataclass(slots=True)
@@ -150,13 +168,11 @@ def _imbalance(currents: list[float]) -> float | None:
 
 class RackMetrics:
     def __init__(self, topology: Topology, readings: Readings, *, flow_lpm_per_kw: float = 1.5,
-                 cooling: CoolingPlant | None = None) -> None:
-        from rules.config import ASHRAE_CLASSES, CoolingPlant
-
+                 cooling: CoolingSettings | None = None) -> None:
         self.topology = topology
         self.readings = readings
         self.flow_lpm_per_kw = flow_lpm_per_kw
-        self.cooling = cooling or CoolingPlant()
+        self.cooling: CoolingSettings = cooling or DefaultCooling()
         self.class_max_c = ASHRAE_CLASSES[self.cooling.ashrae_class]
         self.chillers = [d for d, kind in topology.kinds.items() if kind == "chiller"]
         self.cdus = [d for d, kind in topology.kinds.items() if kind == "cdu"]

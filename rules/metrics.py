@@ -33,8 +33,8 @@ reason, or no sample when the rack lacks the equipment altogether, e.g. no feeds
 Phase metrics use the PDU's `phase` rows only: the neutral of a wye inlet is its own point
 (`neutral_current_a`), never a phase.
 
-And for every CDU that answers (measurement `cdu`, device = the CDU; derived, so a dashboard and a
-device-scoped rule see them next to the CDU's own points):
+And for every CDU that answers (kind and measurement `plant`, device = the CDU: a device-scoped rule on
+the CDU judges them like its own points, while the `cdu` measurement keeps only what the CDU reported):
 
     facility_supply_max_c        the site's ASHRAE liquid class maximum (W17 ... W45: 17 ... 45 degC)
     facility_setpoint_c          the lowest chilled-water setpoint_c among the site's chillers
@@ -58,7 +58,8 @@ from dcim.core.topology import Feed, RackPlace, Topology
 NS = 1_000_000_000
 # ASHRAE liquid-cooling classes: the highest facility water supply temperature each allows (degC).
 ASHRAE_CLASSES = {"W17": 17.0, "W27": 27.0, "W32": 32.0, "W40": 40.0, "W45": 45.0}
-# Derived points of every CDU (measurement `cdu`): what `_plant` writes.
+# Derived points of every CDU (kind and measurement `plant`): what `_plant` writes.
+PLANT = "plant"
 CDU_METRICS = ("facility_supply_max_c", "facility_setpoint_c", "approach_k", "cooling_capacity_margin_kw")
 MIN_IAVG_A = 0.5
 DEAD_FEED_SHARE = 0.02
@@ -258,18 +259,18 @@ class RackMetrics:
             # Derived samples of an offline CDU would read as proof of life: none until it answers.
             if cdu in self.readings.offline:
                 continue
-            samples = [Sample(cdu, "facility_supply_max_c", self.class_max_c, now, measurement="cdu")]
+            samples = [Sample(cdu, "facility_supply_max_c", self.class_max_c, now, measurement=PLANT)]
             if setpoints:
-                samples.append(Sample(cdu, "facility_setpoint_c", min(setpoints), now, measurement="cdu"))
+                samples.append(Sample(cdu, "facility_setpoint_c", min(setpoints), now, measurement=PLANT))
             supply = self.readings.number(cdu, "supply_temp_c", now)
             facility = self.readings.number(cdu, "facility_supply_temp_c", now)
             if supply is not None and facility is not None:
-                samples.append(Sample(cdu, "approach_k", round(supply - facility, 3), now, measurement="cdu"))
+                samples.append(Sample(cdu, "approach_k", round(supply - facility, 3), now, measurement=PLANT))
             if self.chillers:
                 samples.append(Sample(cdu, "cooling_capacity_margin_kw", None if margin is None else round(margin, 3),
                                       now, Quality.GOOD if margin is not None else Quality.BAD, why,
-                                      measurement="cdu"))
-            out.append(Batch(cdu, "cdu", now, samples))
+                                      measurement=PLANT))
+            out.append(Batch(cdu, PLANT, now, samples))
         return out
 
     def _sample(self, rack: str, point: str, value: float | None, now_ns: int, reason: str = "") -> Sample:

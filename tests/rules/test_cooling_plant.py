@@ -107,7 +107,7 @@ async def test_facility_supply_thresholds_follow_the_sites_ashrae_class(
     record = rig.service.store.get("facility-supply-temp/cdu-1")
     assert record.state is AlarmState.FIRING and record.severity is severity
     assert rig.rack_values("A01") != {}
-    cdu = {s.point: s.value for b in rig.published if b.device == "cdu-1" and b.kind == "cdu" for s in b.samples}
+    cdu = {s.point: s.value for b in rig.published if b.device == "cdu-1" and b.kind == "plant" for s in b.samples}
     assert cdu["facility_supply_max_c"] == {"W27": 27.0, "W32": 32.0, "W45": 45.0}[ashrae]
     assert cdu["facility_setpoint_c"] == 18.0
     run(rig, 31, facility_c=18.2)

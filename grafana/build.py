@@ -269,16 +269,25 @@ ALARM_ANNOTATION_QUERY = ('SELECT "message", "rule", "severity", "state" FROM "a
                           "\"state\" != 'pending' AND $timeFilter")
 
 
-def alarm_annotation(where: str = SITE) -> dict[str, Any]:
-    # The target in the shape Grafana's InfluxDB datasource migrates legacy annotations to (InfluxQL,
-    # `fromAnnotations`): the event's message is the text, rule / severity / state its tags.
+def alarm_annotation(where: str, *panels: str) -> dict[str, Any]:
+    """Alarm events of the dashboard's subject (`where`), drawn on the named panels only: without a filter
+    Grafana draws every annotation on every time series panel, a site's alarms over every chart. No panels
+    on dashboards whose rows repeat per device: the copies Grafana makes get panel ids of their own, which
+    a filter would not name, and `where` already narrows the events to the chosen devices.
+
+    The target is in the shape Grafana's InfluxDB datasource migrates legacy annotations to (InfluxQL,
+    `fromAnnotations`): the event's message is the text, rule / severity / state its tags."""
     query = ALARM_ANNOTATION_QUERY.format(where=where)
-    return {
+    anno: dict[str, Any] = {
         "name": "Alarms", "datasource": DS, "enable": True, "iconColor": "red", "hide": False,
         "target": {"refId": "Anno", "datasource": DS, "rawQuery": True, "query": query, "queryType": "tags",
                    "fromAnnotations": True, "textColumn": "message", "tagsColumn": "rule,severity,state",
                    "titleColumn": "", "timeEndColumn": ""},
     }
+    if panels:
+        # Titles here; Dashboard.render turns them into the panels' ids.
+        anno["filter"] = {"exclude": False, "ids": list(panels)}
+    return anno
 
 
 BUILTIN_ANNOTATION = {
@@ -326,6 +335,9 @@ class Dashboard:
                 x, y, row_h = 0, y + row_h, 0
             panels.append(item.render(pid, x, y))
             pid, x, row_h = pid + 1, x + item.w, max(row_h, item.h)
+        ids = {p["title"]: p["id"] for p in panels}
+        annotations = [{**a, "filter": {**a["filter"], "ids": [ids[t] for t in a["filter"]["ids"]]}}
+                       if "filter" in a else a for a in self.annotations]
         return {
             "uid": self.uid, "title": self.title, "description": self.description, "tags": [TAG],
             "schemaVersion": SCHEMA_VERSION, "version": 1, "editable": True, "graphTooltip": 1,
@@ -333,7 +345,7 @@ class Dashboard:
             "refresh": self.refresh, "time": {"from": self.time_from, "to": "now"},
             "timepicker": {"refresh_intervals": ["10s", "30s", "1m", "5m", "15m"]},
             "templating": {"list": self.variables},
-            "annotations": {"list": [BUILTIN_ANNOTATION, *self.annotations]},
+            "annotations": {"list": [BUILTIN_ANNOTATION, *annotations]},
             "links": [{"type": "dashboards", "tags": [TAG], "asDropdown": True, "title": "dcim dashboards",
                        "includeVars": False, "keepTime": True, "targetBlank": False, "icon": "external link",
                        "tooltip": "", "url": ""}],
@@ -344,35 +356,70 @@ class Dashboard:
 def active_alarms(where: str) -> str:
     """The latest event of every alarm (rule x subject) within a week, kept when it is not resolved.
     A week rather than $timeFilter: an alarm firing since yesterday is active in a 1-hour view too."""
-    inner = ('SELECT last("state") AS "state", last("message") AS "message", last("value") AS "value", '
-             f'last("threshold") AS "threshold" FROM "alarm" WHERE {where} AND time > now() - 7d '
+    # One selector and plain fields: InfluxDB then takes the fields from the point last() picked, with that
+    # point's time. Several selectors would each pick their own point and report the window's start as the
+    # time (every alarm "since now - 7 days").
+    fields = '"message", "value", "threshold", "acknowledged", "ack_by"'
+    inner = (f'SELECT last("state") AS "state", {fields} FROM "alarm" WHERE {where} AND time > now() - 7d '
              'GROUP BY "rule", "severity", "rack", "device"')
-    return (f'SELECT "state", "message", "value", "threshold" FROM ({inner}) WHERE "state" != \'resolved\' '
+    return (f'SELECT "state", {fields} FROM ({inner}) WHERE "state" != \'resolved\' '
             'GROUP BY "rule", "severity", "rack", "device"')
 
 
 ALARM_STATE_COLOURS = text_mapping({"firing": RED, "pending": YELLOW, "resolved": GREEN})
+ACK_MAPPING = bool_mapping("acknowledged", "not acknowledged", true_bad=False)
 
 
 def alarm_table(where: str, title: str = "Active alarms", w: int = 24, h: int = 8) -> Panel:
     return Panel("table", title, [target(active_alarms(where), fmt="table")], "none", w=w, h=h,
-                 description="Latest state of every alarm raised in the last 7 days that has not resolved.",
-                 transformations=[{"id": "merge", "options": {}}],
+                 description="Latest state of every alarm raised in the last 7 days that has not resolved, since "
+                             "when, and who acknowledged it (`dcim alarms ack` or the HTTP API).",
+                 transformations=[{"id": "merge", "options": {}},
+                                  {"id": "organize", "options": {"renameByName": {
+                                      "Time": "since", "ack_by": "acknowledged by"}}}],
                  overrides=[{"matcher": {"id": "byName", "options": "state"},
                              "properties": [{"id": "mappings", "value": ALARM_STATE_COLOURS},
                                             {"id": "custom.cellOptions", "value": {"type": "color-background"}}]},
-                            unit_override("Time", "dateTimeAsIso")])
+                            {"matcher": {"id": "byName", "options": "acknowledged"},
+                             "properties": [{"id": "mappings", "value": ACK_MAPPING},
+                                            {"id": "custom.cellOptions", "value": {"type": "color-text"}}]},
+                            unit_override("since", "dateTimeAsIso")])
 
 
 RACK_FILTER = SITE + ' AND "room" =~ /^$room$/'
 
 
-def rack_budget_subquery(where: str, grouped: bool) -> str:
+def rack_budget_subquery(where: str) -> str:
     # The budget is not stored; power_kw / utilization_pct recovers it (exact while the rack draws power).
-    group = "GROUP BY time($__interval), \"rack\"" if grouped else 'GROUP BY "rack"'
-    agg = "mean" if grouped else "last"
-    return (f'SELECT {agg}("power_kw") AS "power_kw", {agg}("power_kw") / {agg}("utilization_pct") * 100 '
-            f'AS "budget_kw" FROM "rack" WHERE {where} AND $timeFilter {group}')
+    return ('SELECT last("power_kw") AS "power_kw", last("power_kw") / last("utilization_pct") * 100 '
+            f'AS "budget_kw" FROM "rack" WHERE {where} AND $timeFilter GROUP BY "rack"')
+
+
+ONLINE_MAPPING = bool_mapping("online", "offline", true_bad=False)
+
+
+def device_status() -> str:
+    """Each device's latest `device_status` line (written on every change of a device's availability).
+    No time bound: a device online for a month has its last change a month back."""
+    return ('SELECT last("online") AS "online", "error" FROM "device_status" WHERE ' + RACK_FILTER +
+            ' GROUP BY "device", "kind"')
+
+
+def hall_total(expr: str, alias: str) -> str:
+    """Sum over the racks per interval of `expr` (a per-rack aggregate), or nothing for an interval in which
+    a rack wrote a line without it: a PDU that stops answering leaves its rack's power unknown, and the hall
+    total then is unknown too (a gap), not a drop by that rack's load.
+
+    Innermost, per rack and interval: the value, and max("feed_capacity_kw"), which every rack line carries
+    (from the configuration) whether its power is known or not, so counting it counts the racks that
+    reported. Then the sum and how many racks reported without a value; outermost, only the complete
+    intervals. No fill() inside: InfluxDB 1.x does not group filled subquery rows across series."""
+    per_rack = (f'SELECT {expr} AS "v", max("feed_capacity_kw") AS "reported" FROM "rack" WHERE {RACK_FILTER} '
+                'AND $timeFilter GROUP BY time($__interval), "rack"')
+    hall = (f'SELECT sum("v") AS "total", count("reported") - count("v") AS "missing" FROM ({per_rack}) '
+            "WHERE $timeFilter GROUP BY time($__interval)")
+    return (f'SELECT mean("total") AS "{alias}" FROM ({hall}) WHERE "missing" = 0 AND $timeFilter '
+            "GROUP BY time($__interval) fill(null)")
 
 
 OVER_BUDGET = PACK["utilization_pct"]["critical"]
@@ -382,8 +429,8 @@ NO_REDUNDANCY = PACK["redundant_headroom_kw"]["critical"]
 def hall() -> Dashboard:
     d = Dashboard("dcim-hall", "dcim / Hall overview",
                   "IT power against budget, rack utilization at a glance, active alarms.",
-                  [SITE_VAR, ROOM_VAR], [alarm_annotation()], refresh="10s")
-    now = f"({rack_budget_subquery(RACK_FILTER, grouped=False)})"
+                  [SITE_VAR, ROOM_VAR], [alarm_annotation(RACK_FILTER, "IT power against budget")], refresh="10s")
+    now = f"({rack_budget_subquery(RACK_FILTER)})"
     d.add(
         Panel("stat", "IT power", [target(f'SELECT sum("power_kw") FROM {now}')], "kwatt", w=4, h=5,
               decimals=1, description="Sum of the racks' power (both feeds), latest reading."),
@@ -407,14 +454,13 @@ def hall() -> Dashboard:
               "none", w=4, h=5, thresholds=steps((GREEN, None), (RED, 1)), options={"graphMode": "none"}, no_value="0",
               description="Racks whose load one feed alone could not carry (redundant headroom below 0)."),
     )
-    per_time = f"({rack_budget_subquery(RACK_FILTER, grouped=True)})"
     d.add(
         Panel("timeseries", "IT power against budget", [
-            target(f'SELECT sum("power_kw") AS "IT power" FROM {per_time} WHERE $timeFilter '
-                   "GROUP BY time($__interval) fill(null)", "A"),
-            target(f'SELECT sum("budget_kw") AS "budget" FROM {per_time} WHERE $timeFilter '
-                   "GROUP BY time($__interval) fill(null)", "B"),
+            target(hall_total('mean("power_kw")', "IT power"), "A"),
+            target(hall_total('mean("power_kw") / mean("utilization_pct") * 100', "budget"), "B"),
         ], "kwatt", w=12, h=9,
+            description="Summed over the racks. An interval in which a rack's power is unknown (a PDU not "
+                        "answering) is a gap in both lines, not a drop.",
             overrides=[{"matcher": {"id": "byName", "options": "budget"}, "properties": [
                 {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
                 {"id": "color", "value": {"mode": "fixed", "fixedColor": RED}}]}]),
@@ -448,12 +494,35 @@ def hall() -> Dashboard:
                 {"matcher": {"id": "byName", "options": "rack"}, "properties": [{"id": "links", "value": [
                     {"title": "Rack detail", "url": "/d/dcim-rack/rack-detail?var-rack=${__value.raw}"}]}]},
             ]),
-        alarm_table(SITE),
+        alarm_table(SITE, w=16),
+        Panel("stat", "Devices offline",
+              [target(f'SELECT count("online") FROM ({device_status()}) WHERE "online" = false')],
+              "none", w=8, h=8, thresholds=steps((GREEN, None), (RED, 1)), options={"graphMode": "none"},
+              no_value="0", description="Devices whose last poll (or subscription) failed."),
+        Panel("table", "Devices", [target(device_status(), fmt="table")], "none", w=24, h=10,
+              description="Online or offline as of the device's last change, since when, and why it is offline. "
+                          "The daemon stores a change, not every poll: the table reads each device's latest "
+                          "whenever it was.",
+              transformations=[{"id": "merge", "options": {}},
+                               {"id": "organize", "options": {"renameByName": {"Time": "since"}}}],
+              overrides=[{"matcher": {"id": "byName", "options": "online"},
+                          "properties": [{"id": "mappings", "value": ONLINE_MAPPING},
+                                         {"id": "custom.cellOptions", "value": {"type": "color-background"}}]},
+                         unit_override("since", "dateTimeAsIso")]),
     )
     return d
 
 
 RACK = '"rack" =~ /^$rack$/'
+# Outlet numbers are tag values, text to InfluxDB (1, 10, 11, ..., 2): as numbers, sorted by outlet and then
+# (a stable sort) by feed, they read a 1, a 2, ..., a 24, b 1, ...
+OUTLET_ORDER: list[dict[str, Any]] = [
+    {"id": "merge", "options": {}},
+    {"id": "convertFieldType", "options": {
+        "conversions": [{"targetField": "outlet", "destinationType": "number"}], "fields": {}}},
+    {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": "outlet", "desc": False}]}},
+    {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": "feed", "desc": False}]}},
+]
 
 
 def rack() -> Dashboard:
@@ -467,7 +536,8 @@ def rack() -> Dashboard:
     ]
     d = Dashboard("dcim-rack", "dcim / Rack detail",
                   "One rack: A and B feeds, phases and imbalance, outlets, inlet temperature, coolant.",
-                  variables, [alarm_annotation(SITE + " AND " + RACK)])
+                  variables,
+                  [alarm_annotation(SITE + " AND " + RACK, "Feeds A and B", "Phase currents", "Coolant flow")])
     d.row("Power")
     d.add(
         Panel("stat", "Rack power", [target(latest("rack", {"power_kw": "power"}, RACK))], "kwatt", w=4, h=5,
@@ -523,14 +593,18 @@ def rack() -> Dashboard:
     d.row("Outlets")
     d.add(
         Panel("bargauge", "Outlet power", [target(
-            latest("pdu_outlet", {"power_w": "power"}, RACK, group="feed,outlet"),
-            alias="$tag_feed-$tag_outlet")], "watt", w=12, h=12, options={"displayMode": "basic"}),
+            latest("pdu_outlet", {"power_w": "power"}, RACK, group="feed,outlet"), fmt="table")],
+            "watt", w=12, h=12,
+            # One bar per row, named by the row's text fields ("a 1"): the outlet back to text after sorting.
+            options={"displayMode": "basic",
+                     "reduceOptions": {"calcs": ["lastNotNull"], "fields": "/^power$/", "values": True}},
+            transformations=[*OUTLET_ORDER, {"id": "convertFieldType", "options": {
+                "conversions": [{"targetField": "outlet", "destinationType": "string"}], "fields": {}}}]),
         Panel("table", "Outlets", [target(
             latest("pdu_outlet", {"state": "state", "current_a": "current", "power_w": "power",
                                   "energy_kwh": "energy"}, RACK, group="feed,outlet"), fmt="table")],
             "watt", w=12, h=12,
-            transformations=[{"id": "merge", "options": {}},
-                             {"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+            transformations=[*OUTLET_ORDER, {"id": "organize", "options": {"excludeByName": {"Time": True}}}],
             overrides=[unit_override("current", "amp"), unit_override("energy", "kwatth"),
                        {"matcher": {"id": "byName", "options": "state"}, "properties": [
                            {"id": "unit", "value": "none"},
@@ -574,6 +648,7 @@ def rack() -> Dashboard:
 
 
 CDU = '"device" =~ /^$cdu$/'
+PUMP_MAPPING = bool_mapping("running", "stopped", true_bad=False)
 
 
 def cooling() -> Dashboard:
@@ -591,7 +666,7 @@ def cooling() -> Dashboard:
         Panel("stat", "Pumps", [target(latest("cdu", {"pump1_running": "pump 1", "pump2_running": "pump 2",
                                                       "pump_fault": "fault"}, CDU))],
               "none", states=True, w=6, h=4, options={"graphMode": "none", "colorMode": "background"},
-              mappings=bool_mapping("running", "stopped", true_bad=False),
+              mappings=PUMP_MAPPING,
               overrides=[{"matcher": {"id": "byName", "options": "fault"},
                           "properties": [{"id": "mappings", "value": bool_mapping("FAULT", "ok")}]}]),
         Panel("stat", "Reservoir", [target(latest("cdu", {"reservoir_level": "reservoir"}, CDU))], "none",
@@ -654,12 +729,17 @@ def cooling() -> Dashboard:
         Panel("state-timeline", "Leaks and faults", [target(series(
             "cdu", {"leak": "leak", "pump_fault": "pump fault", "pump1_running": "pump 1",
                     "pump2_running": "pump 2"}, CDU, agg="last"))],
-              "none", w=24, h=6, mappings=bool_mapping("true", "false")),
+              "none", w=24, h=6, mappings=bool_mapping("LEAK / FAULT", "ok"),
+              # A running pump is the good state: the pumps' rows read the other way round.
+              overrides=[{"matcher": {"id": "byRegexp", "options": "^pump [0-9]+$"},
+                          "properties": [{"id": "mappings", "value": PUMP_MAPPING}]}]),
     )
     return d
 
 
 CHILLER = '"device" =~ /^$chiller$/'
+# The chiller reports COP 0 while it does not run; a number there would be read against the thresholds.
+COP_STOPPED = [{"type": "value", "options": {"0": {"text": "not running", "color": BLUE, "index": 0}}}]
 
 
 def chillers() -> Dashboard:
@@ -682,7 +762,9 @@ def chillers() -> Dashboard:
               "celsius", w=4, h=4, decimals=1, color_mode="fixed",
               description="chiller-leaving-temp warns at setpoint + 2 K, critical at setpoint + 4 K."),
         Panel("stat", "COP", [target(latest("chiller", {"cop": "COP"}, CHILLER))], "none", w=4, h=4, decimals=2,
-              thresholds=pack_steps("cop"), description="Cooling kW / electrical kW; chiller-cop warns below 4."),
+              thresholds=pack_steps("cop"), mappings=COP_STOPPED, states=True,
+              description="Cooling kW / electrical kW; chiller-cop warns below 4. A chiller that is not "
+                          "running reports COP 0: shown as \"not running\", not as a poor COP."),
         Panel("stat", "Cooling / power", [target(latest("chiller", {"cooling_kw": "cooling",
                                                                     "power_kw": "power"}, CHILLER))],
               "kwatt", w=4, h=4, decimals=0, color_mode="fixed"),
@@ -698,8 +780,9 @@ def chillers() -> Dashboard:
             CHILLER))], "celsius", w=8, h=8),
         Panel("timeseries", "Cooling and electrical power", [target(series(
             "chiller", {"cooling_kw": "cooling", "power_kw": "electrical"}, CHILLER))], "kwatt", w=8, h=8),
-        Panel("timeseries", "COP", [target(series("chiller", {"cop": "COP"}, CHILLER))], "none", w=12, h=8,
-              decimals=2, thresholds=pack_steps("cop")),
+        Panel("timeseries", "COP", [target(series("chiller", {"cop": "COP"}, CHILLER + ' AND "cop" > 0'))],
+              "none", w=12, h=8, decimals=2, thresholds=pack_steps("cop"),
+              description="While the chiller is not running (COP 0) there is no COP: a gap, not a line at 0."),
         Panel("state-timeline", "Run status", [target(series("chiller", {"status": "status"}, CHILLER,
                                                              agg="last"))],
               "none", w=12, h=8,
@@ -717,7 +800,7 @@ def alarms() -> Dashboard:
                   multi=True, include_all=True),
     ]
     d = Dashboard("dcim-alarms", "dcim / Alarms", "Active alarms, the event log and its annotations.",
-                  variables, [alarm_annotation(where)], time_from="now-24h")
+                  variables, [alarm_annotation(where, "Alarms fired")], time_from="now-24h")
     d.add(
         alarm_table(where, w=24, h=9),
         Panel("timeseries", "Alarms fired", [target(

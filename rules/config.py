@@ -93,6 +93,29 @@ class Action(StrictModel):
     target: Literal["subject", "rack_pdus", "cdu"]
     writes: Annotated[list[ActionWrite], Field(min_length=1)]
     outlets: Annotated[int, Field(ge=1, le=96)] = 24
+    # Opt-in setpoint lease (rules/leases.py): the prior value returns when the alarm clears, or when the
+    # lease runs out unrenewed (a dead daemon renews nothing).
+    lease: PositiveDuration | None = None
+
+
+class LeakResponse(StrictModel):
+    """The tiered leak response (rules/leak.py): detected -> confirmed -> isolate."""
+
+    # dry-run (default): every stage and the isolation plan are recorded and shown, nothing is written.
+    mode: Literal["off", "dry-run", "armed"] = "dry-run"
+    # The alarm that starts it (detected), on a CDU.
+    rule: Name = "cdu-leak"
+    # Confirmed when this many of `zone_points` read wet at once, or when the alarm has fired for `persist`.
+    zones: Annotated[int, Field(ge=2)] = 2
+    zone_points: list[str] = Field(default_factory=lambda: [f"leak_zone{n}" for n in range(1, 5)])
+    persist: Duration = 30.0
+    # Confirmed -> isolate after this long, if the alarm still fires.
+    delay: Duration = 60.0
+    # rack_pdus: the PDUs of the racks the CDU serves; cdu: the CDU itself (a facility valve point).
+    target: Literal["rack_pdus", "cdu"] = "rack_pdus"
+    outlets: Annotated[int, Field(ge=1, le=96)] = 24
+    writes: Annotated[list[ActionWrite], Field(min_length=1)] = Field(default_factory=lambda: [
+        ActionWrite(point="outlet_command:{outlet}", value="off", outlets="all")])
 
 
 class ControlConfig(StrictModel):
@@ -108,6 +131,7 @@ class ControlConfig(StrictModel):
     operator_writes: bool = False
     # A write is verified when the point reads back as written within this time (docs/writes.md).
     verify_timeout: PositiveDuration = 10.0
+    leak: LeakResponse = LeakResponse()
 
 
 class CoolingPlant(StrictModel):

@@ -23,15 +23,21 @@ alarm store's `actions` table. The write itself goes through `Controller.write` 
 origin: the daemon hands it to the one write path (rules.writes.WriteGuard), which checks the profile, the
 device's own range, armed, maintenance and rate again, verifies by read-back and records it in the audit
 trail. What the guard refuses is recorded here as refused, a write it could not verify as unverified.
+
+An action with `lease: <duration>` leases what it moves (rules/leases.py): the prior value is written back
+(origin `lease:<action>`) when the alarm clears or the lease runs out unrenewed. The tiered leak response
+(`control.leak`, rules/leak.py) is driven from here too: `jobs()` gives the service, every tick, the lease
+restores and leak stages that are due.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import structlog
 
@@ -42,6 +48,9 @@ from dcim.core.topology import Topology
 from rules.alarms import NS, RANK
 from rules.clock import Clock
 from rules.config import Action, ControlConfig
+from rules.leak import LeakResponder
+from rules.leases import NS as LEASE_NS
+from rules.leases import Lease, LeaseBook, renew, retry_after
 from rules.metrics import Readings
 from rules.store import AlarmRecord, AlarmStore
 from rules.writes import WriteRefused, WriteResult
@@ -63,6 +72,8 @@ class Command:
     device: str
     point: str
     value: Value
+    # The action's lease length (seconds), when it leases what it writes.
+    lease: float | None = None
 
 
 @dataclass(slots=True)
@@ -74,7 +85,7 @@ class _Scheduled:
 
 class ControlActions:
     def __init__(self, config: ControlConfig, topology: Topology, store: AlarmStore, readings: Readings,
-                 clock: Clock, controller: Controller | None) -> None:
+                 clock: Clock, controller: Controller | None, *, state_dir: Path | None = None) -> None:
         self.config = config
         self.topology = topology
         self.store = store
@@ -87,10 +98,17 @@ class ControlActions:
         # Told of commands refused here, before the write path saw them, so the audit trail has them too:
         # (device, point, value, origin, reason). The daemon sets it to WriteGuard.note_refusal.
         self.on_refused: Callable[[str, str, Value, str, str], None] | None = None
+        # Setpoint leases and the leak response keep their state in state_dir (none: in memory only, tests).
+        self.leases = LeaseBook(state_dir / "leases.json") if state_dir is not None else None
+        self._restoring: set[tuple[str, str]] = set()
+        self.leak = LeakResponder(config.leak, self, state_dir)
+        if self.leases is not None:
+            self._expired_at_start(self.leases)
 
     # ---- scheduling --------------------------------------------------------------------------------------
 
     def on_alarm(self, record: AlarmRecord) -> None:
+        self.leak.on_alarm(record)
         if record.state is AlarmState.RESOLVED:
             self._scheduled = [s for s in self._scheduled if s.alarm != record.key]
             return
@@ -111,15 +129,27 @@ class ControlActions:
             record = self.store.record(item.alarm)
             if record is None or record.state is not AlarmState.FIRING:
                 continue
-            for command in self._commands(item.action, record):
-                refusal = self.check(command, now)
-                if refusal:
-                    self._log(command, "refused", refusal)
-                    continue
-                self._sent.append(now)
-                self._last[(command.device, command.point)] = now
-                out.append(command)
+            out += [command for command in self._commands(item.action, record) if self.admit(command, now)]
         return out
+
+    def admit(self, command: Command, now: int) -> bool:
+        """The envelope's checks; an admitted command counts against the budget and the interval."""
+        refusal = self.check(command, now)
+        if refusal:
+            self._log(command, "refused", refusal)
+            return False
+        self._sent.append(now)
+        self._last[(command.device, command.point)] = now
+        return True
+
+    def close(self) -> None:
+        """At shutdown, after the jobs were cancelled: what they had not yet recorded is recorded now."""
+        self.leak.flush_now()
+
+    def jobs(self) -> list[Coroutine[Any, Any, None]]:
+        """Work due this tick besides the actions: lease restores, leak response stages."""
+        now = self.clock.now_ns()
+        return self._lease_jobs(now) + self.leak.jobs(now)
 
     async def run_due(self) -> None:
         """Send what is due, one command after another (a slow device delays only its own actions)."""
@@ -127,24 +157,146 @@ class ControlActions:
             await self.send(command)
 
     async def send(self, command: Command) -> None:
+        await self.send_outcome(command)
+
+    async def send_outcome(self, command: Command) -> str:
+        """Send one admitted command; its outcome: executed, unverified, refused or failed."""
         if self.controller is None:
             self._log(command, "refused", "no controller")
-            return
+            return "refused"
+        # Leased: the lease is on record before the write goes out (a crash right after the write must
+        # still find it at the next start-up).
+        lease = self._lease_before(command) if command.lease else None
         try:
             result = await self.controller.write(command.device, command.point, command.value,
                                                  origin=f"rule:{command.action}")
         except asyncio.CancelledError:
             raise
         except WriteRefused as err:
+            self._lease_after(lease, None, sent=False)
             self._log(command, "refused", str(err), audited=True)
-            return
+            return "refused"
         except Exception as err:
+            self._lease_after(lease, None, sent=True)
             self._log(command, "failed", f"{type(err).__name__}: {err}")
-            return
+            return "failed"
+        self._lease_after(lease, result if isinstance(result, WriteResult) else None, sent=True)
         if isinstance(result, WriteResult) and result.outcome == "unverified":
             self._log(command, "unverified", result.reason)
-            return
+            return "unverified"
         self._log(command, "executed", "")
+        return "executed"
+
+    # ---- setpoint leases ---------------------------------------------------------------------------------
+
+    def _expired_at_start(self, book: LeaseBook) -> None:
+        """Leases that ran out while no daemon renewed them end now, whatever the alarm store says."""
+        now = self.clock.now_ns()
+        changed = False
+        for lease in book.all():
+            if not lease.ending and lease.expires_ns <= now:
+                lease.ending = "lease expired while the daemon was not running"
+                changed = True
+        if changed:
+            book.save()
+
+    def _lease_before(self, command: Command) -> tuple[Lease, bool] | None:
+        """Record (or join) the lease on the command's point; (lease, created here)."""
+        if self.leases is None or command.lease is None:
+            return None
+        now = self.clock.now_ns()
+        held = self.leases.get(command.device, command.point)
+        if held is not None:
+            # A point already leased keeps the value it had before the first action moved it.
+            if command.alarm not in held.alarms:
+                held.alarms.append(command.alarm)
+            held.value, held.ending, held.attempts, held.retry_ns = command.value, "", 0, 0
+            held.duration = max(held.duration, command.lease)
+            held.expires_ns = max(held.expires_ns, now + round(command.lease * LEASE_NS))
+            self.leases.save()
+            return held, False
+        # The prior value as the rule engine last read it; the write path's own read replaces it below.
+        reading = self.readings.reading(command.device, command.point, now)
+        lease = Lease(command.device, command.point, reading.value if reading is not None else None,
+                      command.value, command.action, command.lease, now + round(command.lease * LEASE_NS),
+                      [command.alarm])
+        self.leases.put(lease)
+        return lease, True
+
+    def _lease_after(self, taken: tuple[Lease, bool] | None, result: WriteResult | None, *, sent: bool) -> None:
+        if taken is None or self.leases is None:
+            return
+        lease, created = taken
+        if not created:
+            return
+        if not sent:
+            self.leases.drop(lease)
+            return
+        if result is not None and result.old is not None:
+            lease.prior = result.old
+            self.leases.save()
+        elif lease.prior is None:
+            log.error("setpoint lease dropped: the prior value is unknown", device=lease.device,
+                      point=lease.point, action=lease.action)
+            self.leases.drop(lease)
+
+    def _firing(self, alarm: str) -> bool:
+        record = self.store.record(alarm)
+        return record is not None and record.state is AlarmState.FIRING
+
+    def _lease_jobs(self, now: int) -> list[Coroutine[Any, Any, None]]:
+        if self.leases is None:
+            return []
+        jobs: list[Coroutine[Any, Any, None]] = []
+        for lease in self.leases.all():
+            if lease.key in self._restoring:
+                continue
+            if lease.prior is None:
+                # Recorded before a write whose prior value never became known (a crash in between).
+                log.error("setpoint lease without a prior value dropped", device=lease.device, point=lease.point)
+                self.leases.drop(lease)
+                continue
+            if not lease.ending:
+                if any(self._firing(alarm) for alarm in lease.alarms) and lease.expires_ns > now:
+                    if renew(lease, now):
+                        self.leases.save()
+                    continue
+                lease.ending = "lease expired unrenewed" if lease.expires_ns <= now else "condition cleared"
+                self.leases.save()
+            if lease.retry_ns > now:
+                continue
+            self._restoring.add(lease.key)
+            jobs.append(self._restore(lease))
+        return jobs
+
+    async def _restore(self, lease: Lease) -> None:
+        """Write the prior value back through the one write path; retried later if that does not work."""
+        assert self.leases is not None and lease.prior is not None
+        command = Command(lease.action, ",".join(lease.alarms), lease.device, lease.point, lease.prior)
+        try:
+            if self.controller is None:
+                raise WriteRefused("no controller")
+            result = await self.controller.write(lease.device, lease.point, lease.prior,
+                                                 origin=f"lease:{lease.action}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            lease.attempts += 1
+            wait = retry_after(lease.attempts)
+            lease.retry_ns = self.clock.now_ns() + round(wait * NS)
+            self.leases.save()
+            outcome = "refused" if isinstance(err, WriteRefused) else "failed"
+            # The write path recorded the attempt in the audit trail already (audited=True).
+            self._log(command, outcome, f"lease restore ({lease.ending}) {outcome}: {err}; again in {wait:g} s",
+                      audited=True)
+            return
+        finally:
+            self._restoring.discard(lease.key)
+        self.leases.drop(lease)
+        unverified = isinstance(result, WriteResult) and result.outcome == "unverified"
+        self._log(command, "unverified" if unverified else "restored",
+                  f"lease ended ({lease.ending}): back to {lease.prior!r}"
+                  + (f"; {result.reason}" if isinstance(result, WriteResult) and unverified else ""))
 
     # ---- targets and the envelope ------------------------------------------------------------------------
 
@@ -167,6 +319,10 @@ class ControlActions:
             pdus += [f.pdu for f in (feeds.a, feeds.b) if f is not None]
         return pdus
 
+    def commands(self, action: Action, record: AlarmRecord) -> list[Command]:
+        """The commands an action means for an alarm (before the envelope's checks)."""
+        return self._commands(action, record)
+
     def _commands(self, action: Action, record: AlarmRecord) -> list[Command]:
         out: list[Command] = []
         now = self.clock.now_ns()
@@ -183,10 +339,10 @@ class ControlActions:
                     assert write.value is not None
                     value = write.value
                 if write.outlets is None:
-                    out.append(Command(action.name, record.key, device, write.point, value))
+                    out.append(Command(action.name, record.key, device, write.point, value, action.lease))
                     continue
                 outlets = range(1, action.outlets + 1) if write.outlets == "all" else write.outlets
-                out += [Command(action.name, record.key, device, write.point.format(outlet=n), value)
+                out += [Command(action.name, record.key, device, write.point.format(outlet=n), value, action.lease)
                         for n in outlets]
         return out
 
@@ -236,7 +392,7 @@ class ControlActions:
         if outcome == "refused" and not audited and self.on_refused is not None:
             self.on_refused(command.device, command.point, command.value, f"rule:{command.action}", detail)
         COMMANDS.inc(outcome=outcome)
-        (log.warning if outcome != "executed" else log.info)(
+        (log.warning if outcome not in ("executed", "restored") else log.info)(
             "control action", action=command.action, alarm=command.alarm, device=command.device,
             point=command.point, value=command.value, outcome=outcome, detail=detail)
         self.store.log_action(self.clock.now_ns(), command.action, command.alarm, command.device, command.point,

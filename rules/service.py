@@ -83,7 +83,7 @@ class RuleService:
         self.silencer = Silencer(topology, self.store, self.engine.loop_fault_rules, COMM_RULE,
                                  self.engine.readings.offline)
         self.control = ControlActions(self.config.control, topology, self.store, self.engine.readings,
-                                      self.clock, controller)
+                                      self.clock, controller, state_dir=Path(config.state_dir))
         self.sink = _Sink(self)
         self.store.on_change = self._on_operator
         self._control_tasks: set[asyncio.Task[None]] = set()
@@ -104,7 +104,7 @@ class RuleService:
         self.silencer = Silencer(topology, self.store, self.engine.loop_fault_rules, COMM_RULE,
                                  self.engine.readings.offline)
         self.control = ControlActions(self.config.control, topology, self.store, self.engine.readings,
-                                      self.clock, controller)
+                                      self.clock, controller, state_dir=Path(config.state_dir))
 
     # ---- the loop ----------------------------------------------------------------------------------------
 
@@ -119,6 +119,7 @@ class RuleService:
             for task in self._control_tasks:
                 task.cancel()
             await asyncio.gather(*self._control_tasks, return_exceptions=True)
+            self.control.close()
             # Both on the store's writer, in this order: a flush cut short by the cancellation still
             # lands before the final one, never after it.
             try:
@@ -158,6 +159,10 @@ class RuleService:
         for command in self.control.due():
             task = asyncio.get_running_loop().create_task(self.control.send(command),
                                                           name=f"rules:control:{command.device}")
+            self._control_tasks.add(task)
+            task.add_done_callback(self._control_tasks.discard)
+        for job in self.control.jobs():  # lease restores, leak response stages
+            task = asyncio.get_running_loop().create_task(job, name="rules:control:job")
             self._control_tasks.add(task)
             task.add_done_callback(self._control_tasks.discard)
         TICK_SECONDS.observe(time.perf_counter() - wall)
@@ -228,6 +233,9 @@ class RuleService:
             self.notifier.submit(record.event())
 
     def _on_operator(self, record: AlarmRecord) -> None:
+        # Stored again at the event's own time: the database merges the acknowledgement into that point,
+        # so dashboards see who acknowledged without a second event to count or annotate.
+        self._publish(record)
         event = record.event()
         if self.alarm_outlet is not None:
             self.alarm_outlet.alarm_changed(event)
@@ -241,9 +249,9 @@ class RuleService:
             return
         tags = tuple(sorted({"rule": record.rule, "severity": str(record.severity)}.items()))
         ts = record.updated_ns
-        fields: list[tuple[str, str | float | None]] = [
+        fields: list[tuple[str, str | float | bool | None]] = [
             ("state", str(record.state)), ("value", record.value), ("threshold", record.threshold),
-            ("message", record.message),
+            ("message", record.message), ("acknowledged", record.acknowledged), ("ack_by", record.ack_by),
         ]
         samples = [Sample(record.subject, name, value, ts, measurement="alarm", tags=tags)
                    for name, value in fields if value is not None]

@@ -267,8 +267,9 @@ class Plant:
     def _apply_leak(self, cdu: CduState) -> None:
         # Applied when served too, so a leak shows at once even in a frozen plant.
         leak = self.fault(cdu.id, "leak")
-        zone = int(leak.get("zone", 1)) if leak is not None else 0
-        cdu.leak_zones = [leak is not None and i == zone for i in range(1, len(cdu.leak_zones) + 1)]
+        # `zone: 2` wets one zone (zone 1 by default); `zones: [1, 2]` several (a spreading leak).
+        wet = {int(z) for z in leak.get("zones", [leak.get("zone", 1)])} if leak is not None else set()
+        cdu.leak_zones = [i in wet for i in range(1, len(cdu.leak_zones) + 1)]
         cdu.reservoir_ok = leak is None
 
     def _step_chiller(self, ch: ChillerState, dt: float) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from dcim.core.config import parse_duration
+from rules.leak import describe as leak_stage
+from rules.leak import load_incidents
 from rules.store import AlarmNotActive, AlarmNotFound, AlarmRecord, AlarmStore
 
 NS = 1_000_000_000
@@ -61,7 +63,7 @@ def _when(ts_ns: int | None) -> str:
     return datetime.fromtimestamp(ts_ns / NS, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _table(records: list[AlarmRecord], history: bool) -> str:
+def _table(records: list[AlarmRecord], history: bool, leak: dict[str, dict[str, Any]] | None = None) -> str:
     if not records:
         return "no alarms" if not history else "no history"
     lines = [f"{'SINCE' if not history else 'AT':19}  {'SEVERITY':8}  {'STATE':8}  {'KEY':44}  NOTES / MESSAGE"]
@@ -74,6 +76,8 @@ def _table(records: list[AlarmRecord], history: bool) -> str:
         if r.suppressed:
             # e.g. "suppressed: inhibited by cdu-leak/cdu-1": the alarm that speaks for this one.
             notes.append(f"suppressed: {r.suppressed}")
+        if not history and leak and r.key in leak:
+            notes.append(leak_stage(leak[r.key]))  # the tiered leak response's stage and plan (rules/leak.py)
         at = r.updated_ns if history else (r.fired_ns or r.since_ns)
         note = f"[{', '.join(notes)}] " if notes else ""
         lines.append(f"{_when(at):19}  {r.severity!s:8}  {r.state!s:8}  {r.key:44}  {note}{r.message}")
@@ -100,6 +104,7 @@ def cmd_alarms(args: argparse.Namespace) -> int:
         print(f"no alarm store at {path} (the daemon creates it when it first runs)", file=sys.stderr)
         return 1
     store = AlarmStore(path)
+    args.state_dir = Path(config.state_dir)
     user = getattr(args, "user", None) or getpass.getuser()
     try:
         return _run(args, store, user)
@@ -126,7 +131,10 @@ def _run(args: argparse.Namespace, store: AlarmStore, user: str) -> int:
     now = time.time_ns()
     if action == "list":
         records = store.history(args.limit) if args.all else store.active()
-        _print([r.to_dict() for r in records] if args.json else _table(records, args.all), args.json)
+        state_dir = getattr(args, "state_dir", None)
+        leak = load_incidents(state_dir) if state_dir is not None and not args.all else {}
+        _print([{**r.to_dict(), **({"leak_response": leak[r.key]} if r.key in leak else {})} for r in records]
+               if args.json else _table(records, args.all, leak), args.json)
     elif action == "ack":
         record = store.acknowledge(args.key, user, args.comment)
         print(f"acknowledged {record.key} as {user}")

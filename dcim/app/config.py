@@ -85,6 +85,17 @@ class IngestConfig(StrictModel):
     # MQTT client id of this worker; stable across restarts (its broker session holds what arrives while it
     # is away). Default: dcim-ingest-<hostname>-<hash of state_dir>-<group>, distinct per instance.
     client_id: str | None = None
+    # Every message is checked before it is queued (docs/ingest.md). A larger message is dropped whole.
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
+    max_line_bytes: Annotated[int, Field(ge=256)] = 64 * 1024
+    # A line stamped later than now + this comes from a clock gone wrong and is dropped.
+    max_clock_ahead: PositiveDuration = 86_400.0
+    # Keep dropped messages (and the bad lines of kept ones) in state_dir/ingest-dead-letters.jsonl; at the
+    # bound the file becomes .jsonl.1 (one older file kept) and a new one starts.
+    dead_letter: bool = False
+    dead_letter_max_bytes: Annotated[int, Field(ge=4096)] = 16 * 1024 * 1024
+    # Extra write requests per batch spent finding the lines a database refuses with the whole batch.
+    max_bisect_requests: Annotated[int, Field(ge=0, le=64)] = 16
 
 
 class LoggingConfig(StrictModel):

@@ -3,6 +3,7 @@
 Topics (docs/architecture.md, wire formats):
     {prefix}/{site}/{kind}/{device}          one poll's samples: line protocol (default) or JSON
     {prefix}/{site}/status/{device}          retained JSON: {"online": bool, "error": "...", "ts": ...}
+    {prefix}/{site}/device_status/{device}   the same change as line protocol (`device_status`, stored)
     {prefix}/{site}/alarms/{subject}/{rule}  retained JSON while the alarm is active; cleared when resolved
     {prefix}/{site}/daemon/{client id}       retained "online"; the broker's last will sets "offline"
 
@@ -29,7 +30,7 @@ from dcim.core.events import AlarmEvent, AlarmState
 from dcim.core.lineproto import encode_batch
 from dcim.core.metrics import REGISTRY
 from dcim.core.outbox import Item, Outbox
-from dcim.core.samples import Batch, DeviceStatus
+from dcim.core.samples import Batch, DeviceStatus, Sample
 from dcim.core.topology import Topology
 
 log = structlog.get_logger(__name__)
@@ -116,6 +117,12 @@ class MqttPublisher:
             "error": status.error or None, "ts": status.ts_ns,
         }).encode()
         self.outbox.put(f"{self.base}/status/{status.device}", payload, PRIORITY_EVENT, retain=True)
+        # The same change as a `device_status` line, which the ingest stores like any other (the retained
+        # JSON above it skips): dashboards show devices online / offline from the database.
+        self.on_batch(Batch(status.device, "device_status", status.ts_ns, [
+            Sample(status.device, "online", status.online, status.ts_ns, tags=(("kind", status.kind),)),
+            Sample(status.device, "error", status.error, status.ts_ns, tags=(("kind", status.kind),)),
+        ]))
 
     def alarm_changed(self, event: AlarmEvent) -> None:
         topic = f"{self.base}/alarms/{event.subject}/{event.rule}"

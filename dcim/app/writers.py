@@ -6,10 +6,13 @@
 Both raise `RetryableWriteError` for what may succeed later (database down, 5xx, timeouts) and
 `RejectedWriteError` for what never will (a malformed line, a field type conflict): the ingest retries the
 first with backoff and drops the second, counted and logged, so one bad line never blocks the stream.
+A refusal that says "partial write" (InfluxDB 1.x, 2.x and 3.x say so) means the database stored the other
+lines of the request: `RejectedWriteError.partial` is then true, with the count it dropped where it says.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 import aiohttp
@@ -25,7 +28,14 @@ class RetryableWriteError(Exception):
 
 
 class RejectedWriteError(Exception):
-    pass
+    def __init__(self, message: str, *, partial: bool = False, dropped: int | None = None) -> None:
+        super().__init__(message)
+        # The database wrote the rest of the request and refused `dropped` lines of it (None: not said).
+        self.partial = partial
+        self.dropped = dropped
+
+
+_DROPPED = re.compile(r"dropped=(\d{1,9})")
 
 
 class Writer(Protocol):
@@ -38,7 +48,9 @@ class Writer(Protocol):
 
 def _classify(status: int | None, detail: str) -> Exception:
     if status is not None and 400 <= status < 500 and status not in (401, 403, 404, 408, 429):
-        return RejectedWriteError(f"HTTP {status}: {detail.strip()[:300]}")
+        dropped = _DROPPED.search(detail)
+        return RejectedWriteError(f"HTTP {status}: {detail.strip()[:300]}", partial="partial write" in detail,
+                                  dropped=int(dropped.group(1)) if dropped else None)
     return RetryableWriteError(f"HTTP {status}: {detail.strip()[:300]}" if status else detail)
 
 

@@ -4,6 +4,8 @@ Connection life cycle, one asyncua Client per connection:
 
     connect -> resolve nodes (namespace URIs -> indexes, DataType, EURange, EngineeringUnits)
             -> create subscription + monitored items -> status(online) -> data changes -> emit
+    alive  -> every publishing interval the last GOOD values are emitted again with the current time
+              (a heartbeat: see _heartbeat)
     lost (socket closed, watchdog probe failed, subscription status Bad*)
             -> status(offline, why) -> emit last values as STALE -> drop the client
             -> jittered capped backoff, re-emitting STALE every `interval` -> connect again (resolve again)
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 
 import structlog
 from asyncua import ua
@@ -119,15 +122,32 @@ class OpcUaSubscriber(OpcUaDriver):
                  publishing_interval=device.publishing_interval)
         consumer = asyncio.create_task(self._consume(sub, handles, emit), name=f"opcua-consume-{device.id}")
         lost = asyncio.create_task(self._lost.wait(), name=f"opcua-lost-{device.id}")
+        heartbeat = asyncio.create_task(self._heartbeat(emit), name=f"opcua-heartbeat-{device.id}")
         try:
             await asyncio.wait((consumer, lost), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (consumer, lost):
+            for task in (consumer, lost, heartbeat):
                 task.cancel()
-            await asyncio.gather(consumer, lost, return_exceptions=True)
+            await asyncio.gather(consumer, lost, heartbeat, return_exceptions=True)
         failure = consumer.exception() if consumer.done() and not consumer.cancelled() else None
         if failure is not None:
             raise error_from(failure, "subscription") from failure
+
+    async def _heartbeat(self, emit: SampleCallback) -> None:
+        """A subscription reports changes only: a value that holds still (a setpoint, a stopped chiller's
+        status) would be stored once and then nothing, and a chart grouped by time would be empty. While the
+        subscription is alive, no notification means the value is unchanged, so it is re-emitted as GOOD
+        with the current time once per publishing interval. Runs only inside `_run`: when the connection
+        is lost it is cancelled, the values go STALE, and the database shows the gap."""
+        while True:
+            await asyncio.sleep(self.device.publishing_interval)
+            now = now_ns()
+            # All of them, also those a notification just refreshed: then no value waits longer than one
+            # interval for its next point, whenever it last changed.
+            due = [replace(s, ts_ns=now) for s in self._last.values() if s.ok]
+            if due:
+                self._remember(due)
+                emit(due)
 
     def _filter(self, item: Resolved) -> ua.DataChangeFilter | None:
         point, deadband = item.point, self.device.deadband

@@ -76,3 +76,86 @@ def interpolate(query: str, variables: dict[str, str], *, from_ms: int, to_ms: i
     if leftover:
         raise AssertionError(f"not interpolated: {leftover} in {text}")
     return text
+
+
+# ---- what Grafana makes of the values: field config, mappings, thresholds, transformations ----------
+
+
+def panel(dashboard: dict[str, Any], title: str, kind: str = "") -> dict[str, Any]:
+    (found,) = [p for p in panels(dashboard) if p["title"] == title and (not kind or p["type"] == kind)]
+    return found
+
+
+def field_config(panel: dict[str, Any], name: str) -> dict[str, Any]:
+    """The panel's field config for the field called `name`: defaults, then the overrides that match it
+    (byName, byRegexp), in order, as Grafana applies them."""
+    config = dict(panel["fieldConfig"]["defaults"])
+    for override in panel["fieldConfig"]["overrides"]:
+        matcher = override["matcher"]
+        if (matcher["id"] == "byName" and matcher["options"] == name) or \
+                (matcher["id"] == "byRegexp" and re.fullmatch(matcher["options"], name)):
+            for prop in override["properties"]:
+                config[prop["id"]] = prop["value"]
+    return config
+
+
+def js_string(value: Any) -> str:
+    """JavaScript's String(value), which is how Grafana looks a value up in a value mapping."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def display(value: Any, config: dict[str, Any]) -> tuple[str, str]:
+    """(text, colour) of one value: the first value or range mapping that matches gives both (a mapping
+    without a colour leaves the colour to the thresholds); otherwise the text is the value and the colour
+    that of the highest threshold step at or below it."""
+    text, colour = js_string(value), None
+    for mapping in config.get("mappings", []):
+        options = mapping["options"]
+        result = None
+        if mapping["type"] == "value" and js_string(value) in options:
+            result = options[js_string(value)]
+        elif mapping["type"] == "range" and isinstance(value, int | float):
+            low, high = options.get("from"), options.get("to")
+            if (low is None or value >= low) and (high is None or value <= high):
+                result = options["result"]
+        if result is not None:
+            text, colour = result.get("text", text), result.get("color")
+            break
+    if colour is None:
+        steps = config["thresholds"]["steps"]
+        colour = steps[0]["color"]
+        number = float(value) if isinstance(value, int | float) else None
+        for step in steps[1:]:
+            if number is not None and number >= step["value"]:
+                colour = step["color"]
+    return text, colour
+
+
+def transform(columns: list[str], rows: list[list[Any]], transformations: list[dict[str, Any]]
+              ) -> tuple[list[str], list[list[Any]]]:
+    """The transformations the dashboards use on one table (merge of one query is the table itself):
+    convertFieldType (number, string), sortBy (one field; stable, as Array.prototype.sort), organize
+    (renames)."""
+    rows = [list(r) for r in rows]
+    for step in transformations:
+        options = step["options"]
+        if step["id"] == "convertFieldType":
+            for conversion in options["conversions"]:
+                i = columns.index(conversion["targetField"])
+                for row in rows:
+                    if row[i] is not None:
+                        row[i] = float(row[i]) if conversion["destinationType"] == "number" else js_string(row[i])
+        elif step["id"] == "sortBy":
+            (key,) = options["sort"]
+            i = columns.index(key["field"])
+            rows.sort(key=lambda r: (r[i] is None, r[i]), reverse=bool(key.get("desc")))
+        elif step["id"] == "organize":
+            renames = options.get("renameByName", {})
+            columns = [renames.get(c, c) for c in columns]
+        elif step["id"] != "merge":
+            raise AssertionError(f"transformation {step['id']!r} is not emulated here")
+    return columns, rows

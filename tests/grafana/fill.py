@@ -58,7 +58,9 @@ def alarm_lines(event: AlarmEvent, topology: Topology) -> list[str]:
     tagged rule and severity, fields state, value, threshold, message; the subject's topology tags."""
     tags = tuple(sorted({"rule": event.rule, "severity": event.severity.value}.items()))
     fields: list[tuple[str, Value | None]] = [("state", event.state.value), ("value", event.value),
-                                              ("threshold", event.threshold), ("message", event.message)]
+                                              ("threshold", event.threshold), ("message", event.message),
+                                              ("acknowledged", event.acknowledged),
+                                              ("ack_by", "alice" if event.acknowledged else "")]
     samples = [Sample(event.subject, name, value, event.ts_ns, measurement="alarm", tags=tags)
                for name, value in fields if value is not None]
     return encode_batch(Batch(event.subject, "alarm", event.ts_ns, samples), topology.tags(event.subject))
@@ -66,7 +68,8 @@ def alarm_lines(event: AlarmEvent, topology: Topology) -> list[str]:
 
 def scenario(plant: Plant) -> None:
     """Trouble to show: B01 over budget, B02's feed A tripped (no redundancy); events() adds a leak on cdu-1
-    and a low COP on chiller-1 that fired and resolved."""
+    and a low COP on chiller-1 that fired and resolved (B02's redundancy alarm is acknowledged), and
+    synthetic_lines() takes cdu-2 offline at the end."""
     plant.racks["B01"].extra_kw = 20.0
     plant.inject("pdu-b02a", "feed_trip")
 
@@ -83,7 +86,7 @@ def events(topology: Topology, start_ns: int, end_ns: int) -> list[AlarmEvent]:
                               "utilization_pct", 105.0, 100.0, labels("B01")))
     out.append(AlarmEvent("air-rack-redundancy/B02", "air-rack-redundancy", "B02", AlarmState.FIRING,
                           Severity.CRITICAL, start_ns + 20 * NS, "B02 redundant headroom -30 kW",
-                          "redundant_headroom_kw", -30.0, 0.0, labels("B02")))
+                          "redundant_headroom_kw", -30.0, 0.0, labels("B02"), acknowledged=True))
     for state, ts in ((AlarmState.FIRING, mid), (AlarmState.RESOLVED, end_ns - 20 * NS)):
         out.append(AlarmEvent("cdu-leak/cdu-1", "cdu-leak", "cdu-1", state, Severity.CRITICAL, ts,
                               "cdu-1 leak zone 1", "leak", None, None, labels("cdu-1")))
@@ -120,7 +123,20 @@ def synthetic_lines(config: Config, end_ns: int, *, steps: int = 30, step_s: flo
             lines += encode_batch(batch, topology.tags(batch.device))
     for event in events(topology, start_ns, end_ns):
         lines += alarm_lines(event, topology)
+    for device in config.devices:
+        lines += device_status_lines(device.id, device.kind, topology, start_ns)
+    lines += device_status_lines("cdu-2", "cdu", topology, end_ns - 30 * NS, online=False,
+                                 error="no answer within the poll deadline")
     return lines
+
+
+def device_status_lines(device: str, kind: str, topology: Topology, ts_ns: int, online: bool = True,
+                        error: str = "") -> list[str]:
+    """A `device_status` line as dcim.app.publisher writes it on a change of the device's availability."""
+    tags = (("kind", kind),)
+    batch = Batch(device, "device_status", ts_ns, [Sample(device, "online", online, ts_ns, tags=tags),
+                                                   Sample(device, "error", error, ts_ns, tags=tags)])
+    return encode_batch(batch, topology.tags(device))
 
 
 def counts(lines: list[str]) -> dict[str, Any]:

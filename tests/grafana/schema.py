@@ -7,7 +7,9 @@ the code has it): measurements, their fields and their tags. Dashboards may name
 - plant: rules.metrics.CDU_METRICS (the cooling-plant points the rule engine derives per CDU), device tags.
 - rack: rules.model.RACK_METRICS, tags of a rack in dcim.core.topology (site, room, row, rack, cdu).
 - alarm: one line per alarm change (rules.service): tags rule, severity and the subject's topology tags,
-  fields state, value, threshold, message.
+  fields state, value, threshold, message, acknowledged, ack_by.
+- device_status: one line per change of a device's availability (dcim.app.publisher): fields online, error;
+  the device's topology tags and its kind.
 - every line may carry `quality` and `quality_reason` (dcim.core.lineproto).
 """
 
@@ -24,7 +26,7 @@ from rules.model import RACK_METRICS
 
 QUALITY_FIELDS = {"quality", "quality_reason"}
 DEVICE_TAGS = {"site", "room", "row", "rack", "feed", "device"}
-ALARM_FIELDS = {"state", "value", "threshold", "message"}
+ALARM_FIELDS = {"state", "value", "threshold", "message", "acknowledged", "ack_by"}
 # rules.service publishes alarm samples tagged rule and severity; the publisher adds the subject's
 # topology tags (a device's or a rack's, dcim.core.topology).
 ALARM_TAGS = {"rule", "severity", "site", "room", "row", "rack", "device", "feed", "cdu"}
@@ -52,6 +54,7 @@ def written_schema() -> dict[str, Measurement]:
     schema["plant"] = Measurement(set(CDU_METRICS), set(DEVICE_TAGS))
     schema["rack"] = Measurement(set(RACK_METRICS), {"site", "room", "row", "rack", "cdu"})
     schema["alarm"] = Measurement(set(ALARM_FIELDS), set(ALARM_TAGS))
+    schema["device_status"] = Measurement({"online", "error"}, DEVICE_TAGS | {"kind"})
     for m in schema.values():
         m.fields |= QUALITY_FIELDS
     return schema

@@ -74,7 +74,8 @@ async def test_an_armed_rule_action_is_verified_audited_and_published(tmp_path: 
         stored = await wait_until(lambda: influxdb_v1.query("SELECT * FROM audit"), timeout=30,
                                   ignore=(Exception,), message="audit record stored")
     assert plant.received == [("cdu-1", "flow_setpoint_lpm", 300.0)]
-    [record] = AuditLog(Path(config.state_dir) / "audit.log").records()
+    # (the leak response's dry-run stage records, point leak_response, are beside it: nothing they sent)
+    [record] = [r for r in AuditLog(Path(config.state_dir) / "audit.log").records() if r["point"] != "leak_response"]
     assert (record["origin"], record["outcome"], record["new"]) == ("rule:leak-flow-down", "verified", 300)
     assert str(message.topic) == "dcim/hall-1/audit/cdu-1"
     line = message.payload.decode() if isinstance(message.payload, bytes) else str(message.payload)
@@ -82,7 +83,7 @@ async def test_an_armed_rule_action_is_verified_audited_and_published(tmp_path: 
     [row] = stored
     assert (row["origin"], row["outcome"], row["point"], row["device"]) == (
         "rule:leak-flow-down", "verified", "flow_setpoint_lpm", "cdu-1")
-    assert (row["seq"], row["hash"], row["new"]) == (1, record["hash"], "300")
+    assert (row["seq"], row["hash"], row["new"]) == (record["seq"], record["hash"], "300")
 
 
 async def test_not_armed_no_write_of_any_origin_reaches_any_simulator_under_every_fault(tmp_path: Path) -> None:
@@ -122,6 +123,8 @@ async def test_not_armed_no_write_of_any_origin_reaches_any_simulator_under_ever
                 result = await rig.write(device, point, value)
                 assert result.outcome == "refused" and "not armed" in result.reason
     assert plant.received == []
-    outcomes = {(r["origin"].split(":")[0], r["outcome"]) for r in
-                AuditLog(Path(config.state_dir) / "audit.log").records()}
+    records = list(AuditLog(Path(config.state_dir) / "audit.log").records())
+    outcomes = {(r["origin"].split(":")[0], r["outcome"]) for r in records if r["point"] != "leak_response"}
     assert outcomes == {("rule", "refused"), ("api", "refused"), ("cli", "refused")}
+    # The leak response (dry run by default) records its stages only: nothing it plans is sent.
+    assert {r["origin"] for r in records if r["point"] == "leak_response"} <= {"leak:dry-run"}

@@ -40,7 +40,7 @@ from rules.kinds import Rule, RuleBase, Tuning
 from rules.kinds.base import Name
 from rules.notify.config import NotifyConfig
 
-PACKS = ("air-rack", "liquid-rack", "cdu-loop", "chiller")
+PACKS = ("air-rack", "liquid-rack", "cdu-loop", "chiller", "cooling-plant")
 
 
 class Communication(StrictModel):
@@ -134,6 +134,17 @@ class ControlConfig(StrictModel):
     leak: LeakResponse = LeakResponse()
 
 
+class CoolingPlant(StrictModel):
+    """What the cooling-plant pack and the derived cooling metrics need to know of the site (rules.metrics)."""
+
+    # The site's ASHRAE liquid-cooling class: facility supply above its maximum is critical.
+    ashrae_class: Literal["W17", "W27", "W32", "W40", "W45"] = "W32"
+    # Rated cooling capacity per chiller id; a running chiller without one is taken to carry the load.
+    chiller_capacity_kw: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    # A rack whose CDU runs on its last pump is judged against this share of its power budget.
+    last_pump_budget_pct: Annotated[float, Field(gt=0, le=100)] = 50.0
+
+
 class RulesConfig(StrictModel):
     enabled: bool = True
     packs: dict[str, bool] = Field(default_factory=lambda: dict.fromkeys(PACKS, True))
@@ -145,6 +156,7 @@ class RulesConfig(StrictModel):
     # A sample older than this no longer counts as the current value (rack metrics, rules).
     stale_after: PositiveDuration = 15.0
     flow_lpm_per_kw: Annotated[float, Field(gt=0, le=100)] = 1.5
+    cooling: CoolingPlant = CoolingPlant()
     communication: Communication = Communication()
     control: ControlConfig = ControlConfig()
     notifications: NotifyConfig = NotifyConfig()

@@ -65,7 +65,8 @@ class Engine:
         self.clock = clock
         self.on_event = on_event
         self.readings = Readings(round(config.stale_after * NS), push=set(push or ()))
-        self.metrics = RackMetrics(topology, self.readings, flow_lpm_per_kw=config.flow_lpm_per_kw)
+        self.metrics = RackMetrics(topology, self.readings, flow_lpm_per_kw=config.flow_lpm_per_kw,
+                                   cooling=config.cooling)
         # rules.enabled false: no rule is bound, no alarm raised; rack metrics are still derived.
         self.rules = {rule.name: rule for rule in effective_rules(config)} if config.enabled else {}
         self.loop_fault_rules = {name for name, rule in self.rules.items() if rule.loop_fault}

@@ -7,7 +7,10 @@ Inhibition follows the topology, so one fault makes one page:
   CDU): the `coolant` alarms of every rack the CDU serves are inhibited.
 
 An alarm held back still fires and is stored and published (MQTT, database): only the notifier does not
-hear of it until the reason is gone. Maintenance windows also lock out control actions (rules.control).
+hear of it until the reason is gone. An inhibited alarm names the alarm that suppresses it, so every view
+shows which fault speaks for it: `suppressed` reads "inhibited by cdu-leak/cdu-1" or
+"inhibited by device-offline/pdu-a1" (`split` gives the two parts).
+Maintenance windows also lock out control actions (rules.control).
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ from rules.store import AlarmRecord, AlarmStore
 MAINTENANCE = "maintenance"
 SHELVED = "shelved"
 INHIBITED = "inhibited"
+BY = " by "
+
+
+def split(suppressed: str) -> tuple[str, str]:
+    """("inhibited", "cdu-leak/cdu-1") from "inhibited by cdu-leak/cdu-1"; (reason, "") otherwise."""
+    reason, _, by = suppressed.partition(BY)
+    return reason, by
 
 
 class Silencer:
@@ -53,11 +63,10 @@ class Silencer:
         return deps
 
     def loop_fault(self, cdu: str) -> AlarmRecord | None:
-        for rule in self.loop_fault_rules:
-            record = self.store.record(f"{rule}/{cdu}")
-            if record is not None and record.state is AlarmState.FIRING:
-                return record
-        return None
+        """The loop fault that fired first (the root cause), the same one on every tick and every run."""
+        firing = [r for rule in self.loop_fault_rules
+                  if (r := self.store.record(f"{rule}/{cdu}")) is not None and r.state is AlarmState.FIRING]
+        return min(firing, key=lambda r: (r.fired_ns or r.since_ns, r.key), default=None)
 
     def reason(self, record: AlarmRecord, now_ns: int) -> str:
         category = record.labels.get("category", "")
@@ -68,10 +77,12 @@ class Silencer:
         if record.rule == self.comm_rule:
             return ""
         deps = self.dependencies(record.subject, category)
-        if record.subject in self.offline or any(d in self.offline for d in deps):
-            return INHIBITED
+        for device in (record.subject, *deps):
+            if device in self.offline:
+                return f"{INHIBITED}{BY}{self.comm_rule}/{device}"
         place = self.topology.racks.get(record.subject)
-        if place is not None and place.rack.cdu and record.labels.get("category") == "coolant" \
-                and self.loop_fault(place.rack.cdu) is not None:
-            return INHIBITED
+        if place is not None and place.rack.cdu and record.labels.get("category") == "coolant":
+            fault = self.loop_fault(place.rack.cdu)
+            if fault is not None:
+                return f"{INHIBITED}{BY}{fault.key}"
         return ""

@@ -25,19 +25,63 @@ reason, or no sample when the rack lacks the equipment altogether, e.g. no feeds
     heat_removed_kw          the rack's power share of its CDU's heat_removed_kw
     heat_ratio_pct           heat_removed_kw / power_kw x 100 (what the liquid loop carries; the rest goes
                              to air)
+    cooling_budget_kw        (racks with a CDU) the power budget the cooling supports now: power_budget_kw,
+                             or rules.cooling.last_pump_budget_pct of it while the CDU runs on its last pump
+                             (one pump of two or more still running: no redundancy left)
+    cooled_utilization_pct   power_kw / cooling_budget_kw x 100 (liquid racks' budget rule)
+
+Phase metrics use the PDU's `phase` rows only: the neutral of a wye inlet is its own point
+(`neutral_current_a`), never a phase.
+
+And for every CDU that answers (kind and measurement `plant`, device = the CDU: a device-scoped rule on
+the CDU judges them like its own points, while the `cdu` measurement keeps only what the CDU reported):
+
+    facility_supply_max_c        the site's ASHRAE liquid class maximum (W17 ... W45: 17 ... 45 degC)
+    facility_setpoint_c          the lowest chilled-water setpoint_c among the site's chillers
+    approach_k                   supply_temp_c - facility_supply_temp_c (the heat exchanger's approach)
+    cooling_capacity_margin_kw   site-wide: capacity of the running chillers (rules.cooling.chiller_capacity_kw
+                                 x demand_limit_pct) - the heat all CDUs remove. No running chiller: the
+                                 capacity is 0, so any heat load makes it negative ("cooling capacity lost").
+                                 A chiller counts as running only on a fresh `running` = true; a running
+                                 chiller without a configured capacity is taken to carry the load (>= 0).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from dcim.core.samples import Batch, Quality, Sample, Value
 from dcim.core.topology import Feed, RackPlace, Topology
 
 NS = 1_000_000_000
+# ASHRAE liquid-cooling classes: the highest facility water supply temperature each allows (degC).
+ASHRAE_CLASSES = {"W17": 17.0, "W27": 27.0, "W32": 32.0, "W40": 40.0, "W45": 45.0}
+# Derived points of every CDU (kind and measurement `plant`): what `_plant` writes.
+PLANT = "plant"
+CDU_METRICS = ("facility_supply_max_c", "facility_setpoint_c", "approach_k", "cooling_capacity_margin_kw")
 MIN_IAVG_A = 0.5
 DEAD_FEED_SHARE = 0.02
 MIN_RACK_KW = 1.0
+
+
+class CoolingSettings(Protocol):
+    """The site's cooling plant as the metrics need it (rules.config.CoolingPlant, `rules.cooling`)."""
+
+    @property
+    def ashrae_class(self) -> str: ...
+    @property
+    def chiller_capacity_kw(self) -> Mapping[str, float]: ...
+    @property
+    def last_pump_budget_pct(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class DefaultCooling:
+    ashrae_class: str = "W32"
+    chiller_capacity_kw: Mapping[str, float] = field(default_factory=dict)
+    last_pump_budget_pct: float = 50.0
 
 
 @dataclass(slots=True)
@@ -124,10 +168,15 @@ def _imbalance(currents: list[float]) -> float | None:
 
 
 class RackMetrics:
-    def __init__(self, topology: Topology, readings: Readings, *, flow_lpm_per_kw: float = 1.5) -> None:
+    def __init__(self, topology: Topology, readings: Readings, *, flow_lpm_per_kw: float = 1.5,
+                 cooling: CoolingSettings | None = None) -> None:
         self.topology = topology
         self.readings = readings
         self.flow_lpm_per_kw = flow_lpm_per_kw
+        self.cooling: CoolingSettings = cooling or DefaultCooling()
+        self.class_max_c = ASHRAE_CLASSES[self.cooling.ashrae_class]
+        self.chillers = [d for d, kind in topology.kinds.items() if kind == "chiller"]
+        self.cdus = [d for d, kind in topology.kinds.items() if kind == "cdu"]
         self.loops: dict[str, list[str]] = {}
         for rack_id, place in topology.racks.items():
             if place.rack.cdu is not None:
@@ -143,7 +192,86 @@ class RackMetrics:
         for rack_id, place in self.topology.racks.items():
             if place.rack.cdu is not None:
                 out[rack_id] += self._coolant(rack_id, place.rack.cdu, powers, now_ns)
-        return [Batch(rack_id, "rack", now_ns, samples) for rack_id, samples in out.items() if samples]
+                out[rack_id] += self._cooled_budget(rack_id, place, powers.get(rack_id), now_ns)
+        batches = [Batch(rack_id, "rack", now_ns, samples) for rack_id, samples in out.items() if samples]
+        return batches + self._plant(now_ns)
+
+    # ---- cooling plant ---------------------------------------------------------------------------------
+
+    def last_pump(self, cdu: str, now: int) -> bool | None:
+        """True while the CDU runs on one pump of two or more (None: its pumps are not known)."""
+        states = [r.value for n in range(1, 9)
+                  if (r := self.readings.reading(cdu, f"pump{n}_running", now)) is not None]
+        if len(states) < 2:
+            return None
+        return sum(1 for v in states if v in (True, 1, "true")) <= 1
+
+    def _cooled_budget(self, rack_id: str, place: RackPlace, power: float | None, now: int) -> list[Sample]:
+        assert place.rack.cdu is not None
+        derated = self.last_pump(place.rack.cdu, now)
+        budget = place.rack.power_budget_kw
+        if derated:
+            budget *= self.cooling.last_pump_budget_pct / 100.0
+        out = [self._sample(rack_id, "cooling_budget_kw", budget, now)]
+        out.append(self._sample(rack_id, "cooled_utilization_pct",
+                                None if power is None else power / budget * 100.0, now, "rack power unknown"))
+        return out
+
+    def capacity_margin_kw(self, now: int) -> tuple[float | None, str]:
+        heat = [self.readings.number(cdu, "heat_removed_kw", now) for cdu in self.cdus]
+        known = [h for h in heat if h is not None]
+        if not known:
+            return None, "no fresh heat_removed_kw from any CDU"
+        load = sum(known)
+        capacity = 0.0
+        unrated = False
+        unknown: list[str] = []
+        for chiller in self.chillers:
+            running = self.readings.reading(chiller, "running", now)
+            if running is None:
+                unknown.append(chiller)
+                continue
+            if running.value not in (True, 1, "true"):
+                continue
+            rated = self.cooling.chiller_capacity_kw.get(chiller)
+            if rated is None:
+                # Capacity not configured: a running chiller is taken to carry the load (margin 0), so
+                # only "no running chiller" is judged.
+                unrated = True
+                continue
+            limit = self.readings.number(chiller, "demand_limit_pct", now)
+            capacity += rated * (100.0 if limit is None else limit) / 100.0
+        if unrated:
+            return max(0.0, capacity - load), ""
+        if unknown and capacity < load:
+            # Never "lost" on a guess: a chiller that does not report may be running (its communication
+            # alarm speaks for it).
+            return None, f"running state unknown for {', '.join(unknown)}"
+        return capacity - load, ""
+
+    def _plant(self, now: int) -> list[Batch]:
+        if not self.cdus:
+            return []
+        setpoints = [v for ch in self.chillers if (v := self.readings.number(ch, "setpoint_c", now)) is not None]
+        margin, why = self.capacity_margin_kw(now) if self.chillers else (None, "")
+        out: list[Batch] = []
+        for cdu in self.cdus:
+            # Derived samples of an offline CDU would read as proof of life: none until it answers.
+            if cdu in self.readings.offline:
+                continue
+            samples = [Sample(cdu, "facility_supply_max_c", self.class_max_c, now, measurement=PLANT)]
+            if setpoints:
+                samples.append(Sample(cdu, "facility_setpoint_c", min(setpoints), now, measurement=PLANT))
+            supply = self.readings.number(cdu, "supply_temp_c", now)
+            facility = self.readings.number(cdu, "facility_supply_temp_c", now)
+            if supply is not None and facility is not None:
+                samples.append(Sample(cdu, "approach_k", round(supply - facility, 3), now, measurement=PLANT))
+            if self.chillers:
+                samples.append(Sample(cdu, "cooling_capacity_margin_kw", None if margin is None else round(margin, 3),
+                                      now, Quality.GOOD if margin is not None else Quality.BAD, why,
+                                      measurement=PLANT))
+            out.append(Batch(cdu, PLANT, now, samples))
+        return out
 
     def _sample(self, rack: str, point: str, value: float | None, now_ns: int, reason: str = "") -> Sample:
         if value is None:

@@ -21,6 +21,7 @@ RACK_METRICS = (
     "power_kw", "power_a_kw", "power_b_kw", "utilization_pct", "redundant_headroom_kw",
     "feed_capacity_kw", "branch_load_pct", "phase_imbalance_pct", "flow_required_lpm",
     "flow_delivered_lpm", "flow_ratio_pct", "heat_removed_kw", "heat_ratio_pct",
+    "cooling_budget_kw", "cooled_utilization_pct",
 )
 
 _NAME = r"[a-z][a-z0-9_]*"

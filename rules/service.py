@@ -199,6 +199,9 @@ class RuleService:
             if reason != record.suppressed:
                 record.suppressed = reason
                 changed = True
+                # The retained MQTT alarm shows whether, and by what, it is suppressed now.
+                if self.alarm_outlet is not None:
+                    self.alarm_outlet.alarm_changed(record.event())
             if not reason and not record.notified and not self.engine.recovering(record.key):
                 self._notify(record)
                 changed = True

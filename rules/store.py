@@ -95,7 +95,7 @@ class AlarmRecord:
     updated_ns: int = 0
     # Whether the notifier was told this alarm fired (so a resolve is only sent after a firing was).
     notified: bool = False
-    # Why notifications are held back now: "", "inhibited", "shelved", "maintenance".
+    # Why notifications are held back now: "", "inhibited by {alarm key}", "shelved", "maintenance".
     suppressed: str = ""
     acknowledged: bool = False
     ack_by: str = ""
@@ -127,6 +127,7 @@ class AlarmRecord:
             key=self.key, rule=self.rule, subject=self.subject, state=self.state, severity=self.severity,
             ts_ns=self.updated_ns, message=self.message, metric=self.metric, value=self.value,
             threshold=self.threshold, labels=dict(self.labels), acknowledged=self.acknowledged, repeat=repeat,
+            suppressed=self.suppressed,
         )
 
 

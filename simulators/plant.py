@@ -363,8 +363,13 @@ class Plant:
 
     def _chiller_values(self, ch: ChillerState) -> dict[str, Value]:
         # Faults show at once, also in a frozen plant (advance() is where they would otherwise land).
-        if self.fault(ch.id, "trip") is not None or self.fault(ch.id, "lockout") is not None:
+        if (self.fault(ch.id, "trip") is not None or self.fault(ch.id, "lockout") is not None) and ch.running:
+            # The plant controller hands the loops to a standby at once (advance() would do the same; it
+            # must happen here too, or a trip served before the next step would never change over).
             ch.running = False
+            ch.tripped = self.fault(ch.id, "trip") is not None
+            ch.locked_out = self.fault(ch.id, "lockout") is not None
+            self._changeover(ch)
         ch.tripped = ch.tripped or self.fault(ch.id, "trip") is not None
         ch.locked_out = ch.locked_out or self.fault(ch.id, "lockout") is not None
         load = self.chiller_load_kw(ch) if ch.running else 0.0
@@ -417,7 +422,7 @@ class Plant:
             "power_factor": 0.97 if kw else 0.0,
             "energy_kwh": round(kw * (1000 + self.time_s / 3600), 1),
             "breaker_a": breaker,
-            "voltage_v": rack.voltage_v,
+            "voltage_ln_v": rack.voltage_v,
             "tripped": self._feed_tripped(rack, feed),
             "load_state": _load_state(watts, near_w, over_w),
             "near_overload_w": near_w,
@@ -427,6 +432,16 @@ class Plant:
             "overload_current_a": round(0.9 * breaker),
         }
 
+    # Per-phase share of a feed's load: a small, stable imbalance, as real racks have.
+    PHASE_WEIGHTS = (1.04, 0.98, 0.98)
+
+    def _neutral_a(self, rack: RackState, feed_w: float) -> float:
+        amps = [feed_w / 3 * w / rack.voltage_v for w in self.PHASE_WEIGHTS]
+        # Lines 120 degrees apart: I_N = |Ia + Ib a^2 + Ic a| with a = e^(j120).
+        real = amps[0] - 0.5 * (amps[1] + amps[2])
+        imag = math.sqrt(3) / 2 * (amps[2] - amps[1])
+        return round(math.hypot(real, imag), 1)
+
     @staticmethod
     def _pdu_thresholds_w(rack: RackState, feed: str) -> tuple[float, float]:
         """Device power thresholds a PDU ships with: 80 % / 90 % of its three-phase breaker capacity,
@@ -435,27 +450,31 @@ class Plant:
         return round(0.8 * capacity_w / 100) * 100.0, round(0.9 * capacity_w / 100) * 100.0
 
     def rows(self, device: str, table: str) -> dict[int, dict[str, Value]]:
-        """PDU table rows: `phase` (1..3), `outlet` (1..N), `bank` (1..2), `probe` (1)."""
+        """PDU table rows: `phase` (1..3), `pole` (4: a wye inlet's neutral), `outlet` (1..N), `bank` (1..2),
+        `probe` (1)."""
         located = self.pdu_feed(device)
         if located is None:
             return {}
         rack, feed = located
         feed_w = float(self._feed_values(rack, feed)["power_w"])
         if table == "phase":
-            # A small, stable imbalance, as real racks have.
-            weights = (1.04, 0.98, 0.98)
+            weights = self.PHASE_WEIGHTS
             breaker = rack.breaker_a.get(feed, 32.0)
             return {
                 i: {
                     "power_w": round(feed_w / 3 * w, 0),
                     "current_a": round(feed_w / 3 * w / rack.voltage_v, 1),
-                    "voltage_v": rack.voltage_v,
+                    "voltage_ln_v": rack.voltage_v,
+                    "voltage_ll_v": round(rack.voltage_v * math.sqrt(3)),
                     "load_state": _load_state(feed_w / 3 * w / rack.voltage_v, 0.8 * breaker, 0.9 * breaker),
                     "near_overload_current_a": round(0.8 * breaker),
                     "overload_current_a": round(0.9 * breaker),
                 }
                 for i, w in enumerate(weights, start=1)
             }
+        if table == "pole":
+            # A wye inlet's neutral carries the phasor sum of the line currents (unity power factor).
+            return {4: {"neutral_current_a": self._neutral_a(rack, feed_w)}}
         if table == "bank":
             # Two banks (breakers), each feeding half of the outlets.
             outlets = self.rows(device, "outlet")
@@ -473,7 +492,7 @@ class Plant:
             off = rack.outlets_off[feed]
             live = rack.outlets - len(off)
             per = feed_w / live if live else 0.0
-            return {
+            out: dict[int, dict[str, Value]] = {
                 n: {
                     "state": "off" if n in off or feed_w == 0 else "on",
                     "power_w": 0.0 if n in off else round(per, 0),
@@ -482,6 +501,11 @@ class Plant:
                 }
                 for n in range(1, rack.outlets + 1)
             }
+            for n, row in out.items():
+                # An outlet that draws nothing has no power factor to measure (no key: unavailable).
+                if n not in off and per > 0:
+                    row["power_factor"] = 0.97
+            return out
         return {}
 
     def write(self, device: str, point: str, value: Value) -> None:

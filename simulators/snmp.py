@@ -153,6 +153,11 @@ class PduAgent:
         if digits_oid is not None and point.digits is not None:
             values[digits_oid] = _typed("Unsigned32", point.digits)
         raw = None if value is None else encode(point, value, point.digits)
+        state_oid = point.state_instance(index)
+        if state_oid is not None:
+            # A sensor that cannot measure: state "unavailable" and a value of 0, as Raritan serves it.
+            values[state_oid] = _typed("Integer32", 4 if raw is not None else point.unavailable_states[0])
+            raw = 0 if raw is None else raw
         if raw is None:
             # What the vendors serve for a feature the model lacks.
             if not point.missing:

@@ -74,7 +74,8 @@ def _table(records: list[AlarmRecord], history: bool, leak: dict[str, dict[str, 
         if r.shelved_until_ns:
             notes.append(f"shelved until {_when(r.shelved_until_ns)}")
         if r.suppressed:
-            notes.append(r.suppressed)
+            # e.g. "suppressed: inhibited by cdu-leak/cdu-1": the alarm that speaks for this one.
+            notes.append(f"suppressed: {r.suppressed}")
         if not history and leak and r.key in leak:
             notes.append(leak_stage(leak[r.key]))  # the tiered leak response's stage and plan (rules/leak.py)
         at = r.updated_ns if history else (r.fired_ns or r.since_ns)

@@ -85,7 +85,8 @@ class View:
             if payload:
                 if key not in self.alarms:
                     alarm = json.loads(payload)
-                    self.event(f"ALARM {alarm.get('severity', '').upper()}: {alarm.get('message', key)}")
+                    held = f" (suppressed: {alarm['suppressed']})" if alarm.get("suppressed") else ""
+                    self.event(f"ALARM {alarm.get('severity', '').upper()}: {alarm.get('message', key)}{held}")
                 self.alarms[key] = json.loads(payload)
             elif key in self.alarms:
                 self.event(f"resolved: {self.alarms.pop(key).get('message', key)}")
@@ -128,9 +129,14 @@ class View:
                         f"{fmt(v.get('status'))}")
             out.append(f"{device.id:<10}{device.kind:<8}{online:<9} {line}")
         out.append("")
-        out.append(f"active alarms ({len(self.alarms)}):")
-        for alarm in sorted(self.alarms.values(), key=lambda a: (a.get("severity") != "critical", a.get("key", ""))):
-            out.append(f"  {alarm.get('severity', '?'):<9}{alarm.get('subject', ''):<10}{alarm.get('message', '')}")
+        held = sum(1 for a in self.alarms.values() if a.get("suppressed"))
+        out.append(f"active alarms ({len(self.alarms)}, {held} suppressed):")
+        # Suppressed alarms last, each with the alarm that suppresses it: they are not the fault to act on.
+        for alarm in sorted(self.alarms.values(), key=lambda a: (bool(a.get("suppressed")),
+                                                                 a.get("severity") != "critical", a.get("key", ""))):
+            severity = "suppr." if alarm.get("suppressed") else alarm.get("severity", "?")
+            why = f"  [{alarm['suppressed']}]" if alarm.get("suppressed") else ""
+            out.append(f"  {severity:<9}{alarm.get('subject', ''):<10}{alarm.get('message', '')}{why}")
         if self.events:
             out += ["", "events:", *[f"  {e}" for e in self.events]]
         return "\n".join(out)
@@ -159,9 +165,18 @@ def scenario(config: Config) -> list[Step]:
         steps += [(65, f"inject: feed trip on {pdu}", lambda p: p.inject(pdu, "feed_trip")),
                   (95, f"clear: feed {pdu} restored", lambda p: p.clear(pdu, "feed_trip"))]
     if chillers:
+        # The lead trips while the standby is locked out: no chiller runs, the facility water warms and the
+        # cooling-plant rules raise "cooling capacity lost" and the facility-supply alarm. A reset does not
+        # restart a tripped chiller; the operator's restart does, and both alarms resolve.
         ch = chillers[0]
+        standby = chillers[1:2]
+        if standby:
+            steps.append((105, f"inject: standby {standby[0]} locked out", lambda p: p.inject(standby[0], "lockout")))
         steps += [(110, f"inject: {ch} trips", lambda p: p.inject(ch, "trip")),
-                  (140, f"clear: {ch} reset", lambda p: p.clear(ch, "trip"))]
+                  (210, f"clear: {ch} reset (stays stopped)", lambda p: p.clear(ch, "trip")),
+                  (215, f"restart: {ch} started", lambda p: p.write(ch, "running", True))]
+        if standby:
+            steps.append((220, f"clear: standby {standby[0]} lockout", lambda p: p.clear(standby[0], "lockout")))
     return steps
 
 

@@ -137,6 +137,8 @@ class MqttPublisher:
             "severity": event.severity.value, "ts": event.ts_ns, "message": event.message,
             "metric": event.metric, "value": event.value, "threshold": event.threshold,
             "labels": event.labels, "acknowledged": event.acknowledged,
+            # "", "shelved", "maintenance" or "inhibited by {alarm key}" (rules.inhibit)
+            "suppressed": event.suppressed,
         }).encode()
         self.outbox.put(topic, payload, PRIORITY_EVENT, retain=True)
 

@@ -40,3 +40,5 @@ class AlarmEvent:
     acknowledged: bool = False
     # True when the same alarm was already notified and this is a reminder (repeat interval).
     repeat: bool = False
+    # Why its notifications are held back: "", "shelved", "maintenance", "inhibited by {alarm key}".
+    suppressed: str = ""

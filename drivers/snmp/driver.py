@@ -111,6 +111,9 @@ class Plan:
     # Decimal-digits columns to walk (every row is kept: the points pick theirs by OID).
     digit_walks: set[Oid] = field(default_factory=set)
     decimals: dict[int, int] = field(default_factory=dict)  # id(point) -> decimals of its scale
+    # Sensor state objects (`state_oid`), read every poll with the values: scalars to GET, columns to walk.
+    state_scalars: list[Oid] = field(default_factory=list)
+    state_walks: set[Oid] = field(default_factory=set)
 
     @classmethod
     def build(cls, profile: Profile[Point]) -> Plan:
@@ -119,6 +122,10 @@ class Plan:
             plan.decimals[id(point)] = max(0, math.ceil(-math.log10(abs(point.scale)) - 1e-9))
             if not point.readable:
                 continue
+            if point.state_oid is not None and point.is_column:
+                plan.state_walks.add(tuple(int(x) for x in point.state_oid.partition("*")[0].strip(".").split(".")))
+            elif point.state_oid is not None:
+                plan.state_scalars.append(point.state_instance() or ())
             if point.is_column:
                 prefix, suffix = point.split()
                 plan.walks.setdefault(prefix, []).append(_Column(suffix, point))
@@ -134,6 +141,18 @@ class Plan:
                     plan.digit_scalars.append(digits)
         plan.digit_scalars = sorted(set(plan.digit_scalars))
         return plan
+
+
+def _ints(var_binds: Iterable[tuple[Oid, Any]]) -> dict[Oid, int]:
+    out: dict[Oid, int] = {}
+    for oid, value in var_binds:
+        if value is None or isinstance(value, (*_ABSENT, bytes, bytearray, str, tuple, fast.Malformed)):
+            continue
+        try:
+            out[oid] = int(value)
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
 _PLANS: dict[int, tuple[Profile[Point], Plan]] = {}
@@ -161,6 +180,7 @@ class SnmpDriver(Driver):
         self.session: Requests | None = None
         self._digits: dict[Oid, int] | None = None
         self._row_counts: dict[Oid, int] = {}
+        self._states: dict[Oid, int] = {}
         # Columns whose last walk was cut off (prefix -> reason); they yield a BAD sample, not rows.
         self._cut: dict[Oid, str] = {}
         # (point, OID) already logged as absent: once per driver, however many polls (bounded by the profile).
@@ -198,8 +218,12 @@ class SnmpDriver(Driver):
             async with self._lock, asyncio.timeout(self.deadline):
                 if self._digits is None:
                     self._digits = await self._read_digits()
-                scalars = await self._get_all([oid for oid, _ in self.plan.scalars])
-                columns = await self._walk(list(self.plan.walks))
+                # State objects ride along in the same requests (often the very column another point
+                # walks already, e.g. Raritan's outlet sensor states).
+                scalars = await self._get_all([oid for oid, _ in self.plan.scalars] + self.plan.state_scalars)
+                columns = await self._walk(list(self.plan.walks.keys() | self.plan.state_walks))
+                states = _ints([*((oid, scalars.get(oid)) for oid in self.plan.state_scalars),
+                                *(vb for prefix in self.plan.state_walks for vb in columns.get(prefix, ()))])
         except TimeoutError as err:
             self._digits = None
             ERRORS.inc(device=self.device.id, error="deadline")
@@ -211,7 +235,7 @@ class SnmpDriver(Driver):
             raise
         finally:
             POLL_SECONDS.observe(time.monotonic() - started, device=self.device.id)
-        return self._decode(scalars, columns, now_ns())
+        return self._decode(scalars, columns, now_ns(), states)
 
     async def _get_all(self, oids: list[Oid]) -> dict[Oid, Any]:
         out: dict[Oid, Any] = {}
@@ -322,8 +346,10 @@ class SnmpDriver(Driver):
 
     # ---- decoding ------------------------------------------------------------------------------------
 
-    def _decode(self, scalars: dict[Oid, Any], columns: dict[Oid, list[VarBind]], ts: int) -> list[Sample]:
+    def _decode(self, scalars: dict[Oid, Any], columns: dict[Oid, list[VarBind]], ts: int,
+                states: dict[Oid, int] | None = None) -> list[Sample]:
         samples: list[Sample] = []
+        self._states = states or {}
         for oid, point in self.plan.scalars:
             value = scalars.get(oid, _NOT_ANSWERED)
             tags = tuple(sorted(point.tags.items()))
@@ -331,11 +357,12 @@ class SnmpDriver(Driver):
                 what = "noSuchName" if value is _NOT_ANSWERED else _absent_name(value)
                 samples.append(self._absent(point, oid, f"{what}: the agent has no {_dotted(oid)}", tags, ts))
                 continue
-            sample = self._sample(point, value, point.digits_instance(), tags, ts)
+            sample = self._sample(point, value, point.digits_instance(), tags, ts, point.state_instance())
             if sample is not None:
                 samples.append(sample)
         for prefix, found in columns.items():
-            columns_here = self.plan.walks[prefix]
+            # A prefix walked for sensor states only has no columns of its own.
+            columns_here = self.plan.walks.get(prefix, [])
             cut = self._cut.get(prefix)
             if cut is not None or not found:
                 for column in columns_here:
@@ -356,9 +383,12 @@ class SnmpDriver(Driver):
                     if not index:
                         continue
                     point = column.point
+                    if not point.wants_row(index):
+                        continue
                     assert point.index_tag is not None
                     tags = ((point.index_tag, ".".join(map(str, index))),)
-                    sample = self._sample(point, value, point.digits_instance(index), tags, ts)
+                    sample = self._sample(point, value, point.digits_instance(index), tags, ts,
+                                          point.state_instance(index))
                     if sample is not None:
                         samples.append(sample)
         return samples
@@ -375,10 +405,13 @@ class SnmpDriver(Driver):
         return self._bad(point, reason, tags, ts)
 
     def _sample(self, point: Point, value: Any, digits_oid: Oid | None, tags: tuple[tuple[str, str], ...],
-                ts: int) -> Sample | None:
+                ts: int, state_oid: Oid | None = None) -> Sample | None:
         measurement = point.measurement or self.profile.kind
         if isinstance(value, _ABSENT):
             return self._bad(point, f"{_absent_name(value)} in row {tags}", tags, ts)
+        state = self._states.get(state_oid) if state_oid is not None else None
+        if state is not None and state in point.unavailable_states:
+            return self._bad(point, f"sensor unavailable (state {state})", tags, ts)
         if isinstance(value, fast.Malformed):
             return self._bad(point, value.reason, tags, ts)
         if isinstance(value, bytes | bytearray | str | tuple) or value is None:

@@ -16,6 +16,13 @@ Value in engineering units = raw * 10^-digits * scale, where digits is read from
 (Raritan's decimalDigits, once per connection; `digits` is the model's usual value, served by the simulator
 and used when the agent has no such object). An `enum` maps raw integers to canonical strings; raw values in
 `missing` (e.g. -1 "not supported") are omitted, never reported as a value.
+
+Two profile options for tables whose rows are not all alike:
+
+    # Raritan wye inlet: poles 1-3 are the lines, pole 4 the neutral (its own point, current only)
+    {name: current_a, oid: ...5.2.4.1.4.1.1.*.1, index_tag: phase, rows: [1, 2, 3]}
+    # Raritan serves 0 with sensor state -1 for a value it cannot measure: a BAD sample, not 0.0
+    {name: power_factor, oid: ...5.4.3.1.4.1.*.7, state_oid: ...5.4.3.1.3.1.*.7, unavailable_states: [-1]}
 """
 
 from __future__ import annotations
@@ -59,10 +66,16 @@ class Point(PointBase):
     readable: bool = True
     # ASN.1 type the agent uses, for SET and for the simulator.
     syntax: str = Field(default="Integer32", pattern=r"^(Integer32|Unsigned32|Gauge32|Counter32)$")
+    # A column's rows (first index sub-identifier) that belong to this point; others are another point's.
+    rows: list[int] | None = None
+    # The sensor's state object (same index as `oid`), read every poll: a state in `unavailable_states`
+    # makes the value a BAD sample with the reason, whatever number the value object holds.
+    state_oid: str | None = None
+    unavailable_states: list[int] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Point:
-        for label, text in (("oid", self.oid), ("digits_oid", self.digits_oid)):
+        for label, text in (("oid", self.oid), ("digits_oid", self.digits_oid), ("state_oid", self.state_oid)):
             if text is None:
                 continue
             if text.count(INDEX) > 1:
@@ -77,6 +90,12 @@ class Point(PointBase):
             raise ValueError(f"index_tag is set but the oid has no {INDEX}")
         if self.digits_oid is not None and INDEX in self.digits_oid and not is_column:
             raise ValueError(f"digits_oid holds {INDEX} but the point is a scalar")
+        if self.rows is not None and not is_column:
+            raise ValueError("`rows` selects rows of a column; the oid has no *")
+        if (self.state_oid is None) != (not self.unavailable_states):
+            raise ValueError("`state_oid` and `unavailable_states` go together")
+        if self.state_oid is not None and (INDEX in self.state_oid) != is_column:
+            raise ValueError("state_oid must hold * exactly when the oid does")
         if is_column and self.tags:
             raise ValueError("constant `tags` are for scalars; a column's tag comes from its index")
         if self.scale == 0:
@@ -114,6 +133,15 @@ class Point(PointBase):
             return None
         prefix, suffix, indexed = parts
         return prefix + index + suffix if indexed else prefix + suffix
+
+    def state_instance(self, index: tuple[int, ...] = ()) -> tuple[int, ...] | None:
+        if self.state_oid is None:
+            return None
+        prefix, suffix = _split(self.state_oid)
+        return prefix + index + suffix if index and self.is_column else prefix + suffix
+
+    def wants_row(self, index: tuple[int, ...]) -> bool:
+        return self.rows is None or (bool(index) and index[0] in self.rows)
 
     def raw_for(self, name: str) -> int:
         """The raw integer of a canonical enum value (for SET)."""

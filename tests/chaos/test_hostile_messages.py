@@ -76,6 +76,9 @@ class PollRecorder:
                 if kind in ("status", "daemon") or not isinstance(message.payload, bytes):
                     continue
                 self.messages += 1
+                # The CDU's polls only: derived plant points, rack metrics and alarms are other series.
+                if kind != "cdu":
+                    continue
                 for line in message.payload.splitlines():
                     self.polls.setdefault(device, []).append(int(line.rsplit(b" ", 1)[1]))
 

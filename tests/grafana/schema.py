@@ -4,6 +4,7 @@ the code has it): measurements, their fields and their tags. Dashboards may name
 - device measurements (pdu, pdu_outlet, cdu, chiller): every readable point of every profile in
   drivers/profiles, its `measurement` (default: the profile's kind), its row tag (`index_tag`) and constant
   tags; the static tags come from dcim.core.topology (site, room, row, rack, feed, device).
+- plant: rules.metrics.CDU_METRICS (the cooling-plant points the rule engine derives per CDU), device tags.
 - rack: rules.model.RACK_METRICS, tags of a rack in dcim.core.topology (site, room, row, rack, cdu).
 - alarm: one line per alarm change (rules.service): tags rule, severity and the subject's topology tags,
   fields state, value, threshold, message, acknowledged, ack_by.
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from dcim.app.config import Config
 from dcim.core.topology import Topology
 from drivers.profiles import available_profiles, load_profile
+from rules.metrics import CDU_METRICS
 from rules.model import RACK_METRICS
 
 QUALITY_FIELDS = {"quality", "quality_reason"}
@@ -49,6 +51,7 @@ def written_schema() -> dict[str, Measurement]:
             if index_tag:
                 m.tags.add(index_tag)
             m.tags.update(getattr(point, "tags", {}) or {})
+    schema["plant"] = Measurement(set(CDU_METRICS), set(DEVICE_TAGS))
     schema["rack"] = Measurement(set(RACK_METRICS), {"site", "room", "row", "rack", "cdu"})
     schema["alarm"] = Measurement(set(ALARM_FIELDS), set(ALARM_TAGS))
     schema["device_status"] = Measurement({"online", "error"}, DEVICE_TAGS | {"kind"})

@@ -122,7 +122,7 @@ class Rig:
         for side, kw in (("a", kw_a), ("b", kw_b)):
             rows = None
             if phases is not None:
-                rows = {(("phase", str(i + 1)),): {"current_a": c, "voltage_v": 230.0}
+                rows = {(("phase", str(i + 1)),): {"current_a": c, "voltage_ln_v": 230.0}
                         for i, c in enumerate(phases)}
             self.send(f"pdu-{rack}-{side}", "pdu", {"power_w": kw * 1000, "tripped": tripped == side}, rows)
 

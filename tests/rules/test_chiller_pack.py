@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dcim.core.events import Severity
 from simulators.plant import Plant
-from tests.rules.rig import Rig
+from tests.rules.rig import Rig, hall
 
 
 def chiller_seconds(r: Rig, plant: Plant, seconds: int, **override: object) -> None:
@@ -29,7 +31,10 @@ async def test_trip_fires_at_once_and_resolves_on_restart(rig: Rig) -> None:
     assert rig.notifier.resolved() == ["chiller-trip/ch-1"]
 
 
-async def test_low_cop_warns_only_while_running(rig: Rig) -> None:
+async def test_low_cop_warns_only_while_running(tmp_path: Path) -> None:
+    # The one chiller stops here, which the cooling-plant pack rightly calls capacity lost: not this test's
+    # subject (tests/rules/test_cooling_plant.py).
+    rig = Rig(hall(tmp_path, {"packs": {"cooling-plant": False}}))
     plant = Plant(rig.config, frozen=True)
     chiller_seconds(rig, plant, 900, running=False, status="stopped", cop=0.0)
     assert rig.notifier.events == []          # a chiller on standby has no COP to judge

@@ -94,8 +94,8 @@ async def test_snmpwalk_and_bulkwalk_see_every_outlet(
                           f"{RARITAN}.5.4.3.1.4.1")
     assert code == 0, out
     rows = values(out)
-    # 48 outlets x (rmsCurrent, activePower, activeEnergy)
-    assert len(rows) == 48 * 3
+    # 48 outlets x (rmsCurrent, activePower, powerFactor, activeEnergy)
+    assert len(rows) == 48 * 4
     power = plant.rows("rpx-a02", "outlet")[5]["power_w"]
     assert int(rows[f"{RARITAN}.5.4.3.1.4.1.5.5"]) == round(float(power))
     # Decimal digits of outlet current: the driver reads these before scaling.

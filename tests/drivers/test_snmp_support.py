@@ -24,7 +24,7 @@ from drivers.snmp.driver import SnmpDriver, make_driver
 from drivers.snmp.points import Point
 from simulators.plant import Plant
 from simulators.snmp import SnmpSimulator
-from tests.helpers import hand_over, hold_udp_port
+from tests.helpers import hand_over
 
 AUTH_KEY = "auth-key-4-tests"
 PRIV_KEY = "priv-key-4-tests"
@@ -42,7 +42,7 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 
 
 def pdu(device_id: str, profile: str, **extra: Any) -> dict[str, Any]:
-    return {"id": device_id, "kind": "pdu", "protocol": "snmp", "host": "127.0.0.1", "port": hold_udp_port(),
+    return {"id": device_id, "kind": "pdu", "protocol": "snmp", "host": "127.0.0.1", "port": free_udp_port(),
             "profile": profile, "community": "public", "write_community": "private",
             # A generous poll deadline: tests share two cores with everything else (deadline tests set theirs).
             "interval": "1s", "timeout": "300ms", "retries": 1, "deadline": "5s", **extra}

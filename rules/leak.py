@@ -239,4 +239,12 @@ class LeakResponder:
             if self.audit is None or not queue:
                 return
             audit = self.audit
-            await asyncio.to_thread(lambda: [audit.append(fields) for fields in queue])
+            written = asyncio.get_running_loop().run_in_executor(
+                None, lambda: [audit.append(fields) for fields in queue])
+            try:
+                await asyncio.shield(written)
+            except asyncio.CancelledError:
+                # The appends already run on their thread: let them land before the shutdown goes on, so a
+                # daemon that stopped has every stage it recorded in the audit trail, in order.
+                await asyncio.wait([written])
+                raise

@@ -58,6 +58,8 @@ async def test_armed_detected_confirmed_by_a_second_zone_then_isolated(tmp_path:
         plant.inject("cdu-1", "leak", zones=[1, 2])          # it spreads: a second zone is wet
         await wait_until(lambda: stage(config) not in ("detected", "confirmed", "isolating"), timeout=60,
                          message="leak isolated")
+        await wait_until(lambda: any(r["outcome"] == "isolated" for r in audit(config)), timeout=60,
+                         message="isolated stage audited")
     assert stage(config) == "isolated"
     assert sorted(plant.received) == [("pdu-1", "outlet:1", False), ("pdu-1", "outlet:2", False)]
     records = audit(config)
@@ -82,6 +84,9 @@ async def test_a_new_site_plans_in_dry_run_and_writes_nothing(tmp_path: Path) ->
     async with simulators(config, plant), running(config):
         plant.inject("cdu-1", "leak", zone=3)
         await wait_until(lambda: stage(config) == "planned", timeout=60, message="isolation planned")
+        # The audit trail is written off the loop, after the stage: wait for the record, not a time.
+        await wait_until(lambda: any(r["outcome"] == "planned" for r in audit(config)), timeout=60,
+                         message="planned stage audited")
     assert plant.received == []
     records = audit(config)
     assert [(r["origin"], r["outcome"]) for r in records] == [

@@ -5,36 +5,17 @@ planned, and nothing reaches any simulator. Each stage is in the audit trail and
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from dcim.app.config import Config
-from dcim.app.daemon import Daemon
 from dcim.core.audit import AuditLog
 from rules.leak import load_incidents
 from tests.e2e.harness import simulators
 from tests.helpers import wait_until
-from tests.writes.rig import CountingPlant, dcim, hall, load
+from tests.writes.rig import CountingPlant, dcim, hall, load, running
 
 ALARM = "cdu-leak/cdu-1"
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Daemon]:
-    daemon = Daemon(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop), name="daemon")
-    try:
-        await wait_until(lambda: daemon.ready.is_set() or task.done(), timeout=60, message="daemon ready")
-        if task.done():
-            task.result()
-        yield daemon
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 def stage(config: Config) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from dcim.app.config import Config, load_config
+from dcim.app.daemon import Daemon
 from dcim.core.audit import AuditLog
 from dcim.core.samples import Value
 from dcim.core.topology import Topology
@@ -22,7 +23,7 @@ from rules.store import AlarmStore
 from rules.writes import WriteGuard, WriteRequest, WriteResult
 from simulators.plant import Plant
 from tests.e2e.harness import REPO
-from tests.helpers import free_port, hold_udp_port
+from tests.helpers import free_port, hold_udp_port, wait_until
 
 TOKEN = "write-test-token"
 
@@ -128,3 +129,19 @@ async def dcim(*argv: str, stdin: bytes | None = None, timeout: float = 90) -> t
 
 def load(path: Path) -> Config:
     return load_config(path)
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Daemon]:
+    """`Daemon.run` in this process until the block ends; fails at once if it could not start."""
+    daemon = Daemon(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop), name="daemon")
+    try:
+        await wait_until(lambda: daemon.ready.is_set() or task.done(), timeout=60, message="daemon ready")
+        if task.done():
+            task.result()
+        yield daemon
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

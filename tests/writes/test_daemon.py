@@ -5,22 +5,19 @@ every fault the simulators know is injected."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import aiomqtt
 
-from dcim.app.config import Config
 from dcim.app.daemon import Daemon
 from dcim.core.audit import AuditLog
 from simulators.plant import FAULTS
 from tests.e2e.harness import simulators
 from tests.helpers import wait_until
-from tests.writes.rig import TOKEN, CountingPlant, direct, hall, load
+from tests.writes.rig import TOKEN, CountingPlant, direct, hall, load, running
 
 LEAK_ACTIONS = [
     {"name": "leak-flow-down", "rule": "cdu-leak", "target": "cdu",
@@ -33,21 +30,6 @@ LEAK_ACTIONS = [
 ENVELOPE = [{"kind": "cdu", "point": "flow_setpoint_lpm", "min": 100, "max": 900},
             {"kind": "pdu", "point": "outlet_command:{outlet}", "values": ["off"]},
             {"kind": "chiller", "point": "running", "values": [True]}]
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Daemon]:
-    daemon = Daemon(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(daemon.run(stop), name="daemon")
-    try:
-        await wait_until(lambda: daemon.ready.is_set() or task.done(), timeout=60, message="daemon ready")
-        if task.done():
-            task.result()
-        yield daemon
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 def actions(daemon: Daemon) -> list[dict[str, Any]]:

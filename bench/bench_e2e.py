@@ -47,6 +47,9 @@ def config_for(n: int, workdir: Path, mqtt_port: int, influx_url: str) -> Path:
     }
     path = workdir / f"bench-{n}.yaml"
     path.write_text(yaml.safe_dump(config))
+    # The simulator's copy logs at info: its own "simulators ready" line is what the bench waits for.
+    (workdir / f"bench-{n}-simulate.yaml").write_text(yaml.safe_dump({**config, "logging": {"level": "info",
+                                                                                            "format": "json"}}))
     return path
 
 
@@ -61,7 +64,8 @@ def run(n: int, seconds: float, workdir: Path) -> dict[str, float]:
         path = config_for(n, workdir, mqtt.port, influx.url)
         dcim = [sys.executable, "-m", "dcim.app.cli"]
         log = (workdir / f"bench-{n}.log").open("wb")
-        sim = subprocess.Popen([*dcim, "simulate", "-c", str(path), "--frozen"], cwd=REPO, stdout=log, stderr=log)
+        sim_config = path.with_name(f"bench-{n}-simulate.yaml")
+        sim = subprocess.Popen([*dcim, "simulate", "-c", str(sim_config), "--frozen"], cwd=REPO, stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + 120
             # `dcim simulate` says itself when every socket is bound ("simulators ready"): nothing is probed.

@@ -29,7 +29,7 @@ bench: venv
 
 ## lint: ruff, then the layer contracts of pyproject.toml ([tool.importlinter]); a wrong import is named
 lint: venv
-	$(VENV)/bin/ruff check dcim drivers rules simulators tests bench
+	$(VENV)/bin/ruff check dcim tests bench
 	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 typecheck: venv

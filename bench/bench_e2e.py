@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from benchlib import cpu_seconds, free_ports, machine, rss_mib  # noqa: E402
 
-from drivers.profiles import load_profile  # noqa: E402
+from dcim.drivers.profiles import load_profile  # noqa: E402
 from tests.servers import InfluxDBv1, Mosquitto  # noqa: E402
 
 

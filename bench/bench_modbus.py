@@ -28,11 +28,11 @@ sys.path.insert(0, str(REPO))
 from benchlib import free_ports, machine, rss_mib  # noqa: E402
 
 from dcim.app.config import parse_config  # noqa: E402
-from drivers.base import DriverContext  # noqa: E402
-from drivers.errors import DriverError  # noqa: E402
-from drivers.modbus.config import ModbusDevice  # noqa: E402
-from drivers.modbus.driver import ModbusDriver, make_driver  # noqa: E402
-from drivers.profiles import load_profile  # noqa: E402
+from dcim.drivers.base import DriverContext  # noqa: E402
+from dcim.drivers.errors import DriverError  # noqa: E402
+from dcim.drivers.modbus.config import ModbusDevice  # noqa: E402
+from dcim.drivers.modbus.driver import ModbusDriver, make_driver  # noqa: E402
+from dcim.drivers.profiles import load_profile  # noqa: E402
 
 
 def config_raw(n: int) -> dict[str, Any]:
@@ -50,8 +50,8 @@ def run_simulators(raw: dict[str, Any], ready: EventType) -> None:
 
     import structlog
 
-    from simulators.modbus import ModbusSimulator
-    from simulators.plant import Plant
+    from dcim.simulators.modbus import ModbusSimulator
+    from dcim.simulators.plant import Plant
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 

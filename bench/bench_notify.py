@@ -21,8 +21,8 @@ from aiohttp import web
 from benchlib import machine
 
 from dcim.core.events import AlarmEvent, AlarmState, Severity
-from rules.notify import Notifier
-from rules.notify.config import NotifyConfig
+from dcim.rules.notify import Notifier
+from dcim.rules.notify.config import NotifyConfig
 
 
 class Receiver:

@@ -30,10 +30,10 @@ from benchlib import free_ports, machine  # noqa: E402
 
 from dcim.app.config import parse_config  # noqa: E402
 from dcim.core.samples import Quality, Sample  # noqa: E402
-from drivers.base import DriverContext  # noqa: E402
-from drivers.opcua.config import OpcUaDevice  # noqa: E402
-from drivers.opcua.driver import OpcUaSubscriber, make_driver  # noqa: E402
-from drivers.profiles import load_profile  # noqa: E402
+from dcim.drivers.base import DriverContext  # noqa: E402
+from dcim.drivers.opcua.config import OpcUaDevice  # noqa: E402
+from dcim.drivers.opcua.driver import OpcUaSubscriber, make_driver  # noqa: E402
+from dcim.drivers.profiles import load_profile  # noqa: E402
 
 NAMESPACE = "urn:dcim:bench"
 
@@ -86,7 +86,7 @@ class ChangingPlant:
 
 
 async def serve(profile_dir: Path, profile: str, ports: list[int], refresh: float) -> None:
-    from simulators.opcua import ChillerServer
+    from dcim.simulators.opcua import ChillerServer
 
     plant: Any = ChangingPlant()
     servers = [ChillerServer(plant, d, load_profile(profile, (profile_dir,)), refresh=refresh)

@@ -29,8 +29,8 @@ from dcim.core.events import AlarmEvent, AlarmState
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Batch, Sample, Value
 from dcim.core.topology import Topology
-from rules.clock import FakeClock
-from rules.service import RuleService
+from dcim.rules.clock import FakeClock
+from dcim.rules.service import RuleService
 
 
 def hall(racks: int, state_dir: str) -> dict[str, Any]:

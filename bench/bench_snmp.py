@@ -42,13 +42,13 @@ from pysnmp.hlapi import varbinds as hlapi_varbinds  # noqa: E402
 from pysnmp.hlapi.v3arch import asyncio as hlapi  # noqa: E402
 
 from dcim.app.config import parse_config  # noqa: E402
-from drivers.base import DriverContext  # noqa: E402
-from drivers.errors import DriverError  # noqa: E402
-from drivers.profiles import load_profile  # noqa: E402
-from drivers.snmp.config import SnmpDevice  # noqa: E402
-from drivers.snmp.driver import SnmpDriver  # noqa: E402
-from drivers.snmp.session import Oid, Session, VarBind  # noqa: E402
-from drivers.snmp.usm import auth_protocol, priv_protocol  # noqa: E402
+from dcim.drivers.base import DriverContext  # noqa: E402
+from dcim.drivers.errors import DriverError  # noqa: E402
+from dcim.drivers.profiles import load_profile  # noqa: E402
+from dcim.drivers.snmp.config import SnmpDevice  # noqa: E402
+from dcim.drivers.snmp.driver import SnmpDriver  # noqa: E402
+from dcim.drivers.snmp.session import Oid, Session, VarBind  # noqa: E402
+from dcim.drivers.snmp.usm import auth_protocol, priv_protocol  # noqa: E402
 
 OUTLETS = 48
 
@@ -74,8 +74,8 @@ def config_raw(n: int, v3: bool) -> dict[str, Any]:
 # ---- the simulator, in a child process -------------------------------------------------------------------
 
 def serve_main(path: str) -> None:
-    from simulators.plant import Plant
-    from simulators.snmp import SnmpSimulator
+    from dcim.simulators.plant import Plant
+    from dcim.simulators.snmp import SnmpSimulator
 
     config = parse_config(json.loads(Path(path).read_text()))
     plant = Plant(config, frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent
-PACKS = ROOT.parent / "rules" / "packs"
+PACKS = ROOT.parent / "dcim" / "rules" / "packs"
 OUT = ROOT / "dashboards"
 
 DS_UID = "dcim-influxdb"

@@ -28,10 +28,10 @@ import yaml
 
 from dcim.app.config import ConfigError, config_model, json_schema, parse_config
 from dcim.app.simulate import run_simulators, wait_listening
-from drivers.base import DeviceBase
-from drivers.profiles import PointBase, parse_profile
-from drivers.registry import BUILTIN, PROTOCOLS, ProtocolSpec, RegistryError, markdown_table
-from simulators.plant import Plant
+from dcim.drivers.base import DeviceBase
+from dcim.drivers.profiles import PointBase, parse_profile
+from dcim.drivers.registry import BUILTIN, PROTOCOLS, ProtocolSpec, RegistryError, markdown_table
+from dcim.simulators.plant import Plant
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRIBUTING = REPO / "docs" / "contributing.md"

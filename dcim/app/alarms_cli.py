@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from dcim.core.config import parse_duration
-from rules.leak import describe as leak_stage
-from rules.leak import load_incidents
-from rules.store import AlarmNotActive, AlarmNotFound, AlarmRecord, AlarmStore
+from dcim.rules.leak import describe as leak_stage
+from dcim.rules.leak import load_incidents
+from dcim.rules.store import AlarmNotActive, AlarmNotFound, AlarmRecord, AlarmStore
 
 NS = 1_000_000_000
 

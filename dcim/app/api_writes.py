@@ -24,7 +24,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rules.writes import WriteGuard, WriteRequest
+from dcim.rules.writes import WriteGuard, WriteRequest
 
 if TYPE_CHECKING:
     from dcim.app.config import HttpConfig

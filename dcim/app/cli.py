@@ -26,7 +26,7 @@ from typing import Any
 from dcim.app.config import Config, ConfigError, json_schema, load_config
 from dcim.core.logs import setup_logging
 from dcim.core.samples import Quality, Value
-from drivers.registry import PROTOCOLS
+from dcim.drivers.registry import PROTOCOLS
 
 # Packages that add subcommands of their own: each has `register(subparsers)`. Protocols name theirs in the
 # protocol registry (`ProtocolSpec.commands`).
@@ -112,7 +112,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from dcim.app.simulate import run_simulators
-    from simulators.plant import Plant
+    from dcim.simulators.plant import Plant
 
     config = _load(args.config)
     setup_logging(config.logging.level, config.logging.format)
@@ -126,8 +126,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def _device_driver(config: Config, device_id: str) -> Any:
     from dcim.app.poller import make_driver
-    from drivers.base import DriverContext
-    from drivers.profiles import load_profile
+    from dcim.drivers.base import DriverContext
+    from dcim.drivers.profiles import load_profile
 
     try:
         device = config.device(device_id)
@@ -148,7 +148,7 @@ def _format_value(value: Value | None) -> str:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from drivers.errors import DriverError
+    from dcim.drivers.errors import DriverError
 
     config = _load(args.config)
     setup_logging("warning", "console")

@@ -24,10 +24,10 @@ from pydantic import Field, ValidationError, create_model
 from dcim.core.config import Duration, PositiveDuration, StrictModel, error_path
 from dcim.core.secrets import Secret
 from dcim.core.topology import Rack, Room, Row, Site
-from drivers.base import DeviceBase
-from drivers.profiles import ProfileError, available_profiles, load_profile
-from drivers.registry import PROTOCOLS
-from rules.config import RulesConfig, check_references
+from dcim.drivers.base import DeviceBase
+from dcim.drivers.profiles import ProfileError, available_profiles, load_profile
+from dcim.drivers.registry import PROTOCOLS
+from dcim.rules.config import RulesConfig, check_references
 
 # A configured device: an instance of its protocol's device model (drivers.registry), tagged by `protocol`.
 Device = DeviceBase

@@ -46,12 +46,12 @@ from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Value
 from dcim.core.sqlite import SqliteWriter
 from dcim.core.topology import Topology
-from drivers.base import DeviceBase, Driver, DriverContext
-from drivers.errors import DriverError
-from drivers.profiles import load_profile
-from rules.notify import Notifier
-from rules.service import RuleService
-from rules.writes import WriteGuard, WriteRefused, WriteRequest, WriteResult
+from dcim.drivers.base import DeviceBase, Driver, DriverContext
+from dcim.drivers.errors import DriverError
+from dcim.drivers.profiles import load_profile
+from dcim.rules.notify import Notifier
+from dcim.rules.service import RuleService
+from dcim.rules.writes import WriteGuard, WriteRefused, WriteRequest, WriteResult
 
 log = structlog.get_logger(__name__)
 

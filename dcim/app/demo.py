@@ -26,7 +26,7 @@ from dcim.app.daemon import Daemon, stop_on_signals
 from dcim.app.simulate import run_simulators, wait_listening
 from dcim.core.logs import setup_logging
 from dcim.core.samples import Batch, DeviceStatus
-from simulators.plant import Plant
+from dcim.simulators.plant import Plant
 
 CLEAR = "\033[H\033[J"
 

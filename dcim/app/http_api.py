@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from dcim.app import api_writes
 from dcim.app.config import HttpConfig
 from dcim.core.metrics import REGISTRY, Registry
-from rules.store import AlarmNotActive, AlarmNotFound
+from dcim.rules.store import AlarmNotActive, AlarmNotFound
 
 log = structlog.get_logger(__name__)
 

@@ -18,10 +18,10 @@ from dcim.core.aio import reraise_lost_cancellation
 from dcim.core.metrics import REGISTRY
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Batch, DeviceStatus, Quality, Sample, Value, now_ns
-from drivers import registry
-from drivers.base import DeviceBase, Driver, DriverContext, Subscriber
-from drivers.errors import DriverError
-from drivers.profiles import Profile
+from dcim.drivers import registry
+from dcim.drivers.base import DeviceBase, Driver, DriverContext, Subscriber
+from dcim.drivers.errors import DriverError
+from dcim.drivers.profiles import Profile
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """`dcim simulate`: serve every simulated device of a configuration from the plant model.
 
-Each protocol's simulator (named in the protocol registry, `drivers.registry`; `serve(plant, devices, *,
+Each protocol's simulator (named in the protocol registry, `dcim.drivers.registry`; `serve(plant, devices, *,
 profile_dirs, ready)`) serves its devices on their configured addresses and says when its sockets are bound;
 one ticker advances the plant. An optional HTTP control endpoint injects faults:
 
@@ -21,8 +21,8 @@ import structlog
 from aiohttp import web
 
 from dcim.app.config import Config, Device
-from drivers.registry import PROTOCOLS
-from simulators.plant import FAULTS, Plant
+from dcim.drivers.registry import PROTOCOLS
+from dcim.simulators.plant import FAULTS, Plant
 
 log = structlog.get_logger(__name__)
 

@@ -121,8 +121,8 @@ def _login() -> str:
 
 
 def _stops(driver: Any, point: str, value: Value) -> bool:
-    from drivers.errors import WriteRejected
-    from rules.writes import stops_equipment, writable_spec
+    from dcim.drivers.errors import WriteRejected
+    from dcim.rules.writes import stops_equipment, writable_spec
 
     try:
         spec = writable_spec(driver, point)
@@ -183,8 +183,8 @@ async def _through_daemon(config: Any, url: str, args: argparse.Namespace, value
 async def _direct(config: Any, driver: Any, args: argparse.Namespace, value: Value, user: str,
                   confirmed: bool) -> dict[str, Any]:
     from dcim.core.topology import Topology
-    from rules.store import AlarmStore
-    from rules.writes import WriteGuard, WriteRequest
+    from dcim.rules.store import AlarmStore
+    from dcim.rules.writes import WriteGuard, WriteRequest
 
     store = AlarmStore(Path(config.state_dir) / config.rules.store) if config.rules.enabled else None
     guard = WriteGuard(config.rules.control, Topology(config), drivers=lambda d: driver if d == args.device else None,

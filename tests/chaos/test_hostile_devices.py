@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from drivers.snmp import fast
-from simulators.plant import Plant
+from dcim.drivers.snmp import fast
+from dcim.simulators.plant import Plant
 from tests.drivers.test_snmp_hostile import Agent, Request, bind, integer, raw_tlv, response
 from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators
 from tests.receivers import MqttRecorder

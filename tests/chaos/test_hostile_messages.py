@@ -18,7 +18,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from simulators.plant import Plant
+from dcim.simulators.plant import Plant
 from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators
 from tests.helpers import wait_until
 

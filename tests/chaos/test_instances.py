@@ -12,7 +12,7 @@ from dcim.app.config import MqttConfig, parse_config
 from dcim.app.ingest import ingest_client_id
 from dcim.app.instance import InstanceLock, StartupError, instance_tag
 from dcim.app.publisher import client_id
-from simulators.plant import Plant
+from dcim.simulators.plant import Plant
 from tests.chaos.daemonlib import http_port, log_events, metrics, with_http
 from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators
 from tests.helpers import wait_until

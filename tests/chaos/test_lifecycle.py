@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from simulators.plant import Plant
+from dcim.simulators.plant import Plant
 from tests.chaos.daemonlib import healthy, http_port, log_events, metrics, polls, with_http
 from tests.e2e.harness import REPO, DaemonProcess, cdu_hall, load, simulators
 from tests.helpers import wait_until

@@ -7,11 +7,11 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-import rules.notify  # noqa: F401 - rules.hooks is imported through the notifier (import order)
+import dcim.rules.notify  # noqa: F401 - rules.hooks is imported through the notifier (import order)
 from dcim.core.secrets import redact, redact_url
-from rules.hooks.base import HookError
-from rules.hooks.slack import SlackSender
-from rules.notify.config import SlackHook
+from dcim.rules.hooks.base import HookError
+from dcim.rules.hooks.slack import SlackSender
+from dcim.rules.notify.config import SlackHook
 
 TOKEN = "T0000/B0000/XXXXXXXXXXXXXXXXsecret"
 

@@ -13,10 +13,10 @@ from dcim.app.poller import DeviceCoordinator
 from dcim.app.supervise import RESTARTS, Supervisor
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Batch, DeviceStatus, Quality, Sample, Value
-from drivers.base import Driver
-from drivers.modbus.config import ModbusDevice
-from drivers.profiles import load_profile
-from simulators.plant import Plant
+from dcim.drivers.base import Driver
+from dcim.drivers.modbus.config import ModbusDevice
+from dcim.drivers.profiles import load_profile
+from dcim.simulators.plant import Plant
 from tests.chaos.daemonlib import health, healthy, http_port, log_events, metrics, polls, with_http
 from tests.chaos.faults import faulty_device
 from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators

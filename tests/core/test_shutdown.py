@@ -13,9 +13,9 @@ from dcim.app.poller import DeviceCoordinator
 from dcim.core.aio import reraise_lost_cancellation
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Sample, Value, now_ns
-from drivers.base import Driver
-from drivers.modbus.config import ModbusDevice
-from drivers.profiles import load_profile
+from dcim.drivers.base import Driver
+from dcim.drivers.modbus.config import ModbusDevice
+from dcim.drivers.profiles import load_profile
 from tests.e2e.harness import REPO, cdu_hall
 from tests.helpers import wait_until
 

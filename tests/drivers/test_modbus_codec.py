@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus import codec
-from drivers.modbus.points import Point
+from dcim.drivers.modbus import codec
+from dcim.drivers.modbus.points import Point
 
 
 def point(**fields: Any) -> Point:

@@ -10,14 +10,14 @@ import pytest
 
 from dcim.app.config import parse_config
 from dcim.core.backoff import Backoff
-from drivers.base import DriverContext
-from drivers.errors import DeviceUnreachable
-from drivers.modbus.config import ModbusDevice
-from drivers.modbus.connection import REQUESTS, join, leave
-from drivers.modbus.driver import make_driver
-from drivers.profiles import load_profile
-from simulators.modbus import ModbusSimulator
-from simulators.plant import Plant
+from dcim.drivers.base import DriverContext
+from dcim.drivers.errors import DeviceUnreachable
+from dcim.drivers.modbus.config import ModbusDevice
+from dcim.drivers.modbus.connection import REQUESTS, join, leave
+from dcim.drivers.modbus.driver import make_driver
+from dcim.drivers.profiles import load_profile
+from dcim.simulators.modbus import ModbusSimulator
+from dcim.simulators.plant import Plant
 from tests.helpers import free_port
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import yaml
 
 from dcim.app.config import parse_config
-from drivers.base import DriverContext
-from drivers.modbus.config import ModbusDevice
-from drivers.modbus.driver import make_driver
-from drivers.profiles import load_profile, parse_profile
+from dcim.drivers.base import DriverContext
+from dcim.drivers.modbus.config import ModbusDevice
+from dcim.drivers.modbus.driver import make_driver
+from dcim.drivers.profiles import load_profile, parse_profile
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "modbus.md"
 

@@ -14,15 +14,15 @@ import yaml
 
 from dcim.app.config import Config, parse_config
 from dcim.core.samples import Quality, Sample
-from drivers.base import DriverContext
-from drivers.errors import DeviceTimeout, DeviceUnreachable, WriteRejected
-from drivers.modbus import codec
-from drivers.modbus.config import ModbusDevice
-from drivers.modbus.driver import ModbusDriver, make_driver
-from drivers.modbus.points import Point
-from drivers.profiles import Profile, load_profile
-from simulators.modbus import ModbusSimulator
-from simulators.plant import Plant
+from dcim.drivers.base import DriverContext
+from dcim.drivers.errors import DeviceTimeout, DeviceUnreachable, WriteRejected
+from dcim.drivers.modbus import codec
+from dcim.drivers.modbus.config import ModbusDevice
+from dcim.drivers.modbus.driver import ModbusDriver, make_driver
+from dcim.drivers.modbus.points import Point
+from dcim.drivers.profiles import Profile, load_profile
+from dcim.simulators.modbus import ModbusSimulator
+from dcim.simulators.plant import Plant
 from tests.helpers import free_port, wait_until
 
 

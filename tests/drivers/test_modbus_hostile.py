@@ -22,13 +22,13 @@ import structlog
 
 from dcim.core import logs
 from dcim.core.samples import Quality
-from drivers.base import DriverContext
-from drivers.errors import DriverError
-from drivers.modbus import codec
-from drivers.modbus.config import ModbusDevice
-from drivers.modbus.driver import ModbusDriver
-from drivers.modbus.points import Point
-from drivers.profiles import Profile
+from dcim.drivers.base import DriverContext
+from dcim.drivers.errors import DriverError
+from dcim.drivers.modbus import codec
+from dcim.drivers.modbus.config import ModbusDevice
+from dcim.drivers.modbus.driver import ModbusDriver
+from dcim.drivers.modbus.points import Point
+from dcim.drivers.profiles import Profile
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus.plan import plan_reads
-from drivers.modbus.points import Point
-from drivers.profiles import load_profile
+from dcim.drivers.modbus.plan import plan_reads
+from dcim.drivers.modbus.points import Point
+from dcim.drivers.profiles import load_profile
 
 
 def p(name: str, address: int, type_: str = "uint16", table: str = "holding", **extra: Any) -> Point:

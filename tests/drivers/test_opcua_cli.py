@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from drivers.opcua.cli import register
+from dcim.drivers.opcua.cli import register
 
 
 def run(argv: list[str]) -> int:

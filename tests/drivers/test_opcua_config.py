@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from dcim.app.config import ConfigError, parse_config
-from drivers.opcua.config import OpcUaDevice
-from drivers.profiles import ProfileError, parse_profile
+from dcim.drivers.opcua.config import OpcUaDevice
+from dcim.drivers.profiles import ProfileError, parse_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 

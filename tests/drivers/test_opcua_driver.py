@@ -13,11 +13,11 @@ import pytest
 import pytest_asyncio
 
 from dcim.core.samples import Quality, Sample
-from drivers.base import DriverContext, Subscriber
-from drivers.errors import WriteRejected
-from drivers.opcua.driver import OpcUaDriver, OpcUaSubscriber, make_driver
-from drivers.profiles import load_profile
-from simulators.plant import Plant
+from dcim.drivers.base import DriverContext, Subscriber
+from dcim.drivers.errors import WriteRejected
+from dcim.drivers.opcua.driver import OpcUaDriver, OpcUaSubscriber, make_driver
+from dcim.drivers.profiles import load_profile
+from dcim.simulators.plant import Plant
 from tests.helpers import free_port, wait_until
 from tests.opcua.fixtures import Collector, Running, chiller, hall, simulator
 

@@ -11,9 +11,9 @@ from asyncua import ua
 from asyncua.ua.status_codes import StatusCodes
 
 from dcim.core.samples import Quality
-from drivers.errors import WriteRejected
-from drivers.opcua.nodes import Resolved, encode, to_sample, variant_type
-from drivers.opcua.points import Point
+from dcim.drivers.errors import WriteRejected
+from dcim.drivers.opcua.nodes import Resolved, encode, to_sample, variant_type
+from dcim.drivers.opcua.points import Point
 
 STATUS = Point(name="status", node="nsu=urn:x;s=S", enum={0: "stopped", 1: "running"})
 TEMP = Point(name="leaving_temp_c", unit="degC", node="nsu=urn:x;s=T", missing=[-1])

@@ -9,11 +9,11 @@ import asyncio
 import pytest
 
 from dcim.core.samples import Quality
-from drivers.base import DriverContext
-from drivers.errors import DeviceUnreachable
-from drivers.opcua.driver import OpcUaSubscriber, make_driver
-from drivers.profiles import load_profile
-from simulators.plant import Plant
+from dcim.drivers.base import DriverContext
+from dcim.drivers.errors import DeviceUnreachable
+from dcim.drivers.opcua.driver import OpcUaSubscriber, make_driver
+from dcim.drivers.profiles import load_profile
+from dcim.simulators.plant import Plant
 from tests.helpers import free_port, wait_until
 from tests.opcua.fixtures import BlackHoleProxy, Collector, chiller, hall, simulator
 

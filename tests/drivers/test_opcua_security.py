@@ -11,13 +11,13 @@ import pytest
 import pytest_asyncio
 
 from dcim.core.samples import Quality
-from drivers.base import DriverContext
-from drivers.errors import AuthError
-from drivers.opcua.driver import OpcUaDriver, make_driver
-from drivers.opcua.security import UntrustedCertificate
-from drivers.profiles import load_profile
-from simulators.opcua import ServerSecurity
-from simulators.plant import Plant
+from dcim.drivers.base import DriverContext
+from dcim.drivers.errors import AuthError
+from dcim.drivers.opcua.driver import OpcUaDriver, make_driver
+from dcim.drivers.opcua.security import UntrustedCertificate
+from dcim.drivers.profiles import load_profile
+from dcim.simulators.opcua import ServerSecurity
+from dcim.simulators.plant import Plant
 from tests.helpers import free_port
 from tests.opcua.fixtures import CLIENT_URI, Pki, Running, chiller, hall, pki, simulator
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from dcim.app.config import parse_config
-from drivers.profiles import parse_profile
-from drivers.snmp.config import SnmpDevice
+from dcim.drivers.profiles import parse_profile
+from dcim.drivers.snmp.config import SnmpDevice
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,13 +10,13 @@ import pytest
 
 from dcim.app.config import Config, parse_config
 from dcim.core.samples import Quality, Value
-from drivers.base import DriverContext
-from drivers.errors import AuthError, DeviceTimeout, DriverError, WriteRejected
-from drivers.profiles import load_profile
-from drivers.snmp.driver import SnmpDriver
-from drivers.snmp.points import Point
-from simulators.plant import Plant
-from simulators.snmp import SnmpSimulator
+from dcim.drivers.base import DriverContext
+from dcim.drivers.errors import AuthError, DeviceTimeout, DriverError, WriteRejected
+from dcim.drivers.profiles import load_profile
+from dcim.drivers.snmp.driver import SnmpDriver
+from dcim.drivers.snmp.points import Point
+from dcim.simulators.plant import Plant
+from dcim.simulators.snmp import SnmpSimulator
 from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures by name
     V3,
     by_series,
@@ -300,7 +300,7 @@ def test_profiles_share_canonical_names() -> None:
     ({"name": "x", "oid": "1.3.6", "scale": 0}, "scale"),
 ])
 def test_profile_errors_are_clear(point: dict[str, object], message: str) -> None:
-    from drivers.profiles import ProfileError, parse_profile
+    from dcim.drivers.profiles import ProfileError, parse_profile
 
     with pytest.raises(ProfileError, match=message):
         parse_profile({"name": "t", "kind": "pdu", "protocol": "snmp", "points": [point]})

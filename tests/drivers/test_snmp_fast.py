@@ -11,11 +11,11 @@ from pyasn1.codec.ber import decoder, encoder
 from pysnmp.proto import api
 
 from dcim.app.config import Config, parse_config
-from drivers.base import DriverContext
-from drivers.errors import BadResponse, DeviceTimeout
-from drivers.snmp import fast
-from simulators.plant import Plant
-from simulators.snmp import SnmpSimulator
+from dcim.drivers.base import DriverContext
+from dcim.drivers.errors import BadResponse, DeviceTimeout
+from dcim.drivers.snmp import fast
+from dcim.simulators.plant import Plant
+from dcim.simulators.snmp import SnmpSimulator
 from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures by name
     by_series,
     context,
@@ -129,7 +129,7 @@ async def test_timeout_names_the_device(snmp_env: None, context: DriverContext) 
 async def test_fast_and_pysnmp_sessions_read_the_same(
     pdu_config: Config, simulator: SnmpSimulator, context: DriverContext
 ) -> None:
-    from drivers.snmp.session import Session
+    from dcim.drivers.snmp.session import Session
 
     for device_id in ("apc-a01", "rpx-a01"):
         fast_driver = await open_driver(pdu_config, device_id, context)

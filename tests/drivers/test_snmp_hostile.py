@@ -24,13 +24,13 @@ from pysnmp.proto import rfc1902, rfc1905
 from structlog.testing import capture_logs
 
 from dcim.core.samples import Quality, Sample
-from drivers.base import DriverContext
-from drivers.errors import BadResponse, DriverError, WriteRejected
-from drivers.profiles import Profile
-from drivers.snmp import fast
-from drivers.snmp.config import SnmpDevice
-from drivers.snmp.driver import SnmpDriver
-from drivers.snmp.points import Point
+from dcim.drivers.base import DriverContext
+from dcim.drivers.errors import BadResponse, DriverError, WriteRejected
+from dcim.drivers.profiles import Profile
+from dcim.drivers.snmp import fast
+from dcim.drivers.snmp.config import SnmpDevice
+from dcim.drivers.snmp.driver import SnmpDriver
+from dcim.drivers.snmp.points import Point
 
 Oid = tuple[int, ...]
 BASE: Oid = (1, 3, 6, 1, 4, 1, 99999)

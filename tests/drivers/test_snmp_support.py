@@ -17,13 +17,13 @@ import pytest
 
 from dcim.app.config import Config, parse_config
 from dcim.core.samples import Sample, Value
-from drivers.base import DriverContext
-from drivers.profiles import load_profile
-from drivers.snmp.config import SnmpDevice
-from drivers.snmp.driver import SnmpDriver, make_driver
-from drivers.snmp.points import Point
-from simulators.plant import Plant
-from simulators.snmp import SnmpSimulator
+from dcim.drivers.base import DriverContext
+from dcim.drivers.profiles import load_profile
+from dcim.drivers.snmp.config import SnmpDevice
+from dcim.drivers.snmp.driver import SnmpDriver, make_driver
+from dcim.drivers.snmp.points import Point
+from dcim.simulators.plant import Plant
+from dcim.simulators.snmp import SnmpSimulator
 from tests.helpers import hand_over
 
 AUTH_KEY = "auth-key-4-tests"

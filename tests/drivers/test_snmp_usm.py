@@ -9,12 +9,12 @@ import asyncio
 import pytest
 
 from dcim.app.config import Config, parse_config
-from drivers.base import DriverContext
-from drivers.errors import AuthError
-from drivers.snmp.fast_v3 import UsmSession
-from drivers.snmp.session import Session
-from simulators.plant import Plant
-from simulators.snmp import SnmpSimulator
+from dcim.drivers.base import DriverContext
+from dcim.drivers.errors import AuthError
+from dcim.drivers.snmp.fast_v3 import UsmSession
+from dcim.drivers.snmp.session import Session
+from dcim.simulators.plant import Plant
+from dcim.simulators.snmp import SnmpSimulator
 from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures by name
     V3,
     by_series,

@@ -24,9 +24,9 @@ import yaml
 
 from dcim.app.config import Config, load_config
 from dcim.app.simulate import run_simulators, wait_listening
-from drivers.modbus import codec
-from drivers.profiles import load_profile
-from simulators.plant import Plant
+from dcim.drivers.modbus import codec
+from dcim.drivers.profiles import load_profile
+from dcim.simulators.plant import Plant
 from tests.helpers import free_port, hand_over, wait_until
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simulators.plant import Plant
+from dcim.simulators.plant import Plant
 from tests.e2e.harness import REPO, cdu_hall, expected_cdu_values, load, simulators
 
 pytestmark = pytest.mark.e2e

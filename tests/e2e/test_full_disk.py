@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from simulators.plant import Plant
+from dcim.simulators.plant import Plant
 from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators
 from tests.e2e.test_restart_order import PUMP, TOPIC, alarm_topics, pump_states
 from tests.e2e.test_rules_e2e import SECRET, rules_config

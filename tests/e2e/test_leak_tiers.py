@@ -10,7 +10,7 @@ from typing import Any
 
 from dcim.app.config import Config
 from dcim.core.audit import AuditLog
-from rules.leak import load_incidents
+from dcim.rules.leak import load_incidents
 from tests.e2e.harness import simulators
 from tests.helpers import wait_until
 from tests.writes.rig import CountingPlant, dcim, hall, load, running

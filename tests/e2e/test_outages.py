@@ -13,7 +13,7 @@ import pytest
 
 from dcim.app.daemon import Daemon
 from dcim.core.samples import Batch, DeviceStatus, Quality
-from simulators.plant import Plant
+from dcim.simulators.plant import Plant
 from tests.chaos.daemonlib import health, http_port, metrics, polls, with_http
 from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators
 from tests.helpers import wait_until

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from simulators.plant import Plant
+from dcim.simulators.plant import Plant
 from tests.e2e.harness import REPO, DaemonProcess, load, simulators
 from tests.helpers import free_port, hold_udp_port, wait_until
 

@@ -20,7 +20,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from simulators.plant import Plant
+from dcim.simulators.plant import Plant
 from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators
 from tests.e2e.test_rules_e2e import SECRET, rules_config, webhook_alarms
 from tests.helpers import wait_until

@@ -22,13 +22,13 @@ from dcim.app.config import Config, load_config
 from dcim.app.poller import DeviceCoordinator, make_driver
 from dcim.core.pipeline import Pipeline
 from dcim.core.topology import Topology
-from drivers.base import DriverContext
-from drivers.profiles import load_profile
-from rules.clock import SystemClock
-from rules.hooks.webhook import verify_signature
-from rules.notify import Notifier
-from rules.service import RuleService
-from simulators.plant import Plant
+from dcim.drivers.base import DriverContext
+from dcim.drivers.profiles import load_profile
+from dcim.rules.clock import SystemClock
+from dcim.rules.hooks.webhook import verify_signature
+from dcim.rules.notify import Notifier
+from dcim.rules.service import RuleService
+from dcim.simulators.plant import Plant
 from tests.e2e.harness import cdu_hall, simulators
 from tests.helpers import free_port, hold_udp_port, wait_until
 from tests.receivers import HttpReceiver, SmtpReceiver

@@ -15,9 +15,9 @@ from dcim.core.events import AlarmEvent, AlarmState, Severity
 from dcim.core.lineproto import encode_batch
 from dcim.core.samples import Batch, Sample, Value
 from dcim.core.topology import Topology
-from drivers.profiles import load_profile
-from rules.metrics import RackMetrics, Readings
-from simulators.plant import Plant
+from dcim.drivers.profiles import load_profile
+from dcim.rules.metrics import RackMetrics, Readings
+from dcim.simulators.plant import Plant
 
 NS = 1_000_000_000
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 from dcim.app.config import Config
 from dcim.core.topology import Topology
-from drivers.profiles import available_profiles, load_profile
-from rules.metrics import CDU_METRICS
-from rules.model import RACK_METRICS
+from dcim.drivers.profiles import available_profiles, load_profile
+from dcim.rules.metrics import CDU_METRICS
+from dcim.rules.model import RACK_METRICS
 
 QUALITY_FIELDS = {"quality", "quality_reason"}
 DEVICE_TAGS = {"site", "room", "row", "rack", "feed", "device"}

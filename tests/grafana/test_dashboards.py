@@ -174,7 +174,7 @@ def test_rack_lines_carry_their_cdu() -> None:
 
 def _pack_rules() -> dict[str, dict[str, Any]]:
     rules: dict[str, dict[str, Any]] = {}
-    for path in sorted((ROOT / "rules" / "packs").glob("*.yaml")):
+    for path in sorted((ROOT / "dcim" / "rules" / "packs").glob("*.yaml")):
         for rule in yaml.safe_load(path.read_text())["rules"]:
             if all(isinstance(rule.get(k), int | float) for k in ("warning", "critical") if k in rule):
                 rules.setdefault(rule["metric"], rule)

@@ -15,8 +15,8 @@ from pydantic import SecretStr
 from dcim.app.config import HttpConfig
 from dcim.app.http_api import HttpApi
 from dcim.core.events import AlarmState, Severity
-from rules.clock import FakeClock
-from rules.store import AlarmRecord, AlarmStore
+from dcim.rules.clock import FakeClock
+from dcim.rules.store import AlarmRecord, AlarmStore
 
 TOKEN = "t0ken-for-tests"
 

@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 
 from dcim.core.metrics import REGISTRY
-from rules.clock import FakeClock
-from rules.store import AlarmStore
+from dcim.rules.clock import FakeClock
+from dcim.rules.store import AlarmStore
 from tests.http_api.conftest import TOKEN, ApiFactory, auth
 
 NS_MIN = 60 * 1_000_000_000

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from dcim.app.config import HttpConfig
 from dcim.app.http_api import HttpApi
-from rules.notify import Notifier
+from dcim.rules.notify import Notifier
 from tests.http_api.conftest import TOKEN, auth, serving
 from tests.notify.conftest import advance, running, webhook_config
 from tests.receivers import HttpReceiver

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from dcim.core.events import AlarmEvent, AlarmState, Severity
-from rules.clock import FakeClock
-from rules.notify import Notifier
-from rules.notify.config import NotifyConfig
+from dcim.rules.clock import FakeClock
+from dcim.rules.notify import Notifier
+from dcim.rules.notify.config import NotifyConfig
 from tests.receivers import HttpReceiver
 
 # Fast retries: the tests wait for outcomes, never for the backoff itself.

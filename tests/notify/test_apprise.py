@@ -6,9 +6,9 @@ import aiohttp
 import pytest
 
 from dcim.core.events import AlarmState
-from rules.hooks import HookError, make_hook
-from rules.hooks.notification import Notification
-from rules.notify.config import NotifyConfig
+from dcim.rules.hooks import HookError, make_hook
+from dcim.rules.hooks.notification import Notification
+from dcim.rules.notify.config import NotifyConfig
 from tests.notify.conftest import event
 from tests.receivers import HttpReceiver
 

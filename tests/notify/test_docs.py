@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dcim.app.config import ConfigError, parse_config
-from rules.notify.config import EmailHook, PagerDutyHook, WebhookHook
+from dcim.rules.notify.config import EmailHook, PagerDutyHook, WebhookHook
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "notifications.md"
 

@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from dcim.app.config import ConfigError, parse_config
-from rules.clock import FakeClock
-from rules.hooks import HOOK_TYPES, HookType, make_hook
-from rules.hooks.webhook import WebhookHook, WebhookSender
-from rules.notify import Notifier
-from rules.notify.config import NotifyConfig
+from dcim.rules.clock import FakeClock
+from dcim.rules.hooks import HOOK_TYPES, HookType, make_hook
+from dcim.rules.hooks.webhook import WebhookHook, WebhookSender
+from dcim.rules.notify import Notifier
+from dcim.rules.notify.config import NotifyConfig
 from tests.helpers import wait_until
 from tests.notify.conftest import FAST_RETRY, advance, event, running
 from tests.rules.rig import hall

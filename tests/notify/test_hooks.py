@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 
 from dcim.core.events import AlarmState, Severity
-from rules.hooks import HookError, make_hook
-from rules.hooks.notification import Notification
-from rules.hooks.pagerduty import dedup_key
-from rules.hooks.webhook import verify_signature
-from rules.notify.config import NotifyConfig
+from dcim.rules.hooks import HookError, make_hook
+from dcim.rules.hooks.notification import Notification
+from dcim.rules.hooks.pagerduty import dedup_key
+from dcim.rules.hooks.webhook import verify_signature
+from dcim.rules.notify.config import NotifyConfig
 from tests.notify.conftest import event
 from tests.receivers import HttpReceiver, SmtpReceiver
 

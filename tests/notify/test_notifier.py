@@ -9,9 +9,9 @@ from pathlib import Path
 
 from dcim.core.events import AlarmState, Severity
 from dcim.core.metrics import REGISTRY
-from rules.clock import FakeClock
-from rules.notify import Notifier
-from rules.notify.config import NotifyConfig
+from dcim.rules.clock import FakeClock
+from dcim.rules.notify import Notifier
+from dcim.rules.notify.config import NotifyConfig
 from tests.helpers import wait_until
 from tests.notify.conftest import FAST_RETRY, advance, event, running, webhook_config
 from tests.receivers import HttpReceiver

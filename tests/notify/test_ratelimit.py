@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from rules.hooks.notification import Notification
-from rules.notify.config import RateLimit
-from rules.notify.ratelimit import WINDOW_NS, RateLimiter
+from dcim.rules.hooks.notification import Notification
+from dcim.rules.notify.config import RateLimit
+from dcim.rules.notify.ratelimit import WINDOW_NS, RateLimiter
 from tests.notify.conftest import event
 
 T0 = 1_700_000_000 * 1_000_000_000

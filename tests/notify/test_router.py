@@ -6,8 +6,8 @@ import json
 from dataclasses import replace
 
 from dcim.core.events import AlarmState, Severity
-from rules.notify.config import NotifyConfig
-from rules.notify.router import Group, Router
+from dcim.rules.notify.config import NotifyConfig
+from dcim.rules.notify.router import Group, Router
 from tests.notify.conftest import event
 
 S = 1_000_000_000

@@ -18,11 +18,11 @@ import pytest
 
 from dcim.app.config import Config, parse_config
 from dcim.core.samples import Sample
-from drivers.opcua.config import OpcUaDevice
-from drivers.opcua.security import make_certificate
-from drivers.profiles import load_profile
-from simulators.opcua import ChillerServer, ServerSecurity
-from simulators.plant import Plant
+from dcim.drivers.opcua.config import OpcUaDevice
+from dcim.drivers.opcua.security import make_certificate
+from dcim.drivers.profiles import load_profile
+from dcim.simulators.opcua import ChillerServer, ServerSecurity
+from dcim.simulators.plant import Plant
 
 SERVER_URI = "urn:dcim:simulator:chiller"
 CLIENT_URI = "urn:dcim:client:test"

@@ -19,7 +19,7 @@ import yaml
 
 from dcim.app.config import Config, load_config
 from dcim.app.simulate import run_simulators, wait_listening
-from simulators.plant import Plant
+from dcim.simulators.plant import Plant
 from tests.e2e.harness import DaemonProcess
 from tests.helpers import free_port, wait_until
 

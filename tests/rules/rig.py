@@ -15,8 +15,8 @@ from dcim.core.events import AlarmEvent, AlarmState
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Batch, DeviceStatus, Sample, Value
 from dcim.core.topology import Topology
-from rules.clock import FakeClock
-from rules.service import RuleService
+from dcim.rules.clock import FakeClock
+from dcim.rules.service import RuleService
 
 
 def hall(state_dir: Path, rules: dict[str, Any] | None = None, breaker_a: float = 250.0) -> dict[str, Any]:

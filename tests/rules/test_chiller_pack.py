@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dcim.core.events import Severity
-from simulators.plant import Plant
+from dcim.simulators.plant import Plant
 from tests.rules.rig import Rig, hall
 
 

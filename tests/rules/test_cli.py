@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dcim.app.cli import main
-from rules.store import AlarmStore
+from dcim.rules.store import AlarmStore
 from tests.rules.rig import Rig, hall
 
 

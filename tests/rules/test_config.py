@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dcim.app.config import ConfigError, parse_config
-from rules.config import PACKS, effective_rules, load_pack
+from dcim.rules.config import PACKS, effective_rules, load_pack
 from tests.rules.rig import hall
 
 DOC = Path(__file__).parents[2] / "docs" / "rules.md"

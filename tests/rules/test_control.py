@@ -10,7 +10,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from rules.clock import NS
+from dcim.rules.clock import NS
 from tests.rules.rig import Rig, hall
 
 LEAK_OFF = {"name": "leak-power-off", "rule": "cdu-leak", "delay": "30s", "target": "rack_pdus",

@@ -15,7 +15,7 @@ import yaml
 
 from dcim.app.demo import scenario
 from dcim.core.events import AlarmState, Severity
-from simulators.plant import Plant
+from dcim.simulators.plant import Plant
 from tests.rules.rig import Rig, hall
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "hall.yaml"

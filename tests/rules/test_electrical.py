@@ -16,10 +16,10 @@ import pytest
 from dcim.app.config import Config, parse_config
 from dcim.core.samples import Batch, Quality, Sample
 from dcim.core.topology import Topology
-from drivers.base import DriverContext
-from rules.metrics import RackMetrics, Readings
-from simulators.plant import Plant
-from simulators.snmp import SnmpSimulator
+from dcim.drivers.base import DriverContext
+from dcim.rules.metrics import RackMetrics, Readings
+from dcim.simulators.plant import Plant
+from dcim.simulators.snmp import SnmpSimulator
 from tests.drivers.test_snmp_support import by_series, context, open_driver, pdu, snmp_env  # noqa: F401
 
 # A clearly unbalanced load: L1 6 % above the mean, L3 6 % below.

@@ -17,8 +17,8 @@ import yaml
 from dcim.app.config import ConfigError, parse_config
 from dcim.core.events import AlarmState, Severity
 from dcim.core.metrics import REGISTRY
-from rules.kinds import RULE_KINDS, Assessment, RuleKind
-from rules.kinds.threshold import LimitCondition, LimitRule, ThresholdRule
+from dcim.rules.kinds import RULE_KINDS, Assessment, RuleKind
+from dcim.rules.kinds.threshold import LimitCondition, LimitRule, ThresholdRule
 from tests.rules.rig import Rig, hall
 from tests.toy_plugins import dcim, install_toys, modules, section
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dcim.core.audit import AuditLog
-from rules.leak import load_incidents
+from dcim.rules.leak import load_incidents
 from tests.rules.rig import Rig, hall
 
 ENVELOPE = [{"kind": "pdu", "point": "outlet_command:{outlet}", "values": ["off"]}]

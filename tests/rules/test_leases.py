@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from dcim.core.samples import Value
-from rules.clock import NS, FakeClock
-from rules.writes import WriteRefused, WriteResult
+from dcim.rules.clock import NS, FakeClock
+from dcim.rules.writes import WriteRefused, WriteResult
 from tests.rules.rig import Rig, hall
 
 FLOW_DOWN = {"name": "leak-flow-down", "rule": "cdu-leak", "target": "cdu", "lease": "60s",

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from dcim.core.events import AlarmState
-from rules.clock import NS
-from rules.store import AlarmStore
+from dcim.rules.clock import NS
+from dcim.rules.store import AlarmStore
 from tests.rules.rig import Rig, hall
 
 
@@ -124,7 +124,7 @@ async def test_resolved_while_silenced_is_never_notified(rig: Rig) -> None:
 
 
 async def test_unknown_or_inactive_alarm_operations_fail_clearly(rig: Rig) -> None:
-    from rules.store import AlarmNotActive, AlarmNotFound
+    from dcim.rules.store import AlarmNotActive, AlarmNotFound
 
     with pytest.raises(AlarmNotFound):
         rig.service.store.acknowledge("nope/x", "u")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from dcim.core.samples import Quality
-from rules.metrics import feed_capacity_kw
-from simulators.plant import Plant
+from dcim.rules.metrics import feed_capacity_kw
+from dcim.simulators.plant import Plant
 from tests.rules.rig import Rig, hall
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from dcim.core.events import AlarmState, Severity
 from dcim.core.sqlite import SqliteWriter
-from rules.clock import FakeClock
-from rules.store import _UPSERT, AlarmRecord, AlarmStore, _row
+from dcim.rules.clock import FakeClock
+from dcim.rules.store import _UPSERT, AlarmRecord, AlarmStore, _row
 
 KEY = "cdu-pump-fault/cdu-1"
 

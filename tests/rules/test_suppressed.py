@@ -25,7 +25,7 @@ from dcim.app.demo import View
 from dcim.app.http_api import HttpApi
 from dcim.app.publisher import MqttPublisher
 from dcim.core.outbox import Outbox
-from rules.inhibit import split
+from dcim.rules.inhibit import split
 from tests.helpers import wait_until
 from tests.http_api.conftest import serving
 from tests.rules.rig import Rig, hall

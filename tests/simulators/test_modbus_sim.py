@@ -13,9 +13,9 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
 from dcim.app.config import Config, parse_config
-from drivers.modbus.config import ModbusDevice
-from simulators.modbus import ModbusSimulator, serve
-from simulators.plant import Plant
+from dcim.drivers.modbus.config import ModbusDevice
+from dcim.simulators.modbus import ModbusSimulator, serve
+from dcim.simulators.plant import Plant
 from tests.helpers import free_port, wait_until
 
 

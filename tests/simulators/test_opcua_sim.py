@@ -14,9 +14,9 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.object_ids import ObjectIds
 
-from drivers.opcua.nodes import standard_node, string_node
-from simulators.opcua import ServerSecurity, serve
-from simulators.plant import Plant
+from dcim.drivers.opcua.nodes import standard_node, string_node
+from dcim.simulators.opcua import ServerSecurity, serve
+from dcim.simulators.plant import Plant
 from tests.helpers import free_port, wait_until
 from tests.opcua.fixtures import Pki, Running, chiller, hall, pki, simulator
 

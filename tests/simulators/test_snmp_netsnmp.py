@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from dcim.app.config import Config
-from simulators.plant import Plant
-from simulators.snmp import SnmpSimulator
+from dcim.simulators.plant import Plant
+from dcim.simulators.snmp import SnmpSimulator
 from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures by name
     AUTH_KEY,
     PRIV_KEY,
@@ -169,7 +169,7 @@ async def test_v1_and_faults(
 async def test_serve_closes_its_sockets_when_cancelled(
     pdu_config: Config, plant: Plant, netsnmp_env: dict[str, str]
 ) -> None:
-    from simulators.snmp import serve
+    from dcim.simulators.snmp import serve
     from tests.helpers import wait_until
 
     task = asyncio.create_task(serve(plant, pdu_config.devices))  # type: ignore[arg-type]

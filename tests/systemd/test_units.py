@@ -130,7 +130,7 @@ else:
 import asyncio, sqlite3, ssl
 import aiomqtt, asyncua, pymodbus.client, pysnmp.hlapi.v3arch.asyncio, influxdb_client, cryptography.x509
 import dcim.app.cli, dcim.app.daemon, dcim.app.sdnotify, drivers.profiles, rules.service, simulators.plant
-import drivers.modbus.driver, drivers.opcua.driver, drivers.snmp.driver
+import dcim.drivers.modbus.driver, drivers.opcua.driver, drivers.snmp.driver
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.helpers import require_binary
 ec.generate_private_key(ec.SECP256R1())

@@ -17,11 +17,11 @@ from dcim.app.daemon import Daemon
 from dcim.core.audit import AuditLog
 from dcim.core.samples import Value
 from dcim.core.topology import Topology
-from drivers.base import Driver, DriverContext
-from drivers.profiles import Profile, load_profile
-from rules.store import AlarmStore
-from rules.writes import WriteGuard, WriteRequest, WriteResult
-from simulators.plant import Plant
+from dcim.drivers.base import Driver, DriverContext
+from dcim.drivers.profiles import Profile, load_profile
+from dcim.rules.store import AlarmStore
+from dcim.rules.writes import WriteGuard, WriteRequest, WriteResult
+from dcim.simulators.plant import Plant
 from tests.e2e.harness import REPO
 from tests.helpers import free_port, hold_udp_port, wait_until
 

@@ -14,7 +14,7 @@ import aiomqtt
 
 from dcim.app.daemon import Daemon
 from dcim.core.audit import AuditLog
-from simulators.plant import FAULTS
+from dcim.simulators.plant import FAULTS
 from tests.e2e.harness import simulators
 from tests.helpers import wait_until
 from tests.writes.rig import TOKEN, CountingPlant, direct, hall, load, running

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from dcim.core.samples import Value
-from drivers.profiles import BUILTIN_DIR, parse_profile
-from rules.clock import NS
+from dcim.drivers.profiles import BUILTIN_DIR, parse_profile
+from dcim.rules.clock import NS
 from tests.e2e.harness import simulators
 from tests.writes.rig import CountingPlant, direct, hall, load
 

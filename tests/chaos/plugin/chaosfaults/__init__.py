@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dcim.core.samples import Sample, Value
-from drivers.base import DeviceBase, Driver, DriverContext
-from drivers.profiles import PointBase, Profile
-from drivers.registry import ProtocolSpec
+from dcim.drivers.base import DeviceBase, Driver, DriverContext
+from dcim.drivers.profiles import PointBase, Profile
+from dcim.drivers.registry import ProtocolSpec
 
 
 class FaultyDevice(DeviceBase):

@@ -1,0 +1,15 @@
+"""Modbus TCP driver (pymodbus)."""
+
+from dcim.drivers.modbus.config import ModbusDevice
+from dcim.drivers.modbus.points import Point
+from dcim.drivers.registry import ProtocolSpec
+
+PROTOCOL = ProtocolSpec(
+    name="modbus",
+    title="Modbus TCP",
+    device=ModbusDevice,
+    point=Point,
+    driver="dcim.drivers.modbus.driver:make_driver",
+    simulator="dcim.simulators.modbus:serve",
+    docs="modbus.md",
+)

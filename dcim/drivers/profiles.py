@@ -1,0 +1,96 @@
+"""Device profiles: a device model's point map, as data.
+
+One YAML file per model under drivers/profiles/ (or a directory named in the configuration). One profile
+serves the driver (addresses, types, scaling), the simulator (what to serve), the rules (units, writable
+ranges) and the dashboards (canonical names). Adding a device model is adding a file.
+
+    name: generic-cdu            # must equal the file name
+    kind: cdu                    # pdu | cdu | chiller
+    protocol: modbus             # a registered protocol (drivers.registry): modbus | snmp | opcua built in
+    vendor: ...; model: ...; description: ...
+    defaults: {byte_order: big}  # merged into every point before validation
+    points:
+      - {name: supply_temp_c, unit: degC, table: input, address: 0, type: int16, scale: 0.1}
+
+Each protocol declares its own point model on top of `PointBase` in its registry entry (drivers.registry).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from dcim.core.config import error_path
+from dcim.drivers.profile_model import CANONICAL as CANONICAL
+from dcim.drivers.profile_model import PointBase as PointBase
+from dcim.drivers.profile_model import Profile as Profile
+from dcim.drivers.profile_model import WriteRange as WriteRange
+from dcim.drivers.registry import PROTOCOLS
+
+BUILTIN_DIR = Path(__file__).parent / "profiles"
+class ProfileError(Exception):
+    """A profile file is missing or invalid; `errors` holds (path, message) pairs."""
+
+    def __init__(self, name: str, errors: list[tuple[str, str]]) -> None:
+        self.name = name
+        self.errors = errors
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in errors) or name)
+
+
+def point_model(protocol: str) -> type[PointBase]:
+    return PROTOCOLS.get(protocol).point
+
+
+def available_profiles(extra_dirs: tuple[Path, ...] = ()) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for directory in (BUILTIN_DIR, *extra_dirs):
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.yaml")):
+                found[path.stem] = path
+    return found
+
+
+def load_profile_file(path: Path) -> Profile[Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ProfileError(path.stem, [(str(path), str(err))]) from err
+    return parse_profile(raw, source=str(path))
+
+
+def parse_profile(raw: Any, source: str = "<profile>") -> Profile[Any]:
+    if not isinstance(raw, dict):
+        raise ProfileError(source, [(source, "a profile must be a mapping")])
+    protocol = raw.get("protocol")
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+        raise ProfileError(source, [("protocol", f"must be one of {', '.join(PROTOCOLS.names())}, not {protocol!r}")])
+    data = dict(raw)
+    defaults = data.pop("defaults", {}) or {}
+    if isinstance(data.get("points"), list) and isinstance(defaults, dict):
+        data["points"] = [{**defaults, **p} if isinstance(p, dict) else p for p in data["points"]]
+    model: Any = Profile[point_model(protocol)]  # type: ignore[misc]
+    try:
+        profile: Profile[Any] = model.model_validate(data)
+    except ValidationError as err:
+        raise ProfileError(source, [(error_path(e["loc"]), e["msg"]) for e in err.errors()]) from err
+    return profile
+
+
+@cache
+def _load_cached(path: Path) -> Profile[Any]:
+    return load_profile_file(path)
+
+
+def load_profile(name: str, extra_dirs: tuple[Path, ...] = ()) -> Profile[Any]:
+    path = available_profiles(extra_dirs).get(name)
+    if path is None:
+        known = ", ".join(available_profiles(extra_dirs)) or "none"
+        raise ProfileError(name, [(name, f"unknown profile {name!r} (known: {known})")])
+    profile = _load_cached(path)
+    if profile.name != name:
+        raise ProfileError(name, [(str(path), f"file is named {name} but declares name {profile.name!r}")])
+    return profile

@@ -1,0 +1,330 @@
+"""The rule engine: binds rules to their subjects, judges every new value, and runs the timers.
+
+A rule bound to one subject (a rack or a device) is one alarm, keyed `{rule}/{subject}`. A sample is judged
+as it arrives (so a leak fires within the batch that reports it); `tick()` computes the rack metrics and
+re-judges every bound rule so that pending periods, clear delays and no-data timers run without new data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from dcim.core.events import AlarmState, Severity
+from dcim.core.metrics import REGISTRY
+from dcim.core.samples import Batch, DeviceStatus
+from dcim.core.topology import Topology
+from dcim.rules.alarms import NS, RANK, Timers, Timing, Verdict, step
+from dcim.rules.clock import Clock
+from dcim.rules.config import RulesConfig, effective_rules
+from dcim.rules.kinds import RULE_KINDS, Condition, RuleBase, Subject, same_value
+from dcim.rules.metrics import RackMetrics, Readings, feed_capacity_kw
+from dcim.rules.store import AlarmRecord, AlarmStore
+
+COMM_RULE = "device-offline"
+
+log = structlog.get_logger(__name__)
+
+KIND_ERRORS = REGISTRY.counter(
+    "dcim_rule_kind_errors_total", "Rule evaluations that raised in the rule's kind (the alarm holds)", ("rule",)
+)
+
+
+@dataclass(eq=False, slots=True)
+class Bound:
+    """A rule bound to one subject: one alarm, judged by its kind's condition."""
+
+    rule: RuleBase
+    subject: str
+    key: str
+    condition: Condition[Any]
+    timing: Timing
+    labels: dict[str, str]
+    judged_ns: int = -1
+
+
+@dataclass(eq=False, slots=True)
+class NoDataBound:
+    """The `no_data` timer of a rule bound to one subject: an alarm of its own (`{rule}.no_data/{subject}`)."""
+
+    rule: RuleBase
+    subject: str
+    key: str
+    labels: dict[str, str]
+
+
+class Engine:
+    def __init__(self, config: RulesConfig, topology: Topology, store: AlarmStore, clock: Clock,
+                 on_event: Callable[[AlarmRecord], None], *, push: set[str] | None = None) -> None:
+        self.config = config
+        self.topology = topology
+        self.store = store
+        self.clock = clock
+        self.on_event = on_event
+        self.readings = Readings(round(config.stale_after * NS), push=set(push or ()))
+        self.metrics = RackMetrics(topology, self.readings, flow_lpm_per_kw=config.flow_lpm_per_kw,
+                                   cooling=config.cooling)
+        # rules.enabled false: no rule is bound, no alarm raised; rack metrics are still derived.
+        self.rules = {rule.name: rule for rule in effective_rules(config)} if config.enabled else {}
+        self.loop_fault_rules = {name for name, rule in self.rules.items() if rule.loop_fault}
+        self.bound: list[Bound] = []
+        self.nodata: list[NoDataBound] = []
+        self.by_point: dict[tuple[str, str], list[Bound]] = {}
+        self.timers: dict[str, Timers] = {}
+        # Last time each (subject, point) had a good value, for no-data rules.
+        self.last_good: dict[tuple[str, str], int] = {}
+        self.offline_since: dict[str, int] = {}
+        self.evaluations = 0
+        # Alarms whose kind raised: logged once each, counted every time.
+        self.failing: set[str] = set()
+        self._bind()
+        # A device that was offline when the daemon stopped stays offline until it answers: its
+        # communication alarm keeps speaking for the alarms that depend on it.
+        for record in store.records():
+            if record.rule == COMM_RULE and record.state is AlarmState.FIRING:
+                self.readings.offline.add(record.subject)
+                self.offline_since[record.subject] = record.fired_ns or record.since_ns
+
+    # ---- binding -----------------------------------------------------------------------------------------
+
+    def _subjects(self, rule: RuleBase) -> list[str]:
+        if rule.scope.racks is not None:
+            sel = rule.scope.racks
+            return [
+                rack_id for rack_id, place in self.topology.racks.items()
+                if (sel.cooling is None or place.rack.cooling == sel.cooling)
+                and (sel.rooms is None or place.room in sel.rooms)
+                and (sel.rows is None or place.row in sel.rows)
+                and (sel.ids is None or rack_id in sel.ids)
+            ]
+        dev = rule.scope.devices
+        assert dev is not None
+        return [d for d, kind in self.topology.kinds.items()
+                if (dev.kind is None or kind == dev.kind) and (dev.ids is None or d in dev.ids)]
+
+    def labels(self, subject: str) -> dict[str, str]:
+        labels = dict(self.topology.tags(subject))
+        labels["subject"] = subject
+        place = self.topology.racks.get(labels.get("rack", ""))
+        if self.topology.kinds.get(subject) == "cdu":
+            labels["cdu"] = subject
+        elif place is not None and place.rack.cdu:
+            labels["cdu"] = place.rack.cdu
+        return labels
+
+    def _attributes(self, subject: str) -> dict[str, float | None]:
+        """What thresholds can name besides the subject's points: a rack's budget and feed ratings."""
+        place = self.topology.racks.get(subject)
+        if place is None:
+            return {}
+        attributes: dict[str, float | None] = {"power_budget_kw": place.rack.power_budget_kw}
+        feeds = [f for f in (place.rack.feeds.a, place.rack.feeds.b) if f is not None]
+        if feeds:
+            attributes["feed_capacity_kw"] = min(feed_capacity_kw(f) for f in feeds)
+            attributes["breaker_a"] = min(f.breaker_a for f in feeds)
+        return attributes
+
+    def _bind(self) -> None:
+        subjects: dict[str, Subject] = {}
+        for rule in self.rules.values():
+            kind = RULE_KINDS.get(rule.kind)
+            for subject in self._subjects(rule):
+                tuned = rule.tuned(rule.overrides.get(subject))
+                if not tuned.enabled:
+                    continue
+                if subject not in subjects:
+                    subjects[subject] = Subject(subject, self.readings, self._attributes(subject))
+                labels = {**self.labels(subject), "rule": rule.name, "category": rule.category}
+                timing = Timing(round(tuned.for_ * NS), round(tuned.clear_after * NS))
+                try:
+                    condition = kind.condition(tuned, subjects[subject])
+                except Exception:
+                    # A kind that cannot take this rule costs this rule, never the engine.
+                    KIND_ERRORS.inc(rule=rule.name)
+                    log.exception("rule kind failed to bind; rule not judged", rule=rule.name, subject=subject)
+                    continue
+                bound = Bound(tuned, subject, f"{rule.name}/{subject}", condition, timing, labels)
+                self.bound.append(bound)
+                points = condition.points()
+                if rule.only_if is not None:
+                    points.add(rule.only_if.point)
+                for point in points:
+                    self.by_point.setdefault((subject, point), []).append(bound)
+                if tuned.no_data is not None:
+                    self.nodata.append(NoDataBound(tuned, subject, f"{rule.name}.no_data/{subject}",
+                                                   {**labels, "rule": f"{rule.name}.no_data"}))
+
+    # ---- input -------------------------------------------------------------------------------------------
+
+    def on_batch(self, batch: Batch) -> None:
+        if batch.kind == "alarm":
+            return
+        now = self.clock.now_ns()
+        if batch.device in self.readings.offline and any(s.ok for s in batch.samples):
+            # Good data is proof of life, whatever the order status and samples arrive in.
+            self._set_online(batch.device, True, now)
+        touched = self.readings.update(batch)
+        due: dict[int, Bound] = {}
+        points = self.readings.points.get(batch.device, {})
+        for point in touched:
+            reading = points.get(point)
+            if reading is not None:
+                self.last_good[(batch.device, point)] = reading.ts_ns
+            for bound in self.by_point.get((batch.device, point), ()):
+                if reading is not None and bound.condition.observes:
+                    bound.condition.observe(point, reading)
+                due[id(bound)] = bound
+        for bound in due.values():
+            self._judge(bound, now)
+
+    def on_status(self, status: DeviceStatus) -> None:
+        self._set_online(status.device, status.online, self.clock.now_ns(), status.error)
+
+    def _set_online(self, device: str, online: bool, now: int, error: str = "") -> None:
+        if online:
+            self.readings.offline.discard(device)
+            self.offline_since.pop(device, None)
+        else:
+            self.readings.offline.add(device)
+            self.offline_since.setdefault(device, now)
+        self._judge_comm(device, now, error)
+
+    # ---- timers ------------------------------------------------------------------------------------------
+
+    def rack_batches(self) -> list[Batch]:
+        return self.metrics.compute(self.clock.now_ns())
+
+    def tick(self, since_ns: int | None = None) -> None:
+        """Re-judge everything: pending periods, clear delays, no-data and offline timers. Rules judged
+        at or after `since_ns` (the rack rules, on this tick's rack metrics) are not judged again."""
+        for _ in self.tick_steps(since_ns):
+            pass
+
+    def tick_steps(self, since_ns: int | None = None, chunk: int = 500) -> Iterator[None]:
+        """`tick` in slices of `chunk` judgements, so the service can yield to the loop between them."""
+        now = self.clock.now_ns()
+        since = now if since_ns is None else since_ns
+        for i, bound in enumerate(self.bound):
+            if bound.judged_ns < since:
+                self._judge(bound, now)
+            if i % chunk == chunk - 1:
+                yield
+        for watch in self.nodata:
+            self._judge_nodata(watch, now)
+        for device in list(self.offline_since):
+            self._judge_comm(device, now)
+        yield
+
+    def recovering(self, key: str) -> bool:
+        """The alarm's condition is clear and it waits out its clear delay."""
+        timers = self.timers.get(key)
+        return timers is not None and timers.clear_since is not None
+
+    # ---- judging -----------------------------------------------------------------------------------------
+
+    def verdict(self, bound: Bound, now: int, current: Severity | None) -> Verdict | None:
+        """The rule's kind judges its condition; hysteresis is applied here, the same for every kind."""
+        rule = bound.rule
+        if rule.only_if is not None:
+            gate = self.readings.reading(bound.subject, rule.only_if.point, now)
+            if gate is None:
+                return None
+            if not any(same_value(gate.value, wanted) for wanted in rule.only_if.match):
+                text = f"{bound.subject}: {rule.only_if.point} = {gate.value}: {rule.name} not judged"
+                return Verdict(None, None, None, text)
+        try:
+            assessment = bound.condition.assess(now)
+            if assessment is None:
+                return None
+            shown = None
+            for severity, excess, threshold in assessment.levels:
+                # Once at this severity (or above), the value must come back past it by `hysteresis`.
+                margin = rule.hysteresis if RANK[current] >= RANK[severity] else 0.0
+                if excess > -margin:
+                    return Verdict(severity, assessment.value, threshold,
+                                   bound.condition.describe(assessment, severity, threshold))
+                if threshold is not None:
+                    shown = threshold
+        except Exception:
+            # A bug in a kind (an installed one, say) judges nothing: this alarm holds, every other rule goes on.
+            KIND_ERRORS.inc(rule=rule.name)
+            if bound.key not in self.failing:
+                self.failing.add(bound.key)
+                log.exception("rule kind failed; the alarm holds", alarm=bound.key, kind=rule.kind)
+            return None
+        return Verdict(None, assessment.value, shown, "")  # a clear verdict's message is never shown
+
+    def _judge(self, bound: Bound, now: int) -> None:
+        self.evaluations += 1
+        bound.judged_ns = now
+        record = self.store.record(bound.key)
+        current = record.severity if record is not None and record.state is AlarmState.FIRING else None
+        verdict = self.verdict(bound, now, current)
+        if verdict is None:
+            return  # no data: hold
+        self._apply(bound.key, bound.rule.name, bound.subject, bound.rule.metric, bound.labels, record,
+                    verdict, bound.timing, now)
+
+    def _judge_nodata(self, bound: NoDataBound, now: int) -> None:
+        assert bound.rule.no_data is not None
+        last = self.last_good.get((bound.subject, bound.rule.metric))
+        if last is not None and bound.subject in self.readings.push \
+                and self.readings.reading(bound.subject, bound.rule.metric, now) is not None:
+            last = now  # an unchanged value of a push device is a current value
+        if last is None:
+            # Never seen in this run: a metric the subject does not have, or a device that never
+            # answered (the communication alarm covers that).
+            return
+        silent = now - last
+        after_ns = round(bound.rule.no_data.after * NS)
+        severity = bound.rule.no_data.severity if silent >= after_ns else None
+        text = f"{bound.subject}: no data for {bound.rule.metric} for {silent / NS:.0f} s"
+        verdict = Verdict(severity, silent / NS, bound.rule.no_data.after, text)
+        self._apply(bound.key, f"{bound.rule.name}.no_data", bound.subject, bound.rule.metric, bound.labels,
+                    self.store.record(bound.key), verdict, Timing(0, 0), now)
+
+    def _judge_comm(self, device: str, now: int, error: str = "") -> None:
+        comm = self.config.communication
+        if not comm.enabled or not self.config.enabled:
+            return
+        since = self.offline_since.get(device)
+        key = f"{COMM_RULE}/{device}"
+        record = self.store.record(key)
+        if since is None and record is None:
+            return
+        text = f"{device}: not answering" + (f" ({error})" if error else "")
+        if record is not None and not error and since is not None:
+            text = record.message
+        verdict = Verdict(comm.severity if since is not None else None, None, None, text)
+        labels = {**self.labels(device), "rule": COMM_RULE, "category": "communication"}
+        self._apply(key, COMM_RULE, device, "online", labels, record, verdict,
+                    Timing(round(comm.for_ * NS), 0), now)
+
+    def _apply(self, key: str, rule: str, subject: str, metric: str, labels: dict[str, str],
+               record: AlarmRecord | None, verdict: Verdict, timing: Timing, now: int) -> None:
+        if record is None and verdict.severity is None and key not in self.timers:
+            return  # the common case: nothing wrong, nothing pending
+        timers = self.timers.setdefault(key, Timers())
+
+        def fresh() -> AlarmRecord:
+            return AlarmRecord(key, rule, subject, AlarmState.PENDING, verdict.severity or Severity.WARNING,
+                               metric=metric, labels=dict(labels))
+
+        kept, announce = step(record, timers, verdict, timing, now, fresh)
+        if kept is None:
+            if record is not None:
+                self.store.forget(key)
+            self.timers.pop(key, None)
+            return
+        if announce:
+            kept.labels["severity"] = str(kept.severity)
+            self.on_event(kept)
+            self.store.put(kept, history=True)
+            if kept.state is AlarmState.RESOLVED:
+                self.store.forget(key)
+                self.timers.pop(key, None)
+        elif kept is not record:
+            self.store.put(kept)

@@ -1,0 +1,243 @@
+"""What a rule kind is: a configuration model and a condition, behind a small protocol.
+
+A rule kind decides one thing: whether its condition holds for one subject now, and with what value and
+threshold. Everything else is the engine's and shared by every kind: binding rules to subjects, the alarm
+state machine (pending, firing, resolved, the `for` and `clear_after` delays), hysteresis, `no_data`,
+`only_if`, overrides, inhibition.
+
+    class BandRule(RuleBase):                       # the configuration: the common fields plus its own
+        kind: Literal["band"]
+        low: float
+        high: float
+
+    class BandCondition(Condition[BandRule]):       # one rule bound to one subject
+        def assess(self, now_ns):                   # None: no data, the alarm holds as it is
+            value = self.subject.number(self.rule.metric, now_ns)
+            ...
+            return Assessment(value, [(Severity.WARNING, excess, None)])
+
+        def describe(self, assessment, severity, threshold):
+            return f"{self.subject.id}: {self.rule.metric} {assessment.value} outside the band"
+
+    KIND = RuleKind("band", BandRule, BandCondition)
+
+An assessment lists, most severe first, each severity the rule can raise with its `excess`: how far the
+value is past that severity's threshold, in the metric's unit (positive: the condition holds). The engine
+applies hysteresis to it: once an alarm is at a severity, the condition holds while `excess > -hysteresis`.
+A kind without a notion of distance (a state) uses +inf / -inf.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar, get_args
+
+from pydantic import Field, field_validator, model_validator
+
+from dcim.core.config import Duration, PositiveDuration, StrictModel
+from dcim.core.events import Severity
+from dcim.core.samples import Value
+from dcim.rules.metrics import Reading, Readings
+from dcim.rules.model import RACK_METRICS, Threshold, parse_threshold
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
+Canonical = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+ThresholdSpec = float | str
+
+
+def check_threshold(value: Any) -> Any:
+    """A field validator (mode "before") for threshold fields: a number or an expression (rules.model)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        parse_threshold(value)
+        return value
+    raise ValueError("a threshold is a number or an expression like '80% of power_budget_kw'")
+
+
+def same_value(value: Value, wanted: Value) -> bool:
+    """A reading equals a configured value: text case-insensitively, numbers and booleans as numbers."""
+    if isinstance(value, str) or isinstance(wanted, str):
+        return str(value).lower() == str(wanted).lower()
+    return float(value) == float(wanted)
+
+
+class RackSelector(StrictModel):
+    cooling: Literal["air", "liquid"] | None = None
+    rooms: list[str] | None = None
+    rows: list[str] | None = None
+    ids: list[str] | None = None
+
+
+class DeviceSelector(StrictModel):
+    kind: Literal["pdu", "cdu", "chiller"] | None = None
+    ids: list[str] | None = None
+
+
+class Scope(StrictModel):
+    racks: RackSelector | None = None
+    devices: DeviceSelector | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Scope:
+        if (self.racks is None) == (self.devices is None):
+            raise ValueError("a scope selects either racks or devices (e.g. {racks: {cooling: liquid}})")
+        return self
+
+
+class NoData(StrictModel):
+    after: PositiveDuration
+    severity: Severity = Severity.WARNING
+
+
+class OnlyIf(StrictModel):
+    """Judge the rule only while another point of the subject has one of these values (e.g. a chiller's
+    COP only while it runs); otherwise its condition counts as clear."""
+
+    point: Canonical
+    match: Annotated[list[Value], Field(min_length=1)]
+
+
+class Tuning(StrictModel):
+    """What an override can change for one subject (a field the rule's kind lacks is left alone)."""
+
+    enabled: bool | None = None
+    warning: ThresholdSpec | None = None
+    critical: ThresholdSpec | None = None
+    for_: Duration | None = Field(default=None, alias="for")
+    hysteresis: Annotated[float, Field(ge=0)] | None = None
+    clear_after: Duration | None = None
+
+    _check = field_validator("warning", "critical", mode="before")(check_threshold)
+
+
+class RuleBase(StrictModel):
+    """The fields every rule has, whatever its kind. A kind's model adds `kind: Literal[NAME]` and its own."""
+
+    name: Name
+    description: str = ""
+    enabled: bool = True
+    scope: Scope
+    metric: Canonical
+    kind: str
+    # Pending period: the condition must hold this long before the alarm fires.
+    for_: Duration = Field(default=0.0, alias="for")
+    # Recovery threshold: the value must come back past the threshold by this much (metric units).
+    hysteresis: Annotated[float, Field(ge=0)] = 0.0
+    # The condition must stay clear this long before the alarm resolves.
+    clear_after: Duration = 0.0
+    no_data: NoData | None = None
+    only_if: OnlyIf | None = None
+    # power | coolant | thermal | chiller | ...: coolant alarms of racks are hidden by a fault of their loop.
+    category: str = ""
+    # A firing alarm of this rule on a CDU hides the `coolant` alarms of the racks the CDU serves.
+    loop_fault: bool = False
+    message: str = ""
+    overrides: dict[str, Tuning] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _rack_metric(self) -> Self:
+        if self.scope.racks is not None and self.metric not in RACK_METRICS:
+            raise ValueError(
+                f"metric {self.metric!r} is not a rack metric (rack metrics: {', '.join(RACK_METRICS)})"
+            )
+        return self
+
+    def tuned(self, tuning: Tuning | None) -> Self:
+        if tuning is None:
+            return self
+        fields = type(self).model_fields
+        update = {k: v for k, v in tuning.model_dump().items() if v is not None and k in fields}
+        return self.model_copy(update=update)
+
+
+class Subject:
+    """A rack or a device as a rule sees it: its current values, and the attributes a threshold can name
+    (a rack's `power_budget_kw`, `feed_capacity_kw`, `breaker_a`)."""
+
+    __slots__ = ("attributes", "id", "readings")
+
+    def __init__(self, subject_id: str, readings: Readings, attributes: dict[str, float | None]) -> None:
+        self.id = subject_id
+        self.readings = readings
+        self.attributes = attributes
+
+    def reading(self, point: str, now_ns: int) -> Reading | None:
+        """The point's current good reading (None: missing, stale, or the device is offline)."""
+        return self.readings.reading(self.id, point, now_ns)
+
+    def number(self, point: str, now_ns: int) -> float | None:
+        """The point's current value as a number (None also for a text value)."""
+        return self.readings.number(self.id, point, now_ns)
+
+    def lookup(self, name: str, now_ns: int) -> float | None:
+        """An attribute of the subject, else another of its points."""
+        if name in self.attributes:
+            return self.attributes[name]
+        return self.readings.number(self.id, name, now_ns)
+
+    def resolve(self, threshold: Threshold, now_ns: int) -> float | None:
+        """A threshold's value for this subject now (None: what it refers to has no current value)."""
+        if threshold.ref is None:
+            return threshold.offset
+        base = self.lookup(threshold.ref, now_ns)
+        return None if base is None else threshold.factor * base + threshold.offset
+
+
+# (severity, excess past its threshold (> 0: the condition holds), the threshold for the record or None)
+Level = tuple[Severity, float, float | None]
+
+
+@dataclass(slots=True)
+class Assessment:
+    """What a condition found at one evaluation."""
+
+    value: float | None  # kept on the alarm record (None: a value that is not a number)
+    levels: Sequence[Level]  # most severe first; a severity whose threshold is unknown now is left out
+    reading: Value | None = None  # the value as read, for the message (a text state)
+
+
+R = TypeVar("R", bound=RuleBase)
+
+
+class Condition(abc.ABC, Generic[R]):
+    """One rule of a kind bound to one subject. Made once when the engine binds its rules."""
+
+    # True: the engine calls `observe` with every new good value of the condition's points (a kind that
+    # keeps history, such as `rate`).
+    observes: ClassVar[bool] = False
+
+    def __init__(self, rule: R, subject: Subject) -> None:
+        self.rule = rule
+        self.subject = subject
+
+    def points(self) -> set[str]:
+        """The subject's points whose new values re-judge the rule."""
+        return {self.rule.metric}
+
+    def observe(self, point: str, reading: Reading) -> None:
+        """A new good value of one of `points()`; called only when `observes` is true."""
+
+    @abc.abstractmethod
+    def assess(self, now_ns: int) -> Assessment | None:
+        """Judge the condition now. None: no current data, so the alarm holds as it is."""
+
+    @abc.abstractmethod
+    def describe(self, assessment: Assessment, severity: Severity, threshold: float | None) -> str:
+        """The alarm's message when the condition holds at `severity` (called only then)."""
+
+
+@dataclass(frozen=True)
+class RuleKind(Generic[R]):
+    """A rule kind as registered: its `kind:` name, its configuration model, its condition."""
+
+    name: str
+    model: type[R]
+    condition: Callable[[R, Subject], Condition[Any]]
+
+    def __post_init__(self) -> None:
+        field = self.model.model_fields.get("kind")
+        if field is None or get_args(field.annotation) != (self.name,):
+            raise TypeError(f"rule kind {self.name!r}: its model needs `kind: Literal[{self.name!r}]`")

@@ -43,7 +43,8 @@ def config_for(n: int, workdir: Path, mqtt_port: int, influx_url: str) -> Path:
         "site": {"id": "bench"}, "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": racks}]}],
         "devices": devices, "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
         "influxdb": {"url": influx_url, "api": "v1", "database": "dcim"},
-        "state_dir": str(workdir / "state"), "logging": {"level": os.environ.get("BENCH_LOG", "warning"), "format": "json"},
+        "state_dir": str(workdir / "state"),
+        "logging": {"level": os.environ.get("BENCH_LOG", "warning"), "format": "json"},  # BENCH_LOG=info to debug
         "http": {"enabled": False},
     }
     path = workdir / f"bench-{n}.yaml"

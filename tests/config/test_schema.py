@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from dcim.app.config import ConfigError, json_schema, load_config, load_yaml, parse_config
@@ -194,3 +195,23 @@ def test_secret_schema_admits_references_only(value: str, form_ok: bool) -> None
     if not form_ok:
         with pytest.raises(ValidationError, match="never given inline"):
             TypeAdapter(Secret).validate_python(value)
+
+
+def documented_samples() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every configuration sample of the README and docs/ (a part of one gets a site around it), except
+    contributing.md's, which configure plugins a plain install does not have."""
+    keys = set(json_schema()["properties"])
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        if doc.name == "contributing.md":
+            continue
+        for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", doc.read_text(), flags=re.S)):
+            raw = yaml.safe_load(block)
+            if isinstance(raw, dict) and set(raw) <= keys:
+                yield f"{doc.name}[{i}]", {"site": {"id": "hall-1"}} | raw
+
+
+def test_documented_samples_pass_the_schema(schema: dict[str, Any]) -> None:
+    samples = dict(documented_samples())
+    assert {"README.md[0]", "deploy.md[0]", "rules.md[0]", "notifications.md[0]"} <= set(samples)
+    failures = {name: [e.message for e in validator(schema).iter_errors(raw)] for name, raw in samples.items()}
+    assert {name: errors for name, errors in failures.items() if errors} == {}

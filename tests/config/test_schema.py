@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from dcim.app.config import ConfigError, json_schema, load_config, load_yaml, parse_config
 from dcim.core.config import Duration, PositiveDuration
 from dcim.core.secrets import Secret
+from dcim.rules.kinds import ThresholdSpec, check_threshold
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -183,6 +184,22 @@ def test_duration_schema_matches_the_parser(kind: Any, value: Any) -> None:
     except ValidationError:
         loads = False
     assert jsonschema.Draft202012Validator(adapter.json_schema()).is_valid(value) is loads
+
+
+THRESHOLDS = [80, -5, 2.5, "80", " 2.5 ", "1e3", "80% of power_budget_kw", " 90 % of feed_capacity_kw ",
+              "-10% of x", "setpoint_c + 2", "setpoint_c-0.5", "flow_required_lpm", "80 %", "% of x", "80% of",
+              "Setpoint + 2", "setpoint_c + x", "80% of power_budget_kw + 2", "", "abc def", True]
+
+
+@pytest.mark.parametrize("value", THRESHOLDS, ids=[repr(v) for v in THRESHOLDS])
+def test_threshold_schema_matches_the_parser(value: Any) -> None:
+    try:
+        check_threshold(value)
+        loads = True
+    except ValueError:
+        loads = False
+    schema = TypeAdapter(ThresholdSpec).json_schema()
+    assert jsonschema.Draft202012Validator(schema).is_valid(value) is loads
 
 
 @pytest.mark.parametrize(("value", "form_ok"), [

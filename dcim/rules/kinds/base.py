@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from dcim.core.config import Duration, PositiveDuration, StrictModel
 from dcim.core.events import Severity
@@ -44,8 +44,16 @@ from dcim.rules.model import RACK_METRICS, Threshold, parse_threshold
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
 Canonical = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
-# A number, or an expression (rules.model.parse_threshold): the examples are what `dcim schema` shows.
-ThresholdSpec = Annotated[float | str, Field(examples=[80, "85% of power_budget_kw", "supply_temp_setpoint_c + 2"])]
+# The JSON Schema of a threshold says what rules.model.parse_threshold accepts, with the same pieces: a number,
+# "N% of NAME", "NAME", "NAME + N" / "NAME - N", or a number as text. tests/config/test_schema.py holds the
+# two to the same verdicts.
+_THRESHOLD_TEXT = (r"^\s*([-+]?\d+(\.\d+)?\s*%\s*of\s+[a-z][a-z0-9_]*"
+                   r"|[a-z][a-z0-9_]*\s*([-+]\s*\d+(\.\d+)?)?"
+                   r"|[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
+ThresholdSpec = Annotated[float | str, WithJsonSchema({
+    "anyOf": [{"type": "number"}, {"type": "string", "pattern": _THRESHOLD_TEXT}],
+    "examples": [80, "85% of power_budget_kw", "supply_temp_setpoint_c + 2"],
+})]
 
 
 def check_threshold(value: Any) -> Any:

@@ -120,6 +120,11 @@ class IngestConfig(StrictModel):
 
     enabled: bool = True
     """Run the ingest inside `dcim run` when `influxdb` is set; false when separate hosts run `dcim ingest`."""
+    source: Literal["local", "broker"] = "local"
+    """Inside a daemon that polls: local stores the daemon's own readings in-process (the payload published on
+    MQTT, encoded once; no round trip through the broker, stored even while the broker is away); broker
+    subscribes to the broker instead, like `dcim ingest`, and then also stores what other daemons publish
+    there. `dcim ingest` always takes from the broker."""
     group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "dcim-ingest"
     """MQTT 5 shared-subscription group: ingest workers in one group split the messages between them."""
     client_id: str | None = None

@@ -78,7 +78,12 @@ def run(n: int, seconds: float, workdir: Path, profile: Path | None = None) -> d
                 time.sleep(0.2)
             daemon = subprocess.Popen([*dcim, "run", "-c", str(path)], cwd=REPO, stdout=log, stderr=log)
             try:
-                time.sleep(min(10.0, 3.0 + n / 100))  # warm-up: connections, first polls, imports
+                # Warm-up: imports (slow on a busy machine), connections, first polls; measured only once points
+                # reach the database, and a few seconds more.
+                deadline = time.monotonic() + 180
+                while stored_points(influx, points_per_line) == 0 and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                time.sleep(min(10.0, 3.0 + n / 100))
                 cpu0, points0, t0 = cpu_seconds(daemon.pid), stored_points(influx, points_per_line), time.monotonic()
                 spy = None
                 if profile is not None:

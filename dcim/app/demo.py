@@ -64,7 +64,6 @@ async def start_broker() -> tuple[Any, int]:
 
     broker = Broker({
         "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
-        "sys_interval": 0,
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     })
     await broker.start()
@@ -439,7 +438,7 @@ def _racks(view: View, height: int) -> RenderableType:
         rows.append([rack.id, fmt(v.get("power_kw")), Text(fmt(util, "%", 0), style=util_style), feeds,
                      Text(fmt(headroom), style=head_style), flows])
     _fill(table, rows, height - PANEL_CHROME, lambda n: f"+{n} more racks")
-    return Panel(table, title=f"racks  hall {fmt(view.hall_kw(), ' kW')}", title_align="left",
+    return Panel(table, height=height, title=f"racks  hall {fmt(view.hall_kw(), ' kW')}", title_align="left",
                  border_style="blue")
 
 
@@ -453,7 +452,7 @@ def _plant(view: View, height: int) -> RenderableType:
         state, _ = view.device_state(device.id)
         rows.append([device.id, status_text(state), "  ".join(readings(device.kind, view, device.id))])
     _fill(table, rows, height - PANEL_CHROME, lambda n: f"+{n} more devices")
-    return Panel(table, title="cooling", title_align="left", border_style="blue")
+    return Panel(table, height=height, title="cooling", title_align="left", border_style="blue")
 
 
 def _pdus(view: View, height: int) -> RenderableType:
@@ -469,7 +468,7 @@ def _pdus(view: View, height: int) -> RenderableType:
         rows.append([pdu, f"{rack[0]}/{rack[1].upper()}" if rack else "-", status_text(state),
                      Text(pdu_power(view, pdu), style="bold red" if tripped else ""), fmt(energy, "", 0)])
     _fill(table, rows, height - PANEL_CHROME, lambda n: f"+{n} more PDUs")
-    return Panel(table, title="PDUs", title_align="left", border_style="blue")
+    return Panel(table, height=height, title="PDUs", title_align="left", border_style="blue")
 
 
 def _pdu_columns(view: View) -> list[Col]:
@@ -514,9 +513,8 @@ def _alarms(view: View, height: int) -> RenderableType:
     critical = sum(1 for a in alarms if a.get("severity") == "critical" and not a.get("suppressed"))
     title = f"alarms  {len(alarms)} active, {critical} critical, {suppressed} suppressed"
     border = "red" if critical else "yellow" if len(alarms) > suppressed else "green"
-    if not alarms:
-        return Panel(Text("no active alarms", style="green"), title=title, title_align="left", border_style=border)
-    return Panel(table, title=title, title_align="left", border_style=border)
+    body: RenderableType = table if alarms else Text("no active alarms", style="green")
+    return Panel(body, height=height, title=title, title_align="left", border_style=border)
 
 
 def _events(view: View, height: int) -> RenderableType:
@@ -524,7 +522,7 @@ def _events(view: View, height: int) -> RenderableType:
     lines = [Text(e, no_wrap=True, overflow="ellipsis",
                   style="red" if "ALARM CRITICAL" in e else "yellow" if "ALARM" in e else
                   "green" if "resolved" in e else "") for e in (view.events[-room:] if room else [])]
-    return Panel(Group(*lines), title="events", title_align="left", border_style="blue")
+    return Panel(Group(*lines), height=height, title="events", title_align="left", border_style="blue")
 
 
 def _id_width(ids: Iterable[str]) -> int:
@@ -676,9 +674,10 @@ async def demo(config: Config, *, duration: float | None, faults: bool, out: Tex
             update={"host": "127.0.0.1", "port": port, "protocol": "3.1.1"})})
     view.broker = f"{config.mqtt.host}:{config.mqtt.port} ({'embedded' if broker else 'configured'}, " \
                   f"topics {config.mqtt.prefix}/#)"
-    stop = stop if stop is not None else asyncio.Event()
+    if stop is None:  # a caller's own event is its way to stop the demo; Ctrl-C otherwise
+        stop = asyncio.Event()
+        stop_on_signals(stop)
     loop = asyncio.get_running_loop()
-    stop_on_signals(stop)
     if duration is not None:
         loop.call_later(duration, stop.set)
     try:

@@ -78,7 +78,7 @@ async def start_broker() -> tuple[Any, int]:
 
 @dataclass(frozen=True)
 class Listener:
-    """One address the demo binds: what it is for and where the configuration sets it."""
+    """One address the demo binds, and what for (with the setting, where that is not obvious)."""
 
     what: str
     transport: str  # "tcp" or "udp"
@@ -134,20 +134,24 @@ def unavailable(wanted: Iterable[Listener]) -> list[tuple[Listener, str]]:
             try:
                 sock.bind((listener.host, listener.port))
             except OSError as err:
-                reason = "in use" if err.errno == errno.EADDRINUSE else (
-                    os.strerror(err.errno).lower() if err.errno else str(err))
+                if err.errno == errno.EADDRINUSE:
+                    reason = "in use"
+                elif err.errno and not isinstance(err, socket.gaierror):
+                    reason = os.strerror(err.errno).lower()
+                else:
+                    reason = str(err)
                 out.append((listener, reason))
     return out
 
 
 def ports_message(problems: list[tuple[Listener, str]], config_path: Path | str) -> str:
     """One line: which addresses, why, and what to do."""
-    items = ", ".join(str(listener) if reason == "in use" else f"{listener}: {reason}"
-                      for listener, reason in problems)
-    taken = all(reason == "in use" for _, reason in problems)
-    head = "already in use" if taken else "cannot listen"
-    return (f"dcim demo: {head}: {items}; stop what holds {'it' if len(problems) == 1 else 'them'} "
-            f"(another dcim demo or daemon? `ss -ltnup` names the process) or change the port in {config_path}")
+    if all(reason == "in use" for _, reason in problems):
+        items = ", ".join(str(listener) for listener, _ in problems)
+        return (f"dcim demo: already in use: {items}; stop what holds {'it' if len(problems) == 1 else 'them'} "
+                f"(another dcim demo or daemon? `ss -ltnup` names the process) or change the port in {config_path}")
+    items = ", ".join(f"{listener}: {reason}" for listener, reason in problems)
+    return f"dcim demo: cannot listen on {items}; check the address, or change it in {config_path}"
 
 
 # ---- what the demo has seen ----------------------------------------------------------------------------

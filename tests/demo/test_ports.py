@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from dcim.app.config import parse_config
+from dcim.app.demo import listeners, ports_message, unavailable
 from tests.demo.busy import EXAMPLE
 
 REPO = EXAMPLE.parents[1]
@@ -93,3 +95,17 @@ def test_opcua_simulator_port_taken(tmp_path: Path, tcp: socket.socket) -> None:
     port = tcp.getsockname()[1]
     config = example(tmp_path, lambda raw: device(raw, "chiller-1").update(endpoint=f"opc.tcp://127.0.0.1:{port}"))
     assert_one_line(run_demo(config), port, "tcp", "simulated chiller-1", config)
+
+
+def test_an_address_that_cannot_be_bound_says_why(tmp_path: Path, tcp: socket.socket) -> None:
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine; the held port is in use: one line names both.
+    config = parse_config(yaml.safe_load(example(tmp_path, lambda raw: raw.update(
+        http={"host": "192.0.2.1", "port": 8470})).read_text()), "test")
+    config = config.model_copy(update={"devices": [
+        d.model_copy(update={"port": tcp.getsockname()[1]}) if d.id == "cdu-1" else d for d in config.devices]})
+    problems = dict((listener.what, reason) for listener, reason in unavailable(listeners(config)))
+    assert problems["HTTP API, http.port"] == "cannot assign requested address"
+    assert problems["simulated cdu-1"] == "in use"
+    line = ports_message(unavailable(listeners(config)), "hall.yaml")
+    assert "\n" not in line and line.startswith("dcim demo: cannot listen on 192.0.2.1:8470/tcp (HTTP API")
+    assert f"127.0.0.1:{tcp.getsockname()[1]}/tcp (simulated cdu-1): in use" in line

@@ -198,7 +198,17 @@ class View:
                     bad.add(s.point)
 
     def on_status(self, status: DeviceStatus) -> None:
-        pass
+        # Straight from the pipeline, like the readings: the broker's copy of the same change may lag
+        # behind them on a busy machine (mqtt_message keeps whichever is newer).
+        self._set_status(status.device, {"online": status.online, "error": status.error or None,
+                                         "ts": status.ts_ns})
+
+    def _set_status(self, device: str, state: dict[str, Any]) -> None:
+        old = self.status.get(device, {}).get("ts")
+        ts = state.get("ts")
+        if isinstance(old, int) and isinstance(ts, int) and ts < old:
+            return
+        self.status[device] = state
 
     def event(self, text: str) -> None:
         self.events = [*self.events[-(EVENTS_KEPT - 1):], f"{self.uptime():5.0f}s  {text}"]
@@ -218,7 +228,7 @@ class View:
         self.messages += 1
         parts = topic.split("/")
         if len(parts) >= 4 and parts[2] == "status":
-            self.status[parts[3]] = json.loads(payload) if payload else {}
+            self._set_status(parts[3], json.loads(payload) if payload else {})
         elif len(parts) >= 5 and parts[2] == "alarms":
             key = "/".join(parts[3:])
             if payload:

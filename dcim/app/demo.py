@@ -177,6 +177,7 @@ class View:
         self.http: Any = None
         self.broker: str | None = None
         self.log_file: str | None = None
+        self.kinds = {d.id: d.kind for d in config.devices}
         # Which feed of which rack each PDU serves, for its row and for telling a tripped feed.
         self.feeds: dict[str, tuple[str, str]] = {}
         for _, _, rack in config.racks():
@@ -188,10 +189,15 @@ class View:
     # pipeline sink (readings as the daemon decoded them)
     def on_batch(self, batch: Batch) -> None:
         values = self.latest.setdefault(batch.device, {})
+        # Only the device's own readings tell whether it is degraded: the metrics the rules derive for it
+        # (measurement `plant` on a CDU) can lack inputs from elsewhere.
+        own = batch.kind == self.kinds.get(batch.device)
         bad = self.bad.setdefault(batch.device, set())
         for s in batch.samples:
             if not s.tags:
                 values[s.point] = s.value if s.ok else None
+                if not own:
+                    continue
                 if s.quality is Quality.GOOD:
                     bad.discard(s.point)
                 else:

@@ -43,6 +43,7 @@ from dcim.app.instance import StartupError
 from dcim.app.simulate import run_simulators, wait_listening
 from dcim.core.logs import setup_logging
 from dcim.core.samples import Batch, DeviceStatus, Quality
+from dcim.drivers.profiles import ProfileError, load_profile
 from dcim.rules.metrics import DEAD_FEED_SHARE, MIN_RACK_KW
 from dcim.simulators.plant import Plant
 
@@ -178,6 +179,9 @@ class View:
         self.broker: str | None = None
         self.log_file: str | None = None
         self.kinds = {d.id: d.kind for d in config.devices}
+        # PDUs whose profile reads an energy counter of the whole PDU: only those have an energy column
+        # entry (outlet counters are per outlet; power is never passed off as energy).
+        self.energy_meters = {d.id for d in config.devices if d.kind == "pdu" and _has_energy_counter(d, config)}
         # Which feed of which rack each PDU serves, for its row and for telling a tripped feed.
         self.feeds: dict[str, tuple[str, str]] = {}
         for _, _, rack in config.racks():
@@ -330,6 +334,18 @@ class View:
         return "\n".join(out)
 
 
+def _has_energy_counter(device: Any, config: Config) -> bool:
+    name = getattr(device, "profile", None)
+    if not isinstance(name, str):
+        return False
+    try:
+        profile = load_profile(name, config.extra_profile_dirs())
+    except ProfileError:
+        return False
+    return any(p.name == "energy_kwh" and p.measurement in (None, device.kind) and not getattr(p, "index_tag", None)
+               for p in profile.points)
+
+
 def fmt(value: Any, unit: str = "", digits: int = 1) -> str:
     if value is None:
         return "--"
@@ -363,7 +379,7 @@ def readings(kind: str, view: View, device: str) -> list[str]:
                 f"dP {fmt(v.get('diff_pressure_kpa'), '', 0)} kPa"]
     if kind == "pdu":
         # Power as power (kW); energy only where the PDU has an energy counter (both shipped profiles do).
-        energy = [f"energy {fmt(v.get('energy_kwh'), ' kWh', 0)}"] if "energy_kwh" in v else []
+        energy = [f"energy {fmt(v.get('energy_kwh'), ' kWh', 0)}"] if device in view.energy_meters else []
         return [f"power {pdu_power(view, device)}{'' if view.feed_tripped(device) else ' kW'}", *energy]
     if kind == "chiller":
         return [fmt(v.get("status")), f"leaving {fmt(v.get('leaving_temp_c'))} C (set {fmt(v.get('setpoint_c'))})",
@@ -484,9 +500,10 @@ def _pdus(view: View, height: int) -> RenderableType:
     for (state, _), pdu in sorted(pdus, key=lambda p: order[p[0][0]]):
         rack = view.feeds.get(pdu)
         tripped = view.feed_tripped(pdu)
-        energy = view.latest.get(pdu, {}).get("energy_kwh")
+        energy = fmt(view.latest.get(pdu, {}).get("energy_kwh"), "", 0) if pdu in view.energy_meters else "n/a"
         rows.append([pdu, f"{rack[0]}/{rack[1].upper()}" if rack else "-", status_text(state),
-                     Text(pdu_power(view, pdu), style="bold red" if tripped else ""), fmt(energy, "", 0)])
+                     Text(pdu_power(view, pdu), style="bold red" if tripped else ""),
+                     *([energy] if view.energy_meters else [])])
     _fill(table, rows, height - PANEL_CHROME, lambda n: f"+{n} more PDUs")
     return Panel(table, height=height, title="PDUs", title_align="left", border_style="blue")
 
@@ -494,7 +511,8 @@ def _pdus(view: View, height: int) -> RenderableType:
 def _pdu_columns(view: View) -> list[Col]:
     return [Col("PDU", fixed=_id_width(d.id for d in view.config.devices if d.kind == "pdu")),
             Col("feed", fixed=max(_id_width(r.id for _, _, r in view.config.racks()) + 2, 4)),
-            Col("status", fixed=8), Col("power kW", "right", 8), Col("energy kWh", "right", 10)]
+            Col("status", fixed=8), Col("power kW", "right", 8),
+            *([Col("energy kWh", "right", 10)] if view.energy_meters else [])]
 
 
 def _since(ts_ns: Any) -> str:

@@ -5,11 +5,15 @@ in view, says how many rows it left out, and shows where the HTTP API and consol
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import yaml
 from rich.console import Console
 
+import dcim.drivers
+from dcim.app.config import parse_config
 from dcim.app.demo import View, screen
-from tests.demo.busy import API, OFFLINE, TRIPPED, alarm, busiest
+from tests.demo.busy import API, EXAMPLE, OFFLINE, TRIPPED, alarm, busiest, send
 
 WIDTH, HEIGHT = 120, 40
 RED, BOLD_RED, GREEN, YELLOW, DIM = "\x1b[31m", "\x1b[1;31m", "\x1b[32m", "\x1b[33m", "\x1b[2m"
@@ -108,3 +112,28 @@ def test_plain_text_names_power_and_energy_and_a_tripped_feed() -> None:
     assert "power 71.23 kW  energy" not in text  # one space between phrases in the plain form
     assert "power 71.23 kW energy 123457 kWh" in line_of(text, "apc-c01a")
     assert f"HTTP API and console: {API}" in text
+
+
+def test_energy_only_for_pdus_whose_profile_reads_an_energy_counter(tmp_path: Path) -> None:
+    # A PDU profile without the PDU's energy counter (the outlet counters stay: they are per outlet).
+    shipped = (Path(dcim.drivers.__file__).parent / "profiles" / "apc-rpdu2.yaml").read_text()
+    lines = [line for line in shipped.splitlines() if not line.startswith("  - {name: energy_kwh, unit: kWh, oid: "
+                                                                         "1.3.6.1.4.1.318.1.1.26.4.3.1.9.1")]
+    assert len(lines) == len(shipped.splitlines()) - 1
+    (tmp_path / "apc-no-energy.yaml").write_text("\n".join(lines).replace("name: apc-rpdu2", "name: apc-no-energy"))
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw["profile_dirs"] = [str(tmp_path)]
+    for device in raw["devices"]:
+        if device["kind"] == "pdu":
+            device["profile"] = "apc-no-energy"
+    view = View(parse_config(raw, "test"))
+    assert view.energy_meters == set()
+    text = draw(view)
+    assert "energy" not in text
+    # Mixed: the column shows, and a PDU without a counter says so rather than showing a number.
+    raw["devices"] = [d if d["id"] != "apc-a01a" else {**d, "profile": "apc-rpdu2"} for d in raw["devices"]]
+    view = View(parse_config(raw, "test"))
+    assert view.energy_meters == {"apc-a01a"}
+    send(view, "apc-c01a", "pdu", {"power_w": 20000.0, "energy_kwh": 5.0})
+    text = draw(view)
+    assert "energy kWh" in text and line_of(text, "apc-c01a").rstrip(" │").endswith("n/a")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy as _copy
 import errno
+import io
 import json
 import os
 import socket
@@ -34,6 +36,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderR
 from rich.layout import Layout
 from rich.live import Live
 from rich.panel import Panel
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -223,6 +226,17 @@ class View:
     def event(self, text: str) -> None:
         self.events = [*self.events[-(EVENTS_KEPT - 1):], f"{self.uptime():5.0f}s  {text}"]
         self.event_count += 1
+
+    def snapshot(self) -> View:
+        """A copy to render from another thread while this one keeps changing (the entries of `status`
+        and `alarms` are replaced, never changed in place; `latest` and `bad` entries are)."""
+        copy = _copy.copy(self)
+        copy.latest = {device: dict(values) for device, values in self.latest.items()}
+        copy.bad = {device: set(points) for device, points in self.bad.items()}
+        copy.status = dict(self.status)
+        copy.alarms = dict(self.alarms)
+        copy.events = list(self.events)
+        return copy
 
     def api(self) -> str | None:
         """The base URL of the HTTP API (the web console is its `/`), once it listens."""
@@ -668,12 +682,35 @@ async def watch_broker(config: Config, view: View) -> None:
             await asyncio.sleep(1.0)
 
 
+class Frame:
+    """Screen lines rendered elsewhere, shown as they are."""
+
+    def __init__(self, lines: list[list[Segment]]) -> None:
+        self.lines = lines
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for i, line in enumerate(self.lines):
+            if i:
+                yield Segment.line()
+            yield from line
+
+
+def render_frame(view: View, width: int, height: int) -> Frame:
+    """The screen as lines of styled segments, on a console of its own (safe in a worker thread)."""
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True)
+    return Frame(console.render_lines(screen(view, height), console.options.update_dimensions(width, height)))
+
+
 async def show_live(view: View, console: Console) -> None:
-    """Redraw the screen in place (the terminal's alternate screen) until cancelled."""
+    """Redraw the screen in place (the terminal's alternate screen) until cancelled. Laying out the tables
+    is the costly part (tens of milliseconds, more on a loaded machine): it runs in a worker thread on a
+    copy of the view, so the event loop keeps polling on time and only writes the finished lines."""
     with Live(console=console, screen=True, auto_refresh=False, redirect_stdout=False,
               redirect_stderr=False) as live:
         while True:
-            live.update(screen(view, console.height), refresh=True)
+            width, height = console.size
+            frame = await asyncio.to_thread(render_frame, view.snapshot(), width, height)
+            live.update(frame, refresh=True)
             await asyncio.sleep(SCREEN_REFRESH_S)
 
 

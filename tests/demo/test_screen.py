@@ -12,7 +12,7 @@ from rich.console import Console
 
 import dcim.drivers
 from dcim.app.config import parse_config
-from dcim.app.demo import View, screen
+from dcim.app.demo import View, render_frame, screen
 from tests.demo.busy import API, EXAMPLE, OFFLINE, TRIPPED, alarm, busiest, send
 
 WIDTH, HEIGHT = 120, 40
@@ -138,3 +138,20 @@ def test_energy_only_for_pdus_whose_profile_reads_an_energy_counter(tmp_path: Pa
     send(view, "apc-c01a", "pdu", {"power_w": 20000.0, "energy_kwh": 5.0})
     text = draw(view)
     assert "energy kWh" in text and line_of(text, "apc-c01a").rstrip(" │").endswith("n/a")
+
+
+def test_the_live_screen_draws_a_snapshot_rendered_off_the_event_loop() -> None:
+    view = busiest()
+    frame = render_frame(view.snapshot(), WIDTH, HEIGHT)
+    assert len(frame.lines) == HEIGHT
+    console = Console(width=WIDTH, height=HEIGHT, record=True, force_terminal=True)
+    console.print(frame)
+    assert console.export_text().splitlines() == draw(view).splitlines()
+    # The copy does not follow the view: the loop may change it while a worker thread renders the copy.
+    copy = view.snapshot()
+    send(view, "apc-c01a", "pdu", {"power_w": 1.0})
+    alarm(view, "C02", "air-rack-later", "warning", "C02: a later alarm")
+    view.event("later")
+    assert copy.latest["apc-c01a"]["power_w"] == 20250 and "C02/air-rack-later" in view.alarms
+    assert "C02/air-rack-later" not in copy.alarms
+    assert "later" not in " ".join(copy.events)

@@ -13,13 +13,14 @@ duplicate ids, unknown profiles).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from dcim.core.config import Duration, PositiveDuration, StrictModel, error_path
 from dcim.core.secrets import Secret
@@ -108,6 +109,38 @@ class HttpConfig(StrictModel):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8470
     token: Secret | None = None
+    # The web console (dcim/app/console): same server, same port. Bound to anything but a loopback address it
+    # needs HTTPS and a login (with http.token): checked here, so the daemon never starts exposed.
+    console: Annotated[bool, Field(description="Serve the web console (/, /racks, /devices, /alarms, "
+                                               "/events) on this server.")] = True
+    tls_cert_file: Annotated[str | None, Field(description="PEM certificate (chain) file: serve HTTPS. Required "
+                                                           "when host is not a loopback address.")] = None
+    tls_key_file: Annotated[str | None, Field(description="PEM private key file of tls_cert_file.")] = None
+    session_ttl: Annotated[PositiveDuration, Field(description="How long a console login lasts, e.g. 8h.")] = 8 * 3600.0
+
+    @model_validator(mode="after")
+    def _exposed_needs_tls_and_login(self) -> HttpConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("http.tls_cert_file and http.tls_key_file go together: set both or neither")
+        if self.enabled and not is_loopback(self.host):
+            missing = [name for name, value in (("tls_cert_file", self.tls_cert_file),
+                                                ("tls_key_file", self.tls_key_file), ("token", self.token))
+                       if value is None]
+            if missing:
+                raise ValueError(
+                    f"http.host {self.host!r} is not a loopback address: serving the API and console there needs "
+                    f"HTTPS and a login; set http.{', http.'.join(missing)} (or bind to 127.0.0.1)")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is only reachable from this machine ("" and 0.0.0.0 mean every interface)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SystemdConfig(StrictModel):

@@ -6,7 +6,7 @@
     ingest-receive     broker -> ingest outbox          (when influxdb is configured and ingest enabled)
     ingest-write       ingest outbox -> database
     rules              derived metrics, alarm timers     (rules/)
-    http-api           /healthz, /metrics, /api/v1/...
+    http-api           /healthz, /metrics, /api/v1/..., the web console (dcim/app/console)
     ready-watch        READY, STATUS and the watchdog under systemd (not critical: it ends without systemd)
     reload             SIGHUP: the configuration again, devices and rules without a restart
 
@@ -34,6 +34,7 @@ import structlog
 
 from dcim.app import sdnotify
 from dcim.app.config import Config, ConfigError, Device, load_config
+from dcim.app.console import Console
 from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest
 from dcim.app.instance import InstanceLock, StartupError, instance_tag
@@ -91,6 +92,7 @@ class Daemon:
         self.rules: RuleService | None = None
         self.notifier: Notifier | None = None
         self.http: HttpApi | None = None
+        self.console: Console | None = None
         self.ready = asyncio.Event()
         # The one SQLite writer thread of the process: outboxes, alarm store and notifier state all use it.
         self.writer = SqliteWriter(name="sqlite-writer")
@@ -131,6 +133,11 @@ class Daemon:
         if self.rules is not None and config.http.enabled and poll:
             self.http = HttpApi(config.http, self.rules.store, health=self.health)
             self.http.writes = self.guard  # read by dcim/app/api_writes.py
+            if config.http.console:
+                # The web console on the same server: the latest samples from the pipeline (last sink).
+                self.console = Console(self, config.http)
+                self.pipeline.add_sink(self.console.live)
+                self.console.register(self.http.app)
 
     def _coordinator(self, device: DeviceBase, extra: tuple[Path, ...]) -> DeviceCoordinator:
         profile = load_profile(device.profile, extra)

@@ -6,6 +6,7 @@ this process polling the project's simulators over Modbus and SNMP.
   a reload (server-sent events). The product promises about 1 to 2 s, at most 3 s; the test waits up to 15 s
   so a loaded machine does not fail it, and records the time it saw (printed, and in fault-to-red.json next
   to the screenshots);
+- a PDU that stops answering shows offline on the open devices page;
 - acknowledging and shelving in the page go through the alarm store (the row in its SQLite file changes)
   and leave records in the audit trail, which the event log then shows.
 
@@ -87,11 +88,16 @@ async def test_the_hall_shows_every_rack_and_a_pump_failure_turns_its_loop_red(t
         outlets = await page.locator("table.t-outlet tr th:first-child").all_inner_texts()
         numbers = [int(o) for o in outlets[1:]]
         assert numbers == sorted(numbers) and len(numbers) >= 10
-        await page.screenshot(path=str(shots / "rack.png"), full_page=True)
+        await page.screenshot(path=str(shots / "rack.png"))  # the top: coolant, rack metrics, feed A
 
         await page.goto(f"{base}/devices")
         for device in ("cdu-1", "pdu-1", "pdu-2"):
             await expect(page.locator(f"#dev-{device} .badge")).to_have_text("online", timeout=WAIT_MS)
+        # A PDU that stops answering: the open page shows it offline, with the driver's reason, by itself.
+        plant.inject("pdu-2", "no_response")
+        await expect(page.locator("#dev-pdu-2 .badge")).to_have_text("offline", timeout=WAIT_MS)
+        assert await page.locator("#dev-pdu-2 td").last.inner_text()
+        await expect(page.locator("#dev-cdu-1 .badge")).to_have_text("online")
         await page.screenshot(path=str(shots / "devices.png"), full_page=True)
 
 

@@ -195,3 +195,15 @@ async def test_without_a_token_the_console_is_read_only(tmp_path: Path) -> None:
             async with client.post(f"{base}/console/login", data={"user": "eve", "password": ""},
                                    allow_redirects=False) as response:
                 assert response.status == 403
+
+
+async def test_console_false_leaves_the_api_alone(tmp_path: Path) -> None:
+    config = load_config(config_file(tmp_path, {"console": False}))
+    async with running(config) as daemon:
+        assert daemon.http is not None and daemon.console is None
+        base = f"http://127.0.0.1:{daemon.http.port}"
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{base}/") as response:
+                assert response.status == 404
+            async with client.get(f"{base}/api/v1/alarms") as response:
+                assert response.status == 200

@@ -47,6 +47,8 @@ STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 # and the least time between two looks (a burst of batches is one update).
 IDLE_SECONDS = 1.0
 COALESCE_SECONDS = 0.2
+KEEPALIVE_SECONDS = 15.0
+MAX_STREAMS = 100  # open event streams (browser tabs) at once
 EVENTS_LIMIT = 300
 AUDIT_TAIL_BYTES = 512 * 1024
 HEADERS = {
@@ -330,6 +332,8 @@ class Console:
         session = self.sessions.get(request)
         if session is None and not self.sessions.open_views:
             return self._html("log in first", 401)
+        if len(self._subscribers) >= MAX_STREAMS:
+            return self._html("too many open consoles", 503)
         response = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
@@ -340,7 +344,13 @@ class Console:
             await response.write(self._first().encode())
             self._wake.set()
             while not self._closing.is_set():
-                message = await queue.get()
+                # A comment line now and then: a browser that went away is noticed (the write fails) even
+                # in a quiet hall, and proxies keep the stream open.
+                try:
+                    async with asyncio.timeout(KEEPALIVE_SECONDS):
+                        message = await queue.get()
+                except TimeoutError:
+                    message = ": keepalive\n\n"
                 if message is None:
                     break
                 await response.write(message.encode())

@@ -17,12 +17,16 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
+
 from dcim.core.audit import AuditLog
 from dcim.core.samples import now_ns
 
 NS = 1_000_000_000
 MAX_SHELVE_MINUTES = 7 * 24 * 60  # as the HTTP API: a shelved alarm is a forgotten alarm
 MAX_WINDOW_MINUTES = 31 * 24 * 60
+
+log = structlog.get_logger(__name__)
 
 
 class StoreLike(Protocol):
@@ -35,7 +39,8 @@ class StoreLike(Protocol):
 @dataclass(frozen=True, slots=True)
 class Done:
     message: str
-    audit_seq: int
+    audit_seq: int  # 0: not recorded (audit_error says why)
+    audit_error: str = ""
 
 
 class Actions:
@@ -45,35 +50,42 @@ class Actions:
 
     async def acknowledge(self, key: str, user: str, comment: str) -> Done:
         record = await self.store.acknowledge_async(key, user, comment)
-        seq = await self._audit(user, record.subject, "alarm_ack", key, "acknowledged", comment)
-        return Done(f"acknowledged {key}", seq)
+        return await self._audit(f"acknowledged {key}", user, record.subject, "alarm_ack", key, "acknowledged",
+                                 comment)
 
     async def shelve(self, key: str, minutes: float, user: str) -> Done:
         if not 0 < minutes <= MAX_SHELVE_MINUTES:
             raise ValueError(f"shelve for more than 0 and at most {MAX_SHELVE_MINUTES} minutes")
         until = now_ns() + int(minutes * 60 * NS)
         record = await self.store.shelve_async(key, until, user)
-        seq = await self._audit(user, record.subject, "alarm_shelve", key, "shelved", f"{minutes:g} min")
-        return Done(f"shelved {key} for {minutes:g} min", seq)
+        return await self._audit(f"shelved {key} for {minutes:g} min", user, record.subject, "alarm_shelve", key,
+                                 "shelved", f"{minutes:g} min")
 
     async def unshelve(self, key: str, user: str) -> Done:
         record = await self.store.unshelve_async(key)
-        seq = await self._audit(user, record.subject, "alarm_unshelve", key, "unshelved", "")
-        return Done(f"unshelved {key}", seq)
+        return await self._audit(f"unshelved {key}", user, record.subject, "alarm_unshelve", key, "unshelved", "")
 
     async def maintenance(self, subject: str, minutes: float, reason: str, user: str) -> Done:
         if not 0 < minutes <= MAX_WINDOW_MINUTES:
             raise ValueError(f"a maintenance window lasts more than 0 and at most {MAX_WINDOW_MINUTES} minutes")
         start = now_ns()
         window = await self.store.add_maintenance_async(subject, start, start + int(minutes * 60 * NS), reason)
-        seq = await self._audit(user, subject, "maintenance", subject, "window opened",
-                                f"{minutes:g} min: {reason}" if reason else f"{minutes:g} min")
-        return Done(f"maintenance window {window.id} on {subject} for {minutes:g} min", seq)
+        return await self._audit(f"maintenance window {window.id} on {subject} for {minutes:g} min", user, subject,
+                                 "maintenance", subject, "window opened",
+                                 f"{minutes:g} min: {reason}" if reason else f"{minutes:g} min")
 
-    async def _audit(self, user: str, device: str, point: str, value: str, outcome: str, reason: str) -> int:
+    async def _audit(self, message: str, user: str, device: str, point: str, value: str, outcome: str,
+                     reason: str) -> Done:
+        """Record an action the store has taken: a trail that cannot be written (a full disk) does not undo
+        it, and the operator is told the record is missing."""
         fields = {"ts_ns": now_ns(), "origin": f"console:{user}", "device": device, "point": point,
                   "value": value, "old": None, "new": None, "outcome": outcome, "reason": reason, "raw": "",
                   "address": "", "stops": False}
-        # Blocking (flock, fsync): off the event loop, as the write guard does.
-        record = await asyncio.to_thread(self.audit.append, fields)
-        return int(record["seq"])
+        try:
+            # Blocking (flock, fsync): off the event loop, as the write guard does.
+            record = await asyncio.to_thread(self.audit.append, fields)
+        except OSError as err:
+            log.error("console action not in the audit trail", action=point, subject=device, user=user,
+                      error=str(err))
+            return Done(message, 0, str(err))
+        return Done(message, int(record["seq"]))

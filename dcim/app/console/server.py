@@ -178,7 +178,7 @@ class Console:
         topology = self.daemon.topology
         place = topology.racks.get(rack_id)
         if place is None:
-            raise web.HTTPNotFound(reason=f"no rack {rack_id}")
+            raise web.HTTPNotFound(reason="no such rack")
         [view] = [r for r in self._racks() if r.id == rack_id]
         metrics = self._samples(rack_id, "rack")
         sections: list[tuple[str, str, list[Sample]]] = []
@@ -321,7 +321,10 @@ class Console:
         except (AlarmNotActive, ValueError) as err:
             session.error = str(err)
         else:
-            session.flash = f"{done.message} (audit #{done.audit_seq})"
+            if done.audit_error:
+                session.error = f"{done.message}, but the audit trail could not be written: {done.audit_error}"
+            else:
+                session.flash = f"{done.message} (audit #{done.audit_seq})"
             log.info(what, subject=subject, user=session.user, audit=done.audit_seq)
         self._wake.set()
         return _redirect("/alarms")

@@ -15,6 +15,10 @@ Alarm keys contain a slash (`rack-power/A01`): it may be sent as is or encoded a
 Anything that changes state needs `Authorization: Bearer <http.token>`: 401 without it, 403 with a wrong
 one (compared in constant time). With no token configured, state-changing calls are refused (403, saying
 so): an API on a shared host must not let any local user silence alarms.
+
+The web console (dcim/app/console) adds its pages to the same application; its forms, under /console/, are
+checked by login session and CSRF token instead. Off loopback the configuration requires HTTPS
+(http.tls_cert_file, http.tls_key_file) and a token.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dcim.core.audit import AuditLog, alarm_action
 from dcim.core.config import parse_duration
 from dcim.rules.leak import describe as leak_stage
 from dcim.rules.leak import load_incidents
@@ -118,6 +119,20 @@ def cmd_alarms(args: argparse.Namespace) -> int:
         store.close()
 
 
+def _audit(args: argparse.Namespace, user: str, subject: str, action: str, value: str, outcome: str,
+           reason: str) -> None:
+    """The action in the audit trail of the state_dir (`dcim audit`), as the console and the HTTP API record
+    theirs. The store has done it: a trail that cannot be written is said, not turned into a failure."""
+    state_dir = getattr(args, "state_dir", None)
+    if state_dir is None:
+        return
+    try:
+        AuditLog(Path(state_dir) / "audit.log").append(
+            alarm_action(f"cli:{user}", subject, action, value, outcome, reason, time.time_ns()))
+    except OSError as err:
+        print(f"warning: not recorded in the audit trail: {err}", file=sys.stderr)
+
+
 def _print(items: list[dict[str, Any]] | str, as_json: bool) -> None:
     if as_json and not isinstance(items, str):
         for item in items:
@@ -138,17 +153,22 @@ def _run(args: argparse.Namespace, store: AlarmStore, user: str) -> int:
     elif action == "ack":
         record = store.acknowledge(args.key, user, args.comment)
         print(f"acknowledged {record.key} as {user}")
+        _audit(args, user, record.subject, "alarm_ack", record.key, "acknowledged", args.comment)
     elif action == "shelve":
         until = now + round(_duration(args.duration) * NS)
         record = store.shelve(args.key, until, user)
         print(f"shelved {record.key} until {_when(until)} UTC")
+        _audit(args, user, record.subject, "alarm_shelve", record.key, "shelved", f"until {_when(until)} UTC")
     elif action == "unshelve":
         record = store.unshelve(args.key)
         print(f"unshelved {record.key}")
+        _audit(args, user, record.subject, "alarm_unshelve", record.key, "unshelved", "")
     elif action == "maintenance":
         end = now + round(_duration(args.duration) * NS)
         window = store.add_maintenance(args.subject, now, end, args.reason)
         print(f"maintenance window {window.id} on {window.subject} until {_when(end)} UTC")
+        _audit(args, user, window.subject, "maintenance", window.subject, "window opened",
+               f"until {_when(end)} UTC: {args.reason}" if args.reason else f"until {_when(end)} UTC")
     elif action == "windows":
         windows = store.maintenance()
         if args.json:

@@ -142,6 +142,7 @@ class Daemon:
         if self.rules is not None and config.http.enabled and poll:
             self.http = HttpApi(config.http, self.rules.store, health=self.health)
             self.http.writes = self.guard  # read by dcim/app/api_writes.py
+            self.http.audit = self.audit  # acknowledgements, shelves and windows are recorded too
             if config.http.console:
                 # The web console on the same server: the latest samples from the pipeline (last sink).
                 self.console = Console(self, config.http)

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dcim.app import api_writes
 from dcim.app.config import HttpConfig
+from dcim.core.audit import AuditLog, alarm_action
 from dcim.core.metrics import REGISTRY, Registry
 from dcim.rules.store import AlarmNotActive, AlarmNotFound
 
@@ -113,6 +114,8 @@ class HttpApi:
         clock = getattr(store, "clock", None)
         self.now_ns: Callable[[], int] = now_ns or (clock.now_ns if clock is not None else time.time_ns)
         self._token = config.token.get_secret_value().encode() if config.token is not None else None
+        # The daemon's audit trail: operators' actions on alarms are recorded there (set by the daemon).
+        self.audit: AuditLog | None = None
         self.port: int | None = None
         self.ready = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -228,7 +231,20 @@ class HttpApi:
             problems = [f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}" for e in err.errors()]
             raise _BadRequest("; ".join(problems)) from err
 
-    async def _operate(self, fn: Callable[[], Awaitable[Any]]) -> web.Response:
+    async def _audit(self, user: str, subject: str, point: str, value: str, outcome: str, reason: str) -> None:
+        """An operator's action on an alarm, in the daemon's audit trail (as the console and `dcim alarms` do).
+        The action has happened: a trail that cannot be written is logged, not turned into a failure."""
+        if self.audit is None:
+            return
+        fields = alarm_action(f"api:{user or 'unknown'}", subject, point, value, outcome, reason, self.now_ns())
+        try:
+            await asyncio.to_thread(self.audit.append, fields)  # flock and fsync: off the loop
+        except OSError as err:
+            log.error("alarm action not in the audit trail", action=point, subject=subject, error=str(err))
+
+    async def _operate(self, fn: Callable[[], Awaitable[Any]],
+                       audit: tuple[str, str, str, str] | None = None) -> web.Response:
+        """`audit`: (user, action, outcome, reason) to record once the store has done it."""
         try:
             record = await fn()
         except _BadRequest as err:
@@ -239,6 +255,9 @@ class HttpApi:
             return _error(409, str(err))
         except ValueError as err:  # a value the store refuses
             return _error(400, str(err))
+        if audit is not None:
+            user, action, outcome, reason = audit
+            await self._audit(user, record.subject, action, record.key, outcome, reason)
         return _json({"alarm": record.to_dict()})
 
     # -- handlers -----------------------------------------------------------------------------
@@ -285,7 +304,8 @@ class HttpApi:
         except _BadRequest as err:
             return _error(400, str(err))
         log.info("alarm acknowledged over http", alarm=key, user=body.user)
-        return await self._operate(lambda: self.store.acknowledge_async(key, body.user, body.comment))
+        return await self._operate(lambda: self.store.acknowledge_async(key, body.user, body.comment),
+                                   audit=(body.user, "alarm_ack", "acknowledged", body.comment))
 
     async def _shelve(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
@@ -295,12 +315,14 @@ class HttpApi:
             return _error(400, str(err))
         until = self.now_ns() + int(body.minutes * _NS_PER_MINUTE)
         log.info("alarm shelved over http", alarm=key, user=body.user, minutes=body.minutes)
-        return await self._operate(lambda: self.store.shelve_async(key, until, body.user))
+        return await self._operate(lambda: self.store.shelve_async(key, until, body.user),
+                                   audit=(body.user, "alarm_shelve", "shelved", f"{body.minutes:g} min"))
 
     async def _unshelve(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
         log.info("alarm unshelved over http", alarm=key)
-        return await self._operate(lambda: self.store.unshelve_async(key))
+        return await self._operate(lambda: self.store.unshelve_async(key),
+                                   audit=("", "alarm_unshelve", "unshelved", ""))
 
     async def _maintenance(self, request: web.Request) -> web.Response:
         return _json({"windows": [w.to_dict() for w in self.store.maintenance()]})
@@ -317,6 +339,8 @@ class HttpApi:
         except ValueError as err:
             return _error(400, str(err))
         log.info("maintenance window added over http", subject=body.subject, minutes=body.minutes)
+        await self._audit("", body.subject, "maintenance", body.subject, "window opened",
+                          f"{body.minutes:g} min: {body.reason}" if body.reason else f"{body.minutes:g} min")
         return _json({"window": window.to_dict()}, 201)
 
 

@@ -1,6 +1,7 @@
 """The audit trail of writes: an append-only JSON-lines file, each record chained to the one before by hash.
 
-One line per write attempt, whatever its outcome (verified, unverified, failed, refused, dry-run):
+One line per write attempt, whatever its outcome (verified, unverified, failed, refused, dry-run), and one
+per operator action on an alarm (`alarm_action`):
 
     {"seq": 7, "ts_ns": ..., "time": "2026-12-01T22:50:01.123Z", "origin": "cli:alice", "device": "cdu-1",
      "point": "flow_setpoint_lpm", "value": 450, "old": 400.0, "new": 450.0, "outcome": "verified",
@@ -34,6 +35,15 @@ from typing import Any
 
 GENESIS = "0" * 64
 _TAIL_CHUNK = 64 * 1024
+
+
+def alarm_action(origin: str, subject: str, point: str, value: str, outcome: str, reason: str,
+                 ts_ns: int) -> dict[str, Any]:
+    """The record of an operator's action on an alarm (acknowledge, shelve, unshelve, a maintenance window),
+    whichever way it came (console, HTTP API, `dcim alarms`): `point` names the action (`alarm_ack`,
+    `alarm_shelve`, `alarm_unshelve`, `maintenance`), `value` the alarm key or the window's subject."""
+    return {"ts_ns": ts_ns, "origin": origin, "device": subject, "point": point, "value": value, "old": None,
+            "new": None, "outcome": outcome, "reason": reason, "raw": "", "address": "", "stops": False}
 
 
 def canonical(record: dict[str, Any]) -> bytes:

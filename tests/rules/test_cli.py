@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 from dcim.app.cli import main
+from dcim.core.audit import AuditLog
 from dcim.rules.store import AlarmStore
 from tests.rules.rig import Rig, hall
 
@@ -51,6 +53,16 @@ async def test_list_ack_shelve_and_history(config_file: Path, tmp_path: Path,
                  "--reason", "cabling"]) == 0
     assert main(["alarms", "-c", str(config_file), "windows"]) == 0
     assert "A01" in capsys.readouterr().out
+
+    # Each action is in the audit trail of the state_dir (`dcim audit`), chained.
+    trail = AuditLog(tmp_path / "state" / "audit.log")
+    records = list(trail.records())
+    assert [(r["origin"], r["point"], r["value"]) for r in records] == [
+        ("cli:alice", "alarm_ack", "cdu-leak/cdu-1"),
+        (f"cli:{getpass.getuser()}", "alarm_shelve", "cdu-leak/cdu-1"),
+        (f"cli:{getpass.getuser()}", "maintenance", "A01"),
+    ]
+    assert records[0]["reason"] == "on it" and trail.verify()[1] is None
 
 
 async def test_errors_are_clear(config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

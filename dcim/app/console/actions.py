@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from dcim.core.audit import AuditLog
+from dcim.core.audit import AuditLog, alarm_action
 from dcim.core.samples import now_ns
 
 NS = 1_000_000_000
@@ -78,9 +78,7 @@ class Actions:
                      reason: str) -> Done:
         """Record an action the store has taken: a trail that cannot be written (a full disk) does not undo
         it, and the operator is told the record is missing."""
-        fields = {"ts_ns": now_ns(), "origin": f"console:{user}", "device": device, "point": point,
-                  "value": value, "old": None, "new": None, "outcome": outcome, "reason": reason, "raw": "",
-                  "address": "", "stops": False}
+        fields = alarm_action(f"console:{user}", device, point, value, outcome, reason, now_ns())
         try:
             # Blocking (flock, fsync): off the event loop, as the write guard does.
             record = await asyncio.to_thread(self.audit.append, fields)

@@ -92,7 +92,7 @@ def cmd_write(args: argparse.Namespace) -> int:
 
 async def _write(config: Any, driver: Any, args: argparse.Namespace, value: Value, user: str, stops: bool) -> int:
     url = _daemon_url(config)
-    daemon_up = url is not None and await _answers(url)
+    daemon_up = url is not None and await _answers(url, config)
     if daemon_up and args.direct:
         print(f"a daemon answers at {url}: writes go through it (run without --direct)", file=sys.stderr)
         return 2
@@ -101,12 +101,29 @@ async def _write(config: Any, driver: Any, args: argparse.Namespace, value: Valu
         print(f"no daemon answers {where}: nothing written. To write without the daemon, add --direct "
               f"(the same checks run here)", file=sys.stderr)
         return 2
-    confirmed = args.yes or args.dry_run or not stops or _ask(args.device, args.point, value)
-    if daemon_up:
-        assert url is not None
-        result = await _through_daemon(config, url, args, value, user, confirmed)
-    else:
-        result = await _direct(config, driver, args, value, user, confirmed)
+    lock = None
+    if not daemon_up:
+        # A daemon on this state_dir that did not answer (bound elsewhere, busy) must not get a second writer
+        # beside it: its instance lock says it runs. Held until the write is done, so none starts meanwhile.
+        from dcim.app.instance import InstanceLock, StartupError
+
+        lock = InstanceLock(config.state_dir)
+        try:
+            lock.acquire()
+        except StartupError as err:
+            print(f"{err}: writes go through that daemon (its HTTP API did not answer at {url or 'no address'})",
+                  file=sys.stderr)
+            return 2
+    try:
+        confirmed = args.yes or args.dry_run or not stops or _ask(args.device, args.point, value)
+        if daemon_up:
+            assert url is not None
+            result = await _through_daemon(config, url, args, value, user, confirmed)
+        else:
+            result = await _direct(config, driver, args, value, user, confirmed)
+    finally:
+        if lock is not None:
+            lock.release()
     if result is None:
         return 2
     _print(result)
@@ -145,15 +162,28 @@ def _daemon_url(config: Any) -> str | None:
     if not http.enabled or not http.port:
         return None
     host = "127.0.0.1" if http.host in ("0.0.0.0", "", "::") else http.host
-    return f"http://[{host}]:{http.port}" if ":" in host else f"http://{host}:{http.port}"
+    scheme = "https" if http.tls_cert_file else "http"
+    return f"{scheme}://[{host}]:{http.port}" if ":" in host else f"{scheme}://{host}:{http.port}"
 
 
-async def _answers(url: str) -> bool:
+def _tls(config: Any) -> Any:
+    """For a daemon serving HTTPS: trust its own certificate (often self-signed), whatever name it carries,
+    since the address is the configuration's, not a name to check. None (aiohttp's default) for HTTP."""
+    if not config.http.tls_cert_file:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(config.http.tls_cert_file))
+    context.check_hostname = False
+    return context
+
+
+async def _answers(url: str, config: Any) -> bool:
     import aiohttp
 
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_SECONDS)) as session, \
-                session.get(f"{url}/healthz") as response:
+                session.get(f"{url}/healthz", ssl=_tls(config)) as response:
             return response.status in (200, 503)
     except (aiohttp.ClientError, TimeoutError, OSError):
         return False
@@ -172,7 +202,8 @@ async def _through_daemon(config: Any, url: str, args: argparse.Namespace, value
     headers = {"Authorization": f"Bearer {config.http.token.get_secret_value()}"}
     body = {"value": value, "user": user, "dry_run": args.dry_run, "confirm": confirmed}
     target = f"{url}/api/v1/devices/{quote(args.device, safe='')}/points/{quote(args.point, safe=':')}"
-    async with aiohttp.ClientSession() as session, session.post(target, json=body, headers=headers) as response:
+    async with aiohttp.ClientSession() as session, session.post(target, json=body, headers=headers,
+                                                                   ssl=_tls(config)) as response:
         data = await response.json(content_type=None)
     if not isinstance(data, dict) or "outcome" not in data:
         print(f"the daemon answered {response.status}: {data}", file=sys.stderr)

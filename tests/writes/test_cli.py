@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from dcim.app.instance import InstanceLock
 from dcim.core.audit import AuditLog
 from tests.e2e.harness import DaemonProcess, simulators
 from tests.helpers import wait_until
@@ -94,3 +95,20 @@ async def test_out_of_range_to_an_unreachable_device_reports_the_range(tmp_path:
     path = hall(tmp_path)  # no simulators: nothing listens
     code, _out, err = await dcim("write", "-c", str(path), "cdu-1", "flow_setpoint_lpm", "5000", "--direct")
     assert code == 1 and "outside the allowed range" in err and "connect" not in err
+
+
+async def test_direct_is_refused_while_a_daemon_holds_the_state_dir(tmp_path: Path) -> None:
+    """A daemon whose HTTP API does not answer (here: none configured) still holds its state_dir's instance
+    lock: `--direct` then refuses to become a second writer beside it, and sends nothing."""
+    path = hall(tmp_path)
+    config = load(path)
+    plant = CountingPlant(config)
+    lock = InstanceLock(config.state_dir)
+    lock.acquire()  # what a running `dcim run` on this state_dir holds
+    try:
+        async with simulators(config, plant):
+            code, _out, err = await dcim("write", "-c", str(path), "cdu-1", "flow_setpoint_lpm", "450", "--direct")
+    finally:
+        lock.release()
+    assert code == 2 and "another dcim instance" in err and "writes go through that daemon" in err, err
+    assert plant.received == []

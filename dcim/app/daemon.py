@@ -36,7 +36,7 @@ from dcim.app import sdnotify
 from dcim.app.config import Config, ConfigError, Device, load_config
 from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest
-from dcim.app.instance import InstanceLock, StartupError, instance_tag
+from dcim.app.instance import Claim, StartupError, instance_tag, serves_http
 from dcim.app.poller import DeviceCoordinator, make_driver
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
@@ -64,17 +64,18 @@ RELOADABLE = ("devices", "rooms", "rules")
 
 class Daemon:
     def __init__(self, config: Config, *, ingest: bool | None = None, poll: bool = True,
-                 config_path: str | Path | None = None) -> None:
+                 config_path: str | Path | None = None, claim: Claim | None = None) -> None:
         self.config = config
         self.config_path = Path(config_path) if config_path is not None else None
         self.state_dir = Path(config.state_dir)
         # First of all: a second instance on this state_dir must not touch its stores, not even to open them.
-        self.lock = InstanceLock(self.state_dir)
-        self.lock.acquire()
+        # `dcim run` took the claim (lock and HTTP listener) before importing this module; it is ours now.
+        self.claim = claim if claim is not None else Claim.take(config, poll=poll)
+        self.lock = self.claim.lock
         try:
             self._build(config, ingest=ingest, poll=poll)
         except BaseException:
-            self.lock.release()
+            self.claim.release()
             raise
 
     def _build(self, config: Config, *, ingest: bool | None, poll: bool) -> None:
@@ -128,8 +129,8 @@ class Daemon:
                                 publish=self.publisher.on_batch if self.publisher is not None else None)
         if self.rules is not None:
             self.rules.control.on_refused = self.guard.note_refusal
-        if self.rules is not None and config.http.enabled and poll:
-            self.http = HttpApi(config.http, self.rules.store, health=self.health)
+        if self.rules is not None and serves_http(config, poll=poll):
+            self.http = HttpApi(config.http, self.rules.store, health=self.health, sockets=self.claim.sockets)
             self.http.writes = self.guard  # read by dcim/app/api_writes.py
 
     def _coordinator(self, device: DeviceBase, extra: tuple[Path, ...]) -> DeviceCoordinator:
@@ -237,7 +238,7 @@ class Daemon:
             await self._prepare()
         except BaseException:
             await self.writer.close()
-            self.lock.release()
+            self.claim.release()
             raise
         try:
             async with asyncio.TaskGroup() as tg:
@@ -279,7 +280,7 @@ class Daemon:
             finally:
                 # Last: everything submitted by the tasks above is written, then the files are closed.
                 await self.writer.close()
-                self.lock.release()
+                self.claim.release()
             log.info("stopped")
 
     async def _watch_ready(self) -> None:
@@ -435,13 +436,13 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def run_daemon(config: Config, *, ingest: bool | None = None, poll: bool = True,
-                     config_path: str | Path | None = None) -> None:
+                     config_path: str | Path | None = None, claim: Claim | None = None) -> None:
     """`dcim run` (and `dcim ingest`, with poll=False): until SIGTERM or SIGINT; SIGHUP reloads."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stop_on_signals(stop)
     try:
-        daemon = Daemon(config, ingest=ingest, poll=poll, config_path=config_path)
+        daemon = Daemon(config, ingest=ingest, poll=poll, config_path=config_path, claim=claim)
         # SIGHUP's default action ends the process: a reload instead, once there is a daemon to reload.
         loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
         await daemon.run(stop)

@@ -23,8 +23,9 @@ import asyncio
 import hmac
 import inspect
 import json
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Protocol
 
 import structlog
@@ -97,8 +98,11 @@ class HttpApi:
         registry: Registry = REGISTRY,
         health: HealthCheck | None = None,
         now_ns: Callable[[], int] | None = None,
+        sockets: Sequence[socket.socket] = (),
     ) -> None:
         self.config = config
+        # Listening sockets bound before the daemon was built (dcim.app.instance.Claim): served as they are.
+        self.sockets = list(sockets)
         self.store = store
         self.registry = registry
         self.health = health
@@ -131,8 +135,12 @@ class HttpApi:
         runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.config.host, self.config.port)
-            await site.start()
+            # A restart after `close` binds again: closing the server closed the pre-bound sockets.
+            sites: list[web.BaseSite] = [web.SockSite(runner, s) for s in self.sockets if s.fileno() != -1]
+            if not sites:
+                sites.append(web.TCPSite(runner, self.config.host, self.config.port))
+            for site in sites:
+                await site.start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -1,9 +1,13 @@
-"""One daemon per state_dir, and names that tell instances apart.
+"""One daemon per state_dir, names that tell instances apart, and the start-up checks that must come first.
 
     lock = InstanceLock(state_dir)
     lock.acquire()            # StartupError naming the holder's pid when another daemon holds it
     ...
     lock.release()
+
+    claim = Claim.take(config)   # the lock, then the HTTP listener bound: StartupError in one line
+    ...                          # the heavy imports and the build; the HTTP API serves claim.sockets
+    claim.release()
 
 The lock is `flock(2)` on `<state_dir>/dcim.lock`: the kernel drops it when the process dies however it
 dies (kill -9 included), so a stale lock file never blocks a restart. The file holds the holder's pid, for
@@ -13,6 +17,11 @@ Two daemons with one state_dir would write the same outboxes and alarm store; tw
 the same MQTT client id knock each other off the broker (the broker drops the older session on every
 connect). The default client ids therefore carry the host name and a short hash of the state_dir's real
 path: stable across restarts of one instance (the broker session is kept), distinct between instances.
+
+`dcim run` takes the claim right after the configuration is parsed, before it imports the daemon and the
+protocol libraries (pymodbus, pysnmp, asyncua, influxdb_client: seconds on a loaded machine): a second
+instance, an unwritable state_dir or a taken HTTP port is reported before any of that work. This module
+therefore imports only the standard library.
 """
 
 from __future__ import annotations
@@ -22,9 +31,16 @@ import fcntl
 import hashlib
 import os
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dcim.app.config import Config
 
 LOCK_NAME = "dcim.lock"
+# What asyncio's create_server uses: the kernel's queue of connections made before the API serves them.
+LISTEN_BACKLOG = 100
 
 
 class StartupError(Exception):
@@ -89,3 +105,64 @@ def _read_pid(fd: int) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def serves_http(config: Config, *, poll: bool = True) -> bool:
+    """Whether the daemon runs the HTTP API: it serves the alarm store, so only with the rule engine."""
+    return poll and config.rules.enabled and config.http.enabled
+
+
+def bind_listeners(host: str, port: int) -> list[socket.socket]:
+    """Bind and listen as asyncio's `create_server(host=..., port=...)` would (every address the host
+    resolves to, SO_REUSEADDR, IPv6 sockets IPv6-only), so the server later takes over the sockets as
+    they are. A failure closes what was bound and raises StartupError in one line."""
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                   socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise StartupError(f"http api cannot listen on {where}: {err.strerror or err}") from None
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            # Listening at once: SO_REUSEADDR lets another socket bind a port nobody listens on yet.
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except OSError as err:
+        for sock in bound:
+            sock.close()
+        reason = os.strerror(err.errno).lower() if err.errno else str(err)
+        raise StartupError(f"http api cannot listen on {where}: {reason}") from None
+    return bound
+
+
+@dataclass
+class Claim:
+    """What the daemon holds from the first moment: the state_dir lock and the HTTP listening sockets."""
+
+    lock: InstanceLock
+    sockets: list[socket.socket] = field(default_factory=list)
+
+    @classmethod
+    def take(cls, config: Config, *, poll: bool = True) -> Claim:
+        """The lock first (a second instance must not even bind its port), then the HTTP listener."""
+        lock = InstanceLock(config.state_dir)
+        lock.acquire()
+        try:
+            sockets = bind_listeners(config.http.host, config.http.port) if serves_http(config, poll=poll) else []
+        except BaseException:
+            lock.release()
+            raise
+        return cls(lock, sockets)
+
+    def release(self) -> None:
+        sockets, self.sockets = self.sockets, []
+        for sock in sockets:
+            sock.close()  # a no-op for those the HTTP server has closed already
+        self.lock.release()

@@ -53,6 +53,44 @@ def test_http_port_taken_while_the_broker_never_answers_is_one_line_and_exit_1(t
         f"dcim: cannot start: http api cannot listen on 127.0.0.1:{port}: address already in use"]
 
 
+# What makes a start take seconds on a loaded machine: none of it may be imported before the start-up checks.
+HEAVY = ("asyncua", "pysnmp", "pymodbus", "influxdb_client", "aiomqtt", "dcim.app.daemon")
+
+_IMPORTED_AT_EXIT = """
+import sys
+from dcim.app.cli import main
+code = main(sys.argv[1:])
+print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy} or m in {heavy}))
+sys.exit(code)
+"""
+
+
+def test_start_up_errors_come_before_the_daemon_and_protocol_libraries_are_imported(tmp_path: Path) -> None:
+    """The example hall (Modbus, SNMP, OPC UA, MQTT, the ingest) with its HTTP port taken: refused before
+    the daemon or any protocol library is imported, so the refusal does not wait for seconds of imports.
+    (The state_dir lock is taken before the port is bound: a second instance is refused earlier still.)"""
+    config = yaml.safe_load((REPO / "examples" / "hall.yaml").read_text())
+    with socket.socket() as taken, socket.socket() as silent:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = taken.getsockname()[1]
+        config.update(state_dir=str(tmp_path / "state"), http={"port": port},
+                      mqtt={"host": "127.0.0.1", "port": silent.getsockname()[1], "prefix": "dcim"},
+                      influxdb={"url": f"http://127.0.0.1:{silent.getsockname()[1]}", "database": "dcim"})
+        path = tmp_path / "hall.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        script = _IMPORTED_AT_EXIT.format(heavy=repr(set(HEAVY)))
+        result = subprocess.run([sys.executable, "-c", script, "run", "-c", str(path)], cwd=REPO,
+                                capture_output=True, text=True, timeout=EXIT_TIMEOUT,
+                                env={**os.environ, "PDU_PRIV_KEY": "unused"})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"dcim: cannot start: http api cannot listen on 127.0.0.1:{port}: address already in use"]
+    assert result.stdout.strip() == "[]", result.stdout
+
+
 def test_an_unwritable_state_dir_is_one_line_and_exit_1(tmp_path: Path) -> None:
     # A path under a regular file: not creatable whoever runs the test (root included).
     blocker = tmp_path / "not-a-dir"

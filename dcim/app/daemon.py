@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from dcim.app import sdnotify
 from dcim.app.config import Config, ConfigError, Device, load_config
 from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest
-from dcim.app.instance import Claim, StartupError, instance_tag, serves_http
+from dcim.app.instance import RESERVE_BYTES, Claim, Reserve, StartupError, instance_tag, serves_http
 from dcim.app.poller import DeviceCoordinator, make_driver
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
@@ -72,11 +73,27 @@ class Daemon:
         # `dcim run` took the claim (lock and HTTP listener) before importing this module; it is ours now.
         self.claim = claim if claim is not None else Claim.take(config, poll=poll)
         self.lock = self.claim.lock
+        self.reserve = Reserve(self.state_dir)
+        if self.claim.reserve_released:
+            log.warning("state_dir's disk is full at start: gave up the reserve to open the stores; telemetry, "
+                        "alarms and status are kept in memory until the disk has room",
+                        state_dir=str(self.state_dir), reserve=str(self.reserve.path), bytes=RESERVE_BYTES)
         try:
             self._build(config, ingest=ingest, poll=poll)
+        except sqlite3.Error as err:
+            # The alarm store is read at construction: a disk too full (or failing) to open it, one line.
+            self.claim.release()
+            raise StartupError(f"cannot open the stores in state_dir {self.state_dir}: {err}"
+                               f"{self._disk_hint()}") from None
         except BaseException:
             self.claim.release()
             raise
+
+    def _disk_hint(self) -> str:
+        free = self.reserve.free_bytes()
+        if free is None or free >= RESERVE_BYTES:
+            return ""
+        return f" (the disk is full and there is no {self.reserve.path.name} to give up)"
 
     def _build(self, config: Config, *, ingest: bool | None, poll: bool) -> None:
         self.instance = instance_tag(self.state_dir)
@@ -209,7 +226,7 @@ class Daemon:
                     await box.open()
                 except Exception as err:
                     raise StartupError(f"cannot open the {box.name} outbox in state_dir {self.state_dir}: "
-                                       f"{err}") from None
+                                       f"{err}{self._disk_hint()}") from None
                 opened.append(box)
             if self.http is not None:
                 try:
@@ -262,6 +279,7 @@ class Daemon:
                 if self.http is not None:
                     start("http-api", self.http.serve)
                 start("reload", self._reload_loop)
+                start("reserve", self._keep_reserve, critical=False)
                 # Not critical: without systemd it has nothing left to do after the first poll round.
                 self._tasks["ready-watch"] = tg.create_task(self._watch_ready(), name="ready-watch")
                 log.info("daemon started", site=self.config.site.id, devices=len(self.coordinators),
@@ -310,6 +328,16 @@ class Daemon:
                 notifier.status(text)
                 last = text
             await asyncio.sleep(5.0)
+
+    async def _keep_reserve(self) -> None:
+        """Make state_dir's reserve (dcim.app.instance.Reserve) once the disk has room for it, then end."""
+        # Polled: nothing tells a process that another one freed room on the disk.
+        while True:
+            if await asyncio.to_thread(self.reserve.make):
+                break
+            await asyncio.sleep(30.0)
+        if self.claim.reserve_released:
+            log.info("state_dir's disk has room again: reserve made", reserve=str(self.reserve.path))
 
     # ---- SIGHUP: reload ------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 
 from dcim.app import sdnotify
 from dcim.app.config import Config, ConfigError, Device, load_config
@@ -42,6 +43,7 @@ from dcim.app.poller import DeviceCoordinator, make_driver
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
 from dcim.core.audit import AuditLog
+from dcim.core.logs import setup_logging
 from dcim.core.outbox import Outbox
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Value
@@ -59,8 +61,11 @@ log = structlog.get_logger(__name__)
 DRAIN_SECONDS = 5.0
 
 
-# Sections SIGHUP applies at once; a change anywhere else is logged as needing a restart.
-RELOADABLE = ("devices", "rooms", "rules")
+# Sections SIGHUP applies at once; a change anywhere else is logged as needing a restart, one line per section,
+# listed in /healthz (`restart_required`) until a restart or a file that reverts it, and the running values stay.
+# `logging` is applied at once too: a level raised to debug while a problem is on is what an operator wants.
+RELOADABLE = ("devices", "rooms", "rules", "logging")
+LEVELS = ("debug", "info", "warning", "error")
 
 
 class Daemon:
@@ -116,6 +121,8 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self._reload_requested = asyncio.Event()
         self.reloads = 0
+        # Sections of the file on disk that differ from the running configuration and wait for a restart.
+        self.restart_required: list[str] = []
         run_ingest = config.ingest.enabled if ingest is None else ingest
         extra = config.extra_profile_dirs()
 
@@ -214,6 +221,7 @@ class Daemon:
             "dead_tasks": dead,
             "stale_devices": stale,
             "task_failures": self.supervisor.report(),
+            "restart_required": self.restart_required,
         }
 
     async def _prepare(self) -> None:
@@ -368,16 +376,27 @@ class Daemon:
                           source=err.source, path=path, error=message)
             return False
         old = self.config
-        later = [name for name in type(old).model_fields
-                 if name not in RELOADABLE and getattr(old, name) != getattr(new, name)]
+        later = {name: _changed_keys(getattr(old, name), getattr(new, name)) for name in type(old).model_fields
+                 if name not in RELOADABLE and getattr(old, name) != getattr(new, name)}
         # The notifier, the alarm store and whether the engine runs at all are wired at start.
         fixed = {"enabled": old.rules.enabled, "store": old.rules.store, "notifications": old.rules.notifications}
-        later += [f"rules.{key}" for key, value in fixed.items() if getattr(new.rules, key) != value]
-        if later:
-            log.warning("reload: these sections changed and take effect only at the next restart",
-                        sections=later)
+        later |= {f"rules.{key}": _changed_keys(value, getattr(new.rules, key))
+                  for key, value in fixed.items() if getattr(new.rules, key) != value}
+        for section, keys in later.items():
+            # Keys, never values: a section may hold secrets (tokens, passwords, webhook URLs).
+            log.warning("reload: section changed; it takes effect at the next restart, the running values stay",
+                        section=section, keys=keys or None)
+        if new.logging != old.logging:
+            # Said under the more verbose of the two levels, so that it is seen either way.
+            quieter = LEVELS.index(new.logging.level) > LEVELS.index(old.logging.level)
+            if quieter:
+                log.info("reload: logging applied", logging_level=new.logging.level, logging_format=new.logging.format)
+            setup_logging(new.logging.level, new.logging.format)
+            if not quieter:
+                log.info("reload: logging applied", logging_level=new.logging.level, logging_format=new.logging.format)
         rules = new.rules.model_copy(update=fixed)
-        merged = old.model_copy(update={"devices": new.devices, "rooms": new.rooms, "rules": rules})
+        merged = old.model_copy(update={"devices": new.devices, "rooms": new.rooms, "rules": rules,
+                                        "logging": new.logging})
         try:
             await self._apply_devices(old.devices, new.devices)
         finally:
@@ -389,6 +408,7 @@ class Daemon:
             if self.rules is not None:
                 self.rules.reload(merged, self.topology)
         self.reloads += 1
+        self.restart_required = sorted(later)
         log.info("configuration reloaded", devices=len(self.coordinators), reloads=self.reloads)
         return True
 
@@ -446,6 +466,13 @@ class Daemon:
                 log.warning("database did not take everything in time; the rest stays in the outbox",
                             queued=self.ingest.outbox.depth)
         await self._cancel(("",))
+
+
+def _changed_keys(old: Any, new: Any) -> list[str]:
+    """The fields that differ between two values of one configuration section (none for a plain value)."""
+    if not isinstance(old, BaseModel) or type(old) is not type(new):
+        return []
+    return [key for key in type(old).model_fields if getattr(old, key) != getattr(new, key)]
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

@@ -5,10 +5,11 @@
 The configuration is the example hall (Modbus, SNMP and OPC UA devices) with MQTT pointed at a broker that
 accepts connections and never answers, the ingest on, and the HTTP API on: the most a start-up can have to
 import and build. Three faults, each timed from process start to exit: the HTTP port taken, a second instance
-(the script itself holds the state_dir's lock), an unwritable state_dir. Prints one line per run and the
-load average, for docs/reliability.md; asserts nothing about time (tests/chaos/test_lifecycle.py checks the
-one line and the exit status). With --compare, each run is made with the other checkout's code right after
-this one's (the same interpreter and packages, `dcim` imported from there), so both see the same load.
+(the script itself holds the state_dir's lock), an unwritable state_dir. Prints one line per run (wall time,
+the process's CPU time, the load average), for docs/reliability.md; asserts nothing about time
+(tests/chaos/test_lifecycle.py checks the one line and the exit status). With --compare, each run is made
+with the other checkout's code right after this one's (the same interpreter and packages, `dcim` imported
+from there), so both see the same load.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -95,25 +97,30 @@ def main() -> int:
         for name, case in CASES.items():
             for run in range(args.runs):
                 for which, repo in checkouts.items():
-                    took, load, result = _time(case, broker, repo)
+                    took, cpu, load, result = _time(case, broker, repo)
                     worst[which] = max(worst[which], took)
                     lines = result.stderr.strip().splitlines()
-                    print(f"{name:22} {which:5} run {run + 1}: {took:5.2f} s  exit {result.returncode}  "
+                    print(f"{name:22} {which:5} run {run + 1}: {took:5.2f} s ({cpu:4.2f} s CPU)  "
+                          f"exit {result.returncode}  "
                           f"load {load:4.1f}  {len(lines)} line(s): {lines[-1] if lines else ''}", flush=True)
     print("worst: " + ", ".join(f"{which} {took:.2f} s" for which, took in worst.items()))
     return 0
 
 
 def _time(case: Callable[[Path, int], Any], broker: int, repo: Path,
-          ) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+          ) -> tuple[float, float, float, subprocess.CompletedProcess[str]]:
     # PYTHONPATH first on sys.path: `dcim` comes from `repo`, not from the checkout installed in the venv.
     env = {**os.environ, "PDU_PRIV_KEY": "not-used-before-start", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(repo)}
     with tempfile.TemporaryDirectory() as tmp, case(Path(tmp), broker) as path:
         load = os.getloadavg()[0]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.monotonic()
         result = subprocess.run([sys.executable, "-m", "dcim.app.cli", "run", "-c", str(path)],
                                 cwd=repo, env=env, capture_output=True, text=True, timeout=120)
-        return time.monotonic() - start, load, result
+        took = time.monotonic() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        return took, cpu, load, result
 
 
 if __name__ == "__main__":

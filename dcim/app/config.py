@@ -80,6 +80,11 @@ class InfluxConfig(StrictModel):
 class IngestConfig(StrictModel):
     # Run the ingest (MQTT -> InfluxDB) inside the daemon; `dcim ingest` runs it alone.
     enabled: bool = True
+    # Inside a daemon that polls: `local` stores the daemon's own readings in-process (the payload published
+    # on MQTT, encoded once; no round trip through the broker, stored even while the broker is away);
+    # `broker` subscribes to the broker instead, like `dcim ingest`, and then also stores what other daemons
+    # publish there. `dcim ingest` always takes from the broker.
+    source: Literal["local", "broker"] = "local"
     # MQTT 5 shared subscription group: workers in one group split the messages between them.
     group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "dcim-ingest"
     # MQTT client id of this worker; stable across restarts (its broker session holds what arrives while it

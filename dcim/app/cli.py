@@ -91,23 +91,42 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from dcim.app.daemon import run_daemon
+def _claim(config: Config, *, poll: bool) -> Any:
+    """The state_dir lock and the HTTP listener, taken before the daemon and the protocol libraries are
+    imported (seconds on a loaded machine): a start-up error is one line and exit 1 at once. None when
+    refused (the line is printed)."""
+    from dcim.app.instance import Claim, StartupError
 
+    try:
+        return Claim.take(config, poll=poll)
+    except StartupError as err:
+        print(f"dcim: cannot start: {err}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     setup_logging(config.logging.level, config.logging.format)
-    return _run_async(run_daemon(config, config_path=args.config))
+    claim = _claim(config, poll=True)
+    if claim is None:
+        return 1
+    from dcim.app.daemon import run_daemon
+
+    return _run_async(run_daemon(config, config_path=args.config, claim=claim))
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from dcim.app.daemon import run_daemon
-
     config = _load(args.config)
     setup_logging(config.logging.level, config.logging.format)
     if config.influxdb is None or config.mqtt.host is None:
         print(f"{args.config}: `dcim ingest` needs both mqtt.host and influxdb", file=sys.stderr)
         return 2
-    return _run_async(run_daemon(config, ingest=True, poll=False, config_path=args.config))
+    claim = _claim(config, poll=False)
+    if claim is None:
+        return 1
+    from dcim.app.daemon import run_daemon
+
+    return _run_async(run_daemon(config, ingest=True, poll=False, config_path=args.config, claim=claim))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

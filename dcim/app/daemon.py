@@ -27,22 +27,25 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 
 from dcim.app import sdnotify
 from dcim.app.config import Config, ConfigError, Device, load_config
 from dcim.app.console import Console
 from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest, LocalFeed
-from dcim.app.instance import InstanceLock, StartupError, instance_tag
+from dcim.app.instance import RESERVE_BYTES, Claim, Reserve, StartupError, instance_tag, serves_http
 from dcim.app.poller import DeviceCoordinator, make_driver
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
 from dcim.core.audit import AuditLog
+from dcim.core.logs import setup_logging
 from dcim.core.outbox import Outbox
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Value
@@ -60,24 +63,44 @@ log = structlog.get_logger(__name__)
 DRAIN_SECONDS = 5.0
 
 
-# Sections SIGHUP applies at once; a change anywhere else is logged as needing a restart.
-RELOADABLE = ("devices", "rooms", "rules")
+# Sections SIGHUP applies at once; a change anywhere else is logged as needing a restart, one line per section,
+# listed in /healthz (`restart_required`) until a restart or a file that reverts it, and the running values stay.
+# `logging` is applied at once too: a level raised to debug while a problem is on is what an operator wants.
+RELOADABLE = ("devices", "rooms", "rules", "logging")
+LEVELS = ("debug", "info", "warning", "error")
 
 
 class Daemon:
     def __init__(self, config: Config, *, ingest: bool | None = None, poll: bool = True,
-                 config_path: str | Path | None = None) -> None:
+                 config_path: str | Path | None = None, claim: Claim | None = None) -> None:
         self.config = config
         self.config_path = Path(config_path) if config_path is not None else None
         self.state_dir = Path(config.state_dir)
         # First of all: a second instance on this state_dir must not touch its stores, not even to open them.
-        self.lock = InstanceLock(self.state_dir)
-        self.lock.acquire()
+        # `dcim run` took the claim (lock and HTTP listener) before importing this module; it is ours now.
+        self.claim = claim if claim is not None else Claim.take(config, poll=poll)
+        self.lock = self.claim.lock
+        self.reserve = Reserve(self.state_dir)
+        if self.claim.reserve_released:
+            log.warning("state_dir's disk is full at start: gave up the reserve to open the stores; telemetry, "
+                        "alarms and status are kept in memory until the disk has room",
+                        state_dir=str(self.state_dir), reserve=str(self.reserve.path), bytes=RESERVE_BYTES)
         try:
             self._build(config, ingest=ingest, poll=poll)
+        except sqlite3.Error as err:
+            # The alarm store is read at construction: a disk too full (or failing) to open it, one line.
+            self.claim.release()
+            raise StartupError(f"cannot open the stores in state_dir {self.state_dir}: {err}"
+                               f"{self._disk_hint()}") from None
         except BaseException:
-            self.lock.release()
+            self.claim.release()
             raise
+
+    def _disk_hint(self) -> str:
+        free = self.reserve.free_bytes()
+        if free is None or free >= RESERVE_BYTES:
+            return ""
+        return f" (the disk is full and there is no {self.reserve.path.name} to give up)"
 
     def _build(self, config: Config, *, ingest: bool | None, poll: bool) -> None:
         self.instance = instance_tag(self.state_dir)
@@ -101,6 +124,8 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self._reload_requested = asyncio.Event()
         self.reloads = 0
+        # Sections of the file on disk that differ from the running configuration and wait for a restart.
+        self.restart_required: list[str] = []
         run_ingest = config.ingest.enabled if ingest is None else ingest
         extra = config.extra_profile_dirs()
 
@@ -139,8 +164,8 @@ class Daemon:
                                 publish=self.publisher.on_batch if self.publisher is not None else None)
         if self.rules is not None:
             self.rules.control.on_refused = self.guard.note_refusal
-        if self.rules is not None and config.http.enabled and poll:
-            self.http = HttpApi(config.http, self.rules.store, health=self.health)
+        if self.rules is not None and serves_http(config, poll=poll):
+            self.http = HttpApi(config.http, self.rules.store, health=self.health, sockets=self.claim.sockets)
             self.http.writes = self.guard  # read by dcim/app/api_writes.py
             self.http.audit = self.audit  # acknowledgements, shelves and windows are recorded too
             if config.http.console:
@@ -213,6 +238,7 @@ class Daemon:
             "dead_tasks": dead,
             "stale_devices": stale,
             "task_failures": self.supervisor.report(),
+            "restart_required": self.restart_required,
         }
 
     async def _prepare(self) -> None:
@@ -225,7 +251,7 @@ class Daemon:
                     await box.open()
                 except Exception as err:
                     raise StartupError(f"cannot open the {box.name} outbox in state_dir {self.state_dir}: "
-                                       f"{err}") from None
+                                       f"{err}{self._disk_hint()}") from None
                 opened.append(box)
             if self.http is not None:
                 try:
@@ -254,7 +280,7 @@ class Daemon:
             await self._prepare()
         except BaseException:
             await self.writer.close()
-            self.lock.release()
+            self.claim.release()
             raise
         try:
             async with asyncio.TaskGroup() as tg:
@@ -279,6 +305,7 @@ class Daemon:
                 if self.http is not None:
                     start("http-api", self.http.serve)
                 start("reload", self._reload_loop)
+                start("reserve", self._keep_reserve, critical=False)
                 # Not critical: without systemd it has nothing left to do after the first poll round.
                 self._tasks["ready-watch"] = tg.create_task(self._watch_ready(), name="ready-watch")
                 log.info("daemon started", site=self.config.site.id, devices=len(self.coordinators),
@@ -297,7 +324,7 @@ class Daemon:
             finally:
                 # Last: everything submitted by the tasks above is written, then the files are closed.
                 await self.writer.close()
-                self.lock.release()
+                self.claim.release()
             log.info("stopped")
 
     async def _watch_ready(self) -> None:
@@ -328,6 +355,16 @@ class Daemon:
                 last = text
             await asyncio.sleep(5.0)
 
+    async def _keep_reserve(self) -> None:
+        """Make state_dir's reserve (dcim.app.instance.Reserve) once the disk has room for it, then end."""
+        # Polled: nothing tells a process that another one freed room on the disk.
+        while True:
+            if await asyncio.to_thread(self.reserve.make):
+                break
+            await asyncio.sleep(30.0)
+        if self.claim.reserve_released:
+            log.info("state_dir's disk has room again: reserve made", reserve=str(self.reserve.path))
+
     # ---- SIGHUP: reload ------------------------------------------------------------------------------
 
     def request_reload(self) -> None:
@@ -357,16 +394,27 @@ class Daemon:
                           source=err.source, path=path, error=message)
             return False
         old = self.config
-        later = [name for name in type(old).model_fields
-                 if name not in RELOADABLE and getattr(old, name) != getattr(new, name)]
+        later = {name: _changed_keys(getattr(old, name), getattr(new, name)) for name in type(old).model_fields
+                 if name not in RELOADABLE and getattr(old, name) != getattr(new, name)}
         # The notifier, the alarm store and whether the engine runs at all are wired at start.
         fixed = {"enabled": old.rules.enabled, "store": old.rules.store, "notifications": old.rules.notifications}
-        later += [f"rules.{key}" for key, value in fixed.items() if getattr(new.rules, key) != value]
-        if later:
-            log.warning("reload: these sections changed and take effect only at the next restart",
-                        sections=later)
+        later |= {f"rules.{key}": _changed_keys(value, getattr(new.rules, key))
+                  for key, value in fixed.items() if getattr(new.rules, key) != value}
+        for section, keys in later.items():
+            # Keys, never values: a section may hold secrets (tokens, passwords, webhook URLs).
+            log.warning("reload: section changed; it takes effect at the next restart, the running values stay",
+                        section=section, keys=keys or None)
+        if new.logging != old.logging:
+            # Said under the more verbose of the two levels, so that it is seen either way.
+            quieter = LEVELS.index(new.logging.level) > LEVELS.index(old.logging.level)
+            if quieter:
+                log.info("reload: logging applied", logging_level=new.logging.level, logging_format=new.logging.format)
+            setup_logging(new.logging.level, new.logging.format)
+            if not quieter:
+                log.info("reload: logging applied", logging_level=new.logging.level, logging_format=new.logging.format)
         rules = new.rules.model_copy(update=fixed)
-        merged = old.model_copy(update={"devices": new.devices, "rooms": new.rooms, "rules": rules})
+        merged = old.model_copy(update={"devices": new.devices, "rooms": new.rooms, "rules": rules,
+                                        "logging": new.logging})
         try:
             await self._apply_devices(old.devices, new.devices)
         finally:
@@ -378,6 +426,7 @@ class Daemon:
             if self.rules is not None:
                 self.rules.reload(merged, self.topology)
         self.reloads += 1
+        self.restart_required = sorted(later)
         log.info("configuration reloaded", devices=len(self.coordinators), reloads=self.reloads)
         return True
 
@@ -437,6 +486,13 @@ class Daemon:
         await self._cancel(("",))
 
 
+def _changed_keys(old: Any, new: Any) -> list[str]:
+    """The fields that differ between two values of one configuration section (none for a plain value)."""
+    if not isinstance(old, BaseModel) or type(old) is not type(new):
+        return []
+    return [key for key in type(old).model_fields if getattr(old, key) != getattr(new, key)]
+
+
 def stop_on_signals(stop: asyncio.Event) -> None:
     """SIGTERM / SIGINT stop gracefully; a second one exits at once (what the outboxes hold stays on
     disk, what is only in memory is lost): the way out when a shutdown does not finish."""
@@ -453,13 +509,13 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def run_daemon(config: Config, *, ingest: bool | None = None, poll: bool = True,
-                     config_path: str | Path | None = None) -> None:
+                     config_path: str | Path | None = None, claim: Claim | None = None) -> None:
     """`dcim run` (and `dcim ingest`, with poll=False): until SIGTERM or SIGINT; SIGHUP reloads."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stop_on_signals(stop)
     try:
-        daemon = Daemon(config, ingest=ingest, poll=poll, config_path=config_path)
+        daemon = Daemon(config, ingest=ingest, poll=poll, config_path=config_path, claim=claim)
         # SIGHUP's default action ends the process: a reload instead, once there is a daemon to reload.
         loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
         await daemon.run(stop)

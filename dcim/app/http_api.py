@@ -27,9 +27,10 @@ import asyncio
 import hmac
 import inspect
 import json
+import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Protocol
 
 import structlog
@@ -106,8 +107,11 @@ class HttpApi:
         registry: Registry = REGISTRY,
         health: HealthCheck | None = None,
         now_ns: Callable[[], int] | None = None,
+        sockets: Sequence[socket.socket] = (),
     ) -> None:
         self.config = config
+        # Listening sockets bound before the daemon was built (dcim.app.instance.Claim): served as they are.
+        self.sockets = list(sockets)
         self.store = store
         self.registry = registry
         self.health = health
@@ -142,8 +146,14 @@ class HttpApi:
         runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.config.host, self.config.port, ssl_context=self._tls())
-            await site.start()
+            tls = self._tls()
+            # A restart after `close` binds again: closing the server closed the pre-bound sockets.
+            sites: list[web.BaseSite] = [web.SockSite(runner, s, ssl_context=tls)
+                                         for s in self.sockets if s.fileno() != -1]
+            if not sites:
+                sites.append(web.TCPSite(runner, self.config.host, self.config.port, ssl_context=tls))
+            for site in sites:
+                await site.start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from dcim.simulators.plant import Plant
-from tests.chaos.daemonlib import healthy, http_port, log_events, metrics, polls, with_http
+from tests.chaos.daemonlib import health, healthy, http_port, log_events, metrics, polls, with_http
 from tests.e2e.harness import REPO, DaemonProcess, cdu_hall, load, simulators
 from tests.helpers import wait_until
 
@@ -51,6 +51,44 @@ def test_http_port_taken_while_the_broker_never_answers_is_one_line_and_exit_1(t
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines() == [
         f"dcim: cannot start: http api cannot listen on 127.0.0.1:{port}: address already in use"]
+
+
+# What makes a start take seconds on a loaded machine: none of it may be imported before the start-up checks.
+HEAVY = ("asyncua", "pysnmp", "pymodbus", "influxdb_client", "aiomqtt", "dcim.app.daemon")
+
+_IMPORTED_AT_EXIT = """
+import sys
+from dcim.app.cli import main
+code = main(sys.argv[1:])
+print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy} or m in {heavy}))
+sys.exit(code)
+"""
+
+
+def test_start_up_errors_come_before_the_daemon_and_protocol_libraries_are_imported(tmp_path: Path) -> None:
+    """The example hall (Modbus, SNMP, OPC UA, MQTT, the ingest) with its HTTP port taken: refused before
+    the daemon or any protocol library is imported, so the refusal does not wait for seconds of imports.
+    (The state_dir lock is taken before the port is bound: a second instance is refused earlier still.)"""
+    config = yaml.safe_load((REPO / "examples" / "hall.yaml").read_text())
+    with socket.socket() as taken, socket.socket() as silent:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = taken.getsockname()[1]
+        config.update(state_dir=str(tmp_path / "state"), http={"port": port},
+                      mqtt={"host": "127.0.0.1", "port": silent.getsockname()[1], "prefix": "dcim"},
+                      influxdb={"url": f"http://127.0.0.1:{silent.getsockname()[1]}", "database": "dcim"})
+        path = tmp_path / "hall.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        script = _IMPORTED_AT_EXIT.format(heavy=repr(set(HEAVY)))
+        result = subprocess.run([sys.executable, "-c", script, "run", "-c", str(path)], cwd=REPO,
+                                capture_output=True, text=True, timeout=EXIT_TIMEOUT,
+                                env={**os.environ, "PDU_PRIV_KEY": "unused"})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"dcim: cannot start: http api cannot listen on 127.0.0.1:{port}: address already in use"]
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 def test_an_unwritable_state_dir_is_one_line_and_exit_1(tmp_path: Path) -> None:
@@ -187,3 +225,50 @@ async def test_sigterm_while_the_publisher_waits_for_a_silent_broker_stops_the_d
                                  message=daemon.log())
                 assert daemon.stop(signal.SIGTERM, timeout=EXIT_TIMEOUT) == 0, daemon.log()
                 assert log_events(daemon, "stopped"), daemon.log()
+
+
+async def test_sighup_names_each_section_that_needs_a_restart_and_applies_logging(tmp_path: Path) -> None:
+    """Sections SIGHUP cannot apply (mqtt, http, influxdb, state_dir...): one warning per section naming the
+    changed keys (never a value: http.token is a secret), listed in /healthz until a file reverts them, the
+    running values kept. `logging` is applied at once: at `warning`, the reload's info lines are gone."""
+    path = with_http(cdu_hall(tmp_path, cdus=1))
+    original = yaml.safe_load(path.read_text())
+    token = "s3cret-token-never-logged"
+    (tmp_path / "http.token").write_text(token)
+    with DaemonProcess(path) as daemon:
+        port = await wait_until(lambda: http_port(daemon), timeout=30, message=daemon.log())
+        changed = yaml.safe_load(yaml.safe_dump(original))
+        changed["mqtt"] = {"prefix": "elsewhere"}
+        changed["http"] = {**changed["http"], "token": f"file:{tmp_path / 'http.token'}"}
+        changed["influxdb"] = {"url": "http://127.0.0.1:1", "database": "dcim"}
+        changed["state_dir"] = str(tmp_path / "other-state")
+        changed["logging"] = {**changed["logging"], "level": "warning"}
+        path.write_text(yaml.safe_dump(changed, sort_keys=False))
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGHUP)
+
+        async def restart_required(expected: list[str]) -> bool:
+            _, report = await health(port)
+            return bool(report["restart_required"] == expected)
+
+        sections = ["http", "influxdb", "mqtt", "state_dir"]
+        # Set once the reload is done (its "configuration reloaded" is an info line, and the level is warning now).
+        await wait_until(lambda: restart_required(sections), timeout=30, message=daemon.log())
+        lines = log_events(daemon, "reload: section changed; it takes effect at the next restart, the running "
+                                   "values stay")
+        assert sorted((line["section"], line.get("keys")) for line in lines) == [
+            ("http", ["token"]), ("influxdb", None), ("mqtt", ["prefix"]), ("state_dir", None)], daemon.log()
+        assert [(e["logging_level"], e["logging_format"]) for e in log_events(daemon, "reload: logging applied")] == [
+            ("warning", "json")]
+        assert token not in daemon.log()
+        assert not (tmp_path / "other-state").exists()  # the running state_dir stays
+
+        # Reverted (but for the logging level): nothing waits for a restart any more; the reload's own info
+        # lines are not written at `warning`.
+        path.write_text(yaml.safe_dump({**original, "logging": changed["logging"]}, sort_keys=False))
+        daemon.process.send_signal(signal.SIGHUP)
+        await wait_until(lambda: restart_required([]), timeout=30, message=daemon.log())
+        assert len(log_events(daemon, "reloading the configuration")) == 1, daemon.log()
+        assert len(lines) == len(log_events(daemon, "reload: section changed; it takes effect at the next "
+                                                    "restart, the running values stay"))
+        assert daemon.stop() == 0, daemon.log()

@@ -43,14 +43,13 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs of DISK_SIZE mounted on a fresh directory, unmounted afterwards."""
-    path = tmp_path / "disk"
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted on `path` (made here) with `options`, unmounted afterwards."""
     path.mkdir()
     if os.geteuid() != 0:
         _unavailable("mounting a tmpfs as the full disk needs root")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0755", "tmpfs", str(path)],
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options},mode=0755", "tmpfs", str(path)],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         _unavailable(f"mount -t tmpfs failed: {(result.stderr or result.stdout).strip()}")
@@ -58,6 +57,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of DISK_SIZE mounted on a fresh directory, unmounted afterwards."""
+    with tmpfs(tmp_path / "disk", f"size={DISK_SIZE}") as path:
+        yield path
 
 
 def fill(disk: Path) -> Path:

@@ -37,7 +37,7 @@ from dcim.app.config import Config, ConfigError, Device, load_config
 from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest
 from dcim.app.instance import InstanceLock, StartupError, instance_tag
-from dcim.app.poller import DeviceCoordinator, make_driver
+from dcim.app.poller import DeviceCoordinator, make_driver, polling_summary, wire_backpressure
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
 from dcim.core.audit import AuditLog
@@ -121,6 +121,7 @@ class Daemon:
             self.pipeline.add_sink(self.publisher)
             if self.rules is not None:
                 self.rules.alarm_outlet = self.publisher
+        wire_backpressure(self.pipeline, self.publisher, self.ingest)
         # The one write path (rules.writes): rule actions and the HTTP API write through it, audited.
         self.audit = AuditLog(self.state_dir / "audit.log")
         self.guard = WriteGuard(config.rules.control, self.topology, drivers=self._driver,
@@ -193,6 +194,7 @@ class Daemon:
             "outboxes": {o.name: {"depth": o.depth, "dropped": o.dropped, "degraded": o.degraded}
                          for o in self.outboxes},
             "hooks": self.notifier.health() if self.notifier is not None else {},
+            "polling": polling_summary(self.coordinators.values(), self.pipeline),
             "dead_tasks": dead,
             "stale_devices": stale,
             "task_failures": self.supervisor.report(),

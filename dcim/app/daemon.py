@@ -118,7 +118,7 @@ class Daemon:
             self.outboxes.append(box)
             gate = self.ingest.subscribed if self.ingest is not None else None
             self.publisher = MqttPublisher(config.mqtt, self.topology, box, gate=gate, instance=self.instance)
-            self.pipeline.add_sink(self.publisher)
+            self.pipeline.add_sink(self.publisher, deferrable=True)
             if self.rules is not None:
                 self.rules.alarm_outlet = self.publisher
         wire_backpressure(self.pipeline, self.publisher, self.ingest)
@@ -143,7 +143,7 @@ class Daemon:
             return
         if self.config.rules.notifications.hooks:
             self.notifier = Notifier(self.config.rules.notifications, self.state_dir, writer=self.writer)
-        self.rules = RuleService(self.config, self.topology, controller=self, publish=self.pipeline.publish,
+        self.rules = RuleService(self.config, self.topology, controller=self, publish=self.pipeline.publish_derived,
                                  notifier=self.notifier, writer=self.writer)
         self.pipeline.add_sink(self.rules.sink)
 

@@ -42,6 +42,7 @@ LATENESS = REGISTRY.summary("dcim_poll_lateness_seconds", "How late polls start 
 # publish, so that what is delivered past saturation is at most about a second old when it leaves.
 MQTT_BACKLOG_HIGH = 500
 INGEST_BACKLOG_HIGH = 500
+INGEST_STALL_SECONDS = 15.0
 
 # A poll that starts later than this fraction of its interval after it was due has overrun its slot.
 OVERRUN_FRACTION = 0.5
@@ -241,13 +242,20 @@ class DeviceCoordinator:
 def wire_backpressure(pipeline: Pipeline, publisher: MqttPublisher | None, ingest: Ingest | None) -> None:
     """The outboxes after the pipeline hold the pollers back when they fill faster than they drain."""
     if publisher is not None:
-        box = publisher.outbox
-        pipeline.admission.add_backlog("mqtt", lambda: box.depth, lambda: PUBLISHED.get(), high=MQTT_BACKLOG_HIGH)
+        box, connected = publisher.outbox, publisher.connected
+        subscribed = ingest.subscribed if ingest is not None else None
+        # Down while the broker is not connected, or the in-process ingest not subscribed (the publisher
+        # waits for it): an outage the outbox buffers, not a slow hop.
+        pipeline.admission.add_backlog(
+            "mqtt", lambda: box.depth, lambda: PUBLISHED.get(), high=MQTT_BACKLOG_HIGH,
+            alive=lambda: connected.is_set() and (subscribed is None or subscribed.is_set()))
     if ingest is not None:
         ingest_box = ingest.outbox
-        # What arrived minus what waits: what left (written, or refused and dropped).
+        # What arrived minus what waits: what left (written, or refused and dropped). No flag says when the
+        # database is down: nothing leaving for INGEST_STALL_SECONDS is taken as an outage.
         pipeline.admission.add_backlog("ingest", lambda: ingest_box.depth,
-                                       lambda: RECEIVED.get() - ingest_box.depth, high=INGEST_BACKLOG_HIGH)
+                                       lambda: RECEIVED.get() - ingest_box.depth, high=INGEST_BACKLOG_HIGH,
+                                       stall_after=INGEST_STALL_SECONDS)
 
 
 def polling_summary(coordinators: Iterable[DeviceCoordinator], pipeline: Pipeline) -> dict[str, Any]:

@@ -26,6 +26,9 @@ from dcim.core.samples import Batch, DeviceStatus
 log = structlog.get_logger(__name__)
 
 HELD = REGISTRY.counter("dcim_poll_admission_held_total", "Polls that waited for the outboxes' backpressure")
+SUPERSEDED = REGISTRY.counter(
+    "dcim_pipeline_derived_superseded_total",
+    "Derived batches (rack and plant metrics) held back past saturation and replaced by a newer tick's")
 
 
 class Sink(Protocol):
@@ -43,9 +46,17 @@ class Pipeline:
         self.last_publish = time.monotonic()
         # Pollers ask it before each poll: the backpressure of the outboxes behind the sinks.
         self.admission = Admission()
+        self._deferrable: set[int] = set()
+        # Derived batches held back from the deferrable sinks: (subject, kind) -> the latest one.
+        self._deferred: dict[tuple[str, str], Batch] = {}
+        self.superseded = 0
 
-    def add_sink(self, sink: Sink) -> None:
+    def add_sink(self, sink: Sink, *, deferrable: bool = False) -> None:
+        """`deferrable`: a sink behind a backlog (the MQTT publisher). While the admission holds polls back,
+        derived batches (`publish_derived`) reach it later, the latest per subject."""
         self._sinks.append(sink)
+        if deferrable:
+            self._deferrable.add(id(sink))
 
     def publish(self, batch: Batch) -> None:
         self.batches += 1
@@ -58,6 +69,50 @@ class Pipeline:
                 # One faulty sink must not starve the others (rules above all).
                 self.sink_errors += 1
                 log.exception("sink failed", sink=type(sink).__name__, device=batch.device)
+
+        if self._deferred and not self.admission.congested():
+            self._release_deferred()
+
+    def publish_derived(self, batch: Batch) -> None:
+        """A batch the rules derive again every tick (rack and plant metrics; alarm records are events and
+        go as `publish`). Every sink but the deferrable ones gets it at once, so rules see it first as
+        always. Past saturation, while the admission holds polls back, the deferrable sinks get it later:
+        the latest batch per subject is kept (bounded by the number of subjects) and one superseded by a
+        newer tick's is counted, not sent; derived metrics are thinned like the polls, instead of filling
+        the outbox at the rules' fixed pace while the polls wait."""
+        if batch.kind == "alarm" or not self._deferrable or (not self._deferred and not self.admission.congested()):
+            self.publish(batch)
+            return
+        self.batches += 1
+        self.samples += len(batch.samples)
+        for sink in self._sinks:
+            if id(sink) not in self._deferrable:
+                self._call(sink, batch)
+        key = (batch.device, batch.kind)
+        if key in self._deferred:
+            self.superseded += 1
+            SUPERSEDED.inc()
+        self._deferred[key] = batch
+        if not self.admission.congested():
+            self._release_deferred()
+
+    def _release_deferred(self) -> None:
+        # Oldest first, and no more than the backlogs have room for: no burst past the marks.
+        room = self.admission.room()
+        while self._deferred and room > 0:
+            key = next(iter(self._deferred))
+            batch = self._deferred.pop(key)
+            for sink in self._sinks:
+                if id(sink) in self._deferrable:
+                    self._call(sink, batch)
+            room -= 1
+
+    def _call(self, sink: Sink, batch: Batch) -> None:
+        try:
+            sink.on_batch(batch)
+        except Exception:
+            self.sink_errors += 1
+            log.exception("sink failed", sink=type(sink).__name__, device=batch.device)
 
     def status(self, status: DeviceStatus) -> None:
         for sink in self._sinks:
@@ -74,9 +129,21 @@ class _Backlog:
     depth: Callable[[], int]
     departed: Callable[[], float]
     high: int
+    alive: Callable[[], bool] | None
+    stall_after: float
     last_departed: float
     last_progress: float
     stalled: bool = False
+
+    def counts(self) -> bool:
+        """Whether this backlog holds polls back now: not while its hop is down, nor while it is stalled."""
+        if self.alive is not None and not self.alive():
+            return False
+        if self.stalled:
+            if self.departed() == self.last_departed:
+                return False
+            self.stalled = False
+        return True
 
 
 class Admission:
@@ -89,13 +156,14 @@ class Admission:
     goes on). The effect past saturation: every device is still polled, in turn, later (intervals stretch
     evenly), and the outboxes stay near their marks instead of growing to their bounds.
 
-    A backlog from which nothing has left for `stall_after` seconds is stalled, not slow (the broker is
-    down, the ingest is not subscribed): holding polls back would blind the rules for as long as the outage
-    lasts, so it stops counting until something leaves it again, and its outbox buffers the outage as it
-    is designed to, within its own bound.
+    A backlog whose hop is down (`alive` says so: the broker is not connected) holds nothing back: holding
+    polls would blind the rules for as long as the outage lasts, and its outbox buffers the outage as it is
+    designed to, within its own bound. A backlog without such a flag, or whose flag says up while nothing
+    has left it for `stall_after` seconds, is taken as stalled the same way until something leaves it again.
+    Past saturation on a busy machine one batch of the publisher can take seconds: `stall_after` is long.
     """
 
-    def __init__(self, *, check_every: float = 0.02, stall_after: float = 3.0) -> None:
+    def __init__(self, *, check_every: float = 0.02, stall_after: float = 30.0) -> None:
         self.check_every = check_every
         self.stall_after = stall_after
         self._backlogs: list[_Backlog] = []
@@ -105,25 +173,24 @@ class Admission:
         # Monotonic time the queue last moved (or was empty): a poller waiting here is not stuck while it does.
         self.last_progress = time.monotonic()
 
-    def add_backlog(self, name: str, depth: Callable[[], int], departed: Callable[[], float], *,
-                    high: int) -> None:
-        """`depth`: items waiting now; `departed`: a count that grows by one for each item that left."""
+    def add_backlog(self, name: str, depth: Callable[[], int], departed: Callable[[], float], *, high: int,
+                    alive: Callable[[], bool] | None = None, stall_after: float | None = None) -> None:
+        """`depth`: items waiting now; `departed`: a count that grows by one for each item that left;
+        `alive`: False while the hop after the backlog is down (an outage, not a slow hop)."""
         now = time.monotonic()
-        self._backlogs.append(_Backlog(name, depth, departed, max(1, high), departed(), now))
+        self._backlogs.append(_Backlog(name, depth, departed, max(1, high), alive,
+                                       self.stall_after if stall_after is None else stall_after, departed(), now))
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
     def congested(self) -> bool:
-        for backlog in self._backlogs:
-            if backlog.stalled:
-                if backlog.departed() == backlog.last_departed:
-                    continue
-                backlog.stalled = False
-            if backlog.depth() >= backlog.high:
-                return True
-        return False
+        return any(b.counts() and b.depth() >= b.high for b in self._backlogs)
+
+    def room(self) -> float:
+        """Items the backlogs that hold polls back can take before the first reaches its mark."""
+        return min((b.high - b.depth() for b in self._backlogs if b.counts()), default=math.inf)
 
     async def acquire(self) -> None:
         if not self._waiters and not self.congested():
@@ -169,15 +236,16 @@ class Admission:
             departed = backlog.departed()
             moved = departed - backlog.last_departed
             backlog.last_departed = departed
-            if moved > 0:
+            if moved > 0 or (backlog.alive is not None and not backlog.alive()):
+                # Moving, or down (which counts not at all): the stall clock starts again.
                 backlog.last_progress = now
                 backlog.stalled = False
-            elif now - backlog.last_progress > self.stall_after:
+            elif now - backlog.last_progress > backlog.stall_after:
                 if not backlog.stalled:
                     log.warning("nothing leaves a backlog: polling goes on without its backpressure",
                                 backlog=backlog.name, depth=backlog.depth())
                 backlog.stalled = True
-            if backlog.stalled:
+            if not backlog.counts():
                 continue
             room = backlog.high - backlog.depth()
             if room <= 0:
@@ -189,6 +257,6 @@ class Admission:
     def summary(self) -> dict[str, Any]:
         return {
             "waiting": len(self._waiters), "held_total": self.held,
-            "backlogs": {b.name: {"depth": b.depth(), "high": b.high, "stalled": b.stalled}
+            "backlogs": {b.name: {"depth": b.depth(), "high": b.high, "holding": b.counts(), "stalled": b.stalled}
                          for b in self._backlogs},
         }

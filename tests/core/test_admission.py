@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from dcim.core.pipeline import Admission
+from dcim.core.pipeline import Admission, Pipeline
+from dcim.core.samples import Batch, DeviceStatus, Sample
 from tests.helpers import wait_until
 
 
@@ -72,6 +73,18 @@ async def test_a_stalled_backlog_holds_nothing_back_until_it_moves_again() -> No
     assert admission.congested()
 
 
+async def test_a_backlog_whose_hop_is_down_holds_nothing_back() -> None:
+    admission = Admission(check_every=0.001, stall_after=3600)
+    backlog = Backlog()
+    up = False
+    admission.add_backlog("box", lambda: backlog.depth, lambda: backlog.departed, high=4, alive=lambda: up)
+    backlog.depth = 100
+    await admission.acquire()
+    assert admission.held == 0 and not admission.congested()
+    up = True
+    assert admission.congested()
+
+
 async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     admission = Admission(check_every=0.001, stall_after=3600)
     backlog = Backlog()
@@ -82,3 +95,43 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert admission.waiting == 0
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+
+    def on_batch(self, batch: Batch) -> None:
+        self.batches.append(batch)
+
+    def on_status(self, status: DeviceStatus) -> None:
+        pass
+
+
+def test_derived_batches_wait_for_the_deferrable_sinks_the_latest_per_subject() -> None:
+    pipeline = Pipeline()
+    rules, publisher = Sink(), Sink()
+    pipeline.add_sink(rules)
+    pipeline.add_sink(publisher, deferrable=True)
+    backlog = Backlog()
+    pipeline.admission.add_backlog("box", lambda: backlog.depth, lambda: backlog.departed, high=2)
+
+    def rack(name: str, ts: int, kind: str = "rack") -> Batch:
+        return Batch(name, kind, ts, [Sample(name, "power_kw", 1.0, ts, measurement="rack")])
+
+    pipeline.publish_derived(rack("R1", 1))  # below the mark: at once, to both
+    assert len(rules.batches) == len(publisher.batches) == 1
+    backlog.depth = 2
+    for ts in (2, 3):
+        pipeline.publish_derived(rack("R1", ts))
+        pipeline.publish_derived(rack("R2", ts))
+    pipeline.publish_derived(rack("R1", 4, kind="alarm"))  # an event record is never held back
+    assert [b.ts_ns for b in rules.batches] == [1, 2, 2, 3, 3, 4]  # the rules see every one, at once
+    assert [(b.device, b.ts_ns) for b in publisher.batches] == [("R1", 1), ("R1", 4)]
+    assert pipeline.superseded == 2
+    backlog.leave(1)  # room for one: the oldest subject's latest batch
+    pipeline.publish(rack("cdu-1", 5, kind="cdu"))
+    assert [(b.device, b.ts_ns) for b in publisher.batches][-2:] == [("cdu-1", 5), ("R1", 3)]
+    backlog.leave(1)
+    pipeline.publish(rack("cdu-1", 6, kind="cdu"))
+    assert [(b.device, b.ts_ns) for b in publisher.batches][-2:] == [("cdu-1", 6), ("R2", 3)]

@@ -25,6 +25,12 @@ from dcim.core.samples import Batch, DeviceStatus
 
 log = structlog.get_logger(__name__)
 
+# The marks follow the drain: about MARK_SECONDS of it may wait, never fewer than MIN_MARK items (one small
+# publisher batch) nor more than the configured mark.
+MARK_SECONDS = 1.0
+MIN_MARK = 50
+RATE_WINDOW = 1.0
+
 HELD = REGISTRY.counter("dcim_poll_admission_held_total", "Polls that waited for the outboxes' backpressure")
 SUPERSEDED = REGISTRY.counter(
     "dcim_pipeline_derived_superseded_total",
@@ -134,6 +140,20 @@ class _Backlog:
     last_departed: float
     last_progress: float
     stalled: bool = False
+    # Departures per second, measured over windows of RATE_WINDOW seconds, and the window's start.
+    rate: float = 0.0
+    window_start: float = 0.0
+    window_departed: float = 0.0
+
+    def mark(self, now: float) -> float:
+        """The high-water mark now: what leaves in MARK_SECONDS at the measured pace, at least MIN_MARK, at most high.
+        A fixed count would mean seconds of delay on a starved machine and a needless hold on a fast one."""
+        if now - self.window_start >= RATE_WINDOW:
+            departed = self.departed()
+            measured = (departed - self.window_departed) / (now - self.window_start)
+            self.rate = measured if self.rate == 0.0 else 0.5 * self.rate + 0.5 * measured
+            self.window_start, self.window_departed = now, departed
+        return min(self.high, max(MIN_MARK, self.rate * MARK_SECONDS))
 
     def counts(self) -> bool:
         """Whether this backlog holds polls back now: not while its hop is down, nor while it is stalled."""
@@ -163,11 +183,18 @@ class Admission:
     Past saturation on a busy machine one batch of the publisher can take seconds: `stall_after` is long.
     """
 
-    def __init__(self, *, check_every: float = 0.02, stall_after: float = 30.0) -> None:
+    def __init__(self, *, check_every: float = 0.02, stall_after: float = 30.0,
+                 max_in_flight: int | None = None) -> None:
         self.check_every = check_every
         self.stall_after = stall_after
+        # Polls running at once, at most (None: no bound). Past saturation a thousand polls started together
+        # all run past their deadlines on a starved event loop and fail; a bounded number finish in time and
+        # the others wait here, where no deadline runs. Polls of offline devices do not take a slot
+        # (`acquire(capped=False)`): a mass outage of devices that time out must not hold the others back.
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
         self._backlogs: list[_Backlog] = []
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[None], bool]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self.held = 0  # polls that had to wait, since start
         # Monotonic time the queue last moved (or was empty): a poller waiting here is not stuck while it does.
@@ -179,51 +206,79 @@ class Admission:
         `alive`: False while the hop after the backlog is down (an outage, not a slow hop)."""
         now = time.monotonic()
         self._backlogs.append(_Backlog(name, depth, departed, max(1, high), alive,
-                                       self.stall_after if stall_after is None else stall_after, departed(), now))
+                                       self.stall_after if stall_after is None else stall_after, departed(), now,
+                                       window_start=now, window_departed=departed()))
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
     def congested(self) -> bool:
-        return any(b.counts() and b.depth() >= b.high for b in self._backlogs)
+        now = time.monotonic()
+        return any(b.counts() and b.depth() >= b.mark(now) for b in self._backlogs)
 
     def room(self) -> float:
         """Items the backlogs that hold polls back can take before the first reaches its mark."""
-        return min((b.high - b.depth() for b in self._backlogs if b.counts()), default=math.inf)
+        now = time.monotonic()
+        return min((b.mark(now) - b.depth() for b in self._backlogs if b.counts()), default=math.inf)
 
-    async def acquire(self) -> None:
-        if not self._waiters and not self.congested():
+    def _slot(self, capped: bool) -> bool:
+        return not capped or self.max_in_flight is None or self.in_flight < self.max_in_flight
+
+    async def acquire(self, capped: bool = True) -> None:
+        """Wait for this poll's turn. Every `acquire` is followed by one `release` with the same `capped`."""
+        if not self._waiters and self._slot(capped) and not self.congested():
+            if capped:
+                self.in_flight += 1
             self.last_progress = time.monotonic()
             return
         self.held += 1
         HELD.inc()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, capped)
+        self._waiters.append(entry)
         self._arm()
         try:
             await waiter
         except BaseException:
-            if not waiter.done() or waiter.cancelled():
+            if waiter.done() and not waiter.cancelled():
+                self.release(capped)  # let through, then cancelled before it ran: its slot goes back
+            else:
                 try:
-                    self._waiters.remove(waiter)
+                    self._waiters.remove(entry)
                 except ValueError:
                     pass
             raise
 
+    def release(self, capped: bool = True) -> None:
+        if capped:
+            self.in_flight -= 1
+            if self._waiters:
+                self._check()
+
     def _arm(self) -> None:
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.check_every, self._check)
+            self._timer = asyncio.get_running_loop().call_later(self.check_every, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._check()
 
     def _check(self) -> None:
-        self._timer = None
         budget = self._budget()
         while self._waiters and budget > 0:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                budget -= 1
-                self.last_progress = time.monotonic()
+            waiter, capped = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            if not self._slot(capped):
+                break  # first come, first served: the next in line waits for a slot, and so does everyone
+            self._waiters.popleft()
+            waiter.set_result(None)
+            if capped:
+                self.in_flight += 1
+            budget -= 1
+            self.last_progress = time.monotonic()
         if self._waiters:
             self._arm()
         else:
@@ -247,7 +302,7 @@ class Admission:
                 backlog.stalled = True
             if not backlog.counts():
                 continue
-            room = backlog.high - backlog.depth()
+            room = int(backlog.mark(now)) - backlog.depth()
             if room <= 0:
                 # Above the mark: half of what left, so the backlog shrinks while polling goes on.
                 room = max(1, int(moved) // 2) if moved > 0 else 0
@@ -257,6 +312,8 @@ class Admission:
     def summary(self) -> dict[str, Any]:
         return {
             "waiting": len(self._waiters), "held_total": self.held,
-            "backlogs": {b.name: {"depth": b.depth(), "high": b.high, "holding": b.counts(), "stalled": b.stalled}
+            "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+            "backlogs": {b.name: {"depth": b.depth(), "high": b.high, "mark": round(b.mark(time.monotonic())),
+                                  "drain_per_s": round(b.rate, 1), "holding": b.counts(), "stalled": b.stalled}
                          for b in self._backlogs},
         }

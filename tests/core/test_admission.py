@@ -135,3 +135,29 @@ def test_derived_batches_wait_for_the_deferrable_sinks_the_latest_per_subject() 
     backlog.leave(1)
     pipeline.publish(rack("cdu-1", 6, kind="cdu"))
     assert [(b.device, b.ts_ns) for b in publisher.batches][-2:] == [("cdu-1", 6), ("R2", 3)]
+
+
+async def test_polls_in_flight_are_bounded_in_order_and_offline_devices_take_no_slot() -> None:
+    admission = Admission(max_in_flight=2)
+    await admission.acquire()
+    await admission.acquire()
+    passed: list[str] = []
+
+    async def poll(name: str, capped: bool = True) -> None:
+        await admission.acquire(capped)
+        passed.append(name)
+
+    third = asyncio.create_task(poll("third"))
+    await wait_until(lambda: admission.waiting == 1)
+    fourth = asyncio.create_task(poll("fourth"))
+    await wait_until(lambda: admission.waiting == 2)
+    offline = asyncio.create_task(poll("offline", capped=False))  # behind them in line, but needs no slot
+    await wait_until(lambda: admission.waiting == 3)
+    admission.release()
+    await wait_until(lambda: passed == ["third"])
+    admission.release()
+    await wait_until(lambda: passed == ["third", "fourth", "offline"])
+    assert admission.in_flight == 2
+    admission.release(capped=False)
+    assert admission.in_flight == 2
+    await asyncio.gather(third, fourth, offline)

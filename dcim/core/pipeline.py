@@ -142,6 +142,8 @@ class _Backlog:
     stalled: bool = False
     # Departures per second, measured over windows of RATE_WINDOW seconds, and the window's start.
     rate: float = 0.0
+    # Above the mark: polls owed for half of what left, carried from check to check.
+    credit: float = 0.0
     window_start: float = 0.0
     window_departed: float = 0.0
 
@@ -266,6 +268,7 @@ class Admission:
 
     def _check(self) -> None:
         budget = self._budget()
+        admitted = 0
         while self._waiters and budget > 0:
             waiter, capped = self._waiters[0]
             if waiter.done():
@@ -278,7 +281,11 @@ class Admission:
             if capped:
                 self.in_flight += 1
             budget -= 1
+            admitted += 1
             self.last_progress = time.monotonic()
+        if admitted:
+            for backlog in self._backlogs:
+                backlog.credit = max(0.0, backlog.credit - admitted)
         if self._waiters:
             self._arm()
         else:
@@ -303,9 +310,12 @@ class Admission:
             if not backlog.counts():
                 continue
             room = int(backlog.mark(now)) - backlog.depth()
-            if room <= 0:
+            if room > 0:
+                backlog.credit = 0.0
+            else:
                 # Above the mark: half of what left, so the backlog shrinks while polling goes on.
-                room = max(1, int(moved) // 2) if moved > 0 else 0
+                backlog.credit = min(backlog.credit + moved / 2, float(backlog.high))
+                room = int(backlog.credit)
             budget = min(budget, room)
         return budget
 

@@ -41,7 +41,7 @@ from dcim.app.console import Console
 from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest, LocalFeed
 from dcim.app.instance import RESERVE_BYTES, Claim, Reserve, StartupError, instance_tag, serves_http
-from dcim.app.poller import DeviceCoordinator, make_driver
+from dcim.app.poller import DeviceCoordinator, make_driver, polling_summary, wire_backpressure
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
 from dcim.core.audit import AuditLog
@@ -149,14 +149,15 @@ class Daemon:
             # Only an ingest that takes from the broker must be subscribed before anything is sent.
             gate = self.ingest.subscribed if self.ingest is not None and not self.ingest.local else None
             self.publisher = MqttPublisher(config.mqtt, self.topology, box, gate=gate, instance=self.instance)
-            self.pipeline.add_sink(self.publisher)
+            self.pipeline.add_sink(self.publisher, deferrable=True)
             if self.rules is not None:
                 self.rules.alarm_outlet = self.publisher
         if self.ingest is not None and self.ingest.local:
             if self.publisher is not None and config.mqtt.payload != "json":
                 self.publisher.tee = self.ingest.put_local  # the published bytes themselves
             else:
-                self.pipeline.add_sink(LocalFeed(self.ingest, self.topology))
+                self.pipeline.add_sink(LocalFeed(self.ingest, self.topology), deferrable=True)
+        wire_backpressure(self.pipeline, self.publisher, self.ingest)
         # The one write path (rules.writes): rule actions and the HTTP API write through it, audited.
         self.audit = AuditLog(self.state_dir / "audit.log")
         self.guard = WriteGuard(config.rules.control, self.topology, drivers=self._driver,
@@ -184,7 +185,7 @@ class Daemon:
             return
         if self.config.rules.notifications.hooks:
             self.notifier = Notifier(self.config.rules.notifications, self.state_dir, writer=self.writer)
-        self.rules = RuleService(self.config, self.topology, controller=self, publish=self.pipeline.publish,
+        self.rules = RuleService(self.config, self.topology, controller=self, publish=self.pipeline.publish_derived,
                                  notifier=self.notifier, writer=self.writer)
         self.pipeline.add_sink(self.rules.sink)
 
@@ -235,6 +236,7 @@ class Daemon:
             "outboxes": {o.name: {"depth": o.depth, "dropped": o.dropped, "degraded": o.degraded}
                          for o in self.outboxes},
             "hooks": self.notifier.health() if self.notifier is not None else {},
+            "polling": polling_summary(self.coordinators.values(), self.pipeline),
             "dead_tasks": dead,
             "stale_devices": stale,
             "task_failures": self.supervisor.report(),

@@ -151,6 +151,9 @@ class Ingest:
         self.dropped_messages = 0
         self.requests = 0
         self._last_message = 0.0
+        # Items put in the outbox since start (a line from the broker, a payload from this daemon): with the
+        # outbox's depth, how many left it (the backpressure's measure of the database's pace).
+        self.queued = 0
         # Lines per outbox item, as seen: how many items make a batch of `batch_size` lines.
         self._lines_per_item = 1.0
         self._warned_topics: set[str] = set()
@@ -168,6 +171,7 @@ class Ingest:
         """A line-protocol payload this daemon encoded (the publisher's own): queued whole, never blocks."""
         self._last_message = asyncio.get_running_loop().time()
         self.outbox.put("local", payload, priority)
+        self.queued += 1
 
     # ---- MQTT side ----------------------------------------------------------------------------------
 
@@ -307,6 +311,7 @@ class Ingest:
                 good, reason = check_line(line, limits)
                 if good is not None:
                     self.outbox.put(topic, good, priority)
+                    self.queued += 1
                 elif reason is not None:
                     dropped[reason] += 1
                     if len(examples) < DEAD_LETTER_LINES:

@@ -35,30 +35,69 @@ def field_value(value: Value) -> str | None:
     return f'"{text}"'
 
 
+# Computed once and kept: the text before the fields of each series (measurement and sorted, escaped tags),
+# keyed by (measurement, row tags, static tags), and each field name's escaped text with its `=`. A series
+# is a device (or a table row of one), so both hold about as many entries as the site has series; they
+# start again empty should they pass a bound, which only a site with that many series reaches.
+_SERIES: dict[tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]], str] = {}
+_FIELD_NAMES: dict[str, str] = {}
+_CACHE_MAX = 200_000
+_GOOD = Quality.GOOD
+
+
+def _series(measurement: str, row_tags: tuple[tuple[str, str], ...], base: tuple[tuple[str, str], ...]) -> str:
+    key = (measurement, row_tags, base)
+    text = _SERIES.get(key)
+    if text is None:
+        tags = sorted(base + row_tags)
+        tag_text = "".join(f",{escape_tag(k)}={escape_tag(v)}" for k, v in tags if v != "")
+        text = f"{measurement.translate(_MEAS_ESCAPE)}{tag_text}"
+        if len(_SERIES) >= _CACHE_MAX:
+            _SERIES.clear()
+        _SERIES[key] = text
+    return text
+
+
+def _field_name(name: str) -> str:
+    text = _FIELD_NAMES.get(name)
+    if text is None:
+        text = f"{escape_tag(name)}="
+        if len(_FIELD_NAMES) >= _CACHE_MAX:
+            _FIELD_NAMES.clear()
+        _FIELD_NAMES[name] = text
+    return text
+
+
 def encode_batch(batch: Batch, static_tags: Iterable[tuple[str, str]]) -> list[str]:
-    base = tuple(static_tags)
-    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[str, str]]] = {}
+    base = static_tags if isinstance(static_tags, tuple) else tuple(static_tags)
+    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
     worst: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Quality, str]] = {}
+    kind = batch.kind
     for sample in batch.samples:
-        key = (sample.measurement or batch.kind, sample.tags)
-        fields = groups.setdefault(key, [])
-        if sample.quality is Quality.GOOD and sample.value is not None:
-            encoded = field_value(sample.value)
+        key = (sample.measurement or kind, sample.tags)
+        fields = groups.get(key)
+        if fields is None:
+            fields = groups[key] = []
+        value = sample.value
+        if sample.quality is _GOOD and value is not None:
+            if type(value) is float:
+                # The common case inline: a finite float is its repr.
+                encoded = repr(value) if value - value == 0.0 else None
+            else:
+                encoded = field_value(value)
             if encoded is not None:
-                fields.append((sample.point, encoded))
+                fields.append(_field_name(sample.point) + encoded)
                 continue
         previous = worst.get(key)
         if previous is None or (previous[0] is Quality.STALE and sample.quality is Quality.BAD):
             worst[key] = (sample.quality if sample.quality is not Quality.GOOD else Quality.BAD,
                           sample.reason or "no value")
     lines = []
+    suffix = f" {batch.ts_ns}"
     for key, fields in groups.items():
-        measurement, row_tags = key
-        tags = sorted(base + row_tags)
-        tag_text = "".join(f",{escape_tag(k)}={escape_tag(v)}" for k, v in tags if v != "")
         if key in worst:
             quality, reason = worst[key]
-            fields = [*fields, ("quality", f'"{quality.value}"'), ("quality_reason", field_value(reason) or '""')]
-        field_text = ",".join(f"{escape_tag(name)}={value}" for name, value in fields)
-        lines.append(f"{measurement.translate(_MEAS_ESCAPE)}{tag_text} {field_text} {batch.ts_ns}")
+            reason_text = field_value(reason) or '""'
+            fields = [*fields, f'quality="{quality.value}"', f"quality_reason={reason_text}"]
+        lines.append(f"{_series(key[0], key[1], base)} {','.join(fields)}{suffix}")
     return lines

@@ -3,18 +3,38 @@
 Sinks are called synchronously, in the order they were added, and must not block: a sink that does I/O
 (the MQTT publisher) only appends to its own outbox and wakes its own task. The rule engine is added
 first, so rules see every sample before MQTT does and a broker outage never blinds enforcement.
+
+`Admission` carries the backpressure the other way: the outboxes behind the sinks register their depth
+with it, and a poller waits in it before each poll while they are above their high-water marks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
-from typing import Protocol
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
 
+from dcim.core.metrics import REGISTRY
 from dcim.core.samples import Batch, DeviceStatus
 
 log = structlog.get_logger(__name__)
+
+# The marks follow the drain: about MARK_SECONDS of it may wait, never fewer than MIN_MARK items (one small
+# publisher batch) nor more than the configured mark.
+MARK_SECONDS = 1.0
+MIN_MARK = 50
+RATE_WINDOW = 1.0
+
+HELD = REGISTRY.counter("dcim_poll_admission_held_total", "Polls that waited for the outboxes' backpressure")
+SUPERSEDED = REGISTRY.counter(
+    "dcim_pipeline_derived_superseded_total",
+    "Derived batches (rack and plant metrics) held back past saturation and replaced by a newer tick's")
 
 
 class Sink(Protocol):
@@ -30,9 +50,19 @@ class Pipeline:
         self.samples = 0
         self.sink_errors = 0
         self.last_publish = time.monotonic()
+        # Pollers ask it before each poll: the backpressure of the outboxes behind the sinks.
+        self.admission = Admission()
+        self._deferrable: set[int] = set()
+        # Derived batches held back from the deferrable sinks: (subject, kind) -> the latest one.
+        self._deferred: dict[tuple[str, str], Batch] = {}
+        self.superseded = 0
 
-    def add_sink(self, sink: Sink) -> None:
+    def add_sink(self, sink: Sink, *, deferrable: bool = False) -> None:
+        """`deferrable`: a sink behind a backlog (the MQTT publisher). While the admission holds polls back,
+        derived batches (`publish_derived`) reach it later, the latest per subject."""
         self._sinks.append(sink)
+        if deferrable:
+            self._deferrable.add(id(sink))
 
     def publish(self, batch: Batch) -> None:
         self.batches += 1
@@ -46,6 +76,50 @@ class Pipeline:
                 self.sink_errors += 1
                 log.exception("sink failed", sink=type(sink).__name__, device=batch.device)
 
+        if self._deferred and not self.admission.congested():
+            self._release_deferred()
+
+    def publish_derived(self, batch: Batch) -> None:
+        """A batch the rules derive again every tick (rack and plant metrics; alarm records are events and
+        go as `publish`). Every sink but the deferrable ones gets it at once, so rules see it first as
+        always. Past saturation, while the admission holds polls back, the deferrable sinks get it later:
+        the latest batch per subject is kept (bounded by the number of subjects) and one superseded by a
+        newer tick's is counted, not sent; derived metrics are thinned like the polls, instead of filling
+        the outbox at the rules' fixed pace while the polls wait."""
+        if batch.kind == "alarm" or not self._deferrable or (not self._deferred and not self.admission.congested()):
+            self.publish(batch)
+            return
+        self.batches += 1
+        self.samples += len(batch.samples)
+        for sink in self._sinks:
+            if id(sink) not in self._deferrable:
+                self._call(sink, batch)
+        key = (batch.device, batch.kind)
+        if key in self._deferred:
+            self.superseded += 1
+            SUPERSEDED.inc()
+        self._deferred[key] = batch
+        if not self.admission.congested():
+            self._release_deferred()
+
+    def _release_deferred(self) -> None:
+        # Oldest first, and no more than the backlogs have room for: no burst past the marks.
+        room = self.admission.room()
+        while self._deferred and room > 0:
+            key = next(iter(self._deferred))
+            batch = self._deferred.pop(key)
+            for sink in self._sinks:
+                if id(sink) in self._deferrable:
+                    self._call(sink, batch)
+            room -= 1
+
+    def _call(self, sink: Sink, batch: Batch) -> None:
+        try:
+            sink.on_batch(batch)
+        except Exception:
+            self.sink_errors += 1
+            log.exception("sink failed", sink=type(sink).__name__, device=batch.device)
+
     def status(self, status: DeviceStatus) -> None:
         for sink in self._sinks:
             try:
@@ -53,3 +127,203 @@ class Pipeline:
             except Exception:
                 self.sink_errors += 1
                 log.exception("sink failed", sink=type(sink).__name__, device=status.device)
+
+
+@dataclass(slots=True)
+class _Backlog:
+    name: str
+    depth: Callable[[], int]
+    departed: Callable[[], float]
+    high: int
+    alive: Callable[[], bool] | None
+    stall_after: float
+    last_departed: float
+    last_progress: float
+    stalled: bool = False
+    # Departures per second, measured over windows of RATE_WINDOW seconds, and the window's start.
+    rate: float = 0.0
+    # Above the mark: polls owed for half of what left, carried from check to check.
+    credit: float = 0.0
+    window_start: float = 0.0
+    window_departed: float = 0.0
+
+    def mark(self, now: float) -> float:
+        """The high-water mark now: what leaves in MARK_SECONDS at the measured pace, at least MIN_MARK, at most high.
+        A fixed count would mean seconds of delay on a starved machine and a needless hold on a fast one."""
+        if now - self.window_start >= RATE_WINDOW:
+            departed = self.departed()
+            measured = (departed - self.window_departed) / (now - self.window_start)
+            self.rate = measured if self.rate == 0.0 else 0.5 * self.rate + 0.5 * measured
+            self.window_start, self.window_departed = now, departed
+        return min(self.high, max(MIN_MARK, self.rate * MARK_SECONDS))
+
+    def counts(self) -> bool:
+        """Whether this backlog holds polls back now: not while its hop is down, nor while it is stalled."""
+        if self.alive is not None and not self.alive():
+            return False
+        if self.stalled:
+            if self.departed() == self.last_departed:
+                return False
+            self.stalled = False
+        return True
+
+
+class Admission:
+    """Backpressure from the queues after the pipeline (the outboxes) to the pollers.
+
+    A poll asks `acquire()` before it starts. While every registered backlog is below its high-water mark
+    that returns at once. When one is at or above it, polls queue here, first come first served, and are let
+    through as the backlog drains: as many as there is room below the mark, or half as many as left the
+    backlog since the last check (so a backlog above the mark, after an outage, still shrinks while polling
+    goes on). The effect past saturation: every device is still polled, in turn, later (intervals stretch
+    evenly), and the outboxes stay near their marks instead of growing to their bounds.
+
+    A backlog whose hop is down (`alive` says so: the broker is not connected) holds nothing back: holding
+    polls would blind the rules for as long as the outage lasts, and its outbox buffers the outage as it is
+    designed to, within its own bound. A backlog without such a flag, or whose flag says up while nothing
+    has left it for `stall_after` seconds, is taken as stalled the same way until something leaves it again.
+    Past saturation on a busy machine one batch of the publisher can take seconds: `stall_after` is long.
+    """
+
+    def __init__(self, *, check_every: float = 0.02, stall_after: float = 30.0,
+                 max_in_flight: int | None = None) -> None:
+        self.check_every = check_every
+        self.stall_after = stall_after
+        # Polls running at once, at most (None: no bound). Past saturation a thousand polls started together
+        # all run past their deadlines on a starved event loop and fail; a bounded number finish in time and
+        # the others wait here, where no deadline runs. Polls of offline devices do not take a slot
+        # (`acquire(capped=False)`): a mass outage of devices that time out must not hold the others back.
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self._backlogs: list[_Backlog] = []
+        self._waiters: deque[tuple[asyncio.Future[None], bool]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self.held = 0  # polls that had to wait, since start
+        # Monotonic time the queue last moved (or was empty): a poller waiting here is not stuck while it does.
+        self.last_progress = time.monotonic()
+
+    def add_backlog(self, name: str, depth: Callable[[], int], departed: Callable[[], float], *, high: int,
+                    alive: Callable[[], bool] | None = None, stall_after: float | None = None) -> None:
+        """`depth`: items waiting now; `departed`: a count that grows by one for each item that left;
+        `alive`: False while the hop after the backlog is down (an outage, not a slow hop)."""
+        now = time.monotonic()
+        self._backlogs.append(_Backlog(name, depth, departed, max(1, high), alive,
+                                       self.stall_after if stall_after is None else stall_after, departed(), now,
+                                       window_start=now, window_departed=departed()))
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def congested(self) -> bool:
+        now = time.monotonic()
+        return any(b.counts() and b.depth() >= b.mark(now) for b in self._backlogs)
+
+    def room(self) -> float:
+        """Items the backlogs that hold polls back can take before the first reaches its mark."""
+        now = time.monotonic()
+        return min((b.mark(now) - b.depth() for b in self._backlogs if b.counts()), default=math.inf)
+
+    def _slot(self, capped: bool) -> bool:
+        return not capped or self.max_in_flight is None or self.in_flight < self.max_in_flight
+
+    async def acquire(self, capped: bool = True) -> None:
+        """Wait for this poll's turn. Every `acquire` is followed by one `release` with the same `capped`."""
+        if not self._waiters and self._slot(capped) and not self.congested():
+            if capped:
+                self.in_flight += 1
+            self.last_progress = time.monotonic()
+            return
+        self.held += 1
+        HELD.inc()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (waiter, capped)
+        self._waiters.append(entry)
+        self._arm()
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(capped)  # let through, then cancelled before it ran: its slot goes back
+            else:
+                try:
+                    self._waiters.remove(entry)
+                except ValueError:
+                    pass
+            raise
+
+    def release(self, capped: bool = True) -> None:
+        if capped:
+            self.in_flight -= 1
+            if self._waiters:
+                self._check()
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.check_every, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._check()
+
+    def _check(self) -> None:
+        budget = self._budget()
+        admitted = 0
+        while self._waiters and budget > 0:
+            waiter, capped = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            if not self._slot(capped):
+                break  # first come, first served: the next in line waits for a slot, and so does everyone
+            self._waiters.popleft()
+            waiter.set_result(None)
+            if capped:
+                self.in_flight += 1
+            budget -= 1
+            admitted += 1
+            self.last_progress = time.monotonic()
+        if admitted:
+            for backlog in self._backlogs:
+                backlog.credit = max(0.0, backlog.credit - admitted)
+        if self._waiters:
+            self._arm()
+        else:
+            self.last_progress = time.monotonic()
+
+    def _budget(self) -> float:
+        now = time.monotonic()
+        budget = math.inf
+        for backlog in self._backlogs:
+            departed = backlog.departed()
+            moved = departed - backlog.last_departed
+            backlog.last_departed = departed
+            if moved > 0 or (backlog.alive is not None and not backlog.alive()):
+                # Moving, or down (which counts not at all): the stall clock starts again.
+                backlog.last_progress = now
+                backlog.stalled = False
+            elif now - backlog.last_progress > backlog.stall_after:
+                if not backlog.stalled:
+                    log.warning("nothing leaves a backlog: polling goes on without its backpressure",
+                                backlog=backlog.name, depth=backlog.depth())
+                backlog.stalled = True
+            if not backlog.counts():
+                continue
+            room = int(backlog.mark(now)) - backlog.depth()
+            if room > 0:
+                backlog.credit = 0.0
+            else:
+                # Above the mark: half of what left, so the backlog shrinks while polling goes on.
+                backlog.credit = min(backlog.credit + moved / 2, float(backlog.high))
+                room = int(backlog.credit)
+            budget = min(budget, room)
+        return budget
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "waiting": len(self._waiters), "held_total": self.held,
+            "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+            "backlogs": {b.name: {"depth": b.depth(), "high": b.high, "mark": round(b.mark(time.monotonic())),
+                                  "drain_per_s": round(b.rate, 1), "holding": b.counts(), "stalled": b.stalled}
+                         for b in self._backlogs},
+        }

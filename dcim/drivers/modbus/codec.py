@@ -95,7 +95,12 @@ def decode(point: Point, registers: Sequence[int]) -> Value | None:
 
     Raises DecodeError for values that must not be stored as numbers (NaN, infinity, unknown enum codes).
     """
-    raw = raw_value(point, registers)
+    return from_raw(point, raw_value(point, registers))
+
+
+def from_raw(point: Point, raw: int | float) -> Value | None:
+    """The raw number (`raw_value`) -> engineering value: bit, missing markers, enum, scale and offset.
+    Shared with the decode plans (decodeplan.py), which find the raw numbers their own way."""
     if point.bit is not None:
         return bool((int(raw) >> point.bit) & 1)
     if point.missing and any(raw == m for m in point.missing):

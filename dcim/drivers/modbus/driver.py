@@ -22,6 +22,7 @@ from dcim.drivers.errors import BadResponse, WriteRejected
 from dcim.drivers.modbus import codec
 from dcim.drivers.modbus.config import ModbusDevice
 from dcim.drivers.modbus.connection import ModbusConnection, join, leave
+from dcim.drivers.modbus.decodeplan import ReadDecoder
 from dcim.drivers.modbus.plan import Read, plan_reads
 from dcim.drivers.modbus.points import Point
 from dcim.drivers.profiles import Profile
@@ -38,6 +39,9 @@ class ModbusDriver(Driver):
         self.plan: list[Read] = plan_reads(
             profile.points, max_gap=device.max_gap, max_registers=device.max_registers
         )
+        # Compiled once: each register read's decode plan, and each point's measurement.
+        self._decoders = {id(r): ReadDecoder(r) for r in self.plan if r.table in ("holding", "input")}
+        self._measurement = {p.name: profile.measurement(p) for p in profile.points}
         self._connection: ModbusConnection | None = None
 
     @property
@@ -82,7 +86,7 @@ class ModbusDriver(Driver):
         return Sample(
             device=self.device.id, point=point.name, value=value, ts_ns=ts_ns,
             quality=Quality.BAD if reason else Quality.GOOD, reason=reason,
-            measurement=self.profile.measurement(point),
+            measurement=self._measurement[point.name],
         )
 
     async def read(self) -> list[Sample]:
@@ -95,6 +99,16 @@ class ModbusDriver(Driver):
                 samples += [self._sample(p, ts_ns, None, str(err)) for p in read.points]
                 continue
             ts_ns = now_ns()
+            decoder = self._decoders.get(id(read))
+            if decoder is not None:
+                device, measurement = self.device.id, self._measurement
+                for point, value, reason in decoder.decode(data):
+                    if reason:
+                        samples.append(self._sample(point, ts_ns, None, reason))
+                    elif value is not None:
+                        samples.append(Sample(device, point.name, value, ts_ns, Quality.GOOD, "",
+                                              measurement[point.name]))
+                continue
             for point in read.points:
                 raw = read.slice(data, point)
                 try:

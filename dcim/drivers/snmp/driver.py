@@ -64,6 +64,8 @@ _END = (rfc1905.EndOfMibView, fast.NoValue)
 MAX_RAW_BITS = 64
 # A scalar that is not in the agent's answer at all (SNMPv1 noSuchName dropped it from the request).
 _NOT_ANSWERED = object()
+# Row indexes whose tag text is kept per driver: far more than any PDU has rows.
+_INDEX_TEXTS_MAX = 10_000
 
 log = structlog.get_logger(__name__)
 
@@ -177,6 +179,9 @@ class SnmpDriver(Driver):
         self.config = device
         self.context = context
         self.plan = plan_for(profile)
+        # Compiled once, not per poll: each scalar's tags, and each row index's tag text (bounded by the rows).
+        self._scalar_tags = [tuple(sorted(point.tags.items())) for _, point in self.plan.scalars]
+        self._index_text: dict[Oid, str] = {}
         self.session: Requests | None = None
         self._digits: dict[Oid, int] | None = None
         self._row_counts: dict[Oid, int] = {}
@@ -350,9 +355,8 @@ class SnmpDriver(Driver):
                 states: dict[Oid, int] | None = None) -> list[Sample]:
         samples: list[Sample] = []
         self._states = states or {}
-        for oid, point in self.plan.scalars:
+        for (oid, point), tags in zip(self.plan.scalars, self._scalar_tags, strict=True):
             value = scalars.get(oid, _NOT_ANSWERED)
-            tags = tuple(sorted(point.tags.items()))
             if value is _NOT_ANSWERED or isinstance(value, _ABSENT):
                 what = "noSuchName" if value is _NOT_ANSWERED else _absent_name(value)
                 samples.append(self._absent(point, oid, f"{what}: the agent has no {_dotted(oid)}", tags, ts))
@@ -386,7 +390,12 @@ class SnmpDriver(Driver):
                     if not point.wants_row(index):
                         continue
                     assert point.index_tag is not None
-                    tags = ((point.index_tag, ".".join(map(str, index))),)
+                    text = self._index_text.get(index)
+                    if text is None:
+                        if len(self._index_text) >= _INDEX_TEXTS_MAX:
+                            self._index_text.clear()  # a hostile agent's ever-new indexes: start again
+                        text = self._index_text[index] = ".".join(map(str, index))
+                    tags = ((point.index_tag, text),)
                     sample = self._sample(point, value, point.digits_instance(index), tags, ts,
                                           point.state_instance(index))
                     if sample is not None:

@@ -1,0 +1,377 @@
+"""Saturation: N simulated CDUs polled by `dcim run` -> rules -> MQTT, below, at and past what the daemon sustains.
+
+Each run starts mosquitto, the Modbus devices in a process of their own (one port per device) and the
+daemon (rules on, ingest off, HTTP API on for /metrics and /healthz), waits for a warm-up and then
+measures for a window. A subscriber in this process (paho, QoS 1, its own thread) counts
+what the broker delivers and reads each line's timestamp (the poll's) to give the latency sample ->
+delivered. Printed per run:
+
+    offered points/s     N x points per poll / interval
+    delivered points/s   points in the messages received during the window
+    CPU us/pt            daemon CPU (user + system, /proc) per delivered point
+    p50 / p99 latency    receive time - sample timestamp, over the messages received in the window
+    RSS start / end      the daemon's resident memory after the warm-up and at the end of the window
+    overruns             dcim_poll_overruns_total summed over devices, during the window (from /metrics)
+    dropped              dcim_outbox_dropped_total during the window
+    outbox               the MQTT outbox's depth at the end of the window
+
+    python bench/bench_saturation.py --sizes 250 500 1000             # 60 s windows
+    python bench/bench_saturation.py --find 250                       # double N until < 95 % delivered
+    python bench/bench_saturation.py --sizes 500 --interval 0.2       # 5x the load of 500 at 1 s
+    python bench/bench_saturation.py --tree /tmp/dcim-427cd7a ...      # run another checkout's daemon
+    python bench/bench_saturation.py --sizes 1000 --py-spy 20          # py-spy top functions, 20 s
+
+The devices are served by a lean responder (`--serve`, in this file): the registers of each device are
+encoded once from the frozen plant with the project's simulator code, and each request is answered from
+them with one slice, about 10-20 us of CPU. `dcim simulate` (pymodbus' server, the plant refreshed on every
+request) costs several times what the daemon spends on a poll, and on two shared cores it saturates first,
+so the daemon's own limit would not be seen; `--pymodbus-sim` uses it anyway.
+
+`--tree` puts another source tree first on the daemon's and the simulator's PYTHONPATH (a `git archive`
+of an older commit): "before" and "after" figures with the same bench, broker and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchlib import cpu_seconds, free_ports, machine, rss_mib  # noqa: E402
+
+from tests.servers import Mosquitto  # noqa: E402
+
+PROFILE = "generic-cdu"
+
+
+def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port: int) -> Path:
+    devices: list[dict[str, Any]] = []
+    racks = []
+    for i, port in enumerate(free_ports(n), start=1):
+        devices.append({"id": f"cdu-{i}", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1",
+                        "port": port, "profile": PROFILE, "interval": f"{interval}s", "timeout": "2s",
+                        "retries": 0, "simulate": True})
+        racks.append({"id": f"R{i}", "cooling": "liquid", "power_budget_kw": 150, "cdu": f"cdu-{i}"})
+    config = {
+        "site": {"id": "bench"}, "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": racks}]}],
+        "devices": devices, "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
+        "state_dir": str(workdir / f"state-{n}"), "logging": {"level": "warning", "format": "json"},
+        "http": {"enabled": True, "host": "127.0.0.1", "port": http_port},
+        "ingest": {"enabled": False},
+    }
+    path = workdir / f"sat-{n}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    # The simulator's copy logs at info: its own "simulators ready" line is what the bench waits for.
+    (workdir / f"sat-{n}-simulate.yaml").write_text(
+        yaml.safe_dump({**config, "logging": {"level": "info", "format": "json"}}))
+    return path
+
+
+def serve(config_path: Path) -> None:
+    """The lean Modbus responder: read requests answered from registers encoded once (see the docstring)."""
+    from dcim.app.config import load_config
+    from dcim.drivers.modbus.config import ModbusDevice
+    from dcim.drivers.profiles import load_profile
+    from dcim.simulators.modbus import _Unit
+    from dcim.simulators.plant import Plant
+
+    config = load_config(config_path)
+    plant = Plant(config, frozen=True)
+    values_by_port: dict[int, dict[int, tuple[int, bytes]]] = {}
+    for device in config.devices:
+        assert isinstance(device, ModbusDevice)
+        unit = _Unit(plant, device, load_profile(device.profile))
+        values = plant.values(device.id)
+        tables: dict[int, tuple[int, bytes]] = {}
+        for function, table in ((3, "holding"), (4, "input")):
+            points = unit.tables[table]
+            if not points:
+                continue
+            low = min(p.address for p in points)
+            registers = [0] * (max(p.address + p.count for p in points) - low)
+            unit._refresh(table, low, registers, values)
+            tables[function] = (low, struct.pack(f">{len(registers)}H", *registers))
+        for function, table in ((1, "coil"), (2, "discrete")):
+            if not unit.tables[table]:
+                continue
+            size = max(p.address + 1 for p in unit.tables[table])
+            words = [0] * ((size + 15) // 16)
+            unit._refresh(table, 0, words, values)
+            # One byte per bit here; the answer packs them.
+            tables[function] = (0, bytes((words[a // 16] >> (a % 16)) & 1 for a in range(size)))
+        values_by_port[device.port] = tables
+
+    class Responder(asyncio.Protocol):
+        def __init__(self, tables: dict[int, tuple[int, bytes]]) -> None:
+            self.tables = tables
+            self.buffer = b""
+            self.transport: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while len(self.buffer) >= 12:
+                tid, _, length, unit_id, function, address, count = struct.unpack_from(">HHHBBHH", self.buffer)
+                frame_end = 6 + length
+                if len(self.buffer) < frame_end:
+                    return
+                self.buffer = self.buffer[frame_end:]
+                low, block = self.tables.get(function, (0, b""))
+                width = 1 if function in (1, 2) else 2
+                start, end = width * (address - low), width * (address - low + count)
+                if start < 0 or end > len(block):
+                    self.transport.write(struct.pack(">HHHBBB", tid, 0, 3, unit_id, function | 0x80, 2))
+                    continue
+                body = block[start:end]
+                if width == 1:
+                    body = bytes(sum(bit << i for i, bit in enumerate(body[j : j + 8])) for j in range(0, count, 8))
+                self.transport.write(struct.pack(">HHHBBB", tid, 0, 3 + len(body), unit_id, function, len(body))
+                                     + body)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for port, tables in values_by_port.items():
+            await loop.create_server(lambda t=tables: Responder(t), "127.0.0.1", port, reuse_address=True)  # type: ignore[misc]
+        print("simulators ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+class Subscriber:
+    """Counts delivered points and their latency, on paho's own network thread."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.lock = threading.Lock()
+        self.counting = False
+        self.points = 0
+        self.latencies: list[float] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sat-{os.getpid()}")
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe("dcim/bench/cdu/#", qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        now = time.time_ns()
+        if not self.counting:
+            return
+        points = 0
+        newest = 0
+        for line in message.payload.split(b"\n"):
+            head, _, ts = line.rpartition(b" ")
+            fields = head.split(b" ", 1)[-1]
+            # Good fields only: a line with BAD points carries quality= and quality_reason= besides them.
+            points += fields.count(b"=") - (2 if b"quality=" in fields else 0)
+            newest = max(newest, int(ts))
+        if points:
+            with self.lock:
+                self.points += points
+                self.latencies.append((now - newest) / 1e9)
+
+    def window(self, start: bool) -> tuple[int, list[float]]:
+        with self.lock:
+            self.counting = start
+            points, lat = self.points, self.latencies
+            self.points, self.latencies = 0, []
+        return points, lat
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def metrics(http_port: int) -> dict[str, float]:
+    """Sums over labels of the metrics the bench reports (0 when a metric does not exist in this version)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=30) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"^([a-z_]+)(\{[^}]*\})? ([0-9.e+-]+|NaN)$", line)
+        if match and match.group(3) != "NaN":
+            name = match.group(1)
+            if name in ("dcim_outbox_depth", "dcim_outbox_dropped_total") and 'outbox="mqtt"' not in line:
+                continue
+            sums[name] = sums.get(name, 0.0) + float(match.group(3))
+    return sums
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | None, py_spy: float,
+        pin: bool, pymodbus_sim: bool) -> dict[str, float]:
+    from dcim.drivers.profiles import load_profile
+
+    points_per_poll = len(load_profile(PROFILE).points)
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = f"{tree}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    with Mosquitto(workdir / f"mqtt-{n}-{interval}") as mqtt:
+        (http_port,) = free_ports(1)
+        path = config_for(n, interval, workdir, mqtt.port, http_port)
+        dcim = [sys.executable, "-m", "dcim.app.cli"]
+        log = (workdir / f"sat-{n}.log").open("wb")
+        sim_config = path.with_name(f"sat-{n}-simulate.yaml")
+        cwd = tree or REPO
+        # With --pin the simulators keep to CPU 1 and the daemon to CPU 0, so neither takes the other's core.
+        if pymodbus_sim:
+            sim_command = [*dcim, "simulate", "-c", str(sim_config), "--frozen"]
+        else:
+            sim_command = [sys.executable, str(Path(__file__).resolve()), "--serve", str(sim_config)]
+        sim = subprocess.Popen(sim_command, cwd=REPO, stdout=log, stderr=log,
+                               preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if pin else None)
+        subscriber = Subscriber(mqtt.port)
+        try:
+            deadline = time.monotonic() + 600
+            while "simulators ready" not in Path(log.name).read_text(errors="replace"):
+                if time.monotonic() > deadline or sim.poll() is not None:
+                    tail = Path(log.name).read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"simulators did not start:\n{tail}")
+                time.sleep(0.5)
+            daemon = subprocess.Popen([*dcim, "run", "-c", str(path)], cwd=cwd, env=env, stdout=log, stderr=log,
+                                      preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if pin else None)
+            try:
+                time.sleep(min(30.0, 5.0 + n / 100))  # warm-up: connections, first polls, imports
+                subscriber.window(True)
+                m0, cpu0, rss0, t0 = metrics(http_port), cpu_seconds(daemon.pid), rss_mib(daemon.pid), time.monotonic()
+                spy = None
+                if py_spy:
+                    spy = subprocess.Popen(
+                        [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(daemon.pid), "-d",
+                         str(int(py_spy)), "-r", "50", "-f", "raw", "-o", str(workdir / f"spy-{n}.txt")],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(seconds)
+                cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
+                points, latencies = subscriber.window(False)
+                m1, rss1 = metrics(http_port), rss_mib(daemon.pid)
+                if spy is not None:
+                    spy.wait()
+                    print(top_functions(workdir / f"spy-{n}.txt"), flush=True)
+            finally:
+                daemon.terminate()
+                daemon.wait(60)
+        finally:
+            subscriber.close()
+            sim.terminate()
+            sim.wait(60)
+    span = t1 - t0
+    return {
+        "devices": n, "interval": interval,
+        "offered": n * points_per_poll / interval,
+        "delivered": points / span,
+        "cpu_us": (cpu1 - cpu0) / points * 1e6 if points else float("nan"),
+        "cpu_pct": (cpu1 - cpu0) / span * 100,
+        "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
+        "rss0": rss0, "rss1": rss1,
+        "overruns": m1.get("dcim_poll_overruns_total", 0.0) - m0.get("dcim_poll_overruns_total", 0.0),
+        "dropped": m1.get("dcim_outbox_dropped_total", 0.0) - m0.get("dcim_outbox_dropped_total", 0.0),
+        "outbox": m1.get("dcim_outbox_depth", float("nan")),
+    }
+
+
+def top_functions(raw: Path, limit: int = 15) -> str:
+    """py-spy's raw (collapsed) stacks -> the functions with the most samples, self and total."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        samples += count
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  for f in stack.split(";") if f]
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + count
+    lines = [f"py-spy: {samples} samples; top functions by own samples (own %, total %)"]
+    for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:limit]:
+        lines.append(f"  {100 * count / samples:5.1f} % {100 * total[frame] / samples:5.1f} %  {frame}")
+    return "\n".join(lines)
+
+
+HEADER = (f"{'N':>6} {'interval':>8} {'offered/s':>10} {'delivered/s':>11} {'CPU us/pt':>9} {'CPU':>6} "
+          f"{'p50 s':>7} {'p99 s':>7} {'RSS MiB':>13} {'overruns':>9} {'dropped':>8} {'outbox':>7}")
+
+
+def line(r: dict[str, float]) -> str:
+    return (f"{r['devices']:>6.0f} {r['interval']:>8g} {r['offered']:>10.0f} {r['delivered']:>11.0f} "
+            f"{r['cpu_us']:>9.1f} {r['cpu_pct']:>5.0f}% {r['p50']:>7.2f} {r['p99']:>7.2f} "
+            f"{r['rss0']:>6.0f}->{r['rss1']:<6.0f} {r['overruns']:>9.0f} {r['dropped']:>8.0f} {r['outbox']:>7.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[])
+    parser.add_argument("--find", type=int, metavar="N0",
+                        help="from N0, double N until less than 95 %% of the offered points are delivered; "
+                             "then run 2x and 5x the last N that kept up")
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--tree", type=Path, help="run the daemon and simulators from this source tree")
+    parser.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--pin", action="store_true", help="daemon on CPU 0, simulators on CPU 1")
+    parser.add_argument("--pymodbus-sim", action="store_true", help="serve the devices with `dcim simulate`")
+    parser.add_argument("--workdir", type=Path, help="keep configurations and logs here (default: a temporary one)")
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    print(f"machine: {machine()}; load average at start: {os.getloadavg()}")
+    print(HEADER, flush=True)
+    with tempfile.TemporaryDirectory(prefix="dcim-sat-") as tmp:
+        if args.workdir:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.workdir)
+        def one(n: int) -> dict[str, float]:
+            r = run(n, args.interval, args.seconds, Path(tmp), args.tree, args.py_spy, args.pin, args.pymodbus_sim)
+            print(line(r), f"  load {os.getloadavg()[0]:.1f}", flush=True)
+            return r
+
+        for n in args.sizes:
+            one(n)
+        if args.find:
+            n, kept_up = args.find, 0
+            while True:
+                r = one(n)
+                if r["delivered"] < 0.95 * r["offered"]:
+                    break
+                kept_up, n = n, n * 2
+            if kept_up:
+                print(f"saturation: between {kept_up} and {n} devices at {args.interval:g} s", flush=True)
+                for factor in (2, 5):
+                    one(kept_up * factor)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The pipeline's admission: backpressure from the outboxes to the pollers, first come first served."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dcim.core.pipeline import Admission, Pipeline
+from dcim.core.samples import Batch, DeviceStatus, Sample
+from tests.helpers import wait_until
+
+
+class Backlog:
+    def __init__(self) -> None:
+        self.depth = 0
+        self.departed = 0
+
+    def leave(self, count: int) -> None:
+        self.depth -= count
+        self.departed += count
+
+
+async def test_without_backlogs_or_below_the_mark_polls_pass_at_once() -> None:
+    admission = Admission()
+    await admission.acquire()
+    backlog = Backlog()
+    admission.add_backlog("box", lambda: backlog.depth, lambda: backlog.departed, high=10)
+    backlog.depth = 9
+    await admission.acquire()
+    assert admission.held == 0
+
+
+async def test_over_the_mark_polls_wait_and_pass_in_order_as_the_backlog_drains() -> None:
+    admission = Admission(check_every=0.001, stall_after=3600)
+    backlog = Backlog()
+    admission.add_backlog("box", lambda: backlog.depth, lambda: backlog.departed, high=4)
+    backlog.depth = 10
+    passed: list[int] = []
+
+    async def poll(n: int) -> None:
+        await admission.acquire()
+        passed.append(n)
+        backlog.depth += 1  # its batch, in the outbox
+
+    tasks = []
+    for n in range(6):
+        tasks.append(asyncio.create_task(poll(n)))
+        await wait_until(lambda n=n: admission.waiting == n + 1)  # type: ignore[misc]
+    assert passed == []
+    backlog.leave(2)  # 8, still above the mark: half of what left passes (-> 9)
+    await wait_until(lambda: len(passed) == 1)
+    backlog.leave(6)  # 3, one below the mark: one passes (-> 4), then nothing while nothing leaves
+    await wait_until(lambda: len(passed) == 2)
+    assert admission.waiting == 4
+    backlog.leave(2)  # 2: two pass (-> 4)
+    await wait_until(lambda: len(passed) == 4)
+    backlog.leave(4)  # 0: the rest
+    await wait_until(lambda: len(passed) == 6)
+    assert passed == [0, 1, 2, 3, 4, 5]
+    assert admission.held == 6 and admission.waiting == 0
+    await asyncio.gather(*tasks)
+
+
+async def test_a_stalled_backlog_holds_nothing_back_until_it_moves_again() -> None:
+    admission = Admission(check_every=0.001, stall_after=0.01)
+    backlog = Backlog()
+    admission.add_backlog("box", lambda: backlog.depth, lambda: backlog.departed, high=4)
+    backlog.depth = 100  # a broker outage: nothing leaves
+    await admission.acquire()  # waits for stall_after, then passes: the outbox buffers the outage
+    assert admission.summary()["backlogs"]["box"]["stalled"] is True
+    await admission.acquire()
+    assert admission.held == 1
+    backlog.leave(1)  # the broker is back: backpressure again
+    assert admission.congested()
+
+
+async def test_a_backlog_whose_hop_is_down_holds_nothing_back() -> None:
+    admission = Admission(check_every=0.001, stall_after=3600)
+    backlog = Backlog()
+    up = False
+    admission.add_backlog("box", lambda: backlog.depth, lambda: backlog.departed, high=4, alive=lambda: up)
+    backlog.depth = 100
+    await admission.acquire()
+    assert admission.held == 0 and not admission.congested()
+    up = True
+    assert admission.congested()
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    admission = Admission(check_every=0.001, stall_after=3600)
+    backlog = Backlog()
+    admission.add_backlog("box", lambda: backlog.depth, lambda: backlog.departed, high=1)
+    backlog.depth = 5
+    task = asyncio.create_task(admission.acquire())
+    await wait_until(lambda: admission.waiting == 1)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert admission.waiting == 0
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+
+    def on_batch(self, batch: Batch) -> None:
+        self.batches.append(batch)
+
+    def on_status(self, status: DeviceStatus) -> None:
+        pass
+
+
+def test_derived_batches_wait_for_the_deferrable_sinks_the_latest_per_subject() -> None:
+    pipeline = Pipeline()
+    rules, publisher = Sink(), Sink()
+    pipeline.add_sink(rules)
+    pipeline.add_sink(publisher, deferrable=True)
+    backlog = Backlog()
+    pipeline.admission.add_backlog("box", lambda: backlog.depth, lambda: backlog.departed, high=2)
+
+    def rack(name: str, ts: int, kind: str = "rack") -> Batch:
+        return Batch(name, kind, ts, [Sample(name, "power_kw", 1.0, ts, measurement="rack")])
+
+    pipeline.publish_derived(rack("R1", 1))  # below the mark: at once, to both
+    assert len(rules.batches) == len(publisher.batches) == 1
+    backlog.depth = 2
+    for ts in (2, 3):
+        pipeline.publish_derived(rack("R1", ts))
+        pipeline.publish_derived(rack("R2", ts))
+    pipeline.publish_derived(rack("R1", 4, kind="alarm"))  # an event record is never held back
+    assert [b.ts_ns for b in rules.batches] == [1, 2, 2, 3, 3, 4]  # the rules see every one, at once
+    assert [(b.device, b.ts_ns) for b in publisher.batches] == [("R1", 1), ("R1", 4)]
+    assert pipeline.superseded == 2
+    backlog.leave(1)  # room for one: the oldest subject's latest batch
+    pipeline.publish(rack("cdu-1", 5, kind="cdu"))
+    assert [(b.device, b.ts_ns) for b in publisher.batches][-2:] == [("cdu-1", 5), ("R1", 3)]
+    backlog.leave(1)
+    pipeline.publish(rack("cdu-1", 6, kind="cdu"))
+    assert [(b.device, b.ts_ns) for b in publisher.batches][-2:] == [("cdu-1", 6), ("R2", 3)]
+
+
+async def test_polls_in_flight_are_bounded_in_order_and_offline_devices_take_no_slot() -> None:
+    admission = Admission(max_in_flight=2)
+    await admission.acquire()
+    await admission.acquire()
+    passed: list[str] = []
+
+    async def poll(name: str, capped: bool = True) -> None:
+        await admission.acquire(capped)
+        passed.append(name)
+
+    third = asyncio.create_task(poll("third"))
+    await wait_until(lambda: admission.waiting == 1)
+    fourth = asyncio.create_task(poll("fourth"))
+    await wait_until(lambda: admission.waiting == 2)
+    offline = asyncio.create_task(poll("offline", capped=False))  # behind them in line, but needs no slot
+    await wait_until(lambda: admission.waiting == 3)
+    admission.release()
+    await wait_until(lambda: passed == ["third"])
+    admission.release()
+    await wait_until(lambda: passed == ["third", "fourth", "offline"])
+    assert admission.in_flight == 2
+    admission.release(capped=False)
+    assert admission.in_flight == 2
+    await asyncio.gather(third, fourth, offline)

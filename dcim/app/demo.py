@@ -225,13 +225,15 @@ async def demo(config: Config, *, duration: float | None, faults: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     stop_on_signals(stop)
-    if duration is not None:
-        loop.call_later(duration, stop.set)
     try:
         async with asyncio.TaskGroup() as tg:
             listening = asyncio.Event()
             sims = tg.create_task(run_simulators(config, plant, ready=listening), name="simulators")
             await wait_listening(listening, sims)
+            # --duration counts from a served hall: building the OPC UA servers' address space alone can take
+            # longer than a short demo on a busy machine.
+            if duration is not None:
+                loop.call_later(duration, stop.set)
             helpers = [tg.create_task(watch_broker(config, view), name="demo-view"),
                        tg.create_task(show(view, sys.stdout.isatty()), name="demo-screen")]
             if faults:

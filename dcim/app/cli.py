@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import dcim
 from dcim import __version__
 from dcim.app.config import Config, ConfigError, json_schema, load_config
 from dcim.core.logs import setup_logging
@@ -277,7 +278,7 @@ EPILOG = """examples:
 
 `dcim COMMAND --help` describes each command."""
 
-# One example per subcommand of this module, shown at the end of `dcim COMMAND --help`.
+# One example per subcommand, shown at the end of `dcim COMMAND --help` (unless its module gives an epilog).
 EXAMPLES = {
     "run": "dcim run -c /etc/dcim/dcim.yaml",
     "check": "dcim check -c /etc/dcim/dcim.yaml",
@@ -288,11 +289,15 @@ EXAMPLES = {
     "demo": "dcim demo --duration 60",
     "share": "dcim share systemd ./units",
     "completion": "dcim completion zsh > ~/.zfunc/_dcim",
+    "alarms": "dcim alarms -c /etc/dcim/dcim.yaml ack KEY --user alice",
+    "write": "dcim write -c /etc/dcim/dcim.yaml cdu-1 supply_temp_setpoint_c 30 --dry-run",
+    "audit": "dcim audit -c /etc/dcim/dcim.yaml --verify",
+    "opcua-cert": "dcim opcua-cert --out-dir /etc/dcim/opcua",
 }
 
 
-def _describe(parser: argparse.ArgumentParser, sub: Any) -> None:
-    """Each subcommand's --help starts with its one-line summary and, for ours, ends with an example."""
+def _describe(sub: Any) -> None:
+    """Each subcommand's --help starts with its one-line summary and ends with an example."""
     for choice in sub._choices_actions:
         child = sub.choices[choice.dest]
         child.description = child.description or choice.help
@@ -303,7 +308,7 @@ def _describe(parser: argparse.ArgumentParser, sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcim", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Help)
-    where = Path(importlib.import_module("dcim").__file__ or "dcim").parent
+    where = Path(dcim.__file__ or "dcim").parent  # which dcim runs: a wheel's, a checkout's
     parser.add_argument("--version", action="version",
                         version=f"dcim {__version__} from {where} (Python {sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -328,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("ingest", help="run only the MQTT -> InfluxDB ingest")).set_defaults(func=cmd_ingest)
     demo = sub.add_parser("demo", help="simulated hall, embedded broker and the daemon, live")
     demo.add_argument("-c", "--config", default=None, help="configuration file (default: the packaged example hall)")
-    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--duration", type=float, default=None, help="stop this many seconds after the hall is served")
     demo.add_argument("--no-faults", action="store_true", help="do not inject the demo's faults")
     demo.set_defaults(func=cmd_demo)
     share = sub.add_parser("share", help="list or copy out the shipped examples, dashboards, systemd units")
@@ -342,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in (*COMMAND_MODULES, *(spec.commands for spec in PROTOCOLS if spec.commands)):
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
-    _describe(parser, sub)
+    _describe(sub)
     return parser
 
 

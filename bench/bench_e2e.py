@@ -12,6 +12,7 @@ is not counted; the daemon's CPU is read from /proc.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,8 @@ def config_for(n: int, workdir: Path, mqtt_port: int, influx_url: str) -> Path:
         "site": {"id": "bench"}, "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": racks}]}],
         "devices": devices, "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
         "influxdb": {"url": influx_url, "api": "v1", "database": "dcim"},
-        "state_dir": str(workdir / "state"), "logging": {"level": "warning", "format": "json"},
+        "state_dir": str(workdir / "state"),
+        "logging": {"level": os.environ.get("BENCH_LOG", "warning"), "format": "json"},  # BENCH_LOG=info to debug
         "http": {"enabled": False},
     }
     path = workdir / f"bench-{n}.yaml"
@@ -58,7 +60,7 @@ def stored_points(influx: InfluxDBv1, points_per_line: int) -> int:
     return int(rows[0]["count"]) * points_per_line if rows else 0
 
 
-def run(n: int, seconds: float, workdir: Path) -> dict[str, float]:
+def run(n: int, seconds: float, workdir: Path, profile: Path | None = None) -> dict[str, float]:
     points_per_line = len(load_profile("generic-cdu").points)
     with Mosquitto(workdir / f"mqtt-{n}") as mqtt, InfluxDBv1(workdir / f"influx-{n}") as influx:
         path = config_for(n, workdir, mqtt.port, influx.url)
@@ -77,9 +79,22 @@ def run(n: int, seconds: float, workdir: Path) -> dict[str, float]:
                 time.sleep(0.2)
             daemon = subprocess.Popen([*dcim, "run", "-c", str(path)], cwd=REPO, stdout=log, stderr=log)
             try:
-                time.sleep(min(10.0, 3.0 + n / 100))  # warm-up: connections, first polls, imports
+                # Warm-up: imports (slow on a busy machine), connections, first polls; measured only once points
+                # reach the database, and a few seconds more.
+                deadline = time.monotonic() + 180
+                while stored_points(influx, points_per_line) == 0 and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                time.sleep(min(10.0, 3.0 + n / 100))
                 cpu0, points0, t0 = cpu_seconds(daemon.pid), stored_points(influx, points_per_line), time.monotonic()
+                spy = None
+                if profile is not None:
+                    # Every thread of the daemon, sampled during the measured window, as collapsed stacks.
+                    spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-p",
+                                            str(daemon.pid), "-d", str(int(seconds)), "-r", "50", "-f", "raw",
+                                            "-o", str(profile / f"e2e-{n}.txt")], stdout=log, stderr=log)
                 time.sleep(seconds)
+                if spy is not None:
+                    spy.wait(60)
                 cpu1, points1, t1 = cpu_seconds(daemon.pid), stored_points(influx, points_per_line), time.monotonic()
                 rss = rss_mib(daemon.pid)
             finally:
@@ -104,6 +119,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", type=int, nargs="*")
     parser.add_argument("--seconds", type=float)
+    parser.add_argument("--py-spy", type=Path, metavar="DIR",
+                        help="record the daemon with py-spy during each window; collapsed stacks to DIR/e2e-N.txt")
     args = parser.parse_args()
     sizes = args.sizes or ([10, 100] if args.quick else [10, 100, 500])
     seconds = args.seconds or (10.0 if args.quick else 30.0)
@@ -112,7 +129,7 @@ def main() -> None:
           f"{'daemon CPU':>11} {'RSS MiB':>8}")
     with tempfile.TemporaryDirectory(prefix="dcim-bench-") as tmp:
         for n in sizes:
-            r = run(n, seconds, Path(tmp))
+            r = run(n, seconds, Path(tmp), args.py_spy)
             print(f"{n:>6} {r['expected_pps']:>15.0f} {r['points_per_s']:>13.0f} {r['cpu_s_per_1000']:>15.4f} "
                   f"{r['cpu_pct']:>10.1f}% {r['rss_mib']:>8.1f}", flush=True)
 

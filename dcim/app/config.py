@@ -34,85 +34,145 @@ Device = DeviceBase
 
 
 class Tls(StrictModel):
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
+    """TLS to the MQTT broker (port 8883 by convention). Omit the section for a plain connection."""
+
+    ca_file: str | None = Field(default=None, examples=["/etc/dcim/tls/ca.pem"])
+    """PEM bundle of the CA(s) that signed the broker's certificate; the system's trust store when not set."""
+    cert_file: str | None = Field(default=None, examples=["/etc/dcim/tls/dcim.crt"])
+    """Client certificate (PEM), for a broker that authenticates clients by certificate."""
+    key_file: str | None = Field(default=None, examples=["/etc/dcim/tls/dcim.key"])
+    """Private key of `cert_file` (PEM, unencrypted; keep the file readable by the service only)."""
     insecure: bool = False
+    """Skip the check of the broker's certificate and host name. Lab use only: anyone on the path can
+    impersonate the broker."""
 
 
 class MqttConfig(StrictModel):
-    # No host: `dcim demo` starts an embedded broker; `dcim run` publishes nothing and says so.
-    host: str | None = None
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")] = "dcim"
+    """The MQTT broker every reading, status and alarm is published to."""
+
+    host: str | None = Field(default=None, examples=["mqtt.facility.example", "10.20.0.5"])
+    """Broker host name or address. Not set: `dcim demo` starts an embedded broker; `dcim run` publishes
+    nothing and says so at start."""
+    port: Annotated[int, Field(ge=1, le=65535, examples=[1883, 8883])] = 1883
+    """Broker TCP port: 1883 plain, 8883 with `tls`."""
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", examples=["dcim", "site1/dcim"])] = \
+        "dcim"
+    """First level(s) of every topic: `{prefix}/{site}/{kind}/{device}`. Give the broker's ACL this prefix."""
     client_id: str | None = None
-    username: str | None = None
+    """MQTT client id; default: dcim-publisher-<host name> (and dcim-ingest-... for the ingest)."""
+    username: str | None = Field(default=None, examples=["dcim"])
+    """User name for the broker's authentication."""
     password: Secret | None = None
+    """Password for `username`, as a reference (env:NAME, file:PATH or credential:NAME), never inline."""
     tls: Tls | None = None
+    """TLS settings; not set: a plain TCP connection."""
     payload: Literal["line", "json"] = "line"
-    # MQTT 5 gives the ingest shared subscriptions; 3.1.1 is for brokers that lack 5 (the demo's embedded one).
+    """Payload format: InfluxDB line protocol (readable by Telegraf's mqtt_consumer too) or JSON."""
     protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT protocol version (quoted in YAML: "5"). The ingest's shared subscriptions need 5; 3.1.1 is for
+    brokers that lack it."""
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
-    # Durable outbox between the pipeline and the broker.
+    """Seconds between MQTT pings when idle; the broker drops the session after 1.5 times this in silence."""
     outbox_max_messages: Annotated[int, Field(ge=100)] = 200_000
-    # The longest wait between two connection attempts: also how late delivery may resume after an outage.
+    """Bound of the durable outbox (on disk, in state_dir) that holds messages while the broker is away;
+    alarms go out before telemetry, and past the bound the oldest telemetry is dropped first, and counted."""
     reconnect_max: PositiveDuration = 5.0
+    """Longest wait between two connection attempts (seconds or e.g. "5s"): also how late delivery may resume
+    after the broker returns."""
 
 
 class InfluxConfig(StrictModel):
-    url: Annotated[str, Field(pattern=r"^https?://")] = "http://127.0.0.1:8086"
-    # v2: the /api/v2/write API through influxdb-client (InfluxDB 2.x, 3.x, 1.8+, VictoriaMetrics);
-    # v1: the /write endpoint, for InfluxDB before 1.8.
+    """Where the ingest stores readings. Not set: nothing is written to a database by this process."""
+
+    url: Annotated[str, Field(pattern=r"^https?://", examples=["http://influxdb.facility.example:8086"])] = \
+        "http://127.0.0.1:8086"
+    """Base URL of InfluxDB (or VictoriaMetrics), without a path."""
     api: Literal["v2", "v1"] = "v2"
+    """Write API: v2 (/api/v2/write: InfluxDB 1.8+, 2.x, 3.x, VictoriaMetrics) or v1 (/write: InfluxDB before
+    1.8). v2 uses `org`, `bucket`, `token`; v1 uses `database`, `retention_policy`, `username`, `password`."""
     org: str = "dcim"
+    """InfluxDB 2.x organisation (api v2)."""
     bucket: str = "dcim"
+    """InfluxDB 2.x bucket, or "database/retention-policy" for InfluxDB 1.8+ through the v2 API (api v2)."""
     token: Secret | None = None
+    """API token (api v2), as a reference. InfluxDB 1.8 takes "username:password" as its token."""
     database: str = "dcim"
-    retention_policy: str | None = None
-    username: str | None = None
+    """Database name (api v1)."""
+    retention_policy: str | None = Field(default=None, examples=["raw_30d"])
+    """Retention policy written to (api v1); the database's default policy when not set."""
+    username: str | None = Field(default=None, examples=["dcim"])
+    """User name (api v1)."""
     password: Secret | None = None
+    """Password of `username` (api v1), as a reference."""
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    """Lines per write request, at most."""
     flush_interval: PositiveDuration = 1.0
+    """A batch that is not full is written after this long (seconds or e.g. "1s")."""
     timeout: PositiveDuration = 10.0
+    """Timeout of one write request; a timed-out batch stays in the outbox and is retried."""
     outbox_max_lines: Annotated[int, Field(ge=1000)] = 2_000_000
+    """Bound of the durable outbox (in state_dir) holding lines while the database is away; past it the
+    oldest are dropped and counted."""
 
 
 class IngestConfig(StrictModel):
-    # Run the ingest (MQTT -> InfluxDB) inside the daemon; `dcim ingest` runs it alone.
+    """The MQTT -> InfluxDB ingest (docs/ingest.md)."""
+
     enabled: bool = True
-    # MQTT 5 shared subscription group: workers in one group split the messages between them.
+    """Run the ingest inside `dcim run` when `influxdb` is set; false when separate hosts run `dcim ingest`."""
+    source: Literal["local", "broker"] = "local"
+    """Inside a daemon that polls: local stores the daemon's own readings in-process (the payload published on
+    MQTT, encoded once; no round trip through the broker, stored even while the broker is away); broker
+    subscribes to the broker instead, like `dcim ingest`, and then also stores what other daemons publish
+    there. `dcim ingest` always takes from the broker."""
     group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "dcim-ingest"
-    # MQTT client id of this worker; stable across restarts (its broker session holds what arrives while it
-    # is away). Default: dcim-ingest-<hostname>-<hash of state_dir>-<group>, distinct per instance.
+    """MQTT 5 shared-subscription group: ingest workers in one group split the messages between them."""
     client_id: str | None = None
-    # Every message is checked before it is queued (docs/ingest.md). A larger message is dropped whole.
+    """MQTT client id of this worker, stable across restarts (the broker keeps its session while it is away).
+    Default: dcim-ingest-<hostname>-<hash of state_dir>-<group>, distinct per instance."""
     max_message_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
+    """A larger MQTT message is dropped whole (and counted)."""
     max_line_bytes: Annotated[int, Field(ge=256)] = 64 * 1024
-    # A line stamped later than now + this comes from a clock gone wrong and is dropped.
+    """A longer line of line protocol is dropped (and counted); the rest of its message is kept."""
     max_clock_ahead: PositiveDuration = 86_400.0
-    # Keep dropped messages (and the bad lines of kept ones) in state_dir/ingest-dead-letters.jsonl; at the
-    # bound the file becomes .jsonl.1 (one older file kept) and a new one starts.
+    """A line stamped later than now plus this comes from a clock gone wrong and is dropped."""
     dead_letter: bool = False
+    """Keep dropped messages and bad lines in state_dir/ingest-dead-letters.jsonl for inspection."""
     dead_letter_max_bytes: Annotated[int, Field(ge=4096)] = 16 * 1024 * 1024
-    # Extra write requests per batch spent finding the lines a database refuses with the whole batch.
+    """Size at which the dead-letter file is rotated to .jsonl.1 (one older file kept)."""
     max_bisect_requests: Annotated[int, Field(ge=0, le=64)] = 16
+    """Extra write requests per batch spent finding the lines a database refuses along with the whole batch."""
 
 
 class LoggingConfig(StrictModel):
+    """The daemon's log on stderr (the journal under systemd)."""
+
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level logged."""
     format: Literal["auto", "json", "console"] = "auto"
+    """json: one JSON object per line (for log shippers); console: for a terminal; auto: console on a
+    terminal, json otherwise."""
 
 
 class HttpConfig(StrictModel):
+    """The HTTP API (docs/http-api.md)."""
+
     enabled: bool = True
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 8470
+    """Serve the HTTP API."""
+    host: str = Field(default="127.0.0.1", examples=["127.0.0.1", "0.0.0.0"])
+    """Address to listen on; the loopback address by default, so only this host can reach it."""
+    port: Annotated[int, Field(ge=0, le=65535, examples=[8470])] = 8470
+    """TCP port to listen on (0: any free port, logged at start)."""
     token: Secret | None = None
+    """Bearer token that state-changing calls (acknowledge, shelve, maintenance, writes) must present, as a
+    reference. Not set: those calls are refused."""
 
 
 class SystemdConfig(StrictModel):
-    # WATCHDOG=1 is sent at this interval when $NOTIFY_SOCKET is set (default: half of $WATCHDOG_USEC).
+    """Integration with systemd (Type=notify units)."""
+
     watchdog_interval: Duration | None = None
+    """Interval of the WATCHDOG=1 pings when $NOTIFY_SOCKET is set; default: half the unit's WatchdogSec."""
 
 
 class Config(StrictModel):
@@ -120,17 +180,30 @@ class Config(StrictModel):
     through `Config` validates through `config_model()`, the model built from the protocol registry."""
 
     site: Site
+    """The site this daemon serves: its id is the second level of every MQTT topic and a tag of every series."""
     rooms: list[Room] = Field(default_factory=list)
+    """The topology: rooms, their rows, their racks (budgets, feeds, cooling)."""
     devices: list[Device] = Field(default_factory=list)
+    """The PDUs, CDUs and chillers polled, one entry each; `protocol` selects the fields that apply."""
     mqtt: MqttConfig = MqttConfig()
+    """The MQTT broker readings, statuses and alarms are published to."""
     influxdb: InfluxConfig | None = None
+    """The time-series database the ingest writes to; not set: no ingest in this process."""
     ingest: IngestConfig = IngestConfig()
+    """The MQTT -> InfluxDB ingest's limits and identity."""
     logging: LoggingConfig = LoggingConfig()
+    """Log level and format."""
     http: HttpConfig = HttpConfig()
+    """The HTTP API (alarms, acknowledgements, writes, metrics)."""
     systemd: SystemdConfig = SystemdConfig()
+    """systemd integration (watchdog)."""
     rules: RulesConfig = RulesConfig()
-    state_dir: str = "state"
-    profile_dirs: list[str] = Field(default_factory=list)
+    """The rule engine: built-in rule packs, own rules, overrides, notifications and control actions."""
+    state_dir: str = Field(default="state", examples=["state", "/var/lib/dcim/state"])
+    """Directory of the durable state: outboxes, alarm store, audit log, lock. A relative path is taken from the
+    working directory (the unit's StateDirectory under systemd)."""
+    profile_dirs: list[str] = Field(default_factory=list, examples=[["/etc/dcim/profiles"]])
+    """Extra directories of device profiles (YAML); a profile here replaces a built-in of the same name."""
 
     def racks(self) -> Iterator[tuple[Room, Row, Rack]]:
         for room in self.rooms:
@@ -174,7 +247,7 @@ def _config_model(version: int) -> type[Config]:
     device: Any = models[0] if len(models) == 1 else Annotated[Union[models], Field(discriminator="protocol")]  # noqa: UP007
     built: type[Config] = create_model(
         "Config", __base__=Config, __module__=__name__,
-        devices=(list[device], Field(default_factory=list)),
+        devices=(list[device], Field(default_factory=list, description=Config.model_fields["devices"].description)),
     )
     return built
 

@@ -3,8 +3,8 @@
     device:<id>        one coordinator per device (poll loop or subscription)
     outbox:<name>      outbox writers (memory -> disk)
     mqtt-publisher     outbox -> broker
-    ingest-receive     broker -> ingest outbox          (when influxdb is configured and ingest enabled)
-    ingest-write       ingest outbox -> database
+    ingest-receive     broker -> ingest outbox          (ingest.source: broker, or `dcim ingest`)
+    ingest-write       ingest outbox -> database        (the publisher hands it its payloads when source: local)
     rules              derived metrics, alarm timers     (rules/)
     http-api           /healthz, /metrics, /api/v1/...
     ready-watch        READY, STATUS and the watchdog under systemd (not critical: it ends without systemd)
@@ -17,8 +17,9 @@ taken before any long-running task starts: such a failure is one line and exit s
 configured (dcim.app.instance.StartupError).
 
 Shutdown (SIGTERM, SIGINT, or `stop` set): the producers stop first, then the publisher drains its outbox
-to the broker and the ingest drains the broker to the database, each for a bounded time; what is still
-queued stays in the outboxes on disk for the next start. Nothing is lost either way.
+to the broker and the ingest drains its outbox (and the broker, when it takes from there) to the database,
+each for a bounded time; what is still queued stays in the outboxes on disk for the next start. Nothing is
+lost either way.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import structlog
 from dcim.app import sdnotify
 from dcim.app.config import Config, ConfigError, Device, load_config
 from dcim.app.http_api import HttpApi
-from dcim.app.ingest import Ingest
+from dcim.app.ingest import Ingest, LocalFeed
 from dcim.app.instance import InstanceLock, StartupError, instance_tag
 from dcim.app.poller import DeviceCoordinator, make_driver
 from dcim.app.publisher import MqttPublisher
@@ -107,20 +108,28 @@ class Daemon:
             if not device.enabled or not poll:
                 continue
             self.coordinators[device.id] = self._coordinator(device, extra)
-        if config.mqtt.host and run_ingest and config.influxdb is not None:
+        # The daemon's own readings reach the in-process ingest without the broker (ingest.source: local).
+        local = poll and config.ingest.source == "local"
+        if (config.mqtt.host or local) and run_ingest and config.influxdb is not None:
             ingest_box = Outbox(self.state_dir / "ingest-outbox.sqlite", name="ingest",
                                 max_items=config.influxdb.outbox_max_lines, writer=self.writer)
             self.outboxes.append(ingest_box)
-            self.ingest = Ingest(config, ingest_box)
+            self.ingest = Ingest(config, ingest_box, local=local)
         if config.mqtt.host and poll:
             box = Outbox(self.state_dir / "mqtt-outbox.sqlite", name="mqtt",
                          max_items=config.mqtt.outbox_max_messages, writer=self.writer)
             self.outboxes.append(box)
-            gate = self.ingest.subscribed if self.ingest is not None else None
+            # Only an ingest that takes from the broker must be subscribed before anything is sent.
+            gate = self.ingest.subscribed if self.ingest is not None and not self.ingest.local else None
             self.publisher = MqttPublisher(config.mqtt, self.topology, box, gate=gate, instance=self.instance)
             self.pipeline.add_sink(self.publisher)
             if self.rules is not None:
                 self.rules.alarm_outlet = self.publisher
+        if self.ingest is not None and self.ingest.local:
+            if self.publisher is not None and config.mqtt.payload != "json":
+                self.publisher.tee = self.ingest.put_local  # the published bytes themselves
+            else:
+                self.pipeline.add_sink(LocalFeed(self.ingest, self.topology))
         # The one write path (rules.writes): rule actions and the HTTP API write through it, audited.
         self.audit = AuditLog(self.state_dir / "audit.log")
         self.guard = WriteGuard(config.rules.control, self.topology, drivers=self._driver,
@@ -250,7 +259,8 @@ class Daemon:
                 else:
                     log.warning("mqtt.host is not set: samples are not published (rules still run)")
                 if self.ingest is not None:
-                    start("ingest-receive", self.ingest.receive)
+                    if not self.ingest.local:
+                        start("ingest-receive", self.ingest.receive)
                     start("ingest-write", self.ingest.write_loop)
                 for coordinator in self.coordinators.values():
                     self._start_device(coordinator)

@@ -11,6 +11,13 @@ ingest outbox on disk. Only then is the message acknowledged to the broker (manu
 killed at any moment loses nothing: the broker sends what was not acknowledged again, and InfluxDB stores a
 point sent twice once. Dropped messages and lines can be kept in a bounded dead-letter file.
 
+Inside a daemon that polls, the ingest takes that daemon's own readings in-process by default
+(`ingest.source: local`): the publisher hands it the very payload it encoded for MQTT, queued as one item, so
+a reading is encoded once and never makes the round trip out through the broker and back; the broker stays
+the wire for everyone else, and for ingest workers on other hosts (`source: broker`, and always `dcim ingest`).
+Those payloads are the daemon's own encoding, so the checks above (made for messages from anyone) are not
+run on them.
+
 The writer task takes up to `batch_size` lines, writes them, and acknowledges them in the outbox only after
 the database said yes. A database that is down is retried with capped backoff (nothing lost while the outage
 fits the outbox). A refusal is rare after the checks (a field type conflict with what is stored): InfluxDB
@@ -36,12 +43,15 @@ from paho.mqtt.properties import Properties
 
 from dcim.app.config import Config
 from dcim.app.instance import instance_tag
-from dcim.app.publisher import CONNECTED, protocol, tls_context
+from dcim.app.publisher import CONNECTED, PRIORITY_EVENT, PRIORITY_TELEMETRY, protocol, status_batch, tls_context
 from dcim.app.writers import RejectedWriteError, RetryableWriteError, Writer, make_writer
 from dcim.core.backoff import Backoff
 from dcim.core.linecheck import Invalid, Limits, check_line, json_lines
+from dcim.core.lineproto import encode_batch
 from dcim.core.metrics import REGISTRY
 from dcim.core.outbox import Item, Outbox
+from dcim.core.samples import Batch, DeviceStatus
+from dcim.core.topology import Topology
 
 log = structlog.get_logger(__name__)
 
@@ -114,13 +124,20 @@ def ingest_client_id(config: Config) -> str:
     return f"dcim-ingest-{instance_tag(config.state_dir)}-{config.ingest.group}"
 
 
+def _lines(item: Item) -> int:
+    """Lines in an item: one from the broker path, a whole poll's from the local path."""
+    return item.payload.count(b"\n") + 1
+
+
 class Ingest:
-    def __init__(self, config: Config, outbox: Outbox, writer: Writer | None = None) -> None:
+    def __init__(self, config: Config, outbox: Outbox, writer: Writer | None = None, *, local: bool = False) -> None:
         if config.influxdb is None:
             raise ValueError("influxdb is not configured")
-        if config.mqtt.host is None:
+        if config.mqtt.host is None and not local:
             raise ValueError("mqtt.host is not set")
         self.config = config
+        # In-process: fed by `put_local` (the daemon's own readings), subscribed to nothing.
+        self.local = local
         self.influx = config.influxdb
         self.outbox = outbox
         self.writer = writer or make_writer(config.influxdb)
@@ -134,12 +151,23 @@ class Ingest:
         self.dropped_messages = 0
         self.requests = 0
         self._last_message = 0.0
+        # Lines per outbox item, as seen: how many items make a batch of `batch_size` lines.
+        self._lines_per_item = 1.0
         self._warned_topics: set[str] = set()
         self._rejections_logged = 0
         self.dead_letters = (
             DeadLetters(Path(config.state_dir) / "ingest-dead-letters.jsonl", config.ingest.dead_letter_max_bytes)
             if config.ingest.dead_letter else None
         )
+        if local:
+            self.subscribed.set()  # nothing to subscribe to: it takes what it is given from the start
+
+    # ---- local side: the daemon's own readings ------------------------------------------------------
+
+    def put_local(self, payload: bytes, priority: int) -> None:
+        """A line-protocol payload this daemon encoded (the publisher's own): queued whole, never blocks."""
+        self._last_message = asyncio.get_running_loop().time()
+        self.outbox.put("local", payload, priority)
 
     # ---- MQTT side ----------------------------------------------------------------------------------
 
@@ -320,7 +348,7 @@ class Ingest:
         down_logged = False
         try:
             while True:
-                items = await self.outbox.take(self.influx.batch_size)
+                items, lines = self._trim(await self.outbox.take(self._take_limit()))
                 try:
                     await self._write(items)
                 except RetryableWriteError as err:
@@ -336,11 +364,28 @@ class Ingest:
                 backoff.reset()
                 # Lines the database refused go too: a line found bad once is never sent again.
                 await self.outbox.ack(items)
-                if len(items) < self.influx.batch_size:
+                if lines < self.influx.batch_size:
                     # Let a small batch grow for a moment rather than writing line by line.
                     await asyncio.sleep(min(self.influx.flush_interval, 0.2))
         finally:
             await self.writer.close()
+
+    def _take_limit(self) -> int:
+        return max(1, int(self.influx.batch_size / self._lines_per_item))
+
+    def _trim(self, items: list[Item]) -> tuple[list[Item], int]:
+        """At most `batch_size` lines (at least one item); what is left is taken again next time."""
+        kept: list[Item] = []
+        lines = 0
+        for item in items:
+            n = _lines(item)
+            if kept and lines + n > self.influx.batch_size:
+                break
+            kept.append(item)
+            lines += n
+        if kept:
+            self._lines_per_item = max(1.0, 0.8 * self._lines_per_item + 0.2 * lines / len(kept))
+        return kept, lines
 
     async def _write(self, items: list[Item]) -> None:
         await self._write_part(items, [self.config.ingest.max_bisect_requests])
@@ -352,22 +397,23 @@ class Ingest:
             REQUESTS.inc()
             await self.writer.write([i.payload for i in items])
         except RejectedWriteError as err:
+            lines = sum(_lines(i) for i in items)
             if err.partial:
                 # The database stored the rest and said so: nothing to resend.
-                refused = min(len(items), max(1, err.dropped or 1))
+                refused = min(lines, max(1, err.dropped or 1))
                 self._rejected(refused, "database", err, None)
-                self._written(len(items) - refused)
+                self._written(lines - refused)
             elif len(items) == 1:
-                self._rejected(1, "database", err, items[0])
+                self._rejected(lines, "database", err, items[0])
             elif budget[0] < 2:
-                self._rejected(len(items), "database_unresolved", err, None)
+                self._rejected(lines, "database_unresolved", err, None)
             else:
                 budget[0] -= 2
                 half = len(items) // 2
                 await self._write_part(items[:half], budget)
                 await self._write_part(items[half:], budget)
             return
-        self._written(len(items))
+        self._written(sum(_lines(i) for i in items))
 
     def _written(self, count: int) -> None:
         self.written += count
@@ -399,3 +445,21 @@ class Ingest:
                 return True
             await asyncio.sleep(0.05)
         return False
+
+
+class LocalFeed:
+    """A pipeline sink that feeds the in-process ingest when the publisher does not (no MQTT, or MQTT with
+    JSON payloads): it encodes each batch as line protocol, as the publisher would, and queues it."""
+
+    def __init__(self, ingest: Ingest, topology: Topology) -> None:
+        self.ingest = ingest
+        self.topology = topology
+
+    def on_batch(self, batch: Batch) -> None:
+        lines = encode_batch(batch, self.topology.tags(batch.device))
+        if lines:
+            priority = PRIORITY_EVENT if batch.kind == "alarm" else PRIORITY_TELEMETRY
+            self.ingest.put_local("\n".join(lines).encode(), priority)
+
+    def on_status(self, status: DeviceStatus) -> None:
+        self.on_batch(status_batch(status))

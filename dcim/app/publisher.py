@@ -18,6 +18,7 @@ import asyncio
 import json
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
@@ -66,6 +67,14 @@ def client_id(config: MqttConfig, role: str, instance: str | None = None) -> str
     return config.client_id or f"dcim-{role}-{instance or socket.gethostname()}"
 
 
+def status_batch(status: DeviceStatus) -> Batch:
+    """A device's status change as a `device_status` batch (stored like any reading: online, error)."""
+    return Batch(status.device, "device_status", status.ts_ns, [
+        Sample(status.device, "online", status.online, status.ts_ns, tags=(("kind", status.kind),)),
+        Sample(status.device, "error", status.error, status.ts_ns, tags=(("kind", status.kind),)),
+    ])
+
+
 def batch_json(batch: Batch, tags: tuple[tuple[str, str], ...]) -> bytes:
     return json.dumps({
         "device": batch.device,
@@ -96,6 +105,8 @@ class MqttPublisher:
         # Set while the in-process ingest is subscribed: after a broker restart that lost every session,
         # what the outbox sends before the ingest is back would reach no subscriber.
         self._gate = gate
+        # The in-process ingest's `put_local` (ingest.source: local), given each line-protocol payload.
+        self.tee: Callable[[bytes, int], None] | None = None
 
     # ---- sink side: never blocks ------------------------------------------------------------------
 
@@ -110,6 +121,9 @@ class MqttPublisher:
             payload = "\n".join(lines).encode()
         priority = PRIORITY_EVENT if batch.kind == "alarm" else PRIORITY_TELEMETRY
         self.outbox.put(f"{self.base}/{batch.kind}/{batch.device}", payload, priority)
+        if self.tee is not None and self.config.payload != "json":
+            # The in-process ingest stores the very bytes published: one encoding per batch.
+            self.tee(payload, priority)
 
     def on_status(self, status: DeviceStatus) -> None:
         payload = json.dumps({
@@ -119,10 +133,7 @@ class MqttPublisher:
         self.outbox.put(f"{self.base}/status/{status.device}", payload, PRIORITY_EVENT, retain=True)
         # The same change as a `device_status` line, which the ingest stores like any other (the retained
         # JSON above it skips): dashboards show devices online / offline from the database.
-        self.on_batch(Batch(status.device, "device_status", status.ts_ns, [
-            Sample(status.device, "online", status.online, status.ts_ns, tags=(("kind", status.kind),)),
-            Sample(status.device, "error", status.error, status.ts_ns, tags=(("kind", status.kind),)),
-        ]))
+        self.on_batch(status_batch(status))
 
     def alarm_changed(self, event: AlarmEvent) -> None:
         topic = f"{self.base}/alarms/{event.subject}/{event.rule}"

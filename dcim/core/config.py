@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 DeviceKind = Literal["pdu", "cdu", "chiller"]
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
@@ -28,14 +28,35 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+# The JSON Schema of a duration says what `parse_duration` accepts: a number of seconds, or a string of a
+# number and a unit (ms, s, m, h, any case, blanks allowed around). Written out here because pydantic would
+# describe only the float the validator produces, and editors would flag every "30s" of a valid file.
+_DURATION_TEXT = r"^\s*\+?{nonzero}(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*([mM][sS]|[sSmMhH])?\s*$"
+_DURATION_EXAMPLES = ["30s", "500ms", "5m", "1h", 2.5]
+
+
+def _duration_schema(*, positive: bool) -> dict[str, Any]:
+    bound = {"exclusiveMinimum": 0} if positive else {"minimum": 0}
+    # A positive duration's text needs a non-zero digit before any exponent ("0s" and "0.0ms" are refused).
+    text = _DURATION_TEXT.format(nonzero="(?=[0.]*[1-9])" if positive else "")
+    return {"anyOf": [{"type": "number", **bound}, {"type": "string", "pattern": text}],
+            "examples": _DURATION_EXAMPLES}
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0),
+                     WithJsonSchema(_duration_schema(positive=False))]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0),
+                             WithJsonSchema(_duration_schema(positive=True))]
 
 
 class StrictModel(BaseModel):
-    """Configuration base: unknown keys are errors, so a typo never passes silently."""
+    """Configuration base: unknown keys are errors, so a typo never passes silently.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Each field's docstring (the string literal under it) is its description in `dcim schema`, which editors
+    show on hover: write it for the engineer who fills in the file. tests/config/test_schema.py fails on a
+    field without one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def error_path(loc: tuple[int | str, ...]) -> str:

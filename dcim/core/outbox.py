@@ -211,7 +211,10 @@ class Outbox:
         try:
             # Submitted before the first await that could let a `take` in: the writer runs jobs in
             # order, so a `take` issued after this sees the batch.
-            write = await self._db.submit(_insert, rows, acked, self.max_items)
+            # `_on_disk` never counts fewer rows than the file holds when this job runs (rows are only
+            # added by this task, one batch at a time, and removed by jobs queued before), so the job needs
+            # no count(*) (milliseconds at a large backlog) unless the bound may be reached.
+            write = await self._db.submit(_insert, rows, acked, self.max_items, self._on_disk)
         except BaseException:
             self._writing = False
             self._rebuffer(batch)
@@ -283,8 +286,8 @@ class Outbox:
                 else:
                     items = [Item(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows
                              if r[0] not in self._acked]
-                    if not rows:
-                        self._on_disk = 0
+                    if not rows and not self._writing:
+                        self._on_disk = 0  # (a write in flight adds its rows when it is done)
             if self._error and self._buffered:
                 # The disk is away: what waits in memory goes out from there, after what is on disk
                 # (older), alarms and status first.
@@ -358,7 +361,9 @@ def _open(db: sqlite3.Connection) -> int:
 
 
 def _insert(db: sqlite3.Connection, rows: list[tuple[int, str, bytes, int]], acked: list[int],
-            max_items: int) -> tuple[int, int]:
+            max_items: int, at_most: int) -> tuple[int, int]:
+    """Delete the acknowledged ids, insert `rows`, drop the oldest low-priority rows over `max_items`.
+    `at_most`: no fewer rows than the table holds before this job."""
     deleted = 0
     if acked:
         before = db.total_changes
@@ -367,6 +372,8 @@ def _insert(db: sqlite3.Connection, rows: list[tuple[int, str, bytes, int]], ack
     if not rows:
         return 0, deleted
     db.executemany("INSERT INTO outbox (priority, key, payload, retain) VALUES (?, ?, ?, ?)", rows)
+    if at_most - deleted + len(rows) <= max_items:
+        return 0, deleted
     count: int = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
     excess = count - max_items
     if excess > 0:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, SecretStr
+from pydantic import BeforeValidator, SecretStr, WithJsonSchema
 
 FORMS = "env:NAME, file:PATH or credential:NAME"
 
@@ -44,7 +44,16 @@ def resolve_secret(value: Any) -> Any:
         raise ValueError(f"cannot read secret file {path}: {err.strerror}") from None
 
 
-Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+# The JSON Schema admits references only, as `resolve_secret` does: an inline secret is flagged in the editor
+# already. Whether the variable, file or credential exists is known only where the daemon runs.
+_SCHEMA = {
+    "type": "string",
+    "pattern": r"^(env|file|credential):[\s\S]",
+    "writeOnly": True,
+    "examples": ["env:INFLUX_TOKEN", "file:/etc/dcim/influx.token", "credential:influx-token"],
+}
+
+Secret = Annotated[SecretStr, BeforeValidator(resolve_secret), WithJsonSchema(_SCHEMA)]
 
 
 def redact_url(url: str) -> str:

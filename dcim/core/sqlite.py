@@ -13,7 +13,8 @@ connection; the writer runs them one after the other in the order they were subm
 can never land out of order, whichever task or thread submitted them.
 
 Jobs queued together share one transaction per file (group commit): each job runs in a savepoint of its
-own, so a job that raises undoes only itself and its caller gets the exception; the others are committed
+own (unless it is its file's only job in the group), so a job that raises undoes only itself and its caller
+gets the exception; the others are committed
 once at the end of the group, and only then are their callers told. A commit that fails (a full disk)
 fails every job of that group on that file. Jobs must not BEGIN or COMMIT themselves.
 
@@ -316,6 +317,11 @@ class SqliteWriter:
     def _run_group(self, group: list[_Job]) -> None:
         # Jobs whose success waits for their file's commit.
         open_txn: dict[Database, list[_Job]] = {}
+        # A file with one job in the group needs no savepoint: undoing the job is undoing the transaction.
+        per_db: dict[Database, int] = {}
+        for job in group:
+            if job.db is not None:
+                per_db[job.db] = per_db.get(job.db, 0) + 1
         for job in group:
             db = job.db
             if db is None:
@@ -331,13 +337,13 @@ class SqliteWriter:
                     if db in self._databases:
                         self._databases.remove(db)
                 continue
-            self._run_in_txn(db, job, open_txn)
+            self._run_in_txn(db, job, open_txn, alone=per_db[db] == 1)
         for db, jobs in open_txn.items():
             self._commit(db, jobs)
         for job in group:
             job.outcome.settle(job.result, job.error)
 
-    def _run_in_txn(self, db: Database, job: _Job, open_txn: dict[Database, list[_Job]]) -> None:
+    def _run_in_txn(self, db: Database, job: _Job, open_txn: dict[Database, list[_Job]], *, alone: bool) -> None:
         try:
             conn = db.connection()
             if not conn.in_transaction:
@@ -345,6 +351,16 @@ class SqliteWriter:
                 # `dcim alarms` CLI), not halfway through a job.
                 conn.execute("BEGIN IMMEDIATE")
                 open_txn[db] = []
+            if alone:
+                try:
+                    job.result = job.fn(conn, *job.args)
+                except Exception as err:
+                    job.error = err
+                    self._rollback(conn)
+                    open_txn.pop(db, None)
+                    return
+                open_txn[db].append(job)
+                return
             conn.execute("SAVEPOINT job")
         except Exception as err:
             job.error = err

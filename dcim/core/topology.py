@@ -12,40 +12,69 @@ from dcim.core.config import DeviceKind, Id, StrictModel
 
 
 class Feed(StrictModel):
-    pdu: Id
-    breaker_a: Annotated[float, Field(gt=0, le=1000)] = 32.0
-    voltage_v: Annotated[float, Field(gt=0, le=1000)] = 230.0
+    """One power feed of a rack: the PDU on it and the breaker that protects it."""
+
+    pdu: Id = Field(examples=["pdu-a01a"])
+    """Id of the PDU device on this feed (a `kind: pdu` entry of `devices`)."""
+    breaker_a: Annotated[float, Field(gt=0, le=1000, examples=[32, 63, 250])] = 32.0
+    """Rating of the feed's upstream breaker, in amperes per phase."""
+    voltage_v: Annotated[float, Field(gt=0, le=1000, examples=[230, 240, 277])] = 230.0
+    """Nominal phase-to-neutral voltage of the feed, in volts."""
     phases: Literal[1, 3] = 3
+    """Number of phases of the feed."""
 
 
 class Feeds(StrictModel):
+    """The rack's A and B feeds (2N power): either may be absent."""
+
     a: Feed | None = None
+    """The A feed."""
     b: Feed | None = None
+    """The B feed."""
 
 
 class Rack(StrictModel):
-    id: Id
+    """One rack: its cooling, its power budget, its feeds and, if liquid-cooled, its CDU."""
+
+    id: Id = Field(examples=["A01"])
+    """Rack id, unique in the site (letters, digits, `_`, `.`, `-`); tag `rack` of its series."""
     cooling: Literal["air", "liquid"]
-    power_budget_kw: Annotated[float, Field(gt=0, le=2000)]
+    """How the rack is cooled; a liquid-cooled rack names the CDU that serves it in `cdu`."""
+    power_budget_kw: Annotated[float, Field(gt=0, le=2000, examples=[45, 150])]
+    """Power the rack may draw, in kW: utilization and power rules are judged against it."""
     feeds: Feeds = Feeds()
-    # The CDU whose secondary loop (TCS) serves this rack; liquid-cooled racks need one.
-    cdu: Id | None = None
+    """The rack's power feeds and their PDUs."""
+    cdu: Id | None = Field(default=None, examples=["cdu-1"])
+    """Id of the CDU whose secondary loop (TCS) serves this rack; required when `cooling` is liquid."""
     description: str = ""
+    """Free text for the people who read the configuration."""
 
 
 class Row(StrictModel):
-    id: Id
+    """A row of racks."""
+
+    id: Id = Field(examples=["A"])
+    """Row id, unique in its room; tag `row` of its racks' series."""
     racks: list[Rack] = Field(default_factory=list)
+    """The racks of the row."""
 
 
 class Room(StrictModel):
-    id: Id
+    """A room (data hall) of the site."""
+
+    id: Id = Field(examples=["dh1"])
+    """Room id; tag `room` of its racks' and devices' series."""
     rows: list[Row] = Field(default_factory=list)
+    """The rows of the room."""
 
 
 class Site(StrictModel):
-    id: Id
-    name: str = ""
+    """The site (one hall, or one part of a hall, per daemon)."""
+
+    id: Id = Field(examples=["hall-1"])
+    """Site id: the second level of every MQTT topic and tag `site` of every series."""
+    name: str = Field(default="", examples=["AI hall 1"])
+    """Name shown to people."""
 
 
 class PlacedDevice(Protocol):

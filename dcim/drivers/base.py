@@ -28,24 +28,38 @@ if TYPE_CHECKING:
 class DeviceBase(StrictModel):
     """Fields common to every device; each protocol adds its own in drivers/<protocol>/config.py."""
 
-    id: Id
+    id: Id = Field(examples=["cdu-1", "pdu-a01a", "chiller-1"])
+    """Device id, unique in the site (letters, digits, `_`, `.`, `-`): the last level of its MQTT topic, tag
+    `device` of its series, the name `dcim read` takes."""
     kind: DeviceKind
+    """What the device is: pdu (rack power distribution), cdu (coolant distribution unit) or chiller."""
     # The protocol's name in drivers.registry; each protocol's model narrows it to `Literal[name]`, the tag of
     # the configuration's device union.
     protocol: str
-    profile: str
-    host: str = "127.0.0.1"
+    """How dcim talks to it: snmp, modbus or opcua (or a protocol an installed plugin adds); selects the
+    fields below that apply."""
+    profile: str = Field(examples=["apc-rpdu2", "raritan-px", "generic-cdu", "generic-chiller"])
+    """The device profile (point map) for its make and model: a built-in name or a file in `profile_dirs`."""
+    host: str = Field(default="127.0.0.1", examples=["10.20.2.11", "pdu-a01a.mgmt.example"])
+    """Host name or address of the device (or of its gateway)."""
     interval: PositiveDuration = 1.0
+    """Poll interval (seconds or e.g. "2s"); an overloaded daemon stretches it rather than falling behind."""
     timeout: PositiveDuration = 1.0
+    """Timeout of one request to the device."""
     retries: Annotated[int, Field(ge=0, le=10)] = 1
-    # Placement in the topology; a PDU also names the rack and feed it serves.
-    room: str | None = None
-    row: str | None = None
-    rack: str | None = None
+    """Retries of a request that timed out, before the poll counts as failed."""
+    room: str | None = Field(default=None, examples=["dh1"])
+    """Room the device stands in (tag `room`); a PDU named by a rack's feed takes its rack's room."""
+    row: str | None = Field(default=None, examples=["A"])
+    """Row the device stands in (tag `row`)."""
+    rack: str | None = Field(default=None, examples=["A01"])
+    """Rack the device serves (tag `rack`); a PDU named by a rack's feed gets it from there."""
     feed: Literal["a", "b"] | None = None
-    # Served by `dcim simulate` (and by `dcim demo`).
+    """Feed of its rack a PDU is on (tag `feed`); a PDU named by a rack's feed gets it from there."""
     simulate: bool = False
+    """Served by a simulator under `dcim simulate` and `dcim demo` (lab and demo configurations)."""
     enabled: bool = True
+    """false: keep the entry but do not poll the device."""
 
 
 class DriverContext:

@@ -47,30 +47,45 @@ class Communication(StrictModel):
     """One alarm per device that stops answering, instead of many on stale data."""
 
     enabled: bool = True
+    """Raise a communication alarm for a device that stops answering."""
     severity: Severity = Severity.WARNING
+    """Severity of the communication alarm."""
     # One lost poll (a dropped UDP packet, a daemon starting before its devices) is not worth a page.
     for_: Duration = Field(default=30.0, alias="for")
+    """How long a device must be unreachable before the alarm fires (one lost poll is not worth a page)."""
 
 
 class Envelope(StrictModel):
     """Points a control action may write, per device kind, and the values allowed."""
 
     kind: Literal["pdu", "cdu", "chiller"]
-    # A point name; `outlet_command:{outlet}` covers the command of every outlet.
-    point: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(:\{outlet\})?$")]
-    min: float | None = None
-    max: float | None = None
-    values: list[Value] | None = None
+    """Device kind this entry applies to."""
+    point: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(:\{outlet\})?$",
+                                examples=["flow_setpoint_lpm", "setpoint_c", "outlet_command:{outlet}"])]
+    """Canonical point a control action may write; `outlet_command:{outlet}` covers every outlet's command."""
+    min: float | None = Field(default=None, examples=[100])
+    """Lowest value allowed, in the point's unit (on top of the profile's own range)."""
+    max: float | None = Field(default=None, examples=[900])
+    """Highest value allowed, in the point's unit."""
+    values: list[Value] | None = Field(default=None, examples=[["off"]])
+    """For a point of discrete values: the only values allowed."""
 
 
 class ActionWrite(StrictModel):
-    point: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(:\{outlet\}|:[0-9.]+)?$")]
-    # The value to write; or `increase_by` the point's last good value (capped by the envelope's max).
-    value: Value | None = None
-    increase_by: float | None = None
+    """One write of a control action: a point and the value to give it."""
+
+    point: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(:\{outlet\}|:[0-9.]+)?$",
+                                examples=["flow_setpoint_lpm", "outlet_command:{outlet}", "outlet_command:7"])]
+    """Canonical point to write; `outlet_command:{outlet}` with `outlets`, or one outlet as `outlet_command:7`."""
+    value: Value | None = Field(default=None, examples=["off", 300])
+    """The value to write (either this or `increase_by`)."""
+    increase_by: float | None = Field(default=None, examples=[50])
+    """Write the point's last good value plus this, capped by the envelope's `max`."""
     # PDU outlets: `outlet_command:{outlet}` is written once per outlet listed ("all": 1..outlets), as
     # `outlet_command:7` (the driver's row-write convention).
-    outlets: list[int] | Literal["all"] | None = None
+    outlets: list[int] | Literal["all"] | None = Field(default=None, examples=["all", [1, 2, 3]])
+    """PDU outlets: the `{outlet}` point is written once per outlet listed ("all": 1 to the action's
+    `outlets`)."""
 
     @model_validator(mode="after")
     def _one(self) -> ActionWrite:
@@ -82,86 +97,122 @@ class ActionWrite(StrictModel):
 
 
 class Action(StrictModel):
-    name: Name
-    # When an alarm of this rule fires (at this severity or above) ...
-    rule: Name
+    """A control action: when an alarm of `rule` fires, write to the equipment (only when `armed`)."""
+
+    name: Name = Field(examples=["more-flow"])
+    """Name of the action, unique; it appears in the audit log."""
+    rule: Name = Field(examples=["cdu-flow-low"])
+    """The rule whose alarm starts the action (a built-in or own rule name)."""
     severity: Severity = Severity.CRITICAL
-    # ... wait this long (the alarm must still be firing), then write to these devices:
+    """Lowest severity of the alarm that starts the action."""
     delay: Duration = 0.0
-    # subject: the alarm's own device; rack_pdus: the PDUs feeding the alarm's rack (or every rack of
-    # the alarm's CDU); cdu: the CDU of the alarm's rack (or the alarm's CDU).
+    """Wait this long after the alarm fires; the action runs only if the alarm still fires then."""
     target: Literal["subject", "rack_pdus", "cdu"]
+    """subject: the alarm's own device; rack_pdus: the PDUs feeding the alarm's rack (or every rack of the
+    alarm's CDU); cdu: the CDU of the alarm's rack (or the alarm's CDU)."""
     writes: Annotated[list[ActionWrite], Field(min_length=1)]
+    """What to write to each target device, in order."""
     outlets: Annotated[int, Field(ge=1, le=96)] = 24
-    # Opt-in setpoint lease (rules/leases.py): the prior value returns when the alarm clears, or when the
-    # lease runs out unrenewed (a dead daemon renews nothing).
-    lease: PositiveDuration | None = None
+    """Outlets per PDU that `outlets: all` means."""
+    lease: PositiveDuration | None = Field(default=None, examples=["30m"])
+    """Setpoint lease: the prior value returns when the alarm clears, or when the lease runs out unrenewed (a
+    dead daemon renews nothing). Not set: the written value stays."""
 
 
 class LeakResponse(StrictModel):
     """The tiered leak response (rules/leak.py): detected -> confirmed -> isolate."""
 
-    # dry-run (default): every stage and the isolation plan are recorded and shown, nothing is written.
     mode: Literal["off", "dry-run", "armed"] = "dry-run"
-    # The alarm that starts it (detected), on a CDU.
+    """dry-run: every stage and the isolation plan are recorded and shown, nothing is written; armed: the
+    isolation is written (also needs `control.armed` and an envelope that allows the writes); off: none."""
     rule: Name = "cdu-leak"
-    # Confirmed when this many of `zone_points` read wet at once, or when the alarm has fired for `persist`.
+    """The alarm (on a CDU) that starts the response: the leak is detected."""
     zones: Annotated[int, Field(ge=2)] = 2
+    """Confirmed when this many of `zone_points` read wet at once (or when the alarm has fired for
+    `persist`)."""
     zone_points: list[str] = Field(default_factory=lambda: [f"leak_zone{n}" for n in range(1, 5)])
+    """The CDU's leak-zone points counted for confirmation."""
     persist: Duration = 30.0
-    # Confirmed -> isolate after this long, if the alarm still fires.
+    """Also confirmed when the alarm still fires this long after it fired."""
     delay: Duration = 60.0
-    # rack_pdus: the PDUs of the racks the CDU serves; cdu: the CDU itself (a facility valve point).
+    """Confirmed -> isolate after this long, if the alarm still fires."""
     target: Literal["rack_pdus", "cdu"] = "rack_pdus"
+    """rack_pdus: the PDUs of the racks the CDU serves; cdu: the CDU itself (a facility valve point)."""
     outlets: Annotated[int, Field(ge=1, le=96)] = 24
+    """Outlets per PDU that `outlets: all` means."""
     writes: Annotated[list[ActionWrite], Field(min_length=1)] = Field(default_factory=lambda: [
         ActionWrite(point="outlet_command:{outlet}", value="off", outlets="all")])
+    """The isolation written to each target (default: every outlet off)."""
 
 
 class ControlConfig(StrictModel):
+    """Writes to the equipment (docs/writes.md): off unless armed, always inside the envelope and rate limits."""
+
     armed: bool = False
+    """Nothing is ever written to equipment by a rule unless this is true."""
     actions: list[Action] = Field(default_factory=list)
+    """Control actions started by alarms."""
     envelope: list[Envelope] = Field(default_factory=list)
-    # At most this many commands per `period` seconds, all actions together.
+    """Points a control action may write and the values allowed; a write outside it is refused."""
     max_actions: Annotated[int, Field(ge=1)] = 10
+    """At most this many commands per `period`, all actions together."""
     period: PositiveDuration = 3600.0
-    # And at most one command per device and point per this many seconds (every write, whoever asks).
+    """The window of `max_actions`."""
     min_interval: Duration = 10.0
-    # A write a person asks for (`dcim write`, the HTTP API) while not armed: refused unless this is set.
+    """At most one command per device and point per this long (every write, whoever asks)."""
     operator_writes: bool = False
-    # A write is verified when the point reads back as written within this time (docs/writes.md).
+    """Allow writes a person asks for (`dcim write`, the HTTP API) while not armed."""
     verify_timeout: PositiveDuration = 10.0
+    """A write counts as done when the point reads back as written within this time."""
     leak: LeakResponse = LeakResponse()
+    """The tiered leak response."""
 
 
 class CoolingPlant(StrictModel):
     """What the cooling-plant pack and the derived cooling metrics need to know of the site (rules.metrics)."""
 
-    # The site's ASHRAE liquid-cooling class: facility supply above its maximum is critical.
     ashrae_class: Literal["W17", "W27", "W32", "W40", "W45"] = "W32"
-    # Rated cooling capacity per chiller id; a running chiller without one is taken to carry the load.
-    chiller_capacity_kw: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
-    # A rack whose CDU runs on its last pump is judged against this share of its power budget.
+    """The site's ASHRAE liquid-cooling class: facility supply above its maximum temperature is critical."""
+    chiller_capacity_kw: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, examples=[{"chiller-1": 2000, "chiller-2": 2000}])
+    """Rated cooling capacity (kW) per chiller id; a running chiller without one is taken to carry the load."""
     last_pump_budget_pct: Annotated[float, Field(gt=0, le=100)] = 50.0
+    """A rack whose CDU runs on its last pump is judged against this share (%) of its power budget."""
 
 
 class RulesConfig(StrictModel):
+    """The rule engine (docs/rules.md)."""
+
     enabled: bool = True
-    packs: dict[str, bool] = Field(default_factory=lambda: dict.fromkeys(PACKS, True))
-    disable: list[Name] = Field(default_factory=list)
+    """Run the rule engine (rack metrics, alarms, notifications, control)."""
+    # The schema names the packs the validator below accepts, so an editor flags a misspelt one too.
+    packs: dict[str, bool] = Field(default_factory=lambda: dict.fromkeys(PACKS, True),
+                                   json_schema_extra={"propertyNames": {"enum": list(PACKS)}},
+                                   examples=[{"air-rack": True, "chiller": False}])
+    """Built-in rule packs switched on or off; every pack not named stays on."""
+    disable: list[Name] = Field(default_factory=list, examples=[["air-rack-phase-imbalance"]])
+    """Single rules (built-in or own) switched off, by name."""
     rules: list[Rule] = Field(default_factory=list)
-    overrides: dict[Name, dict[str, Tuning]] = Field(default_factory=dict)
-    # Rack metrics and time-based rules are computed this often.
+    """Own rules; one named like a built-in rule replaces it."""
+    overrides: dict[Name, dict[str, Tuning]] = Field(default_factory=dict,
+                                                     examples=[{"liquid-rack-power-budget": {"A01": {"warning": 85}}}])
+    """Per rule name, per rack or device id: changes to that rule for that subject."""
     tick: PositiveDuration = 1.0
-    # A sample older than this no longer counts as the current value (rack metrics, rules).
+    """Rack metrics and time-based rules are computed this often."""
     stale_after: PositiveDuration = 15.0
+    """A sample older than this no longer counts as the current value (rack metrics, rules)."""
     flow_lpm_per_kw: Annotated[float, Field(gt=0, le=100)] = 1.5
+    """Coolant flow a liquid-cooled rack needs per kW it draws (l/min per kW)."""
     cooling: CoolingPlant = CoolingPlant()
+    """The site's cooling plant."""
     communication: Communication = Communication()
+    """The alarm for a device that stops answering."""
     control: ControlConfig = ControlConfig()
+    """Writes to equipment: armed or not, actions, envelope, leak response."""
     notifications: NotifyConfig = NotifyConfig()
-    # SQLite file of alarm state and history, relative to the daemon's state_dir.
+    """Where alarms are sent (hooks) and how (routes, grouping, repeats, rate limits)."""
     store: str = "alarms.db"
+    """SQLite file of alarm state and history, relative to `state_dir`."""
 
     @field_validator("packs")
     @classmethod
@@ -188,9 +239,14 @@ PACK_DIR = package_path("dcim.rules", "packs")  # the installed package's, where
 
 
 class Pack(StrictModel):
+    """A built-in rule pack (rules/packs/*.yaml)."""
+
     name: Name
+    """Pack name."""
     description: str = ""
+    """What the pack watches."""
     rules: list[Rule]
+    """The pack's rules."""
 
 
 @cache

@@ -15,6 +15,7 @@ the outlet; acknowledgements of notified alarms also to the notifier (which stop
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from dcim.core.events import AlarmEvent, AlarmState
+from dcim.core.events import AlarmEvent, AlarmState, Severity
 from dcim.core.metrics import REGISTRY
 from dcim.core.samples import Batch, DeviceStatus, Sample
 from dcim.core.sqlite import SqliteWriter
@@ -220,8 +221,13 @@ class RuleService:
                 self._notify(record)
         elif record.notified and self.notifier is not None:
             self.notifier.submit(record.event())
-        log.info("alarm", key=record.key, state=str(record.state), severity=str(record.severity),
-                 message=record.message, suppressed=record.suppressed or None)
+        # Raised alarms at warning (critical ones at error), so a log filtered at warning still shows
+        # every fault; a resolve is good news, at info.
+        level = logging.INFO
+        if record.state is AlarmState.FIRING:
+            level = logging.ERROR if record.severity is Severity.CRITICAL else logging.WARNING
+        log.log(level, "alarm", key=record.key, state=str(record.state), severity=str(record.severity),
+                message=record.message, suppressed=record.suppressed or None)
         self._publish(record)
         if self.alarm_outlet is not None:
             self.alarm_outlet.alarm_changed(record.event())

@@ -126,6 +126,9 @@ class Plant:
         # Bound sockets to serve devices on instead of binding their host:port (a UDP port a test holds until
         # the simulator takes it over, so it is never free for someone else in between). Taken on first use.
         self.sockets: dict[str, socket.socket] = {}
+        # Each PDU's energy counter (kWh): it integrates the feed's power, so it only ever grows and holds
+        # still while the feed is tripped, as a real meter does.
+        self.energy_kwh: dict[str, float] = {}
         for _, _, rack in config.racks():
             state = RackState(rack.id, rack.cooling, rack.power_budget_kw, rack.cdu,
                               utilization=0.6 + 0.25 * self.rng.random() if not frozen else 0.75)
@@ -228,6 +231,8 @@ class Plant:
             return
         self.time_s += dt
         for rack in self.racks.values():
+            for side, pdu in rack.pdus.items():
+                self.energy_kwh[pdu] = self._energy_kwh(rack, side) + self.feed_power_kw(rack, side) * dt / 3600
             drift = self.rng.gauss(0, 0.004) * math.sqrt(dt)
             rack.utilization = min(0.95, max(0.4, rack.utilization + drift))
         for cdu in self.cdus.values():
@@ -420,7 +425,7 @@ class Plant:
             "power_w": round(watts, 0),
             "apparent_power_va": round(watts / 0.97, 0),
             "power_factor": 0.97 if kw else 0.0,
-            "energy_kwh": round(kw * (1000 + self.time_s / 3600), 1),
+            "energy_kwh": round(self._energy_kwh(rack, feed), 1),
             "breaker_a": breaker,
             "voltage_ln_v": rack.voltage_v,
             "tripped": self._feed_tripped(rack, feed),
@@ -431,6 +436,13 @@ class Plant:
             "near_overload_current_a": round(0.8 * breaker),
             "overload_current_a": round(0.9 * breaker),
         }
+
+    def _energy_kwh(self, rack: RackState, feed: str) -> float:
+        pdu = rack.pdus[feed]
+        if pdu not in self.energy_kwh:
+            # A meter that has run about six weeks at the feed's first load.
+            self.energy_kwh[pdu] = self.feed_power_kw(rack, feed) * 1000
+        return self.energy_kwh[pdu]
 
     # Per-phase share of a feed's load: a small, stable imbalance, as real racks have.
     PHASE_WEIGHTS = (1.04, 0.98, 0.98)

@@ -1,4 +1,4 @@
-"""Hostile MQTT messages against the daemon (`dcim run`, ingest in-process, real mosquitto and InfluxDB).
+"""Hostile MQTT messages against the daemon (`dcim run`, its ingest on the broker, real mosquitto and InfluxDB).
 
 The four small JSON payloads that used to stop the daemon within a second, and a 10 MB message of 112,750
 junk lines: the daemon keeps running, the good device's points in InfluxDB are exactly the polls it
@@ -114,8 +114,9 @@ def write_requests(influx: Any) -> int:
 
 async def test_hostile_messages_neither_stop_the_daemon_nor_hold_up_good_data(
         tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> None:
+    # The daemon's ingest takes from the broker here (as `dcim ingest` does), where the hostile messages are.
     path = cdu_hall(tmp_path, cdus=1, mqtt=mosquitto,
-                    influxdb={"url": influxdb_v1.url, "api": "v1", "database": "dcim"})
+                    influxdb={"url": influxdb_v1.url, "api": "v1", "database": "dcim"}, ingest={"source": "broker"})
     config = load(path)
     plant = Plant(config, frozen=True)
     junk = junk_message()

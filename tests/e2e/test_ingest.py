@@ -104,8 +104,9 @@ async def test_two_workers_split_one_shared_subscription(tmp_path: Path, mosquit
 
 
 async def test_json_payload_option_end_to_end(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> None:
+    # The daemon's ingest takes from the broker here: the JSON payloads are what it reads.
     path = cdu_hall(tmp_path, cdus=1, mqtt=mosquitto,
-                    influxdb={"url": influxdb_v1.url, "api": "v1", "database": "dcim"})
+                    influxdb={"url": influxdb_v1.url, "api": "v1", "database": "dcim"}, ingest={"source": "broker"})
     text = path.read_text().replace("prefix: dcim", "prefix: dcim\n  payload: json")
     path.write_text(text)
     config = load(path)
@@ -120,6 +121,26 @@ async def test_json_payload_option_end_to_end(tmp_path: Path, mosquitto: Any, in
     assert rows[0]["flow_lpm"] == pytest.approx(expected["flow_lpm"])
     assert rows[0]["reservoir_level"] == expected["reservoir_level"]
     assert rows[0]["leak"] is False
+
+
+async def test_local_ingest_stores_the_daemons_readings_without_any_broker(tmp_path: Path, influxdb_v1: Any) -> None:
+    """ingest.source: local (the default): a daemon with a database and no MQTT at all stores its readings,
+    status and all, in-process."""
+    path = cdu_hall(tmp_path, cdus=1, influxdb={"url": influxdb_v1.url, "api": "v1", "database": "dcim"})
+    config = load(path)
+    assert config.mqtt.host is None and config.ingest.source == "local"
+    plant = Plant(config, frozen=True)
+    async with simulators(config, plant):
+        with DaemonProcess(path) as daemon:
+            rows = await wait_until(lambda: influxdb_v1.query("SELECT * FROM cdu ORDER BY time DESC LIMIT 1"),
+                                    timeout=30, ignore=(Exception,))
+            status = await wait_until(lambda: influxdb_v1.query("SELECT * FROM device_status"), timeout=30,
+                                      ignore=(Exception,))
+            assert daemon.stop() == 0, daemon.log()
+    expected = expected_cdu_values(plant, "cdu-1")
+    assert rows[0]["flow_lpm"] == pytest.approx(expected["flow_lpm"])
+    assert rows[0]["device"] == "cdu-1"
+    assert status[0]["device"] == "cdu-1" and status[0]["online"] is True
 
 
 def dead_letters(config: Config) -> list[dict[str, Any]]:

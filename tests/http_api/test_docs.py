@@ -14,7 +14,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"
 
 
 def test_documented_http_section_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    (tmp_path / "http-token").write_text("s3cret\n")
+    (tmp_path / "dcim_http-token").write_text("s3cret\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     block = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S)[0]
     config = parse_config({"site": {"id": "hall-1"}, **yaml.safe_load(block)})

@@ -26,7 +26,7 @@ def secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DCIM_HOOK_SECRET", "hook-secret")
     monkeypatch.setenv("PAGERDUTY_ROUTING_KEY", "pd-key")
     monkeypatch.setenv("SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T/B/X")
-    (tmp_path / "smtp-password").write_text("smtp-pw\n")
+    (tmp_path / "dcim_smtp-password").write_text("smtp-pw\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
 
 

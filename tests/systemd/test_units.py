@@ -129,8 +129,9 @@ else:
     sys.exit("W+X mapping was allowed: MDWE is not in force")
 import asyncio, sqlite3, ssl
 import aiomqtt, asyncua, pymodbus.client, pysnmp.hlapi.v3arch.asyncio, influxdb_client, cryptography.x509
-import dcim.app.cli, dcim.app.daemon, dcim.app.sdnotify, drivers.profiles, rules.service, simulators.plant
-import dcim.drivers.modbus.driver, drivers.opcua.driver, drivers.snmp.driver
+import dcim.app.cli, dcim.app.daemon, dcim.app.sdnotify
+import dcim.drivers.profiles, dcim.rules.service, dcim.simulators.plant
+import dcim.drivers.modbus.driver, dcim.drivers.opcua.driver, dcim.drivers.snmp.driver
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.helpers import require_binary
 ec.generate_private_key(ec.SECP256R1())

@@ -32,9 +32,13 @@ from dcim.drivers.base import DeviceBase
 
 
 class Deadband(StrictModel):
-    # percent: of the node's EURange (read from the server; nodes without one get no deadband).
+    """Which changes the server reports in subscribe mode (an OPC UA DataChangeFilter)."""
+
     type: Literal["none", "absolute", "percent"] = "none"
-    value: Annotated[float, Field(ge=0)] = 0.0
+    """none: every change; absolute: changes larger than `value` in the node's unit; percent: larger than
+    `value` percent of the node's EURange (nodes without one get no deadband)."""
+    value: Annotated[float, Field(ge=0, examples=[0.1, 0.5])] = 0.0
+    """Size of the deadband (at most 100 for percent)."""
 
     @model_validator(mode="after")
     def _percent_range(self) -> Deadband:
@@ -44,30 +48,47 @@ class Deadband(StrictModel):
 
 
 class OpcUaDevice(DeviceBase):
+    """A device reached over OPC UA (a chiller or a plant controller)."""
+
     protocol: Literal["opcua"]
-    endpoint: str = Field(pattern=r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$")
+    """OPC UA (binary, opc.tcp)."""
+    endpoint: str = Field(pattern=r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$", examples=["opc.tcp://10.20.3.21:4840"])
+    """Endpoint URL of the server; `host` is not used by this protocol."""
     mode: Literal["subscribe", "poll"] = "subscribe"
+    """subscribe: the server reports changes (monitored items); poll: read every `interval`."""
     security_policy: Literal["None", "Basic256Sha256"] = "None"
+    """Message security policy; Basic256Sha256 needs `certificate`, `private_key` and `trust_list`."""
     security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
-    certificate: str | None = None
-    private_key: str | None = None
+    """Message security mode: None only with security_policy None."""
+    certificate: str | None = Field(default=None, examples=["/etc/dcim/opcua/client.der"])
+    """Our client certificate (DER or PEM), which the server must trust."""
+    private_key: str | None = Field(default=None, examples=["/etc/dcim/opcua/client.key.pem"])
+    """Private key of `certificate` (PEM)."""
     private_key_password: Secret | None = None
-    # Our application URI: taken from the client certificate's subjectAltName when not given; when given
-    # with a certificate, the two must agree (servers check it).
-    application_uri: str | None = None
-    # A file or a directory of trusted server certificates (or the CAs that signed them), PEM or DER.
-    trust_list: str | None = None
-    username: str | None = None
+    """Pass phrase of an encrypted `private_key`, as a reference."""
+    application_uri: str | None = Field(default=None, examples=["urn:dcim:client:facility-01"])
+    """Our application URI; taken from the certificate's subjectAltName when not given, and must equal it
+    when given (servers check it)."""
+    trust_list: str | None = Field(default=None, examples=["/etc/dcim/opcua/trusted"])
+    """A file or a directory of trusted server certificates (or the CAs that signed them), PEM or DER."""
+    username: str | None = Field(default=None, examples=["dcim"])
+    """User name for the session (with `password`); not set: anonymous."""
     password: Secret | None = None
+    """Password of `username`, as a reference."""
     publishing_interval: PositiveDuration = 1.0
+    """Subscribe mode: how often the server sends the changes it collected."""
     sampling_interval: PositiveDuration = 0.5
+    """Subscribe mode: how often the server samples each node."""
     queue_size: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Subscribe mode: changes kept per node between two publishes; 1 keeps the latest only."""
     deadband: Deadband = Deadband()
-    # Dead-connection detection: the client probes the server state this often.
+    """Subscribe mode: which changes are worth reporting."""
     watchdog_interval: PositiveDuration = 1.0
-    # Reconnect backoff: doubles from `reconnect_min` up to `reconnect_max`, with jitter.
+    """How often the server state is probed to detect a dead connection."""
     reconnect_min: PositiveDuration = 0.5
+    """First wait before reconnecting; it doubles, with jitter, up to `reconnect_max`."""
     reconnect_max: PositiveDuration = 30.0
+    """Longest wait between two reconnection attempts."""
 
     @model_validator(mode="after")
     def _security(self) -> OpcUaDevice:

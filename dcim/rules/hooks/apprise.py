@@ -25,7 +25,9 @@ class AppriseHook(HookConfig):
     """Any channel apprise knows (Teams, Telegram, Matrix, ...). URLs carry credentials: secret references."""
 
     type: Literal["apprise"]
+    """apprise (needs the apprise package)."""
     urls: Annotated[list[Secret], Field(min_length=1)]
+    """apprise URLs (e.g. msteams://..., tgram://...), each a secret reference: they carry credentials."""
 
 
 class AppriseSender(Hook):

@@ -38,7 +38,9 @@ class HookConfig(StrictModel):
     """What every hook type's configuration has. A hook type adds `type: Literal[NAME]` and its own fields."""
 
     type: str
+    """The hook type: webhook, pagerduty, slack, email, apprise (or one an installed plugin adds)."""
     timeout: PositiveDuration = 10.0
+    """Time limit of one delivery attempt."""
 
 
 def reveal(secret: SecretStr | None) -> str | None:

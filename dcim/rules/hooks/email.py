@@ -25,19 +25,29 @@ Address = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]
 
 
 class EmailHook(HookConfig):
+    """E-mail over SMTP: one message per notification."""
+
     type: Literal["email"]
-    host: str
-    port: Annotated[int, Field(ge=1, le=65535)] = 587
-    # starttls: plain connection upgraded with STARTTLS (587); tls: TLS from the start (465);
-    # none: no encryption (a local relay only).
+    """email over SMTP."""
+    host: str = Field(examples=["smtp.facility.example"])
+    """SMTP server (relay) host name."""
+    port: Annotated[int, Field(ge=1, le=65535, examples=[587, 465, 25])] = 587
+    """SMTP server port: 587 with starttls, 465 with tls."""
     security: Literal["starttls", "tls", "none"] = "starttls"
+    """starttls: plain connection upgraded with STARTTLS (587); tls: TLS from the start (465); none: no
+    encryption (a local relay only)."""
     username: str | None = None
+    """SMTP user name (with `password`); not set: no authentication."""
     password: Secret | None = None
-    sender: str = Field(alias="from", pattern=r"^[^@\s]+@[^@\s]+$")
-    to: Annotated[list[Address], Field(min_length=1)]
+    """SMTP password, as a reference."""
+    sender: str = Field(alias="from", pattern=r"^[^@\s]+@[^@\s]+$", examples=["dcim@facility.example"])
+    """Sender address (From:)."""
+    to: Annotated[list[Address], Field(min_length=1, examples=[["noc@facility.example"]])]
+    """Recipient addresses."""
     subject_prefix: str = "[dcim]"
-    # CA bundle to verify the server with (a private CA); the system store otherwise.
+    """Text put before every subject line."""
     ca_file: str | None = None
+    """CA bundle to verify the server with (a private CA); the system's trust store otherwise."""
 
     @model_validator(mode="after")
     def _auth_pair(self) -> Self:

@@ -30,10 +30,13 @@ class PagerDutyHook(HookConfig):
     """PagerDuty Events API v2: a trigger / resolve event per alarm, dedup key derived from the alarm key."""
 
     type: Literal["pagerduty"]
+    """pagerduty."""
     routing_key: Secret
+    """The integration's routing key (Events API v2), as a reference."""
     url: HttpUrl = "https://events.pagerduty.com/v2/enqueue"
-    # PagerDuty's `source` field: defaults to the alarm's subject (rack or device).
+    """Events API endpoint (another one for a proxy or an EU account)."""
     source: str | None = None
+    """PagerDuty's `source` field; not set: the alarm's subject (rack or device)."""
 
 
 def iso(ts_ns: int) -> str:

@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
+from pydantic import Field
 
 from dcim.core.secrets import Secret
 from dcim.rules.hooks.base import Hook, HookConfig, HookType, post
@@ -18,9 +19,13 @@ class SlackHook(HookConfig):
     """Slack incoming webhook. The URL itself is the credential, hence a secret reference."""
 
     type: Literal["slack"]
+    """slack."""
     url: Secret
-    channel: str | None = None
+    """The incoming webhook's URL, as a reference (the URL is the credential)."""
+    channel: str | None = Field(default=None, examples=["#facility-alarms"])
+    """Channel to post to, where the webhook allows it; not set: the webhook's own."""
     username: str | None = None
+    """Name to post as, where the webhook allows it."""
 
 # Slack refuses messages with more than 50 blocks.
 _MAX_ALARM_BLOCKS = 40

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from dcim.core.config import Duration, PositiveDuration, StrictModel
 from dcim.core.events import Severity
@@ -44,7 +44,16 @@ from dcim.rules.model import RACK_METRICS, Threshold, parse_threshold
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
 Canonical = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
-ThresholdSpec = float | str
+# The JSON Schema of a threshold says what rules.model.parse_threshold accepts, with the same pieces: a number,
+# "N% of NAME", "NAME", "NAME + N" / "NAME - N", or a number as text. tests/config/test_schema.py holds the
+# two to the same verdicts.
+_THRESHOLD_TEXT = (r"^\s*([-+]?\d+(\.\d+)?\s*%\s*of\s+[a-z][a-z0-9_]*"
+                   r"|[a-z][a-z0-9_]*\s*([-+]\s*\d+(\.\d+)?)?"
+                   r"|[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
+ThresholdSpec = Annotated[float | str, WithJsonSchema({
+    "anyOf": [{"type": "number"}, {"type": "string", "pattern": _THRESHOLD_TEXT}],
+    "examples": [80, "85% of power_budget_kw", "supply_temp_setpoint_c + 2"],
+})]
 
 
 def check_threshold(value: Any) -> Any:
@@ -65,20 +74,34 @@ def same_value(value: Value, wanted: Value) -> bool:
 
 
 class RackSelector(StrictModel):
+    """Racks a rule applies to: every given field must match (none given: every rack)."""
+
     cooling: Literal["air", "liquid"] | None = None
-    rooms: list[str] | None = None
-    rows: list[str] | None = None
-    ids: list[str] | None = None
+    """Only racks cooled this way."""
+    rooms: list[str] | None = Field(default=None, examples=[["dh1"]])
+    """Only racks in these rooms."""
+    rows: list[str] | None = Field(default=None, examples=[["A", "B"]])
+    """Only racks in these rows."""
+    ids: list[str] | None = Field(default=None, examples=[["A01", "A02"]])
+    """Only these racks."""
 
 
 class DeviceSelector(StrictModel):
+    """Devices a rule applies to: every given field must match (none given: every device)."""
+
     kind: Literal["pdu", "cdu", "chiller"] | None = None
-    ids: list[str] | None = None
+    """Only devices of this kind."""
+    ids: list[str] | None = Field(default=None, examples=[["cdu-1"]])
+    """Only these devices."""
 
 
 class Scope(StrictModel):
+    """What a rule judges: racks (their derived metrics) or devices (their points), one of the two."""
+
     racks: RackSelector | None = None
+    """Judge racks, selected by these fields."""
     devices: DeviceSelector | None = None
+    """Judge devices, selected by these fields."""
 
     @model_validator(mode="after")
     def _one(self) -> Scope:
@@ -88,27 +111,39 @@ class Scope(StrictModel):
 
 
 class NoData(StrictModel):
+    """An alarm when the rule's metric has had no good value for a while."""
+
     after: PositiveDuration
+    """How long without a good value before the no-data alarm fires."""
     severity: Severity = Severity.WARNING
+    """Severity of the no-data alarm."""
 
 
 class OnlyIf(StrictModel):
     """Judge the rule only while another point of the subject has one of these values (e.g. a chiller's
     COP only while it runs); otherwise its condition counts as clear."""
 
-    point: Canonical
-    match: Annotated[list[Value], Field(min_length=1)]
+    point: Canonical = Field(examples=["running"])
+    """The other point of the subject."""
+    match: Annotated[list[Value], Field(min_length=1, examples=[[True]])]
+    """Its values while which the rule is judged."""
 
 
 class Tuning(StrictModel):
     """What an override can change for one subject (a field the rule's kind lacks is left alone)."""
 
     enabled: bool | None = None
+    """false: the rule does not judge this subject."""
     warning: ThresholdSpec | None = None
+    """The warning threshold for this subject."""
     critical: ThresholdSpec | None = None
+    """The critical threshold for this subject."""
     for_: Duration | None = Field(default=None, alias="for")
+    """The pending period for this subject."""
     hysteresis: Annotated[float, Field(ge=0)] | None = None
+    """The hysteresis for this subject (metric units)."""
     clear_after: Duration | None = None
+    """The clear delay for this subject."""
 
     _check = field_validator("warning", "critical", mode="before")(check_threshold)
 
@@ -116,26 +151,36 @@ class Tuning(StrictModel):
 class RuleBase(StrictModel):
     """The fields every rule has, whatever its kind. A kind's model adds `kind: Literal[NAME]` and its own."""
 
-    name: Name
+    name: Name = Field(examples=["rack-hot-aisle"])
+    """Rule name (lower case, digits, `_`, `.`, `-`); an own rule named like a built-in one replaces it."""
     description: str = ""
+    """What the rule watches, in words; used in alarm messages."""
     enabled: bool = True
+    """false: the rule is kept but judges nothing."""
     scope: Scope
-    metric: Canonical
+    """Racks or devices the rule judges."""
+    metric: Canonical = Field(examples=["power_kw", "utilization_pct", "supply_temp_c", "leak"])
+    """Canonical point (devices) or rack metric (racks) judged."""
     kind: str
-    # Pending period: the condition must hold this long before the alarm fires.
+    """The rule kind: threshold (the default), rate, state, or one an installed plugin adds."""
     for_: Duration = Field(default=0.0, alias="for")
-    # Recovery threshold: the value must come back past the threshold by this much (metric units).
+    """Pending period: the condition must hold this long before the alarm fires."""
     hysteresis: Annotated[float, Field(ge=0)] = 0.0
-    # The condition must stay clear this long before the alarm resolves.
+    """Recovery margin: the value must come back past the threshold by this much (metric units) to clear."""
     clear_after: Duration = 0.0
+    """The condition must stay clear this long before the alarm resolves."""
     no_data: NoData | None = None
+    """An alarm when the metric has had no good value for a while; not set: none."""
     only_if: OnlyIf | None = None
-    # power | coolant | thermal | chiller | ...: coolant alarms of racks are hidden by a fault of their loop.
-    category: str = ""
-    # A firing alarm of this rule on a CDU hides the `coolant` alarms of the racks the CDU serves.
+    """Judge only while another point of the subject has one of the given values."""
+    category: str = Field(default="", examples=["power", "coolant", "thermal", "chiller"])
+    """Alarm category; `coolant` alarms of racks are hidden while their CDU loop has a fault."""
     loop_fault: bool = False
+    """A firing alarm of this rule on a CDU hides the `coolant` alarms of the racks the CDU serves."""
     message: str = ""
-    overrides: dict[str, Tuning] = Field(default_factory=dict)
+    """Free text kept with the rule (alarm messages are made from `description`, or the name)."""
+    overrides: dict[str, Tuning] = Field(default_factory=dict, examples=[{"A01": {"warning": 70}}])
+    """Per rack or device id: changes to this rule for that subject."""
 
     @model_validator(mode="after")
     def _rack_metric(self) -> Self:

@@ -25,9 +25,14 @@ NS = 1_000_000_000
 
 
 class RateRule(LimitRule):
+    """The metric's rate of change against thresholds (e.g. K per minute)."""
+
     kind: Literal["rate"]
+    """rate."""
     window: PositiveDuration = 60.0
+    """The change is measured over this window; less than half a window of data gives no verdict."""
     per: PositiveDuration = 60.0
+    """The change is expressed per this long: thresholds are in metric units per `per`."""
 
 
 class RateCondition(LimitCondition):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Literal, Self
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from dcim.core.events import Severity
 from dcim.core.samples import Value
@@ -23,10 +23,14 @@ from dcim.rules.kinds.base import Assessment, Condition, Level, RuleBase, RuleKi
 
 
 class StateRule(RuleBase):
+    """The metric equals one of the given values (a leak, a pump fault, a tripped chiller)."""
+
     kind: Literal["state"]
-    # The values that raise the alarm, at `severity`.
-    match: list[Value] | None = None
+    """state."""
+    match: list[Value] | None = Field(default=None, examples=[[True], ["fault", "tripped"]])
+    """The values that raise the alarm (text compared case-insensitively)."""
     severity: Severity = Severity.CRITICAL
+    """Severity of the alarm."""
 
     @model_validator(mode="after")
     def _match(self) -> Self:

@@ -33,10 +33,13 @@ from dcim.rules.model import Threshold, parse_threshold
 class LimitRule(RuleBase):
     """A value against thresholds: what `threshold` and `rate` rules share."""
 
-    # Which side of the thresholds is bad.
     when: Literal["above", "below"] = "above"
+    """Which side of the thresholds is bad: above (maximums) or below (minimums)."""
     warning: ThresholdSpec | None = None
+    """Warning threshold: a number in the metric's unit, or an expression of the subject's attributes and
+    points ("80% of power_budget_kw", "supply_temp_setpoint_c + 2")."""
     critical: ThresholdSpec | None = None
+    """Critical threshold, as `warning`."""
 
     _check = field_validator("warning", "critical", mode="before")(check_threshold)
 
@@ -56,7 +59,10 @@ class LimitRule(RuleBase):
 
 
 class ThresholdRule(LimitRule):
+    """A metric against a warning and/or a critical threshold."""
+
     kind: Literal["threshold"] = "threshold"
+    """threshold (the default when `kind` is not given)."""
 
 
 class LimitCondition(Condition[LimitRule]):

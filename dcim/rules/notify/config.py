@@ -45,25 +45,40 @@ class Match(StrictModel):
     """Every given field must match; each is a list of accepted values (shell-style globs: `A*`)."""
 
     severity: list[Literal["warning", "critical"]] | None = None
-    rule: list[str] | None = None
+    """Alarm severities accepted."""
+    rule: list[str] | None = Field(default=None, examples=[["cdu-leak", "rack-*"]])
+    """Rule names accepted (globs)."""
     site: list[str] | None = None
+    """Site ids accepted (globs)."""
     room: list[str] | None = None
+    """Room ids accepted (globs)."""
     row: list[str] | None = None
-    rack: list[str] | None = None
+    """Row ids accepted (globs)."""
+    rack: list[str] | None = Field(default=None, examples=[["A*"]])
+    """Rack ids accepted (globs)."""
     device: list[str] | None = None
+    """Device ids accepted (globs)."""
     cdu: list[str] | None = None
+    """Ids of the CDU serving the alarm's rack accepted (globs)."""
 
 
 class Route(StrictModel):
+    """Which alarms go to which hooks. Routes are tried in order; the first that matches takes the alarm."""
+
     match: Match = Match()
-    hooks: Annotated[list[HookName], Field(min_length=1)]
-    # Keep trying the next routes after this one matched.
+    """The alarms this route takes; empty: every alarm."""
+    hooks: Annotated[list[HookName], Field(min_length=1, examples=[["oncall", "mail"]])]
+    """Names of the hooks (under `hooks`) the alarms go to."""
     continue_: bool = Field(default=False, alias="continue")
-    # Per-route overrides of the defaults below.
+    """Keep trying the next routes after this one matched."""
     group_by: list[Label] | None = None
+    """This route's grouping labels; not set: the section's `group_by`."""
     group_wait: Duration | None = None
+    """This route's `group_wait`; not set: the section's."""
     group_interval: PositiveDuration | None = None
+    """This route's `group_interval`; not set: the section's."""
     repeat_interval: Duration | None = None
+    """This route's `repeat_interval`; not set: the section's."""
 
 
 class RateLimit(StrictModel):
@@ -71,16 +86,22 @@ class RateLimit(StrictModel):
     "N more notifications" message when the minute is over."""
 
     per_hook_per_minute: Annotated[int, Field(ge=1)] = 20
+    """Notifications per hook per minute, at most."""
     global_per_minute: Annotated[int, Field(ge=1)] = 60
+    """Notifications per minute over all hooks, at most."""
 
 
 class Retry(StrictModel):
-    # 0: retry until delivered (the outbox bound still applies).
+    """Retries of a failed delivery (a hook that is down, a timeout, HTTP 5xx or 429)."""
+
     max_attempts: Annotated[int, Field(ge=0)] = 0
+    """Attempts per message; 0: retry until delivered (the outbox bound still applies)."""
     initial_backoff: PositiveDuration = 1.0
+    """Wait before the first retry; it doubles with each retry."""
     max_backoff: PositiveDuration = 300.0
-    # Exponential backoff multiplied by a random factor in [1 - jitter, 1].
+    """Longest wait between two retries."""
     jitter: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """Each wait is multiplied by a random factor between 1 - jitter and 1."""
 
 
 def _default_group_by() -> list[Label]:
@@ -88,22 +109,30 @@ def _default_group_by() -> list[Label]:
 
 
 class NotifyConfig(StrictModel):
+    """Notifications of alarms to people (docs/notifications.md)."""
+
     enabled: bool = True
+    """Send notifications."""
     hooks: dict[HookName, Hook] = Field(default_factory=dict)
+    """Named destinations (webhook, pagerduty, slack, email, apprise); their `type` selects their fields."""
     routes: list[Route] = Field(default_factory=list)
-    # One notification for a burst of alarms sharing these labels (by default: one rack).
+    """Which alarms go to which hooks, tried in order."""
     group_by: list[Label] = Field(default_factory=_default_group_by)
-    # Wait this long after a group's first alarm for others to join it.
+    """One notification for a burst of alarms sharing these labels (by default: one per rack)."""
     group_wait: Duration = 30.0
-    # Then at most one notification per group per interval for further changes.
+    """Wait this long after a group's first alarm for others to join it."""
     group_interval: PositiveDuration = 300.0
-    # Remind of still-firing, unacknowledged alarms; 0 turns reminders off.
+    """Then at most one notification per group per interval for further changes."""
     repeat_interval: Duration = 14400.0
+    """Remind of still-firing, unacknowledged alarms this often; 0 turns reminders off."""
     send_resolved: bool = True
+    """Notify when alarms resolve, too."""
     rate_limit: RateLimit = RateLimit()
+    """Bounds for alarm storms."""
     retry: Retry = Retry()
-    # Bound of each hook's durable outbox; past it the oldest are dropped and counted.
+    """Retries of failed deliveries."""
     outbox_max_items: Annotated[int, Field(ge=10)] = 10_000
+    """Bound of each hook's durable outbox (in state_dir); past it the oldest are dropped and counted."""
 
     @model_validator(mode="after")
     def _routes_name_hooks(self) -> NotifyConfig:

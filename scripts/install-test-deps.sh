@@ -15,6 +15,7 @@ case "${1:-}" in
 esac
 
 # binary:package pairs. mosquitto lives in /usr/sbin, which is not on a normal user's PATH.
+# chromium: the web console's browser tests (tests/console), driven by Playwright; never a browser download.
 REQUIRED="
 mosquitto:mosquitto
 influxd:influxdb
@@ -22,6 +23,7 @@ victoria-metrics:victoria-metrics
 snmpget:snmp
 snmpwalk:snmp
 systemd-analyze:systemd
+chromium:chromium
 "
 
 have() {

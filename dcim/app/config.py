@@ -13,13 +13,14 @@ duplicate ids, unknown profiles).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from dcim.core.config import Duration, PositiveDuration, StrictModel, error_path
 from dcim.core.secrets import Secret
@@ -160,12 +161,48 @@ class HttpConfig(StrictModel):
     enabled: bool = True
     """Serve the HTTP API."""
     host: str = Field(default="127.0.0.1", examples=["127.0.0.1", "0.0.0.0"])
-    """Address to listen on; the loopback address by default, so only this host can reach it."""
+    """Address to listen on; the loopback address by default, so only this host can reach it. Any other
+    address (0.0.0.0: every interface) needs tls_cert_file, tls_key_file and token."""
     port: Annotated[int, Field(ge=0, le=65535, examples=[8470])] = 8470
     """TCP port to listen on (0: any free port, logged at start)."""
     token: Secret | None = None
     """Bearer token that state-changing calls (acknowledge, shelve, maintenance, writes) must present, as a
-    reference. Not set: those calls are refused."""
+    reference. Not set: those calls are refused. Also the web console's login password."""
+    # Bound to anything but a loopback address, the API and the console need HTTPS and a login (http.token):
+    # checked here, so the daemon never starts exposed.
+    console: bool = True
+    """Serve the web console (/, /racks, /devices, /alarms, /events) on this same server (docs/console.md)."""
+    tls_cert_file: str | None = Field(default=None, examples=["/etc/dcim/tls/dcim.crt"])
+    """PEM certificate (chain) file: serve HTTPS. Required, with tls_key_file and token, when host is not a
+    loopback address."""
+    tls_key_file: str | None = Field(default=None, examples=["/etc/dcim/tls/dcim.key"])
+    """PEM private key file of tls_cert_file."""
+    session_ttl: PositiveDuration = Field(default=8 * 3600.0, examples=["8h"])
+    """How long a console login lasts."""
+
+    @model_validator(mode="after")
+    def _exposed_needs_tls_and_login(self) -> HttpConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("http.tls_cert_file and http.tls_key_file go together: set both or neither")
+        if self.enabled and not is_loopback(self.host):
+            missing = [name for name, value in (("tls_cert_file", self.tls_cert_file),
+                                                ("tls_key_file", self.tls_key_file), ("token", self.token))
+                       if value is None]
+            if missing:
+                raise ValueError(
+                    f"http.host {self.host!r} is not a loopback address: serving the API and console there needs "
+                    f"HTTPS and a login; set http.{', http.'.join(missing)} (or bind to 127.0.0.1)")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is only reachable from this machine ("" and 0.0.0.0 mean every interface)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SystemdConfig(StrictModel):

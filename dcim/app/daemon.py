@@ -6,7 +6,7 @@
     ingest-receive     broker -> ingest outbox          (ingest.source: broker, or `dcim ingest`)
     ingest-write       ingest outbox -> database        (the publisher hands it its payloads when source: local)
     rules              derived metrics, alarm timers     (rules/)
-    http-api           /healthz, /metrics, /api/v1/...
+    http-api           /healthz, /metrics, /api/v1/..., the web console (dcim/app/console)
     ready-watch        READY, STATUS and the watchdog under systemd (not critical: it ends without systemd)
     reload             SIGHUP: the configuration again, devices and rules without a restart
 
@@ -35,6 +35,7 @@ import structlog
 
 from dcim.app import sdnotify
 from dcim.app.config import Config, ConfigError, Device, load_config
+from dcim.app.console import Console
 from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest, LocalFeed
 from dcim.app.instance import InstanceLock, StartupError, instance_tag
@@ -92,6 +93,7 @@ class Daemon:
         self.rules: RuleService | None = None
         self.notifier: Notifier | None = None
         self.http: HttpApi | None = None
+        self.console: Console | None = None
         self.ready = asyncio.Event()
         # The one SQLite writer thread of the process: outboxes, alarm store and notifier state all use it.
         self.writer = SqliteWriter(name="sqlite-writer")
@@ -140,6 +142,11 @@ class Daemon:
         if self.rules is not None and config.http.enabled and poll:
             self.http = HttpApi(config.http, self.rules.store, health=self.health)
             self.http.writes = self.guard  # read by dcim/app/api_writes.py
+            if config.http.console:
+                # The web console on the same server: the latest samples from the pipeline (last sink).
+                self.console = Console(self, config.http)
+                self.pipeline.add_sink(self.console.live)
+                self.console.register(self.http.app)
 
     def _coordinator(self, device: DeviceBase, extra: tuple[Path, ...]) -> DeviceCoordinator:
         profile = load_profile(device.profile, extra)

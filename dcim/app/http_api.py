@@ -15,6 +15,10 @@ Alarm keys contain a slash (`rack-power/A01`): it may be sent as is or encoded a
 Anything that changes state needs `Authorization: Bearer <http.token>`: 401 without it, 403 with a wrong
 one (compared in constant time). With no token configured, state-changing calls are refused (403, saying
 so): an API on a shared host must not let any local user silence alarms.
+
+The web console (dcim/app/console) adds its pages to the same application; its forms, under /console/, are
+checked by login session and CSRF token instead. Off loopback the configuration requires HTTPS
+(http.tls_cert_file, http.tls_key_file) and a token.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import hmac
 import inspect
 import json
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Protocol
@@ -39,6 +44,9 @@ from dcim.rules.store import AlarmNotActive, AlarmNotFound
 log = structlog.get_logger(__name__)
 
 REQUESTS = REGISTRY.counter("dcim_http_requests_total", "HTTP API requests", ("route", "code"))
+
+# Paths under it are the web console's forms (dcim/app/console), which do their own login check.
+CONSOLE_PREFIX = "/console/"
 
 HealthCheck = Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]]
 _NS_PER_MINUTE = 60 * 1_000_000_000
@@ -131,7 +139,7 @@ class HttpApi:
         runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.config.host, self.config.port)
+            site = web.TCPSite(runner, self.config.host, self.config.port, ssl_context=self._tls())
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -139,8 +147,19 @@ class HttpApi:
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         log.info("http api listening", host=self.config.host, port=self.port,
+                 scheme="https" if self.config.tls_cert_file else "http",
                  writes="token" if self._token else "refused (no http.token)")
         self.ready.set()
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """HTTPS when http.tls_cert_file is set (the configuration requires it off loopback). A file that
+        cannot be read is an OSError (ssl.SSLError is one): a start-up error, like a taken port."""
+        if self.config.tls_cert_file is None or self.config.tls_key_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+        return context
 
     async def serve(self) -> None:
         """Serve (on the listener `start` bound) until cancelled; the port is closed on the way out."""
@@ -168,7 +187,8 @@ class HttpApi:
     ) -> web.StreamResponse:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
         try:
-            if request.method not in ("GET", "HEAD", "OPTIONS"):
+            # The console's forms are checked by session and CSRF token (dcim/app/console/auth.py).
+            if request.method not in ("GET", "HEAD", "OPTIONS") and not request.path.startswith(CONSOLE_PREFIX):
                 refused = self._authorize(request)
                 if refused is not None:
                     response: web.StreamResponse = refused

@@ -1,0 +1,244 @@
+"""What the console shows, kept up to date in memory: the latest sample of every point and each device's
+status (a pipeline sink, so it sees what the rules and MQTT see), and the hall's racks judged from those
+samples and the active alarms.
+
+The sink only stores references and sets an event: the pipeline calls it synchronously on every batch, so
+it must cost next to nothing. Everything else (judging racks, comparing with what the browsers were last
+sent) runs in the console's own task, at most a few times a second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from dcim.core.samples import Batch, DeviceStatus, Quality, Sample
+from dcim.core.topology import RackPlace, Topology
+
+# Utilization bands (power against the rack's budget, %): the hall's cell colours when no alarm speaks.
+BANDS = ((90.0, "u3"), (75.0, "u2"), (50.0, "u1"), (0.0, "u0"))
+SEVERITY_RANK = {"critical": 2, "warning": 1}
+
+
+class AlarmLike(Protocol):
+    @property
+    def key(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def labels(self) -> dict[str, str]: ...
+    @property
+    def severity(self) -> Any: ...
+    @property
+    def suppressed(self) -> str: ...
+
+
+# A point of one device: (measurement, row tags, point name). Scalars have no row tags.
+PointKey = tuple[str, tuple[tuple[str, str], ...], str]
+
+
+@dataclass(slots=True)
+class DeviceLive:
+    kind: str
+    samples: dict[PointKey, Sample]
+    bad: int = 0  # BAD samples in the device's latest batch
+    reason: str = ""  # the first BAD sample's reason in that batch
+    status: DeviceStatus | None = None
+    batch_ns: int = 0
+
+
+class LiveState:
+    """The pipeline sink (on_batch, on_status) behind every page."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, DeviceLive] = {}
+        self.version = 0  # bumped by every batch and status: the console's task compares it
+        self.on_change: list[Any] = []  # callables with no arguments (the console wakes its task)
+
+    def on_batch(self, batch: Batch) -> None:
+        if batch.kind == "alarm":
+            # The rules service's record of an alarm change: the pages read alarms from the store.
+            self._changed()
+            return
+        live = self.devices.get(batch.device)
+        if live is None:
+            live = self.devices[batch.device] = DeviceLive(batch.kind, {})
+        bad = 0
+        reason = ""
+        for sample in batch.samples:
+            live.samples[(sample.measurement or batch.kind, sample.tags, sample.point)] = sample
+            if sample.quality is Quality.BAD:
+                bad += 1
+                reason = reason or sample.reason
+        live.bad, live.reason, live.batch_ns = bad, reason, batch.ts_ns
+        self._changed()
+
+    def on_status(self, status: DeviceStatus) -> None:
+        live = self.devices.get(status.device)
+        if live is None:
+            live = self.devices[status.device] = DeviceLive(status.kind, {})
+        live.status = status
+        self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        for wake in self.on_change:
+            wake()
+
+    def value(self, device: str, point: str, measurement: str | None = None) -> Any:
+        """The latest good value of a scalar point, or None."""
+        live = self.devices.get(device)
+        if live is None:
+            return None
+        for (meas, tags, name), sample in live.samples.items():
+            if name == point and not tags and (measurement is None or meas == measurement) and sample.ok:
+                return sample.value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RackView:
+    """One cell of the hall."""
+
+    id: str
+    room: str
+    row: str
+    cooling: str
+    budget_kw: float
+    power_kw: float | None
+    utilization_pct: float | None
+    status: str  # critical | warning | ok | unknown
+    band: str  # u0..u3 by utilization, "unk" without a reading
+    coolant: str  # critical | warning | ok | none (air-cooled: no loop)
+    alarms: int
+    suppressed: int
+    cdu: str
+
+    def css(self) -> str:
+        return f"rack s-{self.status} {self.band} c-{self.coolant}"
+
+    def title(self) -> str:
+        power = f"{self.power_kw:.1f} of {self.budget_kw:g} kW" if self.power_kw is not None else "no power reading"
+        alarms = f", {self.alarms} alarm{'s' if self.alarms != 1 else ''}" if self.alarms else ""
+        return f"{self.id}: {power}{alarms}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["css"] = self.css()
+        out["title"] = self.title()
+        return out
+
+
+def rack_subjects(place: RackPlace) -> tuple[set[str], set[str]]:
+    """(alarm subjects that count for the rack: itself, its feed PDUs and its CDU; those of its loop)."""
+    rack = place.rack
+    loop = {rack.cdu} if rack.cdu else set()
+    subjects = {rack.id, *loop}
+    for feed in (rack.feeds.a, rack.feeds.b):
+        if feed is not None:
+            subjects.add(feed.pdu)
+    return subjects, loop
+
+
+def worst(severities: Iterable[str]) -> str:
+    best = "ok"
+    for severity in severities:
+        if SEVERITY_RANK.get(severity, 0) > SEVERITY_RANK.get(best, 0):
+            best = severity
+    return best
+
+
+def judge(topology: Topology, live: LiveState, alarms: Iterable[AlarmLike]) -> list[RackView]:
+    """Every rack of the topology, in room, row and configuration order."""
+    by_subject: dict[str, list[AlarmLike]] = {}
+    for alarm in alarms:
+        by_subject.setdefault(alarm.subject, []).append(alarm)
+    out = []
+    for rack_id, place in topology.racks.items():
+        subjects, loop = rack_subjects(place)
+        mine = [a for s in subjects for a in by_subject.get(s, ())]
+        coolant_alarms = [a for a in mine if a.subject in loop or a.labels.get("category") == "coolant"]
+        power = _number(live.value(rack_id, "power_kw", "rack"))
+        utilization = _number(live.value(rack_id, "utilization_pct", "rack"))
+        status = worst(str(a.severity) for a in mine)
+        if status == "ok" and power is None:
+            status = "unknown"
+        out.append(RackView(
+            id=rack_id, room=place.room, row=place.row, cooling=place.rack.cooling,
+            budget_kw=place.rack.power_budget_kw, power_kw=power, utilization_pct=utilization, status=status,
+            band=_band(utilization),
+            coolant=worst(str(a.severity) for a in coolant_alarms) if place.rack.cdu else "none",
+            alarms=len(mine), suppressed=sum(1 for a in mine if a.suppressed), cdu=place.rack.cdu or ""))
+    return out
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _band(utilization: float | None) -> str:
+    if utilization is None:
+        return "unk"
+    for floor, name in BANDS:
+        if utilization >= floor:
+            return name
+    return "u0"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    id: str
+    kind: str
+    protocol: str
+    status: str  # online | degraded | offline | unknown
+    last_poll_ns: int  # the last successful poll (0: none yet)
+    reason: str
+    rack: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CoordinatorLike(Protocol):
+    @property
+    def online(self) -> bool | None: ...
+    @property
+    def last_error(self) -> str: ...
+    @property
+    def last_success_ns(self) -> int: ...
+    def stale(self, now: float | None = None) -> bool: ...
+
+
+def devices(configured: Iterable[Any], coordinators: Mapping[str, CoordinatorLike], live: LiveState,
+            topology: Topology) -> list[DeviceView]:
+    """Every configured device: online (its last poll answered and every point was good), degraded (it
+    answered, but some points are bad, or no poll completed for three intervals), offline (its last poll
+    failed), unknown (not polled yet, or disabled)."""
+    out = []
+    for device in configured:
+        coordinator = coordinators.get(device.id)
+        state = live.devices.get(device.id)
+        reason = ""
+        if coordinator is None:
+            status, reason = "unknown", "disabled" if not device.enabled else "not polled"
+            last = 0
+        else:
+            last = coordinator.last_success_ns
+            if coordinator.online is None:
+                status, reason = "unknown", "not polled yet"
+            elif not coordinator.online:
+                status, reason = "offline", coordinator.last_error or "no answer"
+            elif coordinator.stale(time.monotonic()):
+                status, reason = "degraded", "no poll completed for three intervals"
+            elif state is not None and state.bad:
+                status, reason = "degraded", f"{state.bad} bad point{'s' if state.bad != 1 else ''}: {state.reason}"
+            else:
+                status = "online"
+        rack = dict(topology.tags(device.id)).get("rack", "")
+        out.append(DeviceView(device.id, str(device.kind), str(getattr(device, "protocol", "")), status, last,
+                              reason, rack))
+    return out

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_QUIET ?= -q
 
-.PHONY: demo test bench venv lint typecheck clean
+.PHONY: demo test bench venv lint typecheck dist clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,9 @@ lint: venv
 typecheck: venv
 	$(PY) -m mypy
 
+## dist: the sdist and the wheel in dist/ (the wheel is built from the sdist, as a release is)
+dist: venv
+	$(PY) -m build --outdir dist
+
 clean:
-	rm -rf $(VENV) .demo build *.egg-info
+	rm -rf $(VENV) .demo build dist *.egg-info

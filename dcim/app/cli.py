@@ -9,6 +9,9 @@
     dcim audit -c FILE [--verify]            the write audit trail and its hash chain
     dcim ingest -c FILE       the MQTT -> InfluxDB ingest alone
     dcim demo                 simulators + embedded broker + daemon, live on the terminal
+    dcim share NAME [DIR]     the shipped examples, Grafana dashboards and systemd units: list, or copy to DIR
+    dcim completion SHELL     a bash, zsh or tcsh completion script (generated from this parser by shtab)
+    dcim --version
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import dcim
+from dcim import __version__
 from dcim.app.config import Config, ConfigError, json_schema, load_config
 from dcim.core.logs import setup_logging
+from dcim.core.resources import SHARED, shared, shared_files
 from dcim.core.samples import Quality, Value
 from dcim.drivers.registry import PROTOCOLS
 
@@ -203,11 +209,127 @@ def cmd_read(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from dcim.app.demo import run_demo
 
-    return run_demo(Path(args.config), duration=args.duration, scenario=not args.no_faults)
+    # No -c: the example hall shipped in the package, so the demo runs from a wheel with no checkout around.
+    path = Path(args.config) if args.config else shared("examples") / "hall.yaml"
+    return run_demo(path, duration=args.duration, scenario=not args.no_faults)
+
+
+def cmd_share(args: argparse.Namespace) -> int:
+    """List a shipped tree, or copy it into a directory; a file that exists with other content is kept
+    unless --force (an operator's edited unit or dashboard is not overwritten by accident)."""
+    if args.name is None:
+        for name in SHARED:
+            print(f"{name:<9} {shared(name)}")
+        return 0
+    root = shared(args.name)
+    files = shared_files(args.name)
+    if args.dir is None:
+        print(f"{args.name}: {root}")
+        for relative in files:
+            print(f"  {relative}")
+        return 0
+    target = Path(args.dir)
+    clashes = [r for r in files if (target / r).is_file() and (target / r).read_bytes() != (root / r).read_bytes()]
+    if clashes and not args.force:
+        for relative in clashes:
+            print(f"{target / relative}: exists and differs (--force to overwrite)", file=sys.stderr)
+        return 1
+    for relative in files:
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        data = (root / relative).read_bytes()
+        if (target / relative).is_file() and (target / relative).read_bytes() == data:
+            continue
+        (target / relative).write_bytes(data)
+        print(target / relative)
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    parser = build_parser()
+    # Complete a file after every --config and a directory where one is asked for, in every subcommand,
+    # including those that other modules register.
+    for sub in [parser, *_subparsers(parser)]:
+        for action in sub._actions:
+            if "--config" in action.option_strings:
+                action.complete = shtab.FILE  # type: ignore[attr-defined]
+            elif action.dest == "dir":
+                action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+    print(shtab.complete(parser, shell=args.shell))
+    return 0
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += [child, *_subparsers(child)]
+    return found
+
+
+DESCRIPTION = "dcim: telemetry and control for data-centre power and cooling (PDUs, CDUs, chillers)."
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """The examples keep their lines; subcommand names up to `opcua-cert` keep their help on the same line."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        # argparse measures the subcommand names without their extra indent, then wraps the longest ones.
+        if isinstance(action, argparse._SubParsersAction):
+            longest = max((len(name) for name in action.choices), default=0)
+            self._action_max_length = max(self._action_max_length, longest + self._current_indent + 4)
+
+
+EPILOG = """examples:
+  dcim demo                                 the packaged example hall, simulated, live on the terminal
+  dcim share examples ./dcim                copy the example configuration(s) out of the package
+  dcim check -c /etc/dcim/dcim.yaml         validate a configuration (every error with its path)
+  dcim read -c /etc/dcim/dcim.yaml cdu-1    read one device once (commissioning)
+  dcim run -c /etc/dcim/dcim.yaml           the daemon (units: dcim share systemd DIR)
+  dcim share grafana ./grafana              the dashboards and Grafana provisioning
+  dcim completion bash > /etc/bash_completion.d/dcim
+
+`dcim COMMAND --help` describes each command."""
+
+# One example per subcommand, shown at the end of `dcim COMMAND --help` (unless its module gives an epilog).
+EXAMPLES = {
+    "run": "dcim run -c /etc/dcim/dcim.yaml",
+    "check": "dcim check -c /etc/dcim/dcim.yaml",
+    "schema": "dcim schema > dcim.schema.json",
+    "simulate": "dcim simulate -c lab.yaml --control-port 8089",
+    "read": "dcim read -c /etc/dcim/dcim.yaml cdu-1 --json",
+    "ingest": "dcim ingest -c /etc/dcim/dcim.yaml",
+    "demo": "dcim demo --duration 60",
+    "share": "dcim share systemd ./units",
+    "completion": "dcim completion zsh > ~/.zfunc/_dcim",
+    "alarms": "dcim alarms -c /etc/dcim/dcim.yaml ack KEY --user alice",
+    "write": "dcim write -c /etc/dcim/dcim.yaml cdu-1 supply_temp_setpoint_c 30 --dry-run",
+    "audit": "dcim audit -c /etc/dcim/dcim.yaml --verify",
+    "opcua-cert": "dcim opcua-cert --out-dir /etc/dcim/opcua",
+}
+
+
+def _describe(sub: Any) -> None:
+    """Each subcommand's --help starts with its one-line summary and ends with an example."""
+    for choice in sub._choices_actions:
+        child = sub.choices[choice.dest]
+        child.description = child.description or choice.help
+        if choice.dest in EXAMPLES and not child.epilog:
+            child.epilog = f"example:\n  {EXAMPLES[choice.dest]}"
+            child.formatter_class = _Help
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dcim", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="dcim", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Help)
+    where = Path(dcim.__file__ or "dcim").parent  # which dcim runs: a wheel's, a checkout's
+    parser.add_argument("--version", action="version",
+                        version=f"dcim {__version__} from {where} (Python {sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -219,23 +341,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the configuration's JSON Schema").set_defaults(func=cmd_schema)
     sim = with_config(sub.add_parser("simulate", help="serve the configuration's simulated devices"))
     sim.add_argument("--control-port", type=int, default=None, help="HTTP endpoint for fault injection")
-    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--seed", type=int, default=1, help="seed of the simulated plant's noise (default 1)")
     sim.add_argument("--frozen", action="store_true", help="no dynamics and no noise (for tests)")
     sim.set_defaults(func=cmd_simulate)
     read = with_config(sub.add_parser("read", help="read a device once and print its points"))
-    read.add_argument("device")
-    read.add_argument("--json", action="store_true")
-    read.add_argument("--timeout", type=float, default=15.0)
+    read.add_argument("device", help="a device id of the configuration")
+    read.add_argument("--json", action="store_true", help="print the samples as JSON")
+    read.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the device (default 15)")
     read.set_defaults(func=cmd_read)
     with_config(sub.add_parser("ingest", help="run only the MQTT -> InfluxDB ingest")).set_defaults(func=cmd_ingest)
     demo = sub.add_parser("demo", help="simulated hall, embedded broker and the daemon, live")
-    demo.add_argument("-c", "--config", default=str(Path("examples") / "hall.yaml"))
-    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("-c", "--config", default=None, help="configuration file (default: the packaged example hall)")
+    demo.add_argument("--duration", type=float, default=None, help="stop this many seconds after the hall is served")
     demo.add_argument("--no-faults", action="store_true", help="do not inject the demo's faults")
     demo.set_defaults(func=cmd_demo)
+    share = sub.add_parser("share", help="list or copy out the shipped examples, dashboards, systemd units")
+    share.add_argument("name", nargs="?", choices=SHARED, help="which tree; none: list the trees and where they are")
+    share.add_argument("dir", nargs="?", help="copy the tree's files here (created); none: list them")
+    share.add_argument("--force", action="store_true", help="overwrite files that exist with other content")
+    share.set_defaults(func=cmd_share)
+    completion = sub.add_parser("completion", help="print a shell completion script (bash, zsh, tcsh)")
+    completion.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    completion.set_defaults(func=cmd_completion)
     for name in (*COMMAND_MODULES, *(spec.commands for spec in PROTOCOLS if spec.commands)):
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
+    _describe(sub)
     return parser
 
 

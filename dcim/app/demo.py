@@ -753,8 +753,6 @@ async def demo(config: Config, *, duration: float | None, faults: bool, out: Tex
         stop = asyncio.Event()
         stop_on_signals(stop)
     loop = asyncio.get_running_loop()
-    if duration is not None:
-        loop.call_later(duration, stop.set)
     try:
         daemon = Daemon(config)
         daemon.pipeline.add_sink(view)
@@ -762,6 +760,10 @@ async def demo(config: Config, *, duration: float | None, faults: bool, out: Tex
             listening = asyncio.Event()
             sims = tg.create_task(run_simulators(config, plant, ready=listening), name="simulators")
             await wait_listening(listening, sims)
+            # --duration counts from a served hall: building the OPC UA servers' address space alone can take
+            # longer than a short demo on a busy machine.
+            if duration is not None:
+                loop.call_later(duration, stop.set)
             running = tg.create_task(daemon.run(stop), name="daemon")
             view.http = daemon.http
             screen_task = (show_live(view, Console(file=out)) if tty else show_plain(view, out))

@@ -25,13 +25,14 @@ import yaml
 from pydantic import ValidationError
 
 from dcim.core.config import error_path
+from dcim.core.resources import package_path
 from dcim.drivers.profile_model import CANONICAL as CANONICAL
 from dcim.drivers.profile_model import PointBase as PointBase
 from dcim.drivers.profile_model import Profile as Profile
 from dcim.drivers.profile_model import WriteRange as WriteRange
 from dcim.drivers.registry import PROTOCOLS
 
-BUILTIN_DIR = Path(__file__).parent / "profiles"
+BUILTIN_DIR = package_path("dcim.drivers", "profiles")  # the installed package's, wherever it is
 class ProfileError(Exception):
     """A profile file is missing or invalid; `errors` holds (path, message) pairs."""
 

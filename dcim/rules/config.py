@@ -26,7 +26,6 @@ when the metric has had no good value for that long.
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 from typing import Annotated, Literal, Protocol
 
 import yaml
@@ -34,6 +33,7 @@ from pydantic import Field, field_validator, model_validator
 
 from dcim.core.config import Duration, PositiveDuration, StrictModel
 from dcim.core.events import Severity
+from dcim.core.resources import package_path
 from dcim.core.samples import Value
 from dcim.core.topology import Hall
 from dcim.rules.kinds import Rule, RuleBase, Tuning
@@ -235,7 +235,7 @@ class RulesConfig(StrictModel):
         return self
 
 
-PACK_DIR = Path(__file__).parent / "packs"
+PACK_DIR = package_path("dcim.rules", "packs")  # the installed package's, wherever it is
 
 
 class Pack(StrictModel):

@@ -97,10 +97,15 @@ def test_opcua_simulator_port_taken(tmp_path: Path, tcp: socket.socket) -> None:
     assert_one_line(run_demo(config), port, "tcp", "simulated chiller-1", config)
 
 
-def test_an_address_that_cannot_be_bound_says_why(tmp_path: Path, tcp: socket.socket) -> None:
+def test_an_address_that_cannot_be_bound_says_why(tmp_path: Path, tcp: socket.socket,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     # 192.0.2.1 (TEST-NET-1) is no address of this machine; the held port is in use: one line names both.
+    # Off loopback the API needs HTTPS and a login: given (the files are not read before the bind).
+    monkeypatch.setenv("DCIM_TEST_HTTP_TOKEN", "t" * 32)
     config = parse_config(yaml.safe_load(example(tmp_path, lambda raw: raw.update(
-        http={"host": "192.0.2.1", "port": 8470})).read_text()), "test")
+        http={"host": "192.0.2.1", "port": 8470, "tls_cert_file": str(tmp_path / "dcim.crt"),
+              "tls_key_file": str(tmp_path / "dcim.key"), "token": "env:DCIM_TEST_HTTP_TOKEN"})).read_text()),
+        "test")
     config = config.model_copy(update={"devices": [
         d.model_copy(update={"port": tcp.getsockname()[1]}) if d.id == "cdu-1" else d for d in config.devices]})
     problems = dict((listener.what, reason) for listener, reason in unavailable(listeners(config)))

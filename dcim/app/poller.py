@@ -46,6 +46,10 @@ INGEST_STALL_SECONDS = 15.0
 # Polls of online devices running at once, at most: enough for 1,000 devices at 1 s answering within
 # 250 ms; past it, polls wait their turn in the admission instead of running past their deadlines.
 POLLS_IN_FLIGHT = 256
+# Polls of offline devices at once, in a pool of their own: a real outage of many devices (each poll a
+# timeout) never holds the online ones back, and a loop so starved that every device looked offline gets
+# few enough polls at once that they answer in time again.
+OFFLINE_POLLS_IN_FLIGHT = 64
 
 # A poll that starts later than this fraction of its interval after it was due has overrun its slot.
 OVERRUN_FRACTION = 0.5
@@ -250,6 +254,7 @@ class DeviceCoordinator:
 def wire_backpressure(pipeline: Pipeline, publisher: MqttPublisher | None, ingest: Ingest | None) -> None:
     """The outboxes after the pipeline hold the pollers back when they fill faster than they drain."""
     pipeline.admission.max_in_flight = POLLS_IN_FLIGHT
+    pipeline.admission.max_offline_in_flight = OFFLINE_POLLS_IN_FLIGHT
     if publisher is not None:
         box, connected = publisher.outbox, publisher.connected
         subscribed = ingest.subscribed if ingest is not None else None

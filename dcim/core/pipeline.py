@@ -186,15 +186,19 @@ class Admission:
     """
 
     def __init__(self, *, check_every: float = 0.02, stall_after: float = 30.0,
-                 max_in_flight: int | None = None) -> None:
+                 max_in_flight: int | None = None, max_offline_in_flight: int | None = None) -> None:
         self.check_every = check_every
         self.stall_after = stall_after
         # Polls running at once, at most (None: no bound). Past saturation a thousand polls started together
         # all run past their deadlines on a starved event loop and fail; a bounded number finish in time and
-        # the others wait here, where no deadline runs. Polls of offline devices do not take a slot
-        # (`acquire(capped=False)`): a mass outage of devices that time out must not hold the others back.
+        # the others wait here, where no deadline runs. Polls of offline devices (`acquire(capped=False)`)
+        # have a pool of their own: a mass outage of devices that time out must not hold the others back,
+        # and must not be unbounded either, since a starved loop makes every device look offline (its polls
+        # time out), and a thousand polls at once would then keep every one of them failing.
         self.max_in_flight = max_in_flight
+        self.max_offline_in_flight = max_offline_in_flight
         self.in_flight = 0
+        self.offline_in_flight = 0
         self._backlogs: list[_Backlog] = []
         self._waiters: deque[tuple[asyncio.Future[None], bool]] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -225,13 +229,20 @@ class Admission:
         return min((b.mark(now) - b.depth() for b in self._backlogs if b.counts()), default=math.inf)
 
     def _slot(self, capped: bool) -> bool:
-        return not capped or self.max_in_flight is None or self.in_flight < self.max_in_flight
+        if capped:
+            return self.max_in_flight is None or self.in_flight < self.max_in_flight
+        return self.max_offline_in_flight is None or self.offline_in_flight < self.max_offline_in_flight
+
+    def _take(self, capped: bool) -> None:
+        if capped:
+            self.in_flight += 1
+        else:
+            self.offline_in_flight += 1
 
     async def acquire(self, capped: bool = True) -> None:
         """Wait for this poll's turn. Every `acquire` is followed by one `release` with the same `capped`."""
         if not self._waiters and self._slot(capped) and not self.congested():
-            if capped:
-                self.in_flight += 1
+            self._take(capped)
             self.last_progress = time.monotonic()
             return
         self.held += 1
@@ -255,8 +266,10 @@ class Admission:
     def release(self, capped: bool = True) -> None:
         if capped:
             self.in_flight -= 1
-            if self._waiters:
-                self._check()
+        else:
+            self.offline_in_flight -= 1
+        if self._waiters:
+            self._check()
 
     def _arm(self) -> None:
         if self._timer is None:
@@ -269,20 +282,25 @@ class Admission:
     def _check(self) -> None:
         budget = self._budget()
         admitted = 0
+        # First come, first served within each pool: a waiter whose pool is full keeps its place, and the
+        # next in line of the other pool may go on.
+        kept: deque[tuple[asyncio.Future[None], bool]] = deque()
         while self._waiters and budget > 0:
-            waiter, capped = self._waiters[0]
+            entry = self._waiters.popleft()
+            waiter, capped = entry
             if waiter.done():
-                self._waiters.popleft()
                 continue
             if not self._slot(capped):
-                break  # first come, first served: the next in line waits for a slot, and so does everyone
-            self._waiters.popleft()
+                kept.append(entry)
+                if not self._slot(not capped):
+                    break  # both pools full
+                continue
             waiter.set_result(None)
-            if capped:
-                self.in_flight += 1
+            self._take(capped)
             budget -= 1
             admitted += 1
             self.last_progress = time.monotonic()
+        self._waiters.extendleft(reversed(kept))
         if admitted:
             for backlog in self._backlogs:
                 backlog.credit = max(0.0, backlog.credit - admitted)
@@ -323,6 +341,7 @@ class Admission:
         return {
             "waiting": len(self._waiters), "held_total": self.held,
             "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+            "offline_in_flight": self.offline_in_flight, "max_offline_in_flight": self.max_offline_in_flight,
             "backlogs": {b.name: {"depth": b.depth(), "high": b.high, "mark": round(b.mark(time.monotonic())),
                                   "drain_per_s": round(b.rate, 1), "holding": b.counts(), "stalled": b.stalled}
                          for b in self._backlogs},

@@ -137,8 +137,8 @@ def test_derived_batches_wait_for_the_deferrable_sinks_the_latest_per_subject() 
     assert [(b.device, b.ts_ns) for b in publisher.batches][-2:] == [("cdu-1", 6), ("R2", 3)]
 
 
-async def test_polls_in_flight_are_bounded_in_order_and_offline_devices_take_no_slot() -> None:
-    admission = Admission(max_in_flight=2)
+async def test_polls_in_flight_are_bounded_in_order_and_offline_devices_have_a_pool_of_their_own() -> None:
+    admission = Admission(max_in_flight=2, max_offline_in_flight=1)
     await admission.acquire()
     await admission.acquire()
     passed: list[str] = []
@@ -151,13 +151,18 @@ async def test_polls_in_flight_are_bounded_in_order_and_offline_devices_take_no_
     await wait_until(lambda: admission.waiting == 1)
     fourth = asyncio.create_task(poll("fourth"))
     await wait_until(lambda: admission.waiting == 2)
-    offline = asyncio.create_task(poll("offline", capped=False))  # behind them in line, but needs no slot
+    # Behind them in line, but its own pool has room: it goes on while they wait for theirs.
+    offline = asyncio.create_task(poll("offline", capped=False))
+    await wait_until(lambda: passed == ["offline"])
+    assert admission.offline_in_flight == 1 and admission.waiting == 2
+    second_offline = asyncio.create_task(poll("second offline", capped=False))  # its pool is full now
     await wait_until(lambda: admission.waiting == 3)
     admission.release()
-    await wait_until(lambda: passed == ["third"])
+    await wait_until(lambda: passed == ["offline", "third"])
     admission.release()
-    await wait_until(lambda: passed == ["third", "fourth", "offline"])
-    assert admission.in_flight == 2
+    await wait_until(lambda: passed == ["offline", "third", "fourth"])
+    assert admission.in_flight == 2 and admission.waiting == 1
     admission.release(capped=False)
-    assert admission.in_flight == 2
-    await asyncio.gather(third, fourth, offline)
+    await wait_until(lambda: passed == ["offline", "third", "fourth", "second offline"])
+    assert admission.in_flight == 2 and admission.offline_in_flight == 1
+    await asyncio.gather(third, fourth, offline, second_offline)

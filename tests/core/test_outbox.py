@@ -51,7 +51,7 @@ async def test_take_waits_for_put(outbox: Outbox) -> None:
     await asyncio.sleep(0)
     assert not waiter.done()
     outbox.put("t", b"late")
-    items = await asyncio.wait_for(waiter, 5)
+    items = await asyncio.wait_for(waiter, 60)
     assert items[0].payload == b"late"
 
 

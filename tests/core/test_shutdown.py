@@ -50,7 +50,7 @@ async def test_a_poller_stops_even_when_its_driver_swallows_the_cancellation() -
     driver = SwallowingDriver(device, load_profile("generic-cdu"))
     coordinator = DeviceCoordinator(device, driver, Pipeline())
     task = asyncio.create_task(coordinator.run())
-    await wait_until(lambda: driver.reads >= 3, timeout=5)
+    await wait_until(lambda: driver.reads >= 3, timeout=60)
     task.cancel()
     done, _ = await asyncio.wait([task], timeout=5)
     assert done, "the poller ran on after its cancellation was swallowed"

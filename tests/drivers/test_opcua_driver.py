@@ -155,7 +155,7 @@ async def test_a_deadband_suppresses_small_changes(sim: Running, deadband: dict[
     try:
         await sub.value("condenser_entering_temp_c", lambda v: v == 28.0)
         state.condenser_entering_c = 28.3  # below either deadband
-        await wait_until(lambda: sim.server.nodes["condenser_entering_temp_c"].last == 28.3, timeout=5)
+        await wait_until(lambda: sim.server.nodes["condenser_entering_temp_c"].last == 28.3, timeout=60)
         state.condenser_entering_c = 30.0
         await sub.value("condenser_entering_temp_c", lambda v: v == 30.0)
         seen = [s.value for s in sub.got.samples if s.point == "condenser_entering_temp_c"]

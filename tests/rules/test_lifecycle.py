@@ -144,7 +144,7 @@ async def test_run_ticks_on_the_clock_and_flushes_when_cancelled(tmp_path: Path)
 
     r = Rig(hall(tmp_path))
     task = asyncio.create_task(r.service.run(), name="rules")
-    await wait_until(lambda: r.clock._sleepers, timeout=5, message="service sleeping on the clock")
+    await wait_until(lambda: r.clock._sleepers, timeout=60, message="service sleeping on the clock")
     r.cdu("cdu-1", leak=True)
     assert r.notifier.fired() == ["cdu-leak/cdu-1"]
     r.published.clear()

@@ -167,7 +167,7 @@ async def test_serve_until_cancelled_then_the_port_is_free() -> None:
             return True
         return False
 
-    await wait_until(answering, timeout=5)
+    await wait_until(answering, timeout=60)
     async with client(port) as c:
         assert not (await c.read_input_registers(0, count=19)).isError()
         task.cancel()

@@ -355,7 +355,7 @@ class Ingest:
             while True:
                 items, lines = self._trim(await self.outbox.take(self._take_limit()))
                 try:
-                    await self._write(items)
+                    await self._write(items, lines)
                 except RetryableWriteError as err:
                     if not down_logged:
                         log.warning("database unavailable; buffering in the outbox",
@@ -392,17 +392,17 @@ class Ingest:
             self._lines_per_item = max(1.0, 0.8 * self._lines_per_item + 0.2 * lines / len(kept))
         return kept, lines
 
-    async def _write(self, items: list[Item]) -> None:
-        await self._write_part(items, [self.config.ingest.max_bisect_requests])
+    async def _write(self, items: list[Item], lines: int) -> None:
+        await self._write_part(items, lines, [self.config.ingest.max_bisect_requests])
 
-    async def _write_part(self, items: list[Item], budget: list[int]) -> None:
-        """Write `items`; on a refusal of the whole request, split it while `budget` (extra requests) lasts."""
+    async def _write_part(self, items: list[Item], lines: int, budget: list[int]) -> None:
+        """Write `items` (`lines` lines); on a refusal of the whole request, split it while `budget` (extra
+        requests) lasts."""
         try:
             self.requests += 1
             REQUESTS.inc()
             await self.writer.write([i.payload for i in items])
         except RejectedWriteError as err:
-            lines = sum(_lines(i) for i in items)
             if err.partial:
                 # The database stored the rest and said so: nothing to resend.
                 refused = min(lines, max(1, err.dropped or 1))
@@ -415,10 +415,11 @@ class Ingest:
             else:
                 budget[0] -= 2
                 half = len(items) // 2
-                await self._write_part(items[:half], budget)
-                await self._write_part(items[half:], budget)
+                first = sum(_lines(i) for i in items[:half])
+                await self._write_part(items[:half], first, budget)
+                await self._write_part(items[half:], lines - first, budget)
             return
-        self._written(sum(_lines(i) for i in items))
+        self._written(lines)
 
     def _written(self, count: int) -> None:
         self.written += count

@@ -25,15 +25,15 @@ from dcim.simulators.plant import Plant
 from tests.chaos.daemonlib import log_events
 from tests.e2e.harness import REPO, DaemonProcess, cdu_hall, load, simulators
 from tests.e2e.test_full_disk import (
-    _active,
     _degraded,
     _recovered,
     _stored_state,
+    alive_on_a_full_disk,
     fill,
     small_disk,
     tmpfs,
 )
-from tests.e2e.test_restart_order import TOPIC, alarm_topics, pump_states
+from tests.e2e.test_restart_order import alarm_topics
 from tests.e2e.test_rules_e2e import SECRET, rules_config
 from tests.helpers import wait_until
 from tests.receivers import HttpReceiver
@@ -87,16 +87,7 @@ async def test_a_disk_full_at_start_starts_degraded_and_recovers(tmp_path: Path,
             # The room the reserve made is soon taken: the outbox keeps telemetry in memory.
             await wait_until(lambda: _degraded(get), timeout=60,
                              message=f"an outbox reporting the full disk\n{daemon.log()}")
-            seen = polls()
-            await wait_until(lambda: polls() >= seen + 5, timeout=30, message="telemetry while the disk is full")
-
-            plant.inject("cdu-1", "pump_failure")
-            await wait_until(lambda: _active(get), timeout=30, message=f"pump alarm active\n{daemon.log()}")
-            await wait_until(lambda: any(t == TOPIC and p for t, p, _ in topics), timeout=30,
-                             message="pump alarm on MQTT while the disk is full")
-            await wait_until(lambda: "firing" in pump_states(http_receiver), timeout=30,
-                             message="pump alarm on the webhook while the disk is full")
-            assert daemon.process is not None and daemon.process.poll() is None, daemon.log()
+            await alive_on_a_full_disk(daemon, plant, get, polls, topics, http_receiver)
 
             filler.unlink()
             await wait_until(lambda: _recovered(get), timeout=60, message=f"outboxes writing again\n{daemon.log()}")

@@ -16,6 +16,7 @@ from dcim.core.samples import Quality, Sample
 from dcim.drivers.base import DriverContext, Subscriber
 from dcim.drivers.errors import WriteRejected
 from dcim.drivers.opcua.driver import OpcUaDriver, OpcUaSubscriber, make_driver
+from dcim.drivers.opcua.subscriber import by_time
 from dcim.drivers.profiles import load_profile
 from dcim.simulators.plant import Plant
 from tests.helpers import free_port, wait_until
@@ -144,6 +145,46 @@ async def test_subscription_delivers_a_change_within_a_publishing_interval(sim: 
         state.leaving_c = 18.0
         await sub.stop()
         await drv.close()
+
+
+async def test_changes_at_different_times_in_one_publish_keep_their_own_times(sim: Running) -> None:
+    # A long publishing interval: two changes half a second apart usually arrive in one publish. A batch is
+    # stored as one line at one time, so each must go out in a batch of its own time (a chiller that trips
+    # after its last temperature change was once stored as tripped at that earlier moment).
+    drv = driver_for(sim, publishing_interval="5s")
+    sub = Subscription(drv)
+    state = sim.plant.chillers[sim.device.id]
+    try:
+        await sub.value("condenser_entering_temp_c", lambda v: v == 28.0)
+        await sub.value("leaving_temp_c", lambda v: v == 18.0)
+        state.condenser_entering_c = 29.5
+        await wait_until(lambda: sim.server.nodes["condenser_entering_temp_c"].last == 29.5, timeout=60)
+        await asyncio.sleep(0.5)
+        state.leaving_c = 18.75
+        first = await sub.value("condenser_entering_temp_c", lambda v: v == 29.5)
+        second = await sub.value("leaving_temp_c", lambda v: v == 18.75)
+        assert (first, second) == (29.5, 18.75)
+        for batch in sub.got.batches:
+            assert len({s.ts_ns for s in batch}) == 1, batch
+        # When each change was first heard of (the heartbeat repeats both later, at one time).
+        changed: dict[str, int] = {}
+        for sample in sub.got.samples:
+            if (sample.point, sample.value) in {("condenser_entering_temp_c", 29.5), ("leaving_temp_c", 18.75)}:
+                changed.setdefault(sample.point, sample.ts_ns)
+        assert changed["leaving_temp_c"] > changed["condenser_entering_temp_c"]
+    finally:
+        state.condenser_entering_c, state.leaving_c = 28.0, 18.0
+        await sub.stop()
+        await drv.close()
+
+
+def test_samples_are_split_by_their_times_oldest_first() -> None:
+    def s(point: str, value: float, ts: int) -> Sample:
+        return Sample("chiller-1", point, value, ts, Quality.GOOD, "", "chiller", ())
+
+    groups = by_time([s("a", 1.0, 20), s("b", 2.0, 10), s("a", 3.0, 20), s("c", 4.0, 10)])
+    assert [[(x.point, x.value, x.ts_ns) for x in g] for g in groups] == [
+        [("b", 2.0, 10), ("c", 4.0, 10)], [("a", 3.0, 20)]]
 
 
 @pytest.mark.parametrize("deadband", [{"type": "absolute", "value": 0.5}, {"type": "percent", "value": 1.0}])

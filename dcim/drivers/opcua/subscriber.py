@@ -40,6 +40,14 @@ log = structlog.get_logger(__name__)
 CHANGES = REGISTRY.counter("dcim_opcua_data_changes_total", "OPC UA data change notifications", ("device",))
 
 
+def by_time(samples: list[Sample]) -> list[list[Sample]]:
+    """Samples -> one list per timestamp, oldest first; a point seen twice at one time keeps its later value."""
+    groups: dict[int, dict[str, Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.ts_ns, {})[sample.point] = sample
+    return [list(groups[ts].values()) for ts in sorted(groups)]
+
+
 class OpcUaSubscriber(OpcUaDriver):
     """The default (`mode: subscribe`): monitored items push changes; `read()` still works for `dcim read`."""
 
@@ -224,13 +232,19 @@ class OpcUaSubscriber(OpcUaDriver):
         deps = {n for r in derived if r.point.derive for n in (r.point.derive.numerator, r.point.derive.denominator)}
 
         def flush() -> None:
-            batch = pending.copy()
+            # One publish may carry values measured at different times (each item's queue holds the changes
+            # of a whole publishing interval). A batch is one line per measurement at one timestamp, so they
+            # go out as one batch per source timestamp, oldest first: a chiller that trips half a second
+            # after its last temperature change must not be stored as tripped at that earlier moment.
+            groups = by_time(pending)
             pending.clear()
-            if derived and any(s.point in deps for s in batch):
-                known = {**self._last, **{s.point: s for s in batch}}
-                batch += self._derived(known, now_ns())
-            self._remember(batch)
-            emit(batch)
+            for batch in groups:
+                ts = batch[0].ts_ns
+                if derived and any(s.point in deps for s in batch):
+                    known = {**self._last, **{s.point: s for s in batch}}
+                    batch += self._derived(known, ts)
+                self._remember(batch)
+                emit(batch)
 
         async for event in sub:
             if isinstance(event, DataChangeEvent):

@@ -113,8 +113,9 @@ class Outbox:
 
     @property
     def degraded(self) -> bool:
-        """True while the disk refuses writes and items are kept in memory."""
-        return bool(self._error)
+        """True from a write the disk refused to the next one it takes. Not cleared when what was kept in
+        memory went out from there: the disk is no better for it, and the gauge would flap with every poll."""
+        return self._disk_failing
 
     async def open(self) -> None:
         if self._writer is None:
@@ -128,7 +129,7 @@ class Outbox:
 
     def _collect(self) -> None:
         DEPTH.set(self.depth, outbox=self.name)
-        DEGRADED.set(1 if self._error else 0, outbox=self.name)
+        DEGRADED.set(1 if self._disk_failing else 0, outbox=self.name)
 
     # ---- putting ---------------------------------------------------------------------------------------
 

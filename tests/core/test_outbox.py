@@ -165,3 +165,24 @@ async def test_close_on_a_full_disk_neither_hangs_nor_raises(tmp_path: Path, wri
     box.put("t", BIG)
     await box.close()
     assert box.degraded
+
+
+async def test_degraded_until_the_disk_takes_a_write_even_when_memory_empties(
+        tmp_path: Path, writer: SqliteWriter) -> None:
+    """What was kept in memory going out from there (acknowledged by the consumer) says nothing of the disk:
+    the outbox stays degraded (and its gauge at 1) until a write succeeds, not on and off with every poll."""
+    box = Outbox(tmp_path / "o.sqlite", name="emptied", max_items=100, writer=writer)
+    await box.open()
+    await set_page_limit(box, full=True)
+    box.put("t", BIG)
+    await box._write_buffer()  # refused
+    assert box.degraded
+    await box.ack(await box.take(10))  # sent from memory
+    assert box.depth == 0
+    await box._write_buffer()  # nothing to write: nothing learnt about the disk
+    assert box.degraded
+    await set_page_limit(box, full=False)
+    box.put("t", b"next")
+    await box._write_buffer()
+    assert not box.degraded
+    await box.close()

@@ -41,7 +41,7 @@ from dcim.app.console import Console
 from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest, LocalFeed
 from dcim.app.instance import RESERVE_BYTES, Claim, Reserve, StartupError, instance_tag, serves_http
-from dcim.app.poller import DeviceCoordinator, make_driver, polling_summary, wire_backpressure
+from dcim.app.poller import DeviceCoordinator, make_driver, polling_summary, watch_loop_lag, wire_backpressure
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
 from dcim.core.audit import AuditLog
@@ -308,6 +308,7 @@ class Daemon:
                     start("http-api", self.http.serve)
                 start("reload", self._reload_loop)
                 start("reserve", self._keep_reserve, critical=False)
+                start("loop-lag", watch_loop_lag, critical=False)
                 # Not critical: without systemd it has nothing left to do after the first poll round.
                 self._tasks["ready-watch"] = tg.create_task(self._watch_ready(), name="ready-watch")
                 log.info("daemon started", site=self.config.site.id, devices=len(self.coordinators),

@@ -273,6 +273,20 @@ def wire_backpressure(pipeline: Pipeline, publisher: MqttPublisher | None, inges
                                        stall_after=INGEST_STALL_SECONDS)
 
 
+LAG_PERIOD = 0.25
+LOOP_LAG = REGISTRY.gauge("dcim_event_loop_lag_seconds",
+                          "How late the event loop ran a timer at the last check (above about 0.05 s: out of CPU)")
+
+
+async def watch_loop_lag(period: float = LAG_PERIOD) -> None:
+    """How late a timer runs: a daemon past saturation shows it here before anywhere else."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(period)
+        LOOP_LAG.set(max(0.0, loop.time() - start - period))
+
+
 def polling_summary(coordinators: Iterable[DeviceCoordinator], pipeline: Pipeline) -> dict[str, Any]:
     """For /healthz: overruns in total and the devices with the most, and what backpressure holds now.
     Overruns alone do not make the daemon unhealthy: past saturation every device is polled later."""

@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from pathlib import Path
 
 from dcim.app.config import Config, load_config
-from dcim.app.poller import OVERRUNS, DeviceCoordinator, make_driver, polling_summary
+from dcim.app.poller import LOOP_LAG, OVERRUNS, DeviceCoordinator, make_driver, polling_summary, watch_loop_lag
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Batch, DeviceStatus
 from dcim.drivers.base import DriverContext
 from dcim.drivers.profiles import load_profile
 from dcim.simulators.plant import Plant
 from tests.e2e.harness import cdu_hall, simulators
+from tests.helpers import wait_until
 
 DEVICES = 12
 INTERVAL = 0.5
@@ -138,3 +140,16 @@ async def test_three_times_the_sustainable_load_stretches_intervals_evenly_withi
     assert summary["devices_with_overruns"] == DEVICES
     assert summary["admission"]["backlogs"]["slow-sink"]["high"] == HIGH
     assert pipeline.admission.held > 0
+
+
+async def test_the_loop_lag_gauge_shows_a_loop_that_ran_late() -> None:
+    # A callback that holds the loop for 0.3 s makes the watcher's 0.05 s timer at least 0.25 s late: a lower
+    # bound, which a busy machine only raises.
+    watcher = asyncio.create_task(watch_loop_lag(0.05))
+    try:
+        await asyncio.sleep(0)  # the watcher is asleep on its timer
+        time.sleep(0.3)  # noqa: ASYNC251 - holding the loop is the point
+        await wait_until(lambda: LOOP_LAG.get() > 0.2, timeout=30, message="lag not seen")
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)

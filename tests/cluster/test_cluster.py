@@ -1,0 +1,163 @@
+"""Three `dcim run` nodes for one site, coordinated through a three-member etcd, over the project's simulators,
+a real Mosquitto and a real webhook receiver (tests/cluster/harness.py).
+
+One site per module (starting it costs a few seconds); each test starts from every node running and every
+device polled by exactly one node, and leaves the nodes it killed started again. Every wait ends on the
+condition it waits for; the times measured (failover) are reported, never asserted against a clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dcim.app.cluster.shards import assign
+from tests.cluster.etcd import EtcdCluster
+from tests.cluster.harness import NODES, Site, pages
+from tests.helpers import require_binary, wait_until_sync
+from tests.receivers import HttpReceiver
+from tests.servers import Mosquitto
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+DEVICES = {f"cdu-{n}" for n in range(1, 7)}
+LEAK = "cdu-leak/cdu-1"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    require_binary("etcd", "etcd-server")
+    require_binary("mosquitto", "mosquitto")
+    tmp = tmp_path_factory.mktemp("cluster")
+    with EtcdCluster(tmp / "etcd") as etcd, Mosquitto(tmp / "mosquitto") as broker, HttpReceiver() as receiver:
+        with Site(tmp, etcd.endpoints, broker, receiver) as site:
+            site.etcd = etcd  # type: ignore[attr-defined]
+            site.start_all()
+            yield site
+
+
+def steady(site: Site, timeout: float = 120.0) -> dict[str, str]:
+    """Every node running and in the cluster, one leader, every device polled by exactly one node."""
+    for node in NODES:
+        if not site.alive(node):
+            site.start(node)
+
+    def ready() -> dict[str, str] | None:
+        statuses = site.statuses()
+        if set(statuses) != set(NODES):
+            return None
+        if any(sorted(s["cluster"]["nodes"]) != sorted(NODES) or not s["cluster"]["live"] for s in statuses.values()):
+            return None
+        polled = site.polled()
+        if set(polled) != DEVICES or any("," in n for n in polled.values()) or site.leader() is None:
+            return None
+        return polled
+
+    return site.wait(ready, "a steady cluster", timeout)
+
+
+def test_shards_are_balanced_by_rendezvous_hashing(site: Site) -> None:
+    polled = steady(site)
+    status = site.status("node-1")
+    assert status is not None
+    shards = status["cluster"]["shards"]
+    # A rack's CDU loop is one shard: the six rows are six shards, each with its CDU.
+    assert sorted(shards) == [f"rack:R{n}-1" for n in range(1, 7)]
+    expected = assign(shards, NODES)
+    assert {g: s["owner"] for g, s in shards.items()} == expected
+    for group, info in shards.items():
+        for device in info["devices"]:
+            assert polled[device] == expected[group]
+    # Every node polls something (rendezvous over six shards and these three names).
+    assert set(polled.values()) == set(NODES)
+    # Every node sees the same owners and the same leader.
+    views = [(s["cluster"]["leader"], {g: i["owner"] for g, i in s["cluster"]["shards"].items()})
+             for s in site.statuses().values()]
+    assert all(v == views[0] for v in views)
+
+
+def test_an_etcd_member_killed_changes_nothing(site: Site) -> None:
+    before = steady(site)
+    leader = site.leader()
+    etcd: EtcdCluster = site.etcd  # type: ignore[attr-defined]
+    victim = etcd.members[0]
+    victim.kill()
+    try:
+        # The survivors elect among themselves; the nodes that talked to the dead member move on.
+        etcd.wait_healthy()
+        start = {n: s["cluster"] for n, s in site.statuses().items()}
+        assert set(start) == set(NODES)
+        # Two TTLs of renewals on every node after the kill (each renews every TTL/3): a node that had lost
+        # its lease would show a new lease id, and its shards or its leadership would have moved.
+        site.wait(lambda: all((s := site.status(n)) is not None
+                              and s["cluster"]["renewals"] >= start[n]["renewals"] + 6 for n in NODES),
+                  "renewals after the member's loss")
+        after = site.statuses()
+        assert {n: s["cluster"]["lease_id"] for n, s in after.items()} == {n: c["lease_id"] for n, c in start.items()}
+        assert all(s["cluster"]["live"] for s in after.values())
+        assert site.polled() == before
+        assert site.leader() == leader
+    finally:
+        victim.start()
+        etcd.wait_healthy()
+
+
+def test_a_killed_node_s_devices_are_polled_by_the_others(site: Site) -> None:
+    before = steady(site)
+    victim = next(n for n in NODES if n != site.leader())
+    lost = {d for d, n in before.items() if n == victim}
+    assert lost
+    killed = time.monotonic()
+    site.kill(victim)
+    survivors = [n for n in NODES if n != victim]
+
+    def taken_over() -> dict[str, str] | None:
+        polled = site.polled()
+        return polled if lost <= set(polled) and all(polled[d] in survivors for d in lost) else None
+
+    polled = site.wait(taken_over, "take-over")
+    took = time.monotonic() - killed
+    # Each lost shard went to the node that ranks next for it among the survivors.
+    status = site.status(survivors[0])
+    assert status is not None
+    shards = status["cluster"]["shards"]
+    expected = assign(shards, survivors)
+    for group, info in shards.items():
+        for device in info["devices"]:
+            if device in lost:
+                assert polled[device] == expected[group]
+    # The devices that were not the victim's did not move.
+    assert {d: n for d, n in polled.items() if d not in lost} == {d: n for d, n in before.items() if d not in lost}
+    ttl = status["cluster"]["lease_ttl_s"]
+    print(f"failover of {sorted(lost)} after kill -9 of {victim}: {took:.1f} s (lease TTL {ttl} s)")
+    site.start(victim)
+    after = steady(site)
+    # The victim back: rendezvous gives it back exactly its shards.
+    assert after == before
+
+
+def test_leader_killed_during_an_active_alarm_pages_once_and_resolves_once(site: Site) -> None:
+    steady(site)
+    receiver = site.receiver
+    site.fault("cdu-1", "leak")
+    site.wait(lambda: pages(receiver, LEAK) == ["firing"], "the leak paged")
+    leader = site.leader()
+    assert leader is not None
+    site.kill(leader)
+    survivors = [n for n in NODES if n != leader]
+
+    def new_leader() -> str | None:
+        found = site.leader()
+        return found if found in survivors else None
+
+    site.wait(new_leader, "a new leader")
+    # cdu-1 polled (again) by a live node, its leak seen there: the alarm is active on the new side too.
+    wait_until_sync(lambda: site.polled().get("cdu-1") in survivors, timeout=90, interval=0.1)
+    wait_until_sync(lambda: any(
+        s["cluster"]["alarms_shared"] >= 1 for n, s in site.statuses().items() if n in survivors), timeout=30)
+    site.fault("cdu-1", "leak", clear=True)
+    site.wait(lambda: "resolved" in pages(receiver, LEAK), "the resolve paged")
+    assert pages(receiver, LEAK) == ["firing", "resolved"], site.logs()
+    steady(site)

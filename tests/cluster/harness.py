@@ -34,6 +34,7 @@ T = TypeVar("T")
 NODES = ("node-1", "node-2", "node-3")
 CDUS = 6
 TTL_S = 3
+TOKEN = "cluster-test-token"
 
 
 def hall(tmp_path: Path) -> dict[str, Any]:
@@ -128,13 +129,17 @@ class Site:
         endpoints = self.endpoints if node != "node-3" else [f"127.0.0.1:{p.port}" for p in self.proxies]
         raw = dict(self.raw)
         fast = {"for": 0, "clear_after": 0}
+        token = workdir / "http-token"
+        token.write_text(TOKEN)
         raw.update({
             "state_dir": str(workdir / "state"),
-            "http": {"enabled": True, "host": "127.0.0.1", "port": 0},
+            "http": {"enabled": True, "host": "127.0.0.1", "port": 0, "token": f"file:{token}"},
             "mqtt": {"host": self.broker.host, "port": self.broker.port, "prefix": "dcim"},
             "cluster": {"endpoints": endpoints, "node_id": node, "lease_ttl": f"{TTL_S}s", "prefix": "/dcim-test"},
             "rules": {
                 "tick": "200ms",
+                # Operator writes over the HTTP API (the tests' way to exercise the write path), rate unlimited.
+                "control": {"operator_writes": True, "min_interval": 0},
                 "overrides": {"cdu-leak": {d["id"]: fast for d in raw["devices"]}},
                 "notifications": {
                     "hooks": {"ops": {"type": "webhook", "url": self.receiver.url + "/hook", "timeout": 2}},
@@ -206,6 +211,18 @@ class Site:
             return None
         return data
 
+    def metrics(self, node: str) -> dict[str, float]:
+        """The node's /metrics, the unlabelled dcim_cluster_* samples."""
+        port = self.http_port(node)
+        assert port is not None
+        _, body = http_request("GET", f"http://127.0.0.1:{port}/metrics", timeout=10)
+        out = {}
+        for line in body.decode().splitlines():
+            if line.startswith("dcim_cluster_") and "{" not in line:
+                name, _, value = line.partition(" ")
+                out[name] = float(value)
+        return out
+
     def statuses(self) -> dict[str, dict[str, Any]]:
         out = {}
         for node in NODES:
@@ -226,6 +243,17 @@ class Site:
     def leader(self) -> str | None:
         leaders = [n for n, s in self.statuses().items() if s.get("cluster", {}).get("leading")]
         return leaders[0] if len(leaders) == 1 else None
+
+    def write(self, node: str, device: str, point: str, value: float) -> tuple[int, dict[str, Any]]:
+        """An operator's write through `node`'s HTTP API (the daemon's one write path)."""
+        port = self.http_port(node)
+        assert port is not None
+        status, body = http_request(
+            "POST", f"http://127.0.0.1:{port}/api/v1/devices/{device}/points/{point}",
+            json.dumps({"value": value, "user": "test"}).encode(),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        result: dict[str, Any] = json.loads(body)
+        return status, result
 
     def fault(self, device: str, name: str, *, clear: bool = False) -> None:
         method = "DELETE" if clear else "POST"

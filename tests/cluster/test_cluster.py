@@ -8,8 +8,12 @@ condition it waits for; the times measured (failover) are reported, never assert
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -76,6 +80,24 @@ def test_shards_are_balanced_by_rendezvous_hashing(site: Site) -> None:
     views = [(s["cluster"]["leader"], {g: i["owner"] for g, i in s["cluster"]["shards"].items()})
              for s in site.statuses().values()]
     assert all(v == views[0] for v in views)
+    # `dcim cluster status` reads the same from etcd, with every node's lease.
+    out = subprocess.run([sys.executable, "-m", "dcim.app.cli", "cluster", "status", "-c",
+                          str(site.nodes["node-2"].config_path), "--json"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    report = json.loads(out.stdout)
+    assert report["leader"]["node"] == views[0][0]
+    assert {g: s["owner"] for g, s in report["shards"].items()} == expected
+    assert sorted(report["nodes"]) == sorted(NODES)
+    assert all(0 < n["lease_remaining_s"] <= n["lease_granted_s"] for n in report["nodes"].values())
+    table = subprocess.run([sys.executable, "-m", "dcim.app.cli", "cluster", "status", "-c",
+                            str(site.nodes["node-2"].config_path)], capture_output=True, text=True, timeout=60,
+                           check=True).stdout
+    assert f"leader {views[0][0]}" in table and "rack:R1-1" in table
+    # And /metrics: one leader among the three, every node live.
+    metrics = [site.metrics(n) for n in NODES]
+    assert sum(m["dcim_cluster_leader"] for m in metrics) == 1
+    assert all(m["dcim_cluster_session_up"] == 1 and m["dcim_cluster_nodes"] == 3 for m in metrics)
+    assert sum(m["dcim_cluster_shards_owned"] for m in metrics) == len(shards)
 
 
 def test_an_etcd_member_killed_changes_nothing(site: Site) -> None:
@@ -161,3 +183,46 @@ def test_leader_killed_during_an_active_alarm_pages_once_and_resolves_once(site:
     site.wait(lambda: "resolved" in pages(receiver, LEAK), "the resolve paged")
     assert pages(receiver, LEAK) == ["firing", "resolved"], site.logs()
     steady(site)
+
+
+def test_a_node_cut_off_from_etcd_stops_writing_and_paging_and_keeps_polling(site: Site) -> None:
+    before = steady(site)
+    cut = "node-3"  # the node that reaches etcd through the test's proxies
+    mine = sorted(d for d, n in before.items() if n == cut)
+    assert mine, before
+    device = mine[0]
+    # Before the cut: a write through the owner is fenced by etcd and goes out.
+    _, result = site.write(cut, device, "flow_setpoint_lpm", 450)
+    assert result["outcome"] == "verified", result
+    # A node that does not poll the device has no way to write to it.
+    other = next(n for n in NODES if n != cut)
+    _, result = site.write(other, device, "flow_setpoint_lpm", 460)
+    assert result["outcome"] == "refused", result
+    for proxy in site.proxies:
+        proxy.cut()
+    try:
+        def fenced() -> dict[str, Any] | None:
+            status = site.status(cut)
+            return status if status is not None and not status["cluster"]["live"] else None
+
+        # Within its lease (by its own clock) the node stops counting on it.
+        site.wait(fenced, "the cut node fenced itself")
+        _, result = site.write(cut, device, "flow_setpoint_lpm", 470)
+        assert result["outcome"] == "refused" and result["reason"].startswith("fenced:"), result
+        # Its shards are taken by the others, while it keeps polling them (telemetry is buffered and
+        # published; two pollers for a while, never two writers).
+        def taken() -> dict[str, str] | None:
+            polled = site.polled()
+            return polled if all(polled.get(d, "").count(",") == 1 and cut in polled[d] for d in mine) else None
+
+        site.wait(taken, "the cut node's shards polled by the others too")
+        taker = next(n for n in site.polled()[device].split(",") if n != cut)
+        _, result = site.write(taker, device, "flow_setpoint_lpm", 480)
+        assert result["outcome"] == "verified", result
+        leader = site.leader()
+        assert leader is not None and leader != cut
+    finally:
+        for proxy in site.proxies:
+            proxy.mend()
+    # Back in touch: a new session, and rendezvous gives it its shards back.
+    assert steady(site) == before

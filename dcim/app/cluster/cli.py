@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 
@@ -83,10 +84,9 @@ async def read_status(config: Any) -> dict[str, Any]:
             elif kind == "paged":
                 paged += 1
         for member in members.values():
-            lease = member["lease"]
-            info = await etcd.call(lambda c, lease=lease: c.get_lease_info(lease, keys=False))
-            member["lease_remaining_s"] = int(info.TTL)
-            member["lease_granted_s"] = int(info.grantedTTL)
+            granted = await etcd.call(partial(_lease_info, lease=member["lease"]))
+            member["lease_remaining_s"] = int(granted.TTL)
+            member["lease_granted_s"] = int(granted.grantedTTL)
     finally:
         await etcd.close()
     enabled = {d.id for d in config.devices if d.enabled}
@@ -104,6 +104,10 @@ async def read_status(config: Any) -> dict[str, Any]:
         "alarms_shared": alarms,
         "alarms_paged": paged,
     }
+
+
+async def _lease_info(client: Any, *, lease: int) -> Any:
+    return await client.get_lease_info(lease, keys=False)
 
 
 def _json(value: bytes) -> dict[str, Any]:

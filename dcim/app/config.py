@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
-from dcim.app.cluster.config import ClusterConfig
+from dcim.app.cluster_config import ClusterConfig
 from dcim.core.config import Duration, PositiveDuration, StrictModel, error_path
 from dcim.core.secrets import Secret
 from dcim.core.topology import Rack, Room, Row, Site

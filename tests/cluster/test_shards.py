@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from dcim.app.cluster.config import ClusterConfig
 from dcim.app.cluster.shards import assign, device_groups, owner, rack_groups
+from dcim.app.cluster_config import ClusterConfig
 from dcim.app.config import ConfigError, parse_config
 from tests.grafana.hall import hall_config
 

@@ -45,9 +45,9 @@ from typing import Any
 import aetcd
 import structlog
 
-from dcim.app.cluster.config import ClusterConfig
 from dcim.app.cluster.engine import EngineError, Etcd, transact, txn_revision
 from dcim.app.cluster.shards import assign, device_groups, rack_groups
+from dcim.app.cluster_config import ClusterConfig
 from dcim.core.events import AlarmEvent, AlarmState, Severity
 from dcim.core.metrics import REGISTRY
 from dcim.core.samples import Batch

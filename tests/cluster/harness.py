@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 NODES = ("node-1", "node-2", "node-3")
 CDUS = 6
-TTL_S = 3
+TTL_S = 5  # the default: an etcd leader election must not cost a node its lease
 TOKEN = "cluster-test-token"
 
 

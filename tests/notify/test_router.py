@@ -186,3 +186,15 @@ def test_an_adopted_alarm_is_not_sent_again_and_its_resolve_is() -> None:
     # Only firing alarms are adopted: a resolved one has nothing left to page.
     router.adopt(event("A02", state=AlarmState.RESOLVED), T0)
     assert router.groups == {}
+
+
+def test_forget_drops_what_was_notified_so_a_new_firing_is_news() -> None:
+    router = Router(config(repeat_interval=0))
+    router.on_event(event("A01"), T0)
+    assert len(router.due(T0 + 30 * S)) == 1
+    router.take_changed()
+    router.forget()
+    live, gone = router.take_changed()
+    assert router.groups == {} and live == [] and len(gone) == 1
+    router.on_event(event("A01", ts_ns=T0 + 100 * S), T0 + 100 * S)
+    assert len(router.due(T0 + 130 * S)) == 1

@@ -140,6 +140,7 @@ class ClusterNode:
         self.connected = False
         self.claims: dict[str, int] = {}  # group -> create revision of our owner key
         self.polling: set[str] = set()  # groups whose devices run here (kept while cut off)
+        self._apply_lock = asyncio.Lock()
         self.leader_revision = 0
         self.leading = False
         self.known: set[str] = set()  # alarms this leadership paged or adopted from an earlier leader
@@ -307,8 +308,10 @@ class ClusterNode:
             tg.create_task(self._send_alarms(), name="cluster:alarms")
 
     async def _keepalive(self) -> None:
+        # Four renewals per TTL: an etcd leader election (about a second, during which no member answers)
+        # or a member's death (one timeout, then the next endpoint) costs one or two of them, not the lease.
         while True:
-            await asyncio.sleep(self.ttl / 3)
+            await asyncio.sleep(self.ttl / 4)
             sent = self.clock()
             try:
                 reply = await self.etcd.call(lambda c: c.refresh_lease(self.lease_id))
@@ -451,7 +454,13 @@ class ClusterNode:
 
     async def _apply(self) -> None:
         devices = {d for g in self.polling for d in self.groups.get(g, ())}
-        await asyncio.shield(self.apply(devices))
+        # Shielded: a session lost mid-way must not leave devices half started; locked: the next session's
+        # first apply waits for it.
+        await asyncio.shield(self._apply_locked(devices))
+
+    async def _apply_locked(self, devices: set[str]) -> None:
+        async with self._apply_lock:
+            await self.apply(devices)
 
     # ---- leader -------------------------------------------------------------------------------------
 
@@ -486,6 +495,9 @@ class ClusterNode:
             self.leader_changed.clear()
         self.leading = True
         self.known = set()
+        if self.notifier is not None:
+            # What this node's notifier remembers from an earlier leadership is stale: etcd's record rules.
+            self.notifier.forget()
         log.info("cluster: leading the site", node=self.node, token=self.leader_revision,
                  alarms=len(self.view.alarms), paged=len(self.view.paged))
         while True:

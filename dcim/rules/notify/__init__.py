@@ -108,6 +108,12 @@ class Notifier:
         self.router.adopt(event, now)
         self._wakeup.set()
 
+    def forget(self) -> None:
+        """Router.forget, with the events not yet routed dropped too."""
+        self._inbox.clear()
+        self.router.forget()
+        self._wakeup.set()
+
     def wake(self) -> None:
         """Look at the clock again now (after a fake clock was advanced)."""
         self._idle.clear()

@@ -279,6 +279,12 @@ class Router:
         self._settle(group)
         return Due(self.hooks_of(group.route), notification)
 
+    def forget(self) -> None:
+        """Drop every group (saved as gone): what this router notified earlier is no longer its to follow
+        up (a cluster node that leads again after another node paged meanwhile starts from etcd's record)."""
+        self.changed.update(self.groups)
+        self.groups = {}
+
     def take_changed(self) -> tuple[list[Group], list[str]]:
         """Groups to save and keys of groups to delete since the last call."""
         keys, self.changed = self.changed, set()

@@ -81,6 +81,22 @@ class EtcdMember(ServerProcess):
             return False
 
 
+    def status(self) -> dict[str, Any] | None:
+        """etcd's Maintenance.Status through its JSON gateway: this member's id and the raft leader's."""
+        try:
+            status, body = http_request("POST", f"http://{self.endpoint}/v3/maintenance/status", b"{}",
+                                        {"Content-Type": "application/json"}, timeout=2.0)
+        except OSError:
+            return None
+        if status != 200:
+            return None
+        try:
+            data: dict[str, Any] = json.loads(body)
+        except ValueError:
+            return None
+        return data
+
+
 class EtcdCluster:
     """Three members started together (each one alone has no quorum, so none is 'ready' before the others)."""
 
@@ -112,6 +128,14 @@ class EtcdCluster:
             if time.monotonic() > deadline:
                 raise ServerError("etcd cluster not healthy:\n" + "\n".join(m.log_tail(5) for m in self.members))
             time.sleep(0.1)
+
+    def leader(self) -> EtcdMember | None:
+        """The member that is the raft leader now, as the running members report it."""
+        for member in self.members:
+            status = member.status() if member.running else None
+            if status is not None and status.get("leader") == status.get("header", {}).get("member_id"):
+                return member
+        return None
 
     def close(self) -> None:
         for member in self.members:

@@ -227,3 +227,21 @@ def test_a_node_cut_off_from_etcd_stops_writing_and_paging_and_keeps_polling(sit
             proxy.mend()
     # Back in touch: a new session, and rendezvous gives it its shards back.
     assert steady(site) == before
+
+
+def test_a_rolling_restart_hands_shards_over_and_pages_nothing(site: Site) -> None:
+    before = steady(site)
+    paged = len(site.receiver.requests)
+    for node in NODES:
+        mine = {d for d, n in before.items() if n == node}
+        # SIGTERM: the node gives its lease back on the way out, so the others need not wait for the TTL.
+        assert site.nodes[node].stop() == 0, site.nodes[node].log()
+        others = [n for n in NODES if n != node]
+        site.wait(lambda others=others, mine=mine: (p := site.polled()) and all(p.get(d) in others for d in mine),
+                  f"{node}'s shards taken over")
+        left = [r for r in site.nodes[node].events("cluster: session lost; notifications and control writes "
+                                                   "stop, polling goes on")]
+        assert left == [], left
+        site.start(node)
+        assert steady(site) == before
+    assert len(site.receiver.requests) == paged, [r.json() for r in site.receiver.requests[paged:]]

@@ -135,9 +135,9 @@ class Daemon:
         # Order of sinks matters: rules first (added by _wire_rules), the publisher last.
         self._wire_rules()
         # In a cluster the shards this node holds decide which devices it polls (dcim.app.cluster).
-        self.cluster = self._join_cluster(config) if config.cluster is not None and poll else None
+        clustered = config.cluster is not None and poll
         for device in config.devices:
-            if not device.enabled or not poll or self.cluster is not None:
+            if not device.enabled or not poll or clustered:
                 continue
             self.coordinators[device.id] = self._coordinator(device, extra)
         # The daemon's own readings reach the in-process ingest without the broker (ingest.source: local).
@@ -163,6 +163,7 @@ class Daemon:
             else:
                 self.pipeline.add_sink(LocalFeed(self.ingest, self.topology), deferrable=True)
         wire_backpressure(self.pipeline, self.publisher, self.ingest)
+        self.cluster = self._join_cluster(config) if clustered else None
         # The one write path (rules.writes): rule actions and the HTTP API write through it, audited.
         self.audit = AuditLog(self.state_dir / "audit.log")
         self.guard = WriteGuard(config.rules.control, self.topology, drivers=self._driver,
@@ -207,6 +208,8 @@ class Daemon:
             self.rules.notifier = node.alarm_outlet
             if self.rules.publish is not None:
                 self.rules.publish = node.filter_publish(self.rules.publish)
+            if self.rules.alarm_outlet is not None:
+                self.rules.alarm_outlet = node.filter_outlet(self.rules.alarm_outlet)
         return node
 
     async def _apply_shards(self, devices: set[str]) -> None:

@@ -116,6 +116,16 @@ class AlarmOutlet:
         self._node.outgoing_ready.set()
 
 
+class _OwnAlarms:
+    def __init__(self, node: ClusterNode, outlet: Any) -> None:
+        self._node = node
+        self._outlet = outlet
+
+    def alarm_changed(self, event: AlarmEvent) -> None:
+        if self._node.owns(event.subject) or event.subject not in self._node.group_of:
+            self._outlet.alarm_changed(event)
+
+
 class ClusterNode:
     def __init__(self, config: ClusterConfig, hall: Hall, *, apply: Callable[[set[str]], Awaitable[None]],
                  notifier: Any | None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -173,12 +183,17 @@ class ClusterNode:
         return group is not None and group in self.polling
 
     def filter_publish(self, publish: Callable[[Batch], None]) -> Callable[[Batch], None]:
-        """The rule engine's derived batches (rack metrics) of racks this node polls only: every node's rule
-        engine knows every rack, but a rack's figures are only right where its PDUs and CDU are polled."""
+        """The rule engine's batches (rack metrics, alarm changes) of subjects this node polls only: every
+        node's rule engine knows every rack and device, but a rack's figures are only right where its PDUs
+        and CDU are polled, and a device that moved away must not raise its no-data alarm here."""
         def only_own(batch: Batch) -> None:
-            if batch.kind == "alarm" or self.owns(batch.device) or batch.device not in self.group_of:
+            if self.owns(batch.device) or batch.device not in self.group_of:
                 publish(batch)
         return only_own
+
+    def filter_outlet(self, outlet: Any) -> Any:
+        """The retained MQTT alarm topics, the same way: only alarms of this node's shards."""
+        return _OwnAlarms(self, outlet)
 
     async def fence_write(self, device: str) -> str | None:
         """None when this node may write to `device` now; otherwise why not (the write is refused)."""

@@ -255,6 +255,11 @@ class Site:
         result: dict[str, Any] = json.loads(body)
         return status, result
 
+    def plant_value(self, device: str, point: str) -> Any:
+        """A point's value in the simulated plant (the simulators' control API): what the device holds."""
+        _, body = http_request("GET", f"http://127.0.0.1:{self.control}/state", timeout=10)
+        return json.loads(body)["devices"][device][point]
+
     def fault(self, device: str, name: str, *, clear: bool = False) -> None:
         method = "DELETE" if clear else "POST"
         status, body = http_request(method, f"http://127.0.0.1:{self.control}/faults/{device}/{name}", b"{}",

@@ -9,10 +9,12 @@ condition it waits for; the times measured (failover) are reported, never assert
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -246,3 +248,28 @@ def test_a_rolling_restart_hands_shards_over_and_pages_nothing(site: Site) -> No
         site.start(node)
         assert steady(site) == before
     assert len(site.receiver.requests) == paged, [r.json() for r in site.receiver.requests[paged:]]
+
+
+def test_a_paused_node_cannot_write_after_losing_its_lease(site: Site) -> None:
+    """SIGSTOP past the lease (a long GC pause, a frozen VM): the others take its shards; the write it was
+    asked for while paused is refused when it wakes, and nothing reaches the device."""
+    before = steady(site)
+    victim = "node-1"
+    device = sorted(d for d, n in before.items() if n == victim)[0]
+    setpoint = site.plant_value(device, "flow_setpoint_lpm")
+    process = site.nodes[victim].process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    try:
+        site.wait(lambda: site.polled().get(device) in [n for n in NODES if n != victim],
+                  f"{device} taken over from the paused {victim}")
+        # Asked while paused: the request waits in the socket's backlog until the process runs again.
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(site.write, victim, device, "flow_setpoint_lpm", setpoint + 7)
+            process.send_signal(signal.SIGCONT)
+            _, result = answer.result(timeout=60)
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert result["outcome"] == "refused" and result["reason"].startswith("fenced:"), result
+    assert site.plant_value(device, "flow_setpoint_lpm") == setpoint
+    assert steady(site) == before

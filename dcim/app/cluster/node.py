@@ -38,9 +38,10 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aetcd
 import structlog
@@ -62,6 +63,17 @@ SHARDS = REGISTRY.gauge("dcim_cluster_shards_owned", "Shards (device groups) thi
 LEASE_LEFT = REGISTRY.gauge("dcim_cluster_lease_remaining_seconds", "Time left on this node's lease, by its clock")
 FENCED = REGISTRY.counter("dcim_cluster_fenced_total", "Control writes and pages refused by the fence", ("what",))
 PAGES = REGISTRY.counter("dcim_cluster_pages_total", "Alarm events the leader handed to the notifier", ("state",))
+
+
+OUTGOING_MAX = 10_000
+
+
+class PageNotifier(Protocol):
+    """What the leader needs of the daemon's notifier (dcim.rules.notify.Notifier)."""
+
+    def submit(self, event: AlarmEvent) -> None: ...
+    def adopt(self, event: AlarmEvent) -> None: ...
+    def forget(self) -> None: ...
 
 
 class SessionLost(Exception):
@@ -128,7 +140,7 @@ class _OwnAlarms:
 
 class ClusterNode:
     def __init__(self, config: ClusterConfig, hall: Hall, *, apply: Callable[[set[str]], Awaitable[None]],
-                 notifier: Any | None, clock: Callable[[], float] = time.monotonic) -> None:
+                 notifier: PageNotifier | None, clock: Callable[[], float] = time.monotonic) -> None:
         """`apply(devices)`: make the daemon poll exactly these devices (its SIGHUP machinery);
         `notifier`: the daemon's notifier (its `submit`), used only while this node leads."""
         self.config = config
@@ -154,12 +166,13 @@ class ClusterNode:
         self.leader_revision = 0
         self.leading = False
         self.known: set[str] = set()  # alarms this leadership paged or adopted from an earlier leader
-        self.outgoing: list[AlarmEvent] = []
+        # Bounded: a node cut off from etcd for long keeps the latest alarm changes, not all of them (the
+        # shard's owner re-evaluates its alarms anyway once the node is back).
+        self.outgoing: deque[AlarmEvent] = deque(maxlen=OUTGOING_MAX)
         self.outgoing_ready = asyncio.Event()
         self.reconciled = asyncio.Event()
         self.sessions = 0
         self.renewals = 0  # of the current session's lease
-        self.since: dict[str, float] = {}  # node -> wall time its member key was first seen
         self.alarm_outlet = AlarmOutlet(self)
         REGISTRY.add_collector(self._collect)
 
@@ -354,10 +367,8 @@ class ClusterNode:
         if kind == "members":
             if put:
                 view.members[name] = Held(text, lease, created)
-                self.since.setdefault(name, time.time())
             else:
                 view.members.pop(name, None)
-                self.since.pop(name, None)
         elif kind == "owners":
             if put:
                 view.owners[name] = Held(text, lease, created)
@@ -589,7 +600,7 @@ class ClusterNode:
             while self.outgoing:
                 event = self.outgoing[0]
                 await self._share(event)
-                self.outgoing.pop(0)
+                self.outgoing.popleft()
 
     async def _share(self, event: AlarmEvent) -> None:
         group = self.group_of.get(event.subject)

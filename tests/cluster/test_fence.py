@@ -4,12 +4,14 @@ each refusal is the one named (etcd's compare of the owner key's create revision
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aetcd
 import pytest
+import yaml
 
 from dcim.app.cluster.engine import transact, txn_revision
 from dcim.app.cluster.node import ClusterNode
@@ -17,6 +19,7 @@ from dcim.app.config import parse_config
 from tests.cluster.etcd import EtcdCluster
 from tests.grafana.hall import hall_config
 from tests.helpers import require_binary
+from tests.systemd.test_sandbox import run_in_sandbox
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +93,20 @@ async def test_a_write_is_fenced_by_the_owner_key_s_revision_in_etcd(etcd: EtcdC
     finally:
         await node.etcd.close()
         await client.close()
+
+
+def test_the_etcd_client_works_under_the_unit_s_sandbox(etcd: EtcdCluster, tmp_path: Path) -> None:
+    """gRPC (aetcd's transport) under dcim.service's system-call filter and W^X memory rule: `dcim cluster
+    status` connects, reads the site's keys and a lease, as a node does."""
+    require_binary("systemd-analyze", "systemd")
+    raw: dict[str, Any] = hall_config()
+    raw["state_dir"] = str(tmp_path)
+    raw["cluster"] = {"endpoints": etcd.endpoints, "node_id": "node-a", "prefix": "/sandbox-test"}
+    path = tmp_path / "dcim.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = run_in_sandbox("dcim.app.cli", "cluster", "status", "-c", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("sandbox: "), result.stderr
+    report = json.loads(result.stdout)
+    assert report["site"] == "hall-1" and report["leader"] is None and report["nodes"] == {}
+    assert set(report["shards"]) == {"rack:A01", "rack:A02", "rack:B01", "rack:B02", "room:plant"}

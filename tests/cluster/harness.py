@@ -255,6 +255,20 @@ class Site:
         result: dict[str, Any] = json.loads(body)
         return status, result
 
+    def alarm(self, node: str, key: str) -> dict[str, Any] | None:
+        """The alarm as `node`'s own alarm store has it (GET /api/v1/alarms/{key}), or None."""
+        port = self.http_port(node)
+        if port is None:
+            return None
+        try:
+            status, body = http_request("GET", f"http://127.0.0.1:{port}/api/v1/alarms/{key}", timeout=5)
+        except OSError:
+            return None
+        if status != 200:
+            return None
+        data: dict[str, Any] = json.loads(body)
+        return data
+
     def plant_value(self, device: str, point: str) -> Any:
         """A point's value in the simulated plant (the simulators' control API): what the device holds."""
         _, body = http_request("GET", f"http://127.0.0.1:{self.control}/state", timeout=10)

@@ -40,7 +40,7 @@ import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import aetcd
@@ -558,6 +558,11 @@ class ClusterNode:
                 await self._fenced([("delete", "alarms", key, ""), ("delete", "paged", key, "")])
                 self.view.alarms.pop(key, None)
                 if self.view.paged.pop(key, None) is not None:
+                    if key not in self.known and self.notifier is not None:
+                        # Paged by an earlier leader and resolved before this one saw it firing: the
+                        # notifier sends a resolve only of an alarm it knows was paged.
+                        self.notifier.adopt(replace(event_from_dict(data), state=AlarmState.FIRING))
+                    self.known.discard(key)
                     self._hand_over(data)
 
     def _hand_over(self, data: dict[str, Any]) -> None:

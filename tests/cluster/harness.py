@@ -266,8 +266,8 @@ class Site:
             return None
         if status != 200:
             return None
-        data: dict[str, Any] = json.loads(body)
-        return data
+        alarm: dict[str, Any] | None = json.loads(body).get("alarm")
+        return alarm
 
     def plant_value(self, device: str, point: str) -> Any:
         """A point's value in the simulated plant (the simulators' control API): what the device holds."""

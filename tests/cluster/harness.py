@@ -37,14 +37,14 @@ TTL_S = 5  # the default: an etcd leader election must not cost a node its lease
 TOKEN = "cluster-test-token"
 
 
-def hall(tmp_path: Path) -> dict[str, Any]:
-    """Six liquid-cooled rows, each a CDU (Modbus, simulated) serving two racks: six shards."""
+def hall(tmp_path: Path, cdus: int = CDUS, interval: str = "500ms") -> dict[str, Any]:
+    """Liquid-cooled rows, each a CDU (Modbus, simulated) serving two racks: one shard per CDU."""
     devices = []
     rows = []
-    for n in range(1, CDUS + 1):
+    for n in range(1, cdus + 1):
         devices.append({
             "id": f"cdu-{n}", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1", "port": free_port(),
-            "unit_id": 1, "profile": "generic-cdu", "interval": "500ms", "timeout": "500ms", "retries": 0,
+            "unit_id": 1, "profile": "generic-cdu", "interval": interval, "timeout": "500ms", "retries": 0,
             "room": "dh1", "row": f"R{n}", "simulate": True,
         })
         rows.append({"id": f"R{n}", "racks": [
@@ -112,9 +112,13 @@ class Proxy:
 
 
 class Site:
-    def __init__(self, tmp_path: Path, endpoints: list[str], broker: Mosquitto, receiver: HttpReceiver) -> None:
+    def __init__(self, tmp_path: Path, endpoints: list[str], broker: Mosquitto, receiver: HttpReceiver, *,
+                 nodes: tuple[str, ...] = NODES, cdus: int = CDUS, interval: str = "500ms",
+                 prefix: str = "/dcim-test") -> None:
         self.tmp = tmp_path
-        self.raw = hall(tmp_path)
+        self.names = nodes
+        self.prefix = prefix
+        self.raw = hall(tmp_path, cdus, interval)
         self.endpoints = endpoints
         self.proxies = [Proxy((host, int(port))) for host, _, port in (e.rpartition(":") for e in endpoints)]
         self.broker = broker
@@ -135,7 +139,7 @@ class Site:
             "state_dir": str(workdir / "state"),
             "http": {"enabled": True, "host": "127.0.0.1", "port": 0, "token": f"file:{token}"},
             "mqtt": {"host": self.broker.host, "port": self.broker.port, "prefix": "dcim"},
-            "cluster": {"endpoints": endpoints, "node_id": node, "lease_ttl": f"{TTL_S}s", "prefix": "/dcim-test"},
+            "cluster": {"endpoints": endpoints, "node_id": node, "lease_ttl": f"{TTL_S}s", "prefix": self.prefix},
             "rules": {
                 "tick": "200ms",
                 # Operator writes over the HTTP API (the tests' way to exercise the write path), rate unlimited.
@@ -182,7 +186,7 @@ class Site:
 
     def start_all(self) -> None:
         self.start_simulators()
-        for node in NODES:
+        for node in self.names:
             self.start(node)
 
     def alive(self, node: str) -> bool:
@@ -225,7 +229,7 @@ class Site:
 
     def statuses(self) -> dict[str, dict[str, Any]]:
         out = {}
-        for node in NODES:
+        for node in self.names:
             status = self.status(node)
             if status is not None:
                 out[node] = status

@@ -167,9 +167,17 @@ class Subscriber:
         self.latencies: list[float] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sat-{os.getpid()}")
         self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: c.subscribe("dcim/bench/cdu/#", qos=1)
+        self.client.on_connect = self._on_connect
+        # A subscriber that drops out during a window would make the figures wrong: say so.
+        self.client.on_disconnect = lambda _c, _u, _f, reason, _p: self.counting and print(
+            f"subscriber disconnected during the window: {reason}", flush=True)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            print(f"subscriber refused: {reason}", flush=True)
+        client.subscribe("dcim/bench/cdu/#", qos=1)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         now = time.time_ns()
@@ -234,6 +242,9 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
     if tree is not None:
         env["PYTHONPATH"] = f"{tree}{os.pathsep}{env.get('PYTHONPATH', '')}"
     with Mosquitto(workdir / f"mqtt-{n}-{interval}") as mqtt:
+        # Connected before the ports are held (one socket each, kept open): paho's network loop uses select(),
+        # which fails on a file descriptor past 1,023, and at 2,500 devices the subscriber's would be.
+        subscriber = Subscriber(mqtt.port)
         (http_port,) = free_ports(1)
         path = config_for(n, interval, workdir, mqtt.port, http_port)
         dcim = [sys.executable, "-m", "dcim.app.cli"]
@@ -247,7 +258,6 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
             sim_command = [sys.executable, str(Path(__file__).resolve()), "--serve", str(sim_config)]
         sim = subprocess.Popen(sim_command, cwd=REPO, stdout=log, stderr=log,
                                preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if pin else None)
-        subscriber = Subscriber(mqtt.port)
         try:
             deadline = time.monotonic() + 600
             while "simulators ready" not in Path(log.name).read_text(errors="replace"):
@@ -271,6 +281,12 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
                 cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
                 points, latencies = subscriber.window(False)
                 m1, rss1 = metrics(http_port), rss_mib(daemon.pid)
+                for route in ("metrics", "healthz"):  # the whole of both, kept beside the log for a look
+                    try:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/{route}", timeout=30) as got:
+                            (workdir / f"{route}-{n}.txt").write_bytes(got.read())
+                    except OSError as err:
+                        (workdir / f"{route}-{n}.txt").write_text(f"{err}\n")
                 if spy is not None:
                     spy.wait()
                     print(top_functions(workdir / f"spy-{n}.txt"), flush=True)

@@ -23,7 +23,7 @@ import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
 from dcim.app.cluster_config import ClusterConfig
-from dcim.core.config import Duration, PositiveDuration, StrictModel, error_path
+from dcim.core.config import DocumentedSchema, Duration, PositiveDuration, StrictModel, error_path
 from dcim.core.secrets import Secret
 from dcim.core.topology import Rack, Room, Row, Site
 from dcim.drivers.base import DeviceBase
@@ -288,7 +288,7 @@ def _config_model(version: int) -> type[Config]:
     device: Any = models[0] if len(models) == 1 else Annotated[Union[models], Field(discriminator="protocol")]  # noqa: UP007
     built: type[Config] = create_model(
         "Config", __base__=Config, __module__=__name__,
-        devices=(list[device], Field(default_factory=list, description=Config.model_fields["devices"].description)),
+        devices=(list[device], Field(default_factory=list)),
     )
     return built
 
@@ -495,4 +495,4 @@ def load_config(path: str | Path) -> Config:
 
 
 def json_schema() -> dict[str, Any]:
-    return Config.model_json_schema()
+    return Config.model_json_schema(schema_generator=DocumentedSchema)

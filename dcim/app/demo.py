@@ -174,7 +174,9 @@ class View:
         self.messages = 0
         self.events: list[str] = []
         self.event_count = 0  # events ever seen (the list keeps the latest EVENTS_KEPT)
-        self.started = time.monotonic()
+        # The clock the uptime and the event times are read from (a test freezes it to draw one frame twice).
+        self.clock: Callable[[], float] = time.monotonic
+        self.started = self.clock()
         # Where to find the demo's services; shown in the header (None: not started, or off). The API's
         # address is the daemon's HTTP API's (`http`) once it listens, unless set here.
         self.api_url: str | None = None
@@ -246,7 +248,7 @@ class View:
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.http.port}/"
 
     def uptime(self) -> float:
-        return time.monotonic() - self.started
+        return self.clock() - self.started
 
     def mqtt_message(self, topic: str, payload: bytes) -> None:
         self.messages += 1

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+import textwrap
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 DeviceKind = Literal["pdu", "cdu", "chiller"]
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
@@ -54,9 +59,62 @@ class StrictModel(BaseModel):
 
     Each field's docstring (the string literal under it) is its description in `dcim schema`, which editors
     show on hover: write it for the engineer who fills in the file. tests/config/test_schema.py fails on a
-    field without one."""
+    field without one. They are read from the source when the schema is made (`DocumentedSchema`), not by
+    pydantic's `use_attribute_docstrings` at every start: that parsed the source of every model class at
+    import, about a quarter of a second of CPU before `dcim run` could refuse a taken port."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_OWN_DOCS: dict[type, dict[str, str]] = {}
+
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """Field name -> the docstring under it, for `cls` and its bases (a subclass's own docstring wins)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass.__module__.split(".")[0] in ("builtins", "pydantic"):
+            continue
+        own = _OWN_DOCS.get(klass)
+        if own is None:
+            own = _OWN_DOCS[klass] = _own_attribute_docs(klass)
+        docs.update(own)
+    return docs
+
+
+def _own_attribute_docs(klass: type) -> dict[str, str]:
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError):
+        return {}  # no source (a model made at run time has its bases' docstrings)
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, ast.ClassDef):
+        return {}
+    docs: dict[str, str] = {}
+    for field, under in zip(node.body, node.body[1:], strict=False):
+        if (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
+                and isinstance(under, ast.Expr) and isinstance(under.value, ast.Constant)
+                and isinstance(under.value.value, str)):
+            docs[field.target.id] = inspect.cleandoc(under.value.value)
+    return docs
+
+
+class DocumentedSchema(GenerateJsonSchema):
+    """The JSON Schema generator of `dcim schema`: a field without an explicit description gets its docstring."""
+
+    def model_schema(self, schema: core_schema.ModelSchema) -> JsonSchemaValue:
+        json_schema = super().model_schema(schema)
+        cls = schema["cls"]
+        properties = json_schema.get("properties")
+        fields = getattr(cls, "model_fields", None)
+        if isinstance(properties, dict) and fields:
+            docs = attribute_docs(cls)
+            for name, info in fields.items():
+                prop = properties.get(info.alias or name)
+                if isinstance(prop, dict) and "description" not in prop and name in docs:
+                    prop["description"] = docs[name]
+        return json_schema
 
 
 def error_path(loc: tuple[int | str, ...]) -> str:

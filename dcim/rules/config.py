@@ -252,7 +252,8 @@ class Pack(StrictModel):
 @cache
 def load_pack(name: str) -> Pack:
     """A built-in pack; a broken pack file is a bug of ours, so it raises rather than reports."""
-    raw = yaml.safe_load((PACK_DIR / f"{name}.yaml").read_text())
+    raw = yaml.load((PACK_DIR / f"{name}.yaml").read_text(),  # libyaml's parser, where PyYAML has it
+                    Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     return Pack.model_validate(raw)
 
 

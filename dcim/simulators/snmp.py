@@ -1,4 +1,4 @@
-"""SNMP agents for simulated PDUs: one pysnmp engine, one UDP endpoint per PDU, values from the plant.
+"""SNMP agents for simulated PDUs: one UDP endpoint per PDU, values from the plant.
 
     async with SnmpSimulator(plant, devices) as sim:   # every device listens on its host:port
         ...                                            # snmpget/snmpwalk/snmpset or the driver talk to it
@@ -6,8 +6,9 @@
 A PDU's tree is the one its profile describes: every point's instance OIDs (a column's rows come from
 `plant.rows(device, index_tag)`), the decimal-digits objects of Raritan sensors, and the outlet command
 objects. It is computed from the plant and kept for `refresh` seconds (a SET drops it at once), sorted, so
-GET / GETNEXT / GETBULK are a dictionary look-up and a bisection. pysnmp does the protocol (v1, v2c, v3 USM,
-GETBULK's repetitions); `_Instrumentation` replaces its MIB tree, which would cost far more per request.
+GET / GETNEXT / GETBULK are a dictionary look-up and a bisection. A v1/v2c PDU is answered by a lean agent of
+its own (`_CommunityAgent`: the driver's BER codec, values encoded once per table); v3 PDUs share one pysnmp
+engine (USM, keys, ciphers), whose MIB tree `_Instrumentation` replaces, as it would cost far more per request.
 
 Requests reach the device by the transport they arrived on: each PDU's endpoint is registered under its own
 transport domain (udpDomain + (n,)). Who may read and write is checked here, per device: its read and write
@@ -36,6 +37,7 @@ from pysnmp.smi import error as smi_error
 
 from dcim.core.samples import Value
 from dcim.drivers.profiles import Profile, load_profile
+from dcim.drivers.snmp import fast as ber
 from dcim.drivers.snmp.config import SnmpDevice
 from dcim.drivers.snmp.points import Point
 from dcim.drivers.snmp.usm import auth_protocol, priv_protocol
@@ -60,6 +62,16 @@ SYNTAX: dict[str, Any] = {
 def _typed(syntax: str, raw: int) -> Any:
     # pyasn1 values are immutable and costly to build (constraint checks): share them.
     return SYNTAX[syntax](raw)
+
+
+# BER tags of the syntaxes the profiles use (Unsigned32 and Gauge32 share one).
+_TAGS = {"Integer32": 0x02, "Unsigned32": 0x42, "Gauge32": 0x42, "Counter32": 0x41}
+
+
+@functools.lru_cache(maxsize=65536)
+def _ber(syntax: str, raw: int) -> bytes:
+    tag = _TAGS[syntax]
+    return ber.integer(tag, raw) if tag == 0x02 else ber.unsigned(tag, raw)
 
 
 class _BulkResponder(cmdrsp.BulkCommandResponder):  # type: ignore[misc]
@@ -90,6 +102,8 @@ class _Tree:
 
     oids: list[Oid] = field(default_factory=list)
     values: dict[Oid, Any] = field(default_factory=dict)
+    # The same values as BER TLVs, for the v1/v2c responder that answers without pysnmp.
+    encoded: dict[Oid, bytes] = field(default_factory=dict)
     built: float = -1.0
     request: object = None
 
@@ -128,6 +142,7 @@ class PduAgent:
         device_values = self.plant.values(self.device.id)
         tables: dict[str, dict[int, dict[str, Value]]] = {}
         values: dict[Oid, Any] = {}
+        encoded: dict[Oid, bytes] = {}
         for point in self.profile.points:
             syntax = point.syntax
             if point.is_column:
@@ -136,34 +151,39 @@ class PduAgent:
                 for n, row in rows.items():
                     # A command object reads back as the outlet's state (APC does this).
                     name = "state" if point.writable is not False and point.enum else point.name
-                    self._put(values, point, syntax, row.get(name), (n,))
+                    self._put(values, encoded, point, syntax, row.get(name), (n,))
             elif point.tags:
                 key, text = next(iter(point.tags.items()))
                 rows = tables.setdefault(key, self._rows(key))
-                self._put(values, point, syntax, rows.get(int(text), {}).get(point.name), ())
+                self._put(values, encoded, point, syntax, rows.get(int(text), {}).get(point.name), ())
             else:
-                self._put(values, point, syntax, device_values.get(point.name), ())
-        tree = _Tree(values=values)
+                self._put(values, encoded, point, syntax, device_values.get(point.name), ())
+        tree = _Tree(values=values, encoded=encoded)
         tree.oids = sorted(values)
         return tree
 
     @staticmethod
-    def _put(values: dict[Oid, Any], point: Point, syntax: str, value: Value | None, index: Oid) -> None:
+    def _put(values: dict[Oid, Any], encoded: dict[Oid, bytes], point: Point, syntax: str, value: Value | None,
+             index: Oid) -> None:
+        def put(oid: Oid, syntax: str, raw: int) -> None:
+            values[oid] = _typed(syntax, raw)
+            encoded[oid] = _ber(syntax, raw)
+
         digits_oid = point.digits_instance(index)
         if digits_oid is not None and point.digits is not None:
-            values[digits_oid] = _typed("Unsigned32", point.digits)
+            put(digits_oid, "Unsigned32", point.digits)
         raw = None if value is None else encode(point, value, point.digits)
         state_oid = point.state_instance(index)
         if state_oid is not None:
             # A sensor that cannot measure: state "unavailable" and a value of 0, as Raritan serves it.
-            values[state_oid] = _typed("Integer32", 4 if raw is not None else point.unavailable_states[0])
+            put(state_oid, "Integer32", 4 if raw is not None else point.unavailable_states[0])
             raw = 0 if raw is None else raw
         if raw is None:
             # What the vendors serve for a feature the model lacks.
             if not point.missing:
                 return
             raw = int(point.missing[0])
-        values[point.instance(index)] = _typed(syntax, raw)
+        put(point.instance(index), syntax, raw)
 
     def write(self, name: Oid, value: Any) -> None:
         """Apply one SET varbind; raise an SMI error (pysnmp turns it into the PDU's error-status)."""
@@ -266,8 +286,136 @@ class _Instrumentation:
         return list(var_binds)
 
 
+# SNMPv2 error-status values (RFC 3416) and what a v1 agent answers for each instead (RFC 2576, 4.3).
+NO_ERROR, NO_SUCH_NAME, BAD_VALUE, GEN_ERR, NO_ACCESS, WRONG_TYPE, WRONG_VALUE, NO_CREATION, NOT_WRITABLE = (
+    0, 2, 3, 5, 6, 7, 10, 11, 17)
+_V1_STATUS = {NO_ACCESS: NO_SUCH_NAME, NOT_WRITABLE: NO_SUCH_NAME, NO_CREATION: NO_SUCH_NAME,
+              WRONG_TYPE: BAD_VALUE, WRONG_VALUE: BAD_VALUE}
+_SET_ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (smi_error.WrongTypeError, WRONG_TYPE), (smi_error.WrongValueError, WRONG_VALUE),
+    (smi_error.NoSuchInstanceError, NO_CREATION), (smi_error.NotWritableError, NOT_WRITABLE),
+    (smi_error.NoAccessError, NO_ACCESS))
+_NO_SUCH_INSTANCE, _END_OF_MIB_VIEW = b"\x81\x00", b"\x82\x00"
+
+
+class _CommunityAgent(asyncio.DatagramProtocol):
+    """One v1/v2c PDU's agent without pysnmp: the request decoded and the response encoded with the driver's
+    BER codec, the values already encoded in the PDU's table. pysnmp's engine spends milliseconds of pyasn1
+    per request, and in `dcim demo` (one process: the simulated hall, the broker and the daemon) it was what
+    made the PDUs miss their poll deadlines on a busy machine. v3 PDUs stay on pysnmp (USM, keys, ciphers).
+
+    Answers GET, GETNEXT, GETBULK (v2c) and SET as the pysnmp agent did: a wrong community gets no answer, the
+    read community may not SET (noAccess), a table's end is endOfMibView (v2c) or noSuchName (v1)."""
+
+    def __init__(self, agent: PduAgent) -> None:
+        self.agent = agent
+        device = agent.device
+        self.read = {device.community.encode()}
+        self.write = {device.write_community.encode()} if device.write_community else set()
+        self.codec = ber.Codec()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            reply = self.answer(data)
+        except ValueError:
+            return  # not a message we understand: no answer, as pysnmp drops it
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+    def answer(self, data: bytes) -> bytes | None:
+        tag, at, end = ber.header(data, 0)
+        if tag != 0x30:
+            raise ValueError("not an SNMP message")
+        _t, s, at = ber.header(data, at, end)
+        version = ber.small_int(data, s, at)
+        _t, s, at = ber.header(data, at, end)
+        community = data[s:at]
+        pdu_tag, request_id, a, b, binds = self.codec.pdu(data, at, end)
+        agent = self.agent
+        if version not in (0, 1) or (pdu_tag == ber.GETBULK and version == 0):
+            return None
+        if community not in self.read and community not in self.write:
+            return None
+        if not agent.plant.answering(agent.device.id):
+            return None
+        if pdu_tag == ber.SET:
+            status, index = self._set(binds, community in self.write)
+            out = [(oid, self._echo(value)) for oid, value in binds]
+        elif pdu_tag in (ber.GET, ber.GETNEXT, ber.GETBULK):
+            status, index, out = self._read(pdu_tag, binds, a, b, version)
+        else:
+            return None
+        if version == 0 and status:
+            status = _V1_STATUS.get(status, GEN_ERR if status > BAD_VALUE + 2 else status)
+        if status:
+            out = [(oid, self._echo(value)) for oid, value in binds]  # an error echoes the request's varbinds
+        return self.codec.request(version, community, ber.RESPONSE, request_id, status, index, out)
+
+    @staticmethod
+    def _echo(value: Any) -> bytes:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return ber.integer(0x02, value)
+        if isinstance(value, bytes):
+            return ber.tlv(0x04, value)
+        return b"\x05\x00"
+
+    def _read(self, pdu_tag: int, binds: list[tuple[Oid, Any]], a: int, b: int,
+              version: int) -> tuple[int, int, list[tuple[Oid, bytes]]]:
+        tree = self.agent.tree(object())
+        encoded, oids = tree.encoded, tree.oids
+        out: list[tuple[Oid, bytes]] = []
+
+        def following(oid: Oid) -> tuple[Oid, bytes]:
+            at = bisect.bisect_right(oids, oid)
+            return (oids[at], encoded[oids[at]]) if at < len(oids) else (oid, _END_OF_MIB_VIEW)
+
+        if pdu_tag == ber.GET:
+            out = [(oid, encoded.get(oid, _NO_SUCH_INSTANCE)) for oid, _v in binds]
+        elif pdu_tag == ber.GETNEXT:
+            out = [following(oid) for oid, _v in binds]
+        else:  # GETBULK: the non-repeaters once, then the repeaters row by row (RFC 3416, 4.2.3)
+            fixed = min(max(a, 0), len(binds))
+            out = [following(oid) for oid, _v in binds[:fixed]]
+            last = [oid for oid, _v in binds[fixed:]]
+            for _ in range(max(b, 0)):
+                if not last or len(out) + len(last) > MAX_BULK_VARBINDS:
+                    break
+                row = [following(oid) for oid in last]
+                out += row
+                if all(value == _END_OF_MIB_VIEW for _oid, value in row):
+                    break
+                last = [oid for oid, _value in row]
+        if version == 0:
+            for n, (_oid, value) in enumerate(out, start=1):
+                if value in (_NO_SUCH_INSTANCE, _END_OF_MIB_VIEW):
+                    return NO_SUCH_NAME, n, out
+        return NO_ERROR, 0, out
+
+    def _set(self, binds: list[tuple[Oid, Any]], may_write: bool) -> tuple[int, int]:
+        if not may_write:
+            return NO_ACCESS, 1
+        agent = self.agent
+        try:
+            for n, (oid, value) in enumerate(binds, start=1):
+                if not isinstance(value, int) or isinstance(value, bool):
+                    return WRONG_TYPE, n
+                try:
+                    agent.write(oid, value)
+                except smi_error.MibOperationError as err:
+                    status = next((code for kind, code in _SET_ERRORS if isinstance(err, kind)), GEN_ERR)
+                    return status, n
+        finally:
+            agent.invalidate()
+        return NO_ERROR, 0
+
+
 class SnmpSimulator:
-    """The agents of many PDUs in one pysnmp engine. Use as an async context manager."""
+    """The agents of many PDUs: v1/v2c PDUs each on a lean agent of their own (`_CommunityAgent`), v3 PDUs in
+    one pysnmp engine. Use as an async context manager."""
 
     def __init__(self, plant: Plant, devices: Sequence[SnmpDevice], *, refresh: float = 0.25,
                  profile_dirs: tuple[Any, ...] = ()) -> None:
@@ -277,6 +425,7 @@ class SnmpSimulator:
         self.profile_dirs = profile_dirs
         self.engine: snmp_engine.SnmpEngine | None = None
         self.agents: dict[str, PduAgent] = {}
+        self._transports: list[asyncio.BaseTransport] = []
 
     async def __aenter__(self) -> SnmpSimulator:
         await self.start()
@@ -292,51 +441,50 @@ class SnmpSimulator:
             if where in addresses:
                 raise ValueError(f"{device.id} and {addresses[where]} both listen on {where[0]}:{where[1]}")
             addresses[where] = device.id
-        engine = snmp_engine.SnmpEngine()
+        loop = asyncio.get_running_loop()
+        v3 = [d for d in self.devices if d.version == "3"]
+        engine = snmp_engine.SnmpEngine() if v3 else None
         self.engine = engine
-        communities: dict[str, str] = {}
         users: dict[str, tuple[str, str, str, str, str]] = {}
         by_domain: dict[Oid, PduAgent] = {}
         try:
             for n, device in enumerate(self.devices, start=1):
                 profile: Profile[Point] = load_profile(device.profile, self.profile_dirs)
                 agent = PduAgent(self.plant, device, profile, self.refresh)
-                if device.version == "3":
-                    assert device.user is not None
-                    agent.writers.add(self._user(engine, users, device))
-                else:
-                    agent.readers.add(self._community(engine, communities, device.community))
-                    if device.write_community:
-                        agent.writers.add(self._community(engine, communities, device.write_community))
-                domain = (*udp.DOMAIN_NAME, n)
                 # A socket handed over through the plant is served as it is: its port was never free.
                 held = self.plant.sockets.pop(device.id, None)
+                if device.version != "3":
+                    # Bound here, so a port in use fails here and a started simulator is listening.
+                    factory = functools.partial(_CommunityAgent, agent)
+                    if held is not None:
+                        endpoint, _ = await loop.create_datagram_endpoint(factory, sock=held)
+                    else:
+                        endpoint, _ = await loop.create_datagram_endpoint(
+                            factory, local_addr=(device.host, device.port))
+                    self._transports.append(endpoint)
+                    self.agents[device.id] = agent
+                    continue
+                assert engine is not None and device.user is not None
+                agent.writers.add(self._user(engine, users, device))
+                domain = (*udp.DOMAIN_NAME, n)
                 transport = (udp.UdpAsyncioTransport().open_server_mode(sock=held) if held is not None
                              else udp.UdpAsyncioTransport().open_server_mode((device.host, device.port)))
                 snmp_config.add_transport(engine, domain, transport)
-                # Bind now, so a port in use fails here and a started simulator is listening.
                 await transport._lport
                 by_domain[domain] = agent
                 self.agents[device.id] = agent
         except BaseException:
             self.close()
             raise
-        snmp_context = context.SnmpContext(engine)
-        snmp_context.unregister_context_name(b"")
-        snmp_context.register_context_name(b"", _Instrumentation(engine, by_domain))
-        cmdrsp.GetCommandResponder(engine, snmp_context)
-        cmdrsp.NextCommandResponder(engine, snmp_context)
-        _BulkResponder(engine, snmp_context)
-        cmdrsp.SetCommandResponder(engine, snmp_context)
-        log.info("snmp simulator listening", devices=len(self.devices))
-
-    @staticmethod
-    def _community(engine: snmp_engine.SnmpEngine, known: dict[str, str], community: str) -> str:
-        if community not in known:
-            name = f"community-{len(known) + 1}"
-            snmp_config.add_v1_system(engine, name, community, securityName=name)
-            known[community] = name
-        return known[community]
+        if engine is not None:
+            snmp_context = context.SnmpContext(engine)
+            snmp_context.unregister_context_name(b"")
+            snmp_context.register_context_name(b"", _Instrumentation(engine, by_domain))
+            cmdrsp.GetCommandResponder(engine, snmp_context)
+            cmdrsp.NextCommandResponder(engine, snmp_context)
+            _BulkResponder(engine, snmp_context)
+            cmdrsp.SetCommandResponder(engine, snmp_context)
+        log.info("snmp simulator listening", devices=len(self.devices), v3=len(v3))
 
     @staticmethod
     def _user(engine: snmp_engine.SnmpEngine, known: dict[str, tuple[str, str, str, str, str]],
@@ -359,6 +507,9 @@ class SnmpSimulator:
         return device.user
 
     def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
         if self.engine is not None and self.engine.transport_dispatcher is not None:
             self.engine.close_dispatcher()
         self.engine = None

@@ -84,7 +84,7 @@ def test_every_field_has_a_description(schema: dict[str, Any]) -> None:
     found = list(properties(schema))
     assert len(found) > 250  # the walk reaches every model: devices, rules, hooks, notifications
     missing = [path for path, prop in found if not str(prop.get("description", "")).strip()]
-    # A new field needs a docstring under it (StrictModel sets use_attribute_docstrings): see dcim.core.config.
+    # A new field needs a docstring under it (read by DocumentedSchema): see dcim.core.config.
     assert missing == []
 
 

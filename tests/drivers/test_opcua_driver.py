@@ -16,7 +16,6 @@ from dcim.core.samples import Quality, Sample
 from dcim.drivers.base import DriverContext, Subscriber
 from dcim.drivers.errors import WriteRejected
 from dcim.drivers.opcua.driver import OpcUaDriver, OpcUaSubscriber, make_driver
-from dcim.drivers.opcua.subscriber import by_time
 from dcim.drivers.profiles import load_profile
 from dcim.simulators.plant import Plant
 from tests.helpers import free_port, wait_until
@@ -176,15 +175,6 @@ async def test_changes_at_different_times_in_one_publish_keep_their_own_times(si
         state.condenser_entering_c, state.leaving_c = 28.0, 18.0
         await sub.stop()
         await drv.close()
-
-
-def test_samples_are_split_by_their_times_oldest_first() -> None:
-    def s(point: str, value: float, ts: int) -> Sample:
-        return Sample("chiller-1", point, value, ts, Quality.GOOD, "", "chiller", ())
-
-    groups = by_time([s("a", 1.0, 20), s("b", 2.0, 10), s("a", 3.0, 20), s("c", 4.0, 10)])
-    assert [[(x.point, x.value, x.ts_ns) for x in g] for g in groups] == [
-        [("b", 2.0, 10), ("c", 4.0, 10)], [("a", 3.0, 20)]]
 
 
 @pytest.mark.parametrize("deadband", [{"type": "absolute", "value": 0.5}, {"type": "percent", "value": 1.0}])

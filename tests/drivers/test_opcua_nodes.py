@@ -10,10 +10,11 @@ import pytest
 from asyncua import ua
 from asyncua.ua.status_codes import StatusCodes
 
-from dcim.core.samples import Quality
+from dcim.core.samples import Quality, Sample
 from dcim.drivers.errors import WriteRejected
 from dcim.drivers.opcua.nodes import Resolved, encode, to_sample, variant_type
 from dcim.drivers.opcua.points import Point
+from dcim.drivers.opcua.subscriber import by_time
 
 STATUS = Point(name="status", node="nsu=urn:x;s=S", enum={0: "stopped", 1: "running"})
 TEMP = Point(name="leaving_temp_c", unit="degC", node="nsu=urn:x;s=T", missing=[-1])
@@ -105,3 +106,12 @@ def test_datatypes_map_to_variant_types() -> None:
     assert variant_type(ua.NodeId(ua.Int32(11))) == ua.VariantType.Double
     assert variant_type(ua.NodeId(ua.Int32(29))) == ua.VariantType.Int32  # Enumeration
     assert variant_type(ua.NodeId(ua.Int32(3000), ua.Int16(2))) is None
+
+
+def test_samples_are_split_by_their_times_oldest_first() -> None:
+    def s(point: str, value: float, ts: int) -> Sample:
+        return Sample("chiller-1", point, value, ts, Quality.GOOD, "", "chiller", ())
+
+    groups = by_time([s("a", 1.0, 20), s("b", 2.0, 10), s("a", 3.0, 20), s("c", 4.0, 10)])
+    assert [[(x.point, x.value, x.ts_ns) for x in g] for g in groups] == [
+        [("b", 2.0, 10), ("c", 4.0, 10)], [("a", 3.0, 20)]]

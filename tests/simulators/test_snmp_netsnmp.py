@@ -14,7 +14,7 @@ import pytest
 
 from dcim.app.config import Config
 from dcim.simulators.plant import Plant
-from dcim.simulators.snmp import SnmpSimulator
+from dcim.simulators.snmp import MAX_BULK_VARBINDS, SnmpSimulator
 from tests.drivers.test_snmp_support import (  # noqa: F401 - fixtures by name
     AUTH_KEY,
     PRIV_KEY,
@@ -186,3 +186,33 @@ async def test_serve_closes_its_sockets_when_cancelled(
     transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
         asyncio.DatagramProtocol, local_addr=(d.host, d.port))  # the port is free again
     transport.close()
+
+
+async def test_the_edges_of_the_community_agent(
+    pdu_config: Config, plant: Plant, simulator: SnmpSimulator, netsnmp_env: dict[str, str]
+) -> None:
+    """v1/v2c PDUs are answered without pysnmp; what pysnmp's agent did at the edges still holds."""
+    d = snmp_device(pdu_config, "apc-a01")
+    target = f"{d.host}:{d.port}"
+    # GETBULK asks for far more than an answer holds: at most MAX_BULK_VARBINDS come back, in OID order,
+    # the table's end marked as endOfMibView.
+    code, out = await run(netsnmp_env, "snmpbulkget", "-v2c", "-c", "public", "-Cn0", "-Cr1000", target, APC)
+    lines = [line for line in out.splitlines() if line.startswith(".")]
+    assert code == 0 and 0 < len(lines) <= MAX_BULK_VARBINDS, out
+    got = [tuple(int(arc) for arc in line.split(" ", 1)[0].lstrip(".").split(".")) for line in lines]
+    assert got == sorted(got)
+    code, out = await run(netsnmp_env, "snmpgetnext", "-v2c", "-c", "public", target, "1.3.6.1.4.1.99999")
+    assert "No more variables left in this MIB View" in out, out
+    # v1: the end of the tree and a missing object are noSuchName errors.
+    code, out = await run(netsnmp_env, "snmpgetnext", "-v1", "-c", "public", target, "1.3.6.1.4.1.99999")
+    assert code != 0 and "noSuchName" in out, out
+    code, out = await run(netsnmp_env, "snmpget", "-v1", "-c", "public", target, f"{APC}.4.3.1.99.1")
+    assert code != 0 and "noSuchName" in out, out
+    # v1 SET with the read community: noSuchName (v2c says noAccess), and nothing switched.
+    code, out = await run(netsnmp_env, "snmpset", "-v1", "-c", "public", target, f"{APC}.9.2.4.1.5.4", "i", "2")
+    assert code != 0 and "noSuchName" in out, out
+    # A string where a command number belongs: wrongType, nothing switched.
+    code, out = await run(netsnmp_env, "snmpset", *v2c(pdu_config, "apc-a01", "private"),
+                          f"{APC}.9.2.4.1.5.4", "s", "off")
+    assert code != 0 and "wrongType" in out, out
+    assert not plant.racks["A01"].outlets_off["a"]

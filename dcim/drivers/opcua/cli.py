@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dcim.drivers.opcua.security import describe, load_certificates, make_certificate
-
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -38,6 +36,9 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_opcua_cert(args: argparse.Namespace) -> int:
+    # Imported here: every `dcim` command registers this one, and cryptography is a tenth of a second to load.
+    from dcim.drivers.opcua.security import describe, load_certificates, make_certificate
+
     out = Path(args.out_dir)
     cert = Path(args.cert) if args.cert else out / "client.der"
     key = Path(args.key) if args.key else out / "client.key.pem"

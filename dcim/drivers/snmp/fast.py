@@ -320,6 +320,9 @@ def _value(tag: int, body: bytes) -> Any:
 
 _NULL = b"\x05\x00"
 
+# The codec's pieces under public names, for the simulator's agent (which answers the same messages).
+tlv, integer, unsigned, header, small_int = _tlv, _integer, _unsigned, _header, _int
+
 
 # ---- transport ---------------------------------------------------------------------------------------------
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import aiohttp
 from pydantic import Field
 
 from dcim.core.secrets import Secret
 from dcim.rules.hooks.base import Hook, HookConfig, HookError, HookType
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from dcim.rules.hooks.notification import Notification
 
 

@@ -21,13 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Generic, TypeVar, get_args
 
-import aiohttp
 from pydantic import Field, SecretStr
 
 from dcim.core.config import PositiveDuration, StrictModel
 from dcim.core.secrets import redact
 
 if TYPE_CHECKING:
+    import aiohttp
+
     # A type only: the notification model is built by rules.notify.
     from dcim.rules.hooks.notification import Notification
 
@@ -72,6 +73,8 @@ class Hook(abc.ABC):
 async def post(
     session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], timeout_s: float
 ) -> None:
+    import aiohttp  # here, not at the top: the configuration imports the hooks, and a start-up error waits for it
+
     try:
         async with session.post(
             url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)

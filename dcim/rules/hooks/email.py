@@ -11,7 +11,6 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import TYPE_CHECKING, Annotated, Literal, Self
 
-import aiohttp
 import aiosmtplib
 from pydantic import Field, model_validator
 
@@ -19,6 +18,8 @@ from dcim.core.secrets import Secret
 from dcim.rules.hooks.base import Hook, HookConfig, HookError, HookType, reveal
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from dcim.rules.hooks.notification import Notification
 
 Address = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]

@@ -16,13 +16,13 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
-
 from dcim.core.events import AlarmEvent, AlarmState
 from dcim.core.secrets import Secret
 from dcim.rules.hooks.base import Hook, HookConfig, HookType, HttpUrl, post
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from dcim.rules.hooks.notification import Notification
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 from pydantic import Field
 
 from dcim.core.secrets import Secret
 from dcim.rules.hooks.base import Hook, HookConfig, HookType, post
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from dcim.rules.hooks.notification import Notification
 
 

@@ -20,13 +20,14 @@ import hmac
 import time
 from typing import TYPE_CHECKING, Literal
 
-import aiohttp
 from pydantic import Field
 
 from dcim.core.secrets import Secret
 from dcim.rules.hooks.base import Hook, HookConfig, HookType, HttpUrl, post, reveal
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from dcim.rules.hooks.notification import Notification
 
 

@@ -18,7 +18,6 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import structlog
 
 from dcim.core.events import AlarmEvent, Severity
@@ -149,6 +148,8 @@ class Notifier:
             self.router.restore([g for g in await state.open() if self._route_exists(g.route)])
             for outbox in self.outboxes.values():
                 await outbox.open()
+            import aiohttp  # here: the configuration imports this package, and start-up waits for it
+
             async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as tg:
                 for name, outbox in self.outboxes.items():
                     tg.create_task(outbox.run(), name=f"notify-outbox-{name}")

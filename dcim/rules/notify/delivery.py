@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from typing import TYPE_CHECKING
 
-import aiohttp
 import structlog
 
 from dcim.core.aio import reraise_lost_cancellation
@@ -19,6 +19,9 @@ from dcim.core.metrics import REGISTRY
 from dcim.core.outbox import Item, Outbox
 from dcim.rules.hooks.base import Hook, HookError
 from dcim.rules.notify.config import Retry
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = structlog.get_logger(__name__)
 

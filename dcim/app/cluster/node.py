@@ -390,9 +390,10 @@ class ClusterNode:
 
     async def _watch(self) -> None:
         while True:
-            client = await self.etcd.client()
+            client: aetcd.Client | None = None
             moved = self.etcd.moved
             try:
+                client = await self.etcd.client()
                 watch = await asyncio.wait_for(
                     client.watch_prefix(self.root.encode(), start_revision=self.view.revision + 1),
                     self.etcd.timeout)

@@ -401,6 +401,8 @@ class ClusterNode:
                 try:
                     async for event in _until(watch, waiter):
                         kv = event.kv
+                        if int(kv.mod_revision) <= self.view.revision:
+                            continue  # already in the view (a resync read it)
                         self._apply_kv(self.view, kv.key.decode(), kv.value, int(kv.lease),
                                        int(kv.create_revision), put=event.kind == "PUT")
                         self.view.revision = max(self.view.revision, int(kv.mod_revision))
@@ -424,9 +426,14 @@ class ClusterNode:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 # Woken by the watch; at least once a TTL anyway, so a failed claim is retried.
                 await asyncio.wait_for(self.shards_changed.wait(), self.ttl)
+            except TimeoutError:
+                # A quiet TTL: read the site's keys again. A watch stream can stall without an error (a
+                # proxy, a half-open connection); this bounds what the view can miss to one TTL.
+                await self._load()
+                self._changed()
             self.shards_changed.clear()
             await self._reconcile()
             self.reconciled.set()
@@ -618,7 +625,7 @@ class ClusterNode:
             revision = self.leader_revision if self.leading else None
             fence = self._key("leader")
         if revision is None:
-            log.debug("cluster: alarm event of a shard not owned here dropped", alarm=event.key, shard=group)
+            log.info("cluster: alarm event of a shard not owned here dropped", alarm=event.key, shard=group)
             return
         key = self._key("alarms", event.key)
         data = event_to_json(event)
@@ -629,7 +636,9 @@ class ClusterNode:
             return result
 
         ok, _ = await self.etcd.call(txn)
-        if not ok:
+        if ok:
+            log.info("cluster: alarm shared", alarm=event.key, state=str(event.state), shard=group)
+        else:
             log.info("cluster: alarm event not shared: its shard moved", alarm=event.key, shard=group)
 
 

@@ -37,8 +37,6 @@ class Etcd:
         self.timeout = timeout
         self.index = 0
         self._client: aetcd.Client | None = None
-        # Set and replaced on every move to another endpoint: a watch on the old client ends with it.
-        self.moved = asyncio.Event()
 
     @property
     def endpoint(self) -> str:
@@ -59,8 +57,6 @@ class Etcd:
             return
         old, self._client = self._client, None
         self.index += 1
-        moved, self.moved = self.moved, asyncio.Event()
-        moved.set()
         log.info("etcd: moving to the next endpoint", endpoint=self.endpoint)
         if old is not None:
             with contextlib.suppress(Exception):

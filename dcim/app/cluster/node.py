@@ -39,7 +39,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
@@ -157,6 +157,7 @@ class ClusterNode:
         self.leader_changed = asyncio.Event()
         self.set_topology(hall)
         self.view = View()
+        self.loaded = 0  # the revision of the last full read of the site's keys
         self.lease_id = 0
         self.deadline = 0.0  # monotonic: the lease is counted on until then
         self.connected = False
@@ -360,6 +361,7 @@ class ClusterNode:
         for kv in result:
             self._apply_kv(view, kv.key.decode(), kv.value, int(kv.lease), int(kv.create_revision), put=True)
         self.view = view
+        self.loaded = view.revision
 
     def _apply_kv(self, view: View, key: str, value: bytes, lease: int, created: int, *, put: bool) -> None:
         kind, _, name = key[len(self.root):].partition("/")
@@ -391,26 +393,22 @@ class ClusterNode:
     async def _watch(self) -> None:
         while True:
             client: aetcd.Client | None = None
-            moved = self.etcd.moved
             try:
                 client = await self.etcd.client()
                 watch = await asyncio.wait_for(
                     client.watch_prefix(self.root.encode(), start_revision=self.view.revision + 1),
                     self.etcd.timeout)
-                waiter = asyncio.ensure_future(moved.wait())
-                try:
-                    async for event in _until(watch, waiter):
-                        kv = event.kv
-                        if int(kv.mod_revision) <= self.view.revision:
-                            continue  # already in the view (a resync read it)
-                        self._apply_kv(self.view, kv.key.decode(), kv.value, int(kv.lease),
-                                       int(kv.create_revision), put=event.kind == "PUT")
-                        self.view.revision = max(self.view.revision, int(kv.mod_revision))
-                        self._changed()
-                finally:
-                    waiter.cancel()
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(watch.cancel(), self.etcd.timeout)
+                # Ends with an error, or quietly when the client is closed (Etcd.move gave it up).
+                async for event in watch:
+                    kv = event.kv
+                    if int(kv.mod_revision) <= self.loaded:
+                        # Already in the view: the last full read was at that revision or later. (Not
+                        # view.revision: one revision can change several keys, a lease's expiry all of them.)
+                        continue
+                    self._apply_kv(self.view, kv.key.decode(), kv.value, int(kv.lease),
+                                   int(kv.create_revision), put=event.kind == "PUT")
+                    self.view.revision = max(self.view.revision, int(kv.mod_revision))
+                    self._changed()
             except aetcd.exceptions.RevisionCompactedError:
                 await self._load()
                 self._changed()
@@ -563,9 +561,12 @@ class ClusterNode:
                 self.known.add(key)
                 self._hand_over(data)
             elif state == AlarmState.RESOLVED:
+                # Read before the transaction: the watch may deliver our own deletions before its answer.
+                was_paged = paged is not None
                 await self._fenced([("delete", "alarms", key, ""), ("delete", "paged", key, "")])
                 self.view.alarms.pop(key, None)
-                if self.view.paged.pop(key, None) is not None:
+                self.view.paged.pop(key, None)
+                if was_paged:
                     if key not in self.known and self.notifier is not None:
                         # Paged by an earlier leader and resolved before this one saw it firing: the
                         # notifier sends a resolve only of an alarm it knows was paged.
@@ -640,22 +641,4 @@ class ClusterNode:
             log.info("cluster: alarm shared", alarm=event.key, state=str(event.state), shard=group)
         else:
             log.info("cluster: alarm event not shared: its shard moved", alarm=event.key, shard=group)
-
-
-async def _until(watch: Any, stop: asyncio.Future[Any]) -> AsyncIterator[Any]:
-    """The watch's events until `stop` is done (the client it runs on was given up)."""
-    iterator = watch.__aiter__()
-    while True:
-        nxt = asyncio.ensure_future(iterator.__anext__())
-        done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if nxt not in done:
-            nxt.cancel()
-            with contextlib.suppress(BaseException):
-                await nxt
-            return
-        try:
-            event = nxt.result()
-        except StopAsyncIteration:
-            return
-        yield event
 

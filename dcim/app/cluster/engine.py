@@ -37,6 +37,7 @@ class Etcd:
         self.timeout = timeout
         self.index = 0
         self._client: aetcd.Client | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def endpoint(self) -> str:
@@ -59,8 +60,11 @@ class Etcd:
         self.index += 1
         log.info("etcd: moving to the next endpoint", endpoint=self.endpoint)
         if old is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(old.close(), self.timeout)
+            # Closed in the background, never awaited here: closing a client whose member died can hang
+            # (and a timeout's cancellation waits for it), and the caller is renewing the lease.
+            task = asyncio.get_running_loop().create_task(_close(old), name="etcd-close")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def call(self, op: Callable[[aetcd.Client], Awaitable[T]]) -> T:
         """`op` on the current endpoint, then on each other one once: EngineError when none answers."""
@@ -84,8 +88,16 @@ class Etcd:
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), self.timeout)
+            task = asyncio.get_running_loop().create_task(_close(client), name="etcd-close")
+            self._closing.add(task)
+        # Bounded without cancelling (asyncio.wait, not wait_for): a close that hangs is left behind.
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=self.timeout)
+
+
+async def _close(client: aetcd.Client) -> None:
+    with contextlib.suppress(Exception):
+        await client.close()
 
 
 async def transact(client: aetcd.Client, compare: list[Any], success: list[Any]) -> tuple[bool, list[Any]]:

@@ -9,7 +9,7 @@ PIP_QUIET ?= -q
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
-	$(PY) -m pip install $(PIP_QUIET) -e '.[test]'
+	$(PY) -m pip install $(PIP_QUIET) -e '.[test,cluster]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -24,6 +24,8 @@ snmpget:snmp
 snmpwalk:snmp
 systemd-analyze:systemd
 chromium:chromium
+etcd:etcd-server
+etcdctl:etcd-client
 "
 
 have() {
@@ -95,6 +97,7 @@ apt-get install -y -qq --no-install-recommends $missing >/dev/null
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     for unit in $missing; do
         case "$unit" in
+            etcd-server) systemctl disable --now etcd >/dev/null 2>&1 || true ;;
             mosquitto|influxdb|victoria-metrics) systemctl disable --now "$unit" >/dev/null 2>&1 || true ;;
         esac
     done

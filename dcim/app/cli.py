@@ -36,7 +36,7 @@ from dcim.drivers.registry import PROTOCOLS
 
 # Packages that add subcommands of their own: each has `register(subparsers)`. Protocols name theirs in the
 # protocol registry (`ProtocolSpec.commands`).
-COMMAND_MODULES = ("dcim.app.alarms_cli", "dcim.app.writes_cli")
+COMMAND_MODULES = ("dcim.app.alarms_cli", "dcim.app.writes_cli", "dcim.app.cluster.cli")
 
 
 def _load(path: str) -> Config:

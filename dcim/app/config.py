@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
+from dcim.app.cluster_config import ClusterConfig
 from dcim.core.config import DocumentedSchema, Duration, PositiveDuration, StrictModel, error_path
 from dcim.core.secrets import Secret
 from dcim.core.topology import Rack, Room, Row, Site
@@ -241,6 +242,9 @@ class Config(StrictModel):
     working directory (the unit's StateDirectory under systemd)."""
     profile_dirs: list[str] = Field(default_factory=list, examples=[["/etc/dcim/profiles"]])
     """Extra directories of device profiles (YAML); a profile here replaces a built-in of the same name."""
+    cluster: ClusterConfig | None = None
+    """Several nodes for this site, coordinated through etcd (docs/scale-out.md); not set: this daemon polls
+    every device, pages and writes on its own."""
 
     def racks(self) -> Iterator[tuple[Room, Row, Rack]]:
         for room in self.rooms:

@@ -30,7 +30,7 @@ import signal
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import BaseModel
@@ -57,6 +57,9 @@ from dcim.drivers.profiles import load_profile
 from dcim.rules.notify import Notifier
 from dcim.rules.service import RuleService
 from dcim.rules.writes import WriteGuard, WriteRefused, WriteRequest, WriteResult
+
+if TYPE_CHECKING:
+    from dcim.app.cluster.node import ClusterNode
 
 log = structlog.get_logger(__name__)
 
@@ -131,8 +134,10 @@ class Daemon:
 
         # Order of sinks matters: rules first (added by _wire_rules), the publisher last.
         self._wire_rules()
+        # In a cluster the shards this node holds decide which devices it polls (dcim.app.cluster).
+        clustered = config.cluster is not None and poll
         for device in config.devices:
-            if not device.enabled or not poll:
+            if not device.enabled or not poll or clustered:
                 continue
             self.coordinators[device.id] = self._coordinator(device, extra)
         # The daemon's own readings reach the in-process ingest without the broker (ingest.source: local).
@@ -158,6 +163,7 @@ class Daemon:
             else:
                 self.pipeline.add_sink(LocalFeed(self.ingest, self.topology), deferrable=True)
         wire_backpressure(self.pipeline, self.publisher, self.ingest)
+        self.cluster = self._join_cluster(config) if clustered else None
         # The one write path (rules.writes): rule actions and the HTTP API write through it, audited.
         self.audit = AuditLog(self.state_dir / "audit.log")
         self.guard = WriteGuard(config.rules.control, self.topology, drivers=self._driver,
@@ -165,6 +171,8 @@ class Daemon:
                                 publish=self.publisher.on_batch if self.publisher is not None else None)
         if self.rules is not None:
             self.rules.control.on_refused = self.guard.note_refusal
+        if self.cluster is not None:
+            self.guard.fence = self.cluster.fence_write  # every write: this node's shard, confirmed by etcd
         if self.rules is not None and serves_http(config, poll=poll):
             self.http = HttpApi(config.http, self.rules.store, health=self.health, sockets=self.claim.sockets)
             self.http.writes = self.guard  # read by dcim/app/api_writes.py
@@ -188,6 +196,26 @@ class Daemon:
         self.rules = RuleService(self.config, self.topology, controller=self, publish=self.pipeline.publish_derived,
                                  notifier=self.notifier, writer=self.writer)
         self.pipeline.add_sink(self.rules.sink)
+
+    def _join_cluster(self, config: Config) -> ClusterNode:
+        """The cluster node (imported here: its etcd client is the optional extra dcim[cluster]). The rule
+        engine's pages go to etcd, and only the leader hands them to the notifier."""
+        from dcim.app.cluster.node import ClusterNode
+
+        assert config.cluster is not None
+        node = ClusterNode(config.cluster, config, apply=self._apply_shards, notifier=self.notifier)
+        if self.rules is not None:
+            self.rules.notifier = node.alarm_outlet
+            if self.rules.publish is not None:
+                self.rules.publish = node.filter_publish(self.rules.publish)
+            if self.rules.alarm_outlet is not None:
+                self.rules.alarm_outlet = node.filter_outlet(self.rules.alarm_outlet)
+        return node
+
+    async def _apply_shards(self, devices: set[str]) -> None:
+        """Poll exactly `devices` (this node's shards of the cluster), with SIGHUP's start/stop machinery."""
+        running = [d for d in self.config.devices if d.id in self.coordinators]
+        await self._apply_devices(running, [d for d in self.config.devices if d.id in devices])
 
     # ---- control: the one path by which anything writes to a device ----------------------------------
 
@@ -241,6 +269,7 @@ class Daemon:
             "stale_devices": stale,
             "task_failures": self.supervisor.report(),
             "restart_required": self.restart_required,
+            **({"cluster": self.cluster.status()} if self.cluster is not None else {}),
         }
 
     async def _prepare(self) -> None:
@@ -306,6 +335,8 @@ class Daemon:
                     start("rules", self.rules.run)
                 if self.http is not None:
                     start("http-api", self.http.serve)
+                if self.cluster is not None:
+                    start("cluster", self.cluster.run)
                 start("reload", self._reload_loop)
                 start("reserve", self._keep_reserve, critical=False)
                 start("loop-lag", watch_loop_lag, critical=False)
@@ -418,8 +449,13 @@ class Daemon:
         rules = new.rules.model_copy(update=fixed)
         merged = old.model_copy(update={"devices": new.devices, "rooms": new.rooms, "rules": rules,
                                         "logging": new.logging})
+        before, after = old.devices, new.devices
+        if self.cluster is not None:  # only the devices of this node's shards, as the new file groups them
+            self.cluster.set_topology(new)
+            before = [d for d in old.devices if d.id in self.coordinators]
+            after = [d for d in new.devices if self.cluster.owns(d.id)]
         try:
-            await self._apply_devices(old.devices, new.devices)
+            await self._apply_devices(before, after)
         finally:
             # Devices already swapped must see their topology, whatever happened to the others.
             self.config = merged

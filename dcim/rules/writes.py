@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -225,6 +225,9 @@ class WriteGuard:
         self._last_sent: dict[tuple[str, str], int] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._pending: set[asyncio.Task[None]] = set()
+        # Set by a cluster node (dcim.app.cluster): called right before anything is sent, returns why this
+        # node may not write to the device now (its shard moved, its lease lapsed), or None.
+        self.fence: Callable[[str], Awaitable[str | None]] | None = None
         if audit is not None:
             for record in audit.records():
                 if record.get("outcome") in SENT:
@@ -322,6 +325,11 @@ class WriteGuard:
         if request.dry_run:
             result.outcome = "dry-run"
             return result
+        if self.fence is not None:
+            fenced = await self.fence(request.device)
+            if fenced is not None:
+                result.reason = f"fenced: {fenced}"
+                return result
         # A driver that reports the device's own limits learns them on connecting (idempotent there);
         # in the daemon the other drivers' connections belong to their coordinators.
         if self.connect or hasattr(driver, "write_limits"):

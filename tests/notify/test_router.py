@@ -170,3 +170,31 @@ def test_alarms_without_the_grouping_labels_group_by_subject() -> None:
     due = router.due(T0)
     assert sorted(d.notification.group_labels["subject"] for d in due) == ["cdu-1", "ch-1"]
     assert due[0].notification.title.startswith("[CRITICAL] hall-1 ")
+
+
+def test_an_adopted_alarm_is_not_sent_again_and_its_resolve_is() -> None:
+    """A cluster's new leader adopts the alarms the old one paged: the re-announced firing is not news, the
+    resolve is sent (without adopt a resolve of a never-notified alarm is dropped, as the test above shows)."""
+    router = Router(config(repeat_interval=0))
+    router.adopt(event("A01"), T0)
+    router.on_event(event("A01", ts_ns=T0 + 5 * S), T0 + 5 * S)
+    assert router.due(T0 + 3000 * S) == []
+    router.on_event(event("A01", state=AlarmState.RESOLVED), T0 + 3100 * S)
+    [resolved] = router.due(T0 + 3100 * S)
+    assert [a.state for a in resolved.notification.alarms] == [AlarmState.RESOLVED]
+    assert router.groups == {}
+    # Only firing alarms are adopted: a resolved one has nothing left to page.
+    router.adopt(event("A02", state=AlarmState.RESOLVED), T0)
+    assert router.groups == {}
+
+
+def test_forget_drops_what_was_notified_so_a_new_firing_is_news() -> None:
+    router = Router(config(repeat_interval=0))
+    router.on_event(event("A01"), T0)
+    assert len(router.due(T0 + 30 * S)) == 1
+    router.take_changed()
+    router.forget()
+    live, gone = router.take_changed()
+    assert router.groups == {} and live == [] and len(gone) == 1
+    router.on_event(event("A01", ts_ns=T0 + 100 * S), T0 + 100 * S)
+    assert len(router.due(T0 + 130 * S)) == 1

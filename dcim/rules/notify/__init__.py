@@ -96,6 +96,23 @@ class Notifier:
         self._idle.clear()
         self._wakeup.set()
 
+    def adopt(self, event: AlarmEvent) -> None:
+        """An alarm another process notified already (Router.adopt): not sent again, its resolve is.
+        Events submitted before it are routed first, so the order of an alarm's changes holds."""
+        if not self.active:
+            return
+        now = self.clock.now_ns()
+        while self._inbox:
+            self.router.on_event(self._inbox.popleft(), now)
+        self.router.adopt(event, now)
+        self._wakeup.set()
+
+    def forget(self) -> None:
+        """Router.forget, with the events not yet routed dropped too."""
+        self._inbox.clear()
+        self.router.forget()
+        self._wakeup.set()
+
     def wake(self) -> None:
         """Look at the clock again now (after a fake clock was advanced)."""
         self._idle.clear()

@@ -166,19 +166,40 @@ class Router:
             self.unrouted += 1
             UNROUTED.inc()
         for index in routes:
-            group_by: list[str] = self._setting(index, "group_by")
-            labels = {name: _label(event, name) for name in group_by}
-            if not any(v for n, v in labels.items() if n != "site"):
-                # Alarms without the grouping labels (a CDU's or a chiller's have no rack) are grouped by
-                # their subject, not all together.
-                labels["subject"] = event.subject
-            key = f"{index}|" + "|".join(f"{k}={v}" for k, v in labels.items())
+            key, labels = self._group_of(index, event)
             group = self.groups.get(key)
             if group is None:
                 if event.state is not AlarmState.FIRING:
                     continue
                 group = self.groups[key] = Group(key, index, labels, now_ns)
             self._apply(group, event, now_ns)
+
+    def _group_of(self, index: int, event: AlarmEvent) -> tuple[str, dict[str, str]]:
+        group_by: list[str] = self._setting(index, "group_by")
+        labels = {name: _label(event, name) for name in group_by}
+        if not any(v for n, v in labels.items() if n != "site"):
+            # Alarms without the grouping labels (a CDU's or a chiller's have no rack) are grouped by
+            # their subject, not all together.
+            labels["subject"] = event.subject
+        return f"{index}|" + "|".join(f"{k}={v}" for k, v in labels.items()), labels
+
+    def adopt(self, event: AlarmEvent, now_ns: int) -> None:
+        """A firing alarm another process already notified (a cluster's previous leader): known here as
+        notified in its state, so it is not sent again, and its later changes (its resolve) are news."""
+        if event.state is not AlarmState.FIRING:
+            return
+        for index in self.routes_for(event):
+            key, labels = self._group_of(index, event)
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = Group(key, index, labels, now_ns, last_sent_ns=now_ns)
+            entry = group.alarms.get(event.key)
+            if entry is None:
+                entry = group.alarms[event.key] = Entry(event)
+            else:
+                entry.event = event
+            entry.mark_notified()
+            self.changed.add(group.key)
 
     def _apply(self, group: Group, event: AlarmEvent, now_ns: int) -> None:
         entry = group.alarms.get(event.key)
@@ -257,6 +278,12 @@ class Router:
         group.due_ns = None
         self._settle(group)
         return Due(self.hooks_of(group.route), notification)
+
+    def forget(self) -> None:
+        """Drop every group (saved as gone): what this router notified earlier is no longer its to follow
+        up (a cluster node that leads again after another node paged meanwhile starts from etcd's record)."""
+        self.changed.update(self.groups)
+        self.groups = {}
 
     def take_changed(self) -> tuple[list[Group], list[str]]:
         """Groups to save and keys of groups to delete since the last call."""

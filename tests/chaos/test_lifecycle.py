@@ -54,7 +54,8 @@ def test_http_port_taken_while_the_broker_never_answers_is_one_line_and_exit_1(t
 
 
 # What makes a start take seconds on a loaded machine: none of it may be imported before the start-up checks.
-HEAVY = ("asyncua", "pysnmp", "pymodbus", "influxdb_client", "aiomqtt", "aiohttp", "cryptography", "dcim.app.daemon")
+HEAVY = ("asyncua", "pysnmp", "pymodbus", "influxdb_client", "aiomqtt", "aiohttp", "cryptography", "aetcd", "grpc",
+         "dcim.app.daemon")
 
 _IMPORTED_AT_EXIT = """
 import sys

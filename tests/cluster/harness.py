@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.e2e.harness import DaemonProcess
+from tests.e2e.harness import DaemonProcess, cdu_rows
 from tests.helpers import free_port, wait_until_sync
 from tests.receivers import HttpReceiver
 from tests.servers import Mosquitto, http_request
@@ -39,16 +39,7 @@ TOKEN = "cluster-test-token"
 
 def hall(tmp_path: Path, cdus: int = CDUS, interval: str = "500ms") -> dict[str, Any]:
     """Liquid-cooled rows, each a CDU (Modbus, simulated) serving two racks: one shard per CDU."""
-    devices = []
-    rows = []
-    for n in range(1, cdus + 1):
-        devices.append({
-            "id": f"cdu-{n}", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1", "port": free_port(),
-            "unit_id": 1, "profile": "generic-cdu", "interval": interval, "timeout": "500ms", "retries": 0,
-            "room": "dh1", "row": f"R{n}", "simulate": True,
-        })
-        rows.append({"id": f"R{n}", "racks": [
-            {"id": f"R{n}-{k}", "cooling": "liquid", "power_budget_kw": 150, "cdu": f"cdu-{n}"} for k in (1, 2)]})
+    devices, rows = cdu_rows(cdus, interval, timeout="500ms")
     return {"site": {"id": "hall-1"}, "rooms": [{"id": "dh1", "rows": rows}], "devices": devices,
             "logging": {"level": "info", "format": "json"}, "state_dir": str(tmp_path / "sim-state"),
             "http": {"enabled": False}}

@@ -32,20 +32,27 @@ from tests.helpers import free_port, hand_over, wait_until
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cdu_hall(tmp_path: Path, *, mqtt: Any | None = None, influxdb: dict[str, Any] | None = None,
-             cdus: int = 2, interval: str = "500ms", **extra: Any) -> Path:
-    """Liquid-cooled racks on `cdus` simulated CDUs, each on its own free port."""
+def cdu_rows(cdus: int, interval: str, timeout: str = "300ms") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(devices, rows): `cdus` simulated CDUs, each on its own free port, each serving a row of two
+    liquid-cooled racks."""
     devices = []
     rows = []
     for n in range(1, cdus + 1):
         devices.append({
             "id": f"cdu-{n}", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1", "port": free_port(),
-            "unit_id": 1, "profile": "generic-cdu", "interval": interval, "timeout": "300ms", "retries": 0,
+            "unit_id": 1, "profile": "generic-cdu", "interval": interval, "timeout": timeout, "retries": 0,
             "room": "dh1", "row": f"R{n}", "simulate": True,
         })
         rows.append({"id": f"R{n}", "racks": [
             {"id": f"R{n}-{k}", "cooling": "liquid", "power_budget_kw": 150, "cdu": f"cdu-{n}"} for k in (1, 2)
         ]})
+    return devices, rows
+
+
+def cdu_hall(tmp_path: Path, *, mqtt: Any | None = None, influxdb: dict[str, Any] | None = None,
+             cdus: int = 2, interval: str = "500ms", **extra: Any) -> Path:
+    """Liquid-cooled racks on `cdus` simulated CDUs, each on its own free port."""
+    devices, rows = cdu_rows(cdus, interval)
     config: dict[str, Any] = {
         "site": {"id": "hall-1"},
         "rooms": [{"id": "dh1", "rows": rows}],

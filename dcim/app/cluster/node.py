@@ -463,15 +463,7 @@ class ClusterNode:
         for group in sorted(desired - set(self.claims)):
             if group in view.owners:
                 continue  # held by another node (or an old lease of ours): its deletion wakes us
-            key = self._key("owners", group)
-
-            async def claim(c: aetcd.Client, key: bytes = key) -> tuple[bool, list[Any]]:
-                t = c.transactions
-                result = await transact(
-                    c, compare=[t.create(key) == 0], success=[t.put(key, self.node.encode(), self.lease_id)])
-                return result
-
-            ok, responses = await self.etcd.call(claim)
+            ok, responses = await self._create_with_lease(self._key("owners", group))
             if ok:
                 self.claims[group] = txn_revision(responses)
                 claimed.append(group)
@@ -483,6 +475,16 @@ class ClusterNode:
         if self.polling != set(self.claims):
             self.polling = set(self.claims)
             await self._apply()
+
+    async def _create_with_lease(self, key: bytes) -> tuple[bool, list[Any]]:
+        """Create `key` (this node's name, bound to its lease) only if it does not exist: how a shard is claimed
+        and the leadership taken. (ok, responses): ok False when another holds it."""
+        async def create(c: aetcd.Client) -> tuple[bool, list[Any]]:
+            t = c.transactions
+            return await transact(c, compare=[t.create(key) == 0],
+                                  success=[t.put(key, self.node.encode(), self.lease_id)])
+
+        return await self.etcd.call(create)
 
     async def _apply(self) -> None:
         devices = {d for g in self.polling for d in self.groups.get(g, ())}
@@ -500,13 +502,7 @@ class ClusterNode:
         key = self._key("leader")
         while True:
             if self.view.leader is None:
-                async def campaign(c: aetcd.Client) -> tuple[bool, list[Any]]:
-                    t = c.transactions
-                    result = await transact(
-                        c, compare=[t.create(key) == 0], success=[t.put(key, self.node.encode(), self.lease_id)])
-                    return result
-
-                ok, responses = await self.etcd.call(campaign)
+                ok, responses = await self._create_with_lease(key)
                 if ok:
                     self.leader_revision = txn_revision(responses)
                     try:

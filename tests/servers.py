@@ -142,6 +142,24 @@ def http_request(
         return int(err.code), bytes(err.read())
 
 
+def http_json(
+    method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0, *, any_status: bool = False,
+) -> Any:
+    """The JSON body of a blocking HTTP call, or None when the server does not answer, answers with a status
+    other than 200 (unless `any_status`: a /healthz answers 503 with the same report) or with no JSON."""
+    try:
+        status, answer = http_request(method, url, body, headers, timeout)
+    except OSError:
+        return None
+    if status != 200 and not any_status:
+        return None
+    try:
+        return json.loads(answer)
+    except ValueError:
+        return None
+
+
 class ServerProcess:
     """One server process on fixed ports (chosen at first start) with a log file in its own directory."""
 

@@ -9,12 +9,11 @@ with {"health":"true"} (etcd's own readiness: it has a raft leader and serves re
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.servers import ServerError, ServerProcess, http_request, port_accepts
+from tests.servers import ServerError, ServerProcess, http_json, port_accepts
 
 _HEALTH_TIMEOUT_S = 60.0
 
@@ -69,32 +68,14 @@ class EtcdMember(ServerProcess):
         return port_accepts(self.host, self.port)
 
     def healthy(self) -> bool:
-        try:
-            status, body = http_request("GET", f"http://{self.endpoint}/health", timeout=2.0)
-        except OSError:
-            return False
-        if status != 200:
-            return False
-        try:
-            return bool(json.loads(body).get("health") == "true")
-        except ValueError:
-            return False
-
+        data = http_json("GET", f"http://{self.endpoint}/health", timeout=2.0)
+        return isinstance(data, dict) and data.get("health") == "true"
 
     def status(self) -> dict[str, Any] | None:
         """etcd's Maintenance.Status through its JSON gateway: this member's id and the raft leader's."""
-        try:
-            status, body = http_request("POST", f"http://{self.endpoint}/v3/maintenance/status", b"{}",
-                                        {"Content-Type": "application/json"}, timeout=2.0)
-        except OSError:
-            return None
-        if status != 200:
-            return None
-        try:
-            data: dict[str, Any] = json.loads(body)
-        except ValueError:
-            return None
-        return data
+        data = http_json("POST", f"http://{self.endpoint}/v3/maintenance/status", b"{}",
+                         {"Content-Type": "application/json"}, timeout=2.0)
+        return data if isinstance(data, dict) else None
 
 
 class EtcdCluster:

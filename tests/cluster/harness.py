@@ -27,7 +27,7 @@ import yaml
 from tests.e2e.harness import DaemonProcess, cdu_rows
 from tests.helpers import free_port, wait_until_sync
 from tests.receivers import HttpReceiver
-from tests.servers import Mosquitto, http_request
+from tests.servers import Mosquitto, http_json, http_request
 
 T = TypeVar("T")
 
@@ -199,12 +199,8 @@ class Site:
         port = self.http_port(node) if self.alive(node) else None
         if port is None:
             return None
-        try:
-            _, body = http_request("GET", f"http://127.0.0.1:{port}/healthz", timeout=5)
-            data: dict[str, Any] = json.loads(body)
-        except (OSError, ValueError):
-            return None
-        return data
+        data = http_json("GET", f"http://127.0.0.1:{port}/healthz", timeout=5, any_status=True)
+        return data if isinstance(data, dict) else None
 
     def metrics(self, node: str) -> dict[str, float]:
         """The node's /metrics, the unlabelled dcim_cluster_* samples."""
@@ -255,13 +251,8 @@ class Site:
         port = self.http_port(node)
         if port is None:
             return None
-        try:
-            status, body = http_request("GET", f"http://127.0.0.1:{port}/api/v1/alarms/{key}", timeout=5)
-        except OSError:
-            return None
-        if status != 200:
-            return None
-        alarm: dict[str, Any] | None = json.loads(body).get("alarm")
+        data = http_json("GET", f"http://127.0.0.1:{port}/api/v1/alarms/{key}", timeout=5)
+        alarm: dict[str, Any] | None = data.get("alarm") if isinstance(data, dict) else None
         return alarm
 
     def plant_value(self, device: str, point: str) -> Any:

@@ -102,7 +102,7 @@ class _Tree:
 
     oids: list[Oid] = field(default_factory=list)
     values: dict[Oid, Any] = field(default_factory=dict)
-    # The same values as BER TLVs, for the v1/v2c responder that answers without pysnmp.
+    # `values` as pysnmp objects (v3 PDUs only) and as BER TLVs (every PDU), by OID.
     encoded: dict[Oid, bytes] = field(default_factory=dict)
     built: float = -1.0
     request: object = None
@@ -141,6 +141,8 @@ class PduAgent:
     def _build(self) -> _Tree:
         device_values = self.plant.values(self.device.id)
         tables: dict[str, dict[int, dict[str, Value]]] = {}
+        # pysnmp's typed values only for a v3 PDU (served by pysnmp's engine); BER for every one.
+        typed = self.device.version == "3"
         values: dict[Oid, Any] = {}
         encoded: dict[Oid, bytes] = {}
         for point in self.profile.points:
@@ -151,22 +153,23 @@ class PduAgent:
                 for n, row in rows.items():
                     # A command object reads back as the outlet's state (APC does this).
                     name = "state" if point.writable is not False and point.enum else point.name
-                    self._put(values, encoded, point, syntax, row.get(name), (n,))
+                    self._put(values, encoded, point, syntax, row.get(name), (n,), typed=typed)
             elif point.tags:
                 key, text = next(iter(point.tags.items()))
                 rows = tables.setdefault(key, self._rows(key))
-                self._put(values, encoded, point, syntax, rows.get(int(text), {}).get(point.name), ())
+                self._put(values, encoded, point, syntax, rows.get(int(text), {}).get(point.name), (), typed=typed)
             else:
-                self._put(values, encoded, point, syntax, device_values.get(point.name), ())
+                self._put(values, encoded, point, syntax, device_values.get(point.name), (), typed=typed)
         tree = _Tree(values=values, encoded=encoded)
-        tree.oids = sorted(values)
+        tree.oids = sorted(encoded)
         return tree
 
     @staticmethod
     def _put(values: dict[Oid, Any], encoded: dict[Oid, bytes], point: Point, syntax: str, value: Value | None,
-             index: Oid) -> None:
+             index: Oid, *, typed: bool) -> None:
         def put(oid: Oid, syntax: str, raw: int) -> None:
-            values[oid] = _typed(syntax, raw)
+            if typed:
+                values[oid] = _typed(syntax, raw)
             encoded[oid] = _ber(syntax, raw)
 
         digits_oid = point.digits_instance(index)

@@ -1,0 +1,127 @@
+"""The publisher acknowledges outbox items only once the broker has acknowledged them.
+
+The broker here is a small MQTT 3.1.1 server written in the test, since the faults it plays cannot be asked
+of mosquitto: on its first connection it acknowledges three PUBLISH packets and then closes the socket; on
+its second it acknowledges the presence message and then nothing more; on the third it acknowledges
+everything. Whatever was not acknowledged must be sent again on the next connection, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from dcim.app import publisher as publisher_module
+from dcim.app.config import Config
+from dcim.app.publisher import MqttPublisher
+from dcim.core.outbox import Outbox
+from dcim.core.topology import Topology
+
+MESSAGES = 40
+
+
+async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    first = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return first, await reader.readexactly(length)
+
+
+class FickleBroker:
+    """Acknowledges per connection: 3 then hang up; 1 then silence; then everything."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.received: list[list[str]] = []  # topics per connection, in arrival order
+        self.acked: set[str] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        topics: list[str] = []
+        self.received.append(topics)
+        budget = {1: 3, 2: 1}.get(number)
+        try:
+            while True:
+                kind, body = await read_packet(reader)
+                packet = kind >> 4
+                if packet == 1:  # CONNECT
+                    writer.write(b"\x20\x02\x00\x00")
+                elif packet == 3:  # PUBLISH, QoS 1 (the publisher sends nothing else)
+                    size = int.from_bytes(body[:2], "big")
+                    topic = body[2:2 + size].decode()
+                    mid = body[2 + size:4 + size]
+                    topics.append(topic)
+                    if budget is None or budget > 0:
+                        writer.write(b"\x40\x02" + mid)
+                        self.acked.add(topic)
+                        if budget is not None:
+                            budget -= 1
+                    elif number == 1:
+                        break  # hang up with publishes unacknowledged
+                elif packet == 12:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                elif packet == 14:  # DISCONNECT
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.timeout(120)
+async def test_unacknowledged_publishes_are_sent_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The silent second connection must end in a broker fault soon, not after the production 10 s.
+    monkeypatch.setattr(publisher_module, "PUBLISH_TIMEOUT", 1.0)
+    broker = FickleBroker()
+    port = await broker.start()
+    config = Config.model_validate({
+        "site": {"id": "t"},
+        "mqtt": {"host": "127.0.0.1", "port": port, "protocol": "3.1.1", "reconnect_max": "200ms"},
+        "state_dir": str(tmp_path / "state"),
+    })
+    box = Outbox(tmp_path / "outbox.sqlite", name="mqtt", max_items=10_000)
+    await box.open()
+    publisher = MqttPublisher(config.mqtt, Topology(config), box)
+    topics = [f"dcim/t/cdu/cdu-{i}" for i in range(MESSAGES)]
+    for topic in topics:
+        box.put(topic, b"cdu flow_lpm=1", 1)
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(box.run()), tg.create_task(publisher.run())]
+        try:
+            async with asyncio.timeout(90):
+                while box.depth or broker.connections < 3:
+                    await asyncio.sleep(0.05)
+        finally:
+            for task in tasks:
+                task.cancel()
+    await box.close()
+    assert broker.server is not None
+    broker.server.close()
+    with contextlib.suppress(Exception):
+        await broker.server.wait_closed()
+
+    # First connection: the presence message and two readings acknowledged, then the hang-up.
+    first, second, third = broker.received[:3]
+    assert len(first) > 3
+    # Second: only the presence acknowledged; the batch timed out and was not acknowledged in the outbox.
+    assert [t for t in second if t in topics], "the second connection got the unacknowledged batch again"
+    # Third: the whole batch again (the outbox acknowledges a batch only once all of it is acknowledged), so
+    # nothing is missing at the broker; the readings acknowledged on the first connection come twice (QoS 1).
+    assert set(topics) <= set(third)
+    assert set(topics) <= broker.acked

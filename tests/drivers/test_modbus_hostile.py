@@ -1,7 +1,8 @@
 """The Modbus driver against hostile devices: TCP servers written here, talking to the real driver.
 
-One server streams random bytes at whoever connects (pymodbus appends hex dumps of the last frames to each of
-its errors: unbounded, that was 80 MB of log a minute); another answers well-formed frames whose registers
+One server streams random bytes at whoever connects (pymodbus' client, on the poll path until it was
+replaced by dcim's own Modbus TCP client, appended hex dumps of the last frames to each of its errors:
+unbounded, that was 80 MB of log a minute); another answers well-formed frames whose registers
 hold values that are no reading (NaN, infinity, a float64 that overflows once scaled). The driver gives BAD
 samples with reasons or DriverErrors, never another exception, and the log stays within a bound counted in
 bytes, however many polls the garbage lasts.
@@ -122,7 +123,7 @@ def captured_log() -> Iterator[tuple[io.StringIO, logs.RateLimit]]:
 async def test_a_device_streaming_garbage_keeps_the_log_bounded(
     tcp_server: Callable[[Handler], Any], captured_log: tuple[io.StringIO, logs.RateLimit], polls: int,
 ) -> None:
-    buffer, limit = captured_log
+    buffer, _limit = captured_log
     port = await tcp_server(garbage)
     driver = ModbusDriver(device(port), profile(SUPPLY), DriverContext())
     outcomes: list[str] = []
@@ -139,10 +140,10 @@ async def test_a_device_streaming_garbage_keeps_the_log_bounded(
     assert "good?" not in outcomes
     written = len(buffer.getvalue().encode())
     # The bound: a few templates x LIBRARY_BURST records x MAX_MESSAGE characters (and their JSON), the same
-    # for 5 polls and for 40. Unbounded, each pymodbus error carried kilobytes of hex.
+    # for 5 polls and for 40. When pymodbus' client was on the poll path, each of its errors carried kilobytes
+    # of hex and only the rate limit held it (the limit itself: the next test); the poll path's own client
+    # logs nothing per bad frame.
     assert written <= 16 * 1024, buffer.getvalue()[-2000:]
-    if polls == 40:
-        assert limit.dropped > 0  # pymodbus did log without end, and the limit held it
     for line in buffer.getvalue().splitlines():
         assert len(line) < logs.MAX_MESSAGE + 400
 

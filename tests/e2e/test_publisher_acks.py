@@ -19,6 +19,7 @@ from dcim.app.config import Config
 from dcim.app.publisher import MqttPublisher
 from dcim.core.outbox import Outbox
 from dcim.core.topology import Topology
+from tests.helpers import wait_until
 
 MESSAGES = 40
 
@@ -104,9 +105,8 @@ async def test_unacknowledged_publishes_are_sent_again(tmp_path: Path, monkeypat
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(box.run()), tg.create_task(publisher.run())]
         try:
-            async with asyncio.timeout(90):
-                while box.depth or broker.connections < 3:
-                    await asyncio.sleep(0.05)
+            await wait_until(lambda: box.depth == 0 and broker.connections >= 3, timeout=90,
+                             message="the outbox emptied through a third connection")
         finally:
             for task in tasks:
                 task.cancel()

@@ -1,15 +1,16 @@
 """One Modbus TCP connection per host:port, shared by every unit id behind it (a gateway).
 
-pymodbus' own reconnect is switched off (`reconnect_delay=0`) and its own retries too (`retries=0`): this
-module decides when to connect, how long to back off (jittered, doubling, capped), how long a request may
-take (the device's `timeout`, per attempt) and how often to retry (the device's `retries`). So one dead
-gateway costs its own devices at most timeout x (retries + 1) per poll and never touches other connections.
+The socket is `transport.ModbusTcpClient` (MBAP framing, answers matched by transaction id); this module
+decides when to connect, how long to back off (jittered, doubling, capped), how long a request may take (the
+device's `timeout`, per attempt) and how often to retry (the device's `retries`). So one dead gateway costs
+its own devices at most timeout x (retries + 1) per poll and never touches other connections.
 
 While a reconnect is backing off, requests fail at once with DeviceUnreachable instead of queueing: the
 poller marks the device offline and tries again next interval.
 
-pymodbus serialises requests on one client (one transaction at a time); the semaphore (`max_in_flight`)
-bounds how many requests of the devices behind this gateway are admitted at once.
+The semaphore (`max_in_flight`, 1 unless configured) bounds how many requests of the devices behind this
+gateway are on the wire at once: many gateways and PLCs answer only one transaction at a time, so more than
+one is for servers that are known to take several.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
-from pymodbus.pdu import ModbusPDU
 
 from dcim.core.backoff import Backoff
 from dcim.core.logs import truncate
@@ -32,6 +31,7 @@ from dcim.core.metrics import REGISTRY
 from dcim.drivers.base import DriverContext
 from dcim.drivers.errors import BadResponse, DeviceTimeout, DeviceUnreachable, DriverError
 from dcim.drivers.modbus.config import ModbusDevice
+from dcim.drivers.modbus.transport import Answer, ModbusTcpClient
 
 log = structlog.get_logger(__name__)
 
@@ -67,8 +67,6 @@ CONNECTS = REGISTRY.counter(
 
 # Consecutive timeouts (no answer from any unit) after which the socket is presumed half-open and dropped.
 SILENT_LIMIT = 3
-# pymodbus' own timers must never fire before ours do.
-_LIBRARY_TIMEOUT = 3600.0
 
 
 class ExceptionCode(BadResponse):
@@ -90,7 +88,7 @@ class ModbusConnection:
         self.users: set[str] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._connect_lock = asyncio.Lock()
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: ModbusTcpClient | None = None
         self._retry_at = 0.0
         self._last_error = ""
         self._silent = 0
@@ -99,7 +97,7 @@ class ModbusConnection:
     def connected(self) -> bool:
         return self._client is not None and self._client.connected
 
-    async def ensure_connected(self) -> AsyncModbusTcpClient:
+    async def ensure_connected(self) -> ModbusTcpClient:
         """The connected client; connects (once, for every waiting unit) unless backing off."""
         if self._client is not None and self._client.connected:
             return self._client
@@ -112,10 +110,7 @@ class ModbusConnection:
                 # and again only when its error changes.
                 raise DeviceUnreachable(self._last_error)
             self._drop()
-            client = AsyncModbusTcpClient(
-                self.host, port=self.port, name=self.name, reconnect_delay=0, reconnect_delay_max=0,
-                timeout=_LIBRARY_TIMEOUT, retries=0,
-            )
+            client = ModbusTcpClient(self.host, self.port)
             try:
                 ok = await client.connect()
             except BaseException:
@@ -126,8 +121,6 @@ class ModbusConnection:
                 self._failed(f"cannot connect to {self.name}")
                 CONNECTS.inc(gateway=self.name, result="failed")
                 raise DeviceUnreachable(self._last_error)
-            # A slow request that pymodbus itself gives up on must not close a socket the other units use.
-            client.set_max_no_responses(1_000_000)
             CONNECTS.inc(gateway=self.name, result="ok")
             if self.backoff.failures:
                 log.info("modbus connection restored", gateway=self.name)
@@ -158,9 +151,9 @@ class ModbusConnection:
             self._client = None
 
     async def request(
-        self, what: str, call: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]], *,
+        self, what: str, call: Callable[[ModbusTcpClient], Awaitable[Answer]], *,
         timeout: float, retries: int,  # noqa: ASYNC109 - per attempt, not for the whole call
-    ) -> ModbusPDU:
+    ) -> Answer:
         """Run one request with the device's timeout per attempt and its retries. Raises DriverError."""
         error: DriverError = DeviceTimeout(f"{what}: no answer")
         cancels = cancelling()
@@ -201,8 +194,9 @@ class ModbusConnection:
                     REQUESTS.inc(gateway=self.name, result="bad")
                     raise BadResponse(f"{what}: {truncate(str(err))}") from err
                 except (ValueError, IndexError, KeyError, TypeError, AttributeError, struct.error) as err:
-                    # pymodbus decoding a hostile frame can fail in ways it does not wrap: the stream is out
-                    # of step now, so start over on a fresh socket; the device answered nonsense, it is not down.
+                    # A frame that is not Modbus (transport.ModbusTcpClient fails the request with ValueError):
+                    # the stream is out of step now, so start over on a fresh socket; the device answered
+                    # nonsense, it is not down.
                     REQUESTS.inc(gateway=self.name, result="bad")
                     self._drop()
                     raise BadResponse(f"{what}: undecodable answer: {type(err).__name__}: {truncate(str(err))}") \
@@ -241,11 +235,11 @@ def cancelling() -> int:
 
 
 def raise_if_cancelled(before: int) -> None:
-    """Re-raise a cancellation that pymodbus swallowed.
+    """Re-raise a cancellation that an inner `asyncio.wait_for` swallowed.
 
-    pymodbus awaits with asyncio.wait_for, which on Python 3.11 drops a cancellation that arrives as the
-    awaited future completes. The task stays marked as cancelling: without this check a poller task would
-    ignore its shutdown and poll on forever.
+    On Python 3.11 wait_for drops a cancellation that arrives as the awaited future completes, and the task
+    stays marked as cancelling: without this check a poller task would ignore its shutdown and poll on for
+    ever. The client in transport.py does not use wait_for; the check stays for the connect path's timeouts.
     """
     if cancelling() > before:
         raise asyncio.CancelledError

@@ -239,3 +239,34 @@ async def test_the_connection_turns_a_malformed_answer_into_a_bad_response(serve
                                      timeout=30, retries=0)
     finally:
         await connection.close()
+
+
+async def test_transaction_id_zero_is_the_answer_while_one_request_is_in_flight(serve: Any) -> None:
+    async def no_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            _tid, unit, _pdu = await read_request(reader)
+            writer.write(registers_answer(0, unit, [5]))
+            await writer.drain()
+
+    client = ModbusTcpClient("127.0.0.1", await serve(no_echo))
+    assert await client.connect()
+    try:
+        assert (await client.read_holding_registers(0, count=1, device_id=1)).registers == [5]
+        assert (await client.read_holding_registers(0, count=1, device_id=1)).registers == [5]
+    finally:
+        client.close()
+
+
+async def test_another_units_answer_is_ignored(serve: Any) -> None:
+    async def crosstalk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tid, unit, _pdu = await read_request(reader)
+        writer.write(registers_answer(tid, unit + 1, [666]) + registers_answer(tid, unit, [7]))
+        await writer.drain()
+        await reader.read()
+
+    client = ModbusTcpClient("127.0.0.1", await serve(crosstalk))
+    assert await client.connect()
+    try:
+        assert (await client.read_holding_registers(0, count=1, device_id=3)).registers == [7]
+    finally:
+        client.close()

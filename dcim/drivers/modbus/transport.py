@@ -86,7 +86,7 @@ class ModbusTcpClient(asyncio.Protocol):
         self.port = port
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        # transaction id -> (function code, future of the answer's PDU)
+        # transaction id -> (unit id, future of the answer's PDU)
         self._pending: dict[int, tuple[int, asyncio.Future[bytes]]] = {}
         self._next_tid = 0
 
@@ -131,7 +131,7 @@ class ModbusTcpClient(asyncio.Protocol):
         buffer = self._buffer
         buffer += data
         while len(buffer) >= 7:
-            tid, protocol, length, _unit = MBAP.unpack_from(buffer)
+            tid, protocol, length, unit = MBAP.unpack_from(buffer)
             if protocol != 0 or not 2 <= length <= MAX_PDU + 1:
                 # Not Modbus, or out of step: nothing after this can be trusted on this socket.
                 error = ValueError(f"bad MBAP header (protocol id {protocol}, length {length})")
@@ -141,13 +141,20 @@ class ModbusTcpClient(asyncio.Protocol):
                     self._transport.close()
                 return
             end = 6 + length
+            if length == 2 and len(buffer) == 9:
+                end = 9  # an exception answer whose length field forgot its code (pymodbus takes it too)
             if len(buffer) < end:
                 return
             pdu = bytes(buffer[7:end])
             del buffer[:end]
-            entry = self._pending.pop(tid, None)
-            if entry is None:
-                continue  # a late answer to a request given up on: ignored
+            entry = self._pending.get(tid)
+            if entry is None and tid == 0 and len(self._pending) == 1:
+                # Some devices answer with transaction id 0: unambiguous while one request is in flight.
+                tid, entry = next(iter(self._pending.items()))
+            if entry is None or (entry[0] and unit != entry[0]):
+                # A late answer to a request given up on, or another unit's: ignored, as pymodbus does.
+                continue
+            del self._pending[tid]
             future = entry[1]
             if not future.done():
                 # Checked by the waiting request (decode_answer): a bad answer fails that request only.
@@ -162,13 +169,13 @@ class ModbusTcpClient(asyncio.Protocol):
                 return self._next_tid
         raise ModbusException("65,535 requests in flight")
 
-    def _begin(self, function: int) -> tuple[asyncio.Transport, int, asyncio.Future[bytes]]:
+    def _begin(self, unit: int) -> tuple[asyncio.Transport, int, asyncio.Future[bytes]]:
         transport = self._transport
         if transport is None or transport.is_closing():
             raise ConnectionException(f"{self.host}:{self.port}: not connected")
         tid = self._tid()
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[tid] = (function, future)
+        self._pending[tid] = (unit, future)
         return transport, tid, future
 
     async def _answer(self, function: int, tid: int, future: asyncio.Future[bytes]) -> Answer:
@@ -181,12 +188,12 @@ class ModbusTcpClient(asyncio.Protocol):
         return decode_answer(function, pdu)
 
     async def _request(self, unit: int, function: int, body: bytes) -> Answer:
-        transport, tid, future = self._begin(function)
+        transport, tid, future = self._begin(unit)
         transport.write(MBAP.pack(tid, 0, len(body) + 2, unit) + bytes((function,)) + body)
         return await self._answer(function, tid, future)
 
     async def _read(self, unit: int, function: int, address: int, count: int) -> Answer:
-        transport, tid, future = self._begin(function)
+        transport, tid, future = self._begin(unit)
         transport.write(READ.pack(tid, 0, 6, unit, function, address, count))
         return await self._answer(function, tid, future)
 

@@ -17,9 +17,14 @@ from typing import Any
 import pytest
 from pymodbus.exceptions import ConnectionException, ModbusException
 
+from dcim.drivers.base import DriverContext
 from dcim.drivers.errors import BadResponse
+from dcim.drivers.modbus.config import ModbusDevice
 from dcim.drivers.modbus.connection import ModbusConnection
+from dcim.drivers.modbus.driver import ModbusDriver
+from dcim.drivers.modbus.points import Point
 from dcim.drivers.modbus.transport import ModbusTcpClient
+from dcim.drivers.profiles import Profile
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 MBAP = struct.Struct(">HHHB")
@@ -270,3 +275,36 @@ async def test_another_units_answer_is_ignored(serve: Any) -> None:
         assert (await client.read_holding_registers(0, count=1, device_id=3)).registers == [7]
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("max_in_flight", [1, 4])
+async def test_a_poll_sends_its_reads_together_when_the_device_takes_several(serve: Any, max_in_flight: int) -> None:
+    # Three points far apart (three reads); the server holds its answers until it has as many requests as the
+    # device allows in flight, then answers the newest first.
+    most = 0
+
+    async def batching(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal most
+        while True:
+            held = [await read_request(reader)]
+            while len(held) < min(max_in_flight, 3):
+                held.append(await read_request(reader))
+            most = max(most, len(held))
+            for tid, unit, pdu in reversed(held):
+                _function, address, count = struct.unpack(">BHH", pdu)
+                writer.write(registers_answer(tid, unit, [address // 100 + 1] * count))
+            await writer.drain()
+
+    port = await serve(batching)
+    points = [Point(name=f"p{i}", table="holding", address=100 * i, type="uint16") for i in range(3)]
+    device = ModbusDevice.model_validate({
+        "id": "cdu-x", "kind": "cdu", "protocol": "modbus", "profile": "x", "host": "127.0.0.1", "port": port,
+        "timeout": 30, "retries": 0, "max_gap": 0, "max_in_flight": max_in_flight})
+    driver = ModbusDriver(device, Profile[Point](name="x", kind="cdu", protocol="modbus", points=points),
+                          DriverContext())
+    try:
+        samples = await driver.read()
+    finally:
+        await driver.close()
+    assert {s.point: s.value for s in samples} == {"p0": 1, "p1": 2, "p2": 3}
+    assert most == min(max_in_flight, 3)

@@ -1,4 +1,4 @@
-"""Modbus TCP driver (pymodbus)."""
+"""Modbus TCP driver (dcim's own client in transport.py; pymodbus serves the simulators)."""
 
 from dcim.drivers.modbus.config import ModbusDevice
 from dcim.drivers.modbus.points import Point

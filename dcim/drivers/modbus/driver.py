@@ -13,6 +13,7 @@ are BAD samples with the reason; nothing a device sends raises anything but a Dr
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from typing import Any
 
@@ -89,16 +90,35 @@ class ModbusDriver(Driver):
             measurement=self._measurement[point.name],
         )
 
-    async def read(self) -> list[Sample]:
-        samples: list[Sample] = []
+    async def _read_all(self) -> list[tuple[Read, list[int] | list[bool] | BadResponse, int]]:
+        """Every read of the plan: (read, its data or the device's refusal, when it was answered).
+
+        With `max_in_flight` above 1 the reads go out together (the connection matches the answers by
+        transaction id); otherwise one after the other. A timeout or a lost connection raises either way."""
+        if self.device.max_in_flight > 1 and len(self.plan) > 1:
+            outcomes = await asyncio.gather(*(self._read_raw(r) for r in self.plan), return_exceptions=True)
+            ts_ns = now_ns()
+            together: list[tuple[Read, list[int] | list[bool] | BadResponse, int]] = []
+            for read, outcome in zip(self.plan, outcomes, strict=True):
+                if isinstance(outcome, BaseException) and not isinstance(outcome, BadResponse):
+                    raise outcome
+                together.append((read, outcome, ts_ns))
+            return together
+        answers: list[tuple[Read, list[int] | list[bool] | BadResponse, int]] = []
         for read in self.plan:
             try:
-                data = await self._read_raw(read)
+                data: list[int] | list[bool] | BadResponse = await self._read_raw(read)
             except BadResponse as err:
-                ts_ns = now_ns()
-                samples += [self._sample(p, ts_ns, None, str(err)) for p in read.points]
+                data = err
+            answers.append((read, data, now_ns()))
+        return answers
+
+    async def read(self) -> list[Sample]:
+        samples: list[Sample] = []
+        for read, data, ts_ns in await self._read_all():
+            if isinstance(data, BadResponse):
+                samples += [self._sample(p, ts_ns, None, str(data)) for p in read.points]
                 continue
-            ts_ns = now_ns()
             decoder = self._decoders.get(id(read))
             if decoder is not None:
                 device, measurement = self.device.id, self._measurement

@@ -86,6 +86,8 @@ class DeviceCoordinator:
         # Monotonic time since which the poller waits for the pipeline's admission, None when it does not.
         self.waiting_since: float | None = None
         self._unexpected_logged: set[str] = set()
+        # Once: a device without a `deadline` field costs pydantic's slow attribute path on every lookup.
+        self.deadline = poll_deadline(device)
 
     @property
     def name(self) -> str:
@@ -141,12 +143,12 @@ class DeviceCoordinator:
         error: str | None = None
         samples: list[Sample] = []
         try:
-            async with asyncio.timeout(poll_deadline(self.device)):
+            async with asyncio.timeout(self.deadline):
                 if self.online is not True:
                     await self.driver.connect()
                 samples = await self.driver.read()
         except TimeoutError:
-            error = f"no answer within the poll deadline ({poll_deadline(self.device):g} s)"
+            error = f"no answer within the poll deadline ({self.deadline:g} s)"
         except DriverError as err:
             error = str(err) or type(err).__name__
         except Exception as err:
@@ -199,7 +201,7 @@ class DeviceCoordinator:
         when the deadline is the longer): its poller is stuck or dead. A subscription has no schedule."""
         if isinstance(self.driver, Subscriber):
             return False
-        period = max(self.device.interval, poll_deadline(self.device))
+        period = max(self.device.interval, self.deadline)
         now = time.monotonic() if now is None else now
         if self.waiting_since is not None and now - self.pipeline.admission.last_progress <= 3 * period:
             # Held back by backpressure while the queue of polls moves: polled later, not stuck.

@@ -46,9 +46,10 @@ from typing import Any, Protocol
 import aetcd
 import structlog
 
-from dcim.app.cluster.engine import EngineError, Etcd, transact, txn_revision
+from dcim.app.cluster.engine import EngineError, Etcd, bounded, transact, txn_revision
 from dcim.app.cluster.shards import assign, device_groups, rack_groups
 from dcim.app.cluster_config import ClusterConfig
+from dcim.core.aio import reraise_lost_cancellation
 from dcim.core.events import AlarmEvent, AlarmState, Severity
 from dcim.core.metrics import REGISTRY
 from dcim.core.samples import Batch
@@ -74,6 +75,18 @@ class PageNotifier(Protocol):
     def submit(self, event: AlarmEvent) -> None: ...
     def adopt(self, event: AlarmEvent) -> None: ...
     def forget(self) -> None: ...
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Whether `event` was set within `seconds`. asyncio.timeout, not asyncio.wait_for: on Python 3.11 the
+    latter drops a cancellation that lands as the event is set (gh-86296), and the session's task group then
+    waits for a task that runs on."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 class SessionLost(Exception):
@@ -340,6 +353,7 @@ class ClusterNode:
         # Four renewals per TTL: an etcd leader election (about a second, during which no member answers)
         # or a member's death (one timeout, then the next endpoint) costs one or two of them, not the lease.
         while True:
+            reraise_lost_cancellation()
             await asyncio.sleep(self.ttl / 4)
             sent = self.clock()
             try:
@@ -391,11 +405,13 @@ class ClusterNode:
                 view.paged.pop(name, None)
 
     async def _watch(self) -> None:
+        mine = self._key("members", self.node)
         while True:
+            reraise_lost_cancellation()
             client: aetcd.Client | None = None
             try:
                 client = await self.etcd.client()
-                watch = await asyncio.wait_for(
+                watch = await bounded(
                     client.watch_prefix(self.root.encode(), start_revision=self.view.revision + 1),
                     self.etcd.timeout)
                 # Ends with an error, or quietly when the client is closed (Etcd.move gave it up).
@@ -409,6 +425,10 @@ class ClusterNode:
                                    int(kv.create_revision), put=event.kind == "PUT")
                     self.view.revision = max(self.view.revision, int(kv.mod_revision))
                     self._changed()
+                    if kv.key == mine and event.kind != "PUT":
+                        # Our lease expired (a pause, a cut longer than the TTL) or was revoked: everything
+                        # it held is gone. Said at once, without waiting for the next renewal's answer.
+                        raise SessionLost("etcd deleted this node's member key: its lease is gone")
             except aetcd.exceptions.RevisionCompactedError:
                 await self._load()
                 self._changed()
@@ -424,10 +444,9 @@ class ClusterNode:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            try:
-                # Woken by the watch; at least once a TTL anyway, so a failed claim is retried.
-                await asyncio.wait_for(self.shards_changed.wait(), self.ttl)
-            except TimeoutError:
+            reraise_lost_cancellation()
+            # Woken by the watch; at least once a TTL anyway, so a failed claim is retried.
+            if not await wait_event(self.shards_changed, self.ttl):
                 # A quiet TTL: read the site's keys again. A watch stream can stall without an error (a
                 # proxy, a half-open connection); this bounds what the view can miss to one TTL.
                 await self._load()
@@ -501,6 +520,7 @@ class ClusterNode:
     async def _leader_loop(self) -> None:
         key = self._key("leader")
         while True:
+            reraise_lost_cancellation()
             if self.view.leader is None:
                 ok, responses = await self._create_with_lease(key)
                 if ok:
@@ -511,15 +531,13 @@ class ClusterNode:
                         log.warning("cluster: leadership lost", node=self.node)
                     finally:
                         self.leading = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.leader_changed.wait(), self.ttl)
+            await wait_event(self.leader_changed, self.ttl)
             self.leader_changed.clear()
 
     async def _lead(self) -> None:
         # Everything etcd held when we were elected is in the view once the watch has passed our own put.
         while self.view.revision < self.leader_revision:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.leader_changed.wait(), self.ttl)
+            await wait_event(self.leader_changed, self.ttl)
             self.leader_changed.clear()
         self.leading = True
         self.known = set()
@@ -529,13 +547,13 @@ class ClusterNode:
         log.info("cluster: leading the site", node=self.node, token=self.leader_revision,
                  alarms=len(self.view.alarms), paged=len(self.view.paged))
         while True:
+            reraise_lost_cancellation()
             held = self.view.leader
             if held is None or held.lease != self.lease_id or held.revision != self.leader_revision:
                 raise NotLeader
             self.leader_changed.clear()
             await self._page()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.leader_changed.wait(), self.ttl)
+            await wait_event(self.leader_changed, self.ttl)
 
     async def _page(self) -> None:
         for key, data in sorted(self.view.alarms.items()):
@@ -605,6 +623,7 @@ class ClusterNode:
     async def _send_alarms(self) -> None:
         await self.reconciled.wait()
         while True:
+            reraise_lost_cancellation()
             await self.outgoing_ready.wait()
             self.outgoing_ready.clear()
             while self.outgoing:

@@ -192,6 +192,49 @@ def test_leader_killed_during_an_active_alarm_pages_once_and_resolves_once(site:
     steady(site)
 
 
+def test_a_page_waiting_for_a_hook_that_is_down_is_sent_by_the_next_leader(site: Site) -> None:
+    """At least once across a leader's death: the leader hands a page to its notifier while the webhook is
+    down (not listening), so the page waits in that node's outbox, pending in etcd; kill -9 of the leader;
+    the webhook comes back; the new leader sends the page once, and its resolve once. The old leader, started
+    again, drops what its outbox still held instead of sending it."""
+    steady(site)
+    receiver = site.receiver
+    key = "cdu-leak/cdu-2"
+    leader = site.leader()
+    assert leader is not None
+    failing = "hook failing, retrying with backoff"
+    failures = len(site.nodes[leader].events(failing))
+    receiver.stop()
+    try:
+        site.fault("cdu-2", "leak")
+
+        def pending_on(node: str) -> bool:
+            status = site.status(node)
+            return status is not None and key in status["cluster"].get("pages_pending", [])
+
+        site.wait(lambda: pending_on(leader), "the leak handed to the leader's notifier")
+        site.wait(lambda: len(site.nodes[leader].events(failing)) > failures, "the leader's hook failing")
+        site.kill(leader)
+        survivors = [n for n in NODES if n != leader]
+        new_leader = site.wait(lambda: (found := site.leader()) in survivors and found, "a new leader")
+        # Not recorded as delivered, so the new leader hands it over again (its hook is down too).
+        site.wait(lambda: pending_on(new_leader), "the leak pending on the new leader")
+    finally:
+        receiver.start()
+    site.wait(lambda: pages(receiver, key) == ["firing"], "the leak paged by the new leader")
+    site.wait(lambda: not pending_on(new_leader), "the page recorded as delivered")
+    site.fault("cdu-2", "leak", clear=True)
+    site.wait(lambda: "resolved" in pages(receiver, key), "the resolve paged")
+    site.wait(lambda: not pending_on(new_leader), "the resolve recorded as delivered")
+    # The old leader again: its outbox still holds the firing page it could not send; not sent now.
+    dropped = "notification not sent: queued by an earlier run or leadership"
+    seen = len(site.nodes[leader].events(dropped))
+    site.start(leader)
+    site.wait(lambda: len(site.nodes[leader].events(dropped)) > seen, "the old leader's queued page dropped")
+    steady(site)
+    assert pages(receiver, key) == ["firing", "resolved"], site.logs()
+
+
 def test_a_node_cut_off_from_etcd_stops_writing_and_paging_and_keeps_polling(site: Site) -> None:
     before = steady(site)
     cut = "node-3"  # the node that reaches etcd through the test's proxies

@@ -25,11 +25,14 @@ the same way, in a transaction that succeeds only while the leader key is the on
 
 Alarms. The rule engine runs where the shard is polled; its events (those it would page: firing, resolved
 after a page, acknowledged) go to alarms/<key> in a transaction fenced by the shard's owner key. Only the
-leader pages: it watches alarms/, and for each alarm compares with paged/<key>: a firing alarm not yet paged
-is recorded as paged (fenced by the leader key) and then handed to the notifier; a resolve of a paged alarm
-is paged and both keys deleted. A new leader starts from what etcd holds, so an alarm paged by the old
-leader is not paged again, and its resolve is paged once. The record is made before the hand-over: a leader
-that dies between the two loses that one page rather than sending it twice.
+leader pages: it watches alarms/, and for each alarm compares with paged/<key>, which records what a hook
+has taken. A firing alarm not recorded there is handed to the notifier; when every hook it was routed to
+has taken the message (the notifier reports each delivery), the leader records paged/<key> (fenced by the
+leader key). A resolve of a paged alarm is handed over the same way, and both keys are deleted once it is
+delivered. Until then the page is pending in etcd: a leader that dies with it in its notifier's outbox (a
+hook down) leaves it to the next leader, which sends it again; and a node that stops leading drops what its
+notifier had not sent yet. So a page is delivered at least once across a leader's death, and twice only if
+the leader dies between a hook's answer and the etcd record of it.
 """
 
 from __future__ import annotations
@@ -72,9 +75,14 @@ OUTGOING_MAX = 10_000
 class PageNotifier(Protocol):
     """What the leader needs of the daemon's notifier (dcim.rules.notify.Notifier)."""
 
+    @property
+    def active(self) -> bool: ...
+    @property
+    def sends_resolved(self) -> bool: ...
     def submit(self, event: AlarmEvent) -> None: ...
     def adopt(self, event: AlarmEvent) -> None: ...
     def forget(self) -> None: ...
+    def track_deliveries(self, callback: Callable[[list[AlarmEvent]], None]) -> None: ...
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -180,6 +188,12 @@ class ClusterNode:
         self.leader_revision = 0
         self.leading = False
         self.known: set[str] = set()  # alarms this leadership paged or adopted from an earlier leader
+        # Alarm key -> what this leadership handed to the notifier and no hook has taken yet ("firing",
+        # "acknowledged", "resolved"); and the events hooks took, for the leader loop to record in etcd.
+        self.handed: dict[str, str] = {}
+        self.delivered: deque[AlarmEvent] = deque()
+        if notifier is not None:
+            notifier.track_deliveries(self._delivered)
         # Bounded: a node cut off from etcd for long keeps the latest alarm changes, not all of them (the
         # shard's owner re-evaluates its alarms anyway once the node is back).
         self.outgoing: deque[AlarmEvent] = deque(maxlen=OUTGOING_MAX)
@@ -276,6 +290,7 @@ class ClusterNode:
                        for g, ds in sorted(self.groups.items())},
             "polling": sorted(self.polling),
             "alarms_shared": len(self.view.alarms),
+            "pages_pending": sorted(self.handed) if self.leading else [],
         }
 
     def _collect(self) -> None:
@@ -311,7 +326,7 @@ class ClusterNode:
 
     def _lost(self) -> None:
         self.connected = False
-        self.leading = False
+        self._stop_leading()
         self.claims.clear()
         self.reconciled.clear()
 
@@ -530,9 +545,15 @@ class ClusterNode:
                     except NotLeader:
                         log.warning("cluster: leadership lost", node=self.node)
                     finally:
-                        self.leading = False
+                        self._stop_leading()
             await wait_event(self.leader_changed, self.ttl)
             self.leader_changed.clear()
+
+    def _stop_leading(self) -> None:
+        if self.leading and self.notifier is not None:
+            # What our notifier still holds for the hooks is not sent: the next leader sends it from etcd.
+            self.notifier.forget()
+        self.leading = False
 
     async def _lead(self) -> None:
         # Everything etcd held when we were elected is in the view once the watch has passed our own put.
@@ -541,6 +562,8 @@ class ClusterNode:
             self.leader_changed.clear()
         self.leading = True
         self.known = set()
+        self.handed = {}
+        self.delivered.clear()
         if self.notifier is not None:
             # What this node's notifier remembers from an earlier leadership is stale: etcd's record rules.
             self.notifier.forget()
@@ -552,13 +575,18 @@ class ClusterNode:
             if held is None or held.lease != self.lease_id or held.revision != self.leader_revision:
                 raise NotLeader
             self.leader_changed.clear()
+            while self.delivered:
+                await self._record_delivery(self.delivered[0])
+                self.delivered.popleft()
             await self._page()
             await wait_event(self.leader_changed, self.ttl)
 
     async def _page(self) -> None:
+        """Hand to the notifier what etcd says is not paged yet (nor waiting in our notifier)."""
         for key, data in sorted(self.view.alarms.items()):
             state = data.get("state")
             paged = self.view.paged.get(key)
+            pending = self.handed.get(key)
             if state == AlarmState.FIRING and not data.get("suppressed"):
                 mark = "acknowledged" if data.get("acknowledged") else "firing"
                 if paged == mark or (paged == "acknowledged" and mark == "firing"):
@@ -568,25 +596,75 @@ class ClusterNode:
                         if self.notifier is not None:
                             self.notifier.adopt(event_from_dict(data))
                     continue
-                if paged is None and mark == "acknowledged":
-                    mark = "firing"  # never paged: page it (acknowledged) once
+                if pending == mark or (pending == "acknowledged" and mark == "firing"):
+                    continue  # in our notifier, waiting for its hook
+                if paged == "firing" and mark == "acknowledged":
+                    # The acknowledgement of a paged alarm sends no message (it stops the reminders): it is
+                    # recorded at once, and the notifier told (as an adopted alarm, if an earlier leader paged).
+                    await self._fenced([("put", "paged", key, mark)])
+                    self.view.paged[key] = mark
+                    if self.notifier is not None:
+                        if key in self.known:
+                            self.notifier.submit(event_from_dict(data))
+                        else:
+                            self.notifier.adopt(event_from_dict(data))
+                    self.known.add(key)
+                    self.handed.pop(key, None)
+                    continue
+                self.known.add(key)
+                self.handed[key] = mark
+                self._hand_over(data)
+            elif state == AlarmState.RESOLVED and pending != "resolved":
+                if (paged is None and pending is None) or not self._resolves_sent():
+                    # Never delivered firing (or no resolves sent): nothing to tell anyone, forget it.
+                    await self._fenced([("delete", "alarms", key, ""), ("delete", "paged", key, "")])
+                    self.view.alarms.pop(key, None)
+                    self.view.paged.pop(key, None)
+                    self.handed.pop(key, None)
+                    if key in self.known and self.notifier is not None:
+                        self.notifier.submit(event_from_dict(data))  # our notifier's groups stay right
+                    self.known.discard(key)
+                    continue
+                if key not in self.known and self.notifier is not None:
+                    # Paged by an earlier leader and resolved before this one saw it firing: the notifier
+                    # sends a resolve only of an alarm it knows was paged.
+                    self.notifier.adopt(replace(event_from_dict(data), state=AlarmState.FIRING))
+                self.known.discard(key)
+                self.handed[key] = "resolved"
+                self._hand_over(data)
+
+    def _resolves_sent(self) -> bool:
+        return self.notifier is None or self.notifier.sends_resolved
+
+    async def _record_delivery(self, event: AlarmEvent) -> None:
+        """A hook took `event`: etcd records it as paged (a resolve: the alarm's keys go)."""
+        key = event.key
+        pending = self.handed.get(key)
+        if pending is None:
+            return  # not handed over by this leadership
+        if event.state is AlarmState.RESOLVED:
+            if pending != "resolved":
+                return
+            await self._fenced([("delete", "alarms", key, ""), ("delete", "paged", key, "")])
+            self.view.alarms.pop(key, None)
+            self.view.paged.pop(key, None)
+            del self.handed[key]
+        elif event.state is AlarmState.FIRING:
+            mark = "acknowledged" if event.acknowledged else "firing"
+            if self.view.paged.get(key) != "acknowledged":
                 await self._fenced([("put", "paged", key, mark)])
                 self.view.paged[key] = mark
-                self.known.add(key)
-                self._hand_over(data)
-            elif state == AlarmState.RESOLVED:
-                # Read before the transaction: the watch may deliver our own deletions before its answer.
-                was_paged = paged is not None
-                await self._fenced([("delete", "alarms", key, ""), ("delete", "paged", key, "")])
-                self.view.alarms.pop(key, None)
-                self.view.paged.pop(key, None)
-                if was_paged:
-                    if key not in self.known and self.notifier is not None:
-                        # Paged by an earlier leader and resolved before this one saw it firing: the
-                        # notifier sends a resolve only of an alarm it knows was paged.
-                        self.notifier.adopt(replace(event_from_dict(data), state=AlarmState.FIRING))
-                    self.known.discard(key)
-                    self._hand_over(data)
+            if pending == mark or (pending == "firing" and mark == "acknowledged"):
+                del self.handed[key]
+        else:
+            return
+        log.info("cluster: page delivered", alarm=key, state=str(event.state), node=self.node)
+
+    def _delivered(self, events: list[AlarmEvent]) -> None:
+        """From the notifier: hooks took these (called in its delivery task; recorded by the leader loop)."""
+        if self.leading:
+            self.delivered.extend(events)
+            self.leader_changed.set()
 
     def _hand_over(self, data: dict[str, Any]) -> None:
         if not self.live():
@@ -595,8 +673,10 @@ class ClusterNode:
         event = event_from_dict(data)
         PAGES.inc(state=str(event.state))
         log.info("cluster: paging", alarm=event.key, state=str(event.state), node=self.node)
-        if self.notifier is not None:
+        if self.notifier is not None and self.notifier.active:
             self.notifier.submit(event)
+        else:
+            self._delivered([event])  # nobody to tell: as good as delivered
 
     async def _fenced(self, ops: list[tuple[str, str, str, str]]) -> None:
         """Apply `ops` only while the leader key is still the one we created; NotLeader otherwise."""

@@ -21,7 +21,7 @@ import pytest
 
 from dcim.app.cluster.shards import assign
 from tests.cluster.etcd import EtcdCluster
-from tests.cluster.harness import NODES, Site, pages
+from tests.cluster.harness import INTERVAL_S, NODES, Site, Telemetry, pages, polls_lost
 from tests.helpers import require_binary
 from tests.receivers import HttpReceiver
 from tests.servers import Mosquitto
@@ -134,16 +134,28 @@ def test_a_killed_node_s_devices_are_polled_by_the_others(site: Site) -> None:
     victim = next(n for n in NODES if n != site.leader())
     lost = {d for d, n in before.items() if n == victim}
     assert lost
-    killed = time.monotonic()
-    site.kill(victim)
     survivors = [n for n in NODES if n != victim]
 
     def taken_over() -> dict[str, str] | None:
         polled = site.polled()
         return polled if lost <= set(polled) and all(polled[d] in survivors for d in lost) else None
 
-    polled = site.wait(taken_over, "take-over")
-    took = time.monotonic() - killed
+    with Telemetry(site.broker) as telemetry:
+        site.wait(lambda: all(telemetry.times(d) for d in lost), "the victim's devices' telemetry")
+        killed_ns = time.time_ns()
+        killed = time.monotonic()
+        site.kill(victim)
+        polled = site.wait(taken_over, "take-over")
+        took = time.monotonic() - killed
+        taken_ns = time.time_ns()
+        # Each device's last poll before the kill and its first after it, as the broker delivered them.
+        gaps = {d: site.wait(lambda d=d: telemetry.around(d, killed_ns), f"{d}'s first poll after the kill")
+                for d in sorted(lost)}
+    # The polls lost are those of the failover window only: from the victim's last poll before the kill to
+    # the new owner's first, which had happened when the take-over was seen (the device online there).
+    for device, (last, first) in gaps.items():
+        assert last <= killed_ns < first <= taken_ns, (device, last, killed_ns, first, taken_ns)
+    missed = {d: polls_lost(first - last, INTERVAL_S) for d, (last, first) in gaps.items()}
     # Each lost shard went to the node that ranks next for it among the survivors.
     status = site.status(survivors[0])
     assert status is not None
@@ -156,7 +168,8 @@ def test_a_killed_node_s_devices_are_polled_by_the_others(site: Site) -> None:
     # The devices that were not the victim's did not move.
     assert {d: n for d, n in polled.items() if d not in lost} == {d: n for d, n in before.items() if d not in lost}
     ttl = status["cluster"]["lease_ttl_s"]
-    print(f"failover of {sorted(lost)} after kill -9 of {victim}: {took:.1f} s (lease TTL {ttl} s)")
+    print(f"failover of {sorted(lost)} after kill -9 of {victim}: {took:.1f} s (lease TTL {ttl} s); "
+          f"polls lost per device (every {INTERVAL_S} s): {missed}")
     site.start(victim)
     after = steady(site)
     # The victim back: rendezvous gives it back exactly its shards.

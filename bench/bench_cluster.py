@@ -5,7 +5,9 @@ serving six CDUs (Modbus, polled every 500 ms, one shard each) and three `dcim r
 `lease_ttl` of 5 s. Each round: wait for a steady cluster (every node live, every device polled by exactly
 one node, one leader), kill -9 one node (the nodes in turn, so the leader is among the victims), and measure
 from the kill to the moment every device it polled is online on another node (each node's /healthz, read
-every 100 ms: the figure is that much coarser), and, when the victim led, to the moment another node leads.
+every 100 ms: the figure is that much coarser), and, when the victim led, to the moment another node leads;
+and the polls lost per device: from the broker's telemetry (a subscriber on the CDUs' topics), the polls due
+between the victim's last poll of a device before the kill and the new owner's first that never happened.
 Then the victim is started again.
 
 Then throughput: 1, 2 and 3 nodes (a fresh site each) polling 60 CDUs every second (1,440 points/s offered),
@@ -15,6 +17,7 @@ broker-acknowledged messages, and the nodes' CPU from /proc (user + system), per
 
     python bench/bench_cluster.py            # 20 kills, 30 s windows
     python bench/bench_cluster.py --quick    # 5 kills, 10 s windows
+    python bench/bench_cluster.py --failover-only --kills 20
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from benchlib import cpu_seconds, machine  # noqa: E402
 
 from tests.cluster.etcd import EtcdCluster  # noqa: E402
-from tests.cluster.harness import NODES, TTL_S, Site  # noqa: E402
+from tests.cluster.harness import INTERVAL_S, NODES, TTL_S, Site, Telemetry, polls_lost  # noqa: E402
 from tests.receivers import HttpReceiver  # noqa: E402
 from tests.servers import Mosquitto, http_request  # noqa: E402
 
@@ -110,6 +113,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 kills instead of 20")
     parser.add_argument("--kills", type=int, default=None)
     parser.add_argument("--window", type=float, default=None, help="throughput window, seconds")
+    parser.add_argument("--failover-only", action="store_true", help="skip the throughput runs")
     args = parser.parse_args()
     kills = args.kills if args.kills is not None else (5 if args.quick else 20)
     window = args.window or (10.0 if args.quick else 30.0)
@@ -117,11 +121,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dcim-bench-cluster-"))
     takeover: list[float] = []
     election: list[float] = []
+    missed: list[int] = []  # polls lost, per device and kill
     with EtcdCluster(tmp / "etcd") as etcd, Mosquitto(tmp / "mosquitto") as broker, HttpReceiver() as receiver:
-        for count in (1, 2, 3):
+        for count in () if args.failover_only else (1, 2, 3):
             rows.append(throughput(tmp, etcd, broker, receiver, count, window))
             print(rows[-1], flush=True)
-        with Site(tmp, etcd.endpoints, broker, receiver) as site:
+        with Site(tmp, etcd.endpoints, broker, receiver) as site, Telemetry(broker) as telemetry:
             site.start_all()
             for round_ in range(kills):
                 before = steady(site)
@@ -129,6 +134,8 @@ def main() -> None:
                 led = site.leader() == victim
                 lost = {d for d, n in before.items() if n == victim}
                 others = [n for n in NODES if n != victim]
+                site.wait(lambda lost=lost: all(telemetry.times(d) for d in lost), "the victim's telemetry")
+                killed_ns = time.time_ns()
                 killed = time.monotonic()
                 site.kill(victim)
                 moved: float | None = None
@@ -145,21 +152,29 @@ def main() -> None:
                     time.sleep(0.1)
                 took = moved
                 takeover.append(took)
+                gaps = [site.wait(lambda d=d, at=killed_ns: telemetry.around(d, at), f"{d} polled after the kill")
+                        for d in sorted(lost)]
+                lost_polls = [polls_lost(first - last, INTERVAL_S) for last, first in gaps]
+                missed.extend(lost_polls)
                 if new_leader is not None:
                     election.append(new_leader)
                 print(f"kill {round_ + 1:2d}: {victim}{' (leader)' if led else ''}, {len(lost)} devices: "
-                      f"polled elsewhere after {took:.2f} s"
+                      f"polled elsewhere after {took:.2f} s, polls lost {lost_polls}"
                       + (f", new leader after {new_leader:.2f} s" if new_leader is not None else ""), flush=True)
     print(f"\n{machine()}")
-    print(f"\nthroughput, {window:g} s windows:")
-    print("| nodes | points/s offered | points/s polled | messages/s acked | CPU s per 1,000 points | CPU per node |")
-    print("|---:|---:|---:|---:|---:|---|")
-    print("\n".join(rows))
+    if rows:
+        print(f"\nthroughput, {window:g} s windows:")
+        print("| nodes | points/s offered | points/s polled | messages/s acked | CPU s per 1,000 points "
+              "| CPU per node |")
+        print("|---:|---:|---:|---:|---:|---|")
+        print("\n".join(rows))
     if not takeover:
         return
     print(f"\nlease_ttl {TTL_S} s, {kills} kills")
     print(f"take-over s: median {statistics.median(takeover):.2f}, min {min(takeover):.2f}, "
           f"max {max(takeover):.2f}, p90 {sorted(takeover)[int(0.9 * (len(takeover) - 1))]:.2f}")
+    print(f"polls lost per device per kill (every {INTERVAL_S:g} s): median {statistics.median(missed):g}, "
+          f"min {min(missed)}, max {max(missed)} ({len(missed)} device failovers)")
     if election:
         print(f"new leader s ({len(election)} leader kills): median {statistics.median(election):.2f}, "
               f"max {max(election):.2f}")

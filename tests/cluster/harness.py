@@ -37,7 +37,10 @@ TTL_S = 5  # the default: an etcd leader election must not cost a node its lease
 TOKEN = "cluster-test-token"
 
 
-def hall(tmp_path: Path, cdus: int = CDUS, interval: str = "500ms") -> dict[str, Any]:
+INTERVAL_S = 0.5  # the CDUs' poll interval unless a site says otherwise
+
+
+def hall(tmp_path: Path, cdus: int = CDUS, interval: str = f"{INTERVAL_S * 1000:g}ms") -> dict[str, Any]:
     """Liquid-cooled rows, each a CDU (Modbus, simulated) serving two racks: one shard per CDU."""
     devices, rows = cdu_rows(cdus, interval, timeout="500ms")
     return {"site": {"id": "hall-1"}, "rooms": [{"id": "dh1", "rows": rows}], "devices": devices,
@@ -104,7 +107,7 @@ class Proxy:
 
 class Site:
     def __init__(self, tmp_path: Path, endpoints: list[str], broker: Mosquitto, receiver: HttpReceiver, *,
-                 nodes: tuple[str, ...] = NODES, cdus: int = CDUS, interval: str = "500ms",
+                 nodes: tuple[str, ...] = NODES, cdus: int = CDUS, interval: str = f"{INTERVAL_S * 1000:g}ms",
                  prefix: str = "/dcim-test") -> None:
         self.tmp = tmp_path
         self.names = nodes
@@ -275,6 +278,60 @@ class Site:
 
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{p.log()[-3000:]}" for n, p in self.nodes.items())
+
+
+class Telemetry:
+    """What the broker delivers of the CDUs' telemetry (topic {prefix}/{site}/cdu/<device>): each message is one
+    poll, its line-protocol timestamp the poll's time. A paho client with its own network thread, so the
+    synchronous tests can read it while they drive the nodes."""
+
+    def __init__(self, broker: Mosquitto, topic: str = "dcim/+/cdu/+") -> None:
+        import paho.mqtt.client as mqtt
+
+        self.polls: dict[str, set[int]] = {}
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dcim-test-telemetry-{id(self):x}")
+        self._client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
+        self._client.on_message = self._on_message
+        self._client.connect(broker.host, broker.port)
+
+    def __enter__(self) -> Telemetry:
+        self._client.loop_start()
+        if not self._subscribed.wait(30):
+            raise AssertionError("telemetry recorder not subscribed")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        device = str(message.topic).rsplit("/", 1)[-1]
+        stamps = set()
+        for line in bytes(message.payload).decode(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                stamps.add(int(line.rsplit(" ", 1)[-1]))
+        with self._lock:
+            self.polls.setdefault(device, set()).update(stamps)
+
+    def times(self, device: str) -> list[int]:
+        with self._lock:
+            return sorted(self.polls.get(device, ()))
+
+    def around(self, device: str, at_ns: int) -> tuple[int, int] | None:
+        """The last poll at or before `at_ns` and the first after it, once both were delivered."""
+        times = self.times(device)
+        before = [t for t in times if t <= at_ns]
+        after = [t for t in times if t > at_ns]
+        return (before[-1], after[0]) if before and after else None
+
+
+def polls_lost(gap_ns: int, interval_s: float) -> int:
+    """Polls due between two consecutive polls `gap_ns` apart that did not happen (a late poll, up to three
+    quarters of an interval late, is not counted as lost)."""
+    return max(0, int(gap_ns / (interval_s * 1e9) + 0.25) - 1)
 
 
 def pages(receiver: HttpReceiver, key: str) -> list[str]:

@@ -21,7 +21,7 @@ import pytest
 
 from dcim.app.cluster.shards import assign
 from tests.cluster.etcd import EtcdCluster
-from tests.cluster.harness import NODES, Site, pages
+from tests.cluster.harness import INTERVAL_S, NODES, Site, Telemetry, pages, polls_lost
 from tests.helpers import require_binary
 from tests.receivers import HttpReceiver
 from tests.servers import Mosquitto
@@ -134,16 +134,28 @@ def test_a_killed_node_s_devices_are_polled_by_the_others(site: Site) -> None:
     victim = next(n for n in NODES if n != site.leader())
     lost = {d for d, n in before.items() if n == victim}
     assert lost
-    killed = time.monotonic()
-    site.kill(victim)
     survivors = [n for n in NODES if n != victim]
 
     def taken_over() -> dict[str, str] | None:
         polled = site.polled()
         return polled if lost <= set(polled) and all(polled[d] in survivors for d in lost) else None
 
-    polled = site.wait(taken_over, "take-over")
-    took = time.monotonic() - killed
+    with Telemetry(site.broker) as telemetry:
+        site.wait(lambda: all(telemetry.times(d) for d in lost), "the victim's devices' telemetry")
+        killed_ns = time.time_ns()
+        killed = time.monotonic()
+        site.kill(victim)
+        polled = site.wait(taken_over, "take-over")
+        took = time.monotonic() - killed
+        taken_ns = time.time_ns()
+        # Each device's last poll before the kill and its first after it, as the broker delivered them.
+        gaps = {d: site.wait(lambda d=d: telemetry.around(d, killed_ns), f"{d}'s first poll after the kill")
+                for d in sorted(lost)}
+    # The polls lost are those of the failover window only: from the victim's last poll before the kill to
+    # the new owner's first, which had happened when the take-over was seen (the device online there).
+    for device, (last, first) in gaps.items():
+        assert last <= killed_ns < first <= taken_ns, (device, last, killed_ns, first, taken_ns)
+    missed = {d: polls_lost(first - last, INTERVAL_S) for d, (last, first) in gaps.items()}
     # Each lost shard went to the node that ranks next for it among the survivors.
     status = site.status(survivors[0])
     assert status is not None
@@ -156,7 +168,8 @@ def test_a_killed_node_s_devices_are_polled_by_the_others(site: Site) -> None:
     # The devices that were not the victim's did not move.
     assert {d: n for d, n in polled.items() if d not in lost} == {d: n for d, n in before.items() if d not in lost}
     ttl = status["cluster"]["lease_ttl_s"]
-    print(f"failover of {sorted(lost)} after kill -9 of {victim}: {took:.1f} s (lease TTL {ttl} s)")
+    print(f"failover of {sorted(lost)} after kill -9 of {victim}: {took:.1f} s (lease TTL {ttl} s); "
+          f"polls lost per device (every {INTERVAL_S} s): {missed}")
     site.start(victim)
     after = steady(site)
     # The victim back: rendezvous gives it back exactly its shards.
@@ -190,6 +203,49 @@ def test_leader_killed_during_an_active_alarm_pages_once_and_resolves_once(site:
     site.wait(lambda: "resolved" in pages(receiver, LEAK), "the resolve paged")
     assert pages(receiver, LEAK) == ["firing", "resolved"], site.logs()
     steady(site)
+
+
+def test_a_page_waiting_for_a_hook_that_is_down_is_sent_by_the_next_leader(site: Site) -> None:
+    """At least once across a leader's death: the leader hands a page to its notifier while the webhook is
+    down (not listening), so the page waits in that node's outbox, pending in etcd; kill -9 of the leader;
+    the webhook comes back; the new leader sends the page once, and its resolve once. The old leader, started
+    again, drops what its outbox still held instead of sending it."""
+    steady(site)
+    receiver = site.receiver
+    key = "cdu-leak/cdu-2"
+    leader = site.leader()
+    assert leader is not None
+    failing = "hook failing, retrying with backoff"
+    failures = len(site.nodes[leader].events(failing))
+    receiver.stop()
+    try:
+        site.fault("cdu-2", "leak")
+
+        def pending_on(node: str) -> bool:
+            status = site.status(node)
+            return status is not None and key in status["cluster"].get("pages_pending", [])
+
+        site.wait(lambda: pending_on(leader), "the leak handed to the leader's notifier")
+        site.wait(lambda: len(site.nodes[leader].events(failing)) > failures, "the leader's hook failing")
+        site.kill(leader)
+        survivors = [n for n in NODES if n != leader]
+        new_leader = site.wait(lambda: (found := site.leader()) in survivors and found, "a new leader")
+        # Not recorded as delivered, so the new leader hands it over again (its hook is down too).
+        site.wait(lambda: pending_on(new_leader), "the leak pending on the new leader")
+    finally:
+        receiver.start()
+    site.wait(lambda: pages(receiver, key) == ["firing"], "the leak paged by the new leader")
+    site.wait(lambda: not pending_on(new_leader), "the page recorded as delivered")
+    site.fault("cdu-2", "leak", clear=True)
+    site.wait(lambda: "resolved" in pages(receiver, key), "the resolve paged")
+    site.wait(lambda: not pending_on(new_leader), "the resolve recorded as delivered")
+    # The old leader again: its outbox still holds the firing page it could not send; not sent now.
+    dropped = "notification not sent: queued by an earlier run or leadership"
+    seen = len(site.nodes[leader].events(dropped))
+    site.start(leader)
+    site.wait(lambda: len(site.nodes[leader].events(dropped)) > seen, "the old leader's queued page dropped")
+    steady(site)
+    assert pages(receiver, key) == ["firing", "resolved"], site.logs()
 
 
 def test_a_node_cut_off_from_etcd_stops_writing_and_paging_and_keeps_polling(site: Site) -> None:
@@ -263,6 +319,9 @@ def test_a_paused_node_cannot_write_after_losing_its_lease(site: Site) -> None:
     setpoint = site.plant_value(device, "flow_setpoint_lpm")
     process = site.nodes[victim].process
     assert process is not None
+    sessions_lost = len(site.nodes[victim].events("cluster: session lost; notifications and control writes stop, "
+                                                  "polling goes on"))
+    joined = len(site.nodes[victim].events("cluster: joined"))
     process.send_signal(signal.SIGSTOP)
     try:
         site.wait(lambda: site.polled().get(device) in [n for n in NODES if n != victim],
@@ -276,5 +335,11 @@ def test_a_paused_node_cannot_write_after_losing_its_lease(site: Site) -> None:
         process.send_signal(signal.SIGCONT)
     assert result["outcome"] == "refused" and result["reason"].startswith("fenced:"), result
     assert site.plant_value(device, "flow_setpoint_lpm") == setpoint
-    # Not asserted: that the woken node joins the cluster again. It does on a quiet machine, but in CI runs
-    # on a loaded one it did not within 120 s (a known defect, in docs/scale-out.md under "Not done yet").
+    # Woken, it finds its lease gone: that session ends, a new one begins with a new lease, and rendezvous
+    # gives it back exactly its shards. Bounds are generous (a loaded machine); each wait ends on its event.
+    lost = "cluster: session lost; notifications and control writes stop, polling goes on"
+    site.wait(lambda: len(site.nodes[victim].events(lost)) > sessions_lost, f"{victim}'s old session ended",
+              timeout=120)
+    site.wait(lambda: len(site.nodes[victim].events("cluster: joined")) > joined, f"{victim} joined again",
+              timeout=120)
+    assert steady(site, 180) == before

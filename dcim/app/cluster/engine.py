@@ -4,6 +4,12 @@ endpoint when it stops answering, every call bounded by a timeout.
 aetcd talks to a single host:port; an etcd cluster has several members and any of them serves every call
 (linearizable reads and writes go through the raft leader behind it). So this wrapper keeps the member list
 and moves on when a call fails or times out: a dead member costs one timeout at most, not the lease.
+
+Every call runs in a task of its own (`bounded`), awaited with `asyncio.wait`, never `asyncio.wait_for`:
+on Python 3.11 `wait_for` drops a cancellation that lands as its inner call completes (gh-86296), and aetcd
+uses it inside (connect, watch creation); a session task that swallowed its cancellation that way ran on
+forever and the session never ended. A call whose caller is cancelled, or that outlives its timeout, is
+cancelled and left behind, never waited for: a gRPC call that is slow to cancel cannot hold the caller.
 """
 
 from __future__ import annotations
@@ -24,6 +30,37 @@ T = TypeVar("T")
 
 class EngineError(Exception):
     """No etcd endpoint answered the call in time."""
+
+
+_ABANDONED: set[asyncio.Task[Any]] = set()
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _ABANDONED.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a call given up on may fail later without a warning for it
+
+
+async def bounded(call: Awaitable[T], seconds: float) -> T:
+    """`call`, at most `seconds` long (TimeoutError past that). The call runs in a task of its own: when
+    it times out or the caller is cancelled it is cancelled and abandoned, not awaited, and a cancellation
+    of the caller always reaches the caller (unlike `asyncio.wait_for` on Python 3.11)."""
+    task: asyncio.Task[T] = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        _abandon(task)
+        raise
+    if not done:
+        _abandon(task)
+        raise TimeoutError
+    return task.result()
+
+
+def _abandon(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    _ABANDONED.add(task)  # a strong reference until it is done (the loop keeps only weak ones)
+    task.add_done_callback(_forget)
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -48,8 +85,15 @@ class Etcd:
         if self._client is None:
             host, port = self.endpoints[self.index % len(self.endpoints)]
             client = aetcd.Client(host=host, port=port, timeout=max(1, math.ceil(self.timeout)))
-            await asyncio.wait_for(client.connect(), self.timeout)
-            self._client = client
+            try:
+                await bounded(client.connect(), self.timeout)
+            except BaseException:
+                self._close_later(client)
+                raise
+            if self._client is not None:  # another task connected meanwhile: one client at a time
+                self._close_later(client)
+            else:
+                self._client = client
         return self._client
 
     async def move(self, client: aetcd.Client | None) -> None:
@@ -60,11 +104,14 @@ class Etcd:
         self.index += 1
         log.info("etcd: moving to the next endpoint", endpoint=self.endpoint)
         if old is not None:
-            # Closed in the background, never awaited here: closing a client whose member died can hang
-            # (and a timeout's cancellation waits for it), and the caller is renewing the lease.
-            task = asyncio.get_running_loop().create_task(_close(old), name="etcd-close")
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._close_later(old)
+
+    def _close_later(self, client: aetcd.Client) -> None:
+        # Closed in the background, never awaited here: closing a client whose member died can hang, and the
+        # caller is renewing the lease.
+        task = asyncio.get_running_loop().create_task(_close(client), name="etcd-close")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def call(self, op: Callable[[aetcd.Client], Awaitable[T]]) -> T:
         """`op` on the current endpoint, then on each other one once: EngineError when none answers."""
@@ -73,7 +120,7 @@ class Etcd:
             client: aetcd.Client | None = None
             try:
                 client = await self.client()
-                return await asyncio.wait_for(op(client), self.timeout)
+                return await bounded(op(client), self.timeout)
             except (TimeoutError, aetcd.ClientError, OSError) as err:
                 last = err
                 await self.move(client)

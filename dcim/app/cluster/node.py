@@ -25,11 +25,14 @@ the same way, in a transaction that succeeds only while the leader key is the on
 
 Alarms. The rule engine runs where the shard is polled; its events (those it would page: firing, resolved
 after a page, acknowledged) go to alarms/<key> in a transaction fenced by the shard's owner key. Only the
-leader pages: it watches alarms/, and for each alarm compares with paged/<key>: a firing alarm not yet paged
-is recorded as paged (fenced by the leader key) and then handed to the notifier; a resolve of a paged alarm
-is paged and both keys deleted. A new leader starts from what etcd holds, so an alarm paged by the old
-leader is not paged again, and its resolve is paged once. The record is made before the hand-over: a leader
-that dies between the two loses that one page rather than sending it twice.
+leader pages: it watches alarms/, and for each alarm compares with paged/<key>, which records what a hook
+has taken. A firing alarm not recorded there is handed to the notifier; when every hook it was routed to
+has taken the message (the notifier reports each delivery), the leader records paged/<key> (fenced by the
+leader key). A resolve of a paged alarm is handed over the same way, and both keys are deleted once it is
+delivered. Until then the page is pending in etcd: a leader that dies with it in its notifier's outbox (a
+hook down) leaves it to the next leader, which sends it again; and a node that stops leading drops what its
+notifier had not sent yet. So a page is delivered at least once across a leader's death, and twice only if
+the leader dies between a hook's answer and the etcd record of it.
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ from typing import Any, Protocol
 import aetcd
 import structlog
 
-from dcim.app.cluster.engine import EngineError, Etcd, transact, txn_revision
+from dcim.app.cluster.engine import EngineError, Etcd, bounded, transact, txn_revision
 from dcim.app.cluster.shards import assign, device_groups, rack_groups
 from dcim.app.cluster_config import ClusterConfig
+from dcim.core.aio import reraise_lost_cancellation
 from dcim.core.events import AlarmEvent, AlarmState, Severity
 from dcim.core.metrics import REGISTRY
 from dcim.core.samples import Batch
@@ -71,9 +75,26 @@ OUTGOING_MAX = 10_000
 class PageNotifier(Protocol):
     """What the leader needs of the daemon's notifier (dcim.rules.notify.Notifier)."""
 
+    @property
+    def active(self) -> bool: ...
+    @property
+    def sends_resolved(self) -> bool: ...
     def submit(self, event: AlarmEvent) -> None: ...
     def adopt(self, event: AlarmEvent) -> None: ...
     def forget(self) -> None: ...
+    def track_deliveries(self, callback: Callable[[list[AlarmEvent]], None]) -> None: ...
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Whether `event` was set within `seconds`. asyncio.timeout, not asyncio.wait_for: on Python 3.11 the
+    latter drops a cancellation that lands as the event is set (gh-86296), and the session's task group then
+    waits for a task that runs on."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 class SessionLost(Exception):
@@ -167,6 +188,12 @@ class ClusterNode:
         self.leader_revision = 0
         self.leading = False
         self.known: set[str] = set()  # alarms this leadership paged or adopted from an earlier leader
+        # Alarm key -> what this leadership handed to the notifier and no hook has taken yet ("firing",
+        # "acknowledged", "resolved"); and the events hooks took, for the leader loop to record in etcd.
+        self.handed: dict[str, str] = {}
+        self.delivered: deque[AlarmEvent] = deque()
+        if notifier is not None:
+            notifier.track_deliveries(self._delivered)
         # Bounded: a node cut off from etcd for long keeps the latest alarm changes, not all of them (the
         # shard's owner re-evaluates its alarms anyway once the node is back).
         self.outgoing: deque[AlarmEvent] = deque(maxlen=OUTGOING_MAX)
@@ -263,6 +290,7 @@ class ClusterNode:
                        for g, ds in sorted(self.groups.items())},
             "polling": sorted(self.polling),
             "alarms_shared": len(self.view.alarms),
+            "pages_pending": sorted(self.handed) if self.leading else [],
         }
 
     def _collect(self) -> None:
@@ -298,7 +326,7 @@ class ClusterNode:
 
     def _lost(self) -> None:
         self.connected = False
-        self.leading = False
+        self._stop_leading()
         self.claims.clear()
         self.reconciled.clear()
 
@@ -340,6 +368,7 @@ class ClusterNode:
         # Four renewals per TTL: an etcd leader election (about a second, during which no member answers)
         # or a member's death (one timeout, then the next endpoint) costs one or two of them, not the lease.
         while True:
+            reraise_lost_cancellation()
             await asyncio.sleep(self.ttl / 4)
             sent = self.clock()
             try:
@@ -391,11 +420,13 @@ class ClusterNode:
                 view.paged.pop(name, None)
 
     async def _watch(self) -> None:
+        mine = self._key("members", self.node)
         while True:
+            reraise_lost_cancellation()
             client: aetcd.Client | None = None
             try:
                 client = await self.etcd.client()
-                watch = await asyncio.wait_for(
+                watch = await bounded(
                     client.watch_prefix(self.root.encode(), start_revision=self.view.revision + 1),
                     self.etcd.timeout)
                 # Ends with an error, or quietly when the client is closed (Etcd.move gave it up).
@@ -409,6 +440,10 @@ class ClusterNode:
                                    int(kv.create_revision), put=event.kind == "PUT")
                     self.view.revision = max(self.view.revision, int(kv.mod_revision))
                     self._changed()
+                    if kv.key == mine and event.kind != "PUT":
+                        # Our lease expired (a pause, a cut longer than the TTL) or was revoked: everything
+                        # it held is gone. Said at once, without waiting for the next renewal's answer.
+                        raise SessionLost("etcd deleted this node's member key: its lease is gone")
             except aetcd.exceptions.RevisionCompactedError:
                 await self._load()
                 self._changed()
@@ -424,10 +459,9 @@ class ClusterNode:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            try:
-                # Woken by the watch; at least once a TTL anyway, so a failed claim is retried.
-                await asyncio.wait_for(self.shards_changed.wait(), self.ttl)
-            except TimeoutError:
+            reraise_lost_cancellation()
+            # Woken by the watch; at least once a TTL anyway, so a failed claim is retried.
+            if not await wait_event(self.shards_changed, self.ttl):
                 # A quiet TTL: read the site's keys again. A watch stream can stall without an error (a
                 # proxy, a half-open connection); this bounds what the view can miss to one TTL.
                 await self._load()
@@ -501,6 +535,7 @@ class ClusterNode:
     async def _leader_loop(self) -> None:
         key = self._key("leader")
         while True:
+            reraise_lost_cancellation()
             if self.view.leader is None:
                 ok, responses = await self._create_with_lease(key)
                 if ok:
@@ -510,37 +545,48 @@ class ClusterNode:
                     except NotLeader:
                         log.warning("cluster: leadership lost", node=self.node)
                     finally:
-                        self.leading = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.leader_changed.wait(), self.ttl)
+                        self._stop_leading()
+            await wait_event(self.leader_changed, self.ttl)
             self.leader_changed.clear()
+
+    def _stop_leading(self) -> None:
+        if self.leading and self.notifier is not None:
+            # What our notifier still holds for the hooks is not sent: the next leader sends it from etcd.
+            self.notifier.forget()
+        self.leading = False
 
     async def _lead(self) -> None:
         # Everything etcd held when we were elected is in the view once the watch has passed our own put.
         while self.view.revision < self.leader_revision:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.leader_changed.wait(), self.ttl)
+            await wait_event(self.leader_changed, self.ttl)
             self.leader_changed.clear()
         self.leading = True
         self.known = set()
+        self.handed = {}
+        self.delivered.clear()
         if self.notifier is not None:
             # What this node's notifier remembers from an earlier leadership is stale: etcd's record rules.
             self.notifier.forget()
         log.info("cluster: leading the site", node=self.node, token=self.leader_revision,
                  alarms=len(self.view.alarms), paged=len(self.view.paged))
         while True:
+            reraise_lost_cancellation()
             held = self.view.leader
             if held is None or held.lease != self.lease_id or held.revision != self.leader_revision:
                 raise NotLeader
             self.leader_changed.clear()
+            while self.delivered:
+                await self._record_delivery(self.delivered[0])
+                self.delivered.popleft()
             await self._page()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.leader_changed.wait(), self.ttl)
+            await wait_event(self.leader_changed, self.ttl)
 
     async def _page(self) -> None:
+        """Hand to the notifier what etcd says is not paged yet (nor waiting in our notifier)."""
         for key, data in sorted(self.view.alarms.items()):
             state = data.get("state")
             paged = self.view.paged.get(key)
+            pending = self.handed.get(key)
             if state == AlarmState.FIRING and not data.get("suppressed"):
                 mark = "acknowledged" if data.get("acknowledged") else "firing"
                 if paged == mark or (paged == "acknowledged" and mark == "firing"):
@@ -550,25 +596,75 @@ class ClusterNode:
                         if self.notifier is not None:
                             self.notifier.adopt(event_from_dict(data))
                     continue
-                if paged is None and mark == "acknowledged":
-                    mark = "firing"  # never paged: page it (acknowledged) once
+                if pending == mark or (pending == "acknowledged" and mark == "firing"):
+                    continue  # in our notifier, waiting for its hook
+                if paged == "firing" and mark == "acknowledged":
+                    # The acknowledgement of a paged alarm sends no message (it stops the reminders): it is
+                    # recorded at once, and the notifier told (as an adopted alarm, if an earlier leader paged).
+                    await self._fenced([("put", "paged", key, mark)])
+                    self.view.paged[key] = mark
+                    if self.notifier is not None:
+                        if key in self.known:
+                            self.notifier.submit(event_from_dict(data))
+                        else:
+                            self.notifier.adopt(event_from_dict(data))
+                    self.known.add(key)
+                    self.handed.pop(key, None)
+                    continue
+                self.known.add(key)
+                self.handed[key] = mark
+                self._hand_over(data)
+            elif state == AlarmState.RESOLVED and pending != "resolved":
+                if (paged is None and pending is None) or not self._resolves_sent():
+                    # Never delivered firing (or no resolves sent): nothing to tell anyone, forget it.
+                    await self._fenced([("delete", "alarms", key, ""), ("delete", "paged", key, "")])
+                    self.view.alarms.pop(key, None)
+                    self.view.paged.pop(key, None)
+                    self.handed.pop(key, None)
+                    if key in self.known and self.notifier is not None:
+                        self.notifier.submit(event_from_dict(data))  # our notifier's groups stay right
+                    self.known.discard(key)
+                    continue
+                if key not in self.known and self.notifier is not None:
+                    # Paged by an earlier leader and resolved before this one saw it firing: the notifier
+                    # sends a resolve only of an alarm it knows was paged.
+                    self.notifier.adopt(replace(event_from_dict(data), state=AlarmState.FIRING))
+                self.known.discard(key)
+                self.handed[key] = "resolved"
+                self._hand_over(data)
+
+    def _resolves_sent(self) -> bool:
+        return self.notifier is None or self.notifier.sends_resolved
+
+    async def _record_delivery(self, event: AlarmEvent) -> None:
+        """A hook took `event`: etcd records it as paged (a resolve: the alarm's keys go)."""
+        key = event.key
+        pending = self.handed.get(key)
+        if pending is None:
+            return  # not handed over by this leadership
+        if event.state is AlarmState.RESOLVED:
+            if pending != "resolved":
+                return
+            await self._fenced([("delete", "alarms", key, ""), ("delete", "paged", key, "")])
+            self.view.alarms.pop(key, None)
+            self.view.paged.pop(key, None)
+            del self.handed[key]
+        elif event.state is AlarmState.FIRING:
+            mark = "acknowledged" if event.acknowledged else "firing"
+            if self.view.paged.get(key) != "acknowledged":
                 await self._fenced([("put", "paged", key, mark)])
                 self.view.paged[key] = mark
-                self.known.add(key)
-                self._hand_over(data)
-            elif state == AlarmState.RESOLVED:
-                # Read before the transaction: the watch may deliver our own deletions before its answer.
-                was_paged = paged is not None
-                await self._fenced([("delete", "alarms", key, ""), ("delete", "paged", key, "")])
-                self.view.alarms.pop(key, None)
-                self.view.paged.pop(key, None)
-                if was_paged:
-                    if key not in self.known and self.notifier is not None:
-                        # Paged by an earlier leader and resolved before this one saw it firing: the
-                        # notifier sends a resolve only of an alarm it knows was paged.
-                        self.notifier.adopt(replace(event_from_dict(data), state=AlarmState.FIRING))
-                    self.known.discard(key)
-                    self._hand_over(data)
+            if pending == mark or (pending == "firing" and mark == "acknowledged"):
+                del self.handed[key]
+        else:
+            return
+        log.info("cluster: page delivered", alarm=key, state=str(event.state), node=self.node)
+
+    def _delivered(self, events: list[AlarmEvent]) -> None:
+        """From the notifier: hooks took these (called in its delivery task; recorded by the leader loop)."""
+        if self.leading:
+            self.delivered.extend(events)
+            self.leader_changed.set()
 
     def _hand_over(self, data: dict[str, Any]) -> None:
         if not self.live():
@@ -577,8 +673,10 @@ class ClusterNode:
         event = event_from_dict(data)
         PAGES.inc(state=str(event.state))
         log.info("cluster: paging", alarm=event.key, state=str(event.state), node=self.node)
-        if self.notifier is not None:
+        if self.notifier is not None and self.notifier.active:
             self.notifier.submit(event)
+        else:
+            self._delivered([event])  # nobody to tell: as good as delivered
 
     async def _fenced(self, ops: list[tuple[str, str, str, str]]) -> None:
         """Apply `ops` only while the leader key is still the one we created; NotLeader otherwise."""
@@ -605,6 +703,7 @@ class ClusterNode:
     async def _send_alarms(self) -> None:
         await self.reconciled.wait()
         while True:
+            reraise_lost_cancellation()
             await self.outgoing_ready.wait()
             self.outgoing_ready.clear()
             while self.outgoing:

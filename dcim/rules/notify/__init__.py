@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import structlog
 
 from dcim.core.events import AlarmEvent, Severity
 from dcim.core.metrics import REGISTRY
-from dcim.core.outbox import DISK_ERRORS, Outbox
+from dcim.core.outbox import DISK_ERRORS, Item, Outbox
 from dcim.core.sqlite import SqliteWriter
 from dcim.rules.clock import Clock, SystemClock
 from dcim.rules.hooks import Hook, make_hook
@@ -80,11 +82,20 @@ class Notifier:
         # Set while the router has nothing left to do until its next deadline.
         self._idle = asyncio.Event()
         self.ready = asyncio.Event()
+        # Set by track_deliveries: per hook, the alarm events each queued message carries, and per event how
+        # many messages carrying it no hook has taken yet.
+        self._on_delivered: Callable[[list[AlarmEvent]], None] | None = None
+        self._carrying: dict[str, dict[bytes, list[AlarmEvent]]] = {}
+        self._outstanding: dict[tuple[str, str, bool], int] = {}
         REGISTRY.add_collector(self._collect)
 
     @property
     def active(self) -> bool:
         return self.config.enabled and bool(self.hooks)
+
+    @property
+    def sends_resolved(self) -> bool:
+        return self.config.send_resolved
 
     def submit(self, event: AlarmEvent) -> None:
         if not self.active:
@@ -108,10 +119,43 @@ class Notifier:
         self._wakeup.set()
 
     def forget(self) -> None:
-        """Router.forget, with the events not yet routed dropped too."""
+        """Router.forget, with the events not yet routed dropped too (and, when tracking deliveries, the
+        messages queued for the hooks: they are not sent)."""
         self._inbox.clear()
         self.router.forget()
+        self._carrying.clear()
+        self._outstanding.clear()
         self._wakeup.set()
+
+    def track_deliveries(self, callback: Callable[[list[AlarmEvent]], None]) -> None:
+        """For a cluster's leader (dcim.app.cluster): `callback(events)` once every message carrying these
+        alarm events (their changes) was taken by its hook. Only messages queued since the last `forget` are
+        sent: what an earlier run or leadership left in the outboxes is dropped unsent (the site's leader
+        sends again, from etcd, whatever no hook took)."""
+        self._on_delivered = callback
+        for name, delivery in self.deliveries.items():
+            delivery.send_if = partial(self._tracked, name)
+            delivery.sent = partial(self._sent, name)
+
+    def _tracked(self, hook: str, item: Item) -> bool:
+        return item.payload in self._carrying.get(hook, {})
+
+    def _sent(self, hook: str, item: Item, ok: bool) -> None:
+        carried = self._carrying.get(hook, {}).pop(item.payload, None)
+        if carried is None or self._on_delivered is None:
+            return
+        done = []
+        for event in carried:
+            ident = _ident(event)
+            left = self._outstanding.get(ident, 0) - 1
+            if left > 0:
+                self._outstanding[ident] = left
+                continue
+            self._outstanding.pop(ident, None)
+            if ok:
+                done.append(event)
+        if done:
+            self._on_delivered(done)
 
     def wake(self) -> None:
         """Look at the clock again now (after a fake clock was advanced)."""
@@ -240,7 +284,19 @@ class Notifier:
     def _enqueue(self, hook: str, notification: Notification, bodies: list[bytes]) -> bool:
         # Critical first, and last to be dropped when an outbox overflows.
         priority = 0 if notification.severity is Severity.CRITICAL else 1
+        if self._on_delivered is not None:
+            # The alarms whose change the message tells (a summary: those it lists).
+            summary = notification.kind == "summary"
+            carried = [a for a in notification.alarms if summary or a.key in notification.changed]
+            for body in bodies:
+                self._carrying.setdefault(hook, {})[body] = carried
+                for event in carried:
+                    self._outstanding[_ident(event)] = self._outstanding.get(_ident(event), 0) + 1
         for body in bodies:
             self.outboxes[hook].put(notification.group_key, body, priority)
         NOTIFICATIONS.inc(len(bodies), hook=hook, kind=notification.kind)
         return bool(bodies)
+
+
+def _ident(event: AlarmEvent) -> tuple[str, str, bool]:
+    return event.key, event.state.value, event.acknowledged

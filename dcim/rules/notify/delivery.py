@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -51,21 +52,32 @@ class Delivery:
         self.rand = rand or random.Random()
         self.failing = False
         self.delivered = 0
+        # Set by Notifier.track_deliveries (a cluster's leader): whether an item is still to be sent, and
+        # what became of each one taken (True: the hook took it).
+        self.send_if: Callable[[Item], bool] | None = None
+        self.sent: Callable[[Item, bool], None] | None = None
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         HOOK_UP.set(1, hook=self.hook.name)
         while True:
             items = await self.outbox.take(16)
             for item in items:
-                await self._deliver(item, session)
+                ok = await self._deliver(item, session)
                 # One at a time: a restart after this point never sends this message again.
                 await self.outbox.ack([item])
+                if self.sent is not None:
+                    self.sent(item, ok)
                 reraise_lost_cancellation()
 
-    async def _deliver(self, item: Item, session: aiohttp.ClientSession) -> None:
+    async def _deliver(self, item: Item, session: aiohttp.ClientSession) -> bool:
+        """True once the hook took `item`; False when it was given up."""
         name = self.hook.name
         attempt = 0
         while True:
+            if self.send_if is not None and not self.send_if(item):
+                # Checked before every attempt: a leadership that ends while its hook is down sends nothing.
+                log.info("notification not sent: queued by an earlier run or leadership", hook=name)
+                return False
             attempt += 1
             started = time.perf_counter()
             try:
@@ -85,7 +97,7 @@ class Delivery:
                         error=str(err),
                         final=not err.transient,
                     )
-                    return
+                    return False
                 RETRIES.inc(hook=name)
                 if not self.failing:
                     log.warning("hook failing, retrying with backoff", hook=name, error=str(err))
@@ -99,4 +111,4 @@ class Delivery:
             if self.failing:
                 log.info("hook recovered", hook=name, attempts=attempt)
                 self.failing = False
-            return
+            return True

@@ -123,6 +123,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    if args.worker is not None:
+        from dcim.app.ingest_workers import worker_state_dir
+
+        # One of `dcim run`'s workers: a state directory of its own (outbox, lock, client id), no HTTP API,
+        # and JSON lines, which the daemon passes on to its own log.
+        config = config.model_copy(update={
+            "state_dir": str(worker_state_dir(config.state_dir, args.worker)),
+            "http": config.http.model_copy(update={"enabled": False}),
+            "logging": config.logging.model_copy(update={"format": "json"}),
+        })
     setup_logging(config.logging.level, config.logging.format)
     if config.influxdb is None or config.mqtt.host is None:
         print(f"{args.config}: `dcim ingest` needs both mqtt.host and influxdb", file=sys.stderr)
@@ -349,7 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--json", action="store_true", help="print the samples as JSON")
     read.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the device (default 15)")
     read.set_defaults(func=cmd_read)
-    with_config(sub.add_parser("ingest", help="run only the MQTT -> InfluxDB ingest")).set_defaults(func=cmd_ingest)
+    ingest = with_config(sub.add_parser("ingest", help="run only the MQTT -> InfluxDB ingest"))
+    ingest.add_argument("--worker", type=int, default=None, metavar="K",
+                        help="run as worker K of a `dcim run` with ingest.workers (started by it): state in "
+                             "state_dir/ingest-workers/K, no HTTP API")
+    ingest.set_defaults(func=cmd_ingest)
     demo = sub.add_parser("demo", help="simulated hall, embedded broker and the daemon, live")
     demo.add_argument("-c", "--config", default=None, help="configuration file (default: the packaged example hall)")
     demo.add_argument("--duration", type=float, default=None, help="stop this many seconds after the hall is served")

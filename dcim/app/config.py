@@ -144,6 +144,11 @@ class IngestConfig(StrictModel):
     """Size at which the dead-letter file is rotated to .jsonl.1 (one older file kept)."""
     max_bisect_requests: Annotated[int, Field(ge=0, le=64)] = 16
     """Extra write requests per batch spent finding the lines a database refuses along with the whole batch."""
+    workers: Annotated[int, Field(ge=0, le=64)] = 0
+    """Ingest worker processes `dcim run` starts beside itself, each taking from the broker in the shared
+    subscription `group` (so they use other cores, and the broker splits the messages between the workers of
+    every node); they replace the in-process ingest. 0: none (the in-process ingest, if enabled). Needs
+    mqtt.host and influxdb."""
 
 
 class LoggingConfig(StrictModel):
@@ -267,6 +272,13 @@ class Config(StrictModel):
         if cls is Config:
             return config_model().model_validate(obj, **kwargs)
         return super().model_validate(obj, **kwargs)
+
+    @model_validator(mode="after")
+    def _ingest_workers_need_broker_and_database(self) -> Config:
+        if self.ingest.workers and (self.mqtt.host is None or self.influxdb is None):
+            raise ValueError("ingest.workers needs mqtt.host (the workers take from the broker) and influxdb "
+                             "(where they store)")
+        return self
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from dcim.app.config import Config, ConfigError, Device, load_config
 from dcim.app.console import Console
 from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest, LocalFeed
+from dcim.app.ingest_workers import IngestWorkers
 from dcim.app.instance import RESERVE_BYTES, Claim, Reserve, StartupError, instance_tag, serves_http
 from dcim.app.poller import DeviceCoordinator, make_driver, polling_summary, watch_loop_lag, wire_backpressure
 from dcim.app.publisher import MqttPublisher
@@ -130,6 +131,12 @@ class Daemon:
         # Sections of the file on disk that differ from the running configuration and wait for a restart.
         self.restart_required: list[str] = []
         run_ingest = config.ingest.enabled if ingest is None else ingest
+        # ingest.workers: `dcim ingest` processes beside this one take the broker's messages (shared
+        # subscription) instead of the in-process ingest. Only `dcim run` starts them, from its own file.
+        self.ingest_workers: IngestWorkers | None = None
+        if poll and config.ingest.workers and self.config_path is not None:
+            self.ingest_workers = IngestWorkers(self.config_path.resolve(), config.ingest.workers)
+            run_ingest = False
         extra = config.extra_profile_dirs()
 
         # Order of sinks matters: rules first (added by _wire_rules), the publisher last.
@@ -153,6 +160,8 @@ class Daemon:
             self.outboxes.append(box)
             # Only an ingest that takes from the broker must be subscribed before anything is sent.
             gate = self.ingest.subscribed if self.ingest is not None and not self.ingest.local else None
+            if self.ingest_workers is not None:
+                gate = self.ingest_workers.subscribed  # every worker subscribed to the group
             self.publisher = MqttPublisher(config.mqtt, self.topology, box, gate=gate, instance=self.instance)
             self.pipeline.add_sink(self.publisher, deferrable=True)
             if self.rules is not None:
@@ -261,6 +270,7 @@ class Daemon:
                         for d, c in self.coordinators.items()},
             "mqtt_connected": self.publisher.connected.is_set() if self.publisher else None,
             "ingest_subscribed": self.ingest.subscribed.is_set() if self.ingest else None,
+            **({"ingest_workers": self.ingest_workers.status()} if self.ingest_workers is not None else {}),
             "outboxes": {o.name: {"depth": o.depth, "dropped": o.dropped, "degraded": o.degraded}
                          for o in self.outboxes},
             "hooks": self.notifier.health() if self.notifier is not None else {},
@@ -327,6 +337,8 @@ class Daemon:
                     if not self.ingest.local:
                         start("ingest-receive", self.ingest.receive)
                     start("ingest-write", self.ingest.write_loop)
+                if self.ingest_workers is not None:
+                    start("ingest-workers", self.ingest_workers.run)
                 for coordinator in self.coordinators.values():
                     self._start_device(coordinator)
                 if self.notifier is not None:
@@ -344,7 +356,9 @@ class Daemon:
                 self._tasks["ready-watch"] = tg.create_task(self._watch_ready(), name="ready-watch")
                 log.info("daemon started", site=self.config.site.id, devices=len(self.coordinators),
                          mqtt=self.config.mqtt.host or "none",
-                         ingest="on" if self.ingest else "off", instance=self.instance)
+                         ingest="on" if self.ingest else (
+                             f"{self.ingest_workers.count} workers" if self.ingest_workers else "off"),
+                         instance=self.instance)
                 await stop.wait()
                 log.info("stopping")
                 await self._shutdown()

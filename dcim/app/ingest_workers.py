@@ -10,8 +10,8 @@ The daemon supervises them: a worker that exits (a crash, kill -9, an OOM kill) 
 backoff, each restart counted (`dcim_ingest_worker_restarts_total`) and shown in `/healthz`. Their output
 (the workers' log lines) is passed through to the daemon's stderr, the journal under systemd. The daemon's
 publisher waits for every worker to say it is subscribed before it sends anything (the worker's "ingest
-subscribed" line), as it waits for the in-process ingest: what is published before anyone subscribed to the
-group would reach no ingest. At shutdown the workers get SIGTERM (they drain their outboxes to the database,
+subscribed" line), and again while one says it lost the broker, as it waits for the in-process ingest: what
+is published before anyone subscribed to the group would reach no ingest. At shutdown the workers get SIGTERM (they drain their outboxes to the database,
 as `dcim ingest` does) and SIGKILL only past the drain time.
 """
 
@@ -38,7 +38,9 @@ RESTARTS = REGISTRY.counter("dcim_ingest_worker_restarts_total", "Ingest worker 
                             "they exited", ("worker",))
 RUNNING = REGISTRY.gauge("dcim_ingest_workers_running", "Ingest worker processes running")
 
+# The worker's own log lines (dcim.app.ingest) that say it is subscribed to the group, or lost the broker.
 SUBSCRIBED_MARK = b"ingest subscribed"
+UNSUBSCRIBED_MARK = b"ingest: broker unavailable"
 # A worker's shutdown: its outbox drained to the database (dcim ingest's own drain budget) and a margin.
 STOP_SECONDS = 40.0
 
@@ -63,9 +65,11 @@ class IngestWorkers:
         self.pids: dict[int, int | None] = dict.fromkeys(range(count))
         self.restarts: dict[int, int] = dict.fromkeys(range(count), 0)
         self.last_exit: dict[int, str] = {}
-        self._subscribed: dict[int, asyncio.Event] = {k: asyncio.Event() for k in range(count)}
-        # Set once every worker has said it is subscribed (the publisher's gate). Stays set across a worker's
-        # restart: its broker session (not clean, with an expiry) keeps what arrives meanwhile.
+        self._subscribed: dict[int, bool] = dict.fromkeys(range(count), False)
+        # Set while every worker says it is subscribed (the publisher's gate), cleared while one says it lost
+        # the broker: after a broker restart that lost the sessions, what is published before the workers are
+        # back would reach no ingest. A worker that exits leaves it as it was: its broker session (not clean,
+        # with an expiry) keeps what arrives until it is back.
         self.subscribed = asyncio.Event()
 
     def command(self, worker: int) -> list[str]:
@@ -76,13 +80,15 @@ class IngestWorkers:
         async with asyncio.TaskGroup() as tg:
             for worker in range(self.count):
                 tg.create_task(self._keep(worker), name=f"ingest-worker-{worker}")
-            tg.create_task(self._gate(), name="ingest-workers-gate")
 
-    async def _gate(self) -> None:
-        for event in self._subscribed.values():
-            await event.wait()
-        self.subscribed.set()
-        log.info("ingest workers subscribed", workers=self.count)
+    def _mark(self, worker: int, subscribed: bool) -> None:
+        self._subscribed[worker] = subscribed
+        if all(self._subscribed.values()):
+            if not self.subscribed.is_set():
+                log.info("ingest workers subscribed", workers=self.count)
+            self.subscribed.set()
+        else:
+            self.subscribed.clear()
 
     async def _keep(self, worker: int) -> None:
         backoff = Backoff(initial=0.5, maximum=30.0)
@@ -130,7 +136,9 @@ class IngestWorkers:
             if not line:
                 return
             if SUBSCRIBED_MARK in line:
-                self._subscribed[worker].set()
+                self._mark(worker, True)
+            elif UNSUBSCRIBED_MARK in line:
+                self._mark(worker, False)
             with contextlib.suppress(OSError, ValueError):
                 out.write(line if line.endswith(b"\n") else line + b"\n")
                 out.flush()

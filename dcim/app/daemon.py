@@ -527,6 +527,14 @@ class Daemon:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _shutdown(self) -> None:
+        if self.cluster is not None:
+            # Make before break: the lease goes back first, so the others claim this node's shards at once,
+            # and its devices are polled here until another node owns them (bounded by the lease TTL).
+            polled = set(self.cluster.polling)
+            await self._cancel(("cluster",))
+            if await self.cluster.handed_over(polled, timeout=self.cluster.ttl + 2) and self.coordinators:
+                # And one interval more (at most 5 s), for the new owners' first polls.
+                await asyncio.sleep(min(5.0, max(c.device.interval for c in self.coordinators.values())))
         await self._cancel(("reload", "device:", "ready-watch", "rules", "http-api"))
         if self.publisher is not None and self.publisher.connected.is_set():
             if not await self.publisher.drain(DRAIN_SECONDS):

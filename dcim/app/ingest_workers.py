@@ -11,8 +11,9 @@ backoff, each restart counted (`dcim_ingest_worker_restarts_total`) and shown in
 (the workers' log lines) is passed through to the daemon's stderr, the journal under systemd. The daemon's
 publisher waits for every worker to say it is subscribed before it sends anything (the worker's "ingest
 subscribed" line), and again while one says it lost the broker, as it waits for the in-process ingest: what
-is published before anyone subscribed to the group would reach no ingest. At shutdown the workers get SIGTERM (they drain their outboxes to the database,
-as `dcim ingest` does) and SIGKILL only past the drain time.
+is published before anyone subscribed to the group would reach no ingest. At shutdown the workers get
+SIGTERM (they drain their outboxes to the database, as `dcim ingest` does) and SIGKILL only past the drain
+time.
 """
 
 from __future__ import annotations

@@ -357,3 +357,31 @@ def test_a_paused_node_cannot_write_after_losing_its_lease(site: Site) -> None:
     site.wait(lambda: len(site.nodes[victim].events("cluster: joined")) > joined, f"{victim} joined again",
               timeout=120)
     assert steady(site, 180) == before
+
+
+def test_a_node_that_cannot_reach_etcd_at_start_polls_every_device(site: Site) -> None:
+    before = steady(site)
+    etcd: EtcdCluster = site.etcd  # type: ignore[attr-defined]
+    node = NODES[0]
+    site.kill(node)
+    for member in etcd.members:
+        member.kill()
+    try:
+        site.start(node)
+
+        def polls_everything() -> bool:
+            status = site.status(node)
+            devices = status.get("devices", {}) if status else {}
+            return set(devices) == DEVICES and all(d["online"] for d in devices.values())
+
+        # Not blind: after two lease TTLs without etcd it polls the whole site, and says so.
+        site.wait(polls_everything, f"{node} polling every device while etcd is down")
+        assert site.nodes[node].events(
+            "cluster: etcd unreachable since start; polling every device of the site until it answers "
+            "(control writes and notifications stay off)"), site.nodes[node].log()
+    finally:
+        for member in etcd.members:
+            member.start()
+        etcd.wait_healthy()
+    # etcd back: the node joins and polls its own shards only, as before.
+    assert steady(site) == before

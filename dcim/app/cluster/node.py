@@ -311,6 +311,8 @@ class ClusterNode:
 
     async def run(self) -> None:
         """Sessions until cancelled: a lost session (lease expired, engine unreachable) starts a new one."""
+        blind = asyncio.get_running_loop().create_task(self._poll_all_while_cut_off_at_start(),
+                                                       name="cluster:cut-off-at-start")
         try:
             while True:
                 try:
@@ -321,8 +323,21 @@ class ClusterNode:
                 self._lost()
                 await asyncio.sleep(min(1.0, self.ttl / 5))
         finally:
+            blind.cancel()
             self._lost()
             await self._leave()
+
+    async def _poll_all_while_cut_off_at_start(self) -> None:
+        """A node that cannot reach etcd when it starts does not know its shards: rather than watch nothing,
+        after two lease TTLs without a session it polls every device of the site (its control writes and pages
+        stay off: they need the lease). The first session's shards then replace them (`_reconcile`)."""
+        await asyncio.sleep(2 * self.ttl)
+        if self.sessions == 0:
+            log.warning("cluster: etcd unreachable since start; polling every device of the site until it "
+                        "answers (control writes and notifications stay off)", node=self.node,
+                        devices=sum(len(ds) for ds in self.groups.values()))
+            self.polling = set(self.groups)
+            await self._apply()
 
     async def handed_over(self, groups: set[str], timeout: float) -> bool:  # noqa: ASYNC109 - a shutdown budget
         """After a clean stop of `run` (the lease given back): whether, within `timeout`, another node came to own

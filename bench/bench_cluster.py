@@ -11,9 +11,10 @@ between the victim's last poll of a device before the kill and the new owner's f
 Then the victim is started again.
 
 Then throughput: 1, 2 and 3 nodes (a fresh site each) polling 60 CDUs every second (1,440 points/s offered),
-publishing to Mosquitto (no database: the ingest is measured by bench_e2e.py). Over a 30 s window after every
-device is polled: points polled (successful polls from each node's /metrics, times the profile's 24 points),
-broker-acknowledged messages, and the nodes' CPU from /proc (user + system), per 1,000 points and per node.
+publishing to Mosquitto and storing into InfluxDB 1.x (each node's own ingest, the default `source: local`).
+Over a 30 s window after every device is polled: points polled (successful polls from each node's /metrics,
+times the profile's 24 points), points stored (counted in the database), broker-acknowledged messages, and
+the nodes' CPU from /proc (user + system), per 1,000 points stored and per node.
 
     python bench/bench_cluster.py            # 20 kills, 30 s windows
     python bench/bench_cluster.py --quick    # 5 kills, 10 s windows
@@ -37,7 +38,7 @@ from benchlib import cpu_seconds, machine  # noqa: E402
 from tests.cluster.etcd import EtcdCluster  # noqa: E402
 from tests.cluster.harness import INTERVAL_S, NODES, TTL_S, Site, Telemetry, polls_lost  # noqa: E402
 from tests.receivers import HttpReceiver  # noqa: E402
-from tests.servers import Mosquitto, http_request  # noqa: E402
+from tests.servers import InfluxDBv1, Mosquitto, http_request  # noqa: E402
 
 DEVICES = {f"cdu-{n}" for n in range(1, 7)}
 
@@ -79,13 +80,20 @@ def counters(site: Site, node: str) -> tuple[float, float]:
     return polls, published
 
 
+def stored(influx: InfluxDBv1) -> int:
+    rows = influx.query("SELECT count(flow_lpm) FROM cdu")
+    return int(rows[0]["count"]) * POINTS_PER_POLL if rows else 0
+
+
 def throughput(tmp: Path, etcd: EtcdCluster, broker: Mosquitto, receiver: HttpReceiver, count: int,
                window: float) -> str:
     names = NODES[:count]
     (tmp / f"nodes-{count}").mkdir()
     devices = {f"cdu-{n}" for n in range(1, THROUGHPUT_CDUS + 1)}
-    with Site(tmp / f"nodes-{count}", etcd.endpoints, broker, receiver, nodes=names, cdus=THROUGHPUT_CDUS,
-              interval="1s", prefix=f"/dcim-bench-{count}") as site:
+    with InfluxDBv1(tmp / f"nodes-{count}" / "influxdb") as influx, \
+            Site(tmp / f"nodes-{count}", etcd.endpoints, broker, receiver, nodes=names, cdus=THROUGHPUT_CDUS,
+                 interval="1s", prefix=f"/dcim-bench-{count}",
+                 extra={"influxdb": {"url": influx.url, "api": "v1", "database": "dcim"}}) as site:
         site.start_all()
 
         def ready() -> bool:
@@ -93,19 +101,24 @@ def throughput(tmp: Path, etcd: EtcdCluster, broker: Mosquitto, receiver: HttpRe
             return set(statuses) == set(names) and set(site.polled()) == devices
 
         site.wait(ready, f"{count} nodes polling {THROUGHPUT_CDUS} CDUs", timeout=300)
+        site.wait(lambda: stored(influx) > 0, "points in the database", timeout=120)
+        time.sleep(5)  # warm-up past the first flushes: a measurement window follows, not a wait for a condition
         pids = {n: site.nodes[n].process.pid for n in names}  # type: ignore[union-attr]
         start = {n: (counters(site, n), cpu_seconds(pids[n])) for n in names}
+        stored0 = stored(influx)
         began = time.monotonic()
         time.sleep(window)  # a measurement window, not a wait for a condition
         end = {n: (counters(site, n), cpu_seconds(pids[n])) for n in names}
+        stored1 = stored(influx)
         took = time.monotonic() - began
     polls = sum(end[n][0][0] - start[n][0][0] for n in names)
     published = sum(end[n][0][1] - start[n][0][1] for n in names)
     cpu = {n: end[n][1] - start[n][1] for n in names}
     points = polls * POINTS_PER_POLL / took
+    kept = (stored1 - stored0) / took
     per_node = ", ".join(f"{100 * c / took:.0f} %" for c in cpu.values())
-    return (f"| {count} | {THROUGHPUT_CDUS * POINTS_PER_POLL:,} | {points:,.0f} | {published / took:,.0f} | "
-            f"{sum(cpu.values()) / (points * took / 1000):.3f} | {per_node} |")
+    return (f"| {count} | {THROUGHPUT_CDUS * POINTS_PER_POLL:,} | {points:,.0f} | {kept:,.0f} | "
+            f"{published / took:,.0f} | {sum(cpu.values()) / (kept * took / 1000):.3f} | {per_node} |")
 
 
 def main() -> None:
@@ -164,9 +177,9 @@ def main() -> None:
     print(f"\n{machine()}")
     if rows:
         print(f"\nthroughput, {window:g} s windows:")
-        print("| nodes | points/s offered | points/s polled | messages/s acked | CPU s per 1,000 points "
-              "| CPU per node |")
-        print("|---:|---:|---:|---:|---:|---|")
+        print("| nodes | points/s offered | points/s polled | points/s stored | messages/s acked "
+              "| CPU s per 1,000 points stored | CPU per node |")
+        print("|---:|---:|---:|---:|---:|---:|---|")
         print("\n".join(rows))
     if not takeover:
         return

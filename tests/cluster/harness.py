@@ -108,8 +108,9 @@ class Proxy:
 class Site:
     def __init__(self, tmp_path: Path, endpoints: list[str], broker: Mosquitto, receiver: HttpReceiver, *,
                  nodes: tuple[str, ...] = NODES, cdus: int = CDUS, interval: str = f"{INTERVAL_S * 1000:g}ms",
-                 prefix: str = "/dcim-test") -> None:
+                 prefix: str = "/dcim-test", extra: dict[str, Any] | None = None) -> None:
         self.tmp = tmp_path
+        self.extra = extra or {}  # more top-level sections of every node's file (the bench's influxdb)
         self.names = nodes
         self.prefix = prefix
         self.raw = hall(tmp_path, cdus, interval)
@@ -147,6 +148,7 @@ class Site:
                 },
             },
         })
+        raw.update(self.extra)
         path = workdir / "dcim.yaml"
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
         return path

@@ -144,6 +144,12 @@ class Notifier:
         carried = self._carrying.get(hook, {}).pop(item.payload, None)
         if carried is None or self._on_delivered is None:
             return
+        done = self._settle(carried)
+        if done and ok:
+            self._on_delivered(done)
+
+    def _settle(self, carried: list[AlarmEvent]) -> list[AlarmEvent]:
+        """One message carrying these events is done with: the events no other message carries any more."""
         done = []
         for event in carried:
             ident = _ident(event)
@@ -152,10 +158,8 @@ class Notifier:
                 self._outstanding[ident] = left
                 continue
             self._outstanding.pop(ident, None)
-            if ok:
-                done.append(event)
-        if done:
-            self._on_delivered(done)
+            done.append(event)
+        return done
 
     def wake(self) -> None:
         """Look at the clock again now (after a fake clock was advanced)."""
@@ -289,9 +293,14 @@ class Notifier:
             summary = notification.kind == "summary"
             carried = [a for a in notification.alarms if summary or a.key in notification.changed]
             for body in bodies:
-                self._carrying.setdefault(hook, {})[body] = carried
+                carrying = self._carrying.setdefault(hook, {})
+                carrying[body] = carried
                 for event in carried:
                     self._outstanding[_ident(event)] = self._outstanding.get(_ident(event), 0) + 1
+                # Bounded like the hook's outbox: past its bound the outbox drops its oldest messages, and
+                # what they carried is forgotten here too (those pages stay pending in etcd).
+                while len(carrying) > self.outboxes[hook].max_items:
+                    self._settle(carrying.pop(next(iter(carrying))))
         for body in bodies:
             self.outboxes[hook].put(notification.group_key, body, priority)
         NOTIFICATIONS.inc(len(bodies), hook=hook, kind=notification.kind)

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from tests.e2e.harness import DaemonProcess
+from tests.helpers import wait_until
 from tests.servers import http_request
 
 _SAMPLE = re.compile(r'^(\w+)(?:\{([^}]*)\})? (\S+)$')
@@ -72,3 +73,20 @@ async def metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], flo
 
 def polls(sample: dict[tuple[str, frozenset[tuple[str, str]]], float], device: str, result: str) -> float:
     return sample.get(("dcim_polls_total", frozenset({("device", device), ("result", result)})), 0.0)
+
+
+async def ok_polls_at_least(port: int, device: str, count: float) -> bool:
+    return polls(await metrics(port), device, "ok") >= count
+
+
+async def offline(port: int, device: str) -> bool:
+    _, report = await health(port)
+    return report["devices"][device]["online"] is False
+
+
+async def final_good_polls(port: int, plant: Any, device: str, daemon: DaemonProcess) -> int:
+    """Freeze the count: the simulated device stops answering, and once the daemon has it offline, the good
+    polls it made are final (what the database must hold)."""
+    plant.inject(device, "no_response")
+    await wait_until(lambda: offline(port, device), timeout=30, message=daemon.log())
+    return int(polls(await metrics(port), device, "ok"))

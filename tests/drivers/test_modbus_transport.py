@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -26,33 +25,7 @@ from dcim.drivers.modbus.points import Point
 from dcim.drivers.modbus.transport import ModbusTcpClient
 from dcim.drivers.profiles import Profile
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 MBAP = struct.Struct(">HHHB")
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[int]]]:
-    """Start a TCP server on 127.0.0.1, port 0 (listening before anyone connects); returns its port."""
-    servers: list[asyncio.Server] = []
-
-    async def start(handler: Handler) -> int:
-        async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                await handler(reader, writer)
-            except (ConnectionError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(guarded, "127.0.0.1", 0)
-        servers.append(server)
-        port: int = server.sockets[0].getsockname()[1]
-        return port
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
@@ -66,7 +39,7 @@ def registers_answer(tid: int, unit: int, values: list[int]) -> bytes:
     return MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu
 
 
-async def test_requests_in_flight_together_are_answered_out_of_order(serve: Any) -> None:
+async def test_requests_in_flight_together_are_answered_out_of_order(tcp_server: Any) -> None:
     async def reversed_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Take four requests before answering any, then answer the last first: each register holds the
         # address asked for, so a mix-up shows.
@@ -77,7 +50,7 @@ async def test_requests_in_flight_together_are_answered_out_of_order(serve: Any)
         await writer.drain()
         await reader.read()
 
-    client = ModbusTcpClient("127.0.0.1", await serve(reversed_answers))
+    client = ModbusTcpClient("127.0.0.1", await tcp_server(reversed_answers))
     assert await client.connect()
     try:
         answers = await asyncio.gather(*(
@@ -87,7 +60,7 @@ async def test_requests_in_flight_together_are_answered_out_of_order(serve: Any)
     assert [a.registers for a in answers] == [[0, 1], [100, 101], [200, 201], [300, 301]]
 
 
-async def test_a_late_answer_is_ignored(serve: Any) -> None:
+async def test_a_late_answer_is_ignored(tcp_server: Any) -> None:
     async def late_then_right(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tid, unit, _pdu = await read_request(reader)
         writer.write(registers_answer((tid + 500) % 65536, unit, [666]))  # an answer nobody waits for
@@ -95,7 +68,7 @@ async def test_a_late_answer_is_ignored(serve: Any) -> None:
         await writer.drain()
         await reader.read()
 
-    client = ModbusTcpClient("127.0.0.1", await serve(late_then_right))
+    client = ModbusTcpClient("127.0.0.1", await tcp_server(late_then_right))
     assert await client.connect()
     try:
         answer = await client.read_holding_registers(0, count=1, device_id=1)
@@ -110,14 +83,14 @@ async def test_a_late_answer_is_ignored(serve: Any) -> None:
     (bytes([3, 3, 0, 1, 2]), "odd byte count"),        # half a register
     (bytes([0x83]), "exception answer of 1 bytes"),    # an exception answer without its code
 ])
-async def test_a_malformed_answer_fails_its_request(serve: Any, pdu: bytes, expected: str) -> None:
+async def test_a_malformed_answer_fails_its_request(tcp_server: Any, pdu: bytes, expected: str) -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             tid, unit, _request = await read_request(reader)
             writer.write(MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
             await writer.drain()
 
-    client = ModbusTcpClient("127.0.0.1", await serve(answer))
+    client = ModbusTcpClient("127.0.0.1", await tcp_server(answer))
     assert await client.connect()
     try:
         with pytest.raises(ModbusException, match=expected):
@@ -127,14 +100,14 @@ async def test_a_malformed_answer_fails_its_request(serve: Any, pdu: bytes, expe
         client.close()
 
 
-async def test_an_exception_answer_carries_its_code(serve: Any) -> None:
+async def test_an_exception_answer_carries_its_code(tcp_server: Any) -> None:
     async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tid, unit, _pdu = await read_request(reader)
         writer.write(MBAP.pack(tid, 0, 3, unit) + bytes([0x83, 6]))
         await writer.drain()
         await reader.read()
 
-    client = ModbusTcpClient("127.0.0.1", await serve(busy))
+    client = ModbusTcpClient("127.0.0.1", await tcp_server(busy))
     assert await client.connect()
     try:
         answer = await client.read_holding_registers(0, count=1, device_id=1)
@@ -143,27 +116,27 @@ async def test_an_exception_answer_carries_its_code(serve: Any) -> None:
     assert answer.isError() and answer.exception_code == 6
 
 
-async def test_a_frame_that_is_not_modbus_drops_the_socket(serve: Any) -> None:
+async def test_a_frame_that_is_not_modbus_drops_the_socket(tcp_server: Any) -> None:
     async def not_modbus(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tid, unit, _pdu = await read_request(reader)
         writer.write(MBAP.pack(tid, 7, 3, unit) + bytes([3, 0]))  # protocol id 7
         await writer.drain()
         await reader.read()
 
-    client = ModbusTcpClient("127.0.0.1", await serve(not_modbus))
+    client = ModbusTcpClient("127.0.0.1", await tcp_server(not_modbus))
     assert await client.connect()
     with pytest.raises(ValueError, match="bad MBAP header"):
         await client.read_holding_registers(0, count=1, device_id=1)
     assert not client.connected
 
 
-async def test_a_lost_connection_fails_every_request_in_flight(serve: Any) -> None:
+async def test_a_lost_connection_fails_every_request_in_flight(tcp_server: Any) -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for _ in range(3):
             await read_request(reader)
         writer.close()
 
-    client = ModbusTcpClient("127.0.0.1", await serve(hang_up))
+    client = ModbusTcpClient("127.0.0.1", await tcp_server(hang_up))
     assert await client.connect()
     results = await asyncio.gather(
         *(client.read_input_registers(a, count=1, device_id=1) for a in range(3)), return_exceptions=True)
@@ -171,7 +144,7 @@ async def test_a_lost_connection_fails_every_request_in_flight(serve: Any) -> No
     assert not client.connected
 
 
-async def test_writes_are_framed_as_modbus_says(serve: Any) -> None:
+async def test_writes_are_framed_as_modbus_says(tcp_server: Any) -> None:
     seen: list[bytes] = []
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -181,7 +154,7 @@ async def test_writes_are_framed_as_modbus_says(serve: Any) -> None:
             writer.write(MBAP.pack(tid, 0, 6, unit) + pdu[:5])  # the echo: function, address, value/count
             await writer.drain()
 
-    client = ModbusTcpClient("127.0.0.1", await serve(echo))
+    client = ModbusTcpClient("127.0.0.1", await tcp_server(echo))
     assert await client.connect()
     try:
         await client.write_register(10, 0xABCD, device_id=2)
@@ -194,7 +167,7 @@ async def test_writes_are_framed_as_modbus_says(serve: Any) -> None:
 
 
 @pytest.mark.parametrize("max_in_flight", [1, 3])
-async def test_max_in_flight_bounds_the_requests_on_the_wire(serve: Any, max_in_flight: int) -> None:
+async def test_max_in_flight_bounds_the_requests_on_the_wire(tcp_server: Any, max_in_flight: int) -> None:
     outstanding = 0
     most = 0
     release = asyncio.Event()
@@ -218,7 +191,7 @@ async def test_max_in_flight_bounds_the_requests_on_the_wire(serve: Any, max_in_
                 release.set()
             tasks.append(asyncio.create_task(answer(tid, unit)))
 
-    connection = ModbusConnection("127.0.0.1", await serve(slow), max_in_flight=max_in_flight)
+    connection = ModbusConnection("127.0.0.1", await tcp_server(slow), max_in_flight=max_in_flight)
     try:
         answers = await asyncio.gather(*(
             connection.request(f"read {i}", lambda c: c.read_holding_registers(0, count=1, device_id=1),
@@ -230,14 +203,14 @@ async def test_max_in_flight_bounds_the_requests_on_the_wire(serve: Any, max_in_
     assert most == max_in_flight
 
 
-async def test_the_connection_turns_a_malformed_answer_into_a_bad_response(serve: Any) -> None:
+async def test_the_connection_turns_a_malformed_answer_into_a_bad_response(tcp_server: Any) -> None:
     async def wrong_function(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             tid, unit, _pdu = await read_request(reader)
             writer.write(MBAP.pack(tid, 0, 4, unit) + bytes([4, 1, 0]))
             await writer.drain()
 
-    connection = ModbusConnection("127.0.0.1", await serve(wrong_function))
+    connection = ModbusConnection("127.0.0.1", await tcp_server(wrong_function))
     try:
         with pytest.raises(BadResponse, match="function code 4"):
             await connection.request("read", lambda c: c.read_holding_registers(0, count=1, device_id=1),
@@ -246,14 +219,14 @@ async def test_the_connection_turns_a_malformed_answer_into_a_bad_response(serve
         await connection.close()
 
 
-async def test_transaction_id_zero_is_the_answer_while_one_request_is_in_flight(serve: Any) -> None:
+async def test_transaction_id_zero_is_the_answer_while_one_request_is_in_flight(tcp_server: Any) -> None:
     async def no_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             _tid, unit, _pdu = await read_request(reader)
             writer.write(registers_answer(0, unit, [5]))
             await writer.drain()
 
-    client = ModbusTcpClient("127.0.0.1", await serve(no_echo))
+    client = ModbusTcpClient("127.0.0.1", await tcp_server(no_echo))
     assert await client.connect()
     try:
         assert (await client.read_holding_registers(0, count=1, device_id=1)).registers == [5]
@@ -262,14 +235,14 @@ async def test_transaction_id_zero_is_the_answer_while_one_request_is_in_flight(
         client.close()
 
 
-async def test_another_units_answer_is_ignored(serve: Any) -> None:
+async def test_another_units_answer_is_ignored(tcp_server: Any) -> None:
     async def crosstalk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tid, unit, _pdu = await read_request(reader)
         writer.write(registers_answer(tid, unit + 1, [666]) + registers_answer(tid, unit, [7]))
         await writer.drain()
         await reader.read()
 
-    client = ModbusTcpClient("127.0.0.1", await serve(crosstalk))
+    client = ModbusTcpClient("127.0.0.1", await tcp_server(crosstalk))
     assert await client.connect()
     try:
         assert (await client.read_holding_registers(0, count=1, device_id=3)).registers == [7]
@@ -278,7 +251,8 @@ async def test_another_units_answer_is_ignored(serve: Any) -> None:
 
 
 @pytest.mark.parametrize("max_in_flight", [1, 4])
-async def test_a_poll_sends_its_reads_together_when_the_device_takes_several(serve: Any, max_in_flight: int) -> None:
+async def test_a_poll_sends_its_reads_together_when_the_device_takes_several(tcp_server: Any,
+                                                                             max_in_flight: int) -> None:
     # Three points far apart (three reads); the server holds its answers until it has as many requests as the
     # device allows in flight, then answers the newest first.
     most = 0
@@ -295,7 +269,7 @@ async def test_a_poll_sends_its_reads_together_when_the_device_takes_several(ser
                 writer.write(registers_answer(tid, unit, [address // 100 + 1] * count))
             await writer.drain()
 
-    port = await serve(batching)
+    port = await tcp_server(batching)
     points = [Point(name=f"p{i}", table="holding", address=100 * i, type="uint16") for i in range(3)]
     device = ModbusDevice.model_validate({
         "id": "cdu-x", "kind": "cdu", "protocol": "modbus", "profile": "x", "host": "127.0.0.1", "port": port,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from dcim.simulators.plant import Plant
-from tests.chaos.daemonlib import health, http_port, metrics, polls, with_http
+from tests.chaos.daemonlib import final_good_polls, health, http_port, metrics, ok_polls_at_least, polls, with_http
 from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators
 from tests.helpers import wait_until
 
@@ -68,10 +68,9 @@ async def test_workers_store_every_poll_through_a_kill_and_stop_with_the_daemon(
             assert restarted["last_exit"] == "signal SIGKILL"
             # Ten more polls after the kill (counted, not timed), then the device stops answering: the count of
             # good polls is final.
-            await wait_until(lambda: _ok_polls_at_least(port, made_before + 10), timeout=60, message=daemon.log())
-            plant.inject("cdu-1", "no_response")
-            await wait_until(lambda: _offline(port), timeout=30, message=daemon.log())
-            made = int(polls(await metrics(port), "cdu-1", "ok"))
+            await wait_until(lambda: ok_polls_at_least(port, "cdu-1", made_before + 10), timeout=60,
+                             message=daemon.log())
+            made = await final_good_polls(port, plant, "cdu-1", daemon)
             rows = await wait_until(
                 lambda: (r := influxdb_v1.query("SELECT flow_lpm FROM cdu")) and len(r) >= made and r,
                 timeout=90, ignore=(Exception,), message=f"{made} polls stored\n{daemon.log()}")
@@ -93,14 +92,6 @@ async def _restarted(port: int, worker: str, old_pid: int) -> dict[str, Any] | N
     entry: dict[str, Any] = (await workers(port))["workers"][worker]
     return entry if entry["pid"] not in (None, old_pid) and entry["restarts"] >= 1 else None
 
-
-async def _ok_polls_at_least(port: int, count: float) -> bool:
-    return polls(await metrics(port), "cdu-1", "ok") >= count
-
-
-async def _offline(port: int) -> bool:
-    _, report = await health(port)
-    return report["devices"]["cdu-1"]["online"] is False
 
 
 def test_workers_need_a_broker_and_a_database(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from dcim.app.daemon import Daemon
 from dcim.core.samples import Batch, DeviceStatus, Quality
 from dcim.simulators.plant import Plant
-from tests.chaos.daemonlib import health, http_port, metrics, polls, with_http
+from tests.chaos.daemonlib import final_good_polls, http_port, metrics, ok_polls_at_least, polls, with_http
 from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators
 from tests.helpers import wait_until
 
@@ -90,13 +90,12 @@ async def test_outage_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb_v1:
             server.stop()
             polls_before = polls(await metrics(port), "cdu-1", "ok")
             # The outage lasts until ten more polls were made (counted, not timed).
-            await wait_until(lambda: _ok_polls_at_least(port, polls_before + 10), timeout=60, message=daemon.log())
+            await wait_until(lambda: ok_polls_at_least(port, "cdu-1", polls_before + 10), timeout=60,
+                             message=daemon.log())
             server.start()
             back = asyncio.get_running_loop().time()  # for the figures printed below, never asserted
             # Freeze the count: the device stops answering, so the good polls made are final.
-            plant.inject("cdu-1", "no_response")
-            await wait_until(lambda: _offline(port), timeout=30, message=daemon.log())
-            made = int(polls(await metrics(port), "cdu-1", "ok"))
+            made = await final_good_polls(port, plant, "cdu-1", daemon)
             rows = await wait_until(
                 lambda: (r := influxdb_v1.query("SELECT flow_lpm FROM cdu")) and len(r) >= made and r,
                 timeout=60, ignore=(Exception,), message=f"{made} polls stored\n{daemon.log()}")
@@ -118,11 +117,3 @@ def _peak_rss_mib(pid: int) -> float:
             return int(line.split()[1]) / 1024
     return 0.0
 
-
-async def _ok_polls_at_least(port: int, count: float) -> bool:
-    return polls(await metrics(port), "cdu-1", "ok") >= count
-
-
-async def _offline(port: int) -> bool:
-    _, report = await health(port)
-    return report["devices"]["cdu-1"]["online"] is False

@@ -173,6 +173,7 @@ class Daemon:
                 self.pipeline.add_sink(LocalFeed(self.ingest, self.topology), deferrable=True)
         wire_backpressure(self.pipeline, self.publisher, self.ingest)
         self.cluster = self._join_cluster(config) if clustered else None
+        self._judge_own_shards()  # none yet: the shards this node is given are judged once it has them
         # The one write path (rules.writes): rule actions and the HTTP API write through it, audited.
         self.audit = AuditLog(self.state_dir / "audit.log")
         self.guard = WriteGuard(config.rules.control, self.topology, drivers=self._driver,
@@ -222,9 +223,18 @@ class Daemon:
         return node
 
     async def _apply_shards(self, devices: set[str]) -> None:
-        """Poll exactly `devices` (this node's shards of the cluster), with SIGHUP's start/stop machinery."""
+        """Poll exactly `devices` (this node's shards of the cluster), with SIGHUP's start/stop machinery, and
+        judge the rules of those shards only (rebuilt on the same alarm store, as at a SIGHUP)."""
         running = [d for d in self.config.devices if d.id in self.coordinators]
-        await self._apply_devices(running, [d for d in self.config.devices if d.id in devices])
+        try:
+            await self._apply_devices(running, [d for d in self.config.devices if d.id in devices])
+        finally:
+            self._judge_own_shards()
+
+    def _judge_own_shards(self) -> None:
+        if self.rules is not None and self.cluster is not None:
+            shard = self.cluster.shard_hall(self.config)
+            self.rules.reload(shard, Topology(shard))
 
     # ---- control: the one path by which anything writes to a device ----------------------------------
 
@@ -478,6 +488,7 @@ class Daemon:
                 self.publisher.topology = self.topology
             if self.rules is not None:
                 self.rules.reload(merged, self.topology)
+                self._judge_own_shards()
         self.reloads += 1
         self.restart_required = sorted(later)
         log.info("configuration reloaded", devices=len(self.coordinators), reloads=self.reloads)

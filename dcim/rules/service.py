@@ -44,6 +44,7 @@ TICK_SECONDS = REGISTRY.summary("dcim_rules_tick_seconds", "Rule engine tick dur
 EVENTS = REGISTRY.counter("dcim_alarm_events_total", "Alarm state changes", ("state", "severity"))
 FIRING = REGISTRY.gauge("dcim_alarms_firing", "Alarms firing now", ("severity",))
 ERRORS = REGISTRY.counter("dcim_rules_errors_total", "Rule engine errors", ("where",))
+BOUND = REGISTRY.gauge("dcim_rules_bound", "Rule instances the engine judges (a rule on one subject each)")
 
 
 class AlarmOutlet(Protocol):
@@ -81,6 +82,7 @@ class RuleService:
         self.store = AlarmStore(Path(config.state_dir) / self.config.store, clock=self.clock, writer=writer)
         push = {d.id for d in config.devices if getattr(d, "mode", "poll") == "subscribe"}
         self.engine = Engine(self.config, topology, self.store, self.clock, self._on_event, push=push)
+        BOUND.set(len(self.engine.bound))
         self.silencer = Silencer(topology, self.store, self.engine.loop_fault_rules, COMM_RULE,
                                  self.engine.readings.offline)
         self.control = ControlActions(self.config.control, topology, self.store, self.engine.readings,
@@ -102,6 +104,7 @@ class RuleService:
         self.topology = topology
         push = {d.id for d in config.devices if getattr(d, "mode", "poll") == "subscribe"}
         self.engine = Engine(self.config, topology, self.store, self.clock, self._on_event, push=push)
+        BOUND.set(len(self.engine.bound))
         self.silencer = Silencer(topology, self.store, self.engine.loop_fault_rules, COMM_RULE,
                                  self.engine.readings.offline)
         self.control = ControlActions(self.config.control, topology, self.store, self.engine.readings,

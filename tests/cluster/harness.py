@@ -219,6 +219,17 @@ class Site:
                 out[name] = float(value)
         return out
 
+    def gauge(self, node: str, name: str) -> float | None:
+        """An unlabelled sample of the node's /metrics (None while the node does not answer)."""
+        port = self.http_port(node) if self.alive(node) else None
+        if port is None:
+            return None
+        _, body = http_request("GET", f"http://127.0.0.1:{port}/metrics", timeout=10)
+        for line in body.decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        return None
+
     def statuses(self) -> dict[str, dict[str, Any]]:
         out = {}
         for node in self.names:

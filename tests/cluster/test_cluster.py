@@ -136,6 +136,10 @@ def test_a_killed_node_s_devices_are_polled_by_the_others(site: Site) -> None:
     lost = {d for d, n in before.items() if n == victim}
     assert lost
     survivors = [n for n in NODES if n != victim]
+    # Each node's rule engine judges its own shards only: fewer rules than the site's, more for more devices.
+    bound_before = {n: site.gauge(n, "dcim_rules_bound") for n in NODES}
+    assert all(bound_before.values()), bound_before
+    print(f"rules bound per node: {bound_before}")
 
     def taken_over() -> dict[str, str] | None:
         polled = site.polled()
@@ -171,6 +175,10 @@ def test_a_killed_node_s_devices_are_polled_by_the_others(site: Site) -> None:
     ttl = status["cluster"]["lease_ttl_s"]
     print(f"failover of {sorted(lost)} after kill -9 of {victim}: {took:.1f} s (lease TTL {ttl} s); "
           f"polls lost per device (every {INTERVAL_S} s): {missed}")
+    # The rules follow the shards: each survivor now judges the rules of the devices it took over as well.
+    bound = {n: site.gauge(n, "dcim_rules_bound") for n in survivors}
+    assert all(bound[n] and bound[n] > bound_before[n] for n in survivors if n in set(polled[d] for d in lost)), \
+        (bound_before, bound)
     site.start(victim)
     after = steady(site)
     # The victim back: rendezvous gives it back exactly its shards.

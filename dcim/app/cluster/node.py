@@ -223,10 +223,20 @@ class ClusterNode:
         group = self.group_of.get(source)
         return group is not None and group in self.polling
 
+    def shard_hall(self, config: Any) -> Any:
+        """`config` (the site's) with only the devices and racks of the shards this node polls: what its rule
+        engine judges. The others' rules are judged where their shards are polled; judging them here too cost
+        every node the whole site's rule tick."""
+        racks = {r for r, g in self.group_of.items() if g in self.polling}
+        rooms = [room.model_copy(update={"rows": [
+            row.model_copy(update={"racks": [rack for rack in row.racks if rack.id in racks]}) for row in room.rows
+        ]}) for room in config.rooms]
+        return config.model_copy(update={"devices": [d for d in config.devices if self.owns(d.id)], "rooms": rooms})
+
     def filter_publish(self, publish: Callable[[Batch], None]) -> Callable[[Batch], None]:
-        """The rule engine's batches (rack metrics, alarm changes) of subjects this node polls only: every
-        node's rule engine knows every rack and device, but a rack's figures are only right where its PDUs
-        and CDU are polled, and a device that moved away must not raise its no-data alarm here."""
+        """The rule engine's batches (rack metrics, alarm changes) of subjects this node polls only. The engine
+        judges this node's shards only (`shard_hall`), but it is rebuilt after the shards change: in between,
+        a device that moved away must not raise its no-data alarm here."""
         def only_own(batch: Batch) -> None:
             if self.owns(batch.device) or batch.device not in self.group_of:
                 publish(batch)

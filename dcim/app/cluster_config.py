@@ -8,9 +8,10 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from dcim.core.config import Id, PositiveDuration, StrictModel
+from dcim.core.secrets import Secret
 
 
 class ClusterConfig(StrictModel):
@@ -29,6 +30,21 @@ class ClusterConfig(StrictModel):
     node that cannot renew it for this long stops its notifications and control writes itself."""
     prefix: Annotated[str, Field(pattern=r"^(/[A-Za-z0-9_.-]+)+$")] = "/dcim"
     """Key prefix in etcd; the site's keys are under {prefix}/{site id}/."""
+    username: str | None = Field(default=None, examples=["dcim"])
+    """etcd user, when etcd's authentication is on (`etcdctl auth enable`); the user needs read and write on
+    the prefix. Not set: no authentication. The password travels in clear over plain gRPC: keep etcd on a
+    trusted network."""
+    password: Secret | None = None
+    """Password of `username`, as a reference (env:NAME, file:PATH or credential:NAME), never inline."""
+
+    @model_validator(mode="after")
+    def _user_and_password_together(self) -> ClusterConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("cluster.username and cluster.password go together: set both or neither")
+        return self
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        return self.username, self.password.get_secret_value() if self.password is not None else None
 
     @field_validator("lease_ttl")
     @classmethod

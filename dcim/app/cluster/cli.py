@@ -63,7 +63,7 @@ async def read_status(config: Any) -> dict[str, Any]:
 
     cluster = config.cluster
     root = f"{cluster.prefix}/{config.site.id}/"
-    etcd = Etcd(cluster.endpoints, timeout=max(1.0, cluster.ttl_seconds() / 3))
+    etcd = Etcd(cluster.endpoints, timeout=max(1.0, cluster.ttl_seconds() / 3), credentials=cluster.credentials())
     try:
         result = await etcd.call(lambda c: c.get_prefix(root.encode()))
         members: dict[str, dict[str, Any]] = {}

@@ -69,9 +69,11 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 
 
 class Etcd:
-    def __init__(self, endpoints: list[str], timeout: float) -> None:
+    def __init__(self, endpoints: list[str], timeout: float,
+                 credentials: tuple[str | None, str | None] = (None, None)) -> None:
         self.endpoints = [parse_endpoint(e) for e in endpoints]
         self.timeout = timeout
+        self.username, self.password = credentials
         self.index = 0
         self._client: aetcd.Client | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -84,7 +86,8 @@ class Etcd:
     async def client(self) -> aetcd.Client:
         if self._client is None:
             host, port = self.endpoints[self.index % len(self.endpoints)]
-            client = aetcd.Client(host=host, port=port, timeout=max(1, math.ceil(self.timeout)))
+            client = aetcd.Client(host=host, port=port, timeout=max(1, math.ceil(self.timeout)),
+                                  username=self.username, password=self.password)
             try:
                 await bounded(client.connect(), self.timeout)
             except BaseException:

@@ -172,7 +172,7 @@ class ClusterNode:
         self.notifier = notifier
         self.clock = clock
         self.ttl = config.ttl_seconds()
-        self.etcd = Etcd(config.endpoints, timeout=max(1.0, self.ttl / 3))
+        self.etcd = Etcd(config.endpoints, timeout=max(1.0, self.ttl / 3), credentials=config.credentials())
         # Set by the watch on every change: one event per consumer, each clears its own.
         self.shards_changed = asyncio.Event()
         self.leader_changed = asyncio.Event()

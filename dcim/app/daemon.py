@@ -486,9 +486,10 @@ class Daemon:
             self.topology = Topology(merged)
             if self.publisher is not None:
                 self.publisher.topology = self.topology
-            if self.rules is not None:
+            if self.cluster is not None:
+                self._judge_own_shards()  # the new file, this node's shards of it
+            elif self.rules is not None:
                 self.rules.reload(merged, self.topology)
-                self._judge_own_shards()
         self.reloads += 1
         self.restart_required = sorted(later)
         log.info("configuration reloaded", devices=len(self.coordinators), reloads=self.reloads)

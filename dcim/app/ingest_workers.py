@@ -96,7 +96,6 @@ class IngestWorkers:
         while True:
             started = time.monotonic()
             code = await self._run_once(worker)
-            self.pids[worker] = None
             self.last_exit[worker] = f"exit {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
             if time.monotonic() - started > 60:
                 backoff.reset()  # it ran a while: not a crash loop
@@ -112,7 +111,7 @@ class IngestWorkers:
             *self.command(worker), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
         self.pids[worker] = process.pid
-        RUNNING.set(sum(1 for pid in self.pids.values() if pid is not None))
+        self._count_running()
         log.info("ingest worker started", worker=worker, pid=process.pid)
         try:
             assert process.stdout is not None
@@ -122,7 +121,11 @@ class IngestWorkers:
             await self._stop(process)
             raise
         finally:
-            RUNNING.set(sum(1 for w, pid in self.pids.items() if pid is not None and w != worker))
+            self.pids[worker] = None
+            self._count_running()
+
+    def _count_running(self) -> None:
+        RUNNING.set(sum(1 for pid in self.pids.values() if pid is not None))
 
     async def _relay(self, worker: int, stream: asyncio.StreamReader) -> None:
         """The worker's output, line by line, to our stderr (the journal); its "subscribed" line noted."""

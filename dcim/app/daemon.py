@@ -46,8 +46,9 @@ from dcim.app.poller import DeviceCoordinator, make_driver, polling_summary, wat
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
 from dcim.core.audit import AuditLog
+from dcim.core.journal import Journal
 from dcim.core.logs import setup_logging
-from dcim.core.outbox import Outbox
+from dcim.core.outbox import ItemQueue, Outbox
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Value
 from dcim.core.sqlite import SqliteWriter
@@ -114,7 +115,8 @@ class Daemon:
         self.pipeline = Pipeline()
         self.context = DriverContext()
         self.coordinators: dict[str, DeviceCoordinator] = {}
-        self.outboxes: list[Outbox] = []
+        # What holds items on disk (outboxes, the journal); `queues` lists what each consumer sees of them.
+        self.outboxes: list[Outbox | Journal] = []
         self.publisher: MqttPublisher | None = None
         self.ingest: Ingest | None = None
         self.rules: RuleService | None = None
@@ -147,28 +149,47 @@ class Daemon:
             if not device.enabled or not poll or clustered:
                 continue
             self.coordinators[device.id] = self._coordinator(device, extra)
-        # The daemon's own readings reach the in-process ingest without the broker (ingest.source: local).
+        # The daemon's own readings reach the in-process ingest without the broker (ingest.source: local):
+        # the publisher and the ingest read one journal on disk, each through its own cursor.
         local = poll and config.ingest.source == "local"
-        if (config.mqtt.host or local) and run_ingest and config.influxdb is not None:
-            ingest_box = Outbox(self.state_dir / "ingest-outbox.sqlite", name="ingest",
+        want_ingest = bool((config.mqtt.host or local) and run_ingest and config.influxdb is not None)
+        want_publisher = bool(config.mqtt.host and poll)
+        consumers: dict[str, int] = {}
+        if want_publisher:
+            consumers["mqtt"] = config.mqtt.outbox_max_messages
+        if want_ingest and local and config.influxdb is not None:
+            consumers["ingest"] = config.influxdb.outbox_max_lines
+        journal: Journal | None = None
+        if consumers:
+            # The outboxes of versions before the journal are taken in at the first start.
+            journal = Journal(self.state_dir / "journal.sqlite", consumers=consumers, writer=self.writer,
+                              legacy={"mqtt": self.state_dir / "mqtt-outbox.sqlite",
+                                      "ingest": self.state_dir / "ingest-outbox.sqlite"})
+            self.outboxes.append(journal)
+        if want_ingest:
+            ingest_box: ItemQueue
+            if journal is not None and local:
+                ingest_box = journal.cursor("ingest")
+            else:
+                assert config.influxdb is not None
+                outbox = Outbox(self.state_dir / "ingest-outbox.sqlite", name="ingest",
                                 max_items=config.influxdb.outbox_max_lines, writer=self.writer)
-            self.outboxes.append(ingest_box)
+                self.outboxes.append(outbox)
+                ingest_box = outbox
             self.ingest = Ingest(config, ingest_box, local=local)
-        if config.mqtt.host and poll:
-            box = Outbox(self.state_dir / "mqtt-outbox.sqlite", name="mqtt",
-                         max_items=config.mqtt.outbox_max_messages, writer=self.writer)
-            self.outboxes.append(box)
+        if want_publisher and journal is not None:
             # Only an ingest that takes from the broker must be subscribed before anything is sent.
             gate = self.ingest.subscribed if self.ingest is not None and not self.ingest.local else None
             if self.ingest_workers is not None:
                 gate = self.ingest_workers.subscribed  # every worker subscribed to the group
-            self.publisher = MqttPublisher(config.mqtt, self.topology, box, gate=gate, instance=self.instance)
+            self.publisher = MqttPublisher(config.mqtt, self.topology, journal.cursor("mqtt"), gate=gate,
+                                           instance=self.instance)
             self.pipeline.add_sink(self.publisher, deferrable=True)
             if self.rules is not None:
                 self.rules.alarm_outlet = self.publisher
         if self.ingest is not None and self.ingest.local:
             if self.publisher is not None and config.mqtt.payload != "json":
-                self.publisher.tee = self.ingest.put_local  # the published bytes themselves
+                self.publisher.share = ("ingest",)  # one row for both: the published bytes themselves
             else:
                 self.pipeline.add_sink(LocalFeed(self.ingest, self.topology), deferrable=True)
         wire_backpressure(self.pipeline, self.publisher, self.ingest)
@@ -281,8 +302,8 @@ class Daemon:
             "mqtt_connected": self.publisher.connected.is_set() if self.publisher else None,
             "ingest_subscribed": self.ingest.subscribed.is_set() if self.ingest else None,
             **({"ingest_workers": self.ingest_workers.status()} if self.ingest_workers is not None else {}),
-            "outboxes": {o.name: {"depth": o.depth, "dropped": o.dropped, "degraded": o.degraded}
-                         for o in self.outboxes},
+            "outboxes": {q.name: {"depth": q.depth, "dropped": q.dropped, "degraded": q.degraded}
+                         for o in self.outboxes for q in o.views()},
             "hooks": self.notifier.health() if self.notifier is not None else {},
             "polling": polling_summary(self.coordinators.values(), self.pipeline),
             "dead_tasks": dead,
@@ -295,7 +316,7 @@ class Daemon:
     async def _prepare(self) -> None:
         """Everything that can fail at start-up, before any long-running task exists: the outboxes on
         state_dir and the HTTP listener. A failure undoes what was done and raises StartupError."""
-        opened: list[Outbox] = []
+        opened: list[Outbox | Journal] = []
         try:
             for box in self.outboxes:
                 try:

@@ -12,11 +12,11 @@ killed at any moment loses nothing: the broker sends what was not acknowledged a
 point sent twice once. Dropped messages and lines can be kept in a bounded dead-letter file.
 
 Inside a daemon that polls, the ingest takes that daemon's own readings in-process by default
-(`ingest.source: local`): the publisher hands it the very payload it encoded for MQTT, queued as one item, so
-a reading is encoded once and never makes the round trip out through the broker and back; the broker stays
-the wire for everyone else, and for ingest workers on other hosts (`source: broker`, and always `dcim ingest`).
-Those payloads are the daemon's own encoding, so the checks above (made for messages from anyone) are not
-run on them.
+(`ingest.source: local`): the publisher and the ingest read one durable journal (dcim.core.journal), each
+through its own cursor, so a reading is encoded once, written to disk once, and never makes the round trip
+out through the broker and back; the broker stays the wire for everyone else, and for ingest workers on other
+hosts (`source: broker`, and always `dcim ingest`). Those payloads are the daemon's own encoding, so the
+checks above (made for messages from anyone) are not run on them.
 
 The writer task takes up to `batch_size` lines, writes them, and acknowledges them in the outbox only after
 the database said yes. A database that is down is retried with capped backoff (nothing lost while the outage
@@ -49,7 +49,7 @@ from dcim.core.backoff import Backoff
 from dcim.core.linecheck import Invalid, Limits, check_line, json_lines
 from dcim.core.lineproto import encode_batch
 from dcim.core.metrics import REGISTRY
-from dcim.core.outbox import Item, Outbox
+from dcim.core.outbox import Item, ItemQueue
 from dcim.core.samples import Batch, DeviceStatus
 from dcim.core.topology import Topology
 
@@ -130,7 +130,7 @@ def _lines(item: Item) -> int:
 
 
 class Ingest:
-    def __init__(self, config: Config, outbox: Outbox, writer: Writer | None = None, *, local: bool = False) -> None:
+    def __init__(self, config: Config, outbox: ItemQueue, writer: Writer | None = None, *, local: bool = False) -> None:
         if config.influxdb is None:
             raise ValueError("influxdb is not configured")
         if config.mqtt.host is None and not local:
@@ -151,9 +151,6 @@ class Ingest:
         self.dropped_messages = 0
         self.requests = 0
         self._last_message = 0.0
-        # Items put in the outbox since start (a line from the broker, a payload from this daemon): with the
-        # outbox's depth, how many left it (the backpressure's measure of the database's pace).
-        self.queued = 0
         # Lines per outbox item, as seen: how many items make a batch of `batch_size` lines.
         self._lines_per_item = 1.0
         self._warned_topics: set[str] = set()
@@ -165,13 +162,19 @@ class Ingest:
         if local:
             self.subscribed.set()  # nothing to subscribe to: it takes what it is given from the start
 
+    @property
+    def queued(self) -> int:
+        """Items put in the outbox since start (a line from the broker, a payload from this daemon, by anyone
+        sharing its journal): with the outbox's depth, how many left it (the backpressure's measure of the
+        database's pace)."""
+        return self.outbox.put_total
+
     # ---- local side: the daemon's own readings ------------------------------------------------------
 
     def put_local(self, payload: bytes, priority: int) -> None:
         """A line-protocol payload this daemon encoded (the publisher's own): queued whole, never blocks."""
         self._last_message = asyncio.get_running_loop().time()
         self.outbox.put("local", payload, priority)
-        self.queued += 1
 
     # ---- MQTT side ----------------------------------------------------------------------------------
 
@@ -311,7 +314,6 @@ class Ingest:
                 good, reason = check_line(line, limits)
                 if good is not None:
                     self.outbox.put(topic, good, priority)
-                    self.queued += 1
                 elif reason is not None:
                     dropped[reason] += 1
                     if len(examples) < DEAD_LETTER_LINES:

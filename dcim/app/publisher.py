@@ -18,7 +18,6 @@ import asyncio
 import json
 import socket
 import ssl
-from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
@@ -30,7 +29,7 @@ from dcim.core.backoff import Backoff
 from dcim.core.events import AlarmEvent, AlarmState
 from dcim.core.lineproto import encode_batch
 from dcim.core.metrics import REGISTRY
-from dcim.core.outbox import Item, Outbox
+from dcim.core.outbox import Item, ItemQueue
 from dcim.core.samples import Batch, DeviceStatus, Sample
 from dcim.core.topology import Topology
 
@@ -107,7 +106,7 @@ def batch_json(batch: Batch, tags: tuple[tuple[str, str], ...]) -> bytes:
 
 
 class MqttPublisher:
-    def __init__(self, config: MqttConfig, topology: Topology, outbox: Outbox,
+    def __init__(self, config: MqttConfig, topology: Topology, outbox: ItemQueue,
                  *, gate: asyncio.Event | None = None, instance: str | None = None) -> None:
         if config.host is None:
             raise ValueError("mqtt.host is not set")
@@ -122,8 +121,9 @@ class MqttPublisher:
         # Set while the in-process ingest is subscribed: after a broker restart that lost every session,
         # what the outbox sends before the ingest is back would reach no subscriber.
         self._gate = gate
-        # The in-process ingest's `put_local` (ingest.source: local), given each line-protocol payload.
-        self.tee: Callable[[bytes, int], None] | None = None
+        # Consumers of the same journal that take each reading too (the in-process ingest, ingest.source:
+        # local): one row on disk serves them all, the very bytes published.
+        self.share: tuple[str, ...] = ()
 
     # ---- sink side: never blocks ------------------------------------------------------------------
 
@@ -137,10 +137,7 @@ class MqttPublisher:
                 return
             payload = "\n".join(lines).encode()
         priority = PRIORITY_EVENT if batch.kind == "alarm" else PRIORITY_TELEMETRY
-        self.outbox.put(f"{self.base}/{batch.kind}/{batch.device}", payload, priority)
-        if self.tee is not None and self.config.payload != "json":
-            # The in-process ingest stores the very bytes published: one encoding per batch.
-            self.tee(payload, priority)
+        self.outbox.put(f"{self.base}/{batch.kind}/{batch.device}", payload, priority, also=self.share)
 
     def on_status(self, status: DeviceStatus) -> None:
         payload = json.dumps({

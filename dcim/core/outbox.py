@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -74,6 +75,34 @@ class Item:
     retain: bool = False
 
 
+class ItemQueue(Protocol):
+    """What a consumer sees of its queue: an `Outbox`, or its cursor on a shared journal (dcim.core.journal)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def put_total(self) -> int: ...
+
+    @property
+    def degraded(self) -> bool: ...
+
+    def put(self, key: str, payload: bytes, priority: int = 1, *, retain: bool = False,
+            also: Iterable[str] = ()) -> None: ...
+
+    async def take(self, limit: int) -> list[Item]: ...
+
+    async def ack(self, items: Sequence[Item]) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
 def _size(item: Item) -> int:
     return len(item.payload) + len(item.key) + _ITEM_OVERHEAD
 
@@ -86,6 +115,7 @@ class Outbox:
         self.max_items = max_items
         self.memory_max_bytes = memory_max_bytes
         self.dropped = 0
+        self.put_total = 0  # items put since start
         self._writer = writer
         self._own_writer = writer is None
         self._db: Database | None = None
@@ -111,6 +141,10 @@ class Outbox:
     def depth(self) -> int:
         return max(0, self._on_disk - len(self._acked)) + self._buffered
 
+    def views(self) -> list[Outbox]:
+        """The consumers' views (one: itself), as a journal lists its cursors."""
+        return [self]
+
     @property
     def degraded(self) -> bool:
         """True from a write the disk refused to the next one it takes. Not cleared when what was kept in
@@ -133,7 +167,11 @@ class Outbox:
 
     # ---- putting ---------------------------------------------------------------------------------------
 
-    def put(self, key: str, payload: bytes, priority: int = 1, *, retain: bool = False) -> None:
+    def put(self, key: str, payload: bytes, priority: int = 1, *, retain: bool = False,
+            also: Iterable[str] = ()) -> None:
+        if also:
+            raise ValueError(f"outbox {self.name} has one consumer; {list(also)} share a journal (dcim.core.journal)")
+        self.put_total += 1
         item = Item(self._next_id, key, payload, priority, retain)
         self._next_id -= 1
         self._buffer.setdefault(priority, deque()).append(item)

@@ -274,7 +274,7 @@ def test_backup_script_copies_a_live_state_directory(tmp_path: Path) -> None:
     (src / "leases.json").write_text("{}")
     (src / "dcim.lock").write_text("")
     writers = []
-    for name in ("alarms.db", "mqtt-outbox.sqlite", "notify/hook-oncall.sqlite"):
+    for name in ("alarms.db", "journal.sqlite", "notify/hook-oncall.sqlite"):
         db = sqlite3.connect(src / name)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA wal_autocheckpoint=0")  # the rows stay in the -wal file, as between checkpoints
@@ -289,7 +289,7 @@ def test_backup_script_copies_a_live_state_directory(tmp_path: Path) -> None:
         for db in writers:
             db.close()
     (copy,) = dst.iterdir()
-    for name in ("alarms.db", "mqtt-outbox.sqlite", "notify/hook-oncall.sqlite"):
+    for name in ("alarms.db", "journal.sqlite", "notify/hook-oncall.sqlite"):
         backup = sqlite3.connect(copy / name)
         assert backup.execute("SELECT v FROM t").fetchall() == [(name,)]
         backup.close()

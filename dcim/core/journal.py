@@ -1,0 +1,659 @@
+"""One durable log on disk, read by several consumers, each through a cursor of its own.
+
+The publisher (to the broker) and the in-process ingest (to the database) take the same readings. With an
+outbox each, every reading was written to disk twice, read back twice and deleted twice. The journal
+writes it once, with a mark of the consumers it is for; each consumer takes and acknowledges through its
+cursor, and a row goes once every consumer it was for has acknowledged it:
+
+    journal = Journal(state_dir / "journal.sqlite", consumers={"mqtt": 200_000, "ingest": 2_000_000},
+                      writer=writer)
+    await journal.open()
+    mqtt, ingest = journal.cursor("mqtt"), journal.cursor("ingest")
+    mqtt.put(topic, payload, priority=1, also=("ingest",))   # never blocks: buffered, then written once
+    items = await ingest.take(500)      # oldest first, priority 0 first; the same ones until acknowledged
+    await ingest.ack(items)             # gone for the ingest; the row stays until the publisher is done too
+
+A cursor is a drop-in for an `Outbox` (dcim.core.outbox) for its consumer: `put`, `take`, `ack`, `flush`,
+`depth`, `dropped`, `degraded`, with at-least-once delivery and the same metrics under its own name
+(`dcim_outbox_depth{outbox="mqtt"}`).
+
+What a consumer that keeps up costs: the journal's writer task commits what was put in one transaction
+(group commit), and hands each consumer the rows it just wrote, in memory, so `take` reads nothing back
+from disk. A consumer that falls behind (a broker or database away) by more than `FRESH_MAX` items reads
+from disk, oldest first, until it has caught up. An acknowledgement is one statement per run of
+consecutive ids; a row whose last consumer acknowledged it is deleted in the same statement group.
+
+Bounds: each consumer keeps at most its `max_items` rows; past it the oldest of its lowest priority are
+dropped for it (counted under its name, logged). A disk that refuses writes keeps what is put in memory
+within `memory_max_bytes`, serves it from there, and retries, as an outbox does.
+
+Only priorities 0 (alarms, status) and 1 (telemetry) exist here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import structlog
+
+from dcim.core.backoff import Backoff
+from dcim.core.metrics import REGISTRY
+from dcim.core.outbox import DEGRADED, DEPTH, DISK_ERRORS, DROPPED, WRITE_ERRORS, Item
+from dcim.core.sqlite import Database, SqliteWriter
+
+log = structlog.get_logger(__name__)
+
+PRIORITIES = (0, 1)
+# Rows a consumer that keeps up is handed in memory; beyond it (it fell behind) it reads from disk.
+FRESH_MAX = 4096
+# Rows copied per statement group when an outbox of an earlier version is taken into the journal.
+IMPORT_CHUNK = 5000
+_ITEM_OVERHEAD = 150
+_ALL_BITS = (1 << 62) - 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    priority INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL DEFAULT 0,
+    pending INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consumers (
+    name TEXT PRIMARY KEY,
+    bit INTEGER NOT NULL UNIQUE
+)
+"""
+
+
+class _Entry:
+    """What was put and is not on disk yet: `pending` holds the consumers it is still for."""
+
+    __slots__ = ("id", "key", "payload", "pending", "priority", "retain")
+
+    def __init__(self, id_: int, key: str, payload: bytes, priority: int, retain: bool, pending: int) -> None:
+        self.id = id_
+        self.key = key
+        self.payload = payload
+        self.priority = priority
+        self.retain = retain
+        self.pending = pending
+
+    def item(self, id_: int | None = None) -> Item:
+        return Item(self.id if id_ is None else id_, self.key, self.payload, self.priority, self.retain)
+
+    @property
+    def size(self) -> int:
+        return len(self.payload) + len(self.key) + _ITEM_OVERHEAD
+
+
+def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted ids as (first, last) runs of consecutive ids."""
+    runs: list[tuple[int, int]] = []
+    for i in ids:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+class Cursor:
+    """One consumer's view of the journal, with the interface of an `Outbox`."""
+
+    def __init__(self, journal: Journal, name: str, max_items: int) -> None:
+        self.journal = journal
+        self.name = name
+        self.max_items = max_items
+        self.mask = 0  # this consumer's bit, known once the journal is open
+        self.dropped = 0
+        self.put_total = 0  # items put for this consumer since start (by anyone)
+        self.on_disk = 0  # rows on disk still pending for this consumer
+        self.buffered = 0  # entries in the journal's buffer still pending for this consumer
+        # Rows on disk pending for this consumer, in memory, oldest first (all of them unless `behind`).
+        self.fresh: deque[Item] = deque()
+        self.behind = False
+        self._evicted = 0  # the highest id dropped from `fresh` for its bound while behind
+        # Acknowledged, but the disk refused the change: not taken again, retried with the next write.
+        self.unsaved_acks: set[int] = set()
+        self.available = asyncio.Event()
+
+    @property
+    def depth(self) -> int:
+        return max(0, self.on_disk - len(self.unsaved_acks)) + self.buffered
+
+    @property
+    def degraded(self) -> bool:
+        return self.journal.degraded
+
+    def put(self, key: str, payload: bytes, priority: int = 1, *, retain: bool = False,
+            also: Iterable[str] = ()) -> None:
+        """Put for this consumer and the ones named in `also`: one row for all of them."""
+        mask = self.mask
+        if also:
+            for name in also:
+                mask |= self.journal.cursor(name).mask
+        self.journal.put(key, payload, priority, retain=retain, mask=mask)
+
+    async def flush(self) -> None:
+        await self.journal.flush()
+
+    # ---- taking --------------------------------------------------------------------------------------
+
+    async def take(self, limit: int) -> list[Item]:
+        while True:
+            items: list[Item] = []
+            if self.behind:
+                items = await self._take_from_disk(limit)
+            else:
+                for item in self.fresh:
+                    if len(items) >= limit:
+                        break
+                    items.append(item)
+            if self.journal.error and self.buffered and len(items) < limit:
+                # The disk is away: what waits in memory goes out from there, after what is on disk (older),
+                # alarms and status first.
+                items.extend(self.journal.buffered_for(self.mask, limit - len(items)))
+            if items:
+                return items
+            self.available.clear()
+            await self.available.wait()
+
+    async def _take_from_disk(self, limit: int) -> list[Item]:
+        db = self.journal.db
+        want = limit + len(self.unsaved_acks)
+        try:
+            rows, top = await db.call(_select, self.mask, want)
+        except DISK_ERRORS as err:
+            self.journal.degrade(err)
+            return []
+        items = [Item(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows if r[0] not in self.unsaved_acks]
+        if len(rows) < want and self._evicted <= top and self.behind:
+            # That was everything pending for this consumer on disk up to `top`; what was written after it is in
+            # `fresh`: from now on everything is in memory (what was just read first, until acknowledged).
+            newer = [i for i in self.fresh if i.id > top]
+            self.fresh = deque(items)
+            self.fresh.extend(newer)
+            self.behind = False
+            self._evicted = 0
+        return items[:limit]
+
+    def written(self, item: Item) -> None:
+        """The journal wrote a row pending for this consumer."""
+        self.on_disk += 1
+        self.fresh.append(item)
+        if len(self.fresh) > FRESH_MAX:
+            self._evicted = max(self._evicted, self.fresh.popleft().id)
+            self.behind = True
+        self.available.set()
+
+    # ---- acknowledging -------------------------------------------------------------------------------
+
+    async def ack(self, items: Sequence[Item]) -> None:
+        """Forget `items` for this consumer (taken and sent). Never raises on a disk error: retried."""
+        in_memory = [i.id for i in items if i.id < 0]
+        if in_memory:
+            self.journal.ack_buffered(self, in_memory)
+        on_disk = sorted({i.id for i in items if i.id > 0 and i.id not in self.unsaved_acks})
+        if not on_disk:
+            return
+        self._forget_fresh(on_disk)
+        try:
+            changed: int = await self.journal.db.call(_ack, _ALL_BITS ^ self.mask, self.mask, _runs(on_disk))
+        except DISK_ERRORS as err:
+            self.unsaved_acks.update(on_disk)
+            self.journal.degrade(err)
+            return
+        self.on_disk = max(0, self.on_disk - changed)
+
+    def _forget_fresh(self, ids: list[int]) -> None:
+        fresh = self.fresh
+        gone = set(ids)
+        while fresh and fresh[0].id in gone:
+            gone.discard(fresh.popleft().id)
+        if gone and fresh:
+            self.fresh = deque(i for i in fresh if i.id not in gone)
+
+    def count_dropped(self, count: int) -> None:
+        if count:
+            self.dropped += count
+            DROPPED.inc(count, outbox=self.name)
+
+
+class Journal:
+    def __init__(self, path: Path | str, *, consumers: Mapping[str, int], writer: SqliteWriter | None = None,
+                 memory_max_bytes: int = 64 * 1024 * 1024, legacy: Mapping[str, Path] | None = None,
+                 name: str = "journal") -> None:
+        if not consumers:
+            raise ValueError("a journal needs at least one consumer")
+        self.path = Path(path)
+        self.name = name
+        self.memory_max_bytes = memory_max_bytes
+        self.cursors = {c: Cursor(self, c, bound) for c, bound in consumers.items()}
+        self._legacy = dict(legacy or {})
+        self._writer = writer
+        self._own_writer = writer is None
+        self._db: Database | None = None
+        # Put, not yet on disk, per priority, oldest first; `_entries` also holds those being written.
+        self._buffer: dict[int, deque[_Entry]] = {p: deque() for p in PRIORITIES}
+        self._entries: dict[int, _Entry] = {}
+        self._buffered_bytes = 0
+        self._next_id = -1
+        self.error = ""  # set while the disk refuses writes (what was put stays in memory)
+        self._disk_failing = False
+        self._retry = Backoff(initial=0.5, maximum=10.0)
+        self._wake = asyncio.Event()
+        self._written = asyncio.Event()
+        self._writing = False
+        self._full_logged: set[str] = set()
+        self._memory_full_logged = False
+
+    def cursor(self, name: str) -> Cursor:
+        try:
+            return self.cursors[name]
+        except KeyError:
+            raise KeyError(f"the journal has no consumer {name!r}") from None
+
+    def views(self) -> list[Cursor]:
+        return list(self.cursors.values())
+
+    @property
+    def db(self) -> Database:
+        assert self._db is not None, f"journal {self.path} is not open"
+        return self._db
+
+    @property
+    def degraded(self) -> bool:
+        return self._disk_failing
+
+    @property
+    def dropped(self) -> int:
+        return sum(c.dropped for c in self.cursors.values())
+
+    @property
+    def _buffered(self) -> int:
+        return sum(len(q) for q in self._buffer.values())
+
+    # ---- opening -------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._writer is None:
+            self._writer = SqliteWriter(name=f"journal-{self.name}")
+        self._db = self._writer.database(self.path)
+        found = await self._db.call(_open, list(self.cursors))
+        for name, (bit, count) in found.items():
+            cursor = self.cursors[name]
+            cursor.mask = 1 << bit
+            cursor.on_disk = count
+            cursor.behind = count > 0
+        for name, path in self._legacy.items():
+            if name in self.cursors and path.exists():
+                await self._import(self.cursors[name], path)
+        for cursor in self.cursors.values():
+            if cursor.on_disk:
+                log.info("journal has items from before", outbox=cursor.name, items=cursor.on_disk)
+                cursor.available.set()
+        REGISTRY.add_collector(self._collect)
+
+    async def _import(self, cursor: Cursor, path: Path) -> None:
+        """Take the rows of an outbox file of an earlier version into the journal for `cursor`, then remove
+        the file. A stop in the middle sends the rows copied so far twice (never loses them)."""
+        assert self._writer is not None
+        legacy = self._writer.database(path)
+        copied = 0
+        try:
+            last = 0
+            while True:
+                rows = await legacy.call(_legacy_rows, last, IMPORT_CHUNK)
+                if not rows:
+                    break
+                last = rows[-1][0]
+                await self.db.call(_insert_rows, [(r[1], r[2], r[3], r[4], cursor.mask) for r in rows])
+                copied += len(rows)
+        except sqlite3.Error as err:
+            log.error("journal: an outbox of an earlier version could not be read; left in place",
+                      path=str(path), copied=copied, error=str(err))
+            await legacy.close()
+            cursor.on_disk += copied
+            cursor.behind = cursor.behind or copied > 0
+            return
+        await legacy.close()
+        await asyncio.to_thread(_remove, path)
+        cursor.on_disk += copied
+        cursor.behind = cursor.behind or copied > 0
+        log.info("journal: took in an outbox of an earlier version", outbox=cursor.name, path=str(path),
+                 items=copied)
+
+    def _collect(self) -> None:
+        for cursor in self.cursors.values():
+            DEPTH.set(cursor.depth, outbox=cursor.name)
+            DEGRADED.set(1 if self._disk_failing else 0, outbox=cursor.name)
+
+    # ---- putting -------------------------------------------------------------------------------------
+
+    def put(self, key: str, payload: bytes, priority: int = 1, *, retain: bool = False, mask: int) -> None:
+        if priority not in PRIORITIES:
+            raise ValueError(f"journal priorities are {PRIORITIES}, not {priority}")
+        entry = _Entry(self._next_id, key, payload, priority, retain, mask)
+        self._next_id -= 1
+        self._buffer[priority].append(entry)
+        self._entries[entry.id] = entry
+        self._buffered_bytes += entry.size
+        for cursor in self.cursors.values():
+            if mask & cursor.mask:
+                cursor.buffered += 1
+                cursor.put_total += 1
+                if self.error:
+                    cursor.available.set()  # `take` serves from memory while the disk is away
+        if self._buffered_bytes > self.memory_max_bytes:
+            self._shed()
+        self._wake.set()
+
+    def _unbuffered(self, entry: _Entry) -> None:
+        """`entry` left the buffer (written, dropped, or acknowledged by all from memory)."""
+        self._buffered_bytes -= entry.size
+        for cursor in self.cursors.values():
+            if entry.pending & cursor.mask:
+                cursor.buffered -= 1
+
+    def _shed(self) -> None:
+        """Over the memory bound (the disk has not taken writes for a while): drop the oldest entries of the
+        lowest priority until under it."""
+        dropped = 0
+        for priority in sorted(self._buffer, reverse=True):
+            queue = self._buffer[priority]
+            while queue and self._buffered_bytes > self.memory_max_bytes:
+                entry = queue.popleft()
+                self._unbuffered(entry)
+                del self._entries[entry.id]
+                dropped += 1
+                for cursor in self.cursors.values():
+                    if entry.pending & cursor.mask:
+                        cursor.count_dropped(1)
+        if dropped and not self._memory_full_logged:
+            log.warning("outbox memory bound reached while the disk refuses writes: dropping the oldest "
+                        "low-priority items", outbox=self.name, memory_max_bytes=self.memory_max_bytes)
+            self._memory_full_logged = True
+
+    def buffered_for(self, mask: int, limit: int) -> list[Item]:
+        items: list[Item] = []
+        for priority in PRIORITIES:
+            for entry in self._buffer[priority]:
+                if len(items) >= limit:
+                    return items
+                if entry.pending & mask:
+                    items.append(entry.item())
+        return items
+
+    def ack_buffered(self, cursor: Cursor, ids: list[int]) -> None:
+        """A consumer acknowledged entries it took from memory (the disk was away)."""
+        emptied: set[int] = set()
+        for id_ in ids:
+            entry = self._entries.get(id_)
+            if entry is None or not entry.pending & cursor.mask:
+                continue
+            in_buffer = not self._writing or entry.id not in self._in_flight
+            if in_buffer:
+                cursor.buffered -= 1
+            entry.pending &= ~cursor.mask
+            if not entry.pending and in_buffer:
+                emptied.add(entry.id)
+        if emptied:
+            for priority, queue in self._buffer.items():
+                kept = deque(e for e in queue if e.id not in emptied)
+                if len(kept) != len(queue):
+                    for entry in queue:
+                        if entry.id in emptied:
+                            self._buffered_bytes -= entry.size
+                            del self._entries[entry.id]
+                    self._buffer[priority] = kept
+
+    # ---- the writer task ------------------------------------------------------------------------------
+
+    _in_flight: frozenset[int] = frozenset()
+
+    async def run(self) -> None:
+        """The writer task: moves what was put to disk until cancelled (then `close` writes the rest). It
+        never stops on a disk error: it keeps the entries in memory and retries with backoff."""
+        while True:
+            if self.error:
+                await asyncio.sleep(self._retry.next())
+            else:
+                await self._wake.wait()
+            await self._write_buffer()
+
+    async def _write_buffer(self) -> None:
+        self._wake.clear()
+        acks = {c.name: sorted(c.unsaved_acks) for c in self.cursors.values() if c.unsaved_acks}
+        batch = [e for p in PRIORITIES for e in self._buffer[p]]
+        if not batch and not acks:
+            self.error = ""
+            return
+        db = self.db
+        self._buffer = {p: deque() for p in PRIORITIES}
+        for entry in batch:
+            self._unbuffered(entry)
+        rows = [(e.priority, e.key, e.payload, int(e.retain), e.pending) for e in batch]
+        # What each consumer's bound lets in: the oldest of its lowest priority make room.
+        new = {c.name: sum(1 for e in batch if e.pending & c.mask) for c in self.cursors.values()}
+        excess = [(c.mask, c.on_disk + new[c.name] - c.max_items) for c in self.cursors.values()
+                  if c.on_disk + new[c.name] > c.max_items]
+        ack_jobs = [(_ALL_BITS ^ self.cursors[n].mask, self.cursors[n].mask, _runs(ids)) for n, ids in acks.items()]
+        self._writing = True
+        self._in_flight = frozenset(e.id for e in batch)
+        try:
+            write = await db.submit(_write, rows, ack_jobs, excess)
+        except BaseException:
+            self._writing = False
+            self._in_flight = frozenset()
+            self._rebuffer(batch)
+            raise
+        masks = [e.pending for e in batch]
+        write.add_done_callback(lambda done: self._written_back(done, batch, masks, acks))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            if not write.done():
+                with contextlib.suppress(Exception):
+                    await write
+            raise
+        except Exception:
+            pass  # kept in memory by the callback: the journal lives on
+
+    def _written_back(self, done: asyncio.Future[tuple[int, list[int], dict[int, int]]], batch: list[_Entry],
+                      masks: list[int], acks: dict[str, list[int]]) -> None:
+        self._writing = False
+        self._in_flight = frozenset()
+        self._written.set()
+        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if error is not None:
+            self._rebuffer(batch)
+            self.degrade(error)
+            return
+        first, changed, dropped = done.result()
+        cursors = list(self.cursors.values())
+        for name, count in zip(acks, changed, strict=True):
+            cursor = self.cursors[name]
+            cursor.unsaved_acks.difference_update(acks[name])
+            cursor.on_disk = max(0, cursor.on_disk - count)
+        for offset, (entry, written) in enumerate(zip(batch, masks, strict=True)):
+            self._entries.pop(entry.id, None)
+            row_id = first + offset
+            item = entry.item(row_id)
+            for cursor in cursors:
+                if not written & cursor.mask:
+                    continue
+                if entry.pending & cursor.mask:
+                    cursor.written(item)
+                else:
+                    # Acknowledged from memory while being written: the row still says pending. Settled with
+                    # the next write, and never handed out again meanwhile.
+                    cursor.on_disk += 1
+                    cursor.unsaved_acks.add(row_id)
+                    self._wake.set()
+        for cursor in cursors:
+            count = dropped.get(cursor.mask, 0)
+            if count:
+                cursor.on_disk = max(0, cursor.on_disk - count)
+                cursor.count_dropped(count)
+                if cursor.name not in self._full_logged:
+                    log.warning("outbox full: dropping the oldest low-priority items", outbox=cursor.name,
+                                max_items=cursor.max_items, dropped=count)
+                    self._full_logged.add(cursor.name)
+            elif cursor.name in self._full_logged and cursor.depth < cursor.max_items * 0.9:
+                log.info("outbox below its bound again", outbox=cursor.name, dropped_total=cursor.dropped)
+                self._full_logged.discard(cursor.name)
+        self.error = ""
+        if self._disk_failing:
+            log.info("outbox disk writable again", outbox=self.name, written=len(batch), dropped_total=self.dropped)
+            self._disk_failing = False
+            self._retry.reset()
+            self._memory_full_logged = False
+        if self._buffered:
+            self._wake.set()
+
+    def _rebuffer(self, batch: Iterable[_Entry]) -> None:
+        """Put a batch the disk refused back in front of what was put meanwhile."""
+        by_priority: dict[int, list[_Entry]] = {}
+        for entry in batch:
+            if not entry.pending:
+                self._entries.pop(entry.id, None)  # acknowledged by everyone from memory meanwhile
+                continue
+            by_priority.setdefault(entry.priority, []).append(entry)
+            self._buffered_bytes += entry.size
+            for cursor in self.cursors.values():
+                if entry.pending & cursor.mask:
+                    cursor.buffered += 1
+        for priority, entries in by_priority.items():
+            self._buffer[priority].extendleft(reversed(entries))
+        if self._buffered_bytes > self.memory_max_bytes:
+            self._shed()
+
+    def degrade(self, error: BaseException) -> None:
+        for cursor in self.cursors.values():
+            WRITE_ERRORS.inc(outbox=cursor.name)
+        if not self._disk_failing:
+            self._disk_failing = True
+            # The outbox's words: what an operator's log alert looks for.
+            log.error("outbox disk refuses writes: keeping items in memory and retrying", outbox=self.name,
+                      path=str(self.path), error=str(error), in_memory=self._buffered)
+        self.error = str(error) or type(error).__name__
+        for cursor in self.cursors.values():
+            cursor.available.set()
+
+    async def flush(self) -> None:
+        """Wait until everything put so far is on disk, or the disk refused it (the writer task must be
+        running): then it waits in memory, and a shutdown need not wait for the disk."""
+        while (self._buffered or self._writing) and not self.error:
+            self._written.clear()
+            if self._buffered:
+                self._wake.set()
+            await self._written.wait()
+
+    async def close(self) -> None:
+        if self._db is None:
+            return
+        if self._buffered or self._writing or any(c.unsaved_acks for c in self.cursors.values()):
+            # Shielded: closing during a cancellation must still put the buffer on disk.
+            await asyncio.shield(self._write_buffer())
+        if self._buffered:
+            log.error("outbox closed while its disk refuses writes: items in memory are lost",
+                      outbox=self.name, lost=self._buffered, error=self.error)
+        await self._db.close()
+        self._db = None
+        if self._own_writer and self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+
+
+def _remove(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}{suffix}").unlink()
+
+
+# ---- jobs on the writer thread -----------------------------------------------------------------------
+
+def _open(db: sqlite3.Connection, names: list[str]) -> dict[str, tuple[int, int]]:
+    """Each consumer's bit (kept from earlier starts) and the rows pending for it."""
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    bits: dict[str, int] = dict(db.execute("SELECT name, bit FROM consumers").fetchall())
+    found: dict[str, tuple[int, int]] = {}
+    for name in names:
+        if name not in bits:
+            free = next(b for b in range(62) if b not in bits.values())
+            db.execute("INSERT INTO consumers (name, bit) VALUES (?, ?)", (name, free))
+            bits[name] = free
+        bit = bits[name]
+        # A partial index per consumer: its `take` reads its own rows in order, whatever the others left.
+        db.execute(f"CREATE INDEX IF NOT EXISTS journal_pending_{bit} ON journal (priority, id) "
+                   f"WHERE pending & {1 << bit} != 0")
+        count: int = db.execute(f"SELECT count(*) FROM journal WHERE pending & {1 << bit} != 0").fetchone()[0]
+        found[name] = (bit, count)
+    return found
+
+
+def _insert_rows(db: sqlite3.Connection, rows: list[tuple[int, str, bytes, int, int]]) -> int:
+    """Insert rows (priority, key, payload, retain, pending); the id of the first (ids are consecutive: this
+    thread is the only writer, and AUTOINCREMENT never reuses one)."""
+    seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'journal'").fetchone()
+    before = db.execute("SELECT max(id) FROM journal").fetchone()[0] or 0
+    start = max(before, seq[0] if seq else 0)
+    db.executemany("INSERT INTO journal (priority, key, payload, retain, pending) VALUES (?, ?, ?, ?, ?)", rows)
+    return int(start) + 1
+
+
+def _ack(db: sqlite3.Connection, keep: int, mask: int, runs: list[tuple[int, int]]) -> int:
+    """Clear `mask` on the rows of `runs`; delete those no consumer waits for. Returns the rows changed."""
+    before = db.total_changes
+    db.executemany(f"UPDATE journal SET pending = pending & ? WHERE id BETWEEN ? AND ? AND pending & {mask} != 0",
+                   [(keep, a, b) for a, b in runs])
+    changed = db.total_changes - before
+    db.executemany("DELETE FROM journal WHERE id BETWEEN ? AND ? AND pending = 0", runs)
+    return changed
+
+
+def _drop_oldest(db: sqlite3.Connection, mask: int, count: int) -> int:
+    """Over a consumer's bound: clear `mask` on its `count` oldest rows of the lowest priority first."""
+    ids: list[int] = []
+    for priority in sorted(PRIORITIES, reverse=True):
+        if len(ids) >= count:
+            break
+        ids.extend(r[0] for r in db.execute(
+            f"SELECT id FROM journal WHERE pending & {mask} != 0 AND priority = ? ORDER BY id LIMIT ?",
+            (priority, count - len(ids))))
+    return _ack(db, _ALL_BITS ^ mask, mask, _runs(sorted(ids))) if ids else 0
+
+
+def _write(db: sqlite3.Connection, rows: list[tuple[int, str, bytes, int, int]],
+           acks: list[tuple[int, int, list[tuple[int, int]]]],
+           excess: list[tuple[int, int]]) -> tuple[int, list[int], dict[int, int]]:
+    """One group commit: the acknowledgements the disk refused before, the new rows, then each consumer's
+    bound. Returns (the first new id, rows changed per ack, rows dropped per consumer in `excess`)."""
+    changed = [_ack(db, keep, mask, runs) for keep, mask, runs in acks]
+    first = _insert_rows(db, rows) if rows else 0
+    dropped = {mask: _drop_oldest(db, mask, count) for mask, count in excess}
+    return first, changed, dropped
+
+
+def _select(db: sqlite3.Connection, mask: int, limit: int) -> tuple[list[tuple[int, str, bytes, int, int]], int]:
+    rows: list[tuple[int, str, bytes, int, int]] = db.execute(
+        f"SELECT id, key, payload, priority, retain FROM journal WHERE pending & {mask} != 0 "
+        "ORDER BY priority, id LIMIT ?", (limit,)).fetchall()
+    seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'journal'").fetchone()
+    return rows, int(seq[0]) if seq else 0
+
+
+def _legacy_rows(db: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, int, str, bytes, int]]:
+    rows: list[tuple[int, int, str, bytes, int]] = db.execute(
+        "SELECT id, priority, key, payload, retain FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+        (after, limit)).fetchall()
+    return rows

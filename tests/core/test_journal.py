@@ -1,0 +1,313 @@
+"""The shared journal: one row on disk for several consumers, each with its own cursor; order, priority,
+bounds, nothing lost or repeated across falling behind and catching up, a close and reopen, a full disk,
+and the outboxes of an earlier version taken in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dcim.core.journal as journal_module
+from dcim.core.journal import Cursor, Journal
+from dcim.core.outbox import Outbox
+from dcim.core.sqlite import SqliteWriter
+from tests.helpers import wait_until
+
+BOTH = ("ingest",)
+
+
+@pytest.fixture
+async def writer() -> AsyncIterator[SqliteWriter]:
+    w = SqliteWriter(name="journal-tests")
+    yield w
+    await w.close()
+
+
+@contextlib.asynccontextmanager
+async def running(journal: Journal) -> AsyncIterator[Journal]:
+    await journal.open()
+    task = asyncio.create_task(journal.run())
+    try:
+        yield journal
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await journal.close()
+
+
+def rows(path: Path) -> list[tuple[int, bytes, int]]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return [(r[0], bytes(r[1]), r[2]) for r in conn.execute("SELECT id, payload, pending FROM journal ORDER BY id")]
+
+
+def payloads(items: list[Any]) -> list[bytes]:
+    return [i.payload for i in items]
+
+
+async def test_one_row_serves_both_consumers_and_goes_when_both_acknowledged(tmp_path: Path,
+                                                                             writer: SqliteWriter) -> None:
+    path = tmp_path / "j.sqlite"
+    async with running(Journal(path, consumers={"mqtt": 100, "ingest": 100}, writer=writer)) as journal:
+        mqtt, ingest = journal.cursor("mqtt"), journal.cursor("ingest")
+        mqtt.put("t/1", b"reading", also=BOTH)
+        mqtt.put("status/1", b"status only for mqtt", priority=0, retain=True)
+        await journal.flush()
+        assert [r[1] for r in rows(path)] == [b"status only for mqtt", b"reading"]  # written once each
+        got = await mqtt.take(10)
+        assert payloads(got) == [b"status only for mqtt", b"reading"] and got[0].retain
+        assert payloads(await ingest.take(10)) == [b"reading"]
+        await mqtt.ack(got)
+        assert mqtt.depth == 0 and ingest.depth == 1
+        assert [r[1] for r in rows(path)] == [b"reading"]  # the ingest still waits for it
+        await ingest.ack(await ingest.take(10))
+        assert rows(path) == [] and ingest.depth == 0
+
+
+async def test_priority_then_age_and_the_same_items_until_acknowledged(tmp_path: Path,
+                                                                       writer: SqliteWriter) -> None:
+    async with running(Journal(tmp_path / "j.sqlite", consumers={"mqtt": 100}, writer=writer)) as journal:
+        mqtt = journal.cursor("mqtt")
+        mqtt.put("t", b"1")
+        mqtt.put("a", b"alarm", priority=0)
+        mqtt.put("t", b"2")
+        await journal.flush()
+        first = await mqtt.take(2)
+        assert payloads(first) == [b"alarm", b"1"]
+        assert await mqtt.take(2) == first
+        await mqtt.ack(first[:1])
+        assert payloads(await mqtt.take(5)) == [b"1", b"2"]
+
+
+async def test_a_consumer_that_keeps_up_reads_nothing_back_from_disk(tmp_path: Path, writer: SqliteWriter,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_select(*args: Any) -> Any:
+        raise AssertionError("a consumer that keeps up must be served from memory")
+
+    async with running(Journal(tmp_path / "j.sqlite", consumers={"mqtt": 100, "ingest": 100},
+                               writer=writer)) as journal:
+        monkeypatch.setattr(journal_module, "_select", no_select)
+        mqtt, ingest = journal.cursor("mqtt"), journal.cursor("ingest")
+        for round_ in range(5):
+            mqtt.put("t", f"r{round_}".encode(), also=BOTH)
+            for cursor in (mqtt, ingest):
+                items = await asyncio.wait_for(cursor.take(10), 30)
+                assert payloads(items) == [f"r{round_}".encode()] and items[0].id > 0  # on disk first
+                await cursor.ack(items)
+        assert rows(tmp_path / "j.sqlite") == []
+
+
+async def test_take_waits_for_a_put(tmp_path: Path, writer: SqliteWriter) -> None:
+    async with running(Journal(tmp_path / "j.sqlite", consumers={"mqtt": 100}, writer=writer)) as journal:
+        waiter = asyncio.create_task(journal.cursor("mqtt").take(5))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        journal.cursor("mqtt").put("t", b"late")
+        assert payloads(await asyncio.wait_for(waiter, 60)) == [b"late"]
+
+
+async def consume(cursor: Cursor, total: int, rng: random.Random, seen: list[bytes]) -> None:
+    """Take and acknowledge until `total` items were acknowledged; sometimes fail to send (take again)."""
+    while len(seen) < total:
+        items = await cursor.take(rng.randint(1, 40))
+        if rng.random() < 0.2:
+            await asyncio.sleep(0)  # a failed send: nothing acknowledged, taken again
+            continue
+        part = items[: rng.randint(1, len(items))]  # the ingest acknowledges a prefix of what it took
+        seen.extend(i.payload for i in part)
+        await cursor.ack(part)
+        if rng.random() < 0.3:
+            await asyncio.sleep(rng.random() / 200)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_falling_behind_and_catching_up_loses_and_repeats_nothing(
+        tmp_path: Path, writer: SqliteWriter, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """A consumer is handed rows in memory while it keeps up, reads them from disk once it fell more than
+    FRESH_MAX behind, and switches back: each item is acknowledged exactly once, in order, by each."""
+    monkeypatch.setattr(journal_module, "FRESH_MAX", 7)
+    rng = random.Random(seed)
+    total = 600
+    async with running(Journal(tmp_path / "j.sqlite", consumers={"mqtt": 10_000, "ingest": 10_000},
+                               writer=writer)) as journal:
+        mqtt, ingest = journal.cursor("mqtt"), journal.cursor("ingest")
+        seen_mqtt: list[bytes] = []
+        seen_ingest: list[bytes] = []
+        consumers = [asyncio.create_task(consume(mqtt, total, random.Random(seed + 100), seen_mqtt)),
+                     asyncio.create_task(consume(ingest, total, random.Random(seed + 200), seen_ingest))]
+        for n in range(total):
+            mqtt.put("t", f"{n:04d}".encode(), also=BOTH)
+            if rng.random() < 0.1:
+                await asyncio.sleep(rng.random() / 100)
+        await asyncio.wait_for(asyncio.gather(*consumers), 120)
+        expected = [f"{n:04d}".encode() for n in range(total)]
+        assert seen_mqtt == expected
+        assert seen_ingest == expected
+        assert mqtt.depth == 0 and ingest.depth == 0
+    assert rows(tmp_path / "j.sqlite") == []
+
+
+async def test_each_consumer_has_its_own_bound(tmp_path: Path, writer: SqliteWriter) -> None:
+    path = tmp_path / "j.sqlite"
+    async with running(Journal(path, consumers={"mqtt": 10, "ingest": 100}, writer=writer)) as journal:
+        mqtt, ingest = journal.cursor("mqtt"), journal.cursor("ingest")
+        mqtt.put("alarm", b"keep", priority=0, also=BOTH)
+        for n in range(15):
+            mqtt.put("t", str(n).encode(), also=BOTH)
+        await journal.flush()
+        assert mqtt.dropped == 6 and ingest.dropped == 0
+        assert mqtt.depth == 10 and ingest.depth == 16
+    async with running(Journal(path, consumers={"mqtt": 10, "ingest": 100}, writer=writer)) as journal:
+        mqtt, ingest = journal.cursor("mqtt"), journal.cursor("ingest")
+        assert payloads(await mqtt.take(100)) == [b"keep"] + [str(n).encode() for n in range(6, 15)]
+        assert payloads(await ingest.take(100)) == [b"keep"] + [str(n).encode() for n in range(15)]
+
+
+async def test_close_writes_the_buffer_and_each_cursor_finds_its_own_after_reopen(
+        tmp_path: Path, writer: SqliteWriter) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path, consumers={"mqtt": 100, "ingest": 100}, writer=writer)
+    await journal.open()
+    journal.cursor("mqtt").put("t", b"both-1", also=BOTH)
+    journal.cursor("mqtt").put("s", b"mqtt-only", priority=0)
+    journal.cursor("ingest").put("local", b"ingest-only")
+    await journal.close()  # no writer task ever ran: close must still write the buffer
+    # Reopened with the consumers named in the other order: each keeps its bit.
+    async with running(Journal(path, consumers={"ingest": 100, "mqtt": 100}, writer=writer)) as again:
+        mqtt, ingest = again.cursor("mqtt"), again.cursor("ingest")
+        assert mqtt.depth == 2 and ingest.depth == 2
+        got = await mqtt.take(10)
+        assert payloads(got) == [b"mqtt-only", b"both-1"]
+        await mqtt.ack(got)
+        assert payloads(await ingest.take(10)) == [b"both-1", b"ingest-only"]
+    # An acknowledgement that returned is on disk: not handed out again after a restart.
+    async with running(Journal(path, consumers={"mqtt": 100, "ingest": 100}, writer=writer)) as third:
+        assert third.cursor("mqtt").depth == 0
+        assert payloads(await third.cursor("ingest").take(10)) == [b"both-1", b"ingest-only"]
+
+
+async def test_rows_for_a_consumer_no_longer_configured_wait_for_it(tmp_path: Path, writer: SqliteWriter) -> None:
+    path = tmp_path / "j.sqlite"
+    async with running(Journal(path, consumers={"mqtt": 100, "ingest": 100}, writer=writer)) as journal:
+        journal.cursor("mqtt").put("t", b"for both", also=BOTH)
+        await journal.flush()
+        await journal.cursor("mqtt").ack(await journal.cursor("mqtt").take(10))
+    async with running(Journal(path, consumers={"mqtt": 100}, writer=writer)) as journal:
+        assert journal.cursor("mqtt").depth == 0
+    async with running(Journal(path, consumers={"mqtt": 100, "ingest": 100}, writer=writer)) as journal:
+        assert payloads(await journal.cursor("ingest").take(10)) == [b"for both"]
+
+
+async def test_the_outboxes_of_an_earlier_version_are_taken_in(tmp_path: Path, writer: SqliteWriter) -> None:
+    for name, items in (("mqtt", [(b"m1", 1), (b"alarm", 0), (b"m2", 1)]), ("ingest", [(b"line", 1)])):
+        old = Outbox(tmp_path / f"{name}-outbox.sqlite", name=name, max_items=100, writer=writer)
+        await old.open()
+        for payload, priority in items:
+            old.put(f"k/{name}", payload, priority, retain=payload == b"alarm")
+        await old.close()
+    legacy = {"mqtt": tmp_path / "mqtt-outbox.sqlite", "ingest": tmp_path / "ingest-outbox.sqlite"}
+    async with running(Journal(tmp_path / "journal.sqlite", consumers={"mqtt": 100, "ingest": 100},
+                               writer=writer, legacy=legacy)) as journal:
+        mqtt, ingest = journal.cursor("mqtt"), journal.cursor("ingest")
+        got = await mqtt.take(10)
+        assert payloads(got) == [b"alarm", b"m1", b"m2"] and got[0].retain and got[0].key == "k/mqtt"
+        assert payloads(await ingest.take(10)) == [b"line"]
+    assert not legacy["mqtt"].exists() and not legacy["ingest"].exists()
+
+
+# ---- a disk that refuses writes (SQLITE_FULL through max_page_count, as in test_outbox.py) -----------------
+
+BIG = b"x" * 8192
+
+
+async def set_page_limit(journal: Journal, *, full: bool) -> None:
+    def limit(conn: sqlite3.Connection) -> None:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {int(pages) if full else 1_073_741_823}")
+
+    await journal.db.call(limit)
+
+
+async def test_a_full_disk_serves_both_from_memory_and_writes_back_what_one_still_waits_for(
+        tmp_path: Path, writer: SqliteWriter) -> None:
+    path = tmp_path / "j.sqlite"
+    async with running(Journal(path, consumers={"mqtt": 100, "ingest": 100}, writer=writer)) as journal:
+        mqtt, ingest = journal.cursor("mqtt"), journal.cursor("ingest")
+        await set_page_limit(journal, full=True)
+        mqtt.put("t", BIG, also=BOTH)
+        mqtt.put("alarm", b"fire", priority=0, retain=True, also=BOTH)
+        await wait_until(lambda: journal.degraded, timeout=10, message="the journal notices the full disk")
+        await journal.flush()  # returns: the entries wait in memory
+        got = await mqtt.take(10)
+        assert payloads(got) == [b"fire", BIG] and all(i.id < 0 for i in got)
+        await mqtt.ack(got)  # the broker took them from memory
+        assert mqtt.depth == 0 and ingest.depth == 2
+        mqtt.put("t", b"after", also=BOTH)
+        await set_page_limit(journal, full=False)
+        await wait_until(lambda: not journal.degraded, timeout=30, message="the retry writes once there is room")
+        await journal.flush()
+        assert payloads(await mqtt.take(10)) == [b"after"]  # not what it had already sent
+        got = await ingest.take(10)
+        assert payloads(got) == [b"fire", BIG, b"after"] and all(i.id > 0 for i in got)
+        assert [r[1] for r in rows(path)] == [b"fire", BIG, b"after"]
+        assert all(r[2] == ingest.mask for r in rows(path)[:2])  # only the ingest waits for those
+
+
+async def test_acknowledged_from_memory_while_being_written_is_not_handed_out_again(
+        tmp_path: Path, writer: SqliteWriter) -> None:
+    path = tmp_path / "j.sqlite"
+    async with running(Journal(path, consumers={"mqtt": 100}, writer=writer)) as journal:
+        mqtt = journal.cursor("mqtt")
+        await set_page_limit(journal, full=True)
+        mqtt.put("t", BIG)
+        await wait_until(lambda: journal.degraded, timeout=10, message="refused")
+        got = await mqtt.take(10)
+        await set_page_limit(journal, full=False)
+        writing = asyncio.create_task(journal._write_buffer())  # the retry, racing the acknowledgement
+        await asyncio.sleep(0)
+        await mqtt.ack(got)
+        await writing
+        await journal._write_buffer()  # settles the acknowledgement on disk
+        assert mqtt.depth == 0
+        assert rows(path) == []
+
+
+async def test_rows_written_while_a_consumer_reads_its_backlog_are_neither_lost_nor_repeated(
+        tmp_path: Path, writer: SqliteWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The switch from reading the disk back to memory, with a write (and its hand-over to the cursor)
+    landing between the read and the consumer's next step: the order the writer thread settles jobs in
+    does not allow that today, so it is forced here."""
+    monkeypatch.setattr(journal_module, "FRESH_MAX", 3)
+    async with running(Journal(tmp_path / "j.sqlite", consumers={"mqtt": 100}, writer=writer)) as journal:
+        mqtt = journal.cursor("mqtt")
+        for n in range(6):
+            mqtt.put("t", f"old{n}".encode())
+        await journal.flush()
+        assert mqtt.behind  # more than FRESH_MAX at once
+        real_call = journal.db.call
+        landed = []
+
+        async def call(fn: Any, *args: Any) -> Any:
+            result = await real_call(fn, *args)
+            if fn is journal_module._select and not landed:
+                landed.append(True)
+                for n in range(2):
+                    mqtt.put("t", f"new{n}".encode())
+                await journal._write_buffer()
+            return result
+
+        monkeypatch.setattr(journal.db, "call", call)
+        seen: list[bytes] = []
+        while len(seen) < 8:
+            items = await asyncio.wait_for(mqtt.take(100), 30)
+            seen.extend(payloads(items))
+            await mqtt.ack(items)
+        assert seen == [f"old{n}".encode() for n in range(6)] + [b"new0", b"new1"]
+        assert not mqtt.behind and mqtt.depth == 0

@@ -8,6 +8,7 @@ delivered. Printed per run:
 
     offered points/s     N x points per poll / interval
     delivered points/s   points in the messages received during the window
+    stored points/s      with --ingest: points written to InfluxDB 1.x during the window (nan without)
     CPU us/pt            daemon CPU (user + system, /proc) per delivered point
     p50 / p99 latency    receive time - sample timestamp, over the messages received in the window
     RSS start / end      the daemon's resident memory after the warm-up and at the end of the window
@@ -20,6 +21,7 @@ delivered. Printed per run:
     python bench/bench_saturation.py --sizes 500 --interval 0.2       # 5x the load of 500 at 1 s
     python bench/bench_saturation.py --tree /tmp/dcim-427cd7a ...      # run another checkout's daemon
     python bench/bench_saturation.py --sizes 1000 --py-spy 20          # py-spy top functions, 20 s
+    python bench/bench_saturation.py --sizes 1000 --ingest --pin       # and the in-process ingest to InfluxDB
 
 The devices are served by a lean responder (`--serve`, in this file): the registers of each device are
 encoded once from the frozen plant with the project's simulator code, and each request is answered from
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import struct
@@ -54,12 +57,13 @@ sys.path.insert(0, str(REPO))
 
 from benchlib import cpu_seconds, free_ports, machine, rss_mib  # noqa: E402
 
-from tests.servers import Mosquitto  # noqa: E402
+from tests.servers import InfluxDBv1, Mosquitto  # noqa: E402
 
 PROFILE = "generic-cdu"
 
 
-def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port: int) -> Path:
+def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port: int,
+               influx_url: str | None = None) -> Path:
     devices: list[dict[str, Any]] = []
     racks = []
     for i, port in enumerate(free_ports(n), start=1):
@@ -74,6 +78,10 @@ def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port
         "http": {"enabled": True, "host": "127.0.0.1", "port": http_port},
         "ingest": {"enabled": False},
     }
+    if influx_url is not None:
+        # The in-process ingest (ingest.source: local): the publisher's journal rows, written to InfluxDB 1.x.
+        config["influxdb"] = {"url": influx_url, "api": "v1", "database": "dcim"}
+        config["ingest"] = {"enabled": True}
     path = workdir / f"sat-{n}.yaml"
     path.write_text(yaml.safe_dump(config))
     # The simulator's copy logs at info: its own "simulators ready" line is what the bench waits for.
@@ -226,6 +234,14 @@ def metrics(http_port: int) -> dict[str, float]:
     return sums
 
 
+def stored_points(influx: InfluxDBv1 | None, points_per_poll: int) -> int:
+    """Points in the database so far (0 without --ingest): polls stored x points per poll."""
+    if influx is None:
+        return 0
+    rows = influx.query("SELECT count(flow_lpm) FROM cdu")
+    return int(rows[0]["count"]) * points_per_poll if rows else 0
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -234,19 +250,25 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | None, py_spy: float,
-        pin: bool, pymodbus_sim: bool) -> dict[str, float]:
+        pin: bool, pymodbus_sim: bool, ingest: bool = False) -> dict[str, float]:
     from dcim.drivers.profiles import load_profile
 
     points_per_poll = len(load_profile(PROFILE).points)
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = f"{tree}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    with Mosquitto(workdir / f"mqtt-{n}-{interval}") as mqtt:
+    with contextlib.ExitStack() as servers:
+        mqtt = servers.enter_context(Mosquitto(workdir / f"mqtt-{n}-{interval}"))
+        influx = servers.enter_context(InfluxDBv1(workdir / f"influx-{n}-{interval}")) if ingest else None
+        if pin:  # the servers beside the simulators, on CPU 1
+            for server in (mqtt, influx):
+                if server is not None and server._proc is not None:
+                    os.sched_setaffinity(server._proc.pid, {1})
         # Connected before the ports are held (one socket each, kept open): paho's network loop uses select(),
         # which fails on a file descriptor past 1,023, and at 2,500 devices the subscriber's would be.
         subscriber = Subscriber(mqtt.port)
         (http_port,) = free_ports(1)
-        path = config_for(n, interval, workdir, mqtt.port, http_port)
+        path = config_for(n, interval, workdir, mqtt.port, http_port, influx.url if influx is not None else None)
         dcim = [sys.executable, "-m", "dcim.app.cli"]
         log = (workdir / f"sat-{n}.log").open("wb")
         sim_config = path.with_name(f"sat-{n}-simulate.yaml")
@@ -270,6 +292,7 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
             try:
                 time.sleep(min(30.0, 5.0 + n / 100))  # warm-up: connections, first polls, imports
                 subscriber.window(True)
+                stored0 = stored_points(influx, points_per_poll)
                 m0, cpu0, rss0, t0 = metrics(http_port), cpu_seconds(daemon.pid), rss_mib(daemon.pid), time.monotonic()
                 spy = None
                 if py_spy:
@@ -280,6 +303,7 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
                 time.sleep(seconds)
                 cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
                 points, latencies = subscriber.window(False)
+                stored1 = stored_points(influx, points_per_poll)
                 m1, rss1 = metrics(http_port), rss_mib(daemon.pid)
                 for route in ("metrics", "healthz"):  # the whole of both, kept beside the log for a look
                     try:
@@ -302,6 +326,7 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
         "devices": n, "interval": interval,
         "offered": n * points_per_poll / interval,
         "delivered": points / span,
+        "stored": (stored1 - stored0) / span if ingest else float("nan"),
         "cpu_us": (cpu1 - cpu0) / points * 1e6 if points else float("nan"),
         "cpu_pct": (cpu1 - cpu0) / span * 100,
         "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
@@ -335,12 +360,13 @@ def top_functions(raw: Path, limit: int = 15) -> str:
     return "\n".join(lines)
 
 
-HEADER = (f"{'N':>6} {'interval':>8} {'offered/s':>10} {'delivered/s':>11} {'CPU us/pt':>9} {'CPU':>6} "
+HEADER = (f"{'N':>6} {'interval':>8} {'offered/s':>10} {'delivered/s':>11} {'stored/s':>9} {'CPU us/pt':>9} {'CPU':>6} "
           f"{'p50 s':>7} {'p99 s':>7} {'RSS MiB':>13} {'overruns':>9} {'dropped':>8} {'outbox':>7}")
 
 
 def line(r: dict[str, float]) -> str:
     return (f"{r['devices']:>6.0f} {r['interval']:>8g} {r['offered']:>10.0f} {r['delivered']:>11.0f} "
+            f"{r['stored']:>9.0f} "
             f"{r['cpu_us']:>9.1f} {r['cpu_pct']:>5.0f}% {r['p50']:>7.2f} {r['p99']:>7.2f} "
             f"{r['rss0']:>6.0f}->{r['rss1']:<6.0f} {r['overruns']:>9.0f} {r['dropped']:>8.0f} {r['outbox']:>7.0f}")
 
@@ -357,6 +383,8 @@ def main() -> None:
     parser.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--pin", action="store_true", help="daemon on CPU 0, simulators on CPU 1")
     parser.add_argument("--pymodbus-sim", action="store_true", help="serve the devices with `dcim simulate`")
+    parser.add_argument("--ingest", action="store_true",
+                        help="the in-process ingest on, into InfluxDB 1.x (beside the simulators with --pin)")
     parser.add_argument("--workdir", type=Path, help="keep configurations and logs here (default: a temporary one)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -370,7 +398,8 @@ def main() -> None:
             args.workdir.mkdir(parents=True, exist_ok=True)
             tmp = str(args.workdir)
         def one(n: int) -> dict[str, float]:
-            r = run(n, args.interval, args.seconds, Path(tmp), args.tree, args.py_spy, args.pin, args.pymodbus_sim)
+            r = run(n, args.interval, args.seconds, Path(tmp), args.tree, args.py_spy, args.pin, args.pymodbus_sim,
+                    args.ingest)
             print(line(r), f"  load {os.getloadavg()[0]:.1f}", flush=True)
             return r
 

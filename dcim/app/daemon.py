@@ -42,7 +42,7 @@ from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest, LocalFeed
 from dcim.app.ingest_workers import IngestWorkers
 from dcim.app.instance import RESERVE_BYTES, Claim, Reserve, StartupError, instance_tag, serves_http
-from dcim.app.poller import DeviceCoordinator, make_driver, polling_summary, watch_loop_lag, wire_backpressure
+from dcim.app.poller import OVERRUNS, DeviceCoordinator, make_driver, polling_summary, watch_loop_lag, wire_backpressure
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
 from dcim.core.audit import AuditLog
@@ -66,6 +66,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DRAIN_SECONDS = 5.0
+# A stopping cluster node polls its devices this long (at least) after their new owners hold them.
+HANDOVER_OVERLAP_S = 2.0
+# Devices named in the "stopped" record with their overrun counts.
+STOP_LOG_OVERRUNS = 50
 
 
 # Sections SIGHUP applies at once; a change anywhere else is logged as needing a restart, one line per section,
@@ -404,7 +408,11 @@ class Daemon:
                 # Last: everything submitted by the tasks above is written, then the files are closed.
                 await self.writer.close()
                 self.claim.release()
-            log.info("stopped")
+            # The polls that started late in this process's life, of every device it polled (the most first):
+            # how a loaded host is told apart from a gap in a hand-over of a rolling restart.
+            late = sorted(((int(n), key[0]) for key, n in OVERRUNS.values.items() if n), reverse=True)
+            log.info("stopped", overruns_total=sum(n for n, _ in late),
+                     overruns={d: n for n, d in late[:STOP_LOG_OVERRUNS]})
 
     async def _watch_ready(self) -> None:
         """READY once every device was polled once; then STATUS and the watchdog under systemd."""
@@ -566,8 +574,11 @@ class Daemon:
             polled = set(self.cluster.polling)
             await self._cancel(("cluster",))
             if await self.cluster.handed_over(polled, timeout=self.cluster.ttl + 2) and self.coordinators:
-                # And one interval more (at most 5 s), for the new owners' first polls.
-                await asyncio.sleep(min(5.0, max(c.device.interval for c in self.coordinators.values())))
+                # And a little longer, for the new owners to start their pollers and make their first polls
+                # (slow on a loaded host): two intervals, at least HANDOVER_OVERLAP_S, at most 5 s. Meanwhile
+                # both poll; only the owner writes and pages.
+                interval = max(c.device.interval for c in self.coordinators.values())
+                await asyncio.sleep(min(5.0, max(HANDOVER_OVERLAP_S, 2 * interval)))
         await self._cancel(("reload", "device:", "ready-watch", "rules", "http-api"))
         if self.publisher is not None and self.publisher.connected.is_set():
             if not await self.publisher.drain(DRAIN_SECONDS):

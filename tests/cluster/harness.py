@@ -219,6 +219,18 @@ class Site:
                 out[name] = float(value)
         return out
 
+    def overruns(self, node: str) -> dict[str, int]:
+        """The node's dcim_poll_overruns_total per device: polls that started more than half an interval late."""
+        port = self.http_port(node)
+        assert port is not None
+        _, body = http_request("GET", f"http://127.0.0.1:{port}/metrics", timeout=10)
+        out = {}
+        for line in body.decode().splitlines():
+            if line.startswith('dcim_poll_overruns_total{device="'):
+                device = line.split('"')[1]
+                out[device] = int(float(line.rsplit(" ", 1)[1]))
+        return out
+
     def gauge(self, node: str, name: str) -> float | None:
         """An unlabelled sample of the node's /metrics (None while the node does not answer)."""
         port = self.http_port(node) if self.alive(node) else None

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -306,12 +307,20 @@ def test_a_rolling_restart_loses_no_poll_and_pages_nothing(site: Site) -> None:
     lost = "cluster: session lost; notifications and control writes stop, polling goes on"
     with Telemetry(site.broker) as telemetry:
         site.wait(lambda: all(telemetry.times(d) for d in before), "every device's telemetry")
+        # Polls a loaded host makes late are counted by the node that makes them (overruns): a gap they leave
+        # in the telemetry is the host's, not the hand-over's. Counted from here, over every process.
+        late: Counter[str] = Counter()
+        for node in NODES:
+            late.subtract(site.overruns(node))
         start_ns = time.time_ns()
         for node in NODES:
             mine = {d for d, n in before.items() if n == node}
             sessions_lost = len(site.nodes[node].events(lost))
+            stops = len(site.nodes[node].events("stopped"))
             # SIGTERM: the node gives its lease back on the way out, so the others need not wait for the TTL.
             assert site.nodes[node].stop() == 0, site.nodes[node].log()
+            (record,) = site.nodes[node].events("stopped")[stops:]
+            late.update(record["overruns"])
             others = [n for n in NODES if n != node]
             site.wait(lambda others=others, mine=mine: (p := site.polled()) and all(p.get(d) in others for d in mine),
                       f"{node}'s shards taken over")
@@ -322,13 +331,18 @@ def test_a_rolling_restart_loses_no_poll_and_pages_nothing(site: Site) -> None:
         end_ns = time.time_ns()
         site.wait(lambda: all(telemetry.times(d) and telemetry.times(d)[-1] > end_ns for d in before),
                   "every device's telemetry after the last restart")
+        for node in NODES:  # the restarted processes, whose whole lives fall inside the window
+            late.update(site.overruns(node))
         missed = {}
         for device in sorted(before):
             times = [t for t in telemetry.times(device) if start_ns - 2 * 10**9 <= t]
             missed[device] = sum(polls_lost(b - a, INTERVAL_S) for a, b in itertools.pairwise(times))
-    print(f"rolling restart of {len(NODES)} nodes: polls lost per device (every {INTERVAL_S} s): {missed}")
-    # Make before break: a stopping node polls its devices until another node owns their shards.
-    assert set(missed.values()) == {0}, missed
+    print(f"rolling restart of {len(NODES)} nodes: polls lost per device (every {INTERVAL_S} s): {missed}; "
+          f"polls started late meanwhile: {dict(late)}")
+    # Make before break: a stopping node polls its devices until another node owns their shards and a while
+    # longer. Any gap is one the host's load explains (a poll started late), never the hand-over.
+    unexplained = {d: n - max(0, late[d]) for d, n in missed.items() if n > max(0, late[d])}
+    assert unexplained == {}, (missed, dict(late))
     assert len(site.receiver.requests) == paged, [r.json() for r in site.receiver.requests[paged:]]
 
 

@@ -116,10 +116,11 @@ class Etcd:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def call(self, op: Callable[[aetcd.Client], Awaitable[T]]) -> T:
-        """`op` on the current endpoint, then on each other one once: EngineError when none answers."""
+    async def call(self, op: Callable[[aetcd.Client], Awaitable[T]], *, tries: int | None = None) -> T:
+        """`op` on the current endpoint, then on each other one once (or on `tries` endpoints): EngineError when
+        none answers. A failed endpoint is left for the next one, also for the next call."""
         last: BaseException | None = None
-        for _ in range(len(self.endpoints)):
+        for _ in range(min(tries or len(self.endpoints), len(self.endpoints))):
             client: aetcd.Client | None = None
             try:
                 client = await self.client()

@@ -69,6 +69,8 @@ FENCED = REGISTRY.counter("dcim_cluster_fenced_total", "Control writes and pages
 PAGES = REGISTRY.counter("dcim_cluster_pages_total", "Alarm events the leader handed to the notifier", ("state",))
 
 
+# After a failed lease renewal: how soon the next endpoint is tried.
+RENEW_RETRY_S = 0.25
 OUTGOING_MAX = 10_000
 
 
@@ -415,20 +417,25 @@ class ClusterNode:
             tg.create_task(self._send_alarms(), name="cluster:alarms")
 
     async def _keepalive(self) -> None:
-        # Four renewals per TTL: an etcd leader election (about a second, during which no member answers)
-        # or a member's death (one timeout, then the next endpoint) costs one or two of them, not the lease.
+        # Four renewals per TTL: an etcd leader election (about a second, during which no member answers, more
+        # on a loaded host) or a member's death costs one or two of them, not the lease. A failed renewal is
+        # tried again soon on the next endpoint, one endpoint per try: a sweep of every endpoint with a
+        # timeout each could outlast the lease alone.
+        pause = self.ttl / 4
         while True:
             reraise_lost_cancellation()
-            await asyncio.sleep(self.ttl / 4)
+            await asyncio.sleep(pause)
             sent = self.clock()
             try:
-                reply = await self.etcd.call(lambda c: c.refresh_lease(self.lease_id))
+                reply = await self.etcd.call(lambda c: c.refresh_lease(self.lease_id), tries=1)
             except EngineError as err:
                 if self.clock() >= self.deadline:
                     raise SessionLost(f"lease not renewed within its TTL ({err})") from None
                 log.warning("cluster: lease renewal failed; retrying", error=str(err),
                             left=round(self.deadline - self.clock(), 2))
+                pause = min(self.ttl / 4, RENEW_RETRY_S)
                 continue
+            pause = self.ttl / 4
             if reply is None or int(reply.TTL) <= 0:
                 raise SessionLost("etcd says the lease expired")
             self.deadline = sent + int(reply.TTL)

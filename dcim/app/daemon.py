@@ -28,7 +28,7 @@ import asyncio
 import os
 import signal
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -238,7 +238,8 @@ class Daemon:
         from dcim.app.cluster.node import ClusterNode
 
         assert config.cluster is not None
-        node = ClusterNode(config.cluster, config, apply=self._apply_shards, notifier=self.notifier)
+        node = ClusterNode(config.cluster, config, apply=self._apply_shards, notifier=self.notifier,
+                           overlap=handover_overlap(d.interval for d in config.devices if d.enabled))
         if self.rules is not None:
             self.rules.notifier = node.alarm_outlet
             if self.rules.publish is not None:
@@ -571,14 +572,12 @@ class Daemon:
         if self.cluster is not None:
             # Make before break: the lease goes back first, so the others claim this node's shards at once,
             # and its devices are polled here until another node owns them (bounded by the lease TTL).
-            polled = set(self.cluster.polling)
+            polled = self.cluster.polling | set(self.cluster.lingering)
             await self._cancel(("cluster",))
             if await self.cluster.handed_over(polled, timeout=self.cluster.ttl + 2) and self.coordinators:
                 # And a little longer, for the new owners to start their pollers and make their first polls
-                # (slow on a loaded host): two intervals, at least HANDOVER_OVERLAP_S, at most 5 s. Meanwhile
-                # both poll; only the owner writes and pages.
-                interval = max(c.device.interval for c in self.coordinators.values())
-                await asyncio.sleep(min(5.0, max(HANDOVER_OVERLAP_S, 2 * interval)))
+                # (slow on a loaded host). Meanwhile both poll; only the owner writes and pages.
+                await asyncio.sleep(handover_overlap(c.device.interval for c in self.coordinators.values()))
         await self._cancel(("reload", "device:", "ready-watch", "rules", "http-api"))
         if self.publisher is not None and self.publisher.connected.is_set():
             if not await self.publisher.drain(DRAIN_SECONDS):
@@ -589,6 +588,13 @@ class Daemon:
                 log.warning("database did not take everything in time; the rest stays in the outbox",
                             queued=self.ingest.outbox.depth)
         await self._cancel(("",))
+
+
+def handover_overlap(intervals: Iterable[float]) -> float:
+    """How long a cluster node polls devices whose shards another node has taken over (at a stop, or when it
+    gives a shard back to the node rendezvous hashing names): two intervals, at least HANDOVER_OVERLAP_S,
+    at most 5 s."""
+    return min(5.0, max(HANDOVER_OVERLAP_S, 2 * max(intervals, default=0.0)))
 
 
 def _changed_keys(old: Any, new: Any) -> list[str]:

@@ -47,7 +47,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 def steady(site: Site, timeout: float = 120.0) -> dict[str, str]:
-    """Every node running and in the cluster, one leader, every device polled by exactly one node."""
+    """Every node running and in the cluster, no hand-over under way, one leader, every device polled by
+    exactly one node."""
     for node in NODES:
         if not site.alive(node):
             site.start(node)
@@ -58,6 +59,8 @@ def steady(site: Site, timeout: float = 120.0) -> dict[str, str]:
             return None
         if any(sorted(s["cluster"]["nodes"]) != sorted(NODES) or not s["cluster"]["live"] for s in statuses.values()):
             return None
+        if any(s["cluster"]["lingering"] for s in statuses.values()):
+            return None  # a hand-over under way: the shard's old node polls on until the new one has for a while
         polled = site.polled()
         if set(polled) != DEVICES or any("," in n for n in polled.values()) or site.leader() is None:
             return None

@@ -163,9 +163,11 @@ class _OwnAlarms:
 
 class ClusterNode:
     def __init__(self, config: ClusterConfig, hall: Hall, *, apply: Callable[[set[str]], Awaitable[None]],
-                 notifier: PageNotifier | None, clock: Callable[[], float] = time.monotonic) -> None:
+                 notifier: PageNotifier | None, clock: Callable[[], float] = time.monotonic,
+                 overlap: float = 2.0) -> None:
         """`apply(devices)`: make the daemon poll exactly these devices (its SIGHUP machinery);
-        `notifier`: the daemon's notifier (its `submit`), used only while this node leads."""
+        `notifier`: the daemon's notifier (its `submit`), used only while this node leads; `overlap`: how long
+        a shard given up to its rendezvous owner is still polled here once that node holds it."""
         self.config = config
         self.node = config.node_name(hall.state_dir)
         self.site = hall.site.id
@@ -186,6 +188,11 @@ class ClusterNode:
         self.connected = False
         self.claims: dict[str, int] = {}  # group -> create revision of our owner key
         self.polling: set[str] = set()  # groups whose devices run here (kept while cut off)
+        # Groups given up to the node rendezvous hashing names (one that joined or came back), still polled
+        # here until that node has held them for `overlap` seconds, so its first polls land before our last
+        # (make before break, as at a clean stop): group -> (when released, when another owner was first seen).
+        self.overlap = overlap
+        self.lingering: dict[str, tuple[float, float | None]] = {}
         self._apply_lock = asyncio.Lock()
         self.leader_revision = 0
         self.leading = False
@@ -301,6 +308,8 @@ class ClusterNode:
             "shards": {g: {"owner": owners.get(g), "assigned": wanted.get(g), "devices": ds}
                        for g, ds in sorted(self.groups.items())},
             "polling": sorted(self.polling),
+            # Given up to the node rendezvous names, still polled here for the hand-over overlap.
+            "lingering": sorted(self.lingering),
             "alarms_shared": len(self.view.alarms),
             "pages_pending": sorted(self.handed) if self.leading else [],
         }
@@ -539,7 +548,9 @@ class ClusterNode:
         release = set(self.claims) - desired
         if release:
             self.polling -= release
-            await self._apply()
+            now = self.clock()
+            for group in release:
+                self.lingering[group] = (now, None)
             for group in sorted(release):
                 revision = self.claims.pop(group)
                 key = self._key("owners", group)
@@ -561,11 +572,34 @@ class ClusterNode:
         if claimed:
             log.info("cluster: shards claimed", node=self.node, shards=claimed,
                      devices=sum(len(self.groups[g]) for g in claimed))
+        lingered = self._linger(view)
         # What runs here now: exactly the shards this node holds (devices kept while cut off go, if others
-        # hold their shards now).
-        if self.polling != set(self.claims):
+        # hold their shards now), and those it gave up a moment ago.
+        if self.polling != set(self.claims) or lingered or release:
             self.polling = set(self.claims)
             await self._apply()
+
+    def _linger(self, view: View) -> bool:
+        """Drop from `lingering` the groups their new owner has held for `overlap` seconds (or that nobody
+        took within the lease TTL and a little more, or that are ours again); True when any went. Wakes the
+        reconcile loop when the next one is due."""
+        now = self.clock()
+        gone = False
+        due: list[float] = []
+        for group, (released, seen) in list(self.lingering.items()):
+            owner = view.owners.get(group)
+            if seen is None and owner is not None and owner.lease != self.lease_id:
+                seen = now
+                self.lingering[group] = (released, seen)
+            ends = seen + self.overlap if seen is not None else released + self.ttl + 2 + self.overlap
+            if group in self.claims or now >= ends:
+                del self.lingering[group]
+                gone = True
+            else:
+                due.append(ends)
+        if due:
+            asyncio.get_running_loop().call_later(max(0.0, min(due) - now) + 0.01, self.shards_changed.set)
+        return gone
 
     async def _create_with_lease(self, key: bytes) -> tuple[bool, list[Any]]:
         """Create `key` (this node's name, bound to its lease) only if it does not exist: how a shard is claimed
@@ -578,7 +612,7 @@ class ClusterNode:
         return await self.etcd.call(create)
 
     async def _apply(self) -> None:
-        devices = {d for g in self.polling for d in self.groups.get(g, ())}
+        devices = {d for g in self.polling | set(self.lingering) for d in self.groups.get(g, ())}
         # Shielded: a session lost mid-way must not leave devices half started; locked: the next session's
         # first apply waits for it.
         await asyncio.shield(self._apply_locked(devices))

@@ -69,8 +69,13 @@ FENCED = REGISTRY.counter("dcim_cluster_fenced_total", "Control writes and pages
 PAGES = REGISTRY.counter("dcim_cluster_pages_total", "Alarm events the leader handed to the notifier", ("state",))
 
 
-# After a failed lease renewal: how soon the next endpoint is tried.
+# After a failed lease renewal, or any other failed etcd call of a session: how soon it is tried again.
 RENEW_RETRY_S = 0.25
+# A session outlives its lease's deadline (by this node's clock) by this many TTLs while etcd does not answer:
+# an etcd leader election on a loaded host can take longer than a lease, and etcd extends every lease when a
+# new leader takes over. Past the deadline the node is fenced (no writes, no pages) all the same; an answer
+# that the lease is gone, or this grace running out, ends the session.
+UNANSWERED_GRACE_TTLS = 2
 OUTGOING_MAX = 10_000
 
 
@@ -105,6 +110,11 @@ class SessionLost(Exception):
 
 class NotLeader(Exception):
     """The leader key is no longer this node's."""
+
+
+class NotLive(EngineError):
+    """The lease is past its deadline by this node's clock (etcd has not answered a renewal): no pages until
+    it does. Handled as an etcd call that failed: tried again soon, the session ended if it lasts."""
 
 
 @dataclass(slots=True)
@@ -193,6 +203,8 @@ class ClusterNode:
         # (make before break, as at a clean stop): group -> (when released, when another owner was first seen).
         self.overlap = overlap
         self.lingering: dict[str, tuple[float, float | None]] = {}
+        self._fenced_logged = False  # said once a session that its lease's deadline passed unanswered
+        self._unanswered_logged = 0.0  # when a failed etcd call was last logged (at most once a TTL)
         self._apply_lock = asyncio.Lock()
         self.leader_revision = 0
         self.leading = False
@@ -406,6 +418,8 @@ class ClusterNode:
         lease = await self.etcd.call(lambda c: c.lease(self.ttl))
         self.lease_id, self.deadline = int(lease.id), sent + int(lease.ttl)
         self.renewals = 0
+        self._fenced_logged = False
+        self._unanswered_logged = 0.0
         if old:
             # A lease of an earlier session may still hold keys (a pause shorter than its TTL): give it up.
             with contextlib.suppress(EngineError):
@@ -438,10 +452,7 @@ class ClusterNode:
             try:
                 reply = await self.etcd.call(lambda c: c.refresh_lease(self.lease_id), tries=1)
             except EngineError as err:
-                if self.clock() >= self.deadline:
-                    raise SessionLost(f"lease not renewed within its TTL ({err})") from None
-                log.warning("cluster: lease renewal failed; retrying", error=str(err),
-                            left=round(self.deadline - self.clock(), 2))
+                self._unanswered("lease renewal", err)
                 pause = min(self.ttl / 4, RENEW_RETRY_S)
                 continue
             pause = self.ttl / 4
@@ -517,9 +528,28 @@ class ClusterNode:
             except (TimeoutError, aetcd.ClientError, OSError) as err:
                 log.info("cluster: watch ended; watching again", error=str(err) or type(err).__name__)
                 await self.etcd.move(client)
-            if self.clock() >= self.deadline:
+            if self.clock() >= self._given_up_at():
                 raise SessionLost("watch lost and lease not renewed")
             await asyncio.sleep(0.1)
+
+    def _given_up_at(self) -> float:
+        return self.deadline + UNANSWERED_GRACE_TTLS * self.ttl
+
+    def _unanswered(self, what: str, err: BaseException) -> None:
+        """An etcd call of this session failed (a member down, a leader election under way): the caller tries
+        again soon. SessionLost once etcd has not answered for the lease and the grace after it."""
+        now = self.clock()
+        if now >= self._given_up_at():
+            raise SessionLost(f"etcd did not answer within the lease and {UNANSWERED_GRACE_TTLS} TTLs more "
+                              f"({what}: {err})")
+        if now >= self.deadline and not self._fenced_logged:
+            self._fenced_logged = True
+            log.warning("cluster: lease not renewed within its TTL; control writes and notifications fenced "
+                        "until etcd answers", what=what, error=str(err))
+        elif now - self._unanswered_logged >= self.ttl:
+            self._unanswered_logged = now
+            log.warning("cluster: etcd call failed; retrying", what=what, error=str(err),
+                        left=round(self.deadline - now, 2))
 
     # ---- shards -------------------------------------------------------------------------------------
 
@@ -530,10 +560,21 @@ class ClusterNode:
             if not await wait_event(self.shards_changed, self.ttl):
                 # A quiet TTL: read the site's keys again. A watch stream can stall without an error (a
                 # proxy, a half-open connection); this bounds what the view can miss to one TTL.
-                await self._load()
+                try:
+                    await self._load()
+                except EngineError as err:
+                    self._unanswered("read of the site", err)
+                    await asyncio.sleep(RENEW_RETRY_S)
+                    continue
                 self._changed()
             self.shards_changed.clear()
-            await self._reconcile()
+            try:
+                await self._reconcile()
+            except EngineError as err:
+                self._unanswered("shard claims", err)
+                await asyncio.sleep(RENEW_RETRY_S)
+                self.shards_changed.set()
+                continue
             self.reconciled.set()
 
     async def _reconcile(self) -> None:
@@ -627,16 +668,27 @@ class ClusterNode:
         key = self._key("leader")
         while True:
             reraise_lost_cancellation()
-            if self.view.leader is None:
-                ok, responses = await self._create_with_lease(key)
-                if ok:
-                    self.leader_revision = txn_revision(responses)
+            held = self.view.leader
+            # Ours still (an etcd call of our leadership failed, the key is there): lead on, elected as before.
+            ours = (held is not None and self.leader_revision > 0 and held.lease == self.lease_id
+                    and held.revision == self.leader_revision)
+            try:
+                if held is None:
+                    ok, responses = await self._create_with_lease(key)
+                    if ok:
+                        self.leader_revision = txn_revision(responses)
+                        ours = True
+                if ours:
                     try:
                         await self._lead()
                     except NotLeader:
                         log.warning("cluster: leadership lost", node=self.node)
                     finally:
                         self._stop_leading()
+            except EngineError as err:
+                self._unanswered("leadership", err)
+                await asyncio.sleep(RENEW_RETRY_S)
+                continue
             await wait_event(self.leader_changed, self.ttl)
             self.leader_changed.clear()
 
@@ -760,7 +812,7 @@ class ClusterNode:
     def _hand_over(self, data: dict[str, Any]) -> None:
         if not self.live():
             FENCED.inc(what="page")
-            raise SessionLost("lease not live: no pages")
+            raise NotLive("lease not live: no pages")
         event = event_from_dict(data)
         PAGES.inc(state=str(event.state))
         log.info("cluster: paging", alarm=event.key, state=str(event.state), node=self.node)
@@ -773,7 +825,7 @@ class ClusterNode:
         """Apply `ops` only while the leader key is still the one we created; NotLeader otherwise."""
         if not self.live():
             FENCED.inc(what="page")
-            raise SessionLost("lease not live: no pages")
+            raise NotLive("lease not live: no pages")
         leader = self._key("leader")
         revision = self.leader_revision
 
@@ -799,7 +851,12 @@ class ClusterNode:
             self.outgoing_ready.clear()
             while self.outgoing:
                 event = self.outgoing[0]
-                await self._share(event)
+                try:
+                    await self._share(event)
+                except EngineError as err:
+                    self._unanswered("alarm sharing", err)
+                    await asyncio.sleep(RENEW_RETRY_S)
+                    continue  # the same event again
                 self.outgoing.popleft()
 
     async def _share(self, event: AlarmEvent) -> None:

@@ -54,6 +54,12 @@ async def bounded(call: Awaitable[T], seconds: float) -> T:
     if not done:
         _abandon(task)
         raise TimeoutError
+    if task.cancelled():
+        # Cancelled from the inside, not by our caller: grpc cancels the calls in flight on a channel that is
+        # closed (another task gave the client up for the next endpoint). Its CancelledError would end the
+        # caller as if the caller had been cancelled: the lease renewal task then stopped without a word, and
+        # a task group does not notice a child that ends cancelled. A failed call, to be tried again.
+        raise ConnectionAbortedError("the etcd call was cancelled: its client was closed")
     return task.result()
 
 

@@ -528,6 +528,15 @@ class ClusterNode:
             except (TimeoutError, aetcd.ClientError, OSError) as err:
                 log.info("cluster: watch ended; watching again", error=str(err) or type(err).__name__)
                 await self.etcd.move(client)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                # Cancelled from the inside (grpc closes the calls of a channel given up for the next
+                # endpoint): not a stop. Ending here would end the watch without a word (a task group does
+                # not notice a child that ends cancelled).
+                log.info("cluster: watch ended; watching again", error="cancelled: its client was closed")
+                await self.etcd.move(client)
             if self.clock() >= self._given_up_at():
                 raise SessionLost("watch lost and lease not renewed")
             await asyncio.sleep(0.1)

@@ -119,7 +119,7 @@ class Daemon:
         self.pipeline = Pipeline()
         self.context = DriverContext()
         self.coordinators: dict[str, DeviceCoordinator] = {}
-        # What holds items on disk (outboxes, the journal); `queues` lists what each consumer sees of them.
+        # What holds items on disk (outboxes, the journal); each one's `views()` is what its consumers see.
         self.outboxes: list[Outbox | Journal] = []
         self.publisher: MqttPublisher | None = None
         self.ingest: Ingest | None = None

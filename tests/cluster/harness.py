@@ -207,13 +207,17 @@ class Site:
         data = http_json("GET", f"http://127.0.0.1:{port}/healthz", timeout=5, any_status=True)
         return data if isinstance(data, dict) else None
 
-    def metrics(self, node: str) -> dict[str, float]:
-        """The node's /metrics, the unlabelled dcim_cluster_* samples."""
+    def _metrics_lines(self, node: str) -> list[str]:
+        """The node's /metrics, line by line."""
         port = self.http_port(node)
         assert port is not None
         _, body = http_request("GET", f"http://127.0.0.1:{port}/metrics", timeout=10)
+        return body.decode().splitlines()
+
+    def metrics(self, node: str) -> dict[str, float]:
+        """The node's /metrics, the unlabelled dcim_cluster_* samples."""
         out = {}
-        for line in body.decode().splitlines():
+        for line in self._metrics_lines(node):
             if line.startswith("dcim_cluster_") and "{" not in line:
                 name, _, value = line.partition(" ")
                 out[name] = float(value)
@@ -221,11 +225,8 @@ class Site:
 
     def overruns(self, node: str) -> dict[str, int]:
         """The node's dcim_poll_overruns_total per device: polls that started more than half an interval late."""
-        port = self.http_port(node)
-        assert port is not None
-        _, body = http_request("GET", f"http://127.0.0.1:{port}/metrics", timeout=10)
         out = {}
-        for line in body.decode().splitlines():
+        for line in self._metrics_lines(node):
             if line.startswith('dcim_poll_overruns_total{device="'):
                 device = line.split('"')[1]
                 out[device] = int(float(line.rsplit(" ", 1)[1]))
@@ -233,11 +234,9 @@ class Site:
 
     def gauge(self, node: str, name: str) -> float | None:
         """An unlabelled sample of the node's /metrics (None while the node does not answer)."""
-        port = self.http_port(node) if self.alive(node) else None
-        if port is None:
+        if not self.alive(node) or self.http_port(node) is None:
             return None
-        _, body = http_request("GET", f"http://127.0.0.1:{port}/metrics", timeout=10)
-        for line in body.decode().splitlines():
+        for line in self._metrics_lines(node):
             if line.startswith(f"{name} "):
                 return float(line.split()[1])
         return None

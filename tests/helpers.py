@@ -186,3 +186,21 @@ def require_binary(binary: str, package: str) -> str:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{message}; CI must run every test")
     pytest.skip(message)
+
+
+async def stored_rows(influx: Any, query: str, fields: Iterable[str], timeout: float = 30.0,  # noqa: ASYNC109
+                      message: str | None = None) -> list[dict[str, Any]]:
+    """The rows of an InfluxQL query once its first row has a value for every one of ``fields``.
+
+    InfluxDB 1.x keeps each field of a point as a series of its own and writes them into its cache one after
+    another: a query that arrives in the middle of a write sees some fields of the newest point and not yet
+    the others (an audit row read with its seq but no hash). Waiting for the first non-empty answer is a race.
+    """
+    wanted = tuple(fields)
+
+    def complete() -> list[dict[str, Any]] | None:
+        rows: list[dict[str, Any]] = influx.query(query)
+        return rows if rows and all(rows[0].get(name) is not None for name in wanted) else None
+
+    return await wait_until(complete, timeout=timeout, ignore=(Exception,),
+                            message=message or f"{query}: a row with {', '.join(wanted)}")

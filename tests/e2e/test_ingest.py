@@ -21,7 +21,7 @@ from dcim.app.ingest import DeadLetters, Ingest
 from dcim.core.outbox import Outbox
 from dcim.simulators.plant import Plant
 from tests.e2e.harness import DaemonProcess, cdu_hall, expected_cdu_values, load, simulators
-from tests.helpers import wait_until
+from tests.helpers import stored_rows, wait_until
 
 pytestmark = pytest.mark.e2e
 TS = 1_700_000_000_000_000_000
@@ -114,8 +114,8 @@ async def test_json_payload_option_end_to_end(tmp_path: Path, mosquitto: Any, in
     plant = Plant(config, frozen=True)
     async with simulators(config, plant):
         with DaemonProcess(path) as daemon:
-            rows = await wait_until(lambda: influxdb_v1.query("SELECT * FROM cdu ORDER BY time DESC LIMIT 1"),
-                                    timeout=30, ignore=(Exception,))
+            rows = await stored_rows(influxdb_v1, "SELECT * FROM cdu ORDER BY time DESC LIMIT 1",
+                                     ("flow_lpm", "reservoir_level", "leak"))
             assert daemon.stop() == 0, daemon.log()
     expected = expected_cdu_values(plant, "cdu-1")
     assert rows[0]["flow_lpm"] == pytest.approx(expected["flow_lpm"])
@@ -132,10 +132,9 @@ async def test_local_ingest_stores_the_daemons_readings_without_any_broker(tmp_p
     plant = Plant(config, frozen=True)
     async with simulators(config, plant):
         with DaemonProcess(path) as daemon:
-            rows = await wait_until(lambda: influxdb_v1.query("SELECT * FROM cdu ORDER BY time DESC LIMIT 1"),
-                                    timeout=30, ignore=(Exception,))
-            status = await wait_until(lambda: influxdb_v1.query("SELECT * FROM device_status"), timeout=30,
-                                      ignore=(Exception,))
+            rows = await stored_rows(influxdb_v1, "SELECT * FROM cdu ORDER BY time DESC LIMIT 1",
+                                     ("flow_lpm",))
+            status = await stored_rows(influxdb_v1, "SELECT * FROM device_status", ("online",))
             assert daemon.stop() == 0, daemon.log()
     expected = expected_cdu_values(plant, "cdu-1")
     assert rows[0]["flow_lpm"] == pytest.approx(expected["flow_lpm"])

@@ -19,7 +19,7 @@ import pytest
 
 from dcim.simulators.plant import Plant
 from tests.e2e.harness import DaemonProcess, cdu_hall, expected_cdu_values, load, simulators
-from tests.helpers import wait_until
+from tests.helpers import stored_rows, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -43,10 +43,9 @@ async def test_cdu_points_reach_influxdb_v1(tmp_path: Path, mosquitto: Any, infl
     async with simulators(config, plant):
         with DaemonProcess(path) as daemon:
             for device in ("cdu-1", "cdu-2"):
-                rows = await wait_until(
-                    lambda d=device: influxdb_v1.query(
-                        f"SELECT * FROM cdu WHERE device='{d}' ORDER BY time DESC LIMIT 1"),
-                    timeout=30, ignore=(Exception,), message=f"{device} rows in InfluxDB\n{daemon.log()}")
+                rows = await stored_rows(
+                    influxdb_v1, f"SELECT * FROM cdu WHERE device='{device}' ORDER BY time DESC LIMIT 1",
+                    expected_cdu_values(plant, device), message=f"{device} rows in InfluxDB\n{daemon.log()}")
                 row = rows[0]
                 assert_equal_values(row, expected_cdu_values(plant, device), where=device)
                 tags = influxdb_v1.query(f"SHOW TAG VALUES FROM cdu WITH KEY IN (\"site\", \"room\", \"row\") "

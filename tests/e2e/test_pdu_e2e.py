@@ -13,7 +13,7 @@ import yaml
 
 from dcim.simulators.plant import Plant
 from tests.e2e.harness import REPO, DaemonProcess, load, simulators
-from tests.helpers import free_port, hold_udp_port, wait_until
+from tests.helpers import free_port, hold_udp_port, stored_rows, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +82,7 @@ async def test_outlet_switched_off_through_dcim_is_off_in_the_next_poll(tmp_path
     query = "SELECT last(state) AS state, last(power_w) AS power FROM pdu_outlet WHERE device='apc-c01a' AND outlet='7'"
     async with simulators(config, plant):
         with DaemonProcess(path) as daemon:
-            before = await wait_until(lambda: influxdb_v1.query(query), timeout=30, ignore=(Exception,))
+            before = await stored_rows(influxdb_v1, query, ("state", "power"))
             assert before[0]["state"] == "on" and before[0]["power"] > 0
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "dcim.app.cli", "write", "-c", str(path), "apc-c01a", "outlet_command:7", "off",

@@ -16,7 +16,7 @@ from dcim.app.daemon import Daemon
 from dcim.core.audit import AuditLog
 from dcim.simulators.plant import FAULTS
 from tests.e2e.harness import simulators
-from tests.helpers import wait_until
+from tests.helpers import stored_rows, wait_until
 from tests.writes.rig import TOKEN, CountingPlant, direct, hall, load, running
 
 LEAK_ACTIONS = [
@@ -53,8 +53,8 @@ async def test_an_armed_rule_action_is_verified_audited_and_published(tmp_path: 
         await wait_until(lambda: any(a["outcome"] == "executed" for a in actions(daemon)), timeout=30,
                          message="leak action executed")
         message = await asyncio.wait_for(anext(aiter(watcher.messages)), 30)
-        stored = await wait_until(lambda: influxdb_v1.query("SELECT * FROM audit"), timeout=30,
-                                  ignore=(Exception,), message="audit record stored")
+        stored = await stored_rows(influxdb_v1, "SELECT * FROM audit", ("seq", "hash", "new"),
+                                   message="audit record stored")
     assert plant.received == [("cdu-1", "flow_setpoint_lpm", 300.0)]
     # (the leak response's dry-run stage records, point leak_response, are beside it: nothing they sent)
     [record] = [r for r in AuditLog(Path(config.state_dir) / "audit.log").records() if r["point"] != "leak_response"]

@@ -46,9 +46,9 @@ from dcim.app.poller import OVERRUNS, DeviceCoordinator, make_driver, polling_su
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
 from dcim.core.audit import AuditLog
-from dcim.core.journal import Journal
+from dcim.core.journal import Journal, Outbox
 from dcim.core.logs import setup_logging
-from dcim.core.outbox import ItemQueue, Outbox
+from dcim.core.outbox import ItemQueue
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Value
 from dcim.core.sqlite import SqliteWriter

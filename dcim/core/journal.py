@@ -13,9 +13,11 @@ cursor, and a row goes once every consumer it was for has acknowledged it:
     items = await ingest.take(500)      # oldest first, priority 0 first; the same ones until acknowledged
     await ingest.ack(items)             # gone for the ingest; the row stays until the publisher is done too
 
-A cursor is a drop-in for an `Outbox` (dcim.core.outbox) for its consumer: `put`, `take`, `ack`, `flush`,
-`depth`, `dropped`, `degraded`, with at-least-once delivery and the same metrics under its own name
-(`dcim_outbox_depth{outbox="mqtt"}`).
+A cursor is what a consumer sees of its queue (`ItemQueue`, dcim.core.outbox): `put`, `take`, `ack`,
+`flush`, `depth`, `dropped`, `degraded`, with at-least-once delivery and the metrics under its own name
+(`dcim_outbox_depth{outbox="mqtt"}`). An `Outbox` (below) is a journal with one consumer: the queue of every
+other hop (a notification hook, an ingest that takes from the broker), so there is one implementation of
+the bound, the priorities, the group commit and the full disk.
 
 What a consumer that keeps up costs: the journal's writer task commits what was put in one transaction
 (group commit), and hands each consumer the rows it just wrote, in memory, so `take` reads nothing back
@@ -24,10 +26,11 @@ from disk, oldest first, until it has caught up. An acknowledgement is one state
 consecutive ids; a row whose last consumer acknowledged it is deleted in the same statement group.
 
 Bounds: each consumer keeps at most its `max_items` rows; past it the oldest of its lowest priority are
-dropped for it (counted under its name, logged). A disk that refuses writes keeps what is put in memory
-within `memory_max_bytes`, serves it from there, and retries, as an outbox does.
+dropped for it (counted under its name, logged, and no longer handed out). A disk that refuses writes keeps
+what is put in memory within `memory_max_bytes`, serves it from there, and retries.
 
-Only priorities 0 (alarms, status) and 1 (telemetry) exist here.
+Only priorities 0 (alarms, status) and 1 (telemetry) exist here; `take` hands out priority 0 first, also
+ahead of telemetry written earlier.
 """
 
 from __future__ import annotations
@@ -116,8 +119,9 @@ class Cursor:
         self.put_total = 0  # items put for this consumer since start (by anyone)
         self.on_disk = 0  # rows on disk still pending for this consumer
         self.buffered = 0  # entries in the journal's buffer still pending for this consumer
-        # Rows on disk pending for this consumer, in memory, oldest first (all of them unless `behind`).
-        self.fresh: deque[Item] = deque()
+        # Rows on disk pending for this consumer, in memory, per priority, oldest first (all of them unless
+        # `behind`): `take` hands out priority 0 (alarms, status) before priority 1 (telemetry).
+        self.fresh: tuple[deque[Item], ...] = tuple(deque() for _ in PRIORITIES)
         self.behind = False
         self._evicted = 0  # the highest id dropped from `fresh` for its bound while behind
         # Acknowledged, but the disk refused the change: not taken again, retried with the next write.
@@ -152,10 +156,11 @@ class Cursor:
             if self.behind:
                 items = await self._take_from_disk(limit)
             else:
-                for item in self.fresh:
-                    if len(items) >= limit:
-                        break
-                    items.append(item)
+                for queue in self.fresh:
+                    for item in queue:
+                        if len(items) >= limit:
+                            break
+                        items.append(item)
             if self.journal.error and self.buffered and len(items) < limit:
                 # The disk is away: what waits in memory goes out from there, after what is on disk (older),
                 # alarms and status first.
@@ -177,9 +182,12 @@ class Cursor:
         if len(rows) < want and self._evicted <= top and self.behind:
             # That was everything pending for this consumer on disk up to `top`; what was written after it is in
             # `fresh`: from now on everything is in memory (what was just read first, until acknowledged).
-            newer = [i for i in self.fresh if i.id > top]
-            self.fresh = deque(items)
-            self.fresh.extend(newer)
+            fresh: tuple[deque[Item], ...] = tuple(deque() for _ in PRIORITIES)
+            for item in items:
+                fresh[item.priority].append(item)
+            for priority, queue in enumerate(self.fresh):
+                fresh[priority].extend(i for i in queue if i.id > top)
+            self.fresh = fresh
             self.behind = False
             self._evicted = 0
         return items[:limit]
@@ -187,9 +195,11 @@ class Cursor:
     def written(self, item: Item) -> None:
         """The journal wrote a row pending for this consumer."""
         self.on_disk += 1
-        self.fresh.append(item)
-        if len(self.fresh) > FRESH_MAX:
-            self._evicted = max(self._evicted, self.fresh.popleft().id)
+        fresh = self.fresh
+        fresh[item.priority].append(item)
+        if len(fresh[1]) + len(fresh[0]) > FRESH_MAX:
+            # The oldest telemetry first: the disk has it, `take` reads it back from there.
+            self._evicted = max(self._evicted, (fresh[1] or fresh[0]).popleft().id)
             self.behind = True
         self.available.set()
 
@@ -213,12 +223,17 @@ class Cursor:
         self.on_disk = max(0, self.on_disk - changed)
 
     def _forget_fresh(self, ids: list[int]) -> None:
-        fresh = self.fresh
         gone = set(ids)
-        while fresh and fresh[0].id in gone:
-            gone.discard(fresh.popleft().id)
-        if gone and fresh:
-            self.fresh = deque(i for i in fresh if i.id not in gone)
+        for queue in self.fresh:
+            while queue and queue[0].id in gone:
+                gone.discard(queue.popleft().id)
+            if gone and queue and any(i.id in gone for i in queue):
+                kept = deque(i for i in queue if i.id not in gone)
+                gone.difference_update(i.id for i in queue)
+                queue.clear()
+                queue.extend(kept)
+            if not gone:
+                return
 
     def count_dropped(self, count: int) -> None:
         if count:
@@ -229,9 +244,15 @@ class Cursor:
 class Journal:
     def __init__(self, path: Path | str, *, consumers: Mapping[str, int], writer: SqliteWriter | None = None,
                  memory_max_bytes: int = 64 * 1024 * 1024, legacy: Mapping[str, Path] | None = None,
-                 name: str = "journal") -> None:
+                 name: str = "journal", adopt_outbox_table: bool = False) -> None:
+        """`legacy`: per consumer, an outbox file of an earlier version whose rows are taken in at `open`
+        (the file is removed). `adopt_outbox_table`: the file at `path` itself may be such an outbox; its rows
+        become the (only) consumer's in the same transaction that turns the file into a journal."""
         if not consumers:
             raise ValueError("a journal needs at least one consumer")
+        if adopt_outbox_table and len(consumers) != 1:
+            raise ValueError("only a journal with one consumer can adopt an outbox table")
+        self._adopt = adopt_outbox_table
         self.path = Path(path)
         self.name = name
         self.memory_max_bytes = memory_max_bytes
@@ -286,7 +307,7 @@ class Journal:
         if self._writer is None:
             self._writer = SqliteWriter(name=f"journal-{self.name}")
         self._db = self._writer.database(self.path)
-        found = await self._db.call(_open, list(self.cursors))
+        found = await self._db.call(_open, list(self.cursors), self._adopt)
         for name, (bit, count) in found.items():
             cursor = self.cursors[name]
             cursor.mask = 1 << bit
@@ -340,6 +361,9 @@ class Journal:
     def put(self, key: str, payload: bytes, priority: int = 1, *, retain: bool = False, mask: int) -> None:
         if priority not in PRIORITIES:
             raise ValueError(f"journal priorities are {PRIORITIES}, not {priority}")
+        if not mask:
+            # Before `open` no consumer has its bit: the row would be for nobody, and lost without a word.
+            raise RuntimeError(f"journal {self.path} is not open (or put for no consumer)")
         entry = _Entry(self._next_id, key, payload, priority, retain, mask)
         self._next_id -= 1
         self._buffer[priority].append(entry)
@@ -430,7 +454,7 @@ class Journal:
 
     async def _write_buffer(self) -> None:
         self._wake.clear()
-        acks = {c.name: sorted(c.unsaved_acks) for c in self.cursors.values() if c.unsaved_acks}
+        acks = {key: sorted(c.unsaved_acks) for key, c in self.cursors.items() if c.unsaved_acks}
         batch = [e for p in PRIORITIES for e in self._buffer[p]]
         if not batch and not acks:
             self.error = ""
@@ -441,9 +465,9 @@ class Journal:
             self._unbuffered(entry)
         rows = [(e.priority, e.key, e.payload, int(e.retain), e.pending) for e in batch]
         # What each consumer's bound lets in: the oldest of its lowest priority make room.
-        new = {c.name: sum(1 for e in batch if e.pending & c.mask) for c in self.cursors.values()}
-        excess = [(c.mask, c.on_disk + new[c.name] - c.max_items) for c in self.cursors.values()
-                  if c.on_disk + new[c.name] > c.max_items]
+        new = {c.mask: sum(1 for e in batch if e.pending & c.mask) for c in self.cursors.values()}
+        excess = [(c.mask, c.on_disk + new[c.mask] - c.max_items) for c in self.cursors.values()
+                  if c.on_disk + new[c.mask] > c.max_items]
         ack_jobs = [(_ALL_BITS ^ self.cursors[n].mask, self.cursors[n].mask, _runs(ids)) for n, ids in acks.items()]
         self._writing = True
         self._in_flight = frozenset(e.id for e in batch)
@@ -466,7 +490,7 @@ class Journal:
         except Exception:
             pass  # kept in memory by the callback: the journal lives on
 
-    def _written_back(self, done: asyncio.Future[tuple[int, list[int], dict[int, int]]], batch: list[_Entry],
+    def _written_back(self, done: asyncio.Future[tuple[int, list[int], dict[int, list[int]]]], batch: list[_Entry],
                       masks: list[int], acks: dict[str, list[int]]) -> None:
         self._writing = False
         self._in_flight = frozenset()
@@ -498,8 +522,11 @@ class Journal:
                     cursor.unsaved_acks.add(row_id)
                     self._wake.set()
         for cursor in cursors:
-            count = dropped.get(cursor.mask, 0)
+            gone = dropped.get(cursor.mask, [])
+            count = len(gone)
             if count:
+                # Not handed out any more, whether written just now or before.
+                cursor._forget_fresh(gone)
                 cursor.on_disk = max(0, cursor.on_disk - count)
                 cursor.count_dropped(count)
                 if cursor.name not in self._full_logged:
@@ -572,6 +599,82 @@ class Journal:
             self._writer = None
 
 
+class Outbox:
+    """A queue on disk with one consumer (a notification hook's, an ingest's that takes from the broker): a
+    journal of its own with a single cursor, so the bound, the priorities, the group commit and the full
+    disk are handled in one place. An outbox file of an earlier version at the same path is taken in at
+    `open`, in place (its items keep their ids).
+
+        outbox = Outbox(state_dir / "hook-pager.sqlite", name="hook-pager", max_items=10_000, writer=writer)
+        await outbox.open()
+        outbox.put(key, payload, priority=0)   # never blocks: buffered, then written by the `run` task
+        items = await outbox.take(16)          # oldest first, priority 0 first; the same until acknowledged
+        await outbox.ack(items)
+        await outbox.close()                   # writes what is still buffered
+    """
+
+    SOLE = "outbox"  # the consumer's name inside the file, whatever the outbox is called
+
+    def __init__(self, path: Path | str, *, name: str, max_items: int, writer: SqliteWriter | None = None,
+                 memory_max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.journal = Journal(path, consumers={self.SOLE: max_items}, writer=writer,
+                               memory_max_bytes=memory_max_bytes, name=name, adopt_outbox_table=True)
+        self.cursor = self.journal.cursor(self.SOLE)
+        self.cursor.name = name  # metrics and logs say the outbox's name
+
+    @property
+    def name(self) -> str:
+        return self.cursor.name
+
+    @property
+    def max_items(self) -> int:
+        return self.cursor.max_items
+
+    @property
+    def depth(self) -> int:
+        return self.cursor.depth
+
+    @property
+    def dropped(self) -> int:
+        return self.cursor.dropped
+
+    @property
+    def put_total(self) -> int:
+        return self.cursor.put_total
+
+    @property
+    def degraded(self) -> bool:
+        """True from a write the disk refused to the next one it takes."""
+        return self.journal.degraded
+
+    def views(self) -> list[Cursor]:
+        return [self.cursor]
+
+    def put(self, key: str, payload: bytes, priority: int = 1, *, retain: bool = False,
+            also: Iterable[str] = ()) -> None:
+        if also:
+            raise ValueError("an outbox has one consumer")
+        self.cursor.put(key, payload, priority, retain=retain)
+
+    async def take(self, limit: int) -> list[Item]:
+        return await self.cursor.take(limit)
+
+    async def ack(self, items: Sequence[Item]) -> None:
+        await self.cursor.ack(items)
+
+    async def flush(self) -> None:
+        await self.journal.flush()
+
+    async def open(self) -> None:
+        await self.journal.open()
+
+    async def run(self) -> None:
+        await self.journal.run()
+
+    async def close(self) -> None:
+        await self.journal.close()
+
+
 def _remove(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
@@ -580,8 +683,10 @@ def _remove(path: Path) -> None:
 
 # ---- jobs on the writer thread -----------------------------------------------------------------------
 
-def _open(db: sqlite3.Connection, names: list[str]) -> dict[str, tuple[int, int]]:
-    """Each consumer's bit (kept from earlier starts) and the rows pending for it."""
+def _open(db: sqlite3.Connection, names: list[str], adopt: bool = False) -> dict[str, tuple[int, int]]:
+    """Each consumer's bit (kept from earlier starts) and the rows pending for it. `adopt`: the rows of an
+    outbox of an earlier version in this file become the one consumer's, and its table goes."""
+    had_journal = _has_table(db, "journal")
     for statement in _SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
@@ -596,9 +701,22 @@ def _open(db: sqlite3.Connection, names: list[str]) -> dict[str, tuple[int, int]
         # A partial index per consumer: its `take` reads its own rows in order, whatever the others left.
         db.execute(f"CREATE INDEX IF NOT EXISTS journal_pending_{bit} ON journal (priority, id) "
                    f"WHERE pending & {1 << bit} != 0")
+        if adopt and _has_table(db, "outbox"):
+            if not had_journal:  # ids go on from the outbox's: an item keeps its id across the change
+                db.execute("INSERT INTO journal (id, priority, key, payload, retain, pending) "
+                           f"SELECT id, min(max(priority, 0), 1), key, payload, retain, {1 << bit} FROM outbox")
+            else:
+                db.execute("INSERT INTO journal (priority, key, payload, retain, pending) "
+                           f"SELECT min(max(priority, 0), 1), key, payload, retain, {1 << bit} FROM outbox "
+                           "ORDER BY id")
+            db.execute("DROP TABLE outbox")
         count: int = db.execute(f"SELECT count(*) FROM journal WHERE pending & {1 << bit} != 0").fetchone()[0]
         found[name] = (bit, count)
     return found
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 def _insert_rows(db: sqlite3.Connection, rows: list[tuple[int, str, bytes, int, int]]) -> int:
@@ -621,8 +739,9 @@ def _ack(db: sqlite3.Connection, keep: int, mask: int, runs: list[tuple[int, int
     return changed
 
 
-def _drop_oldest(db: sqlite3.Connection, mask: int, count: int) -> int:
-    """Over a consumer's bound: clear `mask` on its `count` oldest rows of the lowest priority first."""
+def _drop_oldest(db: sqlite3.Connection, mask: int, count: int) -> list[int]:
+    """Over a consumer's bound: clear `mask` on its `count` oldest rows of the lowest priority first; their
+    ids."""
     ids: list[int] = []
     for priority in sorted(PRIORITIES, reverse=True):
         if len(ids) >= count:
@@ -630,14 +749,17 @@ def _drop_oldest(db: sqlite3.Connection, mask: int, count: int) -> int:
         ids.extend(r[0] for r in db.execute(
             f"SELECT id FROM journal WHERE pending & {mask} != 0 AND priority = ? ORDER BY id LIMIT ?",
             (priority, count - len(ids))))
-    return _ack(db, _ALL_BITS ^ mask, mask, _runs(sorted(ids))) if ids else 0
+    ids.sort()
+    if ids:
+        _ack(db, _ALL_BITS ^ mask, mask, _runs(ids))
+    return ids
 
 
 def _write(db: sqlite3.Connection, rows: list[tuple[int, str, bytes, int, int]],
            acks: list[tuple[int, int, list[tuple[int, int]]]],
-           excess: list[tuple[int, int]]) -> tuple[int, list[int], dict[int, int]]:
+           excess: list[tuple[int, int]]) -> tuple[int, list[int], dict[int, list[int]]]:
     """One group commit: the acknowledgements the disk refused before, the new rows, then each consumer's
-    bound. Returns (the first new id, rows changed per ack, rows dropped per consumer in `excess`)."""
+    bound. Returns (the first new id, rows changed per ack, the ids dropped per consumer in `excess`)."""
     changed = [_ack(db, keep, mask, runs) for keep, mask, runs in acks]
     first = _insert_rows(db, rows) if rows else 0
     dropped = {mask: _drop_oldest(db, mask, count) for mask, count in excess}
@@ -653,7 +775,10 @@ def _select(db: sqlite3.Connection, mask: int, limit: int) -> tuple[list[tuple[i
 
 
 def _legacy_rows(db: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, int, str, bytes, int]]:
+    """The rows of an outbox file: of an earlier version (table outbox) or an `Outbox` of this one (a
+    journal whose one consumer's rows are all that is pending)."""
+    table, where = ("journal", "pending != 0 AND") if _has_table(db, "journal") else ("outbox", "")
     rows: list[tuple[int, int, str, bytes, int]] = db.execute(
-        "SELECT id, priority, key, payload, retain FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-        (after, limit)).fetchall()
+        f"SELECT id, min(max(priority, 0), 1), key, payload, retain FROM {table} WHERE {where} id > ? "
+        "ORDER BY id LIMIT ?", (after, limit)).fetchall()
     return rows

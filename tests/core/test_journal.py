@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 import dcim.core.journal as journal_module
-from dcim.core.journal import Cursor, Journal
-from dcim.core.outbox import Outbox
+from dcim.core.journal import Cursor, Journal, Outbox
 from dcim.core.sqlite import SqliteWriter
 from tests.helpers import wait_until
 
@@ -205,13 +204,40 @@ async def test_rows_for_a_consumer_no_longer_configured_wait_for_it(tmp_path: Pa
         assert payloads(await journal.cursor("ingest").take(10)) == [b"for both"]
 
 
+def old_outbox(path: Path, items: list[tuple[str, bytes, int, bool]]) -> None:
+    """An outbox file as versions before the journal wrote it (its schema, verbatim)."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(OLD_OUTBOX_SCHEMA)
+        db.executemany("INSERT INTO outbox (priority, key, payload, retain) VALUES (?, ?, ?, ?)",
+                       [(priority, key, payload, int(retain)) for key, payload, priority, retain in items])
+
+
+OLD_OUTBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    priority INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
+"""
+
+
 async def test_the_outboxes_of_an_earlier_version_are_taken_in(tmp_path: Path, writer: SqliteWriter) -> None:
-    for name, items in (("mqtt", [(b"m1", 1), (b"alarm", 0), (b"m2", 1)]), ("ingest", [(b"line", 1)])):
-        old = Outbox(tmp_path / f"{name}-outbox.sqlite", name=name, max_items=100, writer=writer)
-        await old.open()
-        for payload, priority in items:
-            old.put(f"k/{name}", payload, priority, retain=payload == b"alarm")
-        await old.close()
+    # The publisher's outbox as an earlier version left it; the ingest's as an `Outbox` of this one (an ingest
+    # that took from the broker, now in-process).
+    old_outbox(tmp_path / "mqtt-outbox.sqlite", [("k/mqtt", b"m1", 1, False), ("k/mqtt", b"alarm", 0, True),
+                                                 ("k/mqtt", b"m2", 1, False)])
+    box = Outbox(tmp_path / "ingest-outbox.sqlite", name="ingest", max_items=100, writer=writer)
+    await box.open()
+    box.put("k/ingest", b"gone", 1)
+    box.put("k/ingest", b"line", 1)
+    await box.close()
+    box = Outbox(tmp_path / "ingest-outbox.sqlite", name="ingest", max_items=100, writer=writer)
+    await box.open()
+    await box.ack(await box.take(1))  # acknowledged: not taken in again
+    await box.close()
     legacy = {"mqtt": tmp_path / "mqtt-outbox.sqlite", "ingest": tmp_path / "ingest-outbox.sqlite"}
     async with running(Journal(tmp_path / "journal.sqlite", consumers={"mqtt": 100, "ingest": 100},
                                writer=writer, legacy=legacy)) as journal:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dcim.core.outbox import Outbox
+from dcim.core.journal import Outbox
 from dcim.core.sqlite import SqliteWriter
 from tests.helpers import wait_until
 
@@ -92,8 +92,7 @@ async def set_page_limit(box: Outbox, *, full: bool) -> None:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {int(pages) if full else 1_073_741_823}")
 
-    assert box._db is not None
-    await box._db.call(limit)
+    await box.journal.db.call(limit)
 
 
 @pytest.fixture
@@ -144,7 +143,7 @@ async def test_full_disk_memory_bound_drops_oldest_telemetry_first(tmp_path: Pat
     await set_page_limit(box, full=True)
     box.put("alarm", b"keep me", priority=0)
     box.put("t", BIG + b"first", priority=1)
-    await box._write_buffer()  # one write attempt, refused
+    await box.journal._write_buffer()  # one write attempt, refused
     assert box.degraded
     dropped_before = box.dropped
     for n in range(60):
@@ -175,14 +174,61 @@ async def test_degraded_until_the_disk_takes_a_write_even_when_memory_empties(
     await box.open()
     await set_page_limit(box, full=True)
     box.put("t", BIG)
-    await box._write_buffer()  # refused
+    await box.journal._write_buffer()  # refused
     assert box.degraded
     await box.ack(await box.take(10))  # sent from memory
     assert box.depth == 0
-    await box._write_buffer()  # nothing to write: nothing learnt about the disk
+    await box.journal._write_buffer()  # nothing to write: nothing learnt about the disk
     assert box.degraded
     await set_page_limit(box, full=False)
     box.put("t", b"next")
-    await box._write_buffer()
+    await box.journal._write_buffer()
     assert not box.degraded
     await box.close()
+
+
+# ---- an outbox of an earlier version ---------------------------------------------------------------------
+
+async def test_an_outbox_file_of_an_earlier_version_is_taken_in_where_it_lies(tmp_path: Path) -> None:
+    """Versions before the journal kept a table `outbox`; opening the same path turns it into a journal with
+    the same items, ids and order (alarms first), in one transaction."""
+    from tests.core.test_journal import old_outbox  # the earlier schema, verbatim
+
+    path = tmp_path / "hook-pager.sqlite"
+    old_outbox(path, [("g", b"warn-1", 1, False), ("g", b"page", 0, False), ("g", b"warn-2", 1, False)])
+    box = Outbox(path, name="hook-pager", max_items=100)
+    await box.open()
+    writer = asyncio.create_task(box.run())
+    try:
+        assert box.depth == 3
+        items = await box.take(10)
+        assert [(i.id, i.payload) for i in items] == [(2, b"page"), (1, b"warn-1"), (3, b"warn-2")]
+        await box.ack(items[:1])
+        box.put("g", b"warn-3")
+        await box.flush()
+        assert [(i.id, i.payload) for i in await box.take(10)] == [(1, b"warn-1"), (3, b"warn-2"), (4, b"warn-3")]
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await box.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "outbox" not in tables and "journal" in tables
+
+
+async def test_alarms_go_before_telemetry_written_earlier(outbox: Outbox) -> None:
+    """Priority holds across writes, not only within one: telemetry on disk waits for an alarm put after it."""
+    outbox.put("t", b"1")
+    await outbox.flush()
+    outbox.put("t", b"2")
+    await outbox.flush()
+    outbox.put("a", b"alarm", priority=0)
+    await outbox.flush()
+    assert [i.payload for i in await outbox.take(10)] == [b"alarm", b"1", b"2"]
+
+
+async def test_a_put_before_open_is_refused_not_lost(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite", name="early", max_items=10)
+    with pytest.raises(RuntimeError, match="not open"):
+        box.put("t", b"too early")

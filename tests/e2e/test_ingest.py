@@ -18,7 +18,7 @@ from aiohttp import web
 
 from dcim.app.config import Config, IngestConfig, parse_config
 from dcim.app.ingest import DeadLetters, Ingest
-from dcim.core.outbox import Outbox
+from dcim.core.journal import Outbox
 from dcim.simulators.plant import Plant
 from tests.e2e.harness import DaemonProcess, cdu_hall, expected_cdu_values, load, simulators
 from tests.helpers import stored_rows, wait_until

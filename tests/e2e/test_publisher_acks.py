@@ -17,7 +17,7 @@ import pytest
 from dcim.app import publisher as publisher_module
 from dcim.app.config import Config
 from dcim.app.publisher import MqttPublisher
-from dcim.core.outbox import Outbox
+from dcim.core.journal import Outbox
 from dcim.core.topology import Topology
 from tests.helpers import wait_until
 

@@ -24,7 +24,7 @@ from dcim.app.config import HttpConfig
 from dcim.app.demo import View
 from dcim.app.http_api import HttpApi
 from dcim.app.publisher import MqttPublisher
-from dcim.core.outbox import Outbox
+from dcim.core.journal import Outbox
 from dcim.rules.inhibit import split
 from tests.helpers import wait_until
 from tests.http_api.conftest import serving

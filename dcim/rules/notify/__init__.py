@@ -23,8 +23,9 @@ from typing import Any
 import structlog
 
 from dcim.core.events import AlarmEvent, Severity
+from dcim.core.journal import Outbox
 from dcim.core.metrics import REGISTRY
-from dcim.core.outbox import DISK_ERRORS, Item, Outbox
+from dcim.core.outbox import DISK_ERRORS, Item
 from dcim.core.sqlite import SqliteWriter
 from dcim.rules.clock import Clock, SystemClock
 from dcim.rules.hooks import Hook, make_hook

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 import structlog
 
 from dcim.core.aio import reraise_lost_cancellation
+from dcim.core.journal import Outbox
 from dcim.core.metrics import REGISTRY
-from dcim.core.outbox import Item, Outbox
+from dcim.core.outbox import Item
 from dcim.rules.hooks.base import Hook, HookError
 from dcim.rules.notify.config import Retry
 

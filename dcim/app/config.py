@@ -81,6 +81,10 @@ class MqttConfig(StrictModel):
     reconnect_max: PositiveDuration = 5.0
     """Longest wait between two connection attempts (seconds or e.g. "5s"): also how late delivery may resume
     after the broker returns."""
+    max_inflight: Annotated[int, Field(ge=1, le=65535)] = 100
+    """QoS 1 messages the publisher keeps on the wire unacknowledged. With MQTT 5 the broker's Receive
+    Maximum lowers it (mosquitto announces its `max_inflight_messages`, 20 unless set): more would let a
+    strict broker disconnect the publisher. On a link with a long round trip, raise both."""
 
 
 class InfluxConfig(StrictModel):

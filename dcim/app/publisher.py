@@ -41,23 +41,41 @@ CONNECTED = REGISTRY.gauge("dcim_mqtt_connected", "1 while connected to the brok
 PRIORITY_EVENT = 0
 PRIORITY_TELEMETRY = 1
 SEND_BATCH = 500
+# QoS 1 messages on the wire at once, unacknowledged (mqtt.max_inflight, lowered by an MQTT 5 broker's
+# Receive Maximum), are kept by `_send` itself: paho's own bound (max_inflight_messages) scans every message
+# it holds on each PUBACK to find the next one to send, which cost more CPU than all the rest of publishing
+# a message, and paho ignores the broker's Receive Maximum. So paho's bound is off (0: unbounded, and it is
+# never given more than the window).
 # Seconds a batch may wait for its acknowledgements on a live connection before it counts as a broker fault.
 PUBLISH_TIMEOUT = 10.0
 
 
-class _BatchAcks:
-    """Counts a batch's PUBACKs (aiomqtt calls `set()` once per acknowledged message id)."""
+class _Window:
+    """The messages of a batch on the wire, unacknowledged: aiomqtt calls `set()` once per PUBACK; `below(n)`
+    is a future done once at most `n` are left."""
 
-    __slots__ = ("_left", "done")
+    __slots__ = ("_limit", "_waiter", "outstanding")
 
-    def __init__(self, count: int) -> None:
-        self._left = count
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def __init__(self) -> None:
+        self.outstanding = 0
+        self._limit = 0
+        self._waiter: asyncio.Future[None] | None = None
 
     def set(self) -> None:
-        self._left -= 1
-        if self._left <= 0 and not self.done.done():
-            self.done.set_result(None)
+        self.outstanding -= 1
+        waiter = self._waiter
+        if waiter is not None and self.outstanding <= self._limit:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def below(self, limit: int) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.outstanding <= limit:
+            waiter.set_result(None)
+        else:
+            self._limit, self._waiter = limit, waiter
+        return waiter
 
 
 def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
@@ -117,6 +135,7 @@ class MqttPublisher:
         self.client_id = client_id(config, "publisher", instance)
         self.presence_topic = f"{self.base}/daemon/{self.client_id}"
         self.connected = asyncio.Event()
+        self.window = config.max_inflight  # of the current connection: see `_client`
         self._drained = asyncio.Event()
         # Set while the in-process ingest is subscribed: after a broker restart that lost every session,
         # what the outbox sends before the ingest is back would reach no subscriber.
@@ -171,7 +190,7 @@ class MqttPublisher:
 
     def _client(self) -> aiomqtt.Client:
         password = self.config.password.get_secret_value() if self.config.password else None
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.config.host or "",
             self.config.port,
             identifier=self.client_id,
@@ -181,9 +200,22 @@ class MqttPublisher:
             tls_context=tls_context(self.config),
             protocol=protocol(self.config),
             will=aiomqtt.Will(self.presence_topic, b"offline", qos=1, retain=True),
-            max_inflight_messages=100,
+            max_inflight_messages=0,  # the window is kept by `_send`
             timeout=10,
         )
+        # The broker's Receive Maximum is in its CONNACK, which aiomqtt does not pass on: read on the way.
+        paho = client._client
+        on_connect = paho.on_connect
+        assert on_connect is not None, "aiomqtt sets on_connect"
+
+        def connected(*args: Any, **kwargs: Any) -> None:
+            properties = args[4] if len(args) > 4 else kwargs.get("properties")
+            receive_maximum = getattr(properties, "ReceiveMaximum", None)
+            self.window = min(self.config.max_inflight, int(receive_maximum or 65535))
+            on_connect(*args, **kwargs)
+
+        paho.on_connect = connected
+        return client
 
     async def run(self) -> None:
         # The delay between attempts is capped by mqtt.reconnect_max and starts again from the shortest
@@ -205,7 +237,8 @@ class MqttPublisher:
                             log.info("broker reachable again", host=self.config.host, queued=self.outbox.depth)
                             down_logged = False
                         else:
-                            log.info("connected to broker", host=self.config.host, port=self.config.port)
+                            log.info("connected to broker", host=self.config.host, port=self.config.port,
+                                     in_flight=self.window)
                         try:
                             await self._send_loop(client)
                         except asyncio.CancelledError:
@@ -248,8 +281,9 @@ class MqttPublisher:
     async def _send(self, client: aiomqtt.Client, items: list[Item]) -> None:
         """Publish a batch at QoS 1 and return once the broker has acknowledged every message of it.
 
-        The messages go to paho in one synchronous pass (paho keeps up to max_inflight_messages on the wire
-        and queues the rest) and one future waits for the whole batch: aiomqtt's own `publish` costs two
+        At most `window` messages are on the wire (a sliding window): they go to paho in synchronous passes,
+        and one future waits for the next acknowledgement, after which a pass tops the window up with as many
+        as were acknowledged meanwhile (the last waits for every acknowledgement). aiomqtt's own `publish` costs two
         tasks, an event, a timer and a scan of its pending calls per message, which was most of the
         publisher's CPU. The acknowledgements come through aiomqtt's `on_publish`, which calls `set()` on
         what is registered for the message id (aiomqtt is pinned below 3, where that holds). A connection
@@ -260,28 +294,35 @@ class MqttPublisher:
             return
         paho = client._client  # aiomqtt exposes no batch publish
         pending: dict[int, Any] = client._pending_publishes
-        acks = _BatchAcks(len(items))
+        lost = client._disconnected
+        limit = max(1, self.window)
+        window = _Window()
         mids: list[int] = []
+        sent = 0
         try:
-            for item in items:
-                info = paho.publish(item.key, item.payload, qos=1, retain=item.retain)
-                if info.rc != 0:
-                    raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-                if info.is_published():
-                    acks.set()
-                else:
-                    pending[info.mid] = acks
-                    mids.append(info.mid)
-            lost = client._disconnected
             async with asyncio.timeout(PUBLISH_TIMEOUT):
-                await asyncio.wait((acks.done, lost), return_when=asyncio.FIRST_COMPLETED)
-            if not acks.done.done():
-                raise aiomqtt.MqttError("connection lost before every message was acknowledged")
+                while True:
+                    for item in items[sent:sent + limit - window.outstanding]:
+                        info = paho.publish(item.key, item.payload, qos=1, retain=item.retain)
+                        sent += 1
+                        if info.rc != 0:
+                            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+                        if not info.is_published():
+                            window.outstanding += 1
+                            pending[info.mid] = window
+                            mids.append(info.mid)
+                    last = sent >= len(items)
+                    acked = window.below(0 if last else limit - 1)
+                    await asyncio.wait((acked, lost), return_when=asyncio.FIRST_COMPLETED)
+                    if not acked.done():
+                        raise aiomqtt.MqttError("connection lost before every message was acknowledged")
+                    if last:
+                        break
         except TimeoutError:
             raise aiomqtt.MqttError(f"no acknowledgement within {PUBLISH_TIMEOUT:g} s") from None
         finally:
             for mid in mids:
-                if pending.get(mid) is acks:
+                if pending.get(mid) is window:
                     del pending[mid]
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a shutdown budget

@@ -125,3 +125,96 @@ async def test_unacknowledged_publishes_are_sent_again(tmp_path: Path, monkeypat
     # nothing is missing at the broker; the readings acknowledged on the first connection come twice (QoS 1).
     assert set(topics) <= set(third)
     assert set(topics) <= broker.acked
+
+
+class StrictBroker:
+    """An MQTT 5 broker that announces a Receive Maximum of 3 and holds its PUBACKs back a little, so that a
+    client sending more than 3 unacknowledged messages is caught: it answers, as the standard lets it,
+    DISCONNECT with reason 0x93 (Receive Maximum exceeded) and hangs up."""
+
+    RECEIVE_MAXIMUM = 3
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.connections = 0
+        self.most_in_flight = 0
+        self.violations = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        unacked: list[bytes] = []
+        self.connections += 1
+
+        async def acknowledge() -> None:
+            while True:
+                await asyncio.sleep(0.005)
+                while unacked:
+                    writer.write(b"\x40\x02" + unacked.pop(0))
+
+        acking = asyncio.create_task(acknowledge())
+        try:
+            while True:
+                kind, body = await read_packet(reader)
+                packet = kind >> 4
+                if packet == 1:  # CONNECT: CONNACK with the property Receive Maximum (0x21)
+                    writer.write(b"\x20\x06\x00\x00\x03\x21" + self.RECEIVE_MAXIMUM.to_bytes(2, "big"))
+                elif packet == 3:  # PUBLISH, QoS 1
+                    size = int.from_bytes(body[:2], "big")
+                    self.received.append(body[2:2 + size].decode())
+                    unacked.append(body[2 + size:4 + size])
+                    self.most_in_flight = max(self.most_in_flight, len(unacked))
+                    if len(unacked) > self.RECEIVE_MAXIMUM:
+                        self.violations += 1
+                        writer.write(b"\xe0\x02\x93\x00")  # DISCONNECT, Receive Maximum exceeded
+                        break
+                elif packet == 12:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                elif packet == 14:  # DISCONNECT
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            acking.cancel()
+            writer.close()
+
+
+@pytest.mark.timeout(120)
+async def test_the_broker_receive_maximum_is_never_exceeded(tmp_path: Path) -> None:
+    """mqtt.max_inflight is 100 by default; an MQTT 5 broker that announces less gets no more than that."""
+    broker = StrictBroker()
+    port = await broker.start()
+    config = Config.model_validate({
+        "site": {"id": "t"},
+        "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_max": "200ms"},
+        "state_dir": str(tmp_path / "state"),
+    })
+    assert config.mqtt.protocol == "5" and config.mqtt.max_inflight > StrictBroker.RECEIVE_MAXIMUM
+    box = Outbox(tmp_path / "outbox.sqlite", name="mqtt", max_items=10_000)
+    await box.open()
+    publisher = MqttPublisher(config.mqtt, Topology(config), box)
+    topics = [f"dcim/t/cdu/cdu-{i}" for i in range(MESSAGES * 5)]
+    for topic in topics:
+        box.put(topic, b"cdu flow_lpm=1", 1)
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(box.run()), tg.create_task(publisher.run())]
+        try:
+            await wait_until(lambda: box.depth == 0, timeout=90, message="the outbox emptied")
+        finally:
+            for task in tasks:
+                task.cancel()
+    await box.close()
+    assert broker.server is not None
+    broker.server.close()
+    with contextlib.suppress(Exception):
+        await broker.server.wait_closed()
+    seen = (f"{broker.connections} connection(s), {broker.violations} violation(s), at most "
+            f"{broker.most_in_flight} in flight, {len(broker.received)} PUBLISH received")
+    assert broker.violations == 0 and broker.most_in_flight <= StrictBroker.RECEIVE_MAXIMUM, seen
+    assert publisher.window == StrictBroker.RECEIVE_MAXIMUM, seen
+    assert [t for t in broker.received if t in topics] == topics, seen  # in order, each once: nothing sent again

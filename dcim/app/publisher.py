@@ -41,18 +41,20 @@ CONNECTED = REGISTRY.gauge("dcim_mqtt_connected", "1 while connected to the brok
 PRIORITY_EVENT = 0
 PRIORITY_TELEMETRY = 1
 SEND_BATCH = 500
-# QoS 1 messages on the wire at once, unacknowledged (mqtt.max_inflight, lowered by an MQTT 5 broker's
-# Receive Maximum), are kept by `_send` itself: paho's own bound (max_inflight_messages) scans every message
-# it holds on each PUBACK to find the next one to send, which cost more CPU than all the rest of publishing
-# a message, and paho ignores the broker's Receive Maximum. So paho's bound is off (0: unbounded, and it is
-# never given more than the window).
 # Seconds a batch may wait for its acknowledgements on a live connection before it counts as a broker fault.
 PUBLISH_TIMEOUT = 10.0
 
 
 class _Window:
     """The messages of a batch on the wire, unacknowledged: aiomqtt calls `set()` once per PUBACK; `below(n)`
-    is a future done once at most `n` are left."""
+    is a future done once at most `n` are left.
+
+    How many may be on the wire (mqtt.max_inflight, lowered by an MQTT 5 broker's Receive Maximum) is kept
+    by `_send` with this, not by paho: paho's own bound (max_inflight_messages) scans every message it holds
+    on each PUBACK to find the next one to send, which cost more CPU than all the rest of publishing a
+    message, and it ignores the broker's Receive Maximum. So paho's bound is off (0: unbounded; it is never
+    given more than the window).
+    """
 
     __slots__ = ("_limit", "_waiter", "outstanding")
 
@@ -283,8 +285,8 @@ class MqttPublisher:
 
         At most `window` messages are on the wire (a sliding window): they go to paho in synchronous passes,
         and one future waits for the next acknowledgement, after which a pass tops the window up with as many
-        as were acknowledged meanwhile (the last waits for every acknowledgement). aiomqtt's own `publish` costs two
-        tasks, an event, a timer and a scan of its pending calls per message, which was most of the
+        as were acknowledged meanwhile (the last waits for every acknowledgement). aiomqtt's own `publish`
+        costs two tasks, an event, a timer and a scan of its pending calls per message, which was most of the
         publisher's CPU. The acknowledgements come through aiomqtt's `on_publish`, which calls `set()` on
         what is registered for the message id (aiomqtt is pinned below 3, where that holds). A connection
         lost before the last acknowledgement ends the wait at once, not after the timeout; nothing is

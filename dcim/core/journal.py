@@ -130,7 +130,9 @@ class Cursor:
 
     @property
     def depth(self) -> int:
-        return max(0, self.on_disk - len(self.unsaved_acks)) + self.buffered
+        # What is being written counts too: between leaving the buffer and arriving on disk it is in neither.
+        writing = self.journal.writing.get(self.mask, 0)
+        return max(0, self.on_disk - len(self.unsaved_acks)) + self.buffered + writing
 
     @property
     def degraded(self) -> bool:
@@ -272,6 +274,8 @@ class Journal:
         self._wake = asyncio.Event()
         self._written = asyncio.Event()
         self._writing = False
+        # Per consumer mask: the entries of the write in flight that are for it.
+        self.writing: dict[int, int] = {}
         self._full_logged: set[str] = set()
         self._memory_full_logged = False
 
@@ -471,11 +475,13 @@ class Journal:
         ack_jobs = [(_ALL_BITS ^ self.cursors[n].mask, self.cursors[n].mask, _runs(ids)) for n, ids in acks.items()]
         self._writing = True
         self._in_flight = frozenset(e.id for e in batch)
+        self.writing = new
         try:
             write = await db.submit(_write, rows, ack_jobs, excess)
         except BaseException:
             self._writing = False
             self._in_flight = frozenset()
+            self.writing = {}
             self._rebuffer(batch)
             raise
         masks = [e.pending for e in batch]
@@ -494,6 +500,7 @@ class Journal:
                       masks: list[int], acks: dict[str, list[int]]) -> None:
         self._writing = False
         self._in_flight = frozenset()
+        self.writing = {}
         self._written.set()
         error = done.exception() if not done.cancelled() else asyncio.CancelledError()
         if error is not None:

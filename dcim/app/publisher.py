@@ -37,6 +37,13 @@ log = structlog.get_logger(__name__)
 
 PUBLISHED = REGISTRY.counter("dcim_mqtt_published_total", "Messages acknowledged by the broker")
 CONNECTED = REGISTRY.gauge("dcim_mqtt_connected", "1 while connected to the broker", ("role",))
+REFUSED = REGISTRY.counter("dcim_mqtt_refused_total", "Messages the broker refused for good (MQTT 5 PUBACK "
+                           "reason code), dropped", ("reason",))
+# PUBACK reason codes that sending again cannot change (not authorised by the broker's ACL, a topic name or
+# payload it will never take): such a message is counted and dropped, or it would block the queue for ever.
+# Any other failure code (unspecified, implementation specific, quota exceeded, packet id in use) fails the
+# batch, which is sent again on the next connection, after the backoff.
+REFUSED_FOR_GOOD = {0x87: "not authorized", 0x90: "topic name invalid", 0x99: "payload format invalid"}
 
 PRIORITY_EVENT = 0
 PRIORITY_TELEMETRY = 1
@@ -56,10 +63,11 @@ class _Window:
     given more than the window).
     """
 
-    __slots__ = ("_limit", "_waiter", "outstanding")
+    __slots__ = ("_limit", "_waiter", "outstanding", "refused")
 
     def __init__(self) -> None:
         self.outstanding = 0
+        self.refused: dict[int, int] = {}  # message id -> the failure reason code of its PUBACK (MQTT 5)
         self._limit = 0
         self._waiter: asyncio.Future[None] | None = None
 
@@ -138,6 +146,7 @@ class MqttPublisher:
         self.presence_topic = f"{self.base}/daemon/{self.client_id}"
         self.connected = asyncio.Event()
         self.window = config.max_inflight  # of the current connection: see `_client`
+        self._refusals: dict[str, int] = {}  # messages refused for good since start, per reason
         self._drained = asyncio.Event()
         # Set while the in-process ingest is subscribed: after a broker restart that lost every session,
         # what the outbox sends before the ingest is back would reach no subscriber.
@@ -217,6 +226,20 @@ class MqttPublisher:
             on_connect(*args, **kwargs)
 
         paho.on_connect = connected
+        # A PUBACK's reason code, which aiomqtt drops too: a failure is noted on the window of its message.
+        on_publish = paho.on_publish
+        assert on_publish is not None, "aiomqtt sets on_publish"
+
+        def published(*args: Any, **kwargs: Any) -> None:
+            mid = args[2] if len(args) > 2 else kwargs.get("mid")
+            reason = args[3] if len(args) > 3 else kwargs.get("reason_code")
+            if reason is not None and getattr(reason, "is_failure", False):
+                window = client._pending_publishes.get(mid) if isinstance(mid, int) else None
+                if isinstance(window, _Window):
+                    window.refused[mid] = int(reason.value)
+            on_publish(*args, **kwargs)
+
+        paho.on_publish = published
         return client
 
     async def run(self) -> None:
@@ -290,7 +313,10 @@ class MqttPublisher:
         publisher's CPU. The acknowledgements come through aiomqtt's `on_publish`, which calls `set()` on
         what is registered for the message id (aiomqtt is pinned below 3, where that holds). A connection
         lost before the last acknowledgement ends the wait at once, not after the timeout; nothing is
-        acknowledged in the outbox then, and the whole batch is sent again on the next connection.
+        acknowledged in the outbox then, and the whole batch is sent again on the next connection. So is a
+        batch of which the broker refused a message for a reason that may pass (an MQTT 5 PUBACK with a
+        failure code, quota exceeded say); a message refused for good (`REFUSED_FOR_GOOD`) is counted,
+        logged and dropped.
         """
         if not items:
             return
@@ -299,7 +325,7 @@ class MqttPublisher:
         lost = client._disconnected
         limit = max(1, self.window)
         window = _Window()
-        mids: list[int] = []
+        mids: dict[int, Item] = {}
         sent = 0
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
@@ -312,7 +338,7 @@ class MqttPublisher:
                         if not info.is_published():
                             window.outstanding += 1
                             pending[info.mid] = window
-                            mids.append(info.mid)
+                            mids[info.mid] = item
                     last = sent >= len(items)
                     acked = window.below(0 if last else limit - 1)
                     await asyncio.wait((acked, lost), return_when=asyncio.FIRST_COMPLETED)
@@ -320,12 +346,32 @@ class MqttPublisher:
                         raise aiomqtt.MqttError("connection lost before every message was acknowledged")
                     if last:
                         break
+            if window.refused:
+                self._refused(window.refused, mids)
         except TimeoutError:
             raise aiomqtt.MqttError(f"no acknowledgement within {PUBLISH_TIMEOUT:g} s") from None
         finally:
             for mid in mids:
                 if pending.get(mid) is window:
                     del pending[mid]
+
+    def _refused(self, refused: dict[int, int], items: dict[int, Item]) -> None:
+        """Messages of a batch the broker answered with a failure reason code: those refused for good are
+        counted and logged (the first of each reason, then every 1,000th); any other
+        refusal fails the batch (raises), to be sent again."""
+        passing = {code for code in refused.values() if code not in REFUSED_FOR_GOOD}
+        if passing:
+            codes = ", ".join(hex(c) for c in sorted(set(refused.values())))
+            raise aiomqtt.MqttError(f"the broker refused {len(refused)} message(s) (reason codes {codes}), "
+                                    "not all for good: sending the batch again")
+        for mid, code in refused.items():
+            reason = REFUSED_FOR_GOOD[code]
+            REFUSED.inc(reason=reason)
+            self._refusals[reason] = count = self._refusals.get(reason, 0) + 1
+            if count == 1 or count % 1000 == 0:
+                item = items.get(mid)
+                log.error("the broker refused a message for good; dropped", reason=reason, code=hex(code),
+                          topic=item.key if item else None, refused_so_far=count)
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a shutdown budget
         """Wait until the outbox is empty (True) or the timeout passes (False). Used at shutdown."""

@@ -218,3 +218,87 @@ async def test_the_broker_receive_maximum_is_never_exceeded(tmp_path: Path) -> N
     assert broker.violations == 0 and broker.most_in_flight <= StrictBroker.RECEIVE_MAXIMUM, seen
     assert publisher.window == StrictBroker.RECEIVE_MAXIMUM, seen
     assert [t for t in broker.received if t in topics] == topics, seen  # in order, each once: nothing sent again
+
+
+class RefusingBroker:
+    """An MQTT 5 broker whose PUBACKs carry failure reason codes: 0x87 (not authorised) for every topic that
+    ends in "-denied", 0x97 (quota exceeded) the first time it sees "cdu-quota"; success for the rest."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.accepted: set[str] = set()
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                kind, body = await read_packet(reader)
+                packet = kind >> 4
+                if packet == 1:  # CONNECT
+                    writer.write(b"\x20\x03\x00\x00\x00")  # CONNACK, no properties
+                elif packet == 3:  # PUBLISH, QoS 1
+                    size = int.from_bytes(body[:2], "big")
+                    topic = body[2:2 + size].decode()
+                    mid = body[2 + size:4 + size]
+                    code = 0x00
+                    if topic.endswith("-denied"):
+                        code = 0x87
+                    elif topic.endswith("cdu-quota") and topic not in self.received:
+                        code = 0x97
+                    self.received.append(topic)
+                    if code == 0:
+                        self.accepted.add(topic)
+                    writer.write(b"\x40\x03" + mid + bytes([code]))
+                elif packet == 12:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                elif packet == 14:  # DISCONNECT
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_message_refused_for_good_is_counted_and_dropped_a_passing_refusal_is_sent_again(
+        tmp_path: Path) -> None:
+    broker = RefusingBroker()
+    port = await broker.start()
+    config = Config.model_validate({
+        "site": {"id": "t"},
+        "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_max": "200ms"},
+        "state_dir": str(tmp_path / "state"),
+    })
+    box = Outbox(tmp_path / "outbox.sqlite", name="mqtt", max_items=10_000)
+    await box.open()
+    publisher = MqttPublisher(config.mqtt, Topology(config), box)
+    good = [f"dcim/t/cdu/cdu-{i}" for i in range(20)] + ["dcim/t/cdu/cdu-quota"]
+    denied = [f"dcim/t/cdu/cdu-{i}-denied" for i in range(3)]
+    for topic in [*good, *denied]:
+        box.put(topic, b"cdu flow_lpm=1", 1)
+    refused_before = publisher_module.REFUSED.get(reason="not authorized")
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(box.run()), tg.create_task(publisher.run())]
+        try:
+            await wait_until(lambda: box.depth == 0, timeout=90, message="the outbox emptied")
+        finally:
+            for task in tasks:
+                task.cancel()
+    await box.close()
+    assert broker.server is not None
+    broker.server.close()
+    with contextlib.suppress(Exception):
+        await broker.server.wait_closed()
+    seen = f"{broker.connections} connection(s); received {broker.received}"
+    assert set(good) <= broker.accepted, seen  # the quota refusal passed: sent again, taken
+    assert broker.received.count("dcim/t/cdu/cdu-quota") >= 2, seen
+    assert publisher_module.REFUSED.get(reason="not authorized") - refused_before == 3, seen
+    assert broker.connections >= 2, seen  # the passing refusal failed the batch: a new connection sent it

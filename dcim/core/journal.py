@@ -215,7 +215,7 @@ class Cursor:
         on_disk = sorted({i.id for i in items if i.id > 0 and i.id not in self.unsaved_acks})
         if not on_disk:
             return
-        self._forget_fresh(on_disk)
+        self.forget_fresh(on_disk)
         try:
             changed: int = await self.journal.db.call(_ack, _ALL_BITS ^ self.mask, self.mask, _runs(on_disk))
         except DISK_ERRORS as err:
@@ -224,18 +224,18 @@ class Cursor:
             return
         self.on_disk = max(0, self.on_disk - changed)
 
-    def _forget_fresh(self, ids: list[int]) -> None:
+    def forget_fresh(self, ids: list[int]) -> None:
         gone = set(ids)
         for queue in self.fresh:
+            # Usually the oldest of the queue: taken from its front.
             while queue and queue[0].id in gone:
                 gone.discard(queue.popleft().id)
-            if gone and queue and any(i.id in gone for i in queue):
-                kept = deque(i for i in queue if i.id not in gone)
-                gone.difference_update(i.id for i in queue)
-                queue.clear()
-                queue.extend(kept)
             if not gone:
                 return
+            kept = [i for i in queue if i.id not in gone]
+            if len(kept) != len(queue):
+                queue.clear()
+                queue.extend(kept)
 
     def count_dropped(self, count: int) -> None:
         if count:
@@ -533,7 +533,7 @@ class Journal:
             count = len(gone)
             if count:
                 # Not handed out any more, whether written just now or before.
-                cursor._forget_fresh(gone)
+                cursor.forget_fresh(gone)
                 cursor.on_disk = max(0, cursor.on_disk - count)
                 cursor.count_dropped(count)
                 if cursor.name not in self._full_logged:

@@ -44,6 +44,10 @@ class Bound:
     timing: Timing
     labels: dict[str, str]
     judged_ns: int = -1
+    # The last judgement found nothing wrong (a clear verdict, or no data) and left no alarm and no timer:
+    # while that holds and no new value of its points arrives, a condition of a timeless kind cannot judge
+    # otherwise, so the tick skips it (see `Condition.timeless`).
+    settled: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -78,6 +82,7 @@ class Engine:
         self.last_good: dict[tuple[str, str], int] = {}
         self.offline_since: dict[str, int] = {}
         self.evaluations = 0
+        self.skipped = 0  # tick judgements skipped as settled (a timeless condition with no new value)
         # Alarms whose kind raised: logged once each, counted every time.
         self.failing: set[str] = set()
         self._bind()
@@ -207,9 +212,16 @@ class Engine:
         """`tick` in slices of `chunk` judgements, so the service can yield to the loop between them."""
         now = self.clock.now_ns()
         since = now if since_ns is None else since_ns
+        timers, record = self.timers, self.store.record
         for i, bound in enumerate(self.bound):
             if bound.judged_ns < since:
-                self._judge(bound, now)
+                if bound.settled and bound.condition.timeless and bound.key not in timers \
+                        and record(bound.key) is None:
+                    # Judged clear on its last values and none has come since: judging again would find
+                    # the same (a new value, or the device going offline, judges it at once).
+                    self.skipped += 1
+                else:
+                    self._judge(bound, now)
             if i % chunk == chunk - 1:
                 yield
         for watch in self.nodata:
@@ -263,6 +275,8 @@ class Engine:
         record = self.store.record(bound.key)
         current = record.severity if record is not None and record.state is AlarmState.FIRING else None
         verdict = self.verdict(bound, now, current)
+        bound.settled = record is None and (verdict is None or verdict.severity is None) \
+            and bound.key not in self.timers
         if verdict is None:
             return  # no data: hold
         self._apply(bound.key, bound.rule.name, bound.subject, bound.rule.metric, bound.labels, record,

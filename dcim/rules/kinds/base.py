@@ -253,6 +253,18 @@ class Condition(abc.ABC, Generic[R]):
     # True: the engine calls `observe` with every new good value of the condition's points (a kind that
     # keeps history, such as `rate`).
     observes: ClassVar[bool] = False
+    # True: `assess` depends on the subject's values alone (and on their going stale, which only takes a
+    # verdict away), never on the passing of time. Then a bound rule judged clear, with no alarm and no
+    # timer, cannot fire before one of `points()` has a new value, and the engine's tick does not judge it
+    # again until then. False (the default, for an installed kind) judges it on every tick as well.
+    timeless: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "timeless" not in cls.__dict__:
+            # Not inherited: a subclass may judge with time (a kind built on `LimitCondition` whose
+            # `assess` looks at the clock), so it is timeless only where it says so itself.
+            cls.timeless = False
 
     def __init__(self, rule: R, subject: Subject) -> None:
         self.rule = rule

@@ -37,6 +37,7 @@ class RateRule(LimitRule):
 
 class RateCondition(LimitCondition):
     observes = True
+    timeless = True  # the rate is of the observed history; time alone only makes it stale
 
     def __init__(self, rule: LimitRule, subject: Subject) -> None:
         super().__init__(rule, subject)

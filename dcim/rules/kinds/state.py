@@ -40,6 +40,8 @@ class StateRule(RuleBase):
 
 
 class StateCondition(Condition[StateRule]):
+    timeless = True  # the current value matches or not; time alone only makes it stale
+
     def __init__(self, rule: StateRule, subject: Subject) -> None:
         super().__init__(rule, subject)
         self.match = tuple(rule.match or ())

@@ -68,6 +68,9 @@ class ThresholdRule(LimitRule):
 class LimitCondition(Condition[LimitRule]):
     """The value (`value()`, the metric's own by default) against the rule's thresholds."""
 
+    # The value and the thresholds are the subject's values (a `rate` the history of one of them): time
+    # alone only makes them stale, which takes the verdict away.
+    timeless = True
     what: str
 
     def __init__(self, rule: LimitRule, subject: Subject) -> None:

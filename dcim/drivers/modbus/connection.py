@@ -414,29 +414,32 @@ class ModbusConnection:
         deadline = _Deadline(loop)
         attempts = retries + 1
         outcomes: list[bytes | BadResponse | None] = [None] * len(reads)
-        errors: list[DriverError | None] = [None] * len(reads)
         tries = [0] * len(reads)
         waiting = deque(range(len(reads)))  # reads not sent yet (or to be sent again), in plan order
+        retry: list[int] = []  # reads to send again, in the order their attempts failed
         # On the wire, in the order sent (so their deadlines never decrease): read, tid, future, when, client.
         sent: deque[tuple[int, int, asyncio.Future[bytes], float, ModbusTcpClient]] = deque()
         fatal: DriverError | None = None
         ok = 0
 
         def settle(index: int, kind: int, error: DriverError) -> None:
-            """A failed attempt of read `index`: retry it (first in line), keep its BadResponse, or fail."""
+            """A failed attempt of read `index`: retry it (before the reads not sent yet), keep its
+            BadResponse, or fail the poll."""
             nonlocal fatal
-            errors[index] = error
             if fatal is not None:
                 return
             if kind == _RETRY and tries[index] < attempts:
-                waiting.appendleft(index)
+                retry.append(index)
             elif kind == _FATAL or not isinstance(error, BadResponse):
                 fatal = error
             else:
                 outcomes[index] = error
 
         try:
-            while sent or (waiting and fatal is None):
+            while sent or retry or (waiting and fatal is None):
+                if retry:
+                    waiting.extendleft(reversed(retry))
+                    retry.clear()
                 if waiting and fatal is None and len(sent) < window:
                     got = slots.take_now(min(window - len(sent), len(waiting)))
                     if not got and not sent:

@@ -50,7 +50,13 @@ _CODE: dict[str, str] = {
 _UNSIGNED_CODE: dict[int, str] = {1: "H", 2: "I", 4: "Q"}
 
 # How the value after the raw number is computed.
-_PLAIN, _PLAIN_FLOAT32, _PLAIN_FLOAT64, _SCALED, _BIT, _ENUM, _GENERAL = range(7)
+_PLAIN, _PLAIN_FLOAT32, _PLAIN_FLOAT64, _SCALED, _DECIMAL, _BIT, _ENUM, _GENERAL = range(8)
+
+# A 16-bit integer in tenths, hundredths or thousandths (no offset): codec's raw x scale, rounded to the
+# scale's digits + 6, is exactly raw / 10**k (the product is within an ulp of the quotient, far inside the
+# rounding step, and division by 10**k is correctly rounded); a division costs a twentieth of `round`.
+# tests/drivers/test_modbus_decodeplan.py checks every 16-bit raw value for each.
+_DECIMAL_DIVISOR: dict[float, int] = {0.1: 10, 0.01: 100, 0.001: 1000}
 
 # One decoded point: (point, value or None for "missing", reason when it could not be decoded).
 Decoded = tuple[Point, Value | None, str]
@@ -63,7 +69,7 @@ class _Finish:
     kind: int
     scale: float
     offset: float
-    digits: int  # for _SCALED: codec._tidy's rounding, precomputed
+    digits: int  # for _SCALED: codec._tidy's rounding, precomputed; for _DECIMAL: the divisor
     bit: int  # for _BIT
     enum: Mapping[int, str] | None  # for _ENUM
 
@@ -88,6 +94,9 @@ def _finish_for(point: Point, index: int) -> _Finish:
         kind = _GENERAL if point.type in ("float32", "float64") else _ENUM
     elif point.scale == 1.0 and point.offset == 0.0:
         kind = {"float32": _PLAIN_FLOAT32, "float64": _PLAIN_FLOAT64}.get(point.type, _PLAIN)
+    elif point.offset == 0.0 and point.type in ("int16", "uint16") and point.scale in _DECIMAL_DIVISOR:
+        kind = _DECIMAL
+        digits = _DECIMAL_DIVISOR[point.scale]
     elif point.scale != 0 and point.type != "float32":
         # float32 points with a scale keep the general path: their raw value is the shortest text first.
         kind = _SCALED
@@ -186,6 +195,9 @@ class ReadDecoder:
             raws = group.unpack.unpack_from(swapped if group.swapped else big, group.offset)
             for finish, raw in zip(group.finishes, raws, strict=True):
                 kind = finish.kind
+                if kind == _DECIMAL:
+                    out[finish.index] = raw / finish.digits
+                    continue
                 if kind == _SCALED:
                     value = raw * finish.scale + finish.offset
                     if value - value == 0.0:  # finite (integers times a finite scale never overflow)

@@ -175,6 +175,7 @@ async def test_a_missing_answer_times_out_and_the_retry_is_answered(tcp_server: 
     # Retries to spare: a machine stalled longer than the timeout may cost another read a retry, never the test.
     driver = make_driver(port, max_in_flight=max_in_flight, timeout=0.5, retries=3)
     try:
+        await driver.connection.connect(30)  # connected beforehand, so the short timeout bounds only the reads
         got = by_name(await driver.read())
     finally:
         await driver.close()
@@ -198,9 +199,10 @@ async def test_a_silent_device_times_out_the_poll(tcp_server: Any, max_in_flight
             received += 1
 
     port = await tcp_server(silent)
-    driver = make_driver(port, max_in_flight=max_in_flight, timeout=0.2, retries=1)
+    driver = make_driver(port, max_in_flight=max_in_flight, timeout=0.5, retries=1)
     try:
-        with pytest.raises(DeviceTimeout, match=r"no answer within 0\.2 s"):
+        await driver.connection.connect(30)  # connected beforehand, so the short timeout bounds only the reads
+        with pytest.raises(DeviceTimeout, match=r"no answer within 0\.5 s"):
             await driver.read()
     finally:
         await driver.close()

@@ -436,8 +436,8 @@ class ModbusConnection:
                 outcomes[index] = error
 
         try:
-            while sent or retry or (waiting and fatal is None):
-                if retry:
+            while sent or (fatal is None and (retry or waiting)):
+                if retry and fatal is None:
                     waiting.extendleft(reversed(retry))
                     retry.clear()
                 if waiting and fatal is None and len(sent) < window:
@@ -468,6 +468,8 @@ class ModbusConnection:
                         for index, (tid, future) in zip(batch, futures, strict=True):
                             tries[index] += 1
                             sent.append((index, tid, future, when, client))
+                if not sent:
+                    continue
                 index, tid, future, when, client = sent.popleft()
                 deadline.set(when, future)
                 try:
@@ -592,7 +594,7 @@ class ModbusConnection:
         fail; if it is no longer the connection's (another request already handled its loss, or a new one
         is open), nothing more is done: one loss, one backoff step."""
         if client is not None and client is not self._client:
-            return DeviceUnreachable(self._last_error or error)
+            return DeviceUnreachable(error)
         if self._client is not None:
             log.warning("modbus connection lost", gateway=self.name, error=error)
         self._drop()

@@ -113,3 +113,17 @@ def test_registers_that_are_no_16_bit_words_decode_as_the_codec_does() -> None:
     for registers in ([1, 70000, 2], [-1, 5, 6]):
         got = ReadDecoder(read).decode(registers)
         assert [planned(d) for d in got] == [reference(p, registers, 0) for p in points]
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.01, 0.001])
+@pytest.mark.parametrize("data_type", ["int16", "uint16"])
+def test_every_16_bit_value_in_tenths_hundredths_thousandths_decodes_as_the_codec_does(
+        data_type: str, scale: float) -> None:
+    # The plan divides by 10, 100 or 1000 where the codec multiplies and rounds: the same float, every time.
+    points = [Point(name="t", table="input", address=0, type=data_type, scale=scale)]
+    (read,) = plan_reads(points, max_gap=0)
+    decoder = ReadDecoder(read)
+    for word in range(65536):
+        (got,) = decoder.decode([word])
+        assert repr(got[1]) == repr(codec.decode(points[0], [word])), (data_type, scale, word)
+        assert type(got[1]) is float

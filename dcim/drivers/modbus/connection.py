@@ -8,18 +8,36 @@ its own devices at most timeout x (retries + 1) per poll and never touches other
 While a reconnect is backing off, requests fail at once with DeviceUnreachable instead of queueing: the
 poller marks the device offline and tries again next interval.
 
-The semaphore (`max_in_flight`, 1 unless configured) bounds how many requests of the devices behind this
+The slots (`max_in_flight`, 1 unless configured) bound how many requests of the devices behind this
 gateway are on the wire at once: many gateways and PLCs answer only one transaction at a time, so more than
-one is for servers that are known to take several.
+one is for servers that are known to take several. A free slot is taken without waiting; when none is free,
+requests wait in line, first come first served, across every device behind the connection.
+
+A poll is one call, `read_plan`: the device's whole read plan, each read with its own timeout per attempt
+and its own retries, as `request` does for one. Its cost is the hot path of the daemon, so per request it
+takes a slot (an integer), writes the 12 bytes and awaits the answer's future: one timer serves the whole
+plan (each attempt moves its deadline; it fires once per timeout at most and fails the awaited answer with
+TimeoutError), and the metrics are counted once per plan. With a window above 1 (the device's
+`max_in_flight`) the reads go out together, as many as the window and the free slots allow, in one
+`transport.write`, and the answers are taken in the order the requests were sent, whatever order they come
+back in. With a window of 1, one after the other.
+
+What a poll gets, per read: its data, or a BadResponse (a Modbus exception code, a malformed answer, a frame
+that is not Modbus) that makes only that read's points BAD; or the poll raises DeviceTimeout (no answer after
+the retries, or a gateway's "target failed to respond") or DeviceUnreachable (no connection, the connection
+lost, a gateway's "path unavailable"). When a pipelined poll fails, nothing more is sent, and the requests
+already on the wire are awaited (and counted) before it raises.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -31,7 +49,7 @@ from dcim.core.metrics import REGISTRY
 from dcim.drivers.base import DriverContext
 from dcim.drivers.errors import BadResponse, DeviceTimeout, DeviceUnreachable, DriverError
 from dcim.drivers.modbus.config import ModbusDevice
-from dcim.drivers.modbus.transport import Answer, ModbusTcpClient
+from dcim.drivers.modbus.transport import Answer, ModbusTcpClient, read_data
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +86,15 @@ CONNECTS = REGISTRY.counter(
 # Consecutive timeouts (no answer from any unit) after which the socket is presumed half-open and dropped.
 SILENT_LIMIT = 3
 
+# One read of a plan, as `read_plan` takes it: (what, for errors; function code; address; count).
+PlannedRead = tuple[str, int, int, int]
+
+# What a failed attempt means for its read (`ModbusConnection._failure`).
+_RETRY, _FINAL, _FATAL = range(3)
+
+_TIMEOUT_ERRORS = (TimeoutError, DriverError, ModbusException, ValueError, IndexError, KeyError, TypeError,
+                   AttributeError, struct.error)
+
 
 class ExceptionCode(BadResponse):
     """The device answered with a Modbus exception code."""
@@ -75,6 +102,97 @@ class ExceptionCode(BadResponse):
     def __init__(self, code: int, what: str) -> None:
         self.code = code
         super().__init__(f"{what}: exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})")
+
+
+class _Slots:
+    """The requests a connection may have on the wire (`max_in_flight`), shared by every device behind it.
+
+    A free slot is taken with an integer decrement, no await; a request that finds none waits in line (first
+    come, first served), and a slot given back goes straight to the first in line."""
+
+    __slots__ = ("_waiters", "free")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def take_now(self, want: int) -> int:
+        """Up to `want` slots without waiting: as many as are free, none while others wait in line."""
+        waiters = self._waiters
+        while waiters and waiters[0].done():  # cancelled while waiting
+            waiters.popleft()
+        free = self.free
+        if waiters or free <= 0:
+            return 0
+        got = want if want < free else free
+        self.free = free - got
+        return got
+
+    async def take(self) -> None:
+        """One slot, waiting in line for it if none is free."""
+        if self.take_now(1):
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            else:  # handed a slot, then cancelled before running: it goes to the next in line
+                self.give(1)
+            raise
+
+    def give(self, count: int) -> None:
+        waiters = self._waiters
+        while count and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+        self.free += count
+
+
+class _Deadline:
+    """The timeouts of one plan's requests with one timer: `set` gives the awaited answer and its deadline
+    (a float stored); the timer, armed once, re-arms itself when it finds the deadline moved on, and when it
+    is due fails the awaited answer with TimeoutError. No task is cancelled, so nothing is to be uncancelled."""
+
+    __slots__ = ("_armed", "_handle", "_loop", "future", "when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = 0.0
+        self.when = 0.0
+        self.future: asyncio.Future[bytes] | None = None
+
+    def set(self, when: float, future: asyncio.Future[bytes]) -> None:
+        self.when = when
+        self.future = future
+        handle = self._handle
+        if handle is None or when < self._armed:
+            if handle is not None:
+                handle.cancel()
+            self._armed = when
+            self._handle = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        if self.when > self._armed:
+            self._armed = self.when
+            self._handle = self._loop.call_at(self.when, self._fire)
+            return
+        self._handle = None
+        future = self.future
+        if future is not None and not future.done():
+            future.set_exception(TimeoutError())
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.future = None
 
 
 class ModbusConnection:
@@ -86,7 +204,7 @@ class ModbusConnection:
         self.name = f"{host}:{port}"
         self.backoff = backoff or Backoff(initial=0.1, maximum=10.0)
         self.users: set[str] = set()
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._slots = _Slots(max_in_flight)
         self._connect_lock = asyncio.Lock()
         self._client: ModbusTcpClient | None = None
         self._retry_at = 0.0
@@ -157,7 +275,8 @@ class ModbusConnection:
         """Run one request with the device's timeout per attempt and its retries. Raises DriverError."""
         error: DriverError = DeviceTimeout(f"{what}: no answer")
         cancels = cancelling()
-        async with self._slots:
+        await self._slots.take()
+        try:
             for _attempt in range(retries + 1):
                 try:
                     async with asyncio.timeout(timeout):
@@ -165,23 +284,7 @@ class ModbusConnection:
                         response = await call(client)
                     raise_if_cancelled(cancels)
                 except TimeoutError:
-                    self._silent += 1
-                    if self._client is None:
-                        if not self._connect_lock.locked():
-                            self._failed(f"connecting to {self.name} timed out")
-                        error = DeviceUnreachable(f"connecting to {self.name} timed out")
-                    elif not self._client.connected:
-                        error = self._lost(f"connection to {self.name} lost")
-                    else:
-                        error = DeviceTimeout(f"{what}: no answer within {timeout:g} s")
-                        if self._silent >= SILENT_LIMIT:
-                            # Perhaps a half-open socket: open a fresh one for the next attempt. TCP itself
-                            # worked, so no backoff (a unit that is merely silent keeps timing out).
-                            log.debug("modbus connection silent, reopening", gateway=self.name,
-                                     unanswered=self._silent)
-                            self._silent = 0
-                            self._drop()
-                    REQUESTS.inc(gateway=self.name, result="timeout")
+                    error = self._timed_out(what, timeout)
                     continue
                 except DeviceUnreachable:
                     REQUESTS.inc(gateway=self.name, result="unreachable")
@@ -216,9 +319,282 @@ class ModbusConnection:
                     raise ExceptionCode(code, what)
                 REQUESTS.inc(gateway=self.name, result="ok")
                 return response
+        finally:
+            self._slots.give(1)
         raise error
 
-    def _lost(self, error: str) -> DeviceUnreachable:
+    async def read_plan(
+        self, unit: int, reads: Sequence[PlannedRead], *,
+        timeout: float, retries: int, window: int = 1,  # noqa: ASYNC109 - per attempt, not for the whole call
+    ) -> tuple[list[bytes | BadResponse], list[int]]:
+        """A poll: every read of the plan, each with the device's timeout per attempt and its retries.
+
+        Returns, per read, its data as `transport.read_data` gives it (or the BadResponse that makes that
+        read's points BAD), and when it was answered (ns since the epoch; one time for all of a pipelined
+        plan). Raises DeviceTimeout or DeviceUnreachable when the device cannot be polled. With `window`
+        above 1, up to that many reads are in flight together (within the connection's `max_in_flight`)."""
+        if window > 1 and len(reads) > 1:
+            return await self._read_pipelined(unit, reads, timeout, retries, window)
+        return await self._read_one_by_one(unit, reads, timeout, retries)
+
+    async def _read_one_by_one(
+        self, unit: int, reads: Sequence[PlannedRead], timeout: float, retries: int,  # noqa: ASYNC109
+    ) -> tuple[list[bytes | BadResponse], list[int]]:
+        loop = asyncio.get_running_loop()
+        slots = self._slots
+        deadline = _Deadline(loop)
+        outcomes: list[bytes | BadResponse] = []
+        stamps: list[int] = []
+        attempts = retries + 1
+        ok = 0
+        try:
+            for what, function, address, count in reads:
+                outcome: bytes | BadResponse | None = None
+                error: DriverError | None = None
+                for _attempt in range(attempts):
+                    if not slots.take_now(1):
+                        await slots.take()
+                    client = None
+                    try:
+                        start = loop.time()
+                        client = self._client
+                        if client is None or not client.connected:
+                            client = await self._connect_by(start + timeout)
+                        tid, future = client.send_read(unit, function, address, count)
+                        deadline.set(start + timeout, future)
+                        try:
+                            pdu = await future
+                        finally:
+                            client.forget(tid, future)
+                        data = read_data(function, pdu)
+                    except _TIMEOUT_ERRORS as err:
+                        kind, error = self._failure(what, timeout, err, client)
+                        if kind == _RETRY:
+                            continue
+                        if kind == _FATAL:
+                            raise  # DeviceUnreachable, from connecting: as it came
+                        assert isinstance(error, BadResponse)
+                        outcome = error
+                        break
+                    finally:
+                        slots.give(1)
+                    self._silent = 0
+                    if type(data) is bytes:
+                        ok += 1
+                        outcome = data
+                        break
+                    assert isinstance(data, int)
+                    kind, error = self._exception_answer(what, data)
+                    if kind == _RETRY:
+                        continue
+                    if kind == _FATAL:
+                        raise error
+                    assert isinstance(error, BadResponse)
+                    outcome = error
+                    break
+                if outcome is None:
+                    assert error is not None
+                    if not isinstance(error, BadResponse):
+                        raise error
+                    outcome = error  # busy (or acknowledge) after the last retry: that read is BAD
+                outcomes.append(outcome)
+                stamps.append(time.time_ns())
+        finally:
+            deadline.cancel()
+            if ok:
+                REQUESTS.inc(ok, gateway=self.name, result="ok")
+        return outcomes, stamps
+
+    async def _read_pipelined(
+        self, unit: int, reads: Sequence[PlannedRead], timeout: float, retries: int,  # noqa: ASYNC109
+        window: int,
+    ) -> tuple[list[bytes | BadResponse], list[int]]:
+        loop = asyncio.get_running_loop()
+        slots = self._slots
+        deadline = _Deadline(loop)
+        attempts = retries + 1
+        outcomes: list[bytes | BadResponse | None] = [None] * len(reads)
+        tries = [0] * len(reads)
+        waiting = deque(range(len(reads)))  # reads not sent yet (or to be sent again), in plan order
+        retry: list[int] = []  # reads to send again, in the order their attempts failed
+        # On the wire, in the order sent (so their deadlines never decrease): read, tid, future, when, client.
+        sent: deque[tuple[int, int, asyncio.Future[bytes], float, ModbusTcpClient]] = deque()
+        fatal: DriverError | None = None
+        ok = 0
+
+        def settle(index: int, kind: int, error: DriverError) -> None:
+            """A failed attempt of read `index`: retry it (before the reads not sent yet), keep its
+            BadResponse, or fail the poll."""
+            nonlocal fatal
+            if fatal is not None:
+                return
+            if kind == _RETRY and tries[index] < attempts:
+                retry.append(index)
+            elif kind == _FATAL or not isinstance(error, BadResponse):
+                fatal = error
+            else:
+                outcomes[index] = error
+
+        try:
+            while sent or (fatal is None and (retry or waiting)):
+                if retry and fatal is None:
+                    waiting.extendleft(reversed(retry))
+                    retry.clear()
+                if waiting and fatal is None and len(sent) < window:
+                    got = slots.take_now(min(window - len(sent), len(waiting)))
+                    if not got and not sent:
+                        await slots.take()
+                        got = 1 + slots.take_now(min(window, len(waiting)) - 1)
+                    if got:
+                        batch = [waiting.popleft() for _ in range(got)]
+                        client = None
+                        try:
+                            start = loop.time()
+                            client = self._client
+                            if client is None or not client.connected:
+                                client = await self._connect_by(start + timeout)
+                            futures = client.send_reads(unit, [reads[i][1:] for i in batch])
+                        except BaseException as err:
+                            # Connecting failed (or the socket closed under us): an attempt of the first.
+                            slots.give(got)
+                            waiting.extendleft(reversed(batch[1:]))
+                            if not isinstance(err, _TIMEOUT_ERRORS):
+                                raise
+                            tries[batch[0]] += 1
+                            kind, error = self._failure(reads[batch[0]][0], timeout, err, client)
+                            settle(batch[0], kind, error)
+                            continue
+                        when = start + timeout
+                        for index, (tid, future) in zip(batch, futures, strict=True):
+                            tries[index] += 1
+                            sent.append((index, tid, future, when, client))
+                if not sent:
+                    continue
+                index, tid, future, when, client = sent.popleft()
+                deadline.set(when, future)
+                try:
+                    try:
+                        pdu = await future
+                    finally:
+                        client.forget(tid, future)
+                        slots.give(1)
+                    data = read_data(reads[index][1], pdu)
+                except TimeoutError as err:
+                    kind, error = self._failure(reads[index][0], timeout, err, client)
+                    settle(index, kind, error)
+                    # The others sent with it (or before) whose time is up too: timed out now, before any
+                    # retry is sent (the third silent one may reopen the socket under them).
+                    now = loop.time()
+                    for entry in [e for e in sent if e[3] <= now and not e[2].done()]:
+                        sent.remove(entry)
+                        e_index, e_tid, e_future, _when, e_client = entry
+                        e_client.forget(e_tid, e_future)
+                        _discard(e_future)
+                        slots.give(1)
+                        kind, error = self._failure(reads[e_index][0], timeout, TimeoutError(), e_client)
+                        settle(e_index, kind, error)
+                    continue
+                except _TIMEOUT_ERRORS as err:
+                    kind, error = self._failure(reads[index][0], timeout, err, client)
+                    settle(index, kind, error)
+                    continue
+                self._silent = 0
+                if type(data) is bytes:
+                    ok += 1
+                    if fatal is None:
+                        outcomes[index] = data
+                    continue
+                assert isinstance(data, int)
+                kind, error = self._exception_answer(reads[index][0], data)
+                settle(index, kind, error)
+        finally:
+            deadline.cancel()
+            if ok:
+                REQUESTS.inc(ok, gateway=self.name, result="ok")
+            for _index, tid, future, _when, client in sent:  # only when cancelled: nothing else leaves any
+                client.forget(tid, future)
+                _discard(future)
+                slots.give(1)
+        if fatal is not None:
+            raise fatal
+        stamp = time.time_ns()
+        finished: list[bytes | BadResponse] = []
+        for outcome in outcomes:
+            assert outcome is not None
+            finished.append(outcome)
+        return finished, [stamp] * len(finished)
+
+    async def _connect_by(self, when: float) -> ModbusTcpClient:
+        """`ensure_connected` within the attempt's deadline (the only await of a poll besides the answers
+        and a wait for a slot, so the one place where a cancellation could be swallowed: checked here)."""
+        cancels = cancelling()
+        async with asyncio.timeout_at(when):
+            client = await self.ensure_connected()
+        raise_if_cancelled(cancels)
+        return client
+
+    def _failure(self, what: str, timeout: float, err: BaseException,
+                 client: ModbusTcpClient | None) -> tuple[int, DriverError]:
+        """What a failed attempt means, as `request` decides it: retry, a BAD read, or the poll fails. Counts
+        the request; `client` is the socket the request went out on (None: it failed connecting)."""
+        if isinstance(err, TimeoutError):
+            return _RETRY, self._timed_out(what, timeout)
+        if isinstance(err, DeviceUnreachable):
+            REQUESTS.inc(gateway=self.name, result="unreachable")
+            return _FATAL, err
+        if isinstance(err, ConnectionException):
+            REQUESTS.inc(gateway=self.name, result="unreachable")
+            return _RETRY, self._lost(f"connection to {self.name} lost", client)
+        if isinstance(err, ModbusException):
+            REQUESTS.inc(gateway=self.name, result="bad")
+            return _FINAL, BadResponse(f"{what}: {truncate(str(err))}")
+        if isinstance(err, DriverError):
+            raise err
+        # A frame that is not Modbus (transport.ModbusTcpClient fails the request with ValueError): the stream
+        # is out of step now, so start over on a fresh socket; the device answered nonsense, it is not down.
+        REQUESTS.inc(gateway=self.name, result="bad")
+        if client is None or client is self._client:
+            self._drop()
+        return _FINAL, BadResponse(f"{what}: undecodable answer: {type(err).__name__}: {truncate(str(err))}")
+
+    def _exception_answer(self, what: str, code: int) -> tuple[int, DriverError]:
+        """A Modbus exception answer to a read, as `request` decides it."""
+        REQUESTS.inc(gateway=self.name, result="exception")
+        if code == GATEWAY_PATH_UNAVAILABLE:
+            return _FATAL, DeviceUnreachable(str(ExceptionCode(code, what)))
+        if code in RETRYABLE:
+            # The unit exists but cannot answer now (busy, or silent behind its gateway).
+            if code == GATEWAY_TARGET_FAILED:
+                return _RETRY, DeviceTimeout(str(ExceptionCode(code, what)))
+            return _RETRY, ExceptionCode(code, what)
+        return _FINAL, ExceptionCode(code, what)
+
+    def _timed_out(self, what: str, timeout: float) -> DriverError:
+        """An attempt that had no answer (or no connection) in time: the error it leaves. Counts it."""
+        self._silent += 1
+        if self._client is None:
+            if not self._connect_lock.locked():
+                self._failed(f"connecting to {self.name} timed out")
+            error: DriverError = DeviceUnreachable(f"connecting to {self.name} timed out")
+        elif not self._client.connected:
+            error = self._lost(f"connection to {self.name} lost")
+        else:
+            error = DeviceTimeout(f"{what}: no answer within {timeout:g} s")
+            if self._silent >= SILENT_LIMIT:
+                # Perhaps a half-open socket: open a fresh one for the next attempt. TCP itself worked, so no
+                # backoff (a unit that is merely silent keeps timing out).
+                log.debug("modbus connection silent, reopening", gateway=self.name, unanswered=self._silent)
+                self._silent = 0
+                self._drop()
+        REQUESTS.inc(gateway=self.name, result="timeout")
+        return error
+
+    def _lost(self, error: str, client: ModbusTcpClient | None = None) -> DeviceUnreachable:
+        """The connection is lost: drop it and back off. `client`, when given, is the socket a request saw
+        fail; if it is no longer the connection's (another request already handled its loss, or a new one
+        is open), nothing more is done: one loss, one backoff step."""
+        if client is not None and client is not self._client:
+            return DeviceUnreachable(error)
         if self._client is not None:
             log.warning("modbus connection lost", gateway=self.name, error=error)
         self._drop()
@@ -227,6 +603,12 @@ class ModbusConnection:
 
     async def close(self) -> None:
         self._drop()
+
+
+def _discard(future: asyncio.Future[bytes]) -> None:
+    """An answer no longer awaited: cancelled, or its exception taken (so asyncio does not log it as lost)."""
+    if not future.cancel() and not future.cancelled():
+        future.exception()
 
 
 def cancelling() -> int:

@@ -16,7 +16,14 @@ and unpacks them, several microseconds per point. A plan does that work once, wh
   precompiled `struct.Struct` (gaps are pad bytes); points that overlap others (bit flags sharing a status
   word) get a Struct of their own.
 - What follows the raw number (missing markers, bit, enum, scale and offset, the shortest float32 text) is
-  `codec.from_raw`, with the common cases (no marker, no enum, no bit) done inline from values computed once.
+  `codec.from_raw`, with the common cases (a plain or scaled number, a bit flag, a known enum code, without
+  missing markers) done inline from values computed once.
+
+On the poll path the answer's data is not turned into a list of registers and packed again: `samples` takes
+the bytes as they came (registers big-endian, which is the "big" block; the "swapped" one is made from it
+only when a point needs it) and makes the read's `Sample`s directly, with each point's name and measurement
+bound when the plan was made. Coils and discrete inputs have `BitReadDecoder`: each point's byte and bit of
+the packed answer, found once.
 
 The result is the same as `codec.decode` for every register content: tests/drivers/test_modbus_decodeplan.py
 compares both over every shipped profile and every data type, order and scaling.
@@ -26,10 +33,11 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from dcim.core.samples import Value
+from dcim.core.samples import Quality, Sample, Value
 from dcim.drivers.modbus import codec
 from dcim.drivers.modbus.plan import Read
 from dcim.drivers.modbus.points import Point
@@ -42,7 +50,13 @@ _CODE: dict[str, str] = {
 _UNSIGNED_CODE: dict[int, str] = {1: "H", 2: "I", 4: "Q"}
 
 # How the value after the raw number is computed.
-_PLAIN, _PLAIN_FLOAT32, _PLAIN_FLOAT64, _SCALED, _GENERAL = range(5)
+_PLAIN, _PLAIN_FLOAT32, _PLAIN_FLOAT64, _SCALED, _DECIMAL, _BIT, _ENUM, _GENERAL = range(8)
+
+# A 16-bit integer in tenths, hundredths or thousandths (no offset): codec's raw x scale, rounded to the
+# scale's digits + 6, is exactly raw / 10**k (the product is within an ulp of the quotient, far inside the
+# rounding step, and division by 10**k is correctly rounded); a division costs a twentieth of `round`.
+# tests/drivers/test_modbus_decodeplan.py checks every 16-bit raw value for each.
+_DECIMAL_DIVISOR: dict[float, int] = {0.1: 10, 0.01: 100, 0.001: 1000}
 
 # One decoded point: (point, value or None for "missing", reason when it could not be decoded).
 Decoded = tuple[Point, Value | None, str]
@@ -55,22 +69,41 @@ class _Finish:
     kind: int
     scale: float
     offset: float
-    digits: int  # for _SCALED: codec._tidy's rounding, precomputed
+    digits: int  # for _SCALED: codec._tidy's rounding, precomputed; for _DECIMAL: the divisor
+    bit: int  # for _BIT
+    enum: Mapping[int, str] | None  # for _ENUM
+
+
+class _Bad:
+    """A point of the read that decodes to no reading, with the reason (in `_values`' results)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 def _finish_for(point: Point, index: int) -> _Finish:
     digits = 0
-    if point.bit is not None or point.missing or point.enum is not None:
+    if point.bit is not None:
+        kind = _BIT  # codec.from_raw looks at nothing else for a flag
+    elif point.missing:
         kind = _GENERAL
+    elif point.enum is not None:
+        # The raw number of an integer type is an int: a known code is its state; the rest say why not.
+        kind = _GENERAL if point.type in ("float32", "float64") else _ENUM
     elif point.scale == 1.0 and point.offset == 0.0:
         kind = {"float32": _PLAIN_FLOAT32, "float64": _PLAIN_FLOAT64}.get(point.type, _PLAIN)
+    elif point.offset == 0.0 and point.type in ("int16", "uint16") and point.scale in _DECIMAL_DIVISOR:
+        kind = _DECIMAL
+        digits = _DECIMAL_DIVISOR[point.scale]
     elif point.scale != 0 and point.type != "float32":
         # float32 points with a scale keep the general path: their raw value is the shortest text first.
         kind = _SCALED
         digits = min(max(0, -math.floor(math.log10(abs(point.scale)))) + 6, 15)
     else:
         kind = _GENERAL
-    return _Finish(point, index, kind, point.scale, point.offset, digits)
+    return _Finish(point, index, kind, point.scale, point.offset, digits, point.bit or 0, point.enum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +115,15 @@ class _Group:
 
 
 class ReadDecoder:
-    """The decode plan of one register read (holding or input)."""
+    """The decode plan of one register read (holding or input); `measurements` (point name -> measurement)
+    for `samples`."""
 
-    def __init__(self, read: Read) -> None:
+    def __init__(self, read: Read, measurements: Mapping[str, str] | None = None) -> None:
         self.read = read
         self.count = read.count
+        self.size = 2 * read.count  # bytes of a whole answer
+        self._names = tuple(p.name for p in read.points)
+        self._measurements = tuple((measurements or {}).get(p.name, "") for p in read.points)
         self._big = struct.Struct(f">{read.count}H")
         self._swapped = struct.Struct(f"<{read.count}H")
         groups: list[_Group] = []
@@ -125,52 +162,112 @@ class ReadDecoder:
                 groups.append(_Group(swapped, struct.Struct(fmt), start, finishes))
         self._groups = tuple(groups)
         self._needs_swapped = any(g.swapped for g in groups)
-        self._needs_big = any(not g.swapped for g in groups)
 
     def decode(self, registers: Sequence[int]) -> list[Decoded]:
         """Every point of the read, in the plan's order: (point, value, "") or (point, None, reason)."""
         try:
-            big = self._big.pack(*registers) if self._needs_big else b""
-            swapped = self._swapped.pack(*registers) if self._needs_swapped else b""
+            big = self._big.pack(*registers)
         except struct.error:
             # Not 16-bit register values: the codec says per point what is wrong.
             return [_decode_one(p, registers, self.read) for p in self.read.points]
-        out: list[Decoded] = [_UNSET] * len(self.read.points)
+        return [(point, None, value.reason) if type(value) is _Bad else (point, value, "")
+                for point, value in zip(self.read.points, self._values(big), strict=True)]
+
+    def samples(self, data: bytes, device: str, ts_ns: int, out: list[Sample]) -> None:
+        """The read's samples from its answer's data (`len(data) == self.size`, registers big-endian), appended
+        to `out` in the plan's order: GOOD with the value, BAD with the reason, none for a missing value."""
+        good, bad = Quality.GOOD, Quality.BAD
+        for name, measurement, value in zip(self._names, self._measurements, self._values(data), strict=True):
+            if value is None:
+                continue
+            if type(value) is _Bad:
+                out.append(Sample(device, name, None, ts_ns, bad, value.reason, measurement))
+            else:
+                out.append(Sample(device, name, value, ts_ns, good, "", measurement))
+
+    def _values(self, big: bytes) -> list[Any]:
+        """Each point's value (None: missing; a `_Bad`: no reading, with the reason), from the big block."""
+        swapped = b""
+        if self._needs_swapped:
+            swapped = self._swapped.pack(*self._big.unpack(big))
+        out: list[Any] = [None] * len(self._names)
         for group in self._groups:
             raws = group.unpack.unpack_from(swapped if group.swapped else big, group.offset)
             for finish, raw in zip(group.finishes, raws, strict=True):
                 kind = finish.kind
-                if kind == _PLAIN:
-                    out[finish.index] = (finish.point, raw, "")
+                if kind == _DECIMAL:
+                    out[finish.index] = raw / finish.digits
                     continue
-                if kind == _PLAIN_FLOAT32:
+                if kind == _SCALED:
+                    value = raw * finish.scale + finish.offset
+                    if value - value == 0.0:  # finite (integers times a finite scale never overflow)
+                        out[finish.index] = round(float(value), finish.digits)
+                        continue
+                elif kind == _BIT:
+                    out[finish.index] = raw >> finish.bit & 1 == 1
+                    continue
+                elif kind == _PLAIN:
+                    out[finish.index] = raw
+                    continue
+                elif kind == _PLAIN_FLOAT32:
                     if raw - raw == 0.0:  # finite
-                        out[finish.index] = (finish.point, _shortest_float32(raw), "")
+                        out[finish.index] = _shortest_float32(raw)
                         continue
                 elif kind == _PLAIN_FLOAT64:
                     if raw - raw == 0.0:
-                        out[finish.index] = (finish.point, raw, "")
+                        out[finish.index] = raw
                         continue
-                elif kind == _SCALED:
-                    value = raw * finish.scale + finish.offset
-                    if value - value == 0.0:  # finite (integers times a finite scale never overflow)
-                        out[finish.index] = (finish.point, round(float(value), finish.digits), "")
+                elif kind == _ENUM:
+                    assert finish.enum is not None
+                    state = finish.enum.get(raw)
+                    if state is not None:
+                        out[finish.index] = state
                         continue
                 point = finish.point
                 try:
                     if point.type == "float32" and point.bit is None:
                         raw = _shortest_float32(raw)
-                    out[finish.index] = (point, codec.from_raw(point, raw), "")
+                    out[finish.index] = codec.from_raw(point, raw)
                 except codec.DecodeError as err:
-                    out[finish.index] = (point, None, str(err))
+                    out[finish.index] = _Bad(str(err))
                 except (ValueError, ArithmeticError) as err:
                     # The codec's contract is DecodeError; a gap in it must cost one point, not the poll.
-                    out[finish.index] = (point, None, f"{point.name}: cannot decode: {err}")
+                    out[finish.index] = _Bad(f"{point.name}: cannot decode: {err}")
         return out
 
 
+class BitReadDecoder:
+    """The decode plan of one coil or discrete-input read: each point's byte and bit in the packed answer."""
+
+    def __init__(self, read: Read, measurements: Mapping[str, str] | None = None) -> None:
+        self.read = read
+        self._points = tuple(
+            (p, (p.address - read.address) >> 3, (p.address - read.address) & 7, p.name,
+             (measurements or {}).get(p.name, ""))
+            for p in read.points)
+
+    def samples(self, data: bytes, device: str, ts_ns: int, out: list[Sample]) -> None:
+        """The read's samples from its answer's data (at least `read.count` bits), appended to `out`."""
+        good = Quality.GOOD
+        for point, byte, shift, name, measurement in self._points:
+            bit = data[byte] >> shift & 1 == 1
+            if point.enum is None:
+                out.append(Sample(device, name, bit, ts_ns, good, "", measurement))
+                continue
+            try:
+                value = codec.decode_bit(point, bit)
+            except codec.DecodeError as err:
+                out.append(Sample(device, name, None, ts_ns, Quality.BAD, str(err), measurement))
+                continue
+            except (ValueError, ArithmeticError, struct.error) as err:
+                out.append(Sample(device, name, None, ts_ns, Quality.BAD, f"{name}: cannot decode: {err}",
+                                  measurement))
+                continue
+            if value is not None:
+                out.append(Sample(device, name, value, ts_ns, good, "", measurement))
+
+
 _F32 = struct.Struct(">f")
-_UNSET: Decoded = (Point(name="unset", table="holding", address=0), None, "not decoded")
 
 
 def _shortest_float32(value: float) -> float:

@@ -9,24 +9,28 @@ A read of the plan answered with a Modbus exception (illegal address, ...) turns
 with the reason and the rest of the poll still counts; a timeout or a lost connection raises, because the
 device as a whole is unreachable. Registers that decode to no reading (NaN, infinity, an overflowing scale)
 are BAD samples with the reason; nothing a device sends raises anything but a DriverError.
+
+A poll is one call on the connection for the whole plan (`ModbusConnection.read_plan`: one after the other,
+or together when the device's `max_in_flight` is above 1), then each read's answer is decoded from its bytes
+by a decode plan made when the driver was (decodeplan.py), which makes the samples itself.
 """
 
 from __future__ import annotations
 
-import asyncio
-import struct
 from typing import Any
 
-from dcim.core.samples import Quality, Sample, Value, now_ns
+from dcim.core.samples import Quality, Sample, Value
 from dcim.drivers.base import Driver, DriverContext
 from dcim.drivers.errors import BadResponse, WriteRejected
 from dcim.drivers.modbus import codec
 from dcim.drivers.modbus.config import ModbusDevice
-from dcim.drivers.modbus.connection import ModbusConnection, join, leave
-from dcim.drivers.modbus.decodeplan import ReadDecoder
+from dcim.drivers.modbus.connection import ModbusConnection, PlannedRead, join, leave
+from dcim.drivers.modbus.decodeplan import BitReadDecoder, ReadDecoder
 from dcim.drivers.modbus.plan import Read, plan_reads
-from dcim.drivers.modbus.points import Point
+from dcim.drivers.modbus.transport import READ_COILS, READ_DISCRETE, READ_HOLDING, READ_INPUT
 from dcim.drivers.profiles import Profile
+
+FUNCTION = {"holding": READ_HOLDING, "input": READ_INPUT, "coil": READ_COILS, "discrete": READ_DISCRETE}
 
 
 class ModbusDriver(Driver):
@@ -40,9 +44,15 @@ class ModbusDriver(Driver):
         self.plan: list[Read] = plan_reads(
             profile.points, max_gap=device.max_gap, max_registers=device.max_registers
         )
-        # Compiled once: each register read's decode plan, and each point's measurement.
-        self._decoders = {id(r): ReadDecoder(r) for r in self.plan if r.table in ("holding", "input")}
-        self._measurement = {p.name: profile.measurement(p) for p in profile.points}
+        # Made once: each read's request, its decode plan, and what its points become when it is refused.
+        measurements = {p.name: profile.measurement(p) for p in profile.points}
+        self._requests: tuple[PlannedRead, ...] = tuple(
+            (f"{device.id}: read {r.table} {r.address}+{r.count}", FUNCTION[r.table], r.address, r.count)
+            for r in self.plan)
+        self._decoders = tuple(
+            ReadDecoder(r, measurements) if r.table in ("holding", "input") else BitReadDecoder(r, measurements)
+            for r in self.plan)
+        self._names = tuple(tuple((p.name, measurements[p.name]) for p in r.points) for r in self.plan)
         self._connection: ModbusConnection | None = None
 
     @property
@@ -54,97 +64,30 @@ class ModbusDriver(Driver):
     async def connect(self) -> None:
         await self.connection.connect(self.device.timeout)
 
-    async def _read_raw(self, read: Read) -> list[int] | list[bool]:
-        unit = self.device.unit_id
-        what = f"{self.device.id}: read {read.table} {read.address}+{read.count}"
-        if read.table == "holding":
-            response = await self.connection.request(
-                what, lambda c: c.read_holding_registers(read.address, count=read.count, device_id=unit),
-                timeout=self.device.timeout, retries=self.device.retries)
-        elif read.table == "input":
-            response = await self.connection.request(
-                what, lambda c: c.read_input_registers(read.address, count=read.count, device_id=unit),
-                timeout=self.device.timeout, retries=self.device.retries)
-        elif read.table == "coil":
-            response = await self.connection.request(
-                what, lambda c: c.read_coils(read.address, count=read.count, device_id=unit),
-                timeout=self.device.timeout, retries=self.device.retries)
-        else:
-            response = await self.connection.request(
-                what, lambda c: c.read_discrete_inputs(read.address, count=read.count, device_id=unit),
-                timeout=self.device.timeout, retries=self.device.retries)
-        if read.table in ("coil", "discrete"):
-            bits = list(response.bits)
-            if len(bits) < read.count:
-                raise BadResponse(f"{what}: {len(bits)} bits in the answer")
-            return bits[: read.count]
-        registers = list(response.registers)
-        if len(registers) != read.count:
-            raise BadResponse(f"{what}: {len(registers)} registers in the answer")
-        return registers
-
-    def _sample(self, point: Point, ts_ns: int, value: Value | None, reason: str = "") -> Sample:
-        return Sample(
-            device=self.device.id, point=point.name, value=value, ts_ns=ts_ns,
-            quality=Quality.BAD if reason else Quality.GOOD, reason=reason,
-            measurement=self._measurement[point.name],
-        )
-
-    async def _read_all(self) -> list[tuple[Read, list[int] | list[bool] | BadResponse, int]]:
-        """Every read of the plan: (read, its data or the device's refusal, when it was answered).
-
-        With `max_in_flight` above 1 the reads go out together (the connection matches the answers by
-        transaction id); otherwise one after the other. A timeout or a lost connection raises either way."""
-        if self.device.max_in_flight > 1 and len(self.plan) > 1:
-            outcomes = await asyncio.gather(*(self._read_raw(r) for r in self.plan), return_exceptions=True)
-            ts_ns = now_ns()
-            together: list[tuple[Read, list[int] | list[bool] | BadResponse, int]] = []
-            for read, outcome in zip(self.plan, outcomes, strict=True):
-                if isinstance(outcome, BaseException) and not isinstance(outcome, BadResponse):
-                    raise outcome
-                together.append((read, outcome, ts_ns))
-            return together
-        answers: list[tuple[Read, list[int] | list[bool] | BadResponse, int]] = []
-        for read in self.plan:
-            try:
-                data: list[int] | list[bool] | BadResponse = await self._read_raw(read)
-            except BadResponse as err:
-                data = err
-            answers.append((read, data, now_ns()))
-        return answers
-
     async def read(self) -> list[Sample]:
+        device = self.device
+        connection = self._connection or self.connection
+        outcomes, stamps = await connection.read_plan(
+            device.unit_id, self._requests, timeout=device.timeout, retries=device.retries,
+            window=device.max_in_flight)
         samples: list[Sample] = []
-        for read, data, ts_ns in await self._read_all():
-            if isinstance(data, BadResponse):
-                samples += [self._sample(p, ts_ns, None, str(data)) for p in read.points]
-                continue
-            decoder = self._decoders.get(id(read))
-            if decoder is not None:
-                device, measurement = self.device.id, self._measurement
-                for point, value, reason in decoder.decode(data):
-                    if reason:
-                        samples.append(self._sample(point, ts_ns, None, reason))
-                    elif value is not None:
-                        samples.append(Sample(device, point.name, value, ts_ns, Quality.GOOD, "",
-                                              measurement[point.name]))
-                continue
-            for point in read.points:
-                raw = read.slice(data, point)
-                try:
-                    if point.is_bit_table:
-                        value = codec.decode_bit(point, bool(raw[0]))
-                    else:
-                        value = codec.decode(point, [int(r) for r in raw])
-                except codec.DecodeError as err:
-                    samples.append(self._sample(point, ts_ns, None, str(err)))
+        device_id = device.id
+        for decoder, request, names, data, ts_ns in zip(self._decoders, self._requests, self._names, outcomes,
+                                                        stamps, strict=True):
+            if type(data) is bytes:
+                if type(decoder) is ReadDecoder:
+                    if len(data) == decoder.size:
+                        decoder.samples(data, device_id, ts_ns, samples)
+                        continue
+                    data = BadResponse(f"{request[0]}: {len(data) // 2} registers in the answer")
+                elif 8 * len(data) >= request[3]:
+                    decoder.samples(data, device_id, ts_ns, samples)
                     continue
-                except (ValueError, ArithmeticError, struct.error) as err:
-                    # The codec's contract is DecodeError; a gap in it must cost one point, not the daemon.
-                    samples.append(self._sample(point, ts_ns, None, f"{point.name}: cannot decode: {err}"))
-                    continue
-                if value is not None:
-                    samples.append(self._sample(point, ts_ns, value))
+                else:
+                    data = BadResponse(f"{request[0]}: {8 * len(data)} bits in the answer")
+            reason = str(data)
+            samples += [Sample(device_id, name, None, ts_ns, Quality.BAD, reason, measurement)
+                        for name, measurement in names]
         return samples
 
     async def write(self, point: str, value: Value) -> None:

@@ -12,12 +12,18 @@ Modbus' 254-byte PDU (a stream out of step is dropped: the caller reconnects), t
 request's (or its exception form), and the byte count must match the frame. An answer whose transaction id
 matches no request in flight (a late answer to a request that timed out) is ignored. The receive buffer
 never holds more than one frame (at most 260 bytes).
+
+The poll path (`ModbusConnection.read_plan`) uses the lower level: `send_reads` writes one or several read
+requests in one `transport.write` and returns each one's future of its answer's PDU; `read_data` checks a PDU
+and gives the data bytes as they came (the registers big-endian, or the packed bits), which the decode plans
+unpack directly; `forget` gives up on a request. The `read_*` and `write_*` methods are the same on top.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Sequence
 
 from pymodbus.exceptions import ConnectionException, ModbusException
 
@@ -76,6 +82,25 @@ def decode_answer(function: int, pdu: bytes) -> Answer:
     if len(pdu) != 5:
         raise ModbusException(f"write echo of {len(pdu)} bytes")
     return Answer(function)
+
+
+def read_data(function: int, pdu: bytes) -> bytes | int:
+    """The data of an answer to a read of `function` (registers big-endian as sent, or bits packed), or the
+    exception code of an exception answer. Raises ModbusException (with `decode_answer`'s texts) for an
+    answer that does not fit the request."""
+    code = pdu[0]
+    if code == function:
+        size = len(pdu) - 2
+        if size < 0 or pdu[1] != size:
+            raise ModbusException(f"byte count {pdu[1] if len(pdu) > 1 else None} in a {len(pdu)}-byte answer")
+        if size & 1 and function in (READ_HOLDING, READ_INPUT):
+            raise ModbusException(f"odd byte count {size} for registers")
+        return pdu[2:]
+    if code == function | 0x80:
+        if len(pdu) != 2:
+            raise ModbusException(f"exception answer of {len(pdu)} bytes")
+        return pdu[1]
+    raise ModbusException(f"answer with function code {code} to a request of function code {function}")
 
 
 class ModbusTcpClient(asyncio.Protocol):
@@ -177,6 +202,38 @@ class ModbusTcpClient(asyncio.Protocol):
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[tid] = (unit, future)
         return transport, tid, future
+
+    def send_read(self, unit: int, function: int, address: int, count: int) -> tuple[int, asyncio.Future[bytes]]:
+        """`send_reads` of one request: its transaction id and the future of its answer's PDU."""
+        transport, tid, future = self._begin(unit)
+        transport.write(READ.pack(tid, 0, 6, unit, function, address, count))
+        return tid, future
+
+    def send_reads(self, unit: int, reads: Sequence[tuple[int, int, int]]) -> list[tuple[int, asyncio.Future[bytes]]]:
+        """Write read requests `(function, address, count)` in one `transport.write`; (transaction id, future
+        of the answer's PDU) of each, in order. The caller awaits each future and then `forget`s it. Raises
+        ConnectionException if not connected."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionException(f"{self.host}:{self.port}: not connected")
+        create_future = asyncio.get_running_loop().create_future
+        pending = self._pending
+        sent: list[tuple[int, asyncio.Future[bytes]]] = []
+        frames = []
+        for function, address, count in reads:
+            tid = self._tid()
+            future: asyncio.Future[bytes] = create_future()
+            pending[tid] = (unit, future)
+            sent.append((tid, future))
+            frames.append(READ.pack(tid, 0, 6, unit, function, address, count))
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        return sent
+
+    def forget(self, tid: int, future: asyncio.Future[bytes]) -> None:
+        """The request's answer is no longer awaited (taken, timed out or abandoned): a late one is ignored."""
+        entry = self._pending.get(tid)
+        if entry is not None and entry[1] is future:
+            del self._pending[tid]
 
     async def _answer(self, function: int, tid: int, future: asyncio.Future[bytes]) -> Answer:
         try:

@@ -474,7 +474,8 @@ class MqttClient(asyncio.Protocol):
             properties: dict[int, int | bytes] = {}
             if end > start + 1:
                 properties, _ = read_properties(data, start + 1, end)
-            raise MqttError(f"the broker disconnected: {_describe(code, properties)}", code)
+            said = _describe(code, properties) if code else "normal disconnection"
+            raise MqttError(f"the broker disconnected: {said}", code)
 
     def _connack_received(self, data: bytes, start: int, end: int) -> None:
         connack = self._connack

@@ -530,6 +530,7 @@ async def test_the_publisher_loses_nothing_to_a_broker_that_misbehaves(tmp_path:
     broker = FaultyBroker()
     topics = [f"dcim/t/cdu/cdu-{i}" for i in range(200)]
     publisher = await publish_through(broker, tmp_path, topics)
+    print(f"{broker.connections} connections; {len(broker.acked & set(topics))} of {len(topics)} acknowledged")
     assert broker.connections >= 5, broker.connections
     assert set(topics) <= broker.acked
     assert not publisher.connected.is_set()

@@ -588,13 +588,20 @@ class MqttClient(asyncio.Protocol):
         remaining = len(name) + len(payload) + (3 if self._v5 else 2)  # + the packet id (+ no properties)
         if remaining < 128:
             head = bytes((0x33 if retain else 0x32, remaining))
+        elif remaining < 16384:
+            head = bytes((0x33 if retain else 0x32, remaining & 0x7F | 0x80, remaining >> 7))
         else:
             head = (b"\x33" if retain else b"\x32") + varint(remaining)
         if len(head) + remaining > self.max_packet:
             return -PACKET_TOO_LARGE
-        pid = self._pid()
+        inflight = self._inflight
+        pid = self._next_pid % 65535 + 1
+        if pid in inflight:
+            pid = self._pid()  # the next id along is still in flight: look further
+        else:
+            self._next_pid = pid
         self._out += (head, name, _PID5.pack(pid, 0) if self._v5 else _PID.pack(pid), payload)
-        self._inflight[pid] = acks
+        inflight[pid] = acks
         return pid
 
     def flush(self) -> None:

@@ -176,6 +176,41 @@ async def test_tls_and_a_password(server_factory: Callable[..., Any], tmp_path: 
             pass
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_the_connect_packet_carries_clean_start_will_credentials_and_keepalive(protocol: int) -> None:
+    """What the publisher asks of the broker, byte by byte: as paho sent it for a new client."""
+    connects: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        kind, body = await read_packet(reader)
+        connects.append(bytes([kind]) + body)
+        writer.write(CONNACK_5 if protocol == PROTOCOL_5 else CONNACK_311)
+        await until_eof(reader)
+
+    async with hostile(script) as port:
+        async with client_for(port, protocol, client_id="dcim-publisher-x", username="dcim", password="pw",
+                              keepalive=30, will=Will("dcim/t/daemon/x", b"offline", qos=1, retain=True)):
+            pass
+    v5 = protocol == PROTOCOL_5
+    # clean session / clean start 0x02, will 0x04, will QoS 1 0x08, will retain 0x20, password 0x40, user 0x80
+    expected = (b"\x10" + b"\x00\x04MQTT" + bytes([protocol, 0xEE]) + b"\x00\x1e" + (b"\x00" if v5 else b"")
+                + b"\x00\x10dcim-publisher-x" + (b"\x00" if v5 else b"") + b"\x00\x0fdcim/t/daemon/x"
+                + b"\x00\x07offline" + b"\x00\x04dcim" + b"\x00\x02pw")
+    assert connects == [expected]
+
+
+async def test_packet_ids_wrap_and_skip_ids_still_in_flight() -> None:
+    """Ids run 1..65535 and wrap to 1; an id whose message is unacknowledged is never handed out again."""
+    async with hostile(answering(CONNACK_5)) as port:  # acknowledges nothing
+        async with client_for(port) as client:
+            acks = Collected()
+            first = [client.put("wire/t", b"x", False, acks) for _ in range(3)]
+            client._next_pid = 65533
+            later = [client.put("wire/t", b"x", False, acks) for _ in range(4)]
+            client.flush()
+    assert first == [1, 2, 3] and later == [65534, 65535, 4, 5]
+
+
 async def test_a_broker_that_is_not_there_is_an_mqtt_error(free_port: int) -> None:
     with pytest.raises(MqttError, match=r"127\.0\.0\.1"):
         async with client_for(free_port):

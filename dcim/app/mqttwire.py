@@ -437,9 +437,10 @@ class MqttClient(asyncio.Protocol):
                     raise MqttError(f"malformed PUBACK from the broker ({length} bytes)")
                 if end > n:
                     break
-                acks = inflight.pop(data[start] << 8 | data[start + 1], None)
+                pid = data[start] << 8 | data[start + 1]
+                acks = inflight.pop(pid, None)
                 if acks is not None:  # else a duplicate, or an id never sent: ignored
-                    acks.puback(data[start] << 8 | data[start + 1], data[start + 2] if length > 2 else 0)
+                    acks.puback(pid, data[start + 2] if length > 2 else 0)
                 i = end
                 continue
             self._check_header(first, length)

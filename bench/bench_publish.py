@@ -2,11 +2,15 @@
 
 Prints, per broker Receive Maximum (mosquitto's `max_inflight_messages`, announced to MQTT 5 clients): the
 publisher's CPU and wall time per message, with the window the publisher kept. No devices, no journal: the
-cost of handing a message to the broker and counting its PUBACK, which every reading pays once.
+cost of handing a message to the broker and counting its PUBACK, which every reading pays once. The
+publisher's `_client()` and `_send` are used as they are, so the same script measures a tree whose publisher
+goes through aiomqtt and paho (up to commit bfb235e) and one with the project's own client
+(dcim/app/mqttwire.py).
 
     python bench/bench_publish.py                        # 40 batches of 500 per broker setting
     python bench/bench_publish.py --quick                # 10 batches
     python bench/bench_publish.py --tree ../before       # the same against another source tree (before/after)
+    python bench/bench_publish.py --protocol 3.1.1       # MQTT 3.1.1 (the broker announces no Receive Maximum)
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ def payload() -> bytes:
     return b"cdu,device=cdu-1,site=hall-1,room=dh1,row=A,rack=R1 " + fields + b" 1700000000000000000"
 
 
-async def measure(port: int, batches: int) -> tuple[float, float, int]:
+async def measure(port: int, batches: int, protocol: str) -> tuple[float, float, int]:
     publisher_module = importlib.import_module("dcim.app.publisher")
     config_module = importlib.import_module("dcim.app.config")
     topology_module = importlib.import_module("dcim.core.topology")
     outbox_module = importlib.import_module("dcim.core.outbox")
     config = config_module.Config.model_validate({"site": {"id": "bench"},
-                                                  "mqtt": {"host": "127.0.0.1", "port": port}})
+                                                  "mqtt": {"host": "127.0.0.1", "port": port,
+                                                           "protocol": protocol}})
     publisher = publisher_module.MqttPublisher(config.mqtt, topology_module.Topology(config), None)
     body = payload()
     items = [outbox_module.Item(i + 1, f"dcim/bench/cdu/cdu-{i % 1000}", body, 1)
@@ -54,6 +59,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10 batches per setting")
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--tree", type=Path, default=None, help="run the publisher of this source tree")
+    parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version (default 5)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from benchlib import machine
@@ -65,12 +71,12 @@ def main() -> None:
             del sys.modules[name]
     batches = 10 if args.quick else args.batches
     print(f"machine: {machine()}; tree: {args.tree or REPO}; {batches} batches of 500 messages of "
-          f"{len(payload())} B, QoS 1, MQTT 5")
+          f"{len(payload())} B, QoS 1, MQTT {args.protocol}")
     print(f"{'broker max_inflight':>20} {'window':>7} {'CPU us/msg':>11} {'wall us/msg':>12}")
     for inflight in (20, 100):
         with tempfile.TemporaryDirectory() as tmp, \
                 Mosquitto(Path(tmp) / "mosquitto", extra_config=[f"max_inflight_messages {inflight}"]) as broker:
-            cpu, wall, window = asyncio.run(measure(broker.port, batches))
+            cpu, wall, window = asyncio.run(measure(broker.port, batches, args.protocol))
         print(f"{inflight:>20} {window or '-':>7} {cpu:>11.1f} {wall:>12.1f}")
 
 

@@ -43,7 +43,7 @@ from paho.mqtt.properties import Properties
 
 from dcim.app.config import Config
 from dcim.app.instance import instance_tag
-from dcim.app.publisher import CONNECTED, PRIORITY_EVENT, PRIORITY_TELEMETRY, protocol, status_batch, tls_context
+from dcim.app.publisher import CONNECTED, PRIORITY_EVENT, PRIORITY_TELEMETRY, status_batch, tls_context
 from dcim.app.writers import RejectedWriteError, RetryableWriteError, Writer, make_writer
 from dcim.core.backoff import Backoff
 from dcim.core.linecheck import Invalid, Limits, check_line, json_lines
@@ -191,7 +191,8 @@ class Ingest:
             mqtt.host or "", mqtt.port,
             identifier=self.config.ingest.client_id or ingest_client_id(self.config),
             username=mqtt.username, password=password, keepalive=mqtt.keepalive,
-            tls_context=tls_context(mqtt), protocol=protocol(mqtt),
+            tls_context=tls_context(mqtt),
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             clean_session=None if v5 else False, clean_start=False, properties=connect_props, timeout=10,
         )
         # PUBACK by hand, once a message is on disk (`_consume`). Set before connecting: the broker sends what

@@ -9,7 +9,9 @@ Topics (docs/architecture.md, wire formats):
 
 The sink side (`on_batch`, `on_status`, `alarm_changed`) never blocks: it encodes and puts into the outbox.
 The sender task (`run`) takes from the outbox, publishes, waits for every PUBACK, and only then acknowledges
-the items, so a broker outage loses nothing while it fits the outbox's bound.
+the items, so a broker outage loses nothing while it fits the outbox's bound. It speaks MQTT through the
+project's own client (dcim.app.mqttwire), not aiomqtt and paho, whose per-message objects were a fifth of
+the daemon's CPU at a thousand devices.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ import asyncio
 import json
 import socket
 import ssl
-from typing import Any
 
-import aiomqtt
 import structlog
 
 from dcim.app.config import MqttConfig
+from dcim.app.mqttwire import PACKET_TOO_LARGE, PROTOCOL_5, PROTOCOL_311, MqttClient, MqttError, Will
 from dcim.core.aio import reraise_lost_cancellation
 from dcim.core.backoff import Backoff
 from dcim.core.events import AlarmEvent, AlarmState
@@ -43,7 +44,11 @@ REFUSED = REGISTRY.counter("dcim_mqtt_refused_total", "Messages the broker refus
 # payload it will never take): such a message is counted and dropped, or it would block the queue for ever.
 # Any other failure code (unspecified, implementation specific, quota exceeded, packet id in use) fails the
 # batch, which is sent again on the next connection, after the backoff.
-REFUSED_FOR_GOOD = {0x87: "not authorized", 0x90: "topic name invalid", 0x99: "payload format invalid"}
+# A message bigger than the broker's Maximum Packet Size (MQTT 5 CONNACK) is not sent at all (the broker would
+# disconnect the publisher for it, and again on every attempt): it counts as refused for good, under the
+# reason code the standard has for it.
+REFUSED_FOR_GOOD = {0x87: "not authorized", 0x90: "topic name invalid", 0x99: "payload format invalid",
+                    PACKET_TOO_LARGE: "packet too large"}
 
 PRIORITY_EVENT = 0
 PRIORITY_TELEMETRY = 1
@@ -53,25 +58,26 @@ PUBLISH_TIMEOUT = 10.0
 
 
 class _Window:
-    """The messages of a batch on the wire, unacknowledged: aiomqtt calls `set()` once per PUBACK; `below(n)`
-    is a future done once at most `n` are left.
+    """The messages of a batch on the wire, unacknowledged: the client calls `puback()` once per PUBACK;
+    `below(n)` is a future done once at most `n` are left, or failed with the client's error once the
+    connection is lost (`lost()`).
 
     How many may be on the wire (mqtt.max_inflight, lowered by an MQTT 5 broker's Receive Maximum) is kept
-    by `_send` with this, not by paho: paho's own bound (max_inflight_messages) scans every message it holds
-    on each PUBACK to find the next one to send, which cost more CPU than all the rest of publishing a
-    message, and it ignores the broker's Receive Maximum. So paho's bound is off (0: unbounded; it is never
-    given more than the window).
+    by `_send` with this; the client sends what it is given.
     """
 
-    __slots__ = ("_limit", "_waiter", "outstanding", "refused")
+    __slots__ = ("_error", "_limit", "_waiter", "outstanding", "refused")
 
     def __init__(self) -> None:
         self.outstanding = 0
         self.refused: dict[int, int] = {}  # message id -> the failure reason code of its PUBACK (MQTT 5)
         self._limit = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._error: MqttError | None = None
 
-    def set(self) -> None:
+    def puback(self, pid: int, code: int) -> None:
+        if code >= 0x80:
+            self.refused[pid] = code
         self.outstanding -= 1
         waiter = self._waiter
         if waiter is not None and self.outstanding <= self._limit:
@@ -79,10 +85,18 @@ class _Window:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def lost(self, error: MqttError) -> None:
+        self._error = error
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
     def below(self, limit: int) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.outstanding <= limit:
             waiter.set_result(None)
+        elif self._error is not None:
+            waiter.set_exception(self._error)
         else:
             self._limit, self._waiter = limit, waiter
         return waiter
@@ -98,10 +112,6 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-def protocol(config: MqttConfig) -> aiomqtt.ProtocolVersion:
-    return aiomqtt.ProtocolVersion.V5 if config.protocol == "5" else aiomqtt.ProtocolVersion.V311
 
 
 def client_id(config: MqttConfig, role: str, instance: str | None = None) -> str:
@@ -199,48 +209,25 @@ class MqttPublisher:
 
     # ---- sender ------------------------------------------------------------------------------------------
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self) -> MqttClient:
         password = self.config.password.get_secret_value() if self.config.password else None
-        client = aiomqtt.Client(
+        return MqttClient(
             self.config.host or "",
             self.config.port,
-            identifier=self.client_id,
+            client_id=self.client_id,
+            protocol=PROTOCOL_5 if self.config.protocol == "5" else PROTOCOL_311,
             username=self.config.username,
             password=password,
             keepalive=self.config.keepalive,
-            tls_context=tls_context(self.config),
-            protocol=protocol(self.config),
-            will=aiomqtt.Will(self.presence_topic, b"offline", qos=1, retain=True),
-            max_inflight_messages=0,  # the window is kept by `_send`
-            timeout=10,
+            will=Will(self.presence_topic, b"offline", qos=1, retain=True),
+            tls=tls_context(self.config),
+            connect_timeout=10,
+            on_connect=self._on_connect,
         )
-        # The broker's Receive Maximum is in its CONNACK, which aiomqtt does not pass on: read on the way.
-        paho = client._client
-        on_connect = paho.on_connect
-        assert on_connect is not None, "aiomqtt sets on_connect"
 
-        def connected(*args: Any, **kwargs: Any) -> None:
-            properties = args[4] if len(args) > 4 else kwargs.get("properties")
-            receive_maximum = getattr(properties, "ReceiveMaximum", None)
-            self.window = min(self.config.max_inflight, int(receive_maximum or 65535))
-            on_connect(*args, **kwargs)
-
-        paho.on_connect = connected
-        # A PUBACK's reason code, which aiomqtt drops too: a failure is noted on the window of its message.
-        on_publish = paho.on_publish
-        assert on_publish is not None, "aiomqtt sets on_publish"
-
-        def published(*args: Any, **kwargs: Any) -> None:
-            mid = args[2] if len(args) > 2 else kwargs.get("mid")
-            reason = args[3] if len(args) > 3 else kwargs.get("reason_code")
-            if reason is not None and getattr(reason, "is_failure", False):
-                window = client._pending_publishes.get(mid) if isinstance(mid, int) else None
-                if isinstance(window, _Window):
-                    window.refused[mid] = int(reason.value)
-            on_publish(*args, **kwargs)
-
-        paho.on_publish = published
-        return client
+    def _on_connect(self, client: MqttClient) -> None:
+        # The broker's Receive Maximum (MQTT 5 CONNACK; 65,535 when it names none) bounds the window.
+        self.window = min(self.config.max_inflight, client.receive_maximum)
 
     async def run(self) -> None:
         # The delay between attempts is capped by mqtt.reconnect_max and starts again from the shortest
@@ -251,10 +238,10 @@ class MqttPublisher:
             while True:
                 try:
                     async with self._client() as client:
-                        # aiomqtt connects through asyncio.wait_for, which may drop a cancellation that
-                        # lands as the connection completes (gh-86296): a stop would then wait for ever.
+                        # A connect built on asyncio.wait_for may drop a cancellation that lands as the
+                        # connection completes (gh-86296); ours uses asyncio.timeout, this stays as a guard.
                         reraise_lost_cancellation()
-                        await client.publish(self.presence_topic, b"online", qos=1, retain=True)
+                        await client.publish(self.presence_topic, b"online", retain=True)
                         self.connected.set()
                         CONNECTED.set(1, role="publisher")
                         backoff.reset()
@@ -270,7 +257,7 @@ class MqttPublisher:
                             # Clean stop: say so, since the will is only for a connection that dies.
                             await asyncio.shield(self._say_offline(client))
                             raise
-                except aiomqtt.MqttError as err:
+                except MqttError as err:
                     self.connected.clear()
                     CONNECTED.set(0, role="publisher")
                     if not down_logged:
@@ -285,13 +272,13 @@ class MqttPublisher:
             self.connected.clear()
             CONNECTED.set(0, role="publisher")
 
-    async def _say_offline(self, client: aiomqtt.Client) -> None:
+    async def _say_offline(self, client: MqttClient) -> None:
         try:
-            await client.publish(self.presence_topic, b"offline", qos=1, retain=True, timeout=2)
-        except aiomqtt.MqttError:
+            await client.publish(self.presence_topic, b"offline", retain=True, timeout=2)
+        except MqttError:
             pass
 
-    async def _send_loop(self, client: aiomqtt.Client) -> None:
+    async def _send_loop(self, client: MqttClient) -> None:
         while True:
             if self._gate is not None:
                 await self._gate.wait()
@@ -303,75 +290,67 @@ class MqttPublisher:
             await self.outbox.ack(items)
             PUBLISHED.inc(len(items))
 
-    async def _send(self, client: aiomqtt.Client, items: list[Item]) -> None:
+    async def _send(self, client: MqttClient, items: list[Item]) -> None:
         """Publish a batch at QoS 1 and return once the broker has acknowledged every message of it.
 
-        At most `window` messages are on the wire (a sliding window): they go to paho in synchronous passes,
-        and one future waits for the next acknowledgement, after which a pass tops the window up with as many
-        as were acknowledged meanwhile (the last waits for every acknowledgement). aiomqtt's own `publish`
-        costs two tasks, an event, a timer and a scan of its pending calls per message, which was most of the
-        publisher's CPU. The acknowledgements come through aiomqtt's `on_publish`, which calls `set()` on
-        what is registered for the message id (aiomqtt is pinned below 3, where that holds). A connection
-        lost before the last acknowledgement ends the wait at once, not after the timeout; nothing is
-        acknowledged in the outbox then, and the whole batch is sent again on the next connection. So is a
-        batch of which the broker refused a message for a reason that may pass (an MQTT 5 PUBACK with a
-        failure code, quota exceeded say); a message refused for good (`REFUSED_FOR_GOOD`) is counted,
-        logged and dropped.
+        At most `window` messages are on the wire (a sliding window): a pass encodes as many as the window
+        has room for and writes them in one write, then one future waits for the next acknowledgement,
+        after which the next pass tops the window up with as many as were acknowledged meanwhile (the last
+        waits for every acknowledgement). The client hands each PUBACK to the window (`_Window.puback`) and
+        a lost connection too (`_Window.lost`), which ends the wait at once, not after the timeout; nothing
+        is acknowledged in the outbox then, and the whole batch is sent again on the next connection. So is
+        a batch of which the broker refused a message for a reason that may pass (an MQTT 5 PUBACK with a
+        failure code, quota exceeded say); a message refused for good (`REFUSED_FOR_GOOD`, which includes a
+        message over the broker's Maximum Packet Size: never sent) is counted, logged and dropped.
         """
         if not items:
             return
-        paho = client._client  # aiomqtt exposes no batch publish
-        pending: dict[int, Any] = client._pending_publishes
-        lost = client._disconnected
         limit = max(1, self.window)
         window = _Window()
         mids: dict[int, Item] = {}
-        sent = 0
+        unsent: list[tuple[Item, int]] = []  # refused before sending: (item, reason code)
+        put = client.put
+        sent, total = 0, len(items)
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 while True:
-                    for item in items[sent:sent + limit - window.outstanding]:
-                        info = paho.publish(item.key, item.payload, qos=1, retain=item.retain)
-                        sent += 1
-                        if info.rc != 0:
-                            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-                        if not info.is_published():
+                    if client.paused:  # the transport's buffer is full: wait until it drains
+                        await client.writable()
+                    batch = items[sent:sent + limit - window.outstanding]
+                    sent += len(batch)
+                    for item in batch:
+                        mid = put(item.key, item.payload, item.retain, window)
+                        if mid > 0:
+                            mids[mid] = item
                             window.outstanding += 1
-                            pending[info.mid] = window
-                            mids[info.mid] = item
-                    last = sent >= len(items)
-                    acked = window.below(0 if last else limit - 1)
-                    await asyncio.wait((acked, lost), return_when=asyncio.FIRST_COMPLETED)
-                    if not acked.done():
-                        raise aiomqtt.MqttError("connection lost before every message was acknowledged")
+                        else:
+                            unsent.append((item, -mid))
+                    client.flush()
+                    last = sent >= total
+                    await window.below(0 if last else limit - 1)
                     if last:
                         break
-            if window.refused:
-                self._refused(window.refused, mids)
         except TimeoutError:
-            raise aiomqtt.MqttError(f"no acknowledgement within {PUBLISH_TIMEOUT:g} s") from None
-        finally:
-            for mid in mids:
-                if pending.get(mid) is window:
-                    del pending[mid]
+            raise MqttError(f"no acknowledgement within {PUBLISH_TIMEOUT:g} s") from None
+        if window.refused or unsent:
+            self._refused([*((mids[mid], code) for mid, code in window.refused.items()), *unsent])
 
-    def _refused(self, refused: dict[int, int], items: dict[int, Item]) -> None:
-        """Messages of a batch the broker answered with a failure reason code: those refused for good are
-        counted and logged (the first of each reason, then every 1,000th); any other
-        refusal fails the batch (raises), to be sent again."""
-        passing = {code for code in refused.values() if code not in REFUSED_FOR_GOOD}
+    def _refused(self, refused: list[tuple[Item, int]]) -> None:
+        """Messages of a batch the broker answered with a failure reason code, or that were too large for
+        it: those refused for good are counted and logged (the first of each reason, then every 1,000th); any
+        other refusal fails the batch (raises), to be sent again."""
+        passing = {code for _, code in refused if code not in REFUSED_FOR_GOOD}
         if passing:
-            codes = ", ".join(hex(c) for c in sorted(set(refused.values())))
-            raise aiomqtt.MqttError(f"the broker refused {len(refused)} message(s) (reason codes {codes}), "
-                                    "not all for good: sending the batch again")
-        for mid, code in refused.items():
+            codes = ", ".join(hex(c) for c in sorted({code for _, code in refused}))
+            raise MqttError(f"the broker refused {len(refused)} message(s) (reason codes {codes}), "
+                            "not all for good: sending the batch again")
+        for item, code in refused:
             reason = REFUSED_FOR_GOOD[code]
             REFUSED.inc(reason=reason)
             self._refusals[reason] = count = self._refusals.get(reason, 0) + 1
             if count == 1 or count % 1000 == 0:
-                item = items.get(mid)
                 log.error("the broker refused a message for good; dropped", reason=reason, code=hex(code),
-                          topic=item.key if item else None, refused_so_far=count)
+                          topic=item.key, size=len(item.payload), refused_so_far=count)
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a shutdown budget
         """Wait until the outbox is empty (True) or the timeout passes (False). Used at shutdown."""

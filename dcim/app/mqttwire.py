@@ -630,6 +630,8 @@ class MqttClient(asyncio.Protocol):
             async with asyncio.timeout(timeout):
                 return await one.future
         except TimeoutError:
+            if self._inflight.get(pid) is one:  # no longer awaited: a late PUBACK is ignored
+                del self._inflight[pid]
             raise MqttError(f"no PUBACK within {timeout:g} s") from None
 
     def __repr__(self) -> str:

@@ -130,22 +130,17 @@ def _string(data: bytes) -> bytes:
 
 
 def _read_varint(data: bytes, i: int, end: int) -> tuple[int, int]:
-    """The variable byte integer at data[i:end] and the offset after it; MqttError if malformed."""
-    value = shift = 0
-    for k in range(4):
-        if i + k >= end:
-            raise MqttError("malformed packet from the broker: a variable byte integer is cut short")
-        byte = data[i + k]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, i + k + 1
-        shift += 7
-    raise MqttError("malformed packet from the broker: a variable byte integer of more than 4 bytes")
+    """The variable byte integer at data[i:end] (a property length) and the offset after it; MqttError if
+    malformed."""
+    value, after = _remaining(data, i, end, "a variable byte integer")
+    if after < 0:
+        raise MqttError("malformed packet from the broker: a variable byte integer is cut short")
+    return value, after
 
 
-def _remaining(data: bytes, i: int, n: int) -> tuple[int, int]:
-    """A fixed header's remaining length at data[i:n] and the offset after it; (0, -1) if not all of it is
-    here yet. MqttError if it runs over four bytes."""
+def _remaining(data: bytes, i: int, n: int, what: str = "a remaining length") -> tuple[int, int]:
+    """A fixed header's remaining length (or another variable byte integer: `what`) at data[i:n] and the
+    offset after it; (0, -1) if not all of it is here yet. MqttError if it runs over four bytes."""
     value = shift = 0
     for k in range(4):
         if i + k >= n:
@@ -155,7 +150,7 @@ def _remaining(data: bytes, i: int, n: int) -> tuple[int, int]:
         if not byte & 0x80:
             return value, i + k + 1
         shift += 7
-    raise MqttError("malformed packet from the broker: a remaining length of more than 4 bytes")
+    raise MqttError(f"malformed packet from the broker: {what} of more than 4 bytes")
 
 
 def read_properties(data: bytes, i: int, end: int) -> tuple[dict[int, int | bytes], int]:

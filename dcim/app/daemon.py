@@ -46,6 +46,8 @@ from dcim.app.poller import OVERRUNS, DeviceCoordinator, make_driver, polling_su
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
 from dcim.core.audit import AuditLog
+from dcim.core.collector import settle as settle_collector
+from dcim.core.collector import watch as watch_collector
 from dcim.core.journal import Journal, Outbox
 from dcim.core.logs import setup_logging
 from dcim.core.outbox import ItemQueue
@@ -81,8 +83,12 @@ LEVELS = ("debug", "info", "warning", "error")
 
 class Daemon:
     def __init__(self, config: Config, *, ingest: bool | None = None, poll: bool = True,
-                 config_path: str | Path | None = None, claim: Claim | None = None) -> None:
+                 config_path: str | Path | None = None, claim: Claim | None = None,
+                 owns_process: bool = False) -> None:
         self.config = config
+        # The daemon is the process (`dcim run`, `dcim ingest`, the demo), not a guest in a test or a tool:
+        # it may set process-wide things such as the garbage collector.
+        self.owns_process = owns_process
         self.config_path = Path(config_path) if config_path is not None else None
         self.state_dir = Path(config.state_dir)
         # First of all: a second instance on this state_dir must not touch its stores, not even to open them.
@@ -256,6 +262,8 @@ class Daemon:
             await self._apply_devices(running, [d for d in self.config.devices if d.id in devices])
         finally:
             self._judge_own_shards()
+            if self.owns_process:
+                settle_collector()  # as at a reload: the devices given up are collected
 
     def _judge_own_shards(self) -> None:
         if self.rules is not None and self.cluster is not None:
@@ -359,6 +367,10 @@ class Daemon:
             await self.writer.close()
             self.claim.release()
             raise
+        if self.owns_process:
+            # Everything start-up built is built: out of the garbage collector's walk (dcim.core.collector).
+            watch_collector()
+            log.info("garbage collector settled", frozen_objects=settle_collector())
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -520,6 +532,9 @@ class Daemon:
                 self._judge_own_shards()  # the new file, this node's shards of it
             elif self.rules is not None:
                 self.rules.reload(merged, self.topology)
+        if self.owns_process:
+            # The replaced configuration, topology and devices were frozen at start: thawed and collected.
+            settle_collector()
         self.reloads += 1
         self.restart_required = sorted(later)
         log.info("configuration reloaded", devices=len(self.coordinators), reloads=self.reloads)
@@ -626,7 +641,7 @@ async def run_daemon(config: Config, *, ingest: bool | None = None, poll: bool =
     stop = asyncio.Event()
     stop_on_signals(stop)
     try:
-        daemon = Daemon(config, ingest=ingest, poll=poll, config_path=config_path, claim=claim)
+        daemon = Daemon(config, ingest=ingest, poll=poll, config_path=config_path, claim=claim, owns_process=True)
         # SIGHUP's default action ends the process: a reload instead, once there is a daemon to reload.
         loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
         await daemon.run(stop)

@@ -152,6 +152,11 @@ async def test_sighup_starts_added_devices_stops_removed_ones_and_leaves_the_oth
 
             await wait_until(lambda: polled(("cdu-1", "cdu-2", "cdu-3"), 3), timeout=30, message=daemon.log())
 
+            # The garbage collector was settled at start: start-up's objects frozen, every collection counted.
+            settled = await metrics(port)
+            assert settled[("dcim_gc_frozen_objects", frozenset())] > 10_000, settled
+            full_collections = settled[("dcim_gc_collections_total", frozenset({("generation", "2")}))]
+
             # A good file: cdu-3 goes, cdu-4 comes, cdu-1 and cdu-2 are not touched.
             path.write_text(yaml.safe_dump(_hall_without(full, "cdu-3"), sort_keys=False))
             assert daemon.process is not None
@@ -160,6 +165,8 @@ async def test_sighup_starts_added_devices_stops_removed_ones_and_leaves_the_oth
             changed = log_events(daemon, "reload: devices changed")
             assert [(c["stopped"], c["started"], c["restarted"]) for c in changed] == [(["cdu-3"], ["cdu-4"], [])]
             before = await metrics(port)
+            # The reload settled the collector again: one full collection took what the old configuration left.
+            assert before[("dcim_gc_collections_total", frozenset({("generation", "2")}))] >= full_collections + 1
             after = await wait_until(lambda: _more_polls(port, before, "cdu-4", 8), timeout=60, message=daemon.log())
             assert polls(after, "cdu-3", "ok") + polls(after, "cdu-3", "error") == \
                 polls(before, "cdu-3", "ok") + polls(before, "cdu-3", "error"), "cdu-3 is still polled"

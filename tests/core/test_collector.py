@@ -1,0 +1,87 @@
+"""The garbage collector set for a daemon: start-up's objects frozen, the young threshold raised, cycles
+still collected, and every collection counted in /metrics."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from dcim.core import collector
+from dcim.core.metrics import REGISTRY
+
+
+@pytest.fixture
+def restored() -> Iterator[None]:
+    """Each test leaves the interpreter's collector as it found it (the rest of the suite runs after)."""
+    thresholds = gc.get_threshold()
+    callbacks = list(gc.callbacks)
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+    gc.callbacks[:] = callbacks
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def cycle() -> Node:
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return a
+
+
+def test_settle_freezes_what_exists_and_raises_the_young_threshold(restored: None) -> None:
+    kept = cycle()  # alive at settle: frozen, not collected
+    frozen = collector.settle()
+    assert frozen == gc.get_freeze_count() > 0
+    assert gc.get_threshold()[0] == collector.YOUNG_THRESHOLD
+    assert collector.FROZEN.get() == frozen
+    assert kept.other is not None and kept.other.other is kept
+
+
+def test_a_cycle_made_after_settle_is_still_collected_without_being_asked(restored: None) -> None:
+    collector.settle(young=1_000)
+    gone: list[int] = []
+    first = cycle()
+    weakref.finalize(first, gone.append, 1)
+    del first
+    assert not gone  # a cycle: reference counting cannot free it
+    # Allocations past the young threshold: the collector runs by itself and takes the cycle.
+    for _ in range(20):
+        _ = [cycle() for _ in range(1_000)]
+        if gone:
+            break
+    assert gone == [1]
+
+
+def test_settle_again_thaws_and_collects_what_a_reload_let_go(restored: None) -> None:
+    gone: list[int] = []
+    old = cycle()  # built before the first settle: frozen with it, as start-up's configuration is
+    weakref.finalize(old, gone.append, 1)
+    collector.settle()
+    del old  # a reload replaced it; a frozen cycle is never collected...
+    gc.collect()
+    assert not gone
+    collector.settle()  # ...until the reload settles again
+    assert gone == [1]
+
+
+def test_every_collection_is_counted_with_its_pause(restored: None) -> None:
+    collector.watch()
+    collector.watch()  # a second call adds no second callback
+    assert gc.callbacks.count(collector._on_collect) == 1
+    count = collector.COLLECTIONS.get(generation="2")
+    pauses = collector.PAUSE.counts.get(("2",), 0)
+    gc.collect()
+    assert collector.COLLECTIONS.get(generation="2") == count + 1
+    assert collector.PAUSE.counts[("2",)] == pauses + 1
+    assert collector.LONGEST.get(generation="2") > 0
+    text = REGISTRY.render()
+    for name in ("dcim_gc_collections_total", "dcim_gc_pause_seconds_sum", "dcim_gc_pause_max_seconds",
+                 "dcim_gc_frozen_objects"):
+        assert f"\n{name}" in text or text.startswith(name)

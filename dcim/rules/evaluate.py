@@ -48,6 +48,7 @@ class Bound:
     # while that holds and no new value of its points arrives, a condition of a timeless kind cannot judge
     # otherwise, so the tick skips it (see `Condition.timeless`).
     settled: bool = False
+    timeless: bool = False  # the condition's kind is timeless (`Condition.timeless`), read once at binding
 
 
 @dataclass(eq=False, slots=True)
@@ -58,6 +59,10 @@ class NoDataBound:
     subject: str
     key: str
     labels: dict[str, str]
+
+
+# The verdict of a clear condition where nothing would keep its value (see `Engine.verdict`).
+CLEAR = Verdict(None, None, None, "")
 
 
 class Engine:
@@ -76,7 +81,10 @@ class Engine:
         self.loop_fault_rules = {name for name, rule in self.rules.items() if rule.loop_fault}
         self.bound: list[Bound] = []
         self.nodata: list[NoDataBound] = []
-        self.by_point: dict[tuple[str, str], list[Bound]] = {}
+        # subject -> point -> the bound rules a new value of that point judges again.
+        self.by_point: dict[str, dict[str, list[Bound]]] = {}
+        # subject -> the points a `no_data` timer watches (their last good time is kept in `last_good`).
+        self.watched: dict[str, set[str]] = {}
         self.timers: dict[str, Timers] = {}
         # Last time each (subject, point) had a good value, for no-data rules.
         self.last_good: dict[tuple[str, str], int] = {}
@@ -151,14 +159,17 @@ class Engine:
                     KIND_ERRORS.inc(rule=rule.name)
                     log.exception("rule kind failed to bind; rule not judged", rule=rule.name, subject=subject)
                     continue
-                bound = Bound(tuned, subject, f"{rule.name}/{subject}", condition, timing, labels)
+                bound = Bound(tuned, subject, f"{rule.name}/{subject}", condition, timing, labels,
+                              timeless=condition.timeless)
                 self.bound.append(bound)
                 points = condition.points()
                 if rule.only_if is not None:
                     points.add(rule.only_if.point)
+                by_point = self.by_point.setdefault(subject, {})
                 for point in points:
-                    self.by_point.setdefault((subject, point), []).append(bound)
+                    by_point.setdefault(point, []).append(bound)
                 if tuned.no_data is not None:
+                    self.watched.setdefault(subject, set()).add(tuned.metric)
                     self.nodata.append(NoDataBound(tuned, subject, f"{rule.name}.no_data/{subject}",
                                                    {**labels, "rule": f"{rule.name}.no_data"}))
 
@@ -171,14 +182,25 @@ class Engine:
         if batch.device in self.readings.offline and any(s.ok for s in batch.samples):
             # Good data is proof of life, whatever the order status and samples arrive in.
             self._set_online(batch.device, True, now)
+        device = batch.device
         touched = self.readings.update(batch)
+        points = self.readings.points.get(device, {})
+        watched = self.watched.get(device)
+        if watched:
+            for point in watched.intersection(touched):
+                reading = points.get(point)
+                if reading is not None:
+                    self.last_good[(device, point)] = reading.ts_ns
+        by_point = self.by_point.get(device)
+        if not by_point:
+            return
         due: dict[int, Bound] = {}
-        points = self.readings.points.get(batch.device, {})
         for point in touched:
+            bounds = by_point.get(point)
+            if bounds is None:
+                continue
             reading = points.get(point)
-            if reading is not None:
-                self.last_good[(batch.device, point)] = reading.ts_ns
-            for bound in self.by_point.get((batch.device, point), ()):
+            for bound in bounds:
                 if reading is not None and bound.condition.observes:
                     bound.condition.observe(point, reading)
                 due[id(bound)] = bound
@@ -212,17 +234,21 @@ class Engine:
         """`tick` in slices of `chunk` judgements, so the service can yield to the loop between them."""
         now = self.clock.now_ns()
         since = now if since_ns is None else since_ns
-        timers, record = self.timers, self.store.record
-        for i, bound in enumerate(self.bound):
-            if bound.judged_ns < since:
-                if bound.settled and bound.condition.timeless and bound.key not in timers \
-                        and record(bound.key) is None:
+        timers, records, judge = self.timers, self.store.record, self._judge
+        bounds = self.bound
+        for start in range(0, len(bounds), chunk):
+            skipped = 0
+            for bound in bounds[start:start + chunk]:
+                if bound.judged_ns >= since:
+                    continue
+                if bound.settled and bound.timeless and bound.key not in timers and records(bound.key) is None:
                     # Judged clear on its last values and none has come since: judging again would find
                     # the same (a new value, or the device going offline, judges it at once).
-                    self.skipped += 1
+                    skipped += 1
                 else:
-                    self._judge(bound, now)
-            if i % chunk == chunk - 1:
+                    judge(bound, now)
+            self.skipped += skipped
+            if start + chunk < len(bounds):
                 yield
         for watch in self.nodata:
             self._judge_nodata(watch, now)
@@ -237,8 +263,10 @@ class Engine:
 
     # ---- judging -----------------------------------------------------------------------------------------
 
-    def verdict(self, bound: Bound, now: int, current: Severity | None) -> Verdict | None:
-        """The rule's kind judges its condition; hysteresis is applied here, the same for every kind."""
+    def verdict(self, bound: Bound, now: int, current: Severity | None, *, quiet: bool = False) -> Verdict | None:
+        """The rule's kind judges its condition; hysteresis is applied here, the same for every kind.
+        `quiet`: nothing would keep a clear verdict's value and threshold (no alarm record, no timer), so a
+        clear verdict is the shared `CLEAR`."""
         rule = bound.rule
         if rule.only_if is not None:
             gate = self.readings.reading(bound.subject, rule.only_if.point, now)
@@ -267,16 +295,24 @@ class Engine:
                 self.failing.add(bound.key)
                 log.exception("rule kind failed; the alarm holds", alarm=bound.key, kind=rule.kind)
             return None
+        if quiet:
+            return CLEAR
         return Verdict(None, assessment.value, shown, "")  # a clear verdict's message is never shown
 
     def _judge(self, bound: Bound, now: int) -> None:
         self.evaluations += 1
         bound.judged_ns = now
         record = self.store.record(bound.key)
-        current = record.severity if record is not None and record.state is AlarmState.FIRING else None
-        verdict = self.verdict(bound, now, current)
-        bound.settled = record is None and (verdict is None or verdict.severity is None) \
-            and bound.key not in self.timers
+        if record is None and bound.key not in self.timers:
+            # The common case: nothing wrong, nothing pending. A clear verdict (or none) changes nothing.
+            verdict = self.verdict(bound, now, None, quiet=True)
+            bound.settled = verdict is None or verdict.severity is None
+            if bound.settled:
+                return
+        else:
+            current = record.severity if record is not None and record.state is AlarmState.FIRING else None
+            verdict = self.verdict(bound, now, current)
+            bound.settled = False
         if verdict is None:
             return  # no data: hold
         self._apply(bound.key, bound.rule.name, bound.subject, bound.rule.metric, bound.labels, record,

@@ -62,6 +62,8 @@ ASHRAE_CLASSES = {"W17": 17.0, "W27": 27.0, "W32": 32.0, "W40": 40.0, "W45": 45.
 PLANT = "plant"
 CDU_METRICS = ("facility_supply_max_c", "facility_setpoint_c", "approach_k", "cooling_capacity_margin_kw")
 MIN_IAVG_A = 0.5
+# The running flags of a CDU's pumps, as profiles name them.
+PUMPS = tuple(f"pump{n}_running" for n in range(1, 9))
 DEAD_FEED_SHARE = 0.02
 MIN_RACK_KW = 1.0
 
@@ -107,22 +109,27 @@ class Readings:
     def update(self, batch: Batch) -> list[str]:
         """Keep the batch's good values; returns the untagged points that changed (for rule evaluation)."""
         touched: list[str] = []
-        points = self.points.setdefault(batch.device, {})
+        points = self.points.get(batch.device)
+        if points is None:
+            points = self.points[batch.device] = {}
+        good = Quality.GOOD
         for sample in batch.samples:
+            value = sample.value
             if sample.tags:
                 row = self.rows.setdefault(batch.device, {}).setdefault(
                     (sample.measurement or batch.kind, sample.tags), {})
-                if sample.ok and sample.value is not None:
-                    row[sample.point] = Reading(sample.value, sample.ts_ns)
+                if sample.quality is good and value is not None:
+                    row[sample.point] = Reading(value, sample.ts_ns)
                 else:
                     row.pop(sample.point, None)
                 continue
-            if sample.ok and sample.value is not None:
-                points[sample.point] = Reading(sample.value, sample.ts_ns)
+            point = sample.point
+            if sample.quality is good and value is not None:
+                points[point] = Reading(value, sample.ts_ns)
             else:
                 # A BAD or STALE sample withdraws the value: rules hold rather than judge old data.
-                points.pop(sample.point, None)
-            touched.append(sample.point)
+                points.pop(point, None)
+            touched.append(point)
         return touched
 
     def reading(self, subject: str, point: str, now_ns: int) -> Reading | None:
@@ -178,11 +185,13 @@ class RackMetrics:
         self.chillers = [d for d, kind in topology.kinds.items() if kind == "chiller"]
         self.cdus = [d for d, kind in topology.kinds.items() if kind == "cdu"]
         self.loops: dict[str, list[str]] = {}
+        self._pumps: dict[str, bool | None] = {}
         for rack_id, place in topology.racks.items():
             if place.rack.cdu is not None:
                 self.loops.setdefault(place.rack.cdu, []).append(rack_id)
 
     def compute(self, now_ns: int) -> list[Batch]:
+        self._pumps = {}  # last_pump of each CDU, for this computation
         powers: dict[str, float | None] = {}
         out: dict[str, list[Sample]] = {}
         for rack_id, place in self.topology.racks.items():
@@ -200,15 +209,17 @@ class RackMetrics:
 
     def last_pump(self, cdu: str, now: int) -> bool | None:
         """True while the CDU runs on one pump of two or more (None: its pumps are not known)."""
-        states = [r.value for n in range(1, 9)
-                  if (r := self.readings.reading(cdu, f"pump{n}_running", now)) is not None]
+        reading = self.readings.reading
+        states = [r.value for point in PUMPS if (r := reading(cdu, point, now)) is not None]
         if len(states) < 2:
             return None
         return sum(1 for v in states if v in (True, 1, "true")) <= 1
 
     def _cooled_budget(self, rack_id: str, place: RackPlace, power: float | None, now: int) -> list[Sample]:
-        assert place.rack.cdu is not None
-        derated = self.last_pump(place.rack.cdu, now)
+        cdu = place.rack.cdu
+        assert cdu is not None
+        pumps = self._pumps
+        derated = pumps[cdu] if cdu in pumps else pumps.setdefault(cdu, self.last_pump(cdu, now))
         budget = place.rack.power_budget_kw
         if derated:
             budget *= self.cooling.last_pump_budget_pct / 100.0

@@ -10,6 +10,8 @@ delivered. Printed per run:
     delivered points/s   points in the messages received during the window
     stored points/s      with --ingest: points written to InfluxDB 1.x during the window (nan without)
     CPU us/pt            daemon CPU (user + system, /proc) per delivered point
+    kernel               the system part of it (syscalls; on loopback the peers' TCP receive path runs in the
+                         sender's send, so the simulators', mosquitto's and InfluxDB's share of it is counted too)
     p50 / p99 latency    receive time - sample timestamp, over the messages received in the window
     RSS start / end      the daemon's resident memory after the warm-up and at the end of the window
     overruns             dcim_poll_overruns_total summed over devices, during the window (from /metrics)
@@ -55,7 +57,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchlib import cpu_seconds, free_ports, machine, rss_mib  # noqa: E402
+from benchlib import cpu_seconds, free_ports, machine, rss_mib, system_seconds  # noqa: E402
 
 from tests.servers import InfluxDBv1, Mosquitto  # noqa: E402
 
@@ -294,6 +296,7 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
                 subscriber.window(True)
                 stored0 = stored_points(influx, points_per_poll)
                 m0, cpu0, rss0, t0 = metrics(http_port), cpu_seconds(daemon.pid), rss_mib(daemon.pid), time.monotonic()
+                sys0 = system_seconds(daemon.pid)
                 spy = None
                 if py_spy:
                     spy = subprocess.Popen(
@@ -301,7 +304,7 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
                          str(int(py_spy)), "-r", "50", "-f", "raw", "-o", str(workdir / f"spy-{n}.txt")],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(seconds)
-                cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
+                cpu1, sys1, t1 = cpu_seconds(daemon.pid), system_seconds(daemon.pid), time.monotonic()
                 points, latencies = subscriber.window(False)
                 stored1 = stored_points(influx, points_per_poll)
                 m1, rss1 = metrics(http_port), rss_mib(daemon.pid)
@@ -329,6 +332,7 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
         "stored": (stored1 - stored0) / span if ingest else float("nan"),
         "cpu_us": (cpu1 - cpu0) / points * 1e6 if points else float("nan"),
         "cpu_pct": (cpu1 - cpu0) / span * 100,
+        "sys_us": (sys1 - sys0) / points * 1e6 if points else float("nan"),
         "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
         "rss0": rss0, "rss1": rss1,
         "overruns": m1.get("dcim_poll_overruns_total", 0.0) - m0.get("dcim_poll_overruns_total", 0.0),
@@ -360,14 +364,15 @@ def top_functions(raw: Path, limit: int = 15) -> str:
     return "\n".join(lines)
 
 
-HEADER = (f"{'N':>6} {'interval':>8} {'offered/s':>10} {'delivered/s':>11} {'stored/s':>9} {'CPU us/pt':>9} {'CPU':>6} "
-          f"{'p50 s':>7} {'p99 s':>7} {'RSS MiB':>13} {'overruns':>9} {'dropped':>8} {'outbox':>7}")
+HEADER = (f"{'N':>6} {'interval':>8} {'offered/s':>10} {'delivered/s':>11} {'stored/s':>9} {'CPU us/pt':>9} "
+          f"{'kernel':>6} {'CPU':>6} {'p50 s':>7} {'p99 s':>7} {'RSS MiB':>13} {'overruns':>9} {'dropped':>8} "
+          f"{'outbox':>7}")
 
 
 def line(r: dict[str, float]) -> str:
     return (f"{r['devices']:>6.0f} {r['interval']:>8g} {r['offered']:>10.0f} {r['delivered']:>11.0f} "
             f"{r['stored']:>9.0f} "
-            f"{r['cpu_us']:>9.1f} {r['cpu_pct']:>5.0f}% {r['p50']:>7.2f} {r['p99']:>7.2f} "
+            f"{r['cpu_us']:>9.1f} {r['sys_us']:>6.1f} {r['cpu_pct']:>5.0f}% {r['p50']:>7.2f} {r['p99']:>7.2f} "
             f"{r['rss0']:>6.0f}->{r['rss1']:<6.0f} {r['overruns']:>9.0f} {r['dropped']:>8.0f} {r['outbox']:>7.0f}")
 
 

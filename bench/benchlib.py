@@ -35,6 +35,12 @@ def cpu_seconds(pid: int | str = "self") -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def system_seconds(pid: int | str = "self") -> float:
+    """The system (kernel) part of `cpu_seconds`: syscalls, and on loopback the peer's TCP receive path too."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / _TICKS
+
+
 def rss_mib(pid: int | str = "self") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

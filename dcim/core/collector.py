@@ -33,9 +33,10 @@ from typing import Any
 from dcim.core.metrics import REGISTRY
 
 # Net allocations of container objects between two collections of the youngest generation. The older
-# generations keep Python's ratios (10 and 10). Measured with 1,000 CDUs polled every second (BENCHMARKS.md):
-# 4 collections in about 70 s of the daemon's life, against about 1,500 of the youngest generation, 135 of
-# the middle one and 12 full ones (5.3 s of pauses, the longest 0.3 s) with Python's defaults.
+# generations keep Python's ratios (10 and 10). Measured with 1,000 CDUs polled every second (BENCHMARKS.md),
+# over the daemon's first 45 s: 3-4 collections of the youngest generation (a few milliseconds each) besides
+# the settling one, against about 1,500 young, 135 middle and 12 full collections with Python's defaults
+# (about 5 s of pauses in all, the longest 0.3 s).
 YOUNG_THRESHOLD = 50_000
 
 COLLECTIONS = REGISTRY.counter("dcim_gc_collections_total", "Collections of Python's cyclic garbage collector",

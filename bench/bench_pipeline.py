@@ -1,0 +1,170 @@
+"""The daemon's pipeline in one process, without sockets: what a poll's batch costs after the driver, and what
+the rules tick costs, per point.
+
+The daemon is built from a configuration like bench_saturation.py's (N generic-cdu CDUs, one liquid rack on
+each, MQTT and the in-process ingest configured, HTTP console on) and its journal opened, but nothing is
+started: no device is polled and nothing is sent. Each round then hands every device's coordinator one
+batch shaped like the Modbus driver's for the generic-cdu profile (24 points, new float values each round)
+as a poll would (`_emit_batch`: the rules, the publisher's encoding and journal row, the live view), and
+runs the rules tick once (rack and plant metrics, published through the same sinks, and the timers).
+Printed: process CPU per point for the batches and for the tick. The journal's writer thread runs as in the
+daemon and is counted. Nothing drains the journal, so backpressure is switched off here (it would defer
+the derived metrics, as a congested daemon does).
+
+Like `dcim run`, a tree with `dcim/core/collector.py` settles the garbage collector after start-up
+(`--no-settle`: it does not, to tell what that is worth).
+
+    python bench/bench_pipeline.py                      # 1,000 CDUs, 20 rounds
+    python bench/bench_pipeline.py --devices 4000 --rounds 10
+    python bench/bench_pipeline.py --tree ../before     # another source tree (before/after)
+    python bench/bench_pipeline.py --profile tick       # cProfile of the tick (or: batches)
+    taskset -c 0 python bench/bench_pipeline.py         # on one core, the journal's writer thread beside it
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import logging
+import os
+import pstats
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The generic-cdu profile's points with typical values (floats vary a little every round).
+POINTS: list[tuple[str, Any]] = [
+    ("facility_supply_temp_c", 18.2), ("facility_return_temp_c", 27.9), ("supply_temp_c", 30.1),
+    ("return_temp_c", 39.8), ("flow_lpm", 1602.5), ("supply_pressure_kpa", 250.1), ("return_pressure_kpa", 180.2),
+    ("diff_pressure_kpa", 70.0), ("pump1_speed_pct", 62.1), ("pump2_speed_pct", 61.9), ("valve_pct", 45.5),
+    ("heat_removed_kw", 121.4), ("power_w", 3100), ("reservoir_level", "ok"), ("pump1_running", True),
+    ("pump2_running", True), ("pump_fault", False), ("leak_zone1", False), ("leak_zone2", False),
+    ("leak_zone3", False), ("leak_zone4", False), ("leak", False), ("supply_temp_setpoint_c", 30.0),
+    ("flow_setpoint_lpm", 1600)]
+
+
+def config_for(n: int, workdir: Path) -> Path:
+    devices = [{"id": f"cdu-{i}", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1", "port": 1502,
+                "profile": "generic-cdu", "interval": "1s", "timeout": "2s", "retries": 0}
+               for i in range(1, n + 1)]
+    racks = [{"id": f"R{i}", "cooling": "liquid", "power_budget_kw": 150, "cdu": f"cdu-{i}"} for i in range(1, n + 1)]
+    config = {
+        "site": {"id": "bench"}, "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": racks}]}],
+        "devices": devices, "mqtt": {"host": "127.0.0.1", "port": 1},
+        "influxdb": {"url": "http://127.0.0.1:1", "api": "v1", "database": "dcim"}, "ingest": {"enabled": True},
+        "state_dir": str(workdir / "state"), "logging": {"level": "warning", "format": "json"},
+        "http": {"enabled": True, "host": "127.0.0.1", "port": 0},
+    }
+    path = workdir / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def run(n: int, rounds: int, profile: str | None, settle_gc: bool = True) -> None:
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    from dcim.app.config import load_config
+    from dcim.app.daemon import Daemon
+    from dcim.core.samples import Batch, Sample
+
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = Daemon(load_config(config_for(n, Path(tmp))))
+        for box in daemon.outboxes:
+            await box.open()
+        tasks = [asyncio.create_task(box.run()) for box in daemon.outboxes]
+        daemon.pipeline.admission.congested = lambda: False  # type: ignore[method-assign]
+        coordinators = list(daemon.coordinators.values())
+        rules = daemon.rules
+        assert rules is not None
+
+        def batches() -> None:
+            ts = time.time_ns()
+            for c in coordinators:
+                device = c.device.id
+                samples = [Sample(device, point, value + random.random() / 10 if type(value) is float else value,
+                                  ts, measurement="cdu") for point, value in POINTS]
+                c._emit_batch(Batch(device, "cdu", ts, samples))
+
+        batches()  # the first round binds and caches: not measured
+        await rules.tick_async()
+        try:
+            from dcim.core.collector import settle
+        except ImportError:
+            pass
+        else:
+            if settle_gc:
+                settle()
+        spy = cProfile.Profile() if profile else None
+        spent = {"batches": 0.0, "tick": 0.0}
+        for _ in range(rounds):
+            if spy is not None and profile == "batches":
+                spy.enable()
+            t0 = time.process_time()
+            batches()
+            t1 = time.process_time()
+            if spy is not None:
+                spy.disable() if profile == "batches" else spy.enable()
+            await rules.tick_async()
+            t2 = time.process_time()
+            if spy is not None:
+                spy.disable()
+            spent["batches"] += t1 - t0
+            spent["tick"] += t2 - t1
+            await asyncio.sleep(0.05)  # the journal's writer takes the round's rows
+        points = n * len(POINTS) * rounds
+        print(f"{n:>6} {rounds:>6} {spent['batches'] / points * 1e6:>12.2f} {spent['tick'] / points * 1e6:>9.2f} "
+              f"{(spent['batches'] + spent['tick']) / points * 1e6:>9.2f} {spent['tick'] / rounds * 1000:>12.1f}",
+              flush=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for box in daemon.outboxes:
+            await box.close()
+        await daemon.writer.close()
+        daemon.claim.release()
+        if spy is not None:
+            pstats.Stats(spy).sort_stats("tottime").print_stats(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, nargs="*", default=[1000])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="5 rounds (make bench BENCH_ARGS=--quick)")
+    parser.add_argument("--tree", type=Path, help="import dcim from this source tree")
+    parser.add_argument("--profile", choices=("batches", "tick"))
+    parser.add_argument("--no-settle", action="store_true",
+                        help="leave the garbage collector as Python sets it (what the GC change is worth)")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, in this process
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds = 5
+    if args.one is not None:
+        asyncio.run(run(args.one, args.rounds, args.profile, settle_gc=not args.no_settle))
+        return
+    sys.path.insert(0, str(REPO / "bench"))
+    from benchlib import machine
+
+    tree = (args.tree or REPO).resolve()
+    print(f"machine: {machine()}; tree: {tree}")
+    print(f"{'N':>6} {'rounds':>6} {'batch us/pt':>12} {'tick us/pt':>9} {'total':>9} {'tick ms/round':>12}")
+    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for n in args.devices:
+        # A process per size (and per tree): nothing cached from the one before.
+        extra = (["--profile", args.profile] if args.profile else []) + (["--no-settle"] if args.no_settle else [])
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--rounds", str(args.rounds),
+                        *extra], env=env, cwd=tree, check=True)
+
+
+if __name__ == "__main__":
+    main()

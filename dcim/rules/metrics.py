@@ -107,12 +107,19 @@ class Readings:
     push: set[str] = field(default_factory=set)
 
     def update(self, batch: Batch) -> list[str]:
-        """Keep the batch's good values; returns the untagged points that changed (for rule evaluation)."""
+        """Keep the batch's good values; returns the untagged points it carried (for rule evaluation)."""
+        return self.update_changes(batch)[0]
+
+    def update_changes(self, batch: Batch) -> tuple[list[str], set[str]]:
+        """`update`, and of the points it carried those whose current value is not what it was: a new value
+        (of another type, or unequal), one that was missing or had gone stale, or one withdrawn."""
         touched: list[str] = []
+        changed: set[str] = set()
         points = self.points.get(batch.device)
         if points is None:
             points = self.points[batch.device] = {}
         good = Quality.GOOD
+        stale_after = self.stale_after_ns
         for sample in batch.samples:
             value = sample.value
             if sample.tags:
@@ -124,13 +131,19 @@ class Readings:
                     row.pop(sample.point, None)
                 continue
             point = sample.point
+            old = points.get(point)
             if sample.quality is good and value is not None:
+                if old is None or old.value != value or type(old.value) is not type(value) \
+                        or sample.ts_ns - old.ts_ns > stale_after:
+                    changed.add(point)
                 points[point] = Reading(value, sample.ts_ns)
             else:
                 # A BAD or STALE sample withdraws the value: rules hold rather than judge old data.
-                points.pop(point, None)
+                if old is not None:
+                    changed.add(point)
+                    del points[point]
             touched.append(point)
-        return touched
+        return touched, changed
 
     def reading(self, subject: str, point: str, now_ns: int) -> Reading | None:
         if subject in self.offline:

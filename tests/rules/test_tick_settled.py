@@ -1,6 +1,7 @@
 """The tick skips a rule judged clear on its last values (a timeless kind, no alarm, no timer) until one of
-its points has a new value: the alarms raised are exactly those of an engine that judges every rule on
-every tick, over a long random run with pending periods, hysteresis, clear delays, gaps and outages."""
+its points has a new value, and a batch that repeats those values skips it too: the alarms raised are
+exactly those of an engine that judges every rule on every tick and every batch, over a long random run
+with pending periods, hysteresis, clear delays, gaps and outages."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ RULES = [
 ]
 
 
-def run(tmp_path: Path, seed: int) -> tuple[list[tuple[str, AlarmState, str, int]], Rig]:
-    """400 s of a random walk: supply temperature, a flapping pump fault, rack power near the budget, gaps
-    in the data (values going stale) and the device going offline and back."""
+def run(tmp_path: Path, seed: int, quantum: float = 0.01) -> tuple[list[tuple[str, AlarmState, str, int]], Rig]:
+    """400 s of a random walk: supply temperature (read to `quantum`: a coarse one repeats values, as a
+    register in tenths of a degree does), a flapping pump fault, rack power near the budget, gaps in the data
+    (values going stale) and the device going offline and back."""
     r = Rig(hall(tmp_path, {"rules": RULES}))
     rng = random.Random(seed)
     temp = {"cdu-1": 32.0, "cdu-2": 32.0}
@@ -53,7 +55,7 @@ def run(tmp_path: Path, seed: int) -> tuple[list[tuple[str, AlarmState, str, int
                 continue
             if rng.random() < 0.08:
                 continue  # a gap: the values go stale if it lasts
-            r.cdu(cdu, supply_temp_c=round(temp[cdu], 2), pump_fault=pump[cdu],
+            r.cdu(cdu, supply_temp_c=round(round(temp[cdu] / quantum) * quantum, 2), pump_fault=pump[cdu],
                   flow_lpm=rng.choice((450.0, 450.0, 450.0, 300.0)))
         for rack in ("A01", "A02", "B01", "B02"):
             kw = rng.uniform(60, 80)
@@ -65,14 +67,16 @@ def run(tmp_path: Path, seed: int) -> tuple[list[tuple[str, AlarmState, str, int
     return events, r
 
 
+@pytest.mark.parametrize("quantum", [0.01, 0.5])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_skipping_settled_rules_raises_exactly_the_same_alarms(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
-    skipping, rig = run(tmp_path / "skipping", seed)
-    assert rig.service.engine.skipped > 0, "the tick skipped nothing: the test shows nothing"
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, quantum: float) -> None:
+    """The tick skips a settled rule with no new value; a batch skips one whose values it repeats."""
+    skipping, rig = run(tmp_path / "skipping", seed, quantum)
+    assert rig.service.engine.skipped > 0, "nothing was skipped: the test shows nothing"
     for cls in (LimitCondition, RateCondition, StateCondition):
         monkeypatch.setattr(cls, "timeless", False)
-    judging, every = run(tmp_path / "judging", seed)
+    judging, every = run(tmp_path / "judging", seed, quantum)
     assert every.service.engine.skipped == 0
     assert {key for key, state, *_ in judging if state is AlarmState.FIRING}, "no alarm fired: nothing shown"
     assert skipping == judging

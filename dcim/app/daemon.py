@@ -86,7 +86,7 @@ class Daemon:
                  config_path: str | Path | None = None, claim: Claim | None = None,
                  owns_process: bool = False) -> None:
         self.config = config
-        # The daemon is the process (`dcim run`, `dcim ingest`, the demo), not a guest in a test or a tool:
+        # The daemon is the process (`dcim run`, `dcim ingest`), not a guest in a test, the demo or a tool:
         # it may set process-wide things such as the garbage collector.
         self.owns_process = owns_process
         self.config_path = Path(config_path) if config_path is not None else None

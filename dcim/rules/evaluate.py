@@ -46,7 +46,7 @@ class Bound:
     judged_ns: int = -1
     # The last judgement found nothing wrong (a clear verdict, or no data) and left no alarm and no timer:
     # while that holds and no new value of its points arrives, a condition of a timeless kind cannot judge
-    # otherwise, so the tick skips it (see `Condition.timeless`).
+    # otherwise, so the tick, and a batch that repeats its values, skip it (see `Engine._settled`).
     settled: bool = False
     timeless: bool = False  # the condition's kind is timeless (`Condition.timeless`), read once at binding
 
@@ -211,12 +211,10 @@ class Engine:
                 due[id(bound)] = bound
                 if new:
                     fresh.add(id(bound))
-        timers, records = self.timers, self.store.record
         for key, bound in due.items():
-            if key not in fresh and bound.settled and bound.timeless and not bound.condition.observes \
-                    and bound.key not in timers and records(bound.key) is None:
-                # Judged clear (or without data) on these very values, nothing pending: a timeless kind
-                # finds the same again (the tick skips it on the same grounds).
+            if key not in fresh and not bound.condition.observes and self._settled(bound):
+                # Judged clear (or without data) on these very values: it would find the same again. A kind
+                # that observes (a rate) takes each value into its history: judged every time.
                 self.skipped += 1
                 continue
             self._judge(bound, now)
@@ -248,14 +246,14 @@ class Engine:
         """`tick` in slices of `chunk` judgements, so the service can yield to the loop between them."""
         now = self.clock.now_ns()
         since = now if since_ns is None else since_ns
-        timers, records, judge = self.timers, self.store.record, self._judge
+        settled, judge = self._settled, self._judge
         bounds = self.bound
         for start in range(0, len(bounds), chunk):
             skipped = 0
             for bound in bounds[start:start + chunk]:
                 if bound.judged_ns >= since:
                     continue
-                if bound.settled and bound.timeless and bound.key not in timers and records(bound.key) is None:
+                if settled(bound):
                     # Judged clear on its last values and none has come since: judging again would find
                     # the same (a new value, or the device going offline, judges it at once).
                     skipped += 1
@@ -276,6 +274,12 @@ class Engine:
         return timers is not None and timers.clear_since is not None
 
     # ---- judging -----------------------------------------------------------------------------------------
+
+    def _settled(self, bound: Bound) -> bool:
+        """Judged clear (or without data) last time, no alarm and no timer since, and of a timeless kind: on
+        the same values its condition finds the same, so the tick and a batch that repeats them skip it."""
+        return bound.settled and bound.timeless and bound.key not in self.timers \
+            and self.store.record(bound.key) is None
 
     def verdict(self, bound: Bound, now: int, current: Severity | None, *, quiet: bool = False) -> Verdict | None:
         """The rule's kind judges its condition; hysteresis is applied here, the same for every kind.

@@ -198,13 +198,12 @@ class RackMetrics:
         self.chillers = [d for d, kind in topology.kinds.items() if kind == "chiller"]
         self.cdus = [d for d, kind in topology.kinds.items() if kind == "cdu"]
         self.loops: dict[str, list[str]] = {}
-        self._pumps: dict[str, bool | None] = {}
         for rack_id, place in topology.racks.items():
             if place.rack.cdu is not None:
                 self.loops.setdefault(place.rack.cdu, []).append(rack_id)
 
     def compute(self, now_ns: int) -> list[Batch]:
-        self._pumps = {}  # last_pump of each CDU, for this computation
+        pumps: dict[str, bool | None] = {}  # last_pump of each CDU, looked up once in this computation
         powers: dict[str, float | None] = {}
         out: dict[str, list[Sample]] = {}
         for rack_id, place in self.topology.racks.items():
@@ -214,7 +213,7 @@ class RackMetrics:
         for rack_id, place in self.topology.racks.items():
             if place.rack.cdu is not None:
                 out[rack_id] += self._coolant(rack_id, place.rack.cdu, powers, now_ns)
-                out[rack_id] += self._cooled_budget(rack_id, place, powers.get(rack_id), now_ns)
+                out[rack_id] += self._cooled_budget(rack_id, place, powers.get(rack_id), now_ns, pumps)
         batches = [Batch(rack_id, "rack", now_ns, samples) for rack_id, samples in out.items() if samples]
         return batches + self._plant(now_ns)
 
@@ -228,10 +227,10 @@ class RackMetrics:
             return None
         return sum(1 for v in states if v in (True, 1, "true")) <= 1
 
-    def _cooled_budget(self, rack_id: str, place: RackPlace, power: float | None, now: int) -> list[Sample]:
+    def _cooled_budget(self, rack_id: str, place: RackPlace, power: float | None, now: int,
+                       pumps: dict[str, bool | None]) -> list[Sample]:
         cdu = place.rack.cdu
         assert cdu is not None
-        pumps = self._pumps
         derated = pumps[cdu] if cdu in pumps else pumps.setdefault(cdu, self.last_pump(cdu, now))
         budget = place.rack.power_budget_kw
         if derated:

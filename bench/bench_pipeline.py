@@ -1,10 +1,10 @@
 """The daemon's pipeline in one process, without sockets: what a poll's batch costs after the driver, and what
 the rules tick costs, per point.
 
-The daemon is built from a configuration like bench_saturation.py's (N generic-cdu CDUs, one liquid rack on
+The daemon is built from bench_saturation.py's configuration (`config_for`: N generic-cdu CDUs, one liquid rack on
 each, MQTT and the in-process ingest configured, HTTP console on) and its journal opened, but nothing is
 started: no device is polled and nothing is sent. Each round then hands every device's coordinator one
-batch shaped like the Modbus driver's for the generic-cdu profile (24 points, new float values each round)
+batch of the generic-cdu profile's 24 points with typical values (the floats move a little each round)
 as a poll would (`_emit_batch`: the rules, the publisher's encoding and journal row, the live view), and
 runs the rules tick once (rack and plant metrics, published through the same sinks, and the timers).
 Printed: process CPU per point for the batches and for the tick. The journal's writer thread runs as in the
@@ -35,14 +35,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-
-# The generic-cdu profile's points with typical values (floats vary a little every round).
-POINTS: list[tuple[str, Any]] = [
+PROFILE = "generic-cdu"
+# The profile's points, each with a typical value of a CDU in service (the floats move a little every round).
+# The figures in BENCHMARKS.md were measured with these values; `run` checks that the profile still has
+# exactly these points.
+POINTS: list[tuple[str, float | int | bool | str]] = [
     ("facility_supply_temp_c", 18.2), ("facility_return_temp_c", 27.9), ("supply_temp_c", 30.1),
     ("return_temp_c", 39.8), ("flow_lpm", 1602.5), ("supply_pressure_kpa", 250.1), ("return_pressure_kpa", 180.2),
     ("diff_pressure_kpa", 70.0), ("pump1_speed_pct", 62.1), ("pump2_speed_pct", 61.9), ("valve_pct", 45.5),
@@ -52,88 +51,79 @@ POINTS: list[tuple[str, Any]] = [
     ("flow_setpoint_lpm", 1600)]
 
 
-def config_for(n: int, workdir: Path) -> Path:
-    devices = [{"id": f"cdu-{i}", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1", "port": 1502,
-                "profile": "generic-cdu", "interval": "1s", "timeout": "2s", "retries": 0}
-               for i in range(1, n + 1)]
-    racks = [{"id": f"R{i}", "cooling": "liquid", "power_budget_kw": 150, "cdu": f"cdu-{i}"} for i in range(1, n + 1)]
-    config = {
-        "site": {"id": "bench"}, "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": racks}]}],
-        "devices": devices, "mqtt": {"host": "127.0.0.1", "port": 1},
-        "influxdb": {"url": "http://127.0.0.1:1", "api": "v1", "database": "dcim"}, "ingest": {"enabled": True},
-        "state_dir": str(workdir / "state"), "logging": {"level": "warning", "format": "json"},
-        "http": {"enabled": True, "host": "127.0.0.1", "port": 0},
-    }
-    path = workdir / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-async def run(n: int, rounds: int, profile: str | None, settle_gc: bool = True) -> None:
+async def run(path: Path, rounds: int, profile: str | None, settle_gc: bool = True) -> None:
+    """One measurement, in this process, of the configuration at `path` (written by bench_saturation.py's
+    `config_for`), with dcim imported from whatever tree PYTHONPATH names."""
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     from dcim.app.config import load_config
     from dcim.app.daemon import Daemon
     from dcim.core.samples import Batch, Sample
+    from dcim.drivers.profiles import load_profile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        daemon = Daemon(load_config(config_for(n, Path(tmp))))
-        for box in daemon.outboxes:
-            await box.open()
-        tasks = [asyncio.create_task(box.run()) for box in daemon.outboxes]
-        daemon.pipeline.admission.congested = lambda: False  # type: ignore[method-assign]
-        coordinators = list(daemon.coordinators.values())
-        rules = daemon.rules
-        assert rules is not None
+    config = load_config(path)
+    n = len(config.devices)
+    points = POINTS
+    names = [p.name for p in load_profile(PROFILE).points]
+    if names != [name for name, _ in points]:
+        raise SystemExit(f"{PROFILE}'s points are not the bench's any more: {names}")
+    daemon = Daemon(config)
+    for box in daemon.outboxes:
+        await box.open()
+    tasks = [asyncio.create_task(box.run()) for box in daemon.outboxes]
+    daemon.pipeline.admission.congested = lambda: False  # type: ignore[method-assign]
+    coordinators = list(daemon.coordinators.values())
+    rules = daemon.rules
+    assert rules is not None
 
-        def batches() -> None:
-            ts = time.time_ns()
-            for c in coordinators:
-                device = c.device.id
-                samples = [Sample(device, point, value + random.random() / 10 if type(value) is float else value,
-                                  ts, measurement="cdu") for point, value in POINTS]
-                c._emit_batch(Batch(device, "cdu", ts, samples))
+    def batches() -> None:
+        ts = time.time_ns()
+        for c in coordinators:
+            device = c.device.id
+            samples = [Sample(device, point, value + random.random() / 10 if type(value) is float else value,
+                              ts, measurement="cdu") for point, value in points]
+            c._emit_batch(Batch(device, "cdu", ts, samples))
 
-        batches()  # the first round binds and caches: not measured
-        await rules.tick_async()
-        try:
-            from dcim.core.collector import settle
-        except ImportError:
-            pass
-        else:
-            if settle_gc:
-                settle()
-        spy = cProfile.Profile() if profile else None
-        spent = {"batches": 0.0, "tick": 0.0}
-        for _ in range(rounds):
-            if spy is not None and profile == "batches":
-                spy.enable()
-            t0 = time.process_time()
-            batches()
-            t1 = time.process_time()
-            if spy is not None:
-                spy.disable() if profile == "batches" else spy.enable()
-            await rules.tick_async()
-            t2 = time.process_time()
-            if spy is not None:
-                spy.disable()
-            spent["batches"] += t1 - t0
-            spent["tick"] += t2 - t1
-            await asyncio.sleep(0.05)  # the journal's writer takes the round's rows
-        points = n * len(POINTS) * rounds
-        print(f"{n:>6} {rounds:>6} {spent['batches'] / points * 1e6:>12.2f} {spent['tick'] / points * 1e6:>9.2f} "
-              f"{(spent['batches'] + spent['tick']) / points * 1e6:>9.2f} {spent['tick'] / rounds * 1000:>12.1f}",
-              flush=True)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for box in daemon.outboxes:
-            await box.close()
-        await daemon.writer.close()
-        daemon.claim.release()
+    batches()  # the first round binds and caches: not measured
+    await rules.tick_async()
+    try:
+        from dcim.core.collector import settle
+    except ImportError:
+        pass  # a tree from before the collector was settled: Python's defaults, as its daemon had
+    else:
+        if settle_gc:
+            settle()
+    spy = cProfile.Profile() if profile else None
+    spent = {"batches": 0.0, "tick": 0.0}
+    for _ in range(rounds):
+        if spy is not None and profile == "batches":
+            spy.enable()
+        t0 = time.process_time()
+        batches()
+        t1 = time.process_time()
         if spy is not None:
-            pstats.Stats(spy).sort_stats("tottime").print_stats(30)
+            spy.disable() if profile == "batches" else spy.enable()
+        await rules.tick_async()
+        t2 = time.process_time()
+        if spy is not None:
+            spy.disable()
+        spent["batches"] += t1 - t0
+        spent["tick"] += t2 - t1
+        await asyncio.sleep(0.05)  # the journal's writer takes the round's rows
+    total = n * len(points) * rounds
+    print(f"{n:>6} {rounds:>6} {spent['batches'] / total * 1e6:>12.2f} {spent['tick'] / total * 1e6:>9.2f} "
+          f"{(spent['batches'] + spent['tick']) / total * 1e6:>9.2f} {spent['tick'] / rounds * 1000:>12.1f}",
+          flush=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for box in daemon.outboxes:
+        await box.close()
+    await daemon.writer.close()
+    daemon.claim.release()
+    if spy is not None:
+        pstats.Stats(spy).sort_stats("tottime").print_stats(30)
 
 
 def main() -> None:
@@ -145,25 +135,29 @@ def main() -> None:
     parser.add_argument("--profile", choices=("batches", "tick"))
     parser.add_argument("--no-settle", action="store_true",
                         help="leave the garbage collector as Python sets it (what the GC change is worth)")
-    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, in this process
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)  # one measurement, in this process
     args = parser.parse_args()
     if args.quick:
         args.rounds = 5
-    if args.one is not None:
-        asyncio.run(run(args.one, args.rounds, args.profile, settle_gc=not args.no_settle))
+    if args.config is not None:
+        asyncio.run(run(args.config, args.rounds, args.profile, settle_gc=not args.no_settle))
         return
     sys.path.insert(0, str(REPO / "bench"))
+    from bench_saturation import config_for
     from benchlib import machine
 
     tree = (args.tree or REPO).resolve()
     print(f"machine: {machine()}; tree: {tree}")
     print(f"{'N':>6} {'rounds':>6} {'batch us/pt':>12} {'tick us/pt':>9} {'total':>9} {'tick ms/round':>12}")
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    extra = (["--profile", args.profile] if args.profile else []) + (["--no-settle"] if args.no_settle else [])
     for n in args.devices:
-        # A process per size (and per tree): nothing cached from the one before.
-        extra = (["--profile", args.profile] if args.profile else []) + (["--no-settle"] if args.no_settle else [])
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--rounds", str(args.rounds),
-                        *extra], env=env, cwd=tree, check=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            # The saturation bench's hall; nothing listens on its MQTT and InfluxDB ports (nothing is sent).
+            path = config_for(n, 1.0, Path(tmp), mqtt_port=1, http_port=0, influx_url="http://127.0.0.1:1")
+            # A process per size (and per tree): nothing cached from the one before.
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), "--config", str(path),
+                            "--rounds", str(args.rounds), *extra], env=env, cwd=tree, check=True)
 
 
 if __name__ == "__main__":

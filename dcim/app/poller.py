@@ -54,9 +54,6 @@ OFFLINE_POLLS_IN_FLIGHT = 64
 # A poll that starts later than this fraction of its interval after it was due has overrun its slot.
 OVERRUN_FRACTION = 0.5
 
-SampleKey = tuple[str, tuple[tuple[str, str], ...], str]
-
-
 def make_driver(device: DeviceBase, profile: Profile[Any], context: DriverContext) -> Driver:
     # The device's protocol's factory, from the protocol registry.
     return registry.make_driver(device, profile, context)
@@ -81,7 +78,9 @@ class DeviceCoordinator:
         # Monotonic time of the last completed poll (success or recorded failure), or of the coordinator's
         # creation before the first: the liveness check's proof that the poller is not stuck or dead.
         self.last_poll = time.monotonic()
-        self._last_keys: dict[SampleKey, Sample] = {}
+        # (measurement, row tags) -> the names of the points that had a good value there: what a failed
+        # poll reports BAD (a table's rows as last seen, not only the profile's scalars).
+        self._last_keys: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, None]] = {}
         self.overruns = 0
         # Monotonic time since which the poller waits for the pipeline's admission, None when it does not.
         self.waiting_since: float | None = None
@@ -211,8 +210,8 @@ class DeviceCoordinator:
     def _bad_samples(self, ts: int, reason: str) -> list[Sample]:
         if self._last_keys:
             return [
-                Sample(self.device.id, s.point, None, ts, Quality.BAD, reason, s.measurement, s.tags)
-                for s in self._last_keys.values()
+                Sample(self.device.id, point, None, ts, Quality.BAD, reason, measurement, tags)
+                for (measurement, tags), points in self._last_keys.items() for point in points
             ]
         profile = self.driver.profile
         return [
@@ -227,9 +226,19 @@ class DeviceCoordinator:
             self.polled.set()
 
     def _emit_batch(self, batch: Batch) -> None:
+        good, known = Quality.GOOD, self._last_keys
+        measurement: str | None = None
+        tags: tuple[tuple[str, str], ...] | None = None
+        points: dict[str, None] = {}
         for sample in batch.samples:
-            if sample.quality is Quality.GOOD:
-                self._last_keys[(sample.measurement, sample.tags, sample.point)] = sample
+            if sample.quality is good:
+                if sample.measurement is not measurement or sample.tags is not tags:
+                    measurement, tags = sample.measurement, sample.tags
+                    found = known.get((measurement, tags))
+                    if found is None:
+                        found = known[(measurement, tags)] = {}
+                    points = found
+                points[sample.point] = None
         self.pipeline.publish(batch)
 
     def _set_status(self, online: bool, error: str) -> None:

@@ -73,11 +73,21 @@ def encode_batch(batch: Batch, static_tags: Iterable[tuple[str, str]]) -> list[s
     groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
     worst: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Quality, str]] = {}
     kind = batch.kind
+    names = _FIELD_NAMES
+    # A batch's samples mostly share their measurement and tags (the same objects, from one decode plan):
+    # the group is looked up again only when they change.
+    measurement: str | None = None
+    tags: tuple[tuple[str, str], ...] | None = None
+    fields: list[str] = []
+    key: tuple[str, tuple[tuple[str, str], ...]] = ("", ())
     for sample in batch.samples:
-        key = (sample.measurement or kind, sample.tags)
-        fields = groups.get(key)
-        if fields is None:
-            fields = groups[key] = []
+        if sample.measurement is not measurement or sample.tags is not tags:
+            measurement, tags = sample.measurement, sample.tags
+            key = (measurement or kind, tags)
+            found = groups.get(key)
+            if found is None:
+                found = groups[key] = []
+            fields = found
         value = sample.value
         if sample.quality is _GOOD and value is not None:
             if type(value) is float:
@@ -86,7 +96,8 @@ def encode_batch(batch: Batch, static_tags: Iterable[tuple[str, str]]) -> list[s
             else:
                 encoded = field_value(value)
             if encoded is not None:
-                fields.append(_field_name(sample.point) + encoded)
+                name = names.get(sample.point)
+                fields.append((name or _field_name(sample.point)) + encoded)
                 continue
         previous = worst.get(key)
         if previous is None or (previous[0] is Quality.STALE and sample.quality is Quality.BAD):

@@ -322,7 +322,17 @@ class Engine:
         bound.judged_ns = now
         record = self.store.record(bound.key)
         if record is None and bound.key not in self.timers:
-            # The common case: nothing wrong, nothing pending. A clear verdict (or none) changes nothing.
+            # The common case: nothing wrong, nothing pending. A clear verdict (or none) changes nothing, so
+            # the kind is asked only whether it is clear; the full verdict is made when it is not (or when
+            # asking raised: the verdict reports the kind's failure).
+            if bound.rule.only_if is None:
+                try:
+                    clear = bound.condition.clear(now)
+                except Exception:
+                    clear = False
+                if clear is not False:
+                    bound.settled = True
+                    return
             verdict = self.verdict(bound, now, None, quiet=True)
             bound.settled = verdict is None or verdict.severity is None
             if bound.settled:

@@ -42,11 +42,19 @@ PointKey = tuple[str, tuple[tuple[str, str], ...], str]
 @dataclass(slots=True)
 class DeviceLive:
     kind: str
-    samples: dict[PointKey, Sample]
+    # (measurement, row tags) -> point -> its latest sample. Grouped so that a batch, whose samples mostly
+    # share their measurement and tags, stores each sample by its name alone.
+    groups: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Sample]]
     bad: int = 0  # BAD samples in the device's latest batch
     reason: str = ""  # the first BAD sample's reason in that batch
     status: DeviceStatus | None = None
     batch_ns: int = 0
+
+    @property
+    def samples(self) -> dict[PointKey, Sample]:
+        """The latest sample of every point, by (measurement, row tags, point name)."""
+        return {(measurement, tags, point): sample
+                for (measurement, tags), points in self.groups.items() for point, sample in points.items()}
 
 
 class LiveState:
@@ -67,9 +75,20 @@ class LiveState:
             live = self.devices[batch.device] = DeviceLive(batch.kind, {})
         bad = 0
         reason = ""
+        kind, groups, quality_bad = batch.kind, live.groups, Quality.BAD
+        measurement: str | None = None
+        tags: tuple[tuple[str, str], ...] | None = None
+        points: dict[str, Sample] = {}
         for sample in batch.samples:
-            live.samples[(sample.measurement or batch.kind, sample.tags, sample.point)] = sample
-            if sample.quality is Quality.BAD:
+            if sample.measurement is not measurement or sample.tags is not tags:
+                measurement, tags = sample.measurement, sample.tags
+                key = (measurement or kind, tags)
+                found = groups.get(key)
+                if found is None:
+                    found = groups[key] = {}
+                points = found
+            points[sample.point] = sample
+            if sample.quality is quality_bad:
                 bad += 1
                 reason = reason or sample.reason
         live.bad, live.reason, live.batch_ns = bad, reason, batch.ts_ns
@@ -92,8 +111,9 @@ class LiveState:
         live = self.devices.get(device)
         if live is None:
             return None
-        for (meas, tags, name), sample in live.samples.items():
-            if name == point and not tags and (measurement is None or meas == measurement) and sample.ok:
+        for (meas, tags), points in live.groups.items():
+            sample = points.get(point)
+            if sample is not None and not tags and (measurement is None or meas == measurement) and sample.ok:
                 return sample.value
         return None
 

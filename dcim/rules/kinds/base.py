@@ -265,6 +265,10 @@ class Condition(abc.ABC, Generic[R]):
             # Not inherited: a subclass may judge with time (a kind built on `LimitCondition` whose
             # `assess` looks at the clock), so it is timeless only where it says so itself.
             cls.timeless = False
+        if "assess" in cls.__dict__ and "clear" not in cls.__dict__:
+            # A subclass that judges in its own way is asked through its own `assess`: a short cut of the
+            # class it extends would judge what that class judges, not what this one does.
+            cls.clear = Condition.clear  # type: ignore[method-assign]
 
     def __init__(self, rule: R, subject: Subject) -> None:
         self.rule = rule
@@ -280,6 +284,16 @@ class Condition(abc.ABC, Generic[R]):
     @abc.abstractmethod
     def assess(self, now_ns: int) -> Assessment | None:
         """Judge the condition now. None: no current data, so the alarm holds as it is."""
+
+    def clear(self, now_ns: int) -> bool | None:
+        """For a rule with no alarm and no timer: True when `assess` finds no level past its threshold (the
+        rule is clear), None when it has no verdict (no data), False otherwise (then the engine judges it in
+        full, with `assess`). A kind may answer this more cheaply than `assess`, on the same values; the
+        engine asks it for most judgements, since most rules are clear most of the time."""
+        assessment = self.assess(now_ns)
+        if assessment is None:
+            return None
+        return all(excess <= 0.0 for _, excess, _ in assessment.levels)
 
     @abc.abstractmethod
     def describe(self, assessment: Assessment, severity: Severity, threshold: float | None) -> str:

@@ -57,6 +57,13 @@ class StateCondition(Condition[StateRule]):
         hit = any(same_value(value, wanted) for wanted in self.match)
         return Assessment(None if isinstance(value, str) else float(value), self.hit if hit else self.miss, value)
 
+    def clear(self, now_ns: int) -> bool | None:
+        reading = self.subject.reading(self.rule.metric, now_ns)
+        if reading is None:
+            return None
+        value = reading.value
+        return not any(same_value(value, wanted) for wanted in self.match)
+
     def describe(self, assessment: Assessment, severity: Severity, threshold: float | None) -> str:
         rule = self.rule
         return f"{self.subject.id}: {rule.description or rule.name} ({rule.metric} = {assessment.reading})"

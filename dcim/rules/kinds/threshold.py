@@ -97,6 +97,23 @@ class LimitCondition(Condition[LimitRule]):
         # No threshold known now (what they refer to has no current value): no verdict.
         return Assessment(value, levels) if levels else None
 
+    def clear(self, now_ns: int) -> bool | None:
+        # `assess` without its levels and assessment: no level past its threshold (True), no value or no
+        # threshold known now (None), or one past it (False: judged in full).
+        value = self.value(now_ns)
+        if value is None:
+            return None
+        known = False
+        resolve, above = self.subject.resolve, self.above
+        for threshold in self.thresholds.values():
+            limit = resolve(threshold, now_ns)
+            if limit is None:
+                continue
+            if (value - limit if above else limit - value) > 0.0:
+                return False
+            known = True
+        return True if known else None
+
     def describe(self, assessment: Assessment, severity: Severity, threshold: float | None) -> str:
         rule = self.rule
         return (f"{self.subject.id}: {rule.description or rule.name}: {self.what} {assessment.value:.4g} "

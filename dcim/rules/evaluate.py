@@ -246,14 +246,15 @@ class Engine:
         """`tick` in slices of `chunk` judgements, so the service can yield to the loop between them."""
         now = self.clock.now_ns()
         since = now if since_ns is None else since_ns
-        settled, judge = self._settled, self._judge
+        judge, timers, record = self._judge, self.timers, self.store.record
         bounds = self.bound
         for start in range(0, len(bounds), chunk):
             skipped = 0
             for bound in bounds[start:start + chunk]:
                 if bound.judged_ns >= since:
                     continue
-                if settled(bound):
+                # `_settled`, inline: the tick asks it of every bound rule.
+                if bound.settled and bound.timeless and bound.key not in timers and record(bound.key) is None:
                     # Judged clear on its last values and none has come since: judging again would find
                     # the same (a new value, or the device going offline, judges it at once).
                     skipped += 1
@@ -277,7 +278,8 @@ class Engine:
 
     def _settled(self, bound: Bound) -> bool:
         """Judged clear (or without data) last time, no alarm and no timer since, and of a timeless kind: on
-        the same values its condition finds the same, so the tick and a batch that repeats them skip it."""
+        the same values its condition finds the same, so the tick and a batch that repeats them skip it.
+        (`tick_steps` has the same test inline.)"""
         return bound.settled and bound.timeless and bound.key not in self.timers \
             and self.store.record(bound.key) is None
 
@@ -358,6 +360,8 @@ class Engine:
             return
         silent = now - last
         after_ns = round(bound.rule.no_data.after * NS)
+        if silent < after_ns and bound.key not in self.timers and self.store.record(bound.key) is None:
+            return  # the common case, as `_apply` has it: data comes, nothing wrong, nothing pending
         severity = bound.rule.no_data.severity if silent >= after_ns else None
         text = f"{bound.subject}: no data for {bound.rule.metric} for {silent / NS:.0f} s"
         verdict = Verdict(severity, silent / NS, bound.rule.no_data.after, text)

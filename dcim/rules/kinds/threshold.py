@@ -78,12 +78,26 @@ class LimitCondition(Condition[LimitRule]):
         self.thresholds = rule.thresholds()  # most severe first
         self.above = rule.when == "above"
         self.what = rule.metric
+        # Each threshold as `Subject.resolve` finds it, for `clear`: a fixed limit (a number, or a number
+        # times an attribute of the subject, fixed when the rules are bound; None: never known), or a point of
+        # the subject read at each judgement: (fixed, point, factor, offset).
+        limits: list[tuple[float | None, str | None, float, float]] = []
+        for threshold in self.thresholds.values():
+            if threshold.ref is None:
+                limits.append((threshold.offset, None, 1.0, 0.0))
+            elif threshold.ref in subject.attributes:
+                base = subject.attributes[threshold.ref]
+                limits.append((None if base is None else threshold.factor * base + threshold.offset, None, 1.0, 0.0))
+            else:
+                limits.append((None, threshold.ref, threshold.factor, threshold.offset))
+        self._limits = tuple(limits)
+        self._number = subject.readings.number
 
     def points(self) -> set[str]:
         return {self.rule.metric} | {t.ref for t in self.thresholds.values() if t.ref}
 
     def value(self, now_ns: int) -> float | None:
-        return self.subject.number(self.rule.metric, now_ns)
+        return self._number(self.subject.id, self.rule.metric, now_ns)
 
     def assess(self, now_ns: int) -> Assessment | None:
         value = self.value(now_ns)
@@ -104,10 +118,14 @@ class LimitCondition(Condition[LimitRule]):
         if value is None:
             return None
         known = False
-        resolve, above = self.subject.resolve, self.above
-        for threshold in self.thresholds.values():
-            limit = resolve(threshold, now_ns)
-            if limit is None:
+        above, number, subject = self.above, self._number, self.subject.id
+        for limit, point, factor, offset in self._limits:
+            if point is not None:
+                base = number(subject, point, now_ns)
+                if base is None:
+                    continue
+                limit = factor * base + offset
+            elif limit is None:
                 continue
             if (value - limit if above else limit - value) > 0.0:
                 return False

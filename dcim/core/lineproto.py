@@ -91,8 +91,12 @@ def encode_batch(batch: Batch, static_tags: Iterable[tuple[str, str]]) -> list[s
         value = sample.value
         if sample.quality is _GOOD and value is not None:
             if type(value) is float:
-                # The common case inline: a finite float is its repr.
+                # The common cases inline: a finite float is its repr, a flag its word.
                 encoded = repr(value) if value - value == 0.0 else None
+            elif value is True:
+                encoded = "true"
+            elif value is False:
+                encoded = "false"
             else:
                 encoded = field_value(value)
             if encoded is not None:

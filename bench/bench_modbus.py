@@ -30,16 +30,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import re
 import resource
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import AsyncIterator
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ sys.path.insert(0, str(REPO))
 if "--tree" in sys.argv[:-1]:
     sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()))
 
-from benchlib import free_ports, machine, rss_mib  # noqa: E402
+from benchlib import callgrind_instrument, callgrind_run, free_ports, machine, rss_mib  # noqa: E402
 
 from dcim.app.config import parse_config  # noqa: E402
 from dcim.drivers.base import DriverContext  # noqa: E402
@@ -202,20 +201,30 @@ async def poll_forever(driver: ModbusDriver, interval: float, stats: Stats, offs
         await asyncio.sleep(max(0.0, next_tick - loop.time()))
 
 
-async def measure(n: int, seconds: float, warmup: float, responder: str = "pymodbus",
-                  max_in_flight: int = 1) -> dict[str, float]:
+@contextlib.asynccontextmanager
+async def devices(n: int, responder: str, max_in_flight: int) -> AsyncIterator[list[ModbusDriver]]:
+    """N devices served in a child process (spawned: a new interpreter, whose CPU is not counted, and which
+    valgrind does not follow), and a driver for each."""
     raw = config_raw(n, max_in_flight)
     ready = multiprocessing.get_context("spawn").Event()
     target = run_lean_responder if responder == "lean" else run_simulators
     child = multiprocessing.get_context("spawn").Process(target=target, args=(raw, ready), daemon=True)
     child.start()
     try:
-        if not await asyncio.to_thread(ready.wait, 60):
+        if not await asyncio.to_thread(ready.wait, 120):
             raise RuntimeError("simulators did not start")
         config = parse_config(raw)
         context = DriverContext()
         profile = load_profile("generic-cdu")
-        drivers = [make_driver(d, profile, context) for d in config.devices]
+        yield [make_driver(d, profile, context) for d in config.devices]
+    finally:
+        child.terminate()
+        child.join(10)
+
+
+async def measure(n: int, seconds: float, warmup: float, responder: str = "pymodbus",
+                  max_in_flight: int = 1) -> dict[str, float]:
+    async with devices(n, responder, max_in_flight) as drivers:
         stats = Stats()
         tasks = [asyncio.create_task(poll_forever(d, 1.0, stats, i / n)) for i, d in enumerate(drivers)]
         await asyncio.sleep(warmup)
@@ -231,9 +240,6 @@ async def measure(n: int, seconds: float, warmup: float, responder: str = "pymod
         memory = rss_mib()
         for driver in drivers:
             await driver.close()
-    finally:
-        child.terminate()
-        child.join(10)
     lat = sorted(stats.latencies) or [0.0]
     return {
         "n": n, "polls_per_s": stats.polls / wall, "points_per_s": stats.points / wall,
@@ -248,58 +254,31 @@ async def measure(n: int, seconds: float, warmup: float, responder: str = "pymod
 async def count_polls(n: int, rounds: int, max_in_flight: int) -> None:
     """Under callgrind: N devices of the lean responder, connected and polled once, then (instrumented)
     polled one at a time for `rounds` rounds. Prints the polls and points counted."""
-    raw = config_raw(n, max_in_flight)
-    ready = multiprocessing.get_context("spawn").Event()
-    # Spawned: a new interpreter, which valgrind does not follow (the responder's work is not counted).
-    child = multiprocessing.get_context("spawn").Process(target=run_lean_responder, args=(raw, ready), daemon=True)
-    child.start()
-    try:
-        if not await asyncio.to_thread(ready.wait, 120):
-            raise RuntimeError("the responder did not start")
-        config = parse_config(raw)
-        context = DriverContext()
-        profile = load_profile("generic-cdu")
-        drivers = [make_driver(d, profile, context) for d in config.devices]
+    async with devices(n, "lean", max_in_flight) as drivers:
         for driver in drivers:
             await driver.connect()
             await driver.read()
-        await _callgrind("on")
+        await callgrind_instrument("on")
         polls = points = 0
         for _ in range(rounds):
             for driver in drivers:
                 points += len(await driver.read())
                 polls += 1
-        await _callgrind("off")
+        await callgrind_instrument("off")
         print(f"counted {polls} polls {points} points", flush=True)
         for driver in drivers:
             await driver.close()
-    finally:
-        child.terminate()
-        child.join(10)
-
-
-async def _callgrind(state: str) -> None:
-    control = await asyncio.create_subprocess_exec("callgrind_control", f"--instr={state}", str(os.getpid()),
-                                                   stdout=subprocess.DEVNULL)
-    if await control.wait() != 0:
-        raise SystemExit(f"callgrind_control could not switch the instrumentation {state}")
-    await asyncio.sleep(0.5)  # callgrind takes the command at its next check
 
 
 def count(n: int, rounds: int, max_in_flight: int, tree: str | None) -> tuple[int, int, int]:
     """(instructions, polls, points) of one `--count` measurement, in this script again under callgrind."""
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        raise SystemExit("--count needs valgrind (Debian: apt-get install valgrind)")
-    with tempfile.TemporaryDirectory() as tmp:
-        command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/out",
-                   sys.executable, str(Path(__file__).resolve()), "--count-run", str(n), "--rounds", str(rounds),
-                   "--max-in-flight", str(max_in_flight), *(["--tree", tree] if tree else [])]
-        proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-    collected = re.search(r"Collected : (\d+)", proc.stderr)
-    counted = re.search(r"counted (\d+) polls (\d+) points", proc.stdout)
-    if proc.returncode != 0 or collected is None or counted is None:
-        raise SystemExit(f"the measurement under callgrind failed:\n{proc.stdout}\n{proc.stderr}")
-    return int(collected.group(1)), int(counted.group(1)), int(counted.group(2))
+    instructions, out = callgrind_run(
+        [sys.executable, str(Path(__file__).resolve()), "--count-run", str(n), "--rounds", str(rounds),
+         "--max-in-flight", str(max_in_flight), *(["--tree", tree] if tree else [])], dict(os.environ))
+    counted = re.search(r"counted (\d+) polls (\d+) points", out)
+    if counted is None:
+        raise SystemExit(f"no count of polls from the measurement:\n{out}")
+    return instructions, int(counted.group(1)), int(counted.group(2))
 
 
 def main() -> None:

@@ -42,7 +42,6 @@ import os
 import pstats
 import random
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,9 +86,8 @@ def _counted(work: Callable[[], None]) -> None:
 
 _LIBC = ctypes.CDLL(None)
 _COMPARE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-# glibc's qsort hands over to qsort_r (__qsort_r inside), which calls the comparison.
-_CALLGRIND = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--collect-atstart=no",
-              "--toggle-collect=qsort_r", "--toggle-collect=__qsort_r"]
+# glibc's qsort hands over to qsort_r (__qsort_r inside), which calls the comparison: counted only there.
+_COUNTED = ("qsort_r", "__qsort_r")
 
 
 async def run(path: Path, rounds: int, profile: str | None, settle_gc: bool = True, count: str | None = None) -> None:
@@ -183,11 +181,9 @@ async def counted_rounds(rules: Any, batches: Callable[[], None], rounds: int, p
             pass
 
     # Instrumentation on from here: the start-up above ran at valgrind's uninstrumented speed.
-    control = await asyncio.create_subprocess_exec("callgrind_control", "--instr=on", str(os.getpid()),
-                                                   stdout=subprocess.DEVNULL)
-    if await control.wait() != 0:
-        raise SystemExit("callgrind_control could not switch the instrumentation on")
-    await asyncio.sleep(0.5)  # callgrind takes the command at its next check
+    from benchlib import callgrind_instrument
+
+    await callgrind_instrument("on")
     for _ in range(rounds):
         if part == "batches":
             _counted(batches)
@@ -213,19 +209,15 @@ async def stop(daemon: Any, tasks: list[asyncio.Task[None]]) -> None:
 
 def count_instructions(tree: Path, path: Path, rounds: int, part: str, env: dict[str, str]) -> tuple[int, int]:
     """(instructions counted, points) of one `--count` measurement of `part`, in a process under callgrind."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        proc = subprocess.run(
-            [*_CALLGRIND, f"--callgrind-out-file={out}", sys.executable, str(Path(__file__).resolve()),
-             "--config", str(path), "--rounds", str(rounds), "--count-part", part],
-            env={**env, "PYTHONHASHSEED": "0"}, cwd=tree, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"the measurement under callgrind failed:\n{proc.stdout}\n{proc.stderr}")
-    collected = re.search(r"Collected : (\d+)", proc.stderr)
-    points = re.search(r"counted (\d+) points", proc.stdout)
-    if collected is None or points is None:
-        raise SystemExit(f"no count from callgrind:\n{proc.stdout}\n{proc.stderr}")
-    return int(collected.group(1)), int(points.group(1))
+    from benchlib import callgrind_run
+
+    instructions, out = callgrind_run(
+        [sys.executable, str(Path(__file__).resolve()), "--config", str(path), "--rounds", str(rounds),
+         "--count-part", part], env, toggle=_COUNTED, cwd=tree)
+    points = re.search(r"counted (\d+) points", out)
+    if points is None:
+        raise SystemExit(f"no count of points from the measurement:\n{out}")
+    return instructions, int(points.group(1))
 
 
 def main() -> None:
@@ -250,8 +242,6 @@ def main() -> None:
                         count=args.count_part))
         return
     if args.count:
-        if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-            raise SystemExit("--count needs valgrind (Debian: apt-get install valgrind)")
         if args.devices == [1000]:
             args.devices = [100]
         if args.rounds == 20:

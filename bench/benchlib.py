@@ -6,9 +6,14 @@ Each benchmark runs as a script (`python bench/bench_x.py`), so this directory i
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
+import re
+import shutil
 import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -75,3 +80,33 @@ def free_ports(n: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> list[int
         for s in sockets:
             s.close()
     return ports
+
+
+# ---- counting instructions (`--count` of bench_pipeline.py and bench_modbus.py) ---------------------------
+
+def callgrind_run(command: list[str], env: dict[str, str], *, toggle: tuple[str, ...] = (),
+                  cwd: Path | None = None) -> tuple[int, str]:
+    """Run `command` (a Python process of a bench) under valgrind's callgrind with the instrumentation off
+    until the process switches it on (`callgrind_instrument`); with `toggle`, only inside those functions is
+    anything counted. Returns the instructions counted and the process' standard output."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("--count needs valgrind (Debian: apt-get install valgrind)")
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ["--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/callgrind.out"]
+        if toggle:
+            options += ["--collect-atstart=no", *(f"--toggle-collect={name}" for name in toggle)]
+        proc = subprocess.run(["valgrind", *options, *command], env={**env, "PYTHONHASHSEED": "0"}, cwd=cwd,
+                              capture_output=True, text=True)
+    collected = re.search(r"Collected : (\d+)", proc.stderr)
+    if proc.returncode != 0 or collected is None:
+        raise SystemExit(f"the measurement under callgrind failed:\n{proc.stdout}\n{proc.stderr}")
+    return int(collected.group(1)), proc.stdout
+
+
+async def callgrind_instrument(state: str) -> None:
+    """Switch callgrind's instrumentation of this process "on" or "off" (from inside it)."""
+    control = await asyncio.create_subprocess_exec("callgrind_control", f"--instr={state}", str(os.getpid()),
+                                                   stdout=subprocess.DEVNULL)
+    if await control.wait() != 0:
+        raise SystemExit(f"callgrind_control could not switch the instrumentation {state}")
+    await asyncio.sleep(0.5)  # callgrind takes the command at its next check

@@ -30,6 +30,7 @@ from typing import Any, TypeVar, overload
 
 import pytest
 
+from dcim.core.samples import Batch, DeviceStatus
 from tests.servers import find_binary, hold_port
 
 __all__ = [
@@ -204,3 +205,16 @@ async def stored_rows(influx: Any, query: str, fields: Iterable[str], timeout: f
 
     return await wait_until(complete, timeout=timeout, ignore=(Exception,),
                             message=message or f"{query}: a row with {', '.join(wanted)}")
+
+
+class RecordingSink:
+    """A pipeline sink that keeps every batch it is given (and ignores statuses)."""
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+
+    def on_batch(self, batch: Batch) -> None:
+        self.batches.append(batch)
+
+    def on_status(self, status: DeviceStatus) -> None:
+        pass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from dcim.core.pipeline import Admission, Pipeline
-from dcim.core.samples import Batch, DeviceStatus, Sample
-from tests.helpers import wait_until
+from dcim.core.samples import Batch, Sample
+from tests.helpers import RecordingSink, wait_until
 
 
 class Backlog:
@@ -97,20 +97,9 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     assert admission.waiting == 0
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-
-    def on_batch(self, batch: Batch) -> None:
-        self.batches.append(batch)
-
-    def on_status(self, status: DeviceStatus) -> None:
-        pass
-
-
 def test_derived_batches_wait_for_the_deferrable_sinks_the_latest_per_subject() -> None:
     pipeline = Pipeline()
-    rules, publisher = Sink(), Sink()
+    rules, publisher = RecordingSink(), RecordingSink()
     pipeline.add_sink(rules)
     pipeline.add_sink(publisher, deferrable=True)
     backlog = Backlog()

@@ -7,11 +7,12 @@ from __future__ import annotations
 from dcim.app.console.live import LiveState
 from dcim.app.poller import DeviceCoordinator
 from dcim.core.pipeline import Pipeline
-from dcim.core.samples import Batch, DeviceStatus, Quality, Sample, Value
+from dcim.core.samples import Batch, Quality, Sample, Value
 from dcim.drivers.base import Driver
 from dcim.drivers.errors import DriverError
 from dcim.drivers.profiles import load_profile
 from dcim.drivers.snmp.config import SnmpDevice
+from tests.helpers import RecordingSink
 
 TS = 1_700_000_000_000_000_000
 L1 = (("phase", "L1"),)
@@ -78,21 +79,10 @@ class OnceThenFails(Driver):
         pass
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-
-    def on_batch(self, batch: Batch) -> None:
-        self.batches.append(batch)
-
-    def on_status(self, status: DeviceStatus) -> None:
-        pass
-
-
 async def test_a_failed_poll_reports_bad_every_point_last_seen_good() -> None:
     device = SnmpDevice(id="pdu-1", kind="pdu", protocol="snmp", profile="raritan-px", host="127.0.0.1")
     pipeline = Pipeline()
-    recorder = Recorder()
+    recorder = RecordingSink()
     pipeline.add_sink(recorder)
     coordinator = DeviceCoordinator(device, OnceThenFails(device, load_profile("raritan-px")), pipeline)
     await coordinator.poll_once()

@@ -15,16 +15,17 @@ import structlog
 
 from dcim.core.events import AlarmState, Severity
 from dcim.core.metrics import REGISTRY
-from dcim.core.samples import Batch, DeviceStatus
+from dcim.core.samples import Batch, DeviceStatus, Quality
 from dcim.core.topology import Topology
 from dcim.rules.alarms import NS, RANK, Timers, Timing, Verdict, step
 from dcim.rules.clock import Clock
 from dcim.rules.config import RulesConfig, effective_rules
 from dcim.rules.kinds import RULE_KINDS, Condition, RuleBase, Subject, same_value
-from dcim.rules.metrics import RackMetrics, Readings, feed_capacity_kw
+from dcim.rules.metrics import RackMetrics, Reading, Readings, feed_capacity_kw
 from dcim.rules.store import AlarmRecord, AlarmStore
 
 COMM_RULE = "device-offline"
+GOOD = Quality.GOOD
 
 log = structlog.get_logger(__name__)
 
@@ -182,34 +183,59 @@ class Engine:
             return
         now = self.clock.now_ns()
         device = batch.device
-        returning = device in self.readings.offline
+        readings = self.readings
+        returning = device in readings.offline
         if returning and any(s.ok for s in batch.samples):
             # Good data is proof of life, whatever the order status and samples arrive in.
             self._set_online(device, True, now)
-        touched, changed = self.readings.update_changes(batch)
-        points = self.readings.points.get(device, {})
-        watched = self.watched.get(device)
-        if watched:
-            for point in watched.intersection(touched):
-                reading = points.get(point)
-                if reading is not None:
-                    self.last_good[(device, point)] = reading.ts_ns
+        # One pass over the samples: keep each good value (`Readings.update`, inline, with what changed) and
+        # gather the bound rules its point judges. A reading is updated in place (`Reading`).
+        points = readings.points.get(device)
+        if points is None:
+            points = readings.points[device] = {}
         by_point = self.by_point.get(device)
-        if not by_point:
-            return
+        watched = self.watched.get(device)
+        stale_after = readings.stale_after_ns
+        good = GOOD
         due: dict[int, Bound] = {}
         fresh: set[int] = set()  # bound rules with a point whose value changed
-        for point in touched:
+        for sample in batch.samples:
+            if sample.tags:
+                readings.keep_row(device, batch.kind, sample)
+                continue
+            point = sample.point
+            value = sample.value
+            old = points.get(point)
+            reading: Reading | None
+            if sample.quality is good and value is not None:
+                ts_ns = sample.ts_ns
+                if old is None:
+                    new = True
+                    reading = points[point] = Reading(value, ts_ns)
+                else:
+                    new = old.value != value or type(old.value) is not type(value) \
+                        or ts_ns - old.ts_ns > stale_after
+                    old.value = value
+                    old.ts_ns = ts_ns
+                    reading = old
+                if watched is not None and point in watched:
+                    self.last_good[(device, point)] = ts_ns
+            else:
+                # A BAD or STALE sample withdraws the value: rules hold rather than judge old data.
+                reading = None
+                new = old is not None
+                if new:
+                    del points[point]
+            if by_point is None:
+                continue
             bounds = by_point.get(point)
             if bounds is None:
                 continue
-            reading = points.get(point)
-            new = returning or point in changed
             for bound in bounds:
                 if reading is not None and bound.condition.observes:
                     bound.condition.observe(point, reading)
                 due[id(bound)] = bound
-                if new:
+                if new or returning:
                     fresh.add(id(bound))
         for key, bound in due.items():
             if key not in fresh and not bound.condition.observes and self._settled(bound):

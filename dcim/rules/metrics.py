@@ -88,6 +88,9 @@ class DefaultCooling:
 
 @dataclass(slots=True)
 class Reading:
+    """The latest good value of a point. The next good value of the same point updates it in place: a kind
+    that keeps a value past the call it was handed in (`Condition.observe`) copies it, as the rate does."""
+
     value: Value
     ts_ns: int
 
@@ -112,7 +115,8 @@ class Readings:
 
     def update_changes(self, batch: Batch) -> tuple[list[str], set[str]]:
         """`update`, and of the points it carried those whose current value is not what it was: a new value
-        (of another type, or unequal), one that was missing or had gone stale, or one withdrawn."""
+        (of another type, or unequal), one that was missing or had gone stale, or one withdrawn. (The rule
+        engine does the same inline, in `Engine.on_batch`.)"""
         touched: list[str] = []
         changed: set[str] = set()
         points = self.points.get(batch.device)
@@ -121,22 +125,22 @@ class Readings:
         good = Quality.GOOD
         stale_after = self.stale_after_ns
         for sample in batch.samples:
-            value = sample.value
             if sample.tags:
-                row = self.rows.setdefault(batch.device, {}).setdefault(
-                    (sample.measurement or batch.kind, sample.tags), {})
-                if sample.quality is good and value is not None:
-                    row[sample.point] = Reading(value, sample.ts_ns)
-                else:
-                    row.pop(sample.point, None)
+                self.keep_row(batch.device, batch.kind, sample)
                 continue
             point = sample.point
+            value = sample.value
             old = points.get(point)
             if sample.quality is good and value is not None:
-                if old is None or old.value != value or type(old.value) is not type(value) \
-                        or sample.ts_ns - old.ts_ns > stale_after:
+                if old is None:
                     changed.add(point)
-                points[point] = Reading(value, sample.ts_ns)
+                    points[point] = Reading(value, sample.ts_ns)
+                else:
+                    if old.value != value or type(old.value) is not type(value) \
+                            or sample.ts_ns - old.ts_ns > stale_after:
+                        changed.add(point)
+                    old.value = value
+                    old.ts_ns = sample.ts_ns
             else:
                 # A BAD or STALE sample withdraws the value: rules hold rather than judge old data.
                 if old is not None:
@@ -144,6 +148,14 @@ class Readings:
                     del points[point]
             touched.append(point)
         return touched, changed
+
+    def keep_row(self, device: str, kind: str, sample: Sample) -> None:
+        """A table row's sample (PDU phases, outlets): kept by (measurement, row tags), withdrawn unless good."""
+        row = self.rows.setdefault(device, {}).setdefault((sample.measurement or kind, sample.tags), {})
+        if sample.quality is Quality.GOOD and sample.value is not None:
+            row[sample.point] = Reading(sample.value, sample.ts_ns)
+        else:
+            row.pop(sample.point, None)
 
     def reading(self, subject: str, point: str, now_ns: int) -> Reading | None:
         if subject in self.offline:

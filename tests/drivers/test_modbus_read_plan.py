@@ -353,3 +353,69 @@ async def test_a_slot_given_to_a_cancelled_waiter_goes_to_the_next() -> None:
         await waiting
     slots.give(1)
     assert slots.free == 1 and slots.take_now(1) == 1
+
+
+async def test_reads_sent_from_the_answers_take_turns_with_other_devices_behind_the_gateway(
+        tcp_server: Any) -> None:
+    """With one slot, each next read of a poll goes out from the answer to the one before, but only if nobody
+    waits for the slot: two devices polled at once behind a gateway that takes one request at a time
+    alternate, read by read, and every read of both is answered right."""
+    order: list[tuple[int, int]] = []
+
+    async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            tid, unit, _function, address, count = await read_request(reader)
+            order.append((unit, address))
+            writer.write(registers(tid, unit, address, count))
+
+    port = await tcp_server(answers)
+    context = DriverContext()
+    first = make_driver(port, unit=1, context=context)
+    second = make_driver(port, unit=2, context=context)
+    try:
+        await first.connection.connect(30)
+        results = await asyncio.gather(first.read(), second.read())
+        assert first.connection._slots.free == 1
+    finally:
+        await first.close()
+        await second.close()
+    for unit, samples in zip((1, 2), results, strict=True):
+        assert {name: s.value for name, s in by_name(samples).items()} == \
+            {f"p{a}": unit * 1000 + a for a in ADDRESSES}
+    assert order == [(1, 0), (2, 0), (1, 100), (2, 100), (1, 200), (2, 200)]
+
+
+async def test_a_poll_cancelled_with_a_read_on_the_wire_gives_its_slot_back(tcp_server: Any) -> None:
+    """A poll cancelled while a read that the answer before it sent is unanswered: the slot is free again, the
+    late answer is ignored, and the next poll on the connection is answered in full."""
+    seen: Counter[int] = Counter()
+    hold = asyncio.Event()
+    held: list[bytes] = []
+
+    async def holds_100_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            tid, unit, _function, address, count = await read_request(reader)
+            seen[address] += 1
+            if address == 100 and seen[address] == 1:
+                held.append(registers(tid, unit, address, count))
+                hold.set()
+                continue
+            writer.write(registers(tid, unit, address, count))
+            if held and address == 0:
+                writer.write(held.pop())  # the late answer to the cancelled poll's read, before this one's next
+
+    driver = make_driver(await tcp_server(holds_100_once))
+    try:
+        await driver.connection.connect(30)
+        poll = asyncio.create_task(driver.read())
+        await hold.wait()
+        assert driver.connection._slots.free == 0
+        poll.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await poll
+        assert driver.connection._slots.free == 1
+        got = by_name(await driver.read())
+    finally:
+        await driver.close()
+    assert {name: s.value for name, s in got.items()} == {f"p{a}": 1000 + a for a in ADDRESSES}
+    assert seen == {0: 2, 100: 2, 200: 1}

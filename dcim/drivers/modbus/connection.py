@@ -20,7 +20,9 @@ plan (each attempt moves its deadline; it fires once per timeout at most and fai
 TimeoutError), and the metrics are counted once per plan. With a window above 1 (the device's
 `max_in_flight`) the reads go out together, as many as the window and the free slots allow, in one
 `transport.write`, and the answers are taken in the order the requests were sent, whatever order they come
-back in. With a window of 1, one after the other.
+back in. With a window of 1, one after the other: each next read is sent from the socket's callback that
+took the answer before it (when that answer has data and the slot is free again at once), so a poll wakes
+its task once, not once per read, and a read waits for no turn of the event loop to go out.
 
 What a poll gets, per read: its data, or a BadResponse (a Modbus exception code, a malformed answer, a frame
 that is not Modbus) that makes only that read's points BAD; or the poll raises DeviceTimeout (no answer after
@@ -166,9 +168,9 @@ class _Deadline:
         self._handle: asyncio.TimerHandle | None = None
         self._armed = 0.0
         self.when = 0.0
-        self.future: asyncio.Future[bytes] | None = None
+        self.future: asyncio.Future[Any] | None = None
 
-    def set(self, when: float, future: asyncio.Future[bytes]) -> None:
+    def set(self, when: float, future: asyncio.Future[Any]) -> None:
         self.when = when
         self.future = future
         handle = self._handle
@@ -193,6 +195,102 @@ class _Deadline:
             self._handle.cancel()
             self._handle = None
         self.future = None
+
+
+class _Chain:
+    """The reads of a one-by-one poll (`_read_one_by_one`), each sent from the answer to the one before.
+
+    It stands where the answer's future would in the client's table of requests in flight: the client hands
+    it each answer (`set_result`) or the connection's failure (`set_exception`). An answer with data is kept
+    (the read's outcome and time); the slot goes back and, if it can be taken again at once and a read is
+    left, that read is sent there and then. So the awaiting task is woken once, when the reads are done or
+    something needs its attempt loop (an exception answer, a bad one, no slot free, a lost connection, a
+    timeout through the deadline): then `waiter` has the answer's PDU (or the error), the read it concerns
+    being the first without an outcome."""
+
+    __slots__ = ("_client", "_connection", "_deadline", "_reads", "_stamps", "_tid", "_timeout", "_unit",
+                 "holding", "ok", "outcomes", "waiter")
+
+    def __init__(self, connection: ModbusConnection, deadline: _Deadline, reads: Sequence[PlannedRead],
+                 unit: int, timeout: float, outcomes: list[bytes | BadResponse], stamps: list[int]) -> None:
+        self._connection = connection
+        self._deadline = deadline
+        self._reads = reads
+        self._unit = unit
+        self._timeout = timeout
+        self.outcomes = outcomes
+        self._stamps = stamps
+        self._client: ModbusTcpClient | None = None
+        self._tid = 0  # of the request on the wire (0: none)
+        self.holding = False  # a slot of the connection is this poll's
+        self.ok = 0  # reads answered with data
+        self.waiter: asyncio.Future[bytes | None] | None = None
+
+    def send(self, client: ModbusTcpClient, index: int, when: float) -> asyncio.Future[bytes | None]:
+        """Send read `index` (the slot taken); the future the task awaits. Raises ConnectionException."""
+        waiter: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self.waiter = waiter
+        self._client = client
+        _what, function, address, count = self._reads[index]
+        self._tid = client.send_read_to(self, self._unit, function, address, count)
+        self._deadline.set(when, waiter)
+        return waiter
+
+    def release(self) -> None:
+        """The task is done with this attempt: the request on the wire (if any) is forgotten and the slot (if
+        held) given back."""
+        if self._tid and self._client is not None:
+            self._client.forget(self._tid, self)
+        self._tid = 0
+        self.waiter = None
+        if self.holding:
+            self.holding = False
+            self._connection._slots.give(1)
+
+    # The client's side, as for a future: `done`, `set_result`, `set_exception`.
+
+    def done(self) -> bool:
+        return self.waiter is None or self.waiter.done()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._tid = 0
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def set_result(self, pdu: bytes) -> None:
+        self._tid = 0
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        try:
+            outcomes = self.outcomes
+            at = len(outcomes)
+            data = read_data(self._reads[at][1], pdu)
+            if type(data) is not bytes:
+                waiter.set_result(pdu)  # an exception answer: the attempt loop decides
+                return
+            connection = self._connection
+            connection._silent = 0
+            self.ok += 1
+            outcomes.append(data)
+            self._stamps.append(time.time_ns())
+            self.holding = False
+            slots = connection._slots
+            slots.give(1)
+            at += 1
+            client = self._client
+            if at == len(self._reads) or client is None or not client.connected or not slots.take_now(1):
+                waiter.set_result(None)
+                return
+            self.holding = True
+            _what, function, address, count = self._reads[at]
+            self._tid = client.send_read_to(self, self._unit, function, address, count)
+            deadline = self._deadline
+            deadline.set(deadline._loop.time() + self._timeout, waiter)
+        except Exception as err:  # a bad answer (or a lost socket): the attempt loop decides
+            if not waiter.done():
+                waiter.set_exception(err)
 
 
 class ModbusConnection:
@@ -345,64 +443,76 @@ class ModbusConnection:
         deadline = _Deadline(loop)
         outcomes: list[bytes | BadResponse] = []
         stamps: list[int] = []
+        # Sends each next read from the answer to the one before (`_Chain`): a poll whose reads all come back
+        # with data wakes this task once. Whatever else happens to a read comes back here, to the attempt loop.
+        chain = _Chain(self, deadline, reads, unit, timeout, outcomes, stamps)
         attempts = retries + 1
-        ok = 0
+        index = -1  # the read this loop is at (the chain may have gone past it), its attempts, its last error
+        tries = 0
+        error: DriverError | None = None
         try:
-            for what, function, address, count in reads:
-                outcome: bytes | BadResponse | None = None
-                error: DriverError | None = None
-                for _attempt in range(attempts):
-                    if not slots.take_now(1):
-                        await slots.take()
-                    client = None
-                    try:
-                        start = loop.time()
-                        client = self._client
-                        if client is None or not client.connected:
-                            client = await self._connect_by(start + timeout)
-                        tid, future = client.send_read(unit, function, address, count)
-                        deadline.set(start + timeout, future)
-                        try:
-                            pdu = await future
-                        finally:
-                            client.forget(tid, future)
-                        data = read_data(function, pdu)
-                    except _TIMEOUT_ERRORS as err:
-                        kind, error = self._failure(what, timeout, err, client)
-                        if kind == _RETRY:
-                            continue
-                        if kind == _FATAL:
-                            raise  # DeviceUnreachable, from connecting: as it came
-                        assert isinstance(error, BadResponse)
-                        outcome = error
-                        break
-                    finally:
-                        slots.give(1)
-                    self._silent = 0
-                    if type(data) is bytes:
-                        ok += 1
-                        outcome = data
-                        break
-                    assert isinstance(data, int)
-                    kind, error = self._exception_answer(what, data)
-                    if kind == _RETRY:
-                        continue
-                    if kind == _FATAL:
-                        raise error
-                    assert isinstance(error, BadResponse)
-                    outcome = error
-                    break
-                if outcome is None:
+            while (at := len(outcomes)) < len(reads):
+                if at != index:
+                    index, tries, error = at, 0, None
+                what, function, _address, _count = reads[index]
+                if tries == attempts:
                     assert error is not None
                     if not isinstance(error, BadResponse):
                         raise error
-                    outcome = error  # busy (or acknowledge) after the last retry: that read is BAD
-                outcomes.append(outcome)
+                    outcomes.append(error)  # busy (or acknowledge) after the last retry: that read is BAD
+                    stamps.append(time.time_ns())
+                    continue
+                tries += 1
+                if not slots.take_now(1):
+                    await slots.take()
+                chain.holding = True
+                client = None
+                try:
+                    start = loop.time()
+                    client = self._client
+                    if client is None or not client.connected:
+                        client = await self._connect_by(start + timeout)
+                    pdu = await chain.send(client, index, start + timeout)
+                    if pdu is None:
+                        continue  # the chain took this read's data, and perhaps the next ones'
+                    if len(outcomes) != index:  # the answer of a read the chain sent
+                        index, tries = len(outcomes), 1
+                        what, function = reads[index][0], reads[index][1]
+                    data = read_data(function, pdu)
+                except _TIMEOUT_ERRORS as err:
+                    if len(outcomes) != index:  # the failure of a read the chain sent
+                        index, tries = len(outcomes), 1
+                        what = reads[index][0]
+                    kind, error = self._failure(what, timeout, err, client)
+                    if kind == _RETRY:
+                        continue
+                    if kind == _FATAL:
+                        raise  # DeviceUnreachable, from connecting: as it came
+                    assert isinstance(error, BadResponse)
+                    outcomes.append(error)
+                    stamps.append(time.time_ns())
+                    continue
+                finally:
+                    chain.release()
+                self._silent = 0
+                if type(data) is bytes:
+                    chain.ok += 1
+                    outcomes.append(data)
+                    stamps.append(time.time_ns())
+                    continue
+                assert isinstance(data, int)
+                kind, error = self._exception_answer(what, data)
+                if kind == _RETRY:
+                    continue
+                if kind == _FATAL:
+                    raise error
+                assert isinstance(error, BadResponse)
+                outcomes.append(error)
                 stamps.append(time.time_ns())
         finally:
             deadline.cancel()
-            if ok:
-                REQUESTS.inc(ok, gateway=self.name, result="ok")
+            if chain.ok:
+                REQUESTS.inc(chain.ok, gateway=self.name, result="ok")
         return outcomes, stamps
 
     async def _read_pipelined(

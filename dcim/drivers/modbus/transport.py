@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Sequence
+from typing import Protocol
 
 from pymodbus.exceptions import ConnectionException, ModbusException
 
@@ -103,6 +104,17 @@ def read_data(function: int, pdu: bytes) -> bytes | int:
     raise ModbusException(f"answer with function code {code} to a request of function code {function}")
 
 
+class Receiver(Protocol):
+    """What waits for an answer: a future of its PDU, or anything that takes the answer the same way (the
+    connection's chain of one-by-one reads)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, pdu: bytes, /) -> None: ...
+
+    def set_exception(self, error: BaseException, /) -> None: ...
+
+
 class ModbusTcpClient(asyncio.Protocol):
     """One TCP connection to a Modbus server or gateway; requests from any number of tasks at once."""
 
@@ -111,8 +123,8 @@ class ModbusTcpClient(asyncio.Protocol):
         self.port = port
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        # transaction id -> (unit id, future of the answer's PDU)
-        self._pending: dict[int, tuple[int, asyncio.Future[bytes]]] = {}
+        # transaction id -> (unit id, the receiver of the answer's PDU: a future, or a `Receiver`)
+        self._pending: dict[int, tuple[int, Receiver]] = {}
         self._next_tid = 0
 
     # ---- connection --------------------------------------------------------------------------------
@@ -209,6 +221,17 @@ class ModbusTcpClient(asyncio.Protocol):
         transport.write(READ.pack(tid, 0, 6, unit, function, address, count))
         return tid, future
 
+    def send_read_to(self, receiver: Receiver, unit: int, function: int, address: int, count: int) -> int:
+        """`send_read` with the answer (or the connection's failure) handed to `receiver` instead of a new
+        future, from the socket's callback; its transaction id. Raises ConnectionException."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionException(f"{self.host}:{self.port}: not connected")
+        tid = self._tid()
+        self._pending[tid] = (unit, receiver)
+        transport.write(READ.pack(tid, 0, 6, unit, function, address, count))
+        return tid
+
     def send_reads(self, unit: int, reads: Sequence[tuple[int, int, int]]) -> list[tuple[int, asyncio.Future[bytes]]]:
         """Write read requests `(function, address, count)` in one `transport.write`; (transaction id, future
         of the answer's PDU) of each, in order. The caller awaits each future and then `forget`s it. Raises
@@ -229,7 +252,7 @@ class ModbusTcpClient(asyncio.Protocol):
         transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         return sent
 
-    def forget(self, tid: int, future: asyncio.Future[bytes]) -> None:
+    def forget(self, tid: int, future: Receiver) -> None:
         """The request's answer is no longer awaited (taken, timed out or abandoned): a late one is ignored."""
         entry = self._pending.get(tid)
         if entry is not None and entry[1] is future:

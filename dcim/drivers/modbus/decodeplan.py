@@ -177,7 +177,9 @@ class ReadDecoder:
         """The read's samples from its answer's data (`len(data) == self.size`, registers big-endian), appended
         to `out` in the plan's order: GOOD with the value, BAD with the reason, none for a missing value."""
         good, bad = Quality.GOOD, Quality.BAD
-        for name, measurement, value in zip(self._names, self._measurements, self._values(data), strict=True):
+        # The three have the plan's length by construction: `strict` (a keyword argument, parsed on every
+        # call) is left out of the zips of the poll's path.
+        for name, measurement, value in zip(self._names, self._measurements, self._values(data)):  # noqa: B905
             if value is None:
                 continue
             if type(value) is _Bad:
@@ -193,7 +195,7 @@ class ReadDecoder:
         out: list[Any] = [None] * len(self._names)
         for group in self._groups:
             raws = group.unpack.unpack_from(swapped if group.swapped else big, group.offset)
-            for finish, raw in zip(group.finishes, raws, strict=True):
+            for finish, raw in zip(group.finishes, raws):  # noqa: B905 - one struct code a finish
                 kind = finish.kind
                 if kind == _DECIMAL:
                     out[finish.index] = raw / finish.digits

@@ -72,8 +72,9 @@ class ModbusDriver(Driver):
             window=device.max_in_flight)
         samples: list[Sample] = []
         device_id = device.id
-        for decoder, request, names, data, ts_ns in zip(self._decoders, self._requests, self._names, outcomes,
-                                                        stamps, strict=True):
+        # One decoder, request and outcome a read of the plan (no `strict`: see ReadDecoder.samples).
+        for decoder, request, names, data, ts_ns in zip(self._decoders, self._requests, self._names,  # noqa: B905
+                                                        outcomes, stamps):
             if type(data) is bytes:
                 if type(decoder) is ReadDecoder:
                     if len(data) == decoder.size:

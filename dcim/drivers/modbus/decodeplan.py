@@ -270,16 +270,19 @@ class BitReadDecoder:
 
 
 _F32 = struct.Struct(">f")
+# 6 to 9 significant digits, the formats made once (a nested f-string builds its format on every call).
+_DIGITS = ("%.6g", "%.7g", "%.8g", "%.9g")
 
 
 def _shortest_float32(value: float) -> float:
     """codec._shortest_float32 from the unpacked value (the same float32 bytes packed again)."""
     if value - value != 0.0:
         return value
-    data = _F32.pack(value)
-    for digits in (6, 7, 8, 9):
-        candidate = float(f"{value:.{digits}g}")
-        if _F32.pack(candidate) == data:
+    pack = _F32.pack
+    data = pack(value)
+    for digits in _DIGITS:
+        candidate = float(digits % value)
+        if pack(candidate) == data:
             return candidate
     return value
 

@@ -50,6 +50,7 @@ class Bound:
     # otherwise, so the tick, and a batch that repeats its values, skip it (see `Engine._settled`).
     settled: bool = False
     timeless: bool = False  # the condition's kind is timeless (`Condition.timeless`), read once at binding
+    observes: bool = False  # the condition takes each new value (`Condition.observes`), read once at binding
 
 
 @dataclass(eq=False, slots=True)
@@ -163,7 +164,7 @@ class Engine:
                     log.exception("rule kind failed to bind; rule not judged", rule=rule.name, subject=subject)
                     continue
                 bound = Bound(tuned, subject, f"{rule.name}/{subject}", condition, timing, labels,
-                              timeless=condition.timeless)
+                              timeless=condition.timeless, observes=condition.observes)
                 self.bound.append(bound)
                 points = condition.points()
                 if rule.only_if is not None:
@@ -197,8 +198,9 @@ class Engine:
         watched = self.watched.get(device)
         stale_after = readings.stale_after_ns
         good = GOOD
-        due: dict[int, Bound] = {}
-        fresh: set[int] = set()  # bound rules with a point whose value changed
+        # The bound rules to judge, in the order their points came, each with whether one of its points has a
+        # new value (True) or only repeats its value (False).
+        due: dict[Bound, bool] = {}
         for sample in batch.samples:
             if sample.tags:
                 readings.keep_row(device, batch.kind, sample)
@@ -231,14 +233,19 @@ class Engine:
             bounds = by_point.get(point)
             if bounds is None:
                 continue
-            for bound in bounds:
-                if reading is not None and bound.condition.observes:
-                    bound.condition.observe(point, reading)
-                due[id(bound)] = bound
-                if new or returning:
-                    fresh.add(id(bound))
-        for key, bound in due.items():
-            if key not in fresh and not bound.condition.observes and self._settled(bound):
+            if new or returning:
+                for bound in bounds:
+                    if bound.observes and reading is not None:
+                        bound.condition.observe(point, reading)
+                    due[bound] = True
+            else:
+                for bound in bounds:
+                    if bound.observes and reading is not None:
+                        bound.condition.observe(point, reading)
+                    if bound not in due:
+                        due[bound] = False
+        for bound, fresh in due.items():
+            if not fresh and not bound.observes and self._settled(bound):
                 # Judged clear (or without data) on these very values: it would find the same again. A kind
                 # that observes (a rate) takes each value into its history: judged every time.
                 self.skipped += 1

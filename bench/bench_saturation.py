@@ -24,6 +24,7 @@ delivered. Printed per run:
     python bench/bench_saturation.py --tree /tmp/dcim-427cd7a ...      # run another checkout's daemon
     python bench/bench_saturation.py --sizes 1000 --py-spy 20          # py-spy top functions, 20 s
     python bench/bench_saturation.py --sizes 1000 --ingest --pin       # and the in-process ingest to InfluxDB
+    python bench/bench_saturation.py --sizes 1000 --pin --no-rules     # poll -> MQTT, no rule bound
 
 The devices are served by a lean responder (`--serve`, in this file): the registers of each device are
 encoded once from the frozen plant with the project's simulator code, and each request is answered from
@@ -65,7 +66,7 @@ PROFILE = "generic-cdu"
 
 
 def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port: int,
-               influx_url: str | None = None) -> Path:
+               influx_url: str | None = None, rules: bool = True) -> Path:
     devices: list[dict[str, Any]] = []
     racks = []
     for i, port in enumerate(free_ports(n), start=1):
@@ -80,6 +81,9 @@ def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port
         "http": {"enabled": True, "host": "127.0.0.1", "port": http_port},
         "ingest": {"enabled": False},
     }
+    if not rules:
+        # No rule bound, no alarm: the path poll -> MQTT (rack metrics are still derived and published).
+        config["rules"] = {"enabled": False}
     if influx_url is not None:
         # The in-process ingest (ingest.source: local): the publisher's journal rows, written to InfluxDB 1.x.
         config["influxdb"] = {"url": influx_url, "api": "v1", "database": "dcim"}
@@ -252,7 +256,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | None, py_spy: float,
-        pin: bool, pymodbus_sim: bool, ingest: bool = False) -> dict[str, float]:
+        pin: bool, pymodbus_sim: bool, ingest: bool = False, rules: bool = True) -> dict[str, float]:
     from dcim.drivers.profiles import load_profile
 
     points_per_poll = len(load_profile(PROFILE).points)
@@ -270,7 +274,8 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
         # which fails on a file descriptor past 1,023, and at 2,500 devices the subscriber's would be.
         subscriber = Subscriber(mqtt.port)
         (http_port,) = free_ports(1)
-        path = config_for(n, interval, workdir, mqtt.port, http_port, influx.url if influx is not None else None)
+        path = config_for(n, interval, workdir, mqtt.port, http_port, influx.url if influx is not None else None,
+                          rules)
         dcim = [sys.executable, "-m", "dcim.app.cli"]
         log = (workdir / f"sat-{n}.log").open("wb")
         sim_config = path.with_name(f"sat-{n}-simulate.yaml")
@@ -390,6 +395,8 @@ def main() -> None:
     parser.add_argument("--pymodbus-sim", action="store_true", help="serve the devices with `dcim simulate`")
     parser.add_argument("--ingest", action="store_true",
                         help="the in-process ingest on, into InfluxDB 1.x (beside the simulators with --pin)")
+    parser.add_argument("--no-rules", action="store_true",
+                        help="rules.enabled false: poll -> MQTT (rack metrics still derived and published)")
     parser.add_argument("--workdir", type=Path, help="keep configurations and logs here (default: a temporary one)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -404,7 +411,7 @@ def main() -> None:
             tmp = str(args.workdir)
         def one(n: int) -> dict[str, float]:
             r = run(n, args.interval, args.seconds, Path(tmp), args.tree, args.py_spy, args.pin, args.pymodbus_sim,
-                    args.ingest)
+                    args.ingest, not args.no_rules)
             print(line(r), f"  load {os.getloadavg()[0]:.1f}", flush=True)
             return r
 

@@ -17,7 +17,7 @@ import structlog
 
 from dcim.app.ingest import Ingest
 from dcim.app.publisher import PUBLISHED, MqttPublisher
-from dcim.core.aio import reraise_lost_cancellation
+from dcim.core.aio import Deadline, reraise_lost_cancellation
 from dcim.core.metrics import REGISTRY
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Batch, DeviceStatus, Quality, Sample, Value, now_ns
@@ -87,6 +87,7 @@ class DeviceCoordinator:
         self._unexpected_logged: set[str] = set()
         # Once: a device without a `deadline` field costs pydantic's slow attribute path on every lookup.
         self.deadline = poll_deadline(device)
+        self._deadline = Deadline()
 
     @property
     def name(self) -> str:
@@ -99,6 +100,7 @@ class DeviceCoordinator:
             else:
                 await self._poll_loop()
         finally:
+            self._deadline.close()
             await self.driver.close()
 
     async def _poll_loop(self) -> None:
@@ -141,11 +143,23 @@ class DeviceCoordinator:
         ts = now_ns()
         error: str | None = None
         samples: list[Sample] = []
+        # The poll's deadline: `asyncio.timeout` without a timer of its own per poll (`Deadline`).
+        deadline = self._deadline
+        deadline.start(asyncio.get_running_loop().time() + self.deadline)
+        expired = False
         try:
-            async with asyncio.timeout(self.deadline):
+            try:
                 if self.online is not True:
                     await self.driver.connect()
                 samples = await self.driver.read()
+            finally:
+                # Whatever ended the poll, the deadline's own cancellation is taken back here (one the driver
+                # swallowed too, as `asyncio.timeout` does).
+                expired = deadline.stop()
+        except asyncio.CancelledError:
+            if not expired:
+                raise  # a cancellation from elsewhere: the coordinator stops
+            error = f"no answer within the poll deadline ({self.deadline:g} s)"
         except TimeoutError:
             error = f"no answer within the poll deadline ({self.deadline:g} s)"
         except DriverError as err:

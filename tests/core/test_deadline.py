@@ -1,0 +1,107 @@
+"""`dcim.core.aio.Deadline`: a poll's deadline as `asyncio.timeout` gives it, with one timer for a task's
+steps one after the other. Against the real event loop: a step past its end is cancelled and reported as
+out of time, an outside cancellation still ends the task (also one landing with the deadline's), a step
+that swallows the cancellation is taken back from the task's count, and steps within their bound never
+cancel anything and keep one timer between them. No assertion depends on how long anything took beyond
+the bound's own order of magnitude (a step sleeps 100 times its bound, or a hundredth of it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dcim.core.aio import Deadline
+
+
+async def _step(deadline: Deadline, seconds: float, bound: float, *, swallow: bool = False) -> str:
+    loop = asyncio.get_running_loop()
+    deadline.start(loop.time() + bound)
+    expired = False
+    try:
+        try:
+            if swallow:
+                try:
+                    await asyncio.sleep(seconds)
+                except asyncio.CancelledError:
+                    pass  # a library that loses the cancellation
+            else:
+                await asyncio.sleep(seconds)
+        finally:
+            expired = deadline.stop()
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        return "expired"
+    return "expired after all" if expired else "done"
+
+
+async def test_a_step_past_its_end_is_cancelled_and_the_task_goes_on() -> None:
+    deadline = Deadline()
+    assert await _step(deadline, 5.0, 0.05) == "expired"
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # taken back: the task is not left cancelling
+    # The next steps run normally, on the same deadline.
+    assert await _step(deadline, 0.0, 5.0) == "done"
+    assert await _step(deadline, 5.0, 0.05) == "expired"
+    deadline.close()
+
+
+async def test_steps_within_their_bound_share_one_timer_and_are_never_cancelled() -> None:
+    deadline = Deadline()
+    loop = asyncio.get_running_loop()
+    timers_before = len(loop._scheduled)  # type: ignore[attr-defined]
+    for _ in range(200):
+        assert await _step(deadline, 0.0, 5.0) == "done"
+    # One armed timer for the 200 steps (asyncio.timeout leaves a cancelled handle in the heap for each).
+    assert len(loop._scheduled) - timers_before == 1  # type: ignore[attr-defined]
+    deadline.close()
+    assert await _step(Deadline(), 0.001, 5.0) == "done"
+
+
+async def test_an_outside_cancellation_still_ends_the_task() -> None:
+    deadline = Deadline()
+    task = asyncio.create_task(_step(deadline, 5.0, 5.0))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_an_outside_cancellation_with_the_deadlines_own_is_not_swallowed() -> None:
+    deadline = Deadline()
+    said: list[bool] = []
+
+    async def step_then_cancelled_from_outside() -> None:
+        loop = asyncio.get_running_loop()
+        deadline.start(loop.time() + 0.01)
+        try:
+            await asyncio.sleep(5.0)
+        except asyncio.CancelledError:
+            pass
+        # The deadline fired (its cancellation taken by the sleep) and another one is now pending on the task.
+        me = asyncio.current_task()
+        assert me is not None
+        me.cancel()
+        said.append(deadline.stop())
+
+    task = asyncio.create_task(step_then_cancelled_from_outside())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert said == [False]  # not "out of time": the task's own cancellation stands, and ended it
+
+
+async def test_a_swallowed_cancellation_is_taken_back() -> None:
+    deadline = Deadline()
+    assert await _step(deadline, 5.0, 0.05, swallow=True) == "expired after all"
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_one_step_at_a_time() -> None:
+    deadline = Deadline()
+    deadline.start(asyncio.get_running_loop().time() + 5.0)
+    with pytest.raises(RuntimeError, match="one step at a time"):
+        deadline.start(asyncio.get_running_loop().time() + 5.0)
+    assert deadline.stop() is False
+    deadline.close()

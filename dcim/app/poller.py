@@ -88,6 +88,11 @@ class DeviceCoordinator:
         # Once: a device without a `deadline` field costs pydantic's slow attribute path on every lookup.
         self.deadline = poll_deadline(device)
         self._deadline = Deadline()
+        # This device's series of the per-poll metrics, their keys made once.
+        self._polls_ok = POLLS.child(device=device.id, result="ok")
+        self._polls_error = POLLS.child(device=device.id, result="error")
+        self._poll_seconds = POLL_SECONDS.child(device=device.id)
+        self._online = ONLINE.child(device=device.id)
 
     @property
     def name(self) -> str:
@@ -171,11 +176,11 @@ class DeviceCoordinator:
             self._log_unexpected(err)
             await self._reset_driver()
         if error is None:
-            POLLS.inc(device=self.device.id, result="ok")
-            POLL_SECONDS.observe(time.perf_counter() - started, device=self.device.id)
+            self._polls_ok.inc()
+            self._poll_seconds.observe(time.perf_counter() - started)
             self._set_status(True, "")
         else:
-            POLLS.inc(device=self.device.id, result="error")
+            self._polls_error.inc()
             self._set_status(False, error)
             samples = self._bad_samples(ts, error)
         batch = Batch(self.device.id, self.device.kind, ts, samples)
@@ -256,7 +261,7 @@ class DeviceCoordinator:
         self.pipeline.publish(batch)
 
     def _set_status(self, online: bool, error: str) -> None:
-        ONLINE.set(1.0 if online else 0.0, device=self.device.id)
+        self._online.set(1.0 if online else 0.0)
         if online:
             self.last_success_ns = now_ns()
         if online == self.online and (online or error == self.last_error):

@@ -30,7 +30,10 @@ class _Metric:
         self.values: dict[tuple[str, ...], float] = {}
 
     def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
-        return tuple(str(labels[n]) for n in self.label_names)
+        names = self.label_names
+        if not names:
+            return ()
+        return tuple([str(labels[n]) for n in names])
 
     def get(self, **labels: str) -> float:
         return self.values.get(self._key(labels), 0.0)
@@ -49,12 +52,43 @@ class Counter(_Metric):
         key = self._key(labels)
         self.values[key] = self.values.get(key, 0.0) + amount
 
+    def child(self, **labels: str) -> CounterChild:
+        """The series of these labels, to count on a hot path without making its key each time."""
+        return CounterChild(self, self._key(labels))
+
+
+class CounterChild:
+    __slots__ = ("key", "metric")
+
+    def __init__(self, metric: Counter, key: tuple[str, ...]) -> None:
+        self.metric = metric
+        self.key = key
+
+    def inc(self, amount: float = 1.0) -> None:
+        values = self.metric.values
+        values[self.key] = values.get(self.key, 0.0) + amount
+
 
 class Gauge(_Metric):
     kind = "gauge"
 
     def set(self, value: float, **labels: str) -> None:
         self.values[self._key(labels)] = value
+
+    def child(self, **labels: str) -> GaugeChild:
+        """The series of these labels, to set on a hot path without making its key each time."""
+        return GaugeChild(self, self._key(labels))
+
+
+class GaugeChild:
+    __slots__ = ("key", "metric")
+
+    def __init__(self, metric: Gauge, key: tuple[str, ...]) -> None:
+        self.metric = metric
+        self.key = key
+
+    def set(self, value: float) -> None:
+        self.metric.values[self.key] = value
 
 
 class Summary(_Metric):
@@ -71,6 +105,10 @@ class Summary(_Metric):
         self.values[key] = self.values.get(key, 0.0) + value
         self.counts[key] = self.counts.get(key, 0) + 1
 
+    def child(self, **labels: str) -> SummaryChild:
+        """The series of these labels, to observe on a hot path without making its key each time."""
+        return SummaryChild(self, self._key(labels))
+
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
         for key, total in sorted(self.values.items()):
@@ -78,6 +116,19 @@ class Summary(_Metric):
             lines.append(f"{self.name}_sum{label_text} {total:g}")
             lines.append(f"{self.name}_count{label_text} {self.counts[key]}")
         return lines
+
+
+class SummaryChild:
+    __slots__ = ("key", "metric")
+
+    def __init__(self, metric: Summary, key: tuple[str, ...]) -> None:
+        self.metric = metric
+        self.key = key
+
+    def observe(self, value: float) -> None:
+        metric, key = self.metric, self.key
+        metric.values[key] = metric.values.get(key, 0.0) + value
+        metric.counts[key] = metric.counts.get(key, 0) + 1
 
 
 class Registry:

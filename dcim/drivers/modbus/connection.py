@@ -303,6 +303,7 @@ class ModbusConnection:
         self.backoff = backoff or Backoff(initial=0.1, maximum=10.0)
         self.users: set[str] = set()
         self._slots = _Slots(max_in_flight)
+        self._requests_ok = REQUESTS.child(gateway=self.name, result="ok")  # counted once a poll
         self._connect_lock = asyncio.Lock()
         self._client: ModbusTcpClient | None = None
         self._retry_at = 0.0
@@ -512,7 +513,7 @@ class ModbusConnection:
         finally:
             deadline.cancel()
             if chain.ok:
-                REQUESTS.inc(chain.ok, gateway=self.name, result="ok")
+                self._requests_ok.inc(chain.ok)
         return outcomes, stamps
 
     async def _read_pipelined(
@@ -620,7 +621,7 @@ class ModbusConnection:
         finally:
             deadline.cancel()
             if ok:
-                REQUESTS.inc(ok, gateway=self.name, result="ok")
+                self._requests_ok.inc(ok)
             for _index, tid, future, _when, client in sent:  # only when cancelled: nothing else leaves any
                 client.forget(tid, future)
                 _discard(future)

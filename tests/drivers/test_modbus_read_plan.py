@@ -419,3 +419,39 @@ async def test_a_poll_cancelled_with_a_read_on_the_wire_gives_its_slot_back(tcp_
         await driver.close()
     assert {name: s.value for name, s in got.items()} == {f"p{a}": 1000 + a for a in ADDRESSES}
     assert seen == {0: 2, 100: 2, 200: 1}
+
+
+@pytest.mark.parametrize("max_in_flight", [1, 6])  # 6: both polls' three reads on the wire at once
+async def test_the_deadline_timer_kept_between_polls_times_out_each_poll(tcp_server: Any, max_in_flight: int) -> None:
+    """The driver keeps its deadline timer from one poll to the next: a poll answered in full, then one whose
+    read goes unanswered (timed out), then one answered again; and two polls of one driver at once, one of
+    them unanswered, the other answered: the unanswered one times out on its own (the second runs with a timer
+    of its own)."""
+    seen: Counter[int] = Counter()
+    silent: set[int] = set()
+
+    async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            tid, unit, _function, address, count = await read_request(reader)
+            seen[address] += 1
+            if seen[address] in silent:
+                continue  # this round of the read goes unanswered
+            writer.write(registers(tid, unit, address, count))
+
+    driver = make_driver(await tcp_server(answers), max_in_flight=max_in_flight, timeout=0.3, retries=0)
+    try:
+        await driver.connection.connect(30)
+        assert len(await driver.read()) == 3
+        silent.add(2)  # the second round of every read
+        with pytest.raises(DeviceTimeout):
+            await driver.read()
+        silent.clear()
+        got = by_name(await driver.read())
+        assert {name: s.value for name, s in got.items()} == {f"p{a}": 1000 + a for a in ADDRESSES}
+        silent.add(seen[0] + 1)  # two polls at once: the first one's first read goes unanswered
+        results = await asyncio.wait_for(asyncio.gather(driver.read(), driver.read(), return_exceptions=True),
+                                         30)
+        assert isinstance(results[0], DeviceTimeout), results
+        assert isinstance(results[1], list) and len(results[1]) == 3, results
+    finally:
+        await driver.close()

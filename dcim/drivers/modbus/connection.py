@@ -196,6 +196,16 @@ class _Deadline:
             self._handle = None
         self.future = None
 
+    def release(self) -> None:
+        """The poll is over and the timer stays: the device's next poll moves its deadline on (the timer
+        re-arms itself when it finds it moved), or it fires once with nothing to fail and rests."""
+        self.future = None
+
+
+# A device's deadline timer, kept across its polls (`read_plan(timer=...)`): at most one timer a timeout
+# period instead of one armed and cancelled per poll.
+PollTimer = _Deadline
+
 
 class _Chain:
     """The reads of a one-by-one poll (`_read_one_by_one`), each sent from the answer to the one before.
@@ -425,23 +435,33 @@ class ModbusConnection:
     async def read_plan(
         self, unit: int, reads: Sequence[PlannedRead], *,
         timeout: float, retries: int, window: int = 1,  # noqa: ASYNC109 - per attempt, not for the whole call
+        timer: PollTimer | None = None,
     ) -> tuple[list[bytes | BadResponse], list[int]]:
         """A poll: every read of the plan, each with the device's timeout per attempt and its retries.
 
         Returns, per read, its data as `transport.read_data` gives it (or the BadResponse that makes that
         read's points BAD), and when it was answered (ns since the epoch; one time for all of a pipelined
         plan). Raises DeviceTimeout or DeviceUnreachable when the device cannot be polled. With `window`
-        above 1, up to that many reads are in flight together (within the connection's `max_in_flight`)."""
-        if window > 1 and len(reads) > 1:
-            return await self._read_pipelined(unit, reads, timeout, retries, window)
-        return await self._read_one_by_one(unit, reads, timeout, retries)
+        above 1, up to that many reads are in flight together (within the connection's `max_in_flight`).
+        `timer`: the device's own (a `PollTimer`), kept from one poll to the next; else one for this poll."""
+        own = timer is None
+        deadline = _Deadline(asyncio.get_running_loop()) if timer is None else timer
+        try:
+            if window > 1 and len(reads) > 1:
+                return await self._read_pipelined(unit, reads, timeout, retries, window, deadline)
+            return await self._read_one_by_one(unit, reads, timeout, retries, deadline)
+        finally:
+            if own:
+                deadline.cancel()
+            else:
+                deadline.release()
 
     async def _read_one_by_one(
         self, unit: int, reads: Sequence[PlannedRead], timeout: float, retries: int,  # noqa: ASYNC109
+        deadline: _Deadline,
     ) -> tuple[list[bytes | BadResponse], list[int]]:
         loop = asyncio.get_running_loop()
         slots = self._slots
-        deadline = _Deadline(loop)
         outcomes: list[bytes | BadResponse] = []
         stamps: list[int] = []
         # Sends each next read from the answer to the one before (`_Chain`): a poll whose reads all come back
@@ -511,18 +531,16 @@ class ModbusConnection:
                 outcomes.append(error)
                 stamps.append(time.time_ns())
         finally:
-            deadline.cancel()
             if chain.ok:
                 self._requests_ok.inc(chain.ok)
         return outcomes, stamps
 
     async def _read_pipelined(
         self, unit: int, reads: Sequence[PlannedRead], timeout: float, retries: int,  # noqa: ASYNC109
-        window: int,
+        window: int, deadline: _Deadline,
     ) -> tuple[list[bytes | BadResponse], list[int]]:
         loop = asyncio.get_running_loop()
         slots = self._slots
-        deadline = _Deadline(loop)
         attempts = retries + 1
         outcomes: list[bytes | BadResponse | None] = [None] * len(reads)
         tries = [0] * len(reads)
@@ -619,7 +637,6 @@ class ModbusConnection:
                 kind, error = self._exception_answer(reads[index][0], data)
                 settle(index, kind, error)
         finally:
-            deadline.cancel()
             if ok:
                 self._requests_ok.inc(ok)
             for _index, tid, future, _when, client in sent:  # only when cancelled: nothing else leaves any

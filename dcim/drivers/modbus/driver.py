@@ -17,6 +17,7 @@ by a decode plan made when the driver was (decodeplan.py), which makes the sampl
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from dcim.core.samples import Quality, Sample, Value
@@ -24,7 +25,7 @@ from dcim.drivers.base import Driver, DriverContext
 from dcim.drivers.errors import BadResponse, WriteRejected
 from dcim.drivers.modbus import codec
 from dcim.drivers.modbus.config import ModbusDevice
-from dcim.drivers.modbus.connection import ModbusConnection, PlannedRead, join, leave
+from dcim.drivers.modbus.connection import ModbusConnection, PlannedRead, PollTimer, join, leave
 from dcim.drivers.modbus.decodeplan import BitReadDecoder, ReadDecoder
 from dcim.drivers.modbus.plan import Read, plan_reads
 from dcim.drivers.modbus.transport import READ_COILS, READ_DISCRETE, READ_HOLDING, READ_INPUT
@@ -54,6 +55,8 @@ class ModbusDriver(Driver):
             for r in self.plan)
         self._names = tuple(tuple((p.name, measurements[p.name]) for p in r.points) for r in self.plan)
         self._connection: ModbusConnection | None = None
+        self._timer: PollTimer | None = None  # the polls' deadline timer, kept from one poll to the next
+        self._timer_busy = False
 
     @property
     def connection(self) -> ModbusConnection:
@@ -67,9 +70,22 @@ class ModbusDriver(Driver):
     async def read(self) -> list[Sample]:
         device = self.device
         connection = self._connection or self.connection
-        outcomes, stamps = await connection.read_plan(
-            device.unit_id, self._requests, timeout=device.timeout, retries=device.retries,
-            window=device.max_in_flight)
+        # The device's deadline timer, kept from one poll to the next; a read beside a running one (the
+        # poller runs one at a time; a caller may not) has one of its own.
+        timer = self._timer
+        if timer is None:
+            timer = self._timer = PollTimer(asyncio.get_running_loop())
+        if self._timer_busy:
+            timer = None
+        else:
+            self._timer_busy = True
+        try:
+            outcomes, stamps = await connection.read_plan(
+                device.unit_id, self._requests, timeout=device.timeout, retries=device.retries,
+                window=device.max_in_flight, timer=timer)
+        finally:
+            if timer is not None:
+                self._timer_busy = False
         samples: list[Sample] = []
         device_id = device.id
         # One decoder, request and outcome a read of the plan (no `strict`: see ReadDecoder.samples).
@@ -131,6 +147,9 @@ class ModbusDriver(Driver):
                 timeout=timeout, retries=retries)
 
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await leave(self.context, self.device, connection)

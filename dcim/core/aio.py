@@ -18,65 +18,107 @@ def reraise_lost_cancellation() -> None:
         raise asyncio.CancelledError
 
 
-class Deadline:
+class RearmingTimer:
+    """One timer for a run of deadlines that mostly move later (a device's polls, one after the other).
+
+    `arm(when)` sets the current deadline. A timer is made only when none is armed or the new deadline is
+    earlier than the armed one; when the timer falls due and finds the deadline moved on, it re-arms itself
+    for it, and when the deadline is reached it calls `due()`. `disarm()` leaves no deadline and keeps the
+    timer, which fires once more with nothing to do and rests; `close()` drops it. So deadlines that follow
+    each other keep about one timer in the event loop's heap per bound, instead of one pushed and cancelled
+    for each (every comparison in that heap is a Python call)."""
+
+    __slots__ = ("_armed", "_handle", "_loop", "when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = 0.0
+        self.when: float | None = None  # the current deadline (the loop's clock), None between them
+
+    def arm(self, when: float) -> None:
+        self.when = when
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        handle = self._handle
+        if handle is None or when < self._armed:
+            if handle is not None:
+                handle.cancel()
+            self._armed = when
+            self._handle = loop.call_at(when, self._fire)
+
+    def disarm(self) -> None:
+        self.when = None
+
+    def close(self) -> None:
+        self.when = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def due(self) -> None:
+        """The deadline is reached (subclasses act here)."""
+
+    def _fire(self) -> None:
+        self._handle = None
+        when = self.when
+        if when is None or self._loop is None:
+            return  # between deadlines: idle until the next one
+        if when > self._armed:
+            self._armed = when
+            self._handle = self._loop.call_at(when, self._fire)
+            return
+        self.due()
+
+
+class Deadline(RearmingTimer):
     """`asyncio.timeout` for a task that runs one bounded step after another (a device's polls), without a
     timer of its own for each step.
 
     `asyncio.timeout` makes a timer per `async with` (a handle in the loop's heap, cancelled at the end):
     at a thousand polls a second that is a thousand handles pushed into and taken out of a heap of several
-    thousand, each comparison a Python call. Here one timer serves every step: it is armed when a step starts
-    and finds none armed (or one due later), and when it fires it re-arms itself for the current step's end
-    if that is later still, so steps shorter than their bound, one after the other, keep a single timer going
-    about once per bound. A step past its end has its task cancelled, as `asyncio.timeout` does:
+    thousand. Here one timer serves every step (`RearmingTimer`). A step past its end has its task
+    cancelled, as `asyncio.timeout` does:
 
         deadline.start(loop.time() + seconds)
+        expired = False
         try:
-            await step()
+            try:
+                await step()
+            finally:
+                expired = deadline.stop()
         except asyncio.CancelledError:
-            if not deadline.stop():
+            if not expired:
                 raise          # a cancellation from elsewhere
             ...                # the step ran past its end
-        else:
-            deadline.stop()
 
     `stop` says whether the cancellation was this deadline's alone (and takes it back from the task's count,
     `Task.uncancel`), so an outside cancellation that lands at the same time still ends the task. A step that
     swallowed the cancellation returns normally; `stop` takes it back all the same.
     """
 
-    __slots__ = ("_armed", "_cancelling", "_end", "_expired", "_handle", "_loop", "_task")
+    __slots__ = ("_cancelling", "_expired", "_task")
 
     def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed = 0.0
-        self._end: float | None = None
+        super().__init__()
         self._task: asyncio.Task[object] | None = None
         self._cancelling = 0  # the task's pending cancellations when the step started
         self._expired = False
 
     def start(self, end: float) -> None:
         """A step of the current task starts, to end by `end` (the loop's clock)."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        if self._end is not None:
+        if self.when is not None:
             raise RuntimeError("Deadline.start: a step is running (one step at a time)")
         task = self._task = asyncio.current_task()
         self._cancelling = task.cancelling() if task is not None else 0
-        self._end = end
         self._expired = False
-        handle = self._handle
-        if handle is None or end < self._armed:
-            if handle is not None:
-                handle.cancel()
-            self._armed = end
-            self._handle = loop.call_at(end, self._fire)
+        self.arm(end)
 
     def stop(self) -> bool:
         """The step is over. True when this deadline cancelled its task (taken back: `uncancel`) and no other
         cancellation is pending on it: the step ran out of time."""
-        self._end = None
+        self.disarm()
         task, self._task = self._task, None
         if not self._expired:
             return False
@@ -86,21 +128,10 @@ class Deadline:
 
     def close(self) -> None:
         """No more steps: the timer goes."""
-        self._end = None
         self._task = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        super().close()
 
-    def _fire(self) -> None:
-        self._handle = None
-        end = self._end
-        if end is None or self._loop is None:
-            return  # between steps: idle until the next one starts
-        if end > self._armed:
-            self._armed = end
-            self._handle = self._loop.call_at(end, self._fire)
-            return
+    def due(self) -> None:
         task = self._task
         if task is not None and not task.done():
             self._expired = True

@@ -45,6 +45,7 @@ from typing import Any
 import structlog
 from pymodbus.exceptions import ConnectionException, ModbusException
 
+from dcim.core.aio import RearmingTimer
 from dcim.core.backoff import Backoff
 from dcim.core.logs import truncate
 from dcim.core.metrics import REGISTRY
@@ -156,50 +157,35 @@ class _Slots:
         self.free += count
 
 
-class _Deadline:
-    """The timeouts of one plan's requests with one timer: `set` gives the awaited answer and its deadline
-    (a float stored); the timer, armed once, re-arms itself when it finds the deadline moved on, and when it
-    is due fails the awaited answer with TimeoutError. No task is cancelled, so nothing is to be uncancelled."""
+class _Deadline(RearmingTimer):
+    """The timeouts of one plan's requests with one timer (`RearmingTimer`): `set` gives the awaited answer
+    and its deadline; when it is due, the awaited answer fails with TimeoutError. No task is cancelled, so
+    nothing is to be uncancelled."""
 
-    __slots__ = ("_armed", "_handle", "_loop", "future", "when")
+    __slots__ = ("future",)
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed = 0.0
-        self.when = 0.0
+        super().__init__(loop)
         self.future: asyncio.Future[Any] | None = None
 
     def set(self, when: float, future: asyncio.Future[Any]) -> None:
-        self.when = when
         self.future = future
-        handle = self._handle
-        if handle is None or when < self._armed:
-            if handle is not None:
-                handle.cancel()
-            self._armed = when
-            self._handle = self._loop.call_at(when, self._fire)
+        self.arm(when)
 
-    def _fire(self) -> None:
-        if self.when > self._armed:
-            self._armed = self.when
-            self._handle = self._loop.call_at(self.when, self._fire)
-            return
-        self._handle = None
+    def due(self) -> None:
         future = self.future
         if future is not None and not future.done():
             future.set_exception(TimeoutError())
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
         self.future = None
+        self.close()
 
     def release(self) -> None:
         """The poll is over and the timer stays: the device's next poll moves its deadline on (the timer
         re-arms itself when it finds it moved), or it fires once with nothing to fail and rests."""
         self.future = None
+        self.disarm()
 
 
 # A device's deadline timer, kept across its polls (`read_plan(timer=...)`): at most one timer a timeout
@@ -218,13 +204,14 @@ class _Chain:
     timeout through the deadline): then `waiter` has the answer's PDU (or the error), the read it concerns
     being the first without an outcome."""
 
-    __slots__ = ("_client", "_connection", "_deadline", "_reads", "_stamps", "_tid", "_timeout", "_unit",
+    __slots__ = ("_client", "_connection", "_deadline", "_loop", "_reads", "_stamps", "_tid", "_timeout", "_unit",
                  "holding", "ok", "outcomes", "waiter")
 
     def __init__(self, connection: ModbusConnection, deadline: _Deadline, reads: Sequence[PlannedRead],
                  unit: int, timeout: float, outcomes: list[bytes | BadResponse], stamps: list[int]) -> None:
         self._connection = connection
         self._deadline = deadline
+        self._loop = asyncio.get_running_loop()
         self._reads = reads
         self._unit = unit
         self._timeout = timeout
@@ -238,7 +225,7 @@ class _Chain:
 
     def send(self, client: ModbusTcpClient, index: int, when: float) -> asyncio.Future[bytes | None]:
         """Send read `index` (the slot taken); the future the task awaits. Raises ConnectionException."""
-        waiter: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[bytes | None] = self._loop.create_future()
         self.waiter = waiter
         self._client = client
         _what, function, address, count = self._reads[index]
@@ -297,7 +284,7 @@ class _Chain:
             _what, function, address, count = self._reads[at]
             self._tid = client.send_read_to(self, self._unit, function, address, count)
             deadline = self._deadline
-            deadline.set(deadline._loop.time() + self._timeout, waiter)
+            deadline.set(self._loop.time() + self._timeout, waiter)
         except Exception as err:  # a bad answer (or a lost socket): the attempt loop decides
             if not waiter.done():
                 waiter.set_exception(err)

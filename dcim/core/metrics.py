@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 
 def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
@@ -57,12 +58,18 @@ class Counter(_Metric):
         return CounterChild(self, self._key(labels))
 
 
-class CounterChild:
+class _Child:
+    """One series of a metric, its labels' key made once (`child`)."""
+
     __slots__ = ("key", "metric")
 
-    def __init__(self, metric: Counter, key: tuple[str, ...]) -> None:
+    def __init__(self, metric: Any, key: tuple[str, ...]) -> None:
         self.metric = metric
         self.key = key
+
+
+class CounterChild(_Child):
+    __slots__ = ()
 
     def inc(self, amount: float = 1.0) -> None:
         values = self.metric.values
@@ -80,12 +87,8 @@ class Gauge(_Metric):
         return GaugeChild(self, self._key(labels))
 
 
-class GaugeChild:
-    __slots__ = ("key", "metric")
-
-    def __init__(self, metric: Gauge, key: tuple[str, ...]) -> None:
-        self.metric = metric
-        self.key = key
+class GaugeChild(_Child):
+    __slots__ = ()
 
     def set(self, value: float) -> None:
         self.metric.values[self.key] = value
@@ -118,12 +121,8 @@ class Summary(_Metric):
         return lines
 
 
-class SummaryChild:
-    __slots__ = ("key", "metric")
-
-    def __init__(self, metric: Summary, key: tuple[str, ...]) -> None:
-        self.metric = metric
-        self.key = key
+class SummaryChild(_Child):
+    __slots__ = ()
 
     def observe(self, value: float) -> None:
         metric, key = self.metric, self.key

@@ -477,9 +477,7 @@ class ModbusConnection:
                 client = None
                 try:
                     start = loop.time()
-                    client = self._client
-                    if client is None or not client.connected:
-                        client = await self._connect_by(start + timeout)
+                    client = self._connected() or await self._connect_by(start + timeout)
                     pdu = await chain.send(client, index, start + timeout)
                     if pdu is None:
                         continue  # the chain took this read's data, and perhaps the next ones'
@@ -566,9 +564,7 @@ class ModbusConnection:
                         client = None
                         try:
                             start = loop.time()
-                            client = self._client
-                            if client is None or not client.connected:
-                                client = await self._connect_by(start + timeout)
+                            client = self._connected() or await self._connect_by(start + timeout)
                             futures = client.send_reads(unit, [reads[i][1:] for i in batch])
                         except BaseException as err:
                             # Connecting failed (or the socket closed under us): an attempt of the first.
@@ -638,6 +634,11 @@ class ModbusConnection:
             assert outcome is not None
             finished.append(outcome)
         return finished, [stamp] * len(finished)
+
+    def _connected(self) -> ModbusTcpClient | None:
+        """The client, if connected: a poll's attempt needs no await for it then."""
+        client = self._client
+        return client if client is not None and client.connected else None
 
     async def _connect_by(self, when: float) -> ModbusTcpClient:
         """`ensure_connected` within the attempt's deadline (the only await of a poll besides the answers

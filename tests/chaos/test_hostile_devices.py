@@ -92,8 +92,9 @@ async def test_daemon_survives_a_hostile_pdu_and_keeps_polling_the_good_cdu(
             await mqtt.wait_for(3, timeout=120, where=evil)
             assert agent.seen.get(fast.GETBULK, 0) > 0
             early = rss_kib(pid)
-            # Many more polls of the good CDU while the hostile PDU is polled alongside.
-            await mqtt.wait_for(60, timeout=300, where=good)
+            # Many more polls of the good CDU while the hostile PDU is polled alongside: 30 more, 15 s or
+            # longer, in which an unbounded walk would grow the daemon by about 100 MiB (7 MiB a second).
+            await mqtt.wait_for(40, timeout=300, where=good)
             late = rss_kib(pid)
             polls_of_evil = len(mqtt.recorder.matching(evil))
             assert daemon.process.poll() is None, daemon.log()

@@ -27,7 +27,7 @@ from dcim.app.simulate import run_simulators, wait_listening
 from dcim.drivers.modbus import codec
 from dcim.drivers.profiles import load_profile
 from dcim.simulators.plant import Plant
-from tests.helpers import free_port, hand_over, wait_until
+from tests.helpers import free_port, hand_over, wait_until, wait_until_sync
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,17 +149,23 @@ class DaemonProcess:
         """Until the process logs `event` itself (`dcim simulate` logs "simulators ready" once every simulator
         said its sockets are bound): nothing is probed. Raises PortConflict if it exits first because an address
         was in use (the caller chooses other ports), AssertionError if it exits for another reason."""
-        def seen() -> dict[str, Any] | None:
-            if records := self.events(event):
-                return records[-1]
-            if self.process is not None and self.process.poll() is not None:
-                log = self.log()
-                if "Address already in use" in log or "Errno 98" in log:
-                    raise PortConflict(f"{' '.join(self.argv)}: a port was taken:\n{log[-2000:]}")
-                raise AssertionError(f"exited {self.process.returncode} before {event!r}:\n{log}")
-            return None
+        return await wait_until(lambda: self._logged(event), timeout=timeout, interval=0.05,
+                                message=f"{event!r} from {self.argv}")
 
-        return await wait_until(seen, timeout=timeout, interval=0.05, message=f"{event!r} from {self.argv}")
+    def ready_sync(self, event: str = "simulators ready", timeout: float = 120.0) -> dict[str, Any]:
+        """`ready` for synchronous code (a module-scoped fixture)."""
+        return wait_until_sync(lambda: self._logged(event), timeout=timeout, interval=0.05,
+                               message=f"{event!r} from {self.argv}")
+
+    def _logged(self, event: str) -> dict[str, Any] | None:
+        if records := self.events(event):
+            return records[-1]
+        if self.process is not None and self.process.poll() is not None:
+            log = self.log()
+            if "Address already in use" in log or "Errno 98" in log:
+                raise PortConflict(f"{' '.join(self.argv)}: a port was taken:\n{log[-2000:]}")
+            raise AssertionError(f"exited {self.process.returncode} before {event!r}:\n{log}")
+        return None
 
     def __enter__(self) -> DaemonProcess:
         # A process already started (and waited for with ready()) is adopted, not started twice.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ from tests.grafana.dashboards import interpolate, load_all, panel, panels, queri
 from tests.grafana.hall import hall_config
 from tests.grafana.runner import has_data, influxql, run_dashboard
 from tests.grafana.schema import identifiers, written_schema
-from tests.helpers import free_port, wait_until
-from tests.servers import http_request
+from tests.helpers import free_port, require_binary, wait_until_sync
+from tests.servers import InfluxDBv1, Mosquitto, http_request
 
 pytestmark = pytest.mark.e2e
 
@@ -63,8 +64,18 @@ def hall_power_known(url: str, database: str, from_ms: int) -> bool:
     return has_data(influxql(url, database, query))
 
 
-@pytest.fixture
-async def daemon_filled(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> Any:
+@pytest.fixture(scope="module")
+def daemon_filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InfluxDBv1, int]]:
+    """One run of the daemon for the module's tests (they only read what it wrote): its own broker and
+    database, as tests/grafana/faults.py has them."""
+    for cls in (Mosquitto, InfluxDBv1):
+        require_binary(cls.binary_name, cls.package)
+    tmp_path = tmp_path_factory.mktemp("daemon-fill")
+    with Mosquitto(tmp_path / "mosquitto") as mosquitto, InfluxDBv1(tmp_path / "influxdb") as influxdb_v1:
+        yield from _fill(tmp_path, mosquitto, influxdb_v1)
+
+
+def _fill(tmp_path: Path, mosquitto: Mosquitto, influxdb_v1: InfluxDBv1) -> Iterator[tuple[InfluxDBv1, int]]:
     started_ms = time.time_ns() // 1_000_000
     path = tmp_path / "dcim.yaml"
     # TCP ports are held by this test until `dcim simulate` binds them; the SNMP agents' UDP ports of a
@@ -80,7 +91,7 @@ async def daemon_filled(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> Any
         control = free_port()
         simulate = DaemonProcess(path, "--control-port", str(control), command="simulate").start()
         try:
-            await simulate.ready()  # its own "simulators ready" line: every socket bound, nothing probed
+            simulate.ready_sync()  # its own "simulators ready" line: every socket bound, nothing probed
             break
         except PortConflict:
             simulate.stop()
@@ -89,21 +100,21 @@ async def daemon_filled(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> Any
     with simulate:
         with DaemonProcess(path) as daemon:
             expected = {"pdu": 8, "cdu": 2, "chiller": 1}
-            await wait_until(lambda: devices_written(influxdb_v1.url, influxdb_v1.database) == expected
-                             and DEVICE_MEASUREMENTS <= measurements(influxdb_v1.url, influxdb_v1.database),
-                             timeout=90, interval=0.5,
-                             message=f"every device in InfluxDB\n{daemon.log()}\n{simulate.log()}")
+            wait_until_sync(lambda: devices_written(influxdb_v1.url, influxdb_v1.database) == expected
+                            and DEVICE_MEASUREMENTS <= measurements(influxdb_v1.url, influxdb_v1.database),
+                            timeout=90, interval=0.5,
+                            message=f"every device in InfluxDB\n{daemon.log()}\n{simulate.log()}")
             # Trouble, so that there is an alarm to show: cdu-leak fires at once (no pending period).
             status, body = http_request("POST", f"http://127.0.0.1:{control}/faults/cdu-1/leak", b"{}",
                                         {"Content-Type": "application/json"})
             assert status == 200, body
             try:
-                await wait_until(lambda: leak_alarm_and_flow(influxdb_v1.url, influxdb_v1.database),
-                                 timeout=ALARM_WAIT_S, interval=0.5)
+                wait_until_sync(lambda: leak_alarm_and_flow(influxdb_v1.url, influxdb_v1.database),
+                                timeout=ALARM_WAIT_S, interval=0.5)
                 # The hall's power is drawn only for intervals in which every rack's power was known: on a
                 # loaded machine a PDU may miss a poll deadline now and then, so wait for one such interval.
-                await wait_until(lambda: hall_power_known(influxdb_v1.url, influxdb_v1.database, started_ms),
-                                 timeout=60, interval=0.5)
+                wait_until_sync(lambda: hall_power_known(influxdb_v1.url, influxdb_v1.database, started_ms),
+                                timeout=60, interval=0.5)
             except AssertionError:
                 pass  # reported by the test: the daemon wrote no rack or alarm lines
             yield influxdb_v1, started_ms
@@ -116,7 +127,7 @@ def keys(url: str, database: str, what: str, measurement: str) -> set[str]:
     return {row[0] for s in series for row in s.get("values", [])}
 
 
-async def test_the_schema_the_checks_use_is_what_the_daemon_writes(daemon_filled: Any) -> None:
+def test_the_schema_the_checks_use_is_what_the_daemon_writes(daemon_filled: Any) -> None:
     """tests/grafana/schema.py (against which every dashboard query is checked) knows every measurement,
     field and tag the daemon wrote, so "not written" there means not written."""
     influx, _ = daemon_filled
@@ -129,7 +140,7 @@ async def test_the_schema_the_checks_use_is_what_the_daemon_writes(daemon_filled
         assert tags <= schema[measurement].tags, (measurement, tags - schema[measurement].tags)
 
 
-async def test_dashboards_over_what_the_daemon_wrote(daemon_filled: Any) -> None:
+def test_dashboards_over_what_the_daemon_wrote(daemon_filled: Any) -> None:
     influx, started_ms = daemon_filled
     present = measurements(influx.url, influx.database)
     assert DEVICE_MEASUREMENTS <= present

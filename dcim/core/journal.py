@@ -127,6 +127,7 @@ class Cursor:
         # Acknowledged, but the disk refused the change: not taken again, retried with the next write.
         self.unsaved_acks: set[int] = set()
         self.available = asyncio.Event()
+        self._masks: dict[tuple[str, ...], int] = {}  # `put`'s mask for the consumers named in `also`
 
     @property
     def depth(self) -> int:
@@ -143,8 +144,17 @@ class Cursor:
         """Put for this consumer and the ones named in `also`: one row for all of them."""
         mask = self.mask
         if also:
-            for name in also:
-                mask |= self.journal.cursor(name).mask
+            known = self._masks.get(also) if isinstance(also, tuple) else None
+            if known is None:
+                known_bits = mask != 0
+                for name in also:
+                    bit = self.journal.cursor(name).mask
+                    mask |= bit
+                    known_bits = known_bits and bit != 0
+                if known_bits and isinstance(also, tuple):
+                    self._masks[also] = mask  # the bits are known once the journal is open, and stay
+            else:
+                mask = known
         self.journal.put(key, payload, priority, retain=retain, mask=mask)
 
     async def flush(self) -> None:
@@ -194,15 +204,20 @@ class Cursor:
             self._evicted = 0
         return items[:limit]
 
-    def written(self, item: Item) -> None:
-        """The journal wrote a row pending for this consumer."""
-        self.on_disk += 1
+    def written(self, items: list[Item]) -> None:
+        """The journal wrote rows pending for this consumer (in id order)."""
+        if not items:
+            return
+        self.on_disk += len(items)
         fresh = self.fresh
-        fresh[item.priority].append(item)
-        if len(fresh[1]) + len(fresh[0]) > FRESH_MAX:
+        for item in items:
+            fresh[item.priority].append(item)
+        over = len(fresh[1]) + len(fresh[0]) - FRESH_MAX
+        while over > 0:
             # The oldest telemetry first: the disk has it, `take` reads it back from there.
             self._evicted = max(self._evicted, (fresh[1] or fresh[0]).popleft().id)
             self.behind = True
+            over -= 1
         self.available.set()
 
     # ---- acknowledging -------------------------------------------------------------------------------
@@ -372,7 +387,7 @@ class Journal:
         self._next_id -= 1
         self._buffer[priority].append(entry)
         self._entries[entry.id] = entry
-        self._buffered_bytes += entry.size
+        self._buffered_bytes += len(payload) + len(key) + _ITEM_OVERHEAD  # `entry.size`
         for cursor in self.cursors.values():
             if mask & cursor.mask:
                 cursor.buffered += 1
@@ -465,11 +480,13 @@ class Journal:
             return
         db = self.db
         self._buffer = {p: deque() for p in PRIORITIES}
-        for entry in batch:
-            self._unbuffered(entry)
+        # The batch leaves the buffer (`_unbuffered`, for the whole batch at once).
+        new = {c.mask: sum(1 for e in batch if e.pending & c.mask) for c in self.cursors.values()}
+        self._buffered_bytes -= sum(len(e.payload) + len(e.key) for e in batch) + _ITEM_OVERHEAD * len(batch)
+        for cursor in self.cursors.values():
+            cursor.buffered -= new[cursor.mask]
         rows = [(e.priority, e.key, e.payload, int(e.retain), e.pending) for e in batch]
         # What each consumer's bound lets in: the oldest of its lowest priority make room.
-        new = {c.mask: sum(1 for e in batch if e.pending & c.mask) for c in self.cursors.values()}
         excess = [(c.mask, c.on_disk + new[c.mask] - c.max_items) for c in self.cursors.values()
                   if c.on_disk + new[c.mask] > c.max_items]
         ack_jobs = [(_ALL_BITS ^ self.cursors[n].mask, self.cursors[n].mask, _runs(ids)) for n, ids in acks.items()]
@@ -513,21 +530,29 @@ class Journal:
             cursor = self.cursors[name]
             cursor.unsaved_acks.difference_update(acks[name])
             cursor.on_disk = max(0, cursor.on_disk - count)
+        # Each consumer is handed its rows in one call; a row is one `Item` for all of them.
+        handed: list[list[Item]] = [[] for _ in cursors]
+        pairs = list(zip(cursors, handed, strict=True))
+        entries = self._entries
         for offset, (entry, written) in enumerate(zip(batch, masks, strict=True)):
-            self._entries.pop(entry.id, None)
+            entries.pop(entry.id, None)
             row_id = first + offset
-            item = entry.item(row_id)
-            for cursor in cursors:
-                if not written & cursor.mask:
+            item = Item(row_id, entry.key, entry.payload, entry.priority, entry.retain)
+            pending = entry.pending
+            for cursor, rows in pairs:
+                mask = cursor.mask
+                if not written & mask:
                     continue
-                if entry.pending & cursor.mask:
-                    cursor.written(item)
+                if pending & mask:
+                    rows.append(item)
                 else:
                     # Acknowledged from memory while being written: the row still says pending. Settled with
                     # the next write, and never handed out again meanwhile.
                     cursor.on_disk += 1
                     cursor.unsaved_acks.add(row_id)
                     self._wake.set()
+        for cursor, rows in pairs:
+            cursor.written(rows)
         for cursor in cursors:
             gone = dropped.get(cursor.mask, [])
             count = len(gone)

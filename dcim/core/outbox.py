@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from dcim.core.metrics import REGISTRY
+from dcim.core.samples import slots_record
 
 DEPTH = REGISTRY.gauge("dcim_outbox_depth", "Items waiting in an outbox", ("outbox",))
 DROPPED = REGISTRY.counter("dcim_outbox_dropped_total", "Items dropped because an outbox was full", ("outbox",))
@@ -34,7 +34,7 @@ WRITE_ERRORS = REGISTRY.counter("dcim_outbox_write_errors_total", "Failed outbox
 DISK_ERRORS = (sqlite3.Error, OSError)
 
 
-@dataclass(frozen=True, slots=True)
+@slots_record
 class Item:
     id: int  # negative: still in memory (the disk refused it)
     key: str

@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 
 @dataclass_transform(frozen_default=True)
-def _record(cls: type[T]) -> type[T]:
+def slots_record(cls: type[T]) -> type[T]:
     """A dataclass with slots, read-only to the type checker but not enforced at run time.
 
     A frozen dataclass' `__init__` sets each field through `object.__setattr__`, and any class that refuses
@@ -40,7 +40,7 @@ def _record(cls: type[T]) -> type[T]:
     return dataclass(slots=True, unsafe_hash=True)(cls)
 
 
-@_record
+@slots_record
 class Sample:
     device: str
     point: str

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dcim.core.samples import Quality, Sample, _record
+from dcim.core.samples import Quality, Sample, slots_record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def test_a_missing_or_unknown_argument_is_refused() -> None:
 def test_the_type_checker_refuses_an_assignment_to_a_field(tmp_path: Path) -> None:
     """Read-only is the type checker's (the interpreter would let it pass): mypy refuses it, as for a frozen
     dataclass."""
-    assert _record.__dataclass_transform__["kwargs"] == {"frozen_default": True}  # type: ignore[attr-defined]
+    assert slots_record.__dataclass_transform__["kwargs"] == {"frozen_default": True}  # type: ignore[attr-defined]
     code = tmp_path / "assigns.py"
     code.write_text("from dcim.core.samples import Sample\n"
                     "s = Sample('cdu-1', 'flow_lpm', 40.0, 1)\n"

@@ -326,6 +326,8 @@ class Engine:
             if gate is None:
                 return None
             if not any(same_value(gate.value, wanted) for wanted in rule.only_if.match):
+                if quiet:
+                    return CLEAR  # nothing would keep the message
                 text = f"{bound.subject}: {rule.only_if.point} = {gate.value}: {rule.name} not judged"
                 return Verdict(None, None, None, text)
         try:

@@ -48,7 +48,7 @@ the CDU judges them like its own points, while the `cdu` measurement keeps only 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -165,6 +165,22 @@ class Readings:
             return None
         return found
 
+    def values(self, subject: str, points: Iterable[str], now_ns: int) -> list[Value]:
+        """The fresh values of those of `points` the subject has (`reading` for each, the subject looked up
+        once: the tick asks this of every CDU's eight pumps)."""
+        if subject in self.offline:
+            return []
+        found = self.points.get(subject)
+        if not found:
+            return []
+        oldest = None if subject in self.push else now_ns - self.stale_after_ns
+        out: list[Value] = []
+        for point in points:
+            reading = found.get(point)
+            if reading is not None and (oldest is None or reading.ts_ns >= oldest):
+                out.append(reading.value)
+        return out
+
     def number(self, subject: str, point: str, now_ns: int) -> float | None:
         # `reading`, inline: the rules ask this for most of their judgements.
         if subject in self.offline:
@@ -240,8 +256,7 @@ class RackMetrics:
 
     def last_pump(self, cdu: str, now: int) -> bool | None:
         """True while the CDU runs on one pump of two or more (None: its pumps are not known)."""
-        reading = self.readings.reading
-        states = [r.value for point in PUMPS if (r := reading(cdu, point, now)) is not None]
+        states = self.readings.values(cdu, PUMPS, now)
         if len(states) < 2:
             return None
         return sum(1 for v in states if v in (True, 1, "true")) <= 1

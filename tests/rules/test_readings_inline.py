@@ -67,3 +67,26 @@ async def test_the_engine_keeps_what_readings_update_keeps(tmp_path: Path, seed:
     points, rows = _kept(shadow)
     assert rows and "rack:A01" not in rows and any(key for key in rows.get("pdu-A01-a", {}))
     assert points["cdu-1"] and points["A01"]
+
+
+def test_values_is_reading_for_each_point() -> None:
+    """`Readings.values` (the tick's pumps, a subject looked up once) gives what `reading` gives point by point:
+    fresh values only, none of an offline subject, and any age of a push subject's."""
+    rng = random.Random(7)
+    readings = Readings(stale_after_ns=10)
+    names = [f"pump{n}_running" for n in range(1, 9)]
+    checked = 0
+    for _ in range(500):
+        now = rng.randrange(100, 200)
+        subject = rng.choice(("cdu-1", "cdu-2", "cdu-3"))
+        readings.update(Batch(subject, "cdu", now, [
+            Sample(subject, name, rng.choice((True, False, 1, "true")), now - rng.randrange(0, 20), measurement="cdu")
+            for name in rng.sample(names, rng.randrange(0, 9))]))
+        for group in (readings.offline, readings.push):
+            if rng.random() < 0.2:
+                group.symmetric_difference_update({subject})
+        asked = rng.sample(names, rng.randrange(0, 9))
+        expected = [r.value for name in asked if (r := readings.reading(subject, name, now)) is not None]
+        assert readings.values(subject, asked, now) == expected
+        checked += bool(expected)
+    assert checked > 100

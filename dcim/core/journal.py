@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS consumers (
 class _Entry:
     """What was put and is not on disk yet: `pending` holds the consumers it is still for."""
 
-    __slots__ = ("id", "key", "payload", "pending", "priority", "retain")
+    __slots__ = ("id", "key", "payload", "pending", "priority", "retain", "size")
 
     def __init__(self, id_: int, key: str, payload: bytes, priority: int, retain: bool, pending: int) -> None:
         self.id = id_
@@ -87,13 +87,10 @@ class _Entry:
         self.priority = priority
         self.retain = retain
         self.pending = pending
+        self.size = len(payload) + len(key) + _ITEM_OVERHEAD  # what it holds of the memory bound
 
     def item(self, id_: int | None = None) -> Item:
         return Item(self.id if id_ is None else id_, self.key, self.payload, self.priority, self.retain)
-
-    @property
-    def size(self) -> int:
-        return len(self.payload) + len(self.key) + _ITEM_OVERHEAD
 
 
 def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
@@ -387,7 +384,7 @@ class Journal:
         self._next_id -= 1
         self._buffer[priority].append(entry)
         self._entries[entry.id] = entry
-        self._buffered_bytes += len(payload) + len(key) + _ITEM_OVERHEAD  # `entry.size`
+        self._buffered_bytes += entry.size
         for cursor in self.cursors.values():
             if mask & cursor.mask:
                 cursor.buffered += 1
@@ -398,12 +395,15 @@ class Journal:
             self._shed()
         self._wake.set()
 
-    def _unbuffered(self, entry: _Entry) -> None:
-        """`entry` left the buffer (written, dropped, or acknowledged by all from memory)."""
-        self._buffered_bytes -= entry.size
+    def _unbuffered(self, entries: Sequence[_Entry]) -> dict[int, int]:
+        """`entries` left the buffer (written, or dropped). Returns how many of them were pending for each
+        consumer (by its mask)."""
+        self._buffered_bytes -= sum(e.size for e in entries)
+        counts: dict[int, int] = {}
         for cursor in self.cursors.values():
-            if entry.pending & cursor.mask:
-                cursor.buffered -= 1
+            counts[cursor.mask] = count = sum(1 for e in entries if e.pending & cursor.mask)
+            cursor.buffered -= count
+        return counts
 
     def _shed(self) -> None:
         """Over the memory bound (the disk has not taken writes for a while): drop the oldest entries of the
@@ -413,7 +413,7 @@ class Journal:
             queue = self._buffer[priority]
             while queue and self._buffered_bytes > self.memory_max_bytes:
                 entry = queue.popleft()
-                self._unbuffered(entry)
+                self._unbuffered((entry,))
                 del self._entries[entry.id]
                 dropped += 1
                 for cursor in self.cursors.values():
@@ -480,11 +480,7 @@ class Journal:
             return
         db = self.db
         self._buffer = {p: deque() for p in PRIORITIES}
-        # The batch leaves the buffer (`_unbuffered`, for the whole batch at once).
-        new = {c.mask: sum(1 for e in batch if e.pending & c.mask) for c in self.cursors.values()}
-        self._buffered_bytes -= sum(len(e.payload) + len(e.key) for e in batch) + _ITEM_OVERHEAD * len(batch)
-        for cursor in self.cursors.values():
-            cursor.buffered -= new[cursor.mask]
+        new = self._unbuffered(batch)
         rows = [(e.priority, e.key, e.payload, int(e.retain), e.pending) for e in batch]
         # What each consumer's bound lets in: the oldest of its lowest priority make room.
         excess = [(c.mask, c.on_disk + new[c.mask] - c.max_items) for c in self.cursors.values()

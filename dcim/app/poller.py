@@ -209,7 +209,7 @@ class DeviceCoordinator:
         error = f"unexpected error: {type(err).__name__}: {err}"[:300]
         ts = now_ns()
         self._set_status(False, error)
-        POLLS.inc(device=self.device.id, result="error")
+        self._polls_error.inc()
         self._emit_batch(Batch(self.device.id, self.device.kind, ts, self._bad_samples(ts, error)))
         self.last_poll = time.monotonic()
         self.polled.set()

@@ -233,17 +233,14 @@ class Engine:
             bounds = by_point.get(point)
             if bounds is None:
                 continue
-            if new or returning:
-                for bound in bounds:
-                    if bound.observes and reading is not None:
-                        bound.condition.observe(point, reading)
+            renewed = new or returning
+            for bound in bounds:
+                if bound.observes and reading is not None:
+                    bound.condition.observe(point, reading)
+                if renewed:
                     due[bound] = True
-            else:
-                for bound in bounds:
-                    if bound.observes and reading is not None:
-                        bound.condition.observe(point, reading)
-                    if bound not in due:
-                        due[bound] = False
+                elif bound not in due:
+                    due[bound] = False
         for bound, fresh in due.items():
             if not fresh and not bound.observes and self._settled(bound):
                 # Judged clear (or without data) on these very values: it would find the same again. A kind

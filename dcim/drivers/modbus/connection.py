@@ -157,10 +157,11 @@ class _Slots:
         self.free += count
 
 
-class _Deadline(RearmingTimer):
+class PollTimer(RearmingTimer):
     """The timeouts of one plan's requests with one timer (`RearmingTimer`): `set` gives the awaited answer
     and its deadline; when it is due, the awaited answer fails with TimeoutError. No task is cancelled, so
-    nothing is to be uncancelled."""
+    nothing is to be uncancelled. A device keeps one across its polls (`read_plan(timer=...)`): at most one
+    timer a timeout period instead of one armed and cancelled per poll."""
 
     __slots__ = ("future",)
 
@@ -188,10 +189,6 @@ class _Deadline(RearmingTimer):
         self.disarm()
 
 
-# A device's deadline timer, kept across its polls (`read_plan(timer=...)`): at most one timer a timeout
-# period instead of one armed and cancelled per poll.
-PollTimer = _Deadline
-
 
 class _Chain:
     """The reads of a one-by-one poll (`_read_one_by_one`), each sent from the answer to the one before.
@@ -207,7 +204,7 @@ class _Chain:
     __slots__ = ("_client", "_connection", "_deadline", "_loop", "_reads", "_stamps", "_tid", "_timeout", "_unit",
                  "holding", "ok", "outcomes", "waiter")
 
-    def __init__(self, connection: ModbusConnection, deadline: _Deadline, reads: Sequence[PlannedRead],
+    def __init__(self, connection: ModbusConnection, deadline: PollTimer, reads: Sequence[PlannedRead],
                  unit: int, timeout: float, outcomes: list[bytes | BadResponse], stamps: list[int]) -> None:
         self._connection = connection
         self._deadline = deadline
@@ -432,7 +429,7 @@ class ModbusConnection:
         above 1, up to that many reads are in flight together (within the connection's `max_in_flight`).
         `timer`: the device's own (a `PollTimer`), kept from one poll to the next; else one for this poll."""
         own = timer is None
-        deadline = _Deadline(asyncio.get_running_loop()) if timer is None else timer
+        deadline = PollTimer(asyncio.get_running_loop()) if timer is None else timer
         try:
             if window > 1 and len(reads) > 1:
                 return await self._read_pipelined(unit, reads, timeout, retries, window, deadline)
@@ -445,7 +442,7 @@ class ModbusConnection:
 
     async def _read_one_by_one(
         self, unit: int, reads: Sequence[PlannedRead], timeout: float, retries: int,  # noqa: ASYNC109
-        deadline: _Deadline,
+        deadline: PollTimer,
     ) -> tuple[list[bytes | BadResponse], list[int]]:
         loop = asyncio.get_running_loop()
         slots = self._slots
@@ -522,7 +519,7 @@ class ModbusConnection:
 
     async def _read_pipelined(
         self, unit: int, reads: Sequence[PlannedRead], timeout: float, retries: int,  # noqa: ASYNC109
-        window: int, deadline: _Deadline,
+        window: int, deadline: PollTimer,
     ) -> tuple[list[bytes | BadResponse], list[int]]:
         loop = asyncio.get_running_loop()
         slots = self._slots

@@ -72,12 +72,11 @@ class ModbusDriver(Driver):
         connection = self._connection or self.connection
         # The device's deadline timer, kept from one poll to the next; a read beside a running one (the
         # poller runs one at a time; a caller may not) has one of its own.
-        timer = self._timer
-        if timer is None:
-            timer = self._timer = PollTimer(asyncio.get_running_loop())
-        if self._timer_busy:
-            timer = None
-        else:
+        timer: PollTimer | None = None
+        if not self._timer_busy:
+            if self._timer is None:
+                self._timer = PollTimer(asyncio.get_running_loop())
+            timer = self._timer
             self._timer_busy = True
         try:
             outcomes, stamps = await connection.read_plan(

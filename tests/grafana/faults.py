@@ -26,13 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tests.e2e.harness import DaemonProcess
-from tests.grafana.hall import hall_config
+from tests.grafana.hall import start_simulators
 from tests.grafana.runner import influxql
-from tests.helpers import free_port, wait_until_sync
-from tests.servers import InfluxDBv1, Mosquitto, http_request, port_accepts
+from tests.helpers import wait_until_sync
+from tests.servers import InfluxDBv1, Mosquitto, http_request
 
 TOKEN = "grafana-test-token"
 INTERVAL_S = 2.0
@@ -93,27 +91,23 @@ def fill(workdir: Path) -> Iterator[Run]:
 
 
 def _phases(workdir: Path, mosquitto: Mosquitto, influx: InfluxDBv1) -> Iterator[Run]:
-    raw = hall_config(free_port, interval=f"{INTERVAL_S:g}s")
-    chiller = raw["devices"][-1]
-    chiller["publishing_interval"] = f"{PUBLISHING_S:g}s"
-    raw["mqtt"] = {"host": mosquitto.host, "port": mosquitto.port, "prefix": "dcim"}
-    raw["influxdb"] = {"url": influx.url, "api": "v1", "database": influx.database, "flush_interval": "200ms"}
     token = workdir / "http-token"
     token.write_text(TOKEN)
-    raw["http"] = {"enabled": True, "host": "127.0.0.1", "port": 0, "token": f"file:{token}"}
-    # A device that stops answering raises its communication alarm after 4 s instead of 30.
-    raw["rules"] = {"communication": {"for": "4s"}}
-    raw["state_dir"] = str(workdir / "state")
-    raw["logging"] = {"level": "info", "format": "json"}
+
+    def configure(raw: dict[str, Any]) -> None:
+        raw["devices"][-1]["publishing_interval"] = f"{PUBLISHING_S:g}s"  # the chiller
+        raw["mqtt"] = {"host": mosquitto.host, "port": mosquitto.port, "prefix": "dcim"}
+        raw["influxdb"] = {"url": influx.url, "api": "v1", "database": influx.database, "flush_interval": "200ms"}
+        raw["http"] = {"enabled": True, "host": "127.0.0.1", "port": 0, "token": f"file:{token}"}
+        # A device that stops answering raises its communication alarm after 4 s instead of 30.
+        raw["rules"] = {"communication": {"for": "4s"}}
+        raw["state_dir"] = str(workdir / "state")
+        raw["logging"] = {"level": "info", "format": "json"}
+
     path = workdir / "dcim.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     run = Run(influx.url, influx.database)
-    control = free_port()
-    with DaemonProcess(path, "--control-port", str(control), command="simulate") as simulate:
-        tcp = [(d["host"], d["port"]) for d in raw["devices"] if d["protocol"] == "modbus"]
-        tcp.append(("127.0.0.1", int(chiller["endpoint"].rsplit(":", 1)[1])))
-        wait_until_sync(lambda: all(port_accepts(h, p) for h, p in tcp), timeout=60, interval=0.2,
-                        message=f"simulators listening\n{simulate.log()}")
+    simulate, control, _raw = start_simulators(path, configure, interval=f"{INTERVAL_S:g}s")
+    with simulate:
         with DaemonProcess(path) as daemon:
             def logs() -> str:
                 return f"{daemon.log()}\n{simulate.log()}"

@@ -1,13 +1,19 @@
 """The test hall: air- and liquid-cooled racks, APC and Raritan PDUs on A/B feeds, CDUs, a chiller.
 
 `hall_config(ports)` returns the raw configuration mapping; ports are only used when the daemon and the
-simulators really serve it (tests/grafana/test_daemon_fill.py).
+simulators really serve it (`start_simulators`: tests/grafana/test_daemon_fill.py and faults.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from tests.e2e.harness import DaemonProcess, PortConflict
+from tests.helpers import free_port
 
 
 def hall_config(port: Callable[[], int] | None = None, *, interval: str = "1s", racks_per_row: int = 2
@@ -52,3 +58,26 @@ def hall_config(port: Callable[[], int] | None = None, *, interval: str = "1s", 
         "devices": devices,
         "http": {"enabled": False},
     }
+
+
+def start_simulators(path: Path, configure: Callable[[dict[str, Any]], None], *, interval: str
+                     ) -> tuple[DaemonProcess, int, dict[str, Any]]:
+    """`dcim simulate` serving the test hall on free ports, with its fault-injection endpoint: (the process,
+    started and ready, the endpoint's port, the raw configuration written to `path` after `configure`).
+
+    The ports are chosen free and given to the process, which binds them itself: one taken meanwhile (the
+    SNMP agents' UDP ports cannot be held until then) makes it exit with "Address already in use", and the
+    hall is made again on other ports, up to three times. Ready is the process' own "simulators ready"
+    line (every socket bound), not a probe."""
+    for _attempt in range(3):
+        raw = hall_config(free_port, interval=interval)
+        configure(raw)
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        control = free_port()
+        simulate = DaemonProcess(path, "--control-port", str(control), command="simulate").start()
+        try:
+            simulate.ready_sync()
+            return simulate, control, raw
+        except PortConflict:
+            simulate.stop()
+    raise AssertionError(f"dcim simulate found a port taken three times:\n{simulate.log()}")

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.e2e.harness import DaemonProcess, PortConflict
+from tests.e2e.harness import DaemonProcess
 from tests.grafana.dashboards import interpolate, load_all, panel, panels, queries
-from tests.grafana.hall import hall_config
+from tests.grafana.hall import start_simulators
 from tests.grafana.runner import has_data, influxql, run_dashboard
 from tests.grafana.schema import identifiers, written_schema
-from tests.helpers import free_port, require_binary, wait_until_sync
+from tests.helpers import require_binary, wait_until_sync
 from tests.servers import InfluxDBv1, Mosquitto, http_request
 
 pytestmark = pytest.mark.e2e
@@ -78,25 +77,15 @@ def daemon_filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[In
 def _fill(tmp_path: Path, mosquitto: Mosquitto, influxdb_v1: InfluxDBv1) -> Iterator[tuple[InfluxDBv1, int]]:
     started_ms = time.time_ns() // 1_000_000
     path = tmp_path / "dcim.yaml"
-    # TCP ports are held by this test until `dcim simulate` binds them; the SNMP agents' UDP ports of a
-    # process of its own cannot be: a port taken meanwhile makes it exit, and the hall gets other ports.
-    for _attempt in range(3):
-        raw = hall_config(free_port, interval="2s")
+
+    def configure(raw: dict[str, Any]) -> None:
         raw["mqtt"] = {"host": mosquitto.host, "port": mosquitto.port, "prefix": "dcim"}
         raw["influxdb"] = {"url": influxdb_v1.url, "api": "v1", "database": influxdb_v1.database,
                            "flush_interval": "200ms"}
         raw["state_dir"] = str(tmp_path / "state")
         raw["logging"] = {"level": "info", "format": "json"}
-        path.write_text(yaml.safe_dump(raw, sort_keys=False))
-        control = free_port()
-        simulate = DaemonProcess(path, "--control-port", str(control), command="simulate").start()
-        try:
-            simulate.ready_sync()  # its own "simulators ready" line: every socket bound, nothing probed
-            break
-        except PortConflict:
-            simulate.stop()
-    else:
-        raise AssertionError(f"dcim simulate found a port taken three times:\n{simulate.log()}")
+
+    simulate, control, _raw = start_simulators(path, configure, interval="2s")
     with simulate:
         with DaemonProcess(path) as daemon:
             expected = {"pdu": 8, "cdu": 2, "chiller": 1}

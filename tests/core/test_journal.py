@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import sqlite3
 import threading
@@ -66,9 +67,55 @@ async def test_one_row_serves_both_consumers_and_goes_when_both_acknowledged(tmp
         assert payloads(await ingest.take(10)) == [b"reading"]
         await mqtt.ack(got)
         assert mqtt.depth == 0 and ingest.depth == 1
+        await journal.flush()  # acknowledgements go to disk with the next write; `flush` makes one
         assert [r[1] for r in rows(path)] == [b"reading"]  # the ingest still waits for it
         await ingest.ack(await ingest.take(10))
+        await journal.flush()
         assert rows(path) == [] and ingest.depth == 0
+
+
+def record_updates(path: Path) -> None:
+    """A trigger that keeps the id of every row an UPDATE touches (in a table of the test's)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript("""
+            CREATE TABLE updated (id INTEGER);
+            CREATE TRIGGER record_update AFTER UPDATE ON journal BEGIN INSERT INTO updated VALUES (new.id); END;
+        """)
+
+
+def updated(path: Path) -> list[int]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM updated ORDER BY id")]
+
+
+async def test_a_row_both_consumers_acknowledged_is_deleted_and_never_updated(
+        tmp_path: Path, writer: SqliteWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first consumer's acknowledgement waits (up to ACK_HOLD) for the second's: the row is then deleted
+    in one statement. One acknowledged by one consumer only goes to disk by itself once ACK_HOLD is up."""
+    monkeypatch.setattr(journal_module, "ACK_HOLD", 0.3)
+    path = tmp_path / "j.sqlite"
+    async with running(Journal(path, consumers={"mqtt": 100, "ingest": 100}, writer=writer)) as journal:
+        record_updates(path)
+        mqtt, ingest = journal.cursor("mqtt"), journal.cursor("ingest")
+        for n in range(5):
+            mqtt.put("t", f"both {n}".encode(), also=BOTH)
+        mqtt.put("s", b"mqtt only", priority=0, retain=True)
+        await journal.flush()
+        await mqtt.ack(await mqtt.take(10))
+        await ingest.ack(await ingest.take(3))  # the other two stay with the ingest
+        assert (mqtt.depth, ingest.depth) == (0, 2)
+        await journal.flush()
+        left = rows(path)
+        assert [(r[1], r[2]) for r in left] == [(b"both 3", ingest.mask), (b"both 4", ingest.mask)]
+        assert updated(path) == [r[0] for r in left]  # only the rows the ingest still waits for were updated
+        # Nothing forces a write now: a consumer's acknowledgement reaches the disk by itself after ACK_HOLD.
+        mqtt.put("s", b"mqtt only, later", priority=0, retain=True)
+        await journal.flush()
+        await mqtt.ack(await mqtt.take(10))
+        await wait_until(lambda: len(rows(path)) == 2, timeout=30)
+        assert [r[1] for r in rows(path)] == [b"both 3", b"both 4"] and mqtt.depth == 0
+        await ingest.ack(await ingest.take(10))
+    assert rows(path) == []  # `close` wrote the last acknowledgement
 
 
 async def test_priority_then_age_and_the_same_items_until_acknowledged(tmp_path: Path,
@@ -101,6 +148,7 @@ async def test_a_consumer_that_keeps_up_reads_nothing_back_from_disk(tmp_path: P
                 items = await asyncio.wait_for(cursor.take(10), 30)
                 assert payloads(items) == [f"r{round_}".encode()] and items[0].id > 0  # on disk first
                 await cursor.ack(items)
+        await journal.flush()
         assert rows(tmp_path / "j.sqlite") == []
 
 
@@ -358,3 +406,14 @@ async def test_rows_written_while_a_consumer_reads_its_backlog_are_neither_lost_
             await mqtt.ack(items)
         assert seen == [f"old{n}".encode() for n in range(6)] + [b"new0", b"new1"]
         assert not mqtt.behind and mqtt.depth == 0
+
+
+def test_runs_cover_exactly_the_ids() -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        ids = sorted(rng.sample(range(1, 60), rng.randint(0, 30)))
+        if rng.random() < 0.3 and ids:
+            ids = list(range(ids[0], ids[0] + len(ids)))  # one run
+        runs = journal_module._runs(ids)
+        assert [i for a, b in runs for i in range(a, b + 1)] == ids
+        assert all(b + 1 < a2 for (_, b), (a2, _) in itertools.pairwise(runs))  # runs are maximal

@@ -113,3 +113,51 @@ async def test_sigterm_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb_v1
     assert published, "nothing was published"
     assert stored == published, (
         f"{len(published - stored)} published but not stored, {len(stored - published)} stored but not published")
+
+
+async def test_kill_9_leaves_the_broker_and_the_database_the_same_polls(tmp_path: Path, mosquitto: Any,
+                                                                        influxdb_v1: Any) -> None:
+    """One journal feeds the publisher and the in-process ingest; the publisher's acknowledgements wait (up
+    to 2 s) for the ingest's, then go to disk by themselves. With the database away for longer than that, a
+    kill -9 in full flow, and a restart on the same state with the database back: every poll either
+    consumer had reaches the other (what the publisher had sent may come twice), so the polls at the broker
+    and in the database are the same set."""
+    path = cdu_hall(tmp_path, mqtt=mosquitto, influxdb={"url": influxdb_v1.url, "api": "v1", "database": "dcim"},
+                    interval="200ms")
+    config = load(path)
+    plant = Plant(config, frozen=True)
+    published: set[tuple[str, str]] = set()
+    async with simulators(config, plant), aiomqtt.Client("127.0.0.1", mosquitto.port) as watcher:
+        await watcher.subscribe("dcim/hall-1/cdu/+", qos=1)
+
+        async def collect(n: int) -> None:
+            async for message in watcher.messages:
+                device = str(message.topic).rsplit("/", 1)[-1]
+                for line in bytes(message.payload).decode().splitlines():  # type: ignore[arg-type]
+                    published.add((device, line.rsplit(" ", 1)[1]))
+                if len(published) >= n:
+                    return
+
+        first = DaemonProcess(path).start()
+        try:
+            await asyncio.wait_for(collect(10), timeout=60)
+            influxdb_v1.stop()
+            # Ten polls a second (two CDUs at 200 ms): 40 more take 4 s, past the 2 s the publisher waits.
+            await asyncio.wait_for(collect(len(published) + 40), timeout=60)
+        finally:
+            first.stop(signal.SIGKILL)
+            influxdb_v1.start()
+        with DaemonProcess(path) as second:
+            await asyncio.wait_for(collect(len(published) + 10), timeout=60)
+            await wait_until(lambda: len(influxdb_v1.query("SELECT flow_lpm FROM cdu")) >= len(published),
+                             timeout=60, ignore=(Exception,), message=second.log())
+            assert second.stop(signal.SIGTERM, timeout=15) == 0, second.log()
+            try:  # what the second published up to its exit is at the broker: drain our copy
+                async with asyncio.timeout(1.0):
+                    await collect(10**9)
+            except TimeoutError:
+                pass
+    rows = influxdb_v1.query("SELECT flow_lpm, device FROM cdu")
+    stored = {(r["device"], str(r["time"])) for r in rows}
+    assert stored == published, (
+        f"{len(published - stored)} published but not stored, {len(stored - published)} stored but not published")

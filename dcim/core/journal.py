@@ -579,6 +579,7 @@ class Journal:
         if not batch and not acks:
             self.error = ""
             self._arm_ack_timer()
+            self._written.set()  # nothing to write: whoever waits for a write looks again
             return
         db = self.db
         self._buffer = {p: deque() for p in PRIORITIES}
@@ -716,14 +717,20 @@ class Journal:
             cursor.available.set()
 
     async def flush(self) -> None:
-        """Wait until everything put so far, and every acknowledgement, is on disk, or the disk refused it
-        (the writer task must be running): then it waits in memory, and a shutdown need not wait for the
-        disk."""
-        while (self._buffered or self._writing or self._acks_unsaved) and not self.error:
+        """Wait until everything put so far, and every acknowledgement made so far, is on disk, or the disk
+        refused it (the writer task must be running): then it waits in memory, and a shutdown need not wait
+        for the disk."""
+        while (self._buffered or self._writing) and not self.error:
             self._written.clear()
-            if self._buffered or self._acks_unsaved:
-                self._ack_everything = True
+            if self._buffered:
                 self._wake.set()
+            await self._written.wait()
+        if self._acks_unsaved and not self.error:
+            # One write for the acknowledgements made so far: those the consumers go on making meanwhile
+            # (a drain at shutdown) go with later writes, or `close`.
+            self._written.clear()
+            self._ack_everything = True
+            self._wake.set()
             await self._written.wait()
 
     @property

@@ -152,6 +152,42 @@ async def test_a_consumer_that_keeps_up_reads_nothing_back_from_disk(tmp_path: P
         assert rows(tmp_path / "j.sqlite") == []
 
 
+
+async def test_flush_writes_the_acknowledgements_made_so_far_and_does_not_chase_new_ones(
+        tmp_path: Path, writer: SqliteWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain at shutdown flushes while the consumers still send and acknowledge: `flush` writes what was
+    acknowledged when it was called and returns, whatever they acknowledge meanwhile. Here the consumer
+    acknowledges one more item each time a write lands, before anyone else sees that it landed."""
+    path = tmp_path / "j.sqlite"
+    async with running(Journal(path, consumers={"mqtt": 5000, "ingest": 5000}, writer=writer)) as journal:
+        mqtt, ingest = journal.cursor("mqtt"), journal.cursor("ingest")
+        for n in range(2000):
+            mqtt.put("t", str(n).encode(), also=BOTH)
+        await journal.flush()
+        await mqtt.ack(await mqtt.take(100))
+        acked = 0
+
+        async def acknowledge_one() -> None:
+            nonlocal acked
+            await mqtt.ack(await mqtt.take(1))
+            acked += 1
+
+        written_back = journal._written_back
+        acknowledging: list[asyncio.Task[None]] = []
+
+        def and_acknowledge_one(*args: Any) -> None:
+            acknowledging.append(asyncio.ensure_future(acknowledge_one()))
+            written_back(*args)
+
+        monkeypatch.setattr(journal, "_written_back", and_acknowledge_one)
+        await asyncio.wait_for(journal.flush(), 60)
+        assert acked <= 2, f"flush went on while the consumer acknowledged ({acked} writes)"
+        monkeypatch.setattr(journal, "_written_back", written_back)
+        await asyncio.gather(*acknowledging)
+        await journal.flush()
+        assert sum(1 for r in rows(path) if r[2] == ingest.mask) == 100 + acked  # on disk, held no more
+
+
 async def test_take_waits_for_a_put(tmp_path: Path, writer: SqliteWriter) -> None:
     async with running(Journal(tmp_path / "j.sqlite", consumers={"mqtt": 100}, writer=writer)) as journal:
         waiter = asyncio.create_task(journal.cursor("mqtt").take(5))

@@ -152,7 +152,6 @@ async def test_a_consumer_that_keeps_up_reads_nothing_back_from_disk(tmp_path: P
         assert rows(tmp_path / "j.sqlite") == []
 
 
-
 async def test_flush_writes_the_acknowledgements_made_so_far_and_does_not_chase_new_ones(
         tmp_path: Path, writer: SqliteWriter, monkeypatch: pytest.MonkeyPatch) -> None:
     """A drain at shutdown flushes while the consumers still send and acknowledge: `flush` writes what was

@@ -81,35 +81,50 @@ async def test_cdu_points_reach_victoriametrics_v2_api(tmp_path: Path, mosquitto
             assert daemon.stop(signal.SIGINT) == 0, daemon.log()
 
 
+class Polls:
+    """The polls at the broker, as (device, timestamp) pairs of the CDU lines a subscriber received."""
+
+    def __init__(self, watcher: aiomqtt.Client) -> None:
+        self.watcher = watcher
+        self.seen: set[tuple[str, str]] = set()
+
+    async def until(self, n: int) -> None:
+        """Receive until `n` polls were seen."""
+        async for message in self.watcher.messages:
+            device = str(message.topic).rsplit("/", 1)[-1]
+            for line in bytes(message.payload).decode().splitlines():  # type: ignore[arg-type]
+                self.seen.add((device, line.rsplit(" ", 1)[1]))
+            if len(self.seen) >= n:
+                return
+
+    async def drain(self) -> None:
+        """Whatever a daemon published up to its exit is already at the broker: receive the rest."""
+        try:
+            async with asyncio.timeout(1.0):
+                await self.until(10**9)
+        except TimeoutError:
+            pass
+
+
+def stored_polls(influxdb_v1: Any) -> set[tuple[str, str]]:
+    return {(r["device"], str(r["time"])) for r in influxdb_v1.query("SELECT flow_lpm, device FROM cdu")}
+
+
 async def test_sigterm_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> None:
     """Every line published before SIGTERM is in the database afterwards, and nothing else is."""
     path = cdu_hall(tmp_path, mqtt=mosquitto, influxdb={"url": influxdb_v1.url, "api": "v1", "database": "dcim"},
                     interval="200ms")
     config = load(path)
     plant = Plant(config, frozen=True)
-    published: set[tuple[str, str]] = set()
     async with simulators(config, plant), aiomqtt.Client("127.0.0.1", mosquitto.port) as watcher:
         await watcher.subscribe("dcim/hall-1/cdu/+", qos=1)
+        polls = Polls(watcher)
         with DaemonProcess(path) as daemon:
-            async def collect(n: int) -> None:
-                async for message in watcher.messages:
-                    device = str(message.topic).rsplit("/", 1)[-1]
-                    for line in bytes(message.payload).decode().splitlines():  # type: ignore[arg-type]
-                        published.add((device, line.rsplit(" ", 1)[1]))
-                    if len(published) >= n:
-                        return
-
-            await asyncio.wait_for(collect(20), timeout=30)
+            await asyncio.wait_for(polls.until(20), timeout=30)
             assert daemon.stop(signal.SIGTERM, timeout=15) == 0, daemon.log()
-            # Whatever the daemon published up to its exit is already at the broker: drain our copy.
-            try:
-                async with asyncio.timeout(1.0):
-                    await collect(10**9)
-            except TimeoutError:
-                pass
+            await polls.drain()
 
-    rows = influxdb_v1.query("SELECT flow_lpm, device FROM cdu")
-    stored = {(r["device"], str(r["time"])) for r in rows}
+    published, stored = polls.seen, stored_polls(influxdb_v1)
     assert published, "nothing was published"
     assert stored == published, (
         f"{len(published - stored)} published but not stored, {len(stored - published)} stored but not published")
@@ -126,38 +141,24 @@ async def test_kill_9_leaves_the_broker_and_the_database_the_same_polls(tmp_path
                     interval="200ms")
     config = load(path)
     plant = Plant(config, frozen=True)
-    published: set[tuple[str, str]] = set()
     async with simulators(config, plant), aiomqtt.Client("127.0.0.1", mosquitto.port) as watcher:
         await watcher.subscribe("dcim/hall-1/cdu/+", qos=1)
-
-        async def collect(n: int) -> None:
-            async for message in watcher.messages:
-                device = str(message.topic).rsplit("/", 1)[-1]
-                for line in bytes(message.payload).decode().splitlines():  # type: ignore[arg-type]
-                    published.add((device, line.rsplit(" ", 1)[1]))
-                if len(published) >= n:
-                    return
-
+        polls = Polls(watcher)
         first = DaemonProcess(path).start()
         try:
-            await asyncio.wait_for(collect(10), timeout=60)
+            await asyncio.wait_for(polls.until(10), timeout=60)
             influxdb_v1.stop()
             # Ten polls a second (two CDUs at 200 ms): 40 more take 4 s, past the 2 s the publisher waits.
-            await asyncio.wait_for(collect(len(published) + 40), timeout=60)
+            await asyncio.wait_for(polls.until(len(polls.seen) + 40), timeout=60)
         finally:
             first.stop(signal.SIGKILL)
             influxdb_v1.start()
         with DaemonProcess(path) as second:
-            await asyncio.wait_for(collect(len(published) + 10), timeout=60)
-            await wait_until(lambda: len(influxdb_v1.query("SELECT flow_lpm FROM cdu")) >= len(published),
+            await asyncio.wait_for(polls.until(len(polls.seen) + 10), timeout=60)
+            await wait_until(lambda: len(stored_polls(influxdb_v1)) >= len(polls.seen),
                              timeout=60, ignore=(Exception,), message=second.log())
             assert second.stop(signal.SIGTERM, timeout=15) == 0, second.log()
-            try:  # what the second published up to its exit is at the broker: drain our copy
-                async with asyncio.timeout(1.0):
-                    await collect(10**9)
-            except TimeoutError:
-                pass
-    rows = influxdb_v1.query("SELECT flow_lpm, device FROM cdu")
-    stored = {(r["device"], str(r["time"])) for r in rows}
+            await polls.drain()
+    published, stored = polls.seen, stored_polls(influxdb_v1)
     assert stored == published, (
         f"{len(published - stored)} published but not stored, {len(stored - published)} stored but not published")

@@ -9,8 +9,10 @@ right tags.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -106,19 +108,26 @@ class Polls:
             pass
 
 
-def stored_polls(influxdb_v1: Any) -> set[tuple[str, str]]:
-    return {(r["device"], str(r["time"])) for r in influxdb_v1.query("SELECT flow_lpm, device FROM cdu")}
-
-
-async def test_sigterm_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> None:
-    """Every line published before SIGTERM is in the database afterwards, and nothing else is."""
+@contextlib.asynccontextmanager
+async def watched_hall(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> AsyncIterator[tuple[Path, Polls]]:
+    """Two CDUs polled every 200 ms into MQTT and InfluxDB (the configuration's path), their simulators
+    running, and a subscriber to their polls."""
     path = cdu_hall(tmp_path, mqtt=mosquitto, influxdb={"url": influxdb_v1.url, "api": "v1", "database": "dcim"},
                     interval="200ms")
     config = load(path)
     plant = Plant(config, frozen=True)
     async with simulators(config, plant), aiomqtt.Client("127.0.0.1", mosquitto.port) as watcher:
         await watcher.subscribe("dcim/hall-1/cdu/+", qos=1)
-        polls = Polls(watcher)
+        yield path, Polls(watcher)
+
+
+def stored_polls(influxdb_v1: Any) -> set[tuple[str, str]]:
+    return {(r["device"], str(r["time"])) for r in influxdb_v1.query("SELECT flow_lpm, device FROM cdu")}
+
+
+async def test_sigterm_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> None:
+    """Every line published before SIGTERM is in the database afterwards, and nothing else is."""
+    async with watched_hall(tmp_path, mosquitto, influxdb_v1) as (path, polls):
         with DaemonProcess(path) as daemon:
             await asyncio.wait_for(polls.until(20), timeout=30)
             assert daemon.stop(signal.SIGTERM, timeout=15) == 0, daemon.log()
@@ -137,13 +146,7 @@ async def test_kill_9_leaves_the_broker_and_the_database_the_same_polls(tmp_path
     kill -9 in full flow, and a restart on the same state with the database back: every poll either
     consumer had reaches the other (what the publisher had sent may come twice), so the polls at the broker
     and in the database are the same set."""
-    path = cdu_hall(tmp_path, mqtt=mosquitto, influxdb={"url": influxdb_v1.url, "api": "v1", "database": "dcim"},
-                    interval="200ms")
-    config = load(path)
-    plant = Plant(config, frozen=True)
-    async with simulators(config, plant), aiomqtt.Client("127.0.0.1", mosquitto.port) as watcher:
-        await watcher.subscribe("dcim/hall-1/cdu/+", qos=1)
-        polls = Polls(watcher)
+    async with watched_hall(tmp_path, mosquitto, influxdb_v1) as (path, polls):
         first = DaemonProcess(path).start()
         try:
             await asyncio.wait_for(polls.until(10), timeout=60)

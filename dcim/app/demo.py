@@ -638,8 +638,10 @@ def scenario(config: Config) -> list[Step]:
     chillers = [d.id for d in config.devices if d.kind == "chiller" and d.simulate]
     if cdus:
         cdu = cdus[0]
+        # Held 40 s: past the 30 s the rack power budget rule waits, so the budget its cooling supports
+        # (derated while the CDU runs on its last pump, or none) is seen to fire before the pumps are back.
         steps += [(20, f"inject: pump failure on {cdu}", lambda p: p.inject(cdu, "pump_failure")),
-                  (50, f"clear: pumps of {cdu} restored", lambda p: p.clear(cdu, "pump_failure"))]
+                  (60, f"clear: pumps of {cdu} restored", lambda p: p.clear(cdu, "pump_failure"))]
     if pdus:
         pdu = pdus[0]
         steps += [(65, f"inject: feed trip on {pdu}", lambda p: p.inject(pdu, "feed_trip")),

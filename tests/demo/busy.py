@@ -51,7 +51,7 @@ RACK_ALARMS = [
 ]
 # What the screen's event panel has seen by then (seconds since start, text), oldest first.
 EVENTS = [(20, "inject: pump failure on cdu-1"), (21, "ALARM CRITICAL: cdu-1: pump fault (pump_fault = True)"),
-          (50, "clear: pumps of cdu-1 restored"), (65, "inject: feed trip on apc-a01a"),
+          (60, "clear: pumps of cdu-1 restored"), (65, "inject: feed trip on apc-a01a"),
           (76, "ALARM CRITICAL: A01: either feed must carry the whole rack: redundant_headroom_kw -135.0 < 0"),
           (105, "inject: standby chiller-2 locked out"), (110, "inject: chiller-1 trips"),
           (112, "ALARM CRITICAL: chiller-1: chiller tripped or locked out (status = tripped) - a long line that "

@@ -38,25 +38,50 @@ def fired_at(rig: Rig) -> dict[str, list[tuple[str, int]]]:
     return out
 
 
-async def test_demo_chiller_trip_raises_capacity_lost_and_facility_supply_then_resolves(tmp_path: Path) -> None:
+def demo_story(tmp_path: Path) -> tuple[Rig, Plant, list[Any], int]:
+    """The example hall on the rule engine and the plant, with the demo's fault story (steps by time) and the
+    fake clock's start (s)."""
     raw: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     raw["state_dir"] = str(tmp_path)
     rig = Rig(raw)
-    plant = Plant(rig.config)
-    steps = sorted(scenario(rig.config), key=lambda s: s[0])
-    chiller_steps = [at for at, text, _ in steps if "chiller" in text or "locked out" in text]
-    trip_at = min(at for at, text, _ in steps if "trips" in text)
-    restart_at = max(at for at, text, _ in steps if text.startswith("restart"))
-    assert chiller_steps and restart_at > trip_at
-    start = rig.clock.now_ns() // 10**9
+    return rig, Plant(rig.config), sorted(scenario(rig.config), key=lambda s: s[0]), rig.clock.now_ns() // 10**9
+
+
+def run_story(rig: Rig, plant: Plant, steps: list[Any], seconds: int) -> None:
+    """Second by second: the story's steps that fall due, the plant, every device's values, the tick."""
     pending = list(steps)
-    for second in range(int(restart_at) + 240):
+    for second in range(seconds):
         while pending and pending[0][0] <= second:
             pending.pop(0)[2](plant)
         plant.advance(1.0)
         rig.clock.advance(1)
         send_plant(rig, plant)
         rig.service.tick()
+
+
+async def test_demo_pump_failure_fires_the_derated_power_budget_before_the_pumps_are_back(tmp_path: Path) -> None:
+    """While cdu-1 runs on no pump its racks' budget is derated (last_pump_budget_pct): A01 and A02 then draw
+    more than their cooling supports, and the budget rule (for: 30s) must fire before the story restores the
+    pumps, not race them."""
+    rig, plant, steps, start = demo_story(tmp_path)
+    failed_at = min(at for at, text, _ in steps if text.startswith("inject: pump failure"))
+    restored_at = min(at for at, text, _ in steps if text.startswith("clear: pumps"))
+    run_story(rig, plant, steps, int(restored_at) + 1)
+    history = fired_at(rig)
+    for rack in ("A01", "A02"):
+        changes = history.get(f"liquid-rack-power-budget/{rack}")
+        assert changes is not None, f"the derated budget of {rack} never fired: {sorted(history)}"
+        fired = [t - start for state, t in changes if state == "firing"]
+        assert fired and failed_at < fired[0] < restored_at, (rack, changes)
+
+
+async def test_demo_chiller_trip_raises_capacity_lost_and_facility_supply_then_resolves(tmp_path: Path) -> None:
+    rig, plant, steps, start = demo_story(tmp_path)
+    chiller_steps = [at for at, text, _ in steps if "chiller" in text or "locked out" in text]
+    trip_at = min(at for at, text, _ in steps if "trips" in text)
+    restart_at = max(at for at, text, _ in steps if text.startswith("restart"))
+    assert chiller_steps and restart_at > trip_at
+    run_story(rig, plant, steps, int(restart_at) + 240)
     history = fired_at(rig)
     for cdu in ("cdu-1", "cdu-2"):
         for rule in ("cooling-capacity-lost", "facility-supply-temp"):

@@ -16,7 +16,7 @@ venv: $(VENV)/.installed
 
 ## bytecode: compile the checkout's modules once. pip does not compile an editable install, and a Python
 ## started with PYTHONDONTWRITEBYTECODE set (as on this machine kind) compiles every dcim module again at
-## each start: about 0.15 s of every `dcim` command here, and the suite starts one about 150 times.
+## each start: about 0.15 s of every `dcim` command here, and the suite starts one about 125 times.
 bytecode: venv
 	$(PY) -m compileall -q -j 0 dcim tests bench >/dev/null
 

@@ -189,7 +189,6 @@ class PollTimer(RearmingTimer):
         self.disarm()
 
 
-
 class _Chain:
     """The reads of a one-by-one poll (`_read_one_by_one`), each sent from the answer to the one before.
 

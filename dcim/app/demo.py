@@ -168,7 +168,7 @@ class View:
         self.config = config
         self.latest: dict[str, dict[str, Any]] = {}
         # Points the device's last poll could not read (a device that answers with holes is degraded).
-        self.bad: dict[str, set[str]] = {}
+        self.bad: dict[str, set[tuple[str, tuple[tuple[str, str], ...]]]] = {}
         self.status: dict[str, dict[str, Any]] = {}
         self.alarms: dict[str, dict[str, Any]] = {}
         self.messages = 0
@@ -205,12 +205,16 @@ class View:
         for s in batch.samples:
             if not s.tags:
                 values[s.point] = s.value if s.ok else None
-                if not own:
-                    continue
-                if s.quality is Quality.GOOD:
-                    bad.discard(s.point)
-                else:
-                    bad.add(s.point)
+            if not own:
+                continue
+            # By series: a probe's or a row's reading counts too. A BAD sample without tags stands for the
+            # whole point (a table the agent did not answer): any good reading of the point ends it.
+            if s.quality is Quality.GOOD:
+                bad.discard((s.point, s.tags))
+                if s.tags:
+                    bad.discard((s.point, ()))
+            else:
+                bad.add((s.point, s.tags))
 
     def on_status(self, status: DeviceStatus) -> None:
         # Straight from the pipeline, like the readings: the broker's copy of the same change may lag

@@ -232,11 +232,14 @@ class DeviceCoordinator:
                 Sample(self.device.id, point, None, ts, Quality.BAD, reason, measurement, tags)
                 for (measurement, tags), points in self._last_keys.items() for point in points
             ]
+        # Never read yet: the profile's readable scalars, each under the key its readings take (an SNMP
+        # probe's constant tags included), or the BAD sample would be a series no reading makes good again.
         profile = self.driver.profile
         return [
-            Sample(self.device.id, p.name, None, ts, Quality.BAD, reason, profile.measurement(p))
+            Sample(self.device.id, p.name, None, ts, Quality.BAD, reason, profile.measurement(p),
+                   tuple(sorted((getattr(p, "tags", None) or {}).items())))
             for p in profile.points
-            if not getattr(p, "index_tag", None)
+            if not getattr(p, "index_tag", None) and getattr(p, "readable", True)
         ]
 
     def _emit(self, samples: list[Sample]) -> None:

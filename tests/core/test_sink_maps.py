@@ -10,7 +10,7 @@ from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Batch, Quality, Sample, Value
 from dcim.drivers.base import Driver
 from dcim.drivers.errors import DriverError
-from dcim.drivers.profiles import load_profile
+from dcim.drivers.profiles import load_profile, parse_profile
 from dcim.drivers.snmp.config import SnmpDevice
 from tests.helpers import RecordingSink
 
@@ -91,3 +91,23 @@ async def test_a_failed_poll_reports_bad_every_point_last_seen_good() -> None:
     # Every point that had a good value, with its measurement and row; energy_kwh never had one.
     assert sorted((s.measurement, s.tags, s.point) for s in failed.samples) == sorted(
         (s.measurement, s.tags, s.point) for s in mixed() if s.quality is Quality.GOOD)
+
+
+class NeverAnswers(OnceThenFails):
+    async def read(self) -> list[Sample]:
+        raise DriverError("no answer")
+
+
+async def test_a_device_never_read_reports_bad_its_readable_scalars_under_their_own_keys() -> None:
+    profile = parse_profile({"name": "t", "kind": "pdu", "protocol": "snmp", "points": [
+        {"name": "power_w", "oid": "1.3.6.1.4.1.99.1"},
+        {"name": "temp_c", "oid": "1.3.6.1.4.1.99.2", "tags": {"probe": "1"}, "measurement": "env"},
+        {"name": "reset_energy", "oid": "1.3.6.1.4.1.99.3", "readable": False, "writable": True,
+         "enum": {1: "reset"}},
+        {"name": "current_a", "oid": "1.3.6.1.4.1.99.4.*", "index_tag": "phase"},
+    ]})
+    device = SnmpDevice(id="pdu-1", kind="pdu", protocol="snmp", profile="t", host="127.0.0.1")
+    failed = await DeviceCoordinator(device, NeverAnswers(device, profile), Pipeline()).poll_once()
+    # A probe's constant tags are its readings' key; a write-only point and a table's unknown rows have none.
+    assert sorted((s.measurement, s.tags, s.point) for s in failed.samples) == [
+        ("env", (("probe", "1"),), "temp_c"), ("pdu", (), "power_w")]

@@ -34,3 +34,18 @@ def test_a_cdu_is_degraded_by_its_own_unreadable_points_not_by_derived_metrics()
     assert view.device_state("cdu-1") == ("degraded", "1 point(s) unreadable")
     view.on_batch(Batch("cdu-1", "cdu", 3, [Sample("cdu-1", "flow_lpm", 450.0, 3, measurement="cdu")]))
     assert view.device_state("cdu-1") == ("online", "")
+
+
+def test_a_pdu_is_degraded_by_an_unreadable_probe_or_table_until_it_reads_again() -> None:
+    view = View(load_config(EXAMPLE))
+    view.on_status(DeviceStatus("apc-a01a", "pdu", True, 1))
+    probe = (("probe", "1"),)
+    view.on_batch(Batch("apc-a01a", "pdu", 1, [
+        Sample("apc-a01a", "temp_c", None, 1, Quality.BAD, "sensor unavailable", "pdu", probe),
+        # A table the agent did not answer: one BAD sample for the column, without a row.
+        Sample("apc-a01a", "current_a", None, 1, Quality.BAD, "no rows", "pdu")]))
+    assert view.device_state("apc-a01a") == ("degraded", "2 point(s) unreadable")
+    view.on_batch(Batch("apc-a01a", "pdu", 2, [
+        Sample("apc-a01a", "temp_c", 24.0, 2, measurement="pdu", tags=probe),
+        Sample("apc-a01a", "current_a", 10.5, 2, measurement="pdu", tags=(("phase", "1"),))]))
+    assert view.device_state("apc-a01a") == ("online", "")

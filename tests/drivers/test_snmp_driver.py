@@ -9,6 +9,8 @@ import asyncio
 import pytest
 
 from dcim.app.config import Config, parse_config
+from dcim.app.poller import DeviceCoordinator
+from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Quality, Value
 from dcim.drivers.base import DriverContext
 from dcim.drivers.errors import AuthError, DeviceTimeout, DriverError, WriteRejected
@@ -236,6 +238,32 @@ async def test_dead_pdu_raises_within_deadline_while_healthy_one_keeps_answering
     assert await dead.read()
     await dead.close()
     await healthy.close()
+
+
+@pytest.mark.parametrize("device_id", ["rpx-a01", "apc-a01"])
+async def test_a_pdu_never_read_reports_bad_the_series_its_readings_take(
+    device_id: str, pdu_config: Config, plant: Plant, simulator: SnmpSimulator, context: DriverContext
+) -> None:
+    """A PDU whose first poll fails (busy at start, say) is BAD under the keys its readings will have: a
+    probe's constant tags included, a write-only point left out. A BAD sample under another key would be a
+    series of its own that no reading ever makes good again (seen: a demo's PDUs "2 point(s) unreadable" for
+    good after a slow start)."""
+    plant.inject(device_id, "no_response")
+    device = pdu_config.device(device_id).model_copy(update={"deadline": 0.8})
+    pipeline = Pipeline()
+    coordinator = DeviceCoordinator(device, SnmpDriver(device, load_profile(device.profile), context),  # type: ignore[arg-type]
+                                    pipeline)
+    try:
+        failed = await coordinator.poll_once()
+        plant.clear(device_id)
+        read = await coordinator.poll_once()
+    finally:
+        await coordinator.driver.close()
+    assert coordinator.online
+    assert failed.samples and all(s.quality is Quality.BAD for s in failed.samples)
+    assert all(s.quality is Quality.GOOD for s in read.samples)
+    keys = {(s.measurement, s.tags, s.point) for s in read.samples}
+    assert [s for s in failed.samples if (s.measurement, s.tags, s.point) not in keys] == []
 
 
 async def test_feed_trip_moves_load_and_near_overload_shows(

@@ -229,10 +229,10 @@ class Daemon:
         return DeviceCoordinator(device, make_driver(device, profile, self.context), self.pipeline)
 
     def _wire_rules(self) -> None:
-        """The rule engine is the pipeline's first sink: it sees every sample before MQTT does."""
-        if not self.config.rules.enabled:
-            return
-        if self.config.rules.notifications.hooks:
+        """The rule engine is the pipeline's first sink: it sees every sample before MQTT does. With
+        `rules.enabled: false` it binds no rule and raises no alarm, but it is still built: it derives the
+        rack and plant metrics (the dashboards' rack power), and the HTTP API is served from its store."""
+        if self.config.rules.enabled and self.config.rules.notifications.hooks:
             self.notifier = Notifier(self.config.rules.notifications, self.state_dir, writer=self.writer)
         self.rules = RuleService(self.config, self.topology, controller=self, publish=self.pipeline.publish_derived,
                                  notifier=self.notifier, writer=self.writer)

@@ -118,8 +118,9 @@ def _read_pid(fd: int) -> int | None:
 
 
 def serves_http(config: Config, *, poll: bool = True) -> bool:
-    """Whether the daemon runs the HTTP API: it serves the alarm store, so only with the rule engine."""
-    return poll and config.rules.enabled and config.http.enabled
+    """Whether the daemon runs the HTTP API (a polling daemon with `http.enabled`; with the rules off too: the
+    rule service is built either way, and health and metrics matter most then)."""
+    return poll and config.http.enabled
 
 
 def bind_listeners(host: str, port: int) -> list[socket.socket]:

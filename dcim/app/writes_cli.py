@@ -217,7 +217,7 @@ async def _direct(config: Any, driver: Any, args: argparse.Namespace, value: Val
     from dcim.rules.store import AlarmStore
     from dcim.rules.writes import WriteGuard, WriteRequest
 
-    store = AlarmStore(Path(config.state_dir) / config.rules.store) if config.rules.enabled else None
+    store = AlarmStore(Path(config.state_dir) / config.rules.store)
     guard = WriteGuard(config.rules.control, Topology(config), drivers=lambda d: driver if d == args.device else None,
                        maintenance=store, audit=AuditLog(audit_path(config)), connect=True)
     try:

@@ -225,8 +225,7 @@ async def _direct(config: Any, driver: Any, args: argparse.Namespace, value: Val
                                                 dry_run=args.dry_run, confirmed=confirmed))
     finally:
         await driver.close()
-        if store is not None:
-            store.close()
+        store.close()
     return result.to_dict()
 
 

@@ -4,6 +4,7 @@ token), or `--direct` when none runs; `--dry-run`; confirmation of writes that s
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import aiohttp
@@ -111,4 +112,22 @@ async def test_direct_is_refused_while_a_daemon_holds_the_state_dir(tmp_path: Pa
     finally:
         lock.release()
     assert code == 2 and "another dcim instance" in err and "writes go through that daemon" in err, err
+    assert plant.received == []
+
+
+async def test_direct_honours_a_maintenance_window_with_the_rules_off(tmp_path: Path) -> None:
+    """`rules.enabled: false` takes the alarms away, not the maintenance windows: the direct path refuses a
+    write they cover, as the daemon does (it used to ignore the alarm store, and the windows in it)."""
+    from dcim.rules.store import AlarmStore
+
+    path = hall(tmp_path, rules={"enabled": False, "control": {"armed": True, "min_interval": "1h"}})
+    config = load(path)
+    store = AlarmStore(Path(config.state_dir) / config.rules.store)
+    now = time.time_ns()
+    store.add_maintenance("A01", now - 10**9, now + 3600 * 10**9, "pump swap")
+    store.close()
+    plant = CountingPlant(config)
+    async with simulators(config, plant):
+        code, _out, err = await dcim("write", "-c", str(path), "cdu-1", "flow_setpoint_lpm", "450", "--direct")
+    assert code == 1 and "maintenance window on A01 (pump swap)" in err, err
     assert plant.received == []

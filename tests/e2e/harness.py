@@ -23,7 +23,9 @@ from typing import Any
 import yaml
 
 from dcim.app.config import Config, load_config
+from dcim.app.daemon import Daemon
 from dcim.app.simulate import run_simulators, wait_listening
+from dcim.core.samples import Batch, DeviceStatus
 from dcim.drivers.modbus import codec
 from dcim.drivers.profiles import load_profile
 from dcim.simulators.plant import Plant
@@ -83,6 +85,39 @@ async def simulators(config: Config, plant: Plant) -> AsyncIterator[Plant]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class Recorder:
+    """A pipeline sink that keeps every batch by device, and every status change."""
+
+    def __init__(self) -> None:
+        self.batches: dict[str, list[Batch]] = {}
+        self.status: list[DeviceStatus] = []
+
+    def on_batch(self, batch: Batch) -> None:
+        self.batches.setdefault(batch.device, []).append(batch)
+
+    def on_status(self, status: DeviceStatus) -> None:
+        self.status.append(status)
+
+
+@contextlib.asynccontextmanager
+async def daemon_in_process(config: Config) -> AsyncIterator[tuple[Daemon, Plant, Recorder]]:
+    """The daemon run in this process, on the configuration's simulators (a frozen plant), a `Recorder` as
+    its pipeline's last sink; ready (its first poll round done) when this yields, stopped afterwards."""
+    plant = Plant(config, frozen=True)
+    recorder = Recorder()
+    daemon = Daemon(config)
+    daemon.pipeline.add_sink(recorder)
+    stop = asyncio.Event()
+    async with simulators(config, plant):
+        run = asyncio.create_task(daemon.run(stop))
+        try:
+            await wait_until(lambda: daemon.ready.is_set(), timeout=10)
+            yield daemon, plant, recorder
+        finally:
+            stop.set()
+            await asyncio.wait_for(run, 15)
 
 
 def expected_cdu_values(plant: Plant, device: str, profile_name: str = "generic-cdu") -> dict[str, Any]:

@@ -11,38 +11,18 @@ from typing import Any
 
 import pytest
 
-from dcim.app.daemon import Daemon
-from dcim.core.samples import Batch, DeviceStatus, Quality
+from dcim.core.samples import Quality
 from dcim.simulators.plant import Plant
 from tests.chaos.daemonlib import final_good_polls, http_port, metrics, ok_polls_at_least, polls, with_http
-from tests.e2e.harness import DaemonProcess, cdu_hall, load, simulators
+from tests.e2e.harness import DaemonProcess, cdu_hall, daemon_in_process, load, simulators
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.batches: dict[str, list[Batch]] = {}
-        self.status: list[DeviceStatus] = []
-
-    def on_batch(self, batch: Batch) -> None:
-        self.batches.setdefault(batch.device, []).append(batch)
-
-    def on_status(self, status: DeviceStatus) -> None:
-        self.status.append(status)
-
-
 async def test_dead_device_goes_offline_marks_samples_and_recovers(tmp_path: Path) -> None:
     config = load(cdu_hall(tmp_path, interval="200ms"))  # no broker: the pipeline alone
-    plant = Plant(config, frozen=True)
-    recorder = Recorder()
-    daemon = Daemon(config)
-    daemon.pipeline.add_sink(recorder)
-    stop = asyncio.Event()
-    async with simulators(config, plant):
-        run = asyncio.create_task(daemon.run(stop))
-        await wait_until(lambda: daemon.ready.is_set(), timeout=10)
+    async with daemon_in_process(config) as (_daemon, plant, recorder):
         plant.inject("cdu-1", "no_response")
         offline = await wait_until(
             lambda: [s for s in recorder.status if s.device == "cdu-1" and not s.online], timeout=10)
@@ -67,8 +47,6 @@ async def test_dead_device_goes_offline_marks_samples_and_recovers(tmp_path: Pat
                          timeout=15)
         last = recorder.batches["cdu-1"][-1]
         assert all(s.quality is Quality.GOOD for s in last.samples)
-        stop.set()
-        await asyncio.wait_for(run, 15)
 
 
 @pytest.mark.parametrize(("outage", "logged"), [("broker", "broker unavailable"),

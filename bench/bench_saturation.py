@@ -256,7 +256,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | None, py_spy: float,
-        pin: bool, pymodbus_sim: bool, ingest: bool = False, rules: bool = True) -> dict[str, float]:
+        pin: bool, pymodbus_sim: bool, ingest: bool = False, rules: bool = True,
+        nodelay: bool = False) -> dict[str, float]:
     from dcim.drivers.profiles import load_profile
 
     points_per_poll = len(load_profile(PROFILE).points)
@@ -264,7 +265,9 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
     if tree is not None:
         env["PYTHONPATH"] = f"{tree}{os.pathsep}{env.get('PYTHONPATH', '')}"
     with contextlib.ExitStack() as servers:
-        mqtt = servers.enter_context(Mosquitto(workdir / f"mqtt-{n}-{interval}"))
+        # --nodelay: mosquitto as docs/deploy.md configures it (its PUBACKs not held back by Nagle).
+        mqtt = servers.enter_context(Mosquitto(workdir / f"mqtt-{n}-{interval}",
+                                               extra_config=["set_tcp_nodelay true"] if nodelay else []))
         influx = servers.enter_context(InfluxDBv1(workdir / f"influx-{n}-{interval}")) if ingest else None
         if pin:  # the servers beside the simulators, on CPU 1
             for server in (mqtt, influx):
@@ -397,6 +400,8 @@ def main() -> None:
                         help="the in-process ingest on, into InfluxDB 1.x (beside the simulators with --pin)")
     parser.add_argument("--no-rules", action="store_true",
                         help="rules.enabled false: poll -> MQTT (rack metrics still derived and published)")
+    parser.add_argument("--nodelay", action="store_true",
+                        help="mosquitto with set_tcp_nodelay true, as docs/deploy.md configures it")
     parser.add_argument("--workdir", type=Path, help="keep configurations and logs here (default: a temporary one)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -411,7 +416,7 @@ def main() -> None:
             tmp = str(args.workdir)
         def one(n: int) -> dict[str, float]:
             r = run(n, args.interval, args.seconds, Path(tmp), args.tree, args.py_spy, args.pin, args.pymodbus_sim,
-                    args.ingest, not args.no_rules)
+                    args.ingest, not args.no_rules, args.nodelay)
             print(line(r), f"  load {os.getloadavg()[0]:.1f}", flush=True)
             return r
 

@@ -202,6 +202,7 @@ class View:
         # (measurement `plant` on a CDU) can lack inputs from elsewhere.
         own = batch.kind == self.kinds.get(batch.device)
         bad = self.bad.setdefault(batch.device, set())
+        rows: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
         for s in batch.samples:
             if not s.tags:
                 values[s.point] = s.value if s.ok else None
@@ -209,12 +210,18 @@ class View:
                 continue
             # By series: a probe's or a row's reading counts too. A BAD sample without tags stands for the
             # whole point (a table the agent did not answer): any good reading of the point ends it.
+            if s.tags:
+                rows.add((s.point, s.tags))
             if s.quality is Quality.GOOD:
                 bad.discard((s.point, s.tags))
                 if s.tags:
                     bad.discard((s.point, ()))
             else:
                 bad.add((s.point, s.tags))
+        if own:
+            # A poll reports every row the device has: a row gone from it (an outlet removed, an agent's
+            # ever-new indexes) is no longer unreadable, and the set stays as large as the device's last poll.
+            bad.difference_update([key for key in bad if key[1] and key not in rows])
 
     def on_status(self, status: DeviceStatus) -> None:
         # Straight from the pipeline, like the readings: the broker's copy of the same change may lag

@@ -49,3 +49,18 @@ def test_a_pdu_is_degraded_by_an_unreadable_probe_or_table_until_it_reads_again(
         Sample("apc-a01a", "temp_c", 24.0, 2, measurement="pdu", tags=probe),
         Sample("apc-a01a", "current_a", 10.5, 2, measurement="pdu", tags=(("phase", "1"),))]))
     assert view.device_state("apc-a01a") == ("online", "")
+
+
+def test_a_row_gone_from_the_poll_is_no_longer_unreadable_and_the_set_stays_bounded() -> None:
+    view = View(load_config(EXAMPLE))
+    view.on_status(DeviceStatus("apc-a01a", "pdu", True, 1))
+    # An agent that answers every poll with new, unreadable row indexes.
+    for poll in range(1, 501):
+        rows = [Sample("apc-a01a", "current_a", None, poll, Quality.BAD, "no value", "pdu",
+                       (("outlet", f"{poll}.{n}"),)) for n in range(3)]
+        view.on_batch(Batch("apc-a01a", "pdu", poll, [*rows, Sample("apc-a01a", "power_w", 1.0, poll,
+                                                                     measurement="pdu")]))
+    assert len(view.bad["apc-a01a"]) == 3
+    assert view.device_state("apc-a01a") == ("degraded", "3 point(s) unreadable")
+    view.on_batch(Batch("apc-a01a", "pdu", 501, [Sample("apc-a01a", "power_w", 1.0, 501, measurement="pdu")]))
+    assert view.device_state("apc-a01a") == ("online", "")

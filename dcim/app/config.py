@@ -254,6 +254,12 @@ class Config(StrictModel):
     cluster: ClusterConfig | None = None
     """Several nodes for this site, coordinated through etcd (docs/scale-out.md); not set: this daemon polls
     every device, pages and writes on its own."""
+    workers: Literal["auto"] | Annotated[int, Field(ge=0, le=256)] = Field(default=0, examples=["auto", 3])
+    """Poll worker processes `dcim run` starts beside itself (docs/architecture.md, "Poll workers"): each
+    polls a share of the devices (the protocol work: sockets, framing, decoding) on another core, and the
+    daemon keeps schedules, rules, publishing, ingest, alarms and writes. `auto`: one per CPU the daemon may
+    run on, less its own (none on one CPU). 0: the daemon polls every device itself. Subscriptions (OPC UA)
+    stay in the daemon. Takes effect at a restart."""
 
     def racks(self) -> Iterator[tuple[Room, Row, Rack]]:
         for room in self.rooms:

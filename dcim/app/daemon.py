@@ -25,6 +25,7 @@ lost either way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -43,6 +44,7 @@ from dcim.app.ingest import Ingest, LocalFeed
 from dcim.app.ingest_workers import IngestWorkers
 from dcim.app.instance import RESERVE_BYTES, Claim, Reserve, StartupError, instance_tag, serves_http
 from dcim.app.poller import OVERRUNS, DeviceCoordinator, make_driver, polling_summary, watch_loop_lag, wire_backpressure
+from dcim.app.pollworkers import START_SECONDS, PollWorkers, worker_count
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
 from dcim.core.audit import AuditLog
@@ -55,7 +57,7 @@ from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Value
 from dcim.core.sqlite import SqliteWriter
 from dcim.core.topology import Topology
-from dcim.drivers.base import DeviceBase, Driver, DriverContext
+from dcim.drivers.base import DeviceBase, Driver, DriverContext, Subscriber
 from dcim.drivers.errors import DriverError
 from dcim.drivers.profiles import load_profile
 from dcim.rules.notify import Notifier
@@ -150,6 +152,12 @@ class Daemon:
             self.ingest_workers = IngestWorkers(self.config_path.resolve(), config.ingest.workers)
             run_ingest = False
         extra = config.extra_profile_dirs()
+        # workers: poll worker processes run the drivers of polled devices (dcim/app/pollworkers.py).
+        self.poll_workers: PollWorkers | None = None
+        workers = worker_count(config.workers) if poll else 0
+        if workers:
+            self.poll_workers = PollWorkers(workers, log_level=config.logging.level,
+                                            log_format=config.logging.format)
 
         # Order of sinks matters: rules first (added by _wire_rules), the publisher last.
         self._wire_rules()
@@ -226,7 +234,11 @@ class Daemon:
 
     def _coordinator(self, device: DeviceBase, extra: tuple[Path, ...]) -> DeviceCoordinator:
         profile = load_profile(device.profile, extra)
-        return DeviceCoordinator(device, make_driver(device, profile, self.context), self.pipeline)
+        driver = make_driver(device, profile, self.context)
+        if self.poll_workers is not None and not isinstance(driver, Subscriber):
+            # Polled in a worker; the driver made here only said it polls (it holds no connection yet).
+            driver = self.poll_workers.remote(device, profile, extra)
+        return DeviceCoordinator(device, driver, self.pipeline)
 
     def _wire_rules(self) -> None:
         """The rule engine is the pipeline's first sink: it sees every sample before MQTT does. With
@@ -315,6 +327,8 @@ class Daemon:
             "mqtt_connected": self.publisher.connected.is_set() if self.publisher else None,
             "ingest_subscribed": self.ingest.subscribed.is_set() if self.ingest else None,
             **({"ingest_workers": self.ingest_workers.status()} if self.ingest_workers is not None else {}),
+            **({"poll_workers": self.poll_workers.status(c.driver for c in self.coordinators.values())}
+               if self.poll_workers is not None else {}),
             "outboxes": {q.name: {"depth": q.depth, "dropped": q.dropped, "degraded": q.degraded}
                          for o in self.outboxes for q in o.views()},
             "hooks": self.notifier.health() if self.notifier is not None else {},
@@ -387,6 +401,13 @@ class Daemon:
                     start("ingest-write", self.ingest.write_loop)
                 if self.ingest_workers is not None:
                     start("ingest-workers", self.ingest_workers.run)
+                if self.poll_workers is not None:
+                    start("poll-workers", self.poll_workers.run)
+                    # The first polls wait for the workers (imports take a second or two): a device is not
+                    # reported unreadable because its worker was still starting.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(START_SECONDS):
+                            await self.poll_workers.started()
                 for coordinator in self.coordinators.values():
                     self._start_device(coordinator)
                 if self.notifier is not None:
@@ -406,12 +427,15 @@ class Daemon:
                          mqtt=self.config.mqtt.host or "none",
                          ingest="on" if self.ingest else (
                              f"{self.ingest_workers.count} workers" if self.ingest_workers else "off"),
+                         poll_workers=len(self.poll_workers.workers) if self.poll_workers else 0,
                          instance=self.instance)
                 await stop.wait()
                 log.info("stopping")
                 await self._shutdown()
         finally:
             self._tg = None
+            if self.poll_workers is not None:
+                self.poll_workers.close()
             try:
                 if self.http is not None:
                     await self.http.close()

@@ -7,8 +7,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+# A registry's series as plain data (`Registry.snapshot`), for another process' registry to render with its
+# own (`Registry.add_remote`): name -> (kind, help, label names, values, summaries' counts).
+Snapshot = dict[str, tuple[str, str, tuple[str, ...], dict[tuple[str, ...], float], dict[tuple[str, ...], int]]]
 
 
 def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
@@ -40,10 +44,21 @@ class _Metric:
         return self.values.get(self._key(labels), 0.0)
 
     def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        for key, value in sorted(self.values.items()):
-            lines.append(f"{self.name}{_labels(self.label_names, key)} {value:g}")
-        return lines
+        return _render(self.name, self.kind, self.help, self.label_names, self.values, {})
+
+
+def _render(name: str, kind: str, help_text: str, label_names: tuple[str, ...], values: dict[tuple[str, ...], float],
+            counts: dict[tuple[str, ...], int]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    if kind == "summary":
+        for key, total in sorted(values.items()):
+            label_text = _labels(label_names, key)
+            lines.append(f"{name}_sum{label_text} {total:g}")
+            lines.append(f"{name}_count{label_text} {counts.get(key, 0)}")
+    else:
+        for key, value in sorted(values.items()):
+            lines.append(f"{name}{_labels(label_names, key)} {value:g}")
+    return lines
 
 
 class Counter(_Metric):
@@ -113,12 +128,7 @@ class Summary(_Metric):
         return SummaryChild(self, self._key(labels))
 
     def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        for key, total in sorted(self.values.items()):
-            label_text = _labels(self.label_names, key)
-            lines.append(f"{self.name}_sum{label_text} {total:g}")
-            lines.append(f"{self.name}_count{label_text} {self.counts[key]}")
-        return lines
+        return _render(self.name, self.kind, self.help, self.label_names, self.values, self.counts)
 
 
 class SummaryChild(_Child):
@@ -135,6 +145,8 @@ class Registry:
         self._metrics: dict[str, _Metric] = {}
         # Gauges read at render time (queue depths), so nobody has to push them.
         self._collectors: list[Callable[[], None]] = []
+        # Other processes' series (poll workers), rendered with this registry's: each source gives snapshots.
+        self._remotes: list[Callable[[], Iterable[Snapshot]]] = []
 
     def _get(self, cls: type[_Metric], name: str, help_text: str, labels: tuple[str, ...]) -> _Metric:
         metric = self._metrics.get(name)
@@ -162,13 +174,54 @@ class Registry:
     def add_collector(self, collect: Callable[[], None]) -> None:
         self._collectors.append(collect)
 
+    def add_remote(self, source: Callable[[], Iterable[Snapshot]]) -> None:
+        self._remotes.append(source)
+
+    def remove_remote(self, source: Callable[[], Iterable[Snapshot]]) -> None:
+        if source in self._remotes:
+            self._remotes.remove(source)
+
+    def snapshot(self) -> Snapshot:
+        """Every series with a value, as plain data (`marshal`-able) for another process to render."""
+        for collect in self._collectors:
+            collect()
+        return {m.name: (m.kind, m.help, m.label_names, dict(m.values),
+                         dict(m.counts) if isinstance(m, Summary) else {})
+                for m in self._metrics.values() if m.values}
+
     def render(self) -> str:
         for collect in self._collectors:
             collect()
+        remote: Snapshot = {}
+        for source in self._remotes:
+            for snapshot in source():
+                for name, (kind, help_text, label_names, values, counts) in snapshot.items():
+                    got = remote.get(name)
+                    if got is None:
+                        remote[name] = (kind, help_text, label_names, dict(values), dict(counts))
+                    elif got[0] == kind and got[2] == label_names:
+                        _add(got[3], values)
+                        _add(got[4], counts)
         lines: list[str] = []
         for metric in self._metrics.values():
-            lines += metric.render()
+            other = remote.pop(metric.name, None)
+            if other is None or other[0] != metric.kind or other[2] != metric.label_names:
+                lines += metric.render()
+                continue
+            # The same series in several processes (a counter of all devices): summed; per-device series
+            # are each in one process only.
+            values, counts = dict(metric.values), dict(metric.counts) if isinstance(metric, Summary) else {}
+            _add(values, other[3])
+            _add(counts, other[4])
+            lines += _render(metric.name, metric.kind, metric.help, metric.label_names, values, counts)
+        for name, (kind, help_text, label_names, values, counts) in remote.items():
+            lines += _render(name, kind, help_text, label_names, values, counts)
         return "\n".join(lines) + "\n"
+
+
+def _add(into: dict[Any, Any], values: dict[Any, Any]) -> None:
+    for key, value in values.items():
+        into[key] = into.get(key, 0) + value
 
 
 REGISTRY = Registry()

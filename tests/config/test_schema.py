@@ -143,6 +143,8 @@ BASE = {
 
 @pytest.mark.parametrize(("where", "change"), [
     ("(top)", {"sitee": {"id": "x"}}),
+    ("(top)", {"workers": -1}),                                          # poll workers: a count or auto
+    ("(top)", {"workers": "many"}),
     ("devices[0]", {"endpoint": "opc.tcp://10.0.0.1:4840"}),           # an OPC UA field on a Modbus device
     ("devices[0]", {"interval": "0s"}),                                  # a poll interval must be positive
     ("devices[0]", {"interval": "5 minutes"}),

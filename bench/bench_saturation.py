@@ -9,14 +9,18 @@ delivered. Printed per run:
     offered points/s     N x points per poll / interval
     delivered points/s   points in the messages received during the window
     stored points/s      with --ingest: points written to InfluxDB 1.x during the window (nan without)
-    CPU us/pt            daemon CPU (user + system, /proc) per delivered point
+    CPU us/pt            daemon CPU (user + system, /proc; with its poll workers') per delivered point
     kernel               the system part of it (syscalls; on loopback the peers' TCP receive path runs in the
                          sender's send, so the simulators', mosquitto's and InfluxDB's share of it is counted too)
     p50 / p99 latency    receive time - sample timestamp, over the messages received in the window
-    RSS start / end      the daemon's resident memory after the warm-up and at the end of the window
+    RSS start / end      the daemon's resident memory (and its poll workers') after the warm-up and at the end
+                         of the window
     overruns             dcim_poll_overruns_total summed over devices, during the window (from /metrics)
     dropped              dcim_outbox_dropped_total during the window
     outbox               the MQTT outbox's depth at the end of the window
+    peers                the CPU of the others over the window, % of one core each: the responder (sim),
+                         mosquitto (mqtt), InfluxDB (db) and this process (bench: its subscriber); with --pin
+                         they and this process keep to CPU 1, and cpu1 is how busy that core was (/proc/stat)
 
     python bench/bench_saturation.py --sizes 250 500 1000             # 60 s windows
     python bench/bench_saturation.py --find 250                       # double N until < 95 % delivered
@@ -25,6 +29,7 @@ delivered. Printed per run:
     python bench/bench_saturation.py --sizes 1000 --py-spy 20          # py-spy top functions, 20 s
     python bench/bench_saturation.py --sizes 1000 --ingest --pin       # and the in-process ingest to InfluxDB
     python bench/bench_saturation.py --sizes 1000 --pin --no-rules     # poll -> MQTT, no rule bound
+    python bench/bench_saturation.py --sizes 4000 --pin --ingest --workers 1   # the polls in a poll worker
 
 The devices are served by a lean responder (`--serve`, in this file): the registers of each device are
 encoded once from the frozen plant with the project's simulator code, and each request is answered from
@@ -66,7 +71,7 @@ PROFILE = "generic-cdu"
 
 
 def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port: int,
-               influx_url: str | None = None, rules: bool = True) -> Path:
+               influx_url: str | None = None, rules: bool = True, workers: int = 0) -> Path:
     devices: list[dict[str, Any]] = []
     racks = []
     for i, port in enumerate(free_ports(n), start=1):
@@ -79,7 +84,7 @@ def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port
         "devices": devices, "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
         "state_dir": str(workdir / f"state-{n}"), "logging": {"level": "warning", "format": "json"},
         "http": {"enabled": True, "host": "127.0.0.1", "port": http_port},
-        "ingest": {"enabled": False},
+        "ingest": {"enabled": False}, "workers": workers,
     }
     if not rules:
         # No rule bound, no alarm: the path poll -> MQTT (rack metrics are still derived and published).
@@ -257,7 +262,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | None, py_spy: float,
         pin: bool, pymodbus_sim: bool, ingest: bool = False, rules: bool = True,
-        nodelay: bool = False) -> dict[str, float]:
+        nodelay: bool = False, workers: int = 0) -> dict[str, Any]:
     from dcim.drivers.profiles import load_profile
 
     points_per_poll = len(load_profile(PROFILE).points)
@@ -269,7 +274,8 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
         mqtt = servers.enter_context(Mosquitto(workdir / f"mqtt-{n}-{interval}",
                                                extra_config=["set_tcp_nodelay true"] if nodelay else []))
         influx = servers.enter_context(InfluxDBv1(workdir / f"influx-{n}-{interval}")) if ingest else None
-        if pin:  # the servers beside the simulators, on CPU 1
+        if pin:  # the servers and this process (its subscriber) beside the simulators, on CPU 1
+            os.sched_setaffinity(0, {1})
             for server in (mqtt, influx):
                 if server is not None and server._proc is not None:
                     os.sched_setaffinity(server._proc.pid, {1})
@@ -278,7 +284,7 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
         subscriber = Subscriber(mqtt.port)
         (http_port,) = free_ports(1)
         path = config_for(n, interval, workdir, mqtt.port, http_port, influx.url if influx is not None else None,
-                          rules)
+                          rules, workers)
         dcim = [sys.executable, "-m", "dcim.app.cli"]
         log = (workdir / f"sat-{n}.log").open("wb")
         sim_config = path.with_name(f"sat-{n}-simulate.yaml")
@@ -297,14 +303,23 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
                     tail = Path(log.name).read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"simulators did not start:\n{tail}")
                 time.sleep(0.5)
+            # With --workers the daemon and its poll workers may use both cores (the peers stay on CPU 1).
+            cpus = {0} if pin and not workers else set(range(os.cpu_count() or 1))  # not this process' {1}
             daemon = subprocess.Popen([*dcim, "run", "-c", str(path)], cwd=cwd, env=env, stdout=log, stderr=log,
-                                      preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if pin else None)
+                                      preexec_fn=lambda: os.sched_setaffinity(0, cpus))
             try:
                 time.sleep(min(30.0, 5.0 + n / 100))  # warm-up: connections, first polls, imports
                 subscriber.window(True)
                 stored0 = stored_points(influx, points_per_poll)
-                m0, cpu0, rss0, t0 = metrics(http_port), cpu_seconds(daemon.pid), rss_mib(daemon.pid), time.monotonic()
+                m0, cpu0, rss0, t0 = metrics(http_port), tree_cpu(daemon.pid), tree_rss(daemon.pid), time.monotonic()
                 sys0 = system_seconds(daemon.pid)
+                peers = {name: pid for name, pid in (
+                    ("sim", sim.pid), ("mqtt", mqtt._proc.pid if mqtt._proc else None),
+                    ("db", influx._proc.pid if influx is not None and influx._proc else None),
+                    ("bench", os.getpid())) if pid is not None}
+                peers0 = {name: cpu_seconds(pid) for name, pid in peers.items()}
+                own0 = cpu_seconds(daemon.pid)
+                busy0 = cpu_busy(1)
                 spy = None
                 if py_spy:
                     spy = subprocess.Popen(
@@ -312,10 +327,15 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
                          str(int(py_spy)), "-r", "50", "-f", "raw", "-o", str(workdir / f"spy-{n}.txt")],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(seconds)
-                cpu1, sys1, t1 = cpu_seconds(daemon.pid), system_seconds(daemon.pid), time.monotonic()
+                cpu1, sys1, t1 = tree_cpu(daemon.pid), system_seconds(daemon.pid), time.monotonic()
+                peers1 = {name: cpu_seconds(peers[name]) for name in peers0}
+                if workers:  # the daemon's process alone, then its poll workers
+                    peers0["daemon"], peers1["daemon"] = own0, cpu_seconds(daemon.pid)
+                    peers0["workers"], peers1["workers"] = cpu0 - own0, cpu1 - peers1["daemon"]
+                busy1 = cpu_busy(1)
                 points, latencies = subscriber.window(False)
                 stored1 = stored_points(influx, points_per_poll)
-                m1, rss1 = metrics(http_port), rss_mib(daemon.pid)
+                m1, rss1 = metrics(http_port), tree_rss(daemon.pid)
                 for route in ("metrics", "healthz"):  # the whole of both, kept beside the log for a look
                     try:
                         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/{route}", timeout=30) as got:
@@ -346,7 +366,37 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
         "overruns": m1.get("dcim_poll_overruns_total", 0.0) - m0.get("dcim_poll_overruns_total", 0.0),
         "dropped": m1.get("dcim_outbox_dropped_total", 0.0) - m0.get("dcim_outbox_dropped_total", 0.0),
         "outbox": m1.get("dcim_outbox_depth", float("nan")),
+        "peers": {name: (peers1[name] - peers0[name]) / span * 100 for name in peers0},
+        "cpu1": (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1) * 100,
     }
+
+
+def children(pid: int) -> list[int]:
+    """The daemon's child processes (its poll workers)."""
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in (task / "children").read_text().split()]
+    return pids
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of the daemon and its poll workers (a worker restarted in the window would be missed)."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
+
+
+def tree_rss(pid: int) -> float:
+    return rss_mib(pid) + sum(rss_mib(child) for child in children(pid))
+
+
+def cpu_busy(cpu: int) -> tuple[int, int]:
+    """(busy, total) jiffies of one CPU since boot, from /proc/stat (busy: all but idle and iowait)."""
+    for row in Path("/proc/stat").read_text().splitlines():
+        if row.startswith(f"cpu{cpu} "):
+            fields = [int(f) for f in row.split()[1:]]
+            return sum(fields) - fields[3] - fields[4], sum(fields)
+    return 0, 1
 
 
 def top_functions(raw: Path, limit: int = 15) -> str:
@@ -377,11 +427,13 @@ HEADER = (f"{'N':>6} {'interval':>8} {'offered/s':>10} {'delivered/s':>11} {'sto
           f"{'outbox':>7}")
 
 
-def line(r: dict[str, float]) -> str:
+def line(r: dict[str, Any]) -> str:
     return (f"{r['devices']:>6.0f} {r['interval']:>8g} {r['offered']:>10.0f} {r['delivered']:>11.0f} "
             f"{r['stored']:>9.0f} "
             f"{r['cpu_us']:>9.1f} {r['sys_us']:>6.1f} {r['cpu_pct']:>5.0f}% {r['p50']:>7.2f} {r['p99']:>7.2f} "
-            f"{r['rss0']:>6.0f}->{r['rss1']:<6.0f} {r['overruns']:>9.0f} {r['dropped']:>8.0f} {r['outbox']:>7.0f}")
+            f"{r['rss0']:>6.0f}->{r['rss1']:<6.0f} {r['overruns']:>9.0f} {r['dropped']:>8.0f} {r['outbox']:>7.0f}"
+            f"  peers " + " ".join(f"{name} {pct:.0f}%" for name, pct in r["peers"].items())
+            + f", cpu1 {r['cpu1']:.0f}%")
 
 
 def main() -> None:
@@ -402,6 +454,9 @@ def main() -> None:
                         help="rules.enabled false: poll -> MQTT (rack metrics still derived and published)")
     parser.add_argument("--nodelay", action="store_true",
                         help="mosquitto with set_tcp_nodelay true, as docs/deploy.md configures it")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="the daemon's poll workers (workers: N); with --pin the daemon and its workers are "
+                             "not pinned, the peers stay on CPU 1")
     parser.add_argument("--workdir", type=Path, help="keep configurations and logs here (default: a temporary one)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -414,9 +469,9 @@ def main() -> None:
         if args.workdir:
             args.workdir.mkdir(parents=True, exist_ok=True)
             tmp = str(args.workdir)
-        def one(n: int) -> dict[str, float]:
+        def one(n: int) -> dict[str, Any]:
             r = run(n, args.interval, args.seconds, Path(tmp), args.tree, args.py_spy, args.pin, args.pymodbus_sim,
-                    args.ingest, not args.no_rules, args.nodelay)
+                    args.ingest, not args.no_rules, args.nodelay, args.workers)
             print(line(r), f"  load {os.getloadavg()[0]:.1f}", flush=True)
             return r
 

@@ -65,6 +65,9 @@ MESSAGES_DROPPED = REGISTRY.counter("dcim_ingest_messages_dropped_total",
 
 SKIP_KINDS = {"status", "daemon"}
 SESSION_EXPIRY_S = 24 * 3600
+# After a write of fewer than batch_size lines, the write loop waits a moment for the next batch to grow,
+# unless this fraction of batch_size (or more) is waiting already.
+GROW_BELOW = 0.5
 # Lines checked between two yields to the event loop: a 10 MB message never stalls the other tasks.
 CHECK_CHUNK = 2000
 # Messages taken from the client's queue for one outbox flush and their acknowledgements, within a byte
@@ -372,11 +375,22 @@ class Ingest:
                 backoff.reset()
                 # Lines the database refused go too: a line found bad once is never sent again.
                 await self.outbox.ack(items)
-                if lines < self.influx.batch_size:
-                    # Let a small batch grow for a moment rather than writing line by line.
-                    await asyncio.sleep(min(self.influx.flush_interval, 0.2))
+                pause = self.pause_after(lines)
+                if pause:
+                    await asyncio.sleep(pause)
         finally:
             await self.writer.close()
+
+    def pause_after(self, lines: int) -> float:
+        """Seconds the write loop waits after a write of `lines` lines: a moment for a small batch to grow,
+        rather than writing line by line; none after a full batch, or when a large one waits already. (Past
+        saturation the admission holds the outbox below a batch_size of lines, so every write was "small":
+        the ingest waited 0.2 s after each one and stored no more than about 7,000 lines/s, whatever the
+        database could take.)"""
+        if lines >= self.influx.batch_size or self.outbox.depth * self._lines_per_item >= \
+                self.influx.batch_size * GROW_BELOW:
+            return 0.0
+        return min(self.influx.flush_interval, 0.2)
 
     def _take_limit(self) -> int:
         return max(1, int(self.influx.batch_size / self._lines_per_item))

@@ -314,3 +314,25 @@ async def test_big_json_payload_is_read_whole(tmp_path: Path, mosquitto: Any, in
         await wait_until(lambda: ingest.written >= 20_000, timeout=60)
     assert ingest.dropped_lines == 0
     assert influxdb_v1.query("SELECT count(current_a) FROM pdu_outlet")[0]["count"] == 20_000
+
+
+async def test_the_write_loop_waits_for_a_batch_to_grow_only_while_little_waits(tmp_path: Path) -> None:
+    """After a write smaller than batch_size the loop waits a moment for the next batch to grow, but not when
+    half a batch or more waits already: past saturation the admission holds the outbox below batch_size, and
+    waiting after every write held the ingest at about 7,000 lines/s whatever the database could take."""
+    config = parse_config({"site": {"id": "hall-1"}, "state_dir": str(tmp_path),
+                           "influxdb": {"url": "http://127.0.0.1:1", "api": "v1", "batch_size": 5000,
+                                        "flush_interval": "1s"}})
+    outbox = Outbox(tmp_path / "ingest.sqlite", name="ingest", max_items=100_000)
+    await outbox.open()
+    try:
+        ingest = Ingest(config, outbox, local=True)  # the daemon's own ingest (ingest.source: local)
+        for n in range(10):
+            outbox.put("m", b"cdu,device=cdu-%d x=1 1" % n)
+        assert ingest.pause_after(3000) == 0.2  # a small write, little waiting: let the next batch grow
+        assert ingest.pause_after(5000) == 0.0  # a full batch: straight on
+        for n in range(3000):
+            outbox.put("m", b"cdu,device=cdu-%d x=1 1" % n)
+        assert ingest.pause_after(3000) == 0.0  # a small write, but more than half a batch waits
+    finally:
+        await outbox.close()

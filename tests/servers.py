@@ -464,7 +464,7 @@ class Mosquitto(ServerProcess):
             "max_queued_messages 100000",
             # As docs/deploy.md advises: MQTT 5 clients are told it as the broker's Receive Maximum, which the
             # publisher keeps to (mosquitto's default, 20, makes its throughput bound by round trips).
-            "max_inflight_messages 100",
+            "max_inflight_messages 1000",
             # Run as root, mosquitto drops to the 'mosquitto' user, which cannot write our temp dir.
             *(["user root"] if os.geteuid() == 0 else []),
             *self.extra_config,

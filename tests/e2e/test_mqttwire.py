@@ -92,7 +92,7 @@ async def test_put_and_flush_deliver_every_message_in_order_and_count_each_pubac
         acks = Collected()
         async with client_for(mosquitto.port, protocol) as client:
             # mosquitto's max_inflight_messages (tests/servers.py), told to MQTT 5 clients only.
-            assert client.receive_maximum == (100 if protocol == PROTOCOL_5 else 65535)
+            assert client.receive_maximum == (1000 if protocol == PROTOCOL_5 else 65535)
             pids = [client.put(f"wire/t/{i}", b"m%d" % i, False, acks) for i in range(60)]
             client.flush()
             assert len(set(pids)) == 60 and all(0 < p <= 65535 for p in pids)

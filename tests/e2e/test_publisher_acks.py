@@ -212,7 +212,7 @@ class StrictBroker(Broker):
 
 @pytest.mark.timeout(120)
 async def test_the_broker_receive_maximum_is_never_exceeded(tmp_path: Path) -> None:
-    """mqtt.max_inflight is 100 by default; an MQTT 5 broker that announces less gets no more than that."""
+    """mqtt.max_inflight is 1000 by default; an MQTT 5 broker that announces less gets no more than that."""
     broker = StrictBroker()
     topics = [f"dcim/t/cdu/cdu-{i}" for i in range(MESSAGES * 5)]
     publisher = await publish_through(broker, tmp_path, topics)

@@ -206,8 +206,11 @@ class WorkerProcess:
                 self.generation += 1
                 _count_running()
                 log.info("poll worker ready", worker=self.index, pid=process.pid)
-                await asyncio.wait((asyncio.ensure_future(self._lost.wait()), exited),
-                                   return_when=asyncio.FIRST_COMPLETED)
+                lost = asyncio.ensure_future(self._lost.wait())
+                try:
+                    await asyncio.wait((lost, exited), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    lost.cancel()
             elif not exited.done():
                 log.error("poll worker did not start in time", worker=self.index, seconds=START_SECONDS)
             self._retire(channel)

@@ -28,7 +28,7 @@ from dcim.core.samples import Quality
 from tests.chaos.daemonlib import get
 from tests.e2e.harness import DaemonProcess, Recorder, simulators
 from tests.helpers import wait_until
-from tests.writes.rig import CountingPlant, hall, load
+from tests.writes.rig import CountingPlant, hall, load, running
 
 pytestmark = pytest.mark.e2e
 
@@ -38,19 +38,9 @@ async def daemon_with_workers(tmp_path: Path, workers: int) -> AsyncIterator[tup
     config: Config = load(hall(tmp_path, chiller=True, http=True, workers=workers))
     plant = CountingPlant(config)
     recorder = Recorder()
-    async with simulators(config, plant):
-        daemon = Daemon(config)
+    async with simulators(config, plant), running(config) as daemon:
         daemon.pipeline.add_sink(recorder)
-        stop = asyncio.Event()
-        task = asyncio.create_task(daemon.run(stop), name="daemon")
-        try:
-            await wait_until(lambda: daemon.ready.is_set() or task.done(), timeout=60, message="daemon ready")
-            if task.done():
-                task.result()
-            yield daemon, plant, recorder
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+        yield daemon, plant, recorder
 
 
 def good(recorder: Recorder, device: str) -> dict[str, Any]:

@@ -234,11 +234,12 @@ class Daemon:
 
     def _coordinator(self, device: DeviceBase, extra: tuple[Path, ...]) -> DeviceCoordinator:
         profile = load_profile(device.profile, extra)
-        driver = make_driver(device, profile, self.context)
-        if self.poll_workers is not None and not isinstance(driver, Subscriber):
-            # Polled in a worker; the driver made here only said it polls (it holds no connection yet).
-            driver = self.poll_workers.remote(device, profile, extra)
-        return DeviceCoordinator(device, driver, self.pipeline)
+        # With poll workers a polled device's driver runs in one of them. Whether it polls, a driver made on a
+        # context of its own says (it connects to nothing, and what it would share, a gateway's connection,
+        # is not kept here); a subscription stays in the daemon, on the daemon's context.
+        if self.poll_workers is not None and not isinstance(make_driver(device, profile, DriverContext()), Subscriber):
+            return DeviceCoordinator(device, self.poll_workers.remote(device, profile, extra), self.pipeline)
+        return DeviceCoordinator(device, make_driver(device, profile, self.context), self.pipeline)
 
     def _wire_rules(self) -> None:
         """The rule engine is the pipeline's first sink: it sees every sample before MQTT does. With

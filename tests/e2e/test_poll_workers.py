@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dcim.app.config import Config
 from dcim.app.daemon import Daemon
 from dcim.app.pollworker import ANSWER, Framed, FrameError
 from dcim.app.pollworkers import RemoteDriver, worker_count, worker_of
 from dcim.core.samples import Quality
+from dcim.drivers.base import Subscriber
 from tests.chaos.daemonlib import get
 from tests.e2e.harness import DaemonProcess, Recorder, simulators
 from tests.helpers import wait_until
@@ -184,3 +186,19 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
     except (OSError, IndexError):
         return "zombie"
+
+
+async def test_a_subscription_stays_in_the_daemon(tmp_path: Path) -> None:
+    path = hall(tmp_path, chiller=True, workers=1)
+    raw = yaml.safe_load(path.read_text())
+    for device in raw["devices"]:
+        if device["id"] == "chiller-1":
+            device["mode"] = "subscribe"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = load(path)
+    async with simulators(config, CountingPlant(config)), running(config) as daemon:
+        chiller = daemon.coordinators["chiller-1"].driver
+        assert not isinstance(chiller, RemoteDriver) and isinstance(chiller, Subscriber)
+        assert isinstance(daemon.coordinators["cdu-1"].driver, RemoteDriver)
+        await wait_until(lambda: all(c.online for c in daemon.coordinators.values()), timeout=30,
+                         message="the subscription and the polled devices online")

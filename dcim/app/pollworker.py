@@ -9,7 +9,8 @@ decoding) runs on another core, and the rules still see every sample first, in t
 Frames, both ways: a 4-byte big-endian length, then a `marshal`ed tuple (the two ends are one build of
 dcim, started together). Several frames written in one loop iteration leave in one `send`.
 
-    daemon -> worker   (OPEN, 0, device, device JSON, profile dirs)   the device's driver, made here (again)
+    daemon -> worker   (OPEN, 0, device, pickled device model, profile dirs, profile fingerprint)
+                                                                        the device's driver, made here (again)
                        (CONNECT | READ | CLOSE, seq, device)
                        (WRITE, seq, device, point, value)
                        (CANCEL, seq, "")                                the request's deadline passed
@@ -29,8 +30,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import marshal
 import os
+import pickle
 import signal
 import socket
 import struct
@@ -134,6 +137,20 @@ class Framed(asyncio.Protocol):
             del buffer[:start]
 
 
+_FINGERPRINTS: dict[int, tuple[Any, str]] = {}
+
+
+def fingerprint(profile: Any) -> str:
+    """A profile's digest (its whole model), once per profile object: the daemon and a worker compare theirs."""
+    got = _FINGERPRINTS.get(id(profile))
+    if got is None or got[0] is not profile:
+        if len(_FINGERPRINTS) > 1024:  # profiles are few; objects of earlier reloads are let go
+            _FINGERPRINTS.clear()
+        digest = hashlib.sha256(profile.model_dump_json().encode()).hexdigest()[:32]
+        got = _FINGERPRINTS[id(profile)] = (profile, digest)
+    return got[1]
+
+
 def rows(samples: list[Any]) -> list[tuple[Any, ...]]:
     """A read's samples as the rows of an ANSWER: (point, value, ts_ns, quality, reason, measurement, tags)."""
     return [(s.point, s.value, s.ts_ns, s.quality.value, s.reason, s.measurement, s.tags) for s in samples]
@@ -163,7 +180,7 @@ class Worker:
     def _on_message(self, message: tuple[Any, ...]) -> None:
         op, seq = message[0], message[1]
         if op == OPEN:
-            self._open(message[2], message[3], message[4])
+            self._open(message[2], message[3], message[4], message[5])
         elif op == CANCEL:
             task = self.running.get(seq)
             if task is not None:
@@ -174,7 +191,7 @@ class Worker:
         else:
             log.error("poll worker: unknown request", worker=self.worker, op=op)
 
-    def _open(self, device_id: str, device_json: str, profile_dirs: tuple[str, ...]) -> None:
+    def _open(self, device_id: str, device_blob: bytes, profile_dirs: tuple[str, ...], expected: str) -> None:
         from pathlib import Path
 
         from dcim.drivers import registry
@@ -187,13 +204,15 @@ class Worker:
             closing.add_done_callback(self.closing.discard)
         self.broken.pop(device_id, None)
         try:
-            import json
-
-            protocol = json.loads(device_json)["protocol"]
-            device = registry.PROTOCOLS.get(protocol).device.model_validate_json(device_json)
+            # From this worker's own daemon, on the socket pair it made (nothing else can write there).
+            device = pickle.loads(device_blob)
             profile = load_profile(device.profile, tuple(Path(p) for p in profile_dirs))
+            if fingerprint(profile) != expected:
+                # The daemon's guard checks writes against its copy: the driver must encode with the same map.
+                raise ValueError(f"profile {device.profile} on disk differs from the one the daemon loaded at its "
+                                 f"start (edited since?): restart the daemon to use it")
             self.drivers[device_id] = registry.make_driver(device, profile, self.context)
-        except Exception as err:  # the daemon validated it; a worker of another build could still refuse it
+        except Exception as err:
             self.broken[device_id] = f"poll worker {self.worker} cannot make the driver: {type(err).__name__}: {err}"
             log.error("poll worker: cannot make a driver", worker=self.worker, device=device_id, error=str(err))
 

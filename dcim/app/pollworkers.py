@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -36,7 +37,20 @@ import structlog
 
 from dcim.app.cluster.shards import owner
 from dcim.app.ingest_workers import _die_with_parent
-from dcim.app.pollworker import ANSWER, CANCEL, CLOSE, CONNECT, FAIL, METRICS, OPEN, READ, READY, WRITE, Framed
+from dcim.app.pollworker import (
+    ANSWER,
+    CANCEL,
+    CLOSE,
+    CONNECT,
+    FAIL,
+    METRICS,
+    OPEN,
+    READ,
+    READY,
+    WRITE,
+    Framed,
+    fingerprint,
+)
 from dcim.core.backoff import Backoff
 from dcim.core.metrics import REGISTRY, Snapshot
 from dcim.core.samples import Quality, Sample, Value
@@ -331,14 +345,17 @@ class RemoteDriver(Driver):
                  profile_dirs: tuple[str, ...]) -> None:
         super().__init__(device, profile)
         self.worker = worker
-        self._json = device.model_dump_json()
+        # The device as it is, secrets included (a JSON dump would mask SNMPv3 keys and OPC UA passwords):
+        # pickled for the worker, which only ever unpickles what its own daemon sends on its socket pair.
+        self._device = pickle.dumps(device, protocol=pickle.HIGHEST_PROTOCOL)
+        self._fingerprint = fingerprint(profile)
         self._profile_dirs = profile_dirs
         self._generation = -1  # the worker's life it was opened in
 
     def _open(self) -> None:
         worker = self.worker
         if self._generation != worker.generation and worker.up:
-            worker.post((OPEN, 0, self.device.id, self._json, self._profile_dirs))
+            worker.post((OPEN, 0, self.device.id, self._device, self._profile_dirs, self._fingerprint))
             self._generation = worker.generation
 
     async def connect(self) -> None:

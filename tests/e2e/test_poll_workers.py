@@ -27,6 +27,7 @@ from dcim.app.pollworker import ANSWER, Framed, FrameError
 from dcim.app.pollworkers import RemoteDriver, worker_count, worker_of
 from dcim.core.samples import Quality
 from dcim.drivers.base import Subscriber
+from dcim.drivers.profiles import load_profile
 from tests.chaos.daemonlib import get
 from tests.e2e.harness import DaemonProcess, Recorder, simulators
 from tests.helpers import wait_until
@@ -202,3 +203,52 @@ async def test_a_subscription_stays_in_the_daemon(tmp_path: Path) -> None:
         assert isinstance(daemon.coordinators["cdu-1"].driver, RemoteDriver)
         await wait_until(lambda: all(c.online for c in daemon.coordinators.values()), timeout=30,
                          message="the subscription and the polled devices online")
+
+
+async def test_a_pdu_on_snmpv3_keeps_its_keys_in_a_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device crosses to the worker with its secrets (a JSON dump would have sent them masked)."""
+    monkeypatch.setenv("DCIM_TEST_SNMP_AUTH", "auth-key-4-tests")
+    monkeypatch.setenv("DCIM_TEST_SNMP_PRIV", "priv-key-4-tests")
+    path = hall(tmp_path, workers=1)
+    raw = yaml.safe_load(path.read_text())
+    for device in raw["devices"]:
+        if device["id"] == "pdu-1":
+            device.update({"version": "3", "user": "dcim-v3", "auth_protocol": "sha256",
+                           "auth_key": "env:DCIM_TEST_SNMP_AUTH", "priv_protocol": "aes128",
+                           "priv_key": "env:DCIM_TEST_SNMP_PRIV", "timeout": "2s", "deadline": "5s"})
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = load(path)
+    plant = CountingPlant(config)
+    recorder = Recorder()
+    async with simulators(config, plant), running(config) as daemon:
+        daemon.pipeline.add_sink(recorder)
+        assert isinstance(daemon.coordinators["pdu-1"].driver, RemoteDriver)
+        pdu = await wait_until(lambda: good(recorder, "pdu-1"), timeout=30, message="pdu-1 read over SNMPv3")
+        assert pdu["power_w"] == pytest.approx(plant.values("pdu-1")["power_w"], rel=0.01)
+
+
+async def test_a_profile_edited_since_the_daemon_started_is_refused_by_a_restarted_worker(tmp_path: Path) -> None:
+    """The daemon's guard checks writes against the profile it loaded: a worker started later that finds another
+    map on disk makes no driver with it (the device is BAD, with the reason) rather than write by another map."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    source = load_profile("generic-cdu")
+    (profiles / "site-cdu.yaml").write_text(yaml.safe_dump({**source.model_dump(mode="json", exclude_none=True),
+                                                            "name": "site-cdu"}, sort_keys=False))
+    path = hall(tmp_path, workers=1, profile_dirs=[str(profiles)])
+    raw = yaml.safe_load(path.read_text())
+    raw["devices"][0]["profile"] = "site-cdu"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = load(path)
+    async with simulators(config, CountingPlant(config)), running(config) as daemon:
+        await wait_until(lambda: daemon.coordinators["cdu-1"].online, timeout=30, message="cdu-1 online")
+        edited = yaml.safe_load((profiles / "site-cdu.yaml").read_text())
+        edited["points"][0]["scale"] = 1000
+        (profiles / "site-cdu.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        assert daemon.poll_workers is not None
+        worker = daemon.poll_workers.workers[0]
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGKILL)
+        await wait_until(lambda: "differs from the one the daemon loaded" in daemon.coordinators["cdu-1"].last_error,
+                         timeout=60, message="the restarted worker refused the edited profile")
+        assert not daemon.coordinators["cdu-1"].online

@@ -131,6 +131,16 @@ async def test_acknowledging_and_shelving_in_the_page_change_the_store_and_the_a
         await expect(page).to_have_url(f"{base}/alarms")
         await expect(page.locator(".who .user")).to_have_text("alice")
 
+        # What the operator chose in a form survives the page's own refresh: another alarm re-renders the
+        # table while the shelve time picked (not yet sent) stays picked. (A refresh landing between picking
+        # and pressing "shelve" once shelved for the default hour.)
+        await row.locator("select[name=minutes]").select_option("30")
+        await page.evaluate("document.activeElement.blur(); document.querySelector('#main table').dataset.before = 1")
+        plant.inject("pdu-2", "near_overload")
+        await wait_until(lambda: len(store.active()) > 1, timeout=30, message="a second alarm firing")
+        await expect(page.locator("#main table[data-before]")).to_have_count(0, timeout=WAIT_MS)
+        await expect(row.locator("select[name=minutes]")).to_have_value("30")
+
         await row.locator("input[name=comment]").fill("pump 1 breaker reset")
         await row.locator("button.ack").click()
         await expect(page.locator(".flash.ok")).to_contain_text(f"acknowledged {PUMP_ALARM}")

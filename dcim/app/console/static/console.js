@@ -1,6 +1,7 @@
 // dcim web console: live updates by server-sent events (/events/stream). No framework, no build step.
 // The hall's cells are updated in place; the other pages fetch themselves again when what they show
-// changed (never while a form field has the focus: that would throw away what is being typed).
+// changed (never while a form field has the focus: that would throw away what is being typed), and what an
+// operator changed in a form (a shelve time chosen, a comment typed) is kept in the same form of the new page.
 "use strict";
 (function () {
   const body = document.body;
@@ -32,6 +33,51 @@
     }
   }
 
+  // A form is the same form on the next render when its action and hidden fields are (an alarm's shelve form).
+  function formKey(form) {
+    const hidden = Array.from(form.querySelectorAll("input[type=hidden]")).map((el) => el.name + "=" + el.value);
+    return (form.getAttribute("action") || "") + "?" + hidden.join("&");
+  }
+
+  // The fields the operator changed from what the page was rendered with, by form.
+  function edits(root) {
+    const saved = new Map();
+    root.querySelectorAll("form").forEach((form) => {
+      const changed = [];
+      form.querySelectorAll("select, textarea, input:not([type=hidden])").forEach((el) => {
+        if (!el.name || el.type === "password") return;
+        if (el.tagName === "SELECT") {
+          const initial = Array.from(el.options).find((o) => o.defaultSelected) || el.options[0];
+          if (initial && !initial.selected) changed.push([el.name, el.value]);
+        } else if (el.type === "checkbox" || el.type === "radio") {
+          if (el.checked !== el.defaultChecked) changed.push([el.name, el.checked, el.value]);
+        } else if (el.value !== el.defaultValue) {
+          changed.push([el.name, el.value]);
+        }
+      });
+      if (changed.length) saved.set(formKey(form), changed);
+    });
+    return saved;
+  }
+
+  function restore(root, saved) {
+    if (!saved.size) return;
+    root.querySelectorAll("form").forEach((form) => {
+      const changed = saved.get(formKey(form));
+      if (!changed) return;
+      for (const [name, value, checkedValue] of changed) {
+        form.querySelectorAll("[name]").forEach((el) => {
+          if (el.name !== name) return;
+          if (el.type === "checkbox" || el.type === "radio") {
+            if (el.value === checkedValue) el.checked = value;
+          } else {
+            el.value = value;
+          }
+        });
+      }
+    });
+  }
+
   async function refresh() {
     // One refresh at a time; a change during one asks for another after it.
     if (refreshing) { again = true; return; }
@@ -47,7 +93,9 @@
         if (fresh && main) {
           fresh.querySelectorAll(".flash").forEach((el) => el.remove());
           main.querySelectorAll(".flash").forEach((el) => fresh.prepend(el));
+          const saved = edits(main);
           main.replaceChildren(...fresh.childNodes);
+          restore(main, saved);
         }
       }
     } catch (err) {

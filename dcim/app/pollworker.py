@@ -17,7 +17,9 @@ dcim, started together). Several frames written in one loop iteration leave in o
     worker -> daemon   (READY, 0, pid)
                        (ANSWER, seq, result)                            READ: rows, see `rows`
                        (FAIL, seq, error class name, message)
-                       (METRICS, 0, registry snapshot)                  every METRICS_SECONDS
+                       (METRICS, 0, registry snapshot)                  every METRICS_SECONDS (the
+                                                                        heartbeat: a worker silent for
+                                                                        HUNG_SECONDS is killed)
 
 The worker ends when its socket closes (the daemon stopped or died), after closing its drivers. It ignores
 SIGINT (a terminal's Ctrl-C reaches the daemon, which stops it) and stops on SIGTERM.
@@ -264,10 +266,18 @@ class Worker:
     async def _metrics(self) -> None:
         from dcim.core.metrics import REGISTRY
 
+        failed = False
         while True:
             await asyncio.sleep(METRICS_SECONDS)
             if self.channel.backlog() < METRICS_BACKLOG_BYTES:
-                self.channel.send((METRICS, 0, REGISTRY.snapshot()))
+                # Also the worker's heartbeat: the daemon kills a worker it has not heard from for a while.
+                try:
+                    snapshot = REGISTRY.snapshot()
+                except Exception:
+                    if not failed:
+                        log.exception("poll worker: metrics snapshot failed", worker=self.worker)
+                    failed, snapshot = True, {}
+                self.channel.send((METRICS, 0, snapshot))
 
     async def run(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()

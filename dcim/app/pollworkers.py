@@ -68,6 +68,8 @@ RUNNING = REGISTRY.gauge("dcim_poll_workers_running", "Poll worker processes run
 # From the start of a worker to its READY: imports, plugins.
 START_SECONDS = 60.0
 STOP_SECONDS = 15.0
+# A worker that sends nothing for this long (its metrics come every two seconds) is taken for hung and killed.
+HUNG_SECONDS = 30.0
 QUALITY = {q.value: q for q in Quality}
 ERRORS: dict[str, type[DriverError]] = {
     name: cls for name, cls in vars(errors).items() if isinstance(cls, type) and issubclass(cls, DriverError)}
@@ -114,6 +116,7 @@ class WorkerProcess:
         self.carried: Snapshot = {}  # the counters of the worker's earlier lives
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._seq = counter(1)
+        self.heard = time.monotonic()  # the last message from the worker
         self.ready = asyncio.Event()
         self._lost = asyncio.Event()
 
@@ -150,6 +153,7 @@ class WorkerProcess:
             self._pending.pop(seq, None)
 
     def _on_message(self, message: tuple[Any, ...]) -> None:
+        self.heard = time.monotonic()
         kind, seq = message[0], message[1]
         if kind == ANSWER or kind == FAIL:
             future = self._pending.pop(seq, None)
@@ -221,10 +225,12 @@ class WorkerProcess:
                 _count_running()
                 log.info("poll worker ready", worker=self.index, pid=process.pid)
                 lost = asyncio.ensure_future(self._lost.wait())
+                watch = asyncio.ensure_future(self._watch(process))
                 try:
-                    await asyncio.wait((lost, exited), return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait((lost, exited, watch), return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     lost.cancel()
+                    watch.cancel()
             elif not exited.done():
                 log.error("poll worker did not start in time", worker=self.index, seconds=START_SECONDS)
             self._retire(channel)
@@ -238,6 +244,23 @@ class WorkerProcess:
         finally:
             self.pid = None
             _count_running()
+
+    async def _watch(self, process: asyncio.subprocess.Process) -> None:
+        """A worker alive but silent (stopped, or stuck in a call that never returns) answers nothing, and the
+        requests for it pile up in the daemon: past HUNG_SECONDS without a word (its metrics come every two
+        seconds) it is killed, and started again like a worker that died."""
+        self.heard = time.monotonic()
+        while True:
+            await asyncio.sleep(HUNG_SECONDS / 4)
+            silent = time.monotonic() - self.heard
+            if silent > HUNG_SECONDS:
+                log.error("poll worker silent: killed, to be started again", worker=self.index, pid=process.pid,
+                          silent_s=round(silent, 1))
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                return
 
     def _retire(self, channel: Framed) -> None:
         """The worker's life is over: its requests fail, its counters carry over to the next one."""

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from dcim.app import pollworkers
 from dcim.app.config import Config
 from dcim.app.daemon import Daemon
 from dcim.app.pollworker import ANSWER, Framed, FrameError
@@ -252,3 +253,28 @@ async def test_a_profile_edited_since_the_daemon_started_is_refused_by_a_restart
         await wait_until(lambda: "differs from the one the daemon loaded" in daemon.coordinators["cdu-1"].last_error,
                          timeout=60, message="the restarted worker refused the edited profile")
         assert not daemon.coordinators["cdu-1"].online
+
+
+async def test_a_hung_worker_is_killed_and_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker alive but silent (SIGSTOP here; a call that never returns in the field) answers nothing and its
+    requests pile up: past the heartbeat's bound it is killed and started again, and its devices come back."""
+    monkeypatch.setattr(pollworkers, "HUNG_SECONDS", 3.0)
+    async with daemon_with_workers(tmp_path, 1) as (daemon, _plant, _recorder):
+        assert daemon.poll_workers is not None
+        await wait_until(lambda: all(c.online for c in daemon.coordinators.values()), timeout=30,
+                         message="every device online")
+        worker = daemon.poll_workers.workers[0]
+        assert worker.pid is not None
+        stopped, restarts = worker.pid, worker.restarts
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            await wait_until(lambda: not daemon.coordinators["cdu-1"].online, timeout=30,
+                             message="cdu-1 offline while its worker is stopped")
+            await wait_until(lambda: worker.restarts > restarts and worker.up and worker.pid != stopped, timeout=60,
+                             message="the stopped worker killed and started again")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGKILL)
+        await wait_until(lambda: all(c.online for c in daemon.coordinators.values()), timeout=30,
+                         message="every device online again")
+        assert _state(stopped) == "zombie"  # gone

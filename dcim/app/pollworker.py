@@ -128,7 +128,12 @@ class Framed(asyncio.Protocol):
                 if not isinstance(message, tuple) or len(message) < 2:
                     raise FrameError(f"frame of type {type(message).__name__}, not a message")
                 start += 4 + size
-                self.on_message(message)
+                try:
+                    self.on_message(message)
+                except (IndexError, TypeError, ValueError, KeyError) as err:
+                    # A message of the right framing but not of the protocol's shape (a field missing, a
+                    # snapshot that is not one): the peer is not to be trusted further, as for a bad frame.
+                    raise FrameError(f"malformed message {str(message)[:80]}: {type(err).__name__}: {err}") from None
         except FrameError as err:
             buffer.clear()
             if self.transport is not None:

@@ -164,7 +164,7 @@ class WorkerProcess:
             else:
                 future.set_exception(_error(self.index, message[2], message[3]))
         elif kind == METRICS:
-            self.snapshot = message[2]
+            self.snapshot = _checked(message[2])  # rendered in /metrics: a bad one must fail here, not there
         elif kind == READY:
             self.ready.set()
 
@@ -302,6 +302,21 @@ _ALL: list[PollWorkers] = []
 
 def _count_running() -> None:
     RUNNING.set(sum(1 for pool in _ALL for w in pool.workers if w.up))
+
+
+def _checked(snapshot: Any) -> Snapshot:
+    """A worker's snapshot, if it has the shape `Registry.render` reads; ValueError if not."""
+    if not isinstance(snapshot, dict):
+        raise ValueError("a snapshot is a dict")
+    for name, family in snapshot.items():
+        if not (isinstance(name, str) and isinstance(family, tuple) and len(family) == 5
+                and isinstance(family[0], str) and isinstance(family[1], str) and isinstance(family[2], tuple)
+                and isinstance(family[3], dict) and isinstance(family[4], dict)):
+            raise ValueError(f"metric family {str(name)[:60]} is not (kind, help, labels, values, counts)")
+        if not all(isinstance(k, tuple) and len(k) == len(family[2]) and all(isinstance(x, str) for x in k)
+                   and isinstance(v, int | float) for k, v in family[3].items()):
+            raise ValueError(f"metric family {name[:60]}: a series that does not match its labels")
+    return snapshot
 
 
 def _error(worker: int, kind: str, message: str) -> BaseException:

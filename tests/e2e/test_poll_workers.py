@@ -24,8 +24,8 @@ import yaml
 from dcim.app import pollworkers
 from dcim.app.config import Config
 from dcim.app.daemon import Daemon
-from dcim.app.pollworker import ANSWER, Framed, FrameError
-from dcim.app.pollworkers import RemoteDriver, worker_count, worker_of
+from dcim.app.pollworker import ANSWER, METRICS, Framed, FrameError
+from dcim.app.pollworkers import RemoteDriver, WorkerProcess, worker_count, worker_of
 from dcim.core.samples import Quality
 from dcim.drivers.base import Subscriber
 from dcim.drivers.profiles import load_profile
@@ -108,15 +108,15 @@ async def test_a_killed_worker_fails_its_devices_visibly_and_is_started_again(tm
         worker = daemon.poll_workers.workers[worker_of(daemon.config.device("cdu-1"), 2)]
         assert worker.pid is not None
         killed, restarts = worker.pid, worker.restarts
-        seen = len(recorder.status)
+        seen, polled = len(recorder.status), len(recorder.batches.get("cdu-1", []))
         os.kill(killed, signal.SIGKILL)
         # The CDU's polls fail (offline with the reason, BAD samples), not silence.
         down = await wait_until(
             lambda: [s for s in recorder.status[seen:] if s.device == "cdu-1" and not s.online], timeout=30,
             message="cdu-1 offline after its worker was killed")
         assert "poll worker" in down[0].error, down[0]
-        bad = [b for b in recorder.batches["cdu-1"] if b.ts_ns >= down[0].ts_ns - 5_000_000_000
-               and b.samples and all(s.quality is Quality.BAD for s in b.samples)]
+        bad = [b for b in recorder.batches.get("cdu-1", [])[polled:] if b.samples and all(s.quality is Quality.BAD
+                                                                                  for s in b.samples)]
         assert bad, "no BAD batch while the worker was down"
         # Started again, counted, and the device polled online there.
         await wait_until(lambda: worker.restarts > restarts and worker.up and worker.pid != killed, timeout=30,
@@ -278,3 +278,22 @@ async def test_a_hung_worker_is_killed_and_started_again(tmp_path: Path, monkeyp
         await wait_until(lambda: all(c.online for c in daemon.coordinators.values()), timeout=30,
                          message="every device online again")
         assert _state(stopped) == "zombie"  # gone
+
+
+@pytest.mark.parametrize("snapshot", [
+    [1, 2],                                                      # not a dict
+    {"t_total": ("counter", "help")},                             # a family cut short
+    {"t_total": ("counter", "help", ("device",), {(): 1.0}, {})},  # a series without its label
+    {"t_total": ("counter", "help", ("device",), {(7,): 1.0}, {})},  # a label value that is not text
+])
+def test_a_malformed_snapshot_closes_the_channel_and_never_reaches_the_metrics(snapshot: Any) -> None:
+    worker = WorkerProcess(0, "info", "auto")
+    lost: list[BaseException | None] = []
+    channel = Framed(worker._on_message, lost.append)
+    transport = FakeTransport()
+    channel.connection_made(transport)
+    good = marshal.dumps((METRICS, 0, {"t_total": ("counter", "help", ("device",), {("cdu-1",): 2.0}, {})}))
+    bad = marshal.dumps((METRICS, 0, snapshot))
+    channel.data_received(b"".join(len(m).to_bytes(4, "big") + m for m in (good, bad)))
+    assert transport.closed and len(lost) == 1 and isinstance(lost[0], FrameError), lost
+    assert worker.snapshot == {"t_total": ("counter", "help", ("device",), {("cdu-1",): 2.0}, {})}

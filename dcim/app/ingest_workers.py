@@ -50,12 +50,20 @@ def worker_state_dir(state_dir: Path | str, worker: int) -> Path:
     return Path(state_dir) / "ingest-workers" / str(worker)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the daemon dies, however it dies (kill -9 included), so a
     worker never outlives the daemon that started it and holds its state directory against the next one."""
     PR_SET_PDEATHSIG = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def kill(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL to a worker started in a session of its own: its process group, and the process itself."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
 
 
 class IngestWorkers:
@@ -109,7 +117,7 @@ class IngestWorkers:
     async def _run_once(self, worker: int) -> int:
         process = await asyncio.create_subprocess_exec(
             *self.command(worker), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
         self.pids[worker] = process.pid
         self._count_running()
         log.info("ingest worker started", worker=worker, pid=process.pid)
@@ -156,10 +164,7 @@ class IngestWorkers:
         try:
             await asyncio.shield(asyncio.wait_for(process.wait(), self.stop_seconds))
         except (TimeoutError, asyncio.CancelledError):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            kill(process)
 
     def status(self) -> dict[str, Any]:
         return {

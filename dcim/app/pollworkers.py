@@ -36,7 +36,7 @@ from typing import Any
 import structlog
 
 from dcim.app.cluster.shards import owner
-from dcim.app.ingest_workers import _die_with_parent
+from dcim.app.ingest_workers import die_with_parent, kill
 from dcim.app.pollworker import (
     ANSWER,
     CANCEL,
@@ -204,7 +204,7 @@ class WorkerProcess:
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.command(theirs.fileno()), stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True, preexec_fn=die_with_parent)
         finally:
             theirs.close()
         self.pid = process.pid
@@ -256,10 +256,7 @@ class WorkerProcess:
             if silent > HUNG_SECONDS:
                 log.error("poll worker silent: killed, to be started again", worker=self.index, pid=process.pid,
                           silent_s=round(silent, 1))
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+                kill(process)
                 return
 
     def _retire(self, channel: Framed) -> None:
@@ -285,10 +282,7 @@ class WorkerProcess:
             try:
                 await asyncio.shield(asyncio.wait_for(process.wait(), STOP_SECONDS))
             except (TimeoutError, asyncio.CancelledError):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+                kill(process)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(asyncio.wait_for(process.wait(), 5))
         return process.returncode if process.returncode is not None else -signal.SIGKILL.value

@@ -29,6 +29,9 @@ delivered. Printed per run:
     python bench/bench_saturation.py --sizes 1000 --py-spy 20          # py-spy top functions, 20 s
     python bench/bench_saturation.py --sizes 1000 --ingest --pin       # and the in-process ingest to InfluxDB
     python bench/bench_saturation.py --sizes 1000 --pin --no-rules     # poll -> MQTT, no rule bound
+    python bench/bench_saturation.py --sizes 1000 --pin --no-rules --no-racks --profile bench-pdu-f32
+                                      # poll -> MQTT alone: the issue's device (20 float32 points in one
+                                      # read), nothing derived from it (no rack, no CDU's plant metrics)
     python bench/bench_saturation.py --sizes 4000 --pin --ingest --workers 1   # the polls in a poll worker
 
 The devices are served by a lean responder (`--serve`, in this file): the registers of each device are
@@ -68,23 +71,31 @@ from benchlib import cpu_seconds, free_ports, machine, rss_mib, system_seconds  
 from tests.servers import InfluxDBv1, Mosquitto  # noqa: E402
 
 PROFILE = "generic-cdu"
+# --profile bench-pdu-f32: the hot-path issue's reference device (20 float32 points in one read), from here.
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 
 def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port: int,
-               influx_url: str | None = None, rules: bool = True, workers: int = 0) -> Path:
+               influx_url: str | None = None, rules: bool = True, workers: int = 0, with_racks: bool = True,
+               profile: str = PROFILE) -> Path:
+    from dcim.drivers.profiles import load_profile
+
+    kind = load_profile(profile, (PROFILE_DIR,)).kind
+    if kind != "cdu" and with_racks:
+        raise SystemExit(f"a profile of kind {kind} is run with --no-racks (the racks are the CDUs')")
     devices: list[dict[str, Any]] = []
     racks = []
     for i, port in enumerate(free_ports(n), start=1):
-        devices.append({"id": f"cdu-{i}", "kind": "cdu", "protocol": "modbus", "host": "127.0.0.1",
-                        "port": port, "profile": PROFILE, "interval": f"{interval}s", "timeout": "2s",
+        devices.append({"id": f"{kind}-{i}", "kind": kind, "protocol": "modbus", "host": "127.0.0.1",
+                        "port": port, "profile": profile, "interval": f"{interval}s", "timeout": "2s",
                         "retries": 0, "simulate": True})
         racks.append({"id": f"R{i}", "cooling": "liquid", "power_budget_kw": 150, "cdu": f"cdu-{i}"})
     config = {
-        "site": {"id": "bench"}, "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": racks}]}],
+        "site": {"id": "bench"}, "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": racks}]}] if with_racks else [],
         "devices": devices, "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
         "state_dir": str(workdir / f"state-{n}"), "logging": {"level": "warning", "format": "json"},
         "http": {"enabled": True, "host": "127.0.0.1", "port": http_port},
-        "ingest": {"enabled": False}, "workers": workers,
+        "ingest": {"enabled": False}, "workers": workers, "profile_dirs": [str(PROFILE_DIR)],
     }
     if not rules:
         # No rule bound, no alarm: the path poll -> MQTT (rack metrics are still derived and published).
@@ -114,7 +125,7 @@ def serve(config_path: Path) -> None:
     values_by_port: dict[int, dict[int, tuple[int, bytes]]] = {}
     for device in config.devices:
         assert isinstance(device, ModbusDevice)
-        unit = _Unit(plant, device, load_profile(device.profile))
+        unit = _Unit(plant, device, load_profile(device.profile, config.extra_profile_dirs()))
         values = plant.values(device.id)
         tables: dict[int, tuple[int, bytes]] = {}
         for function, table in ((3, "holding"), (4, "input")):
@@ -177,8 +188,10 @@ def serve(config_path: Path) -> None:
 class Subscriber:
     """Counts delivered points and their latency, on paho's own network thread."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, kind: str) -> None:
         import paho.mqtt.client as mqtt
+
+        self.kind = kind  # the devices' topics: dcim/bench/<kind>/<device>
 
         self.lock = threading.Lock()
         self.counting = False
@@ -196,7 +209,7 @@ class Subscriber:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             print(f"subscriber refused: {reason}", flush=True)
-        client.subscribe("dcim/bench/cdu/#", qos=1)
+        client.subscribe(f"dcim/bench/{self.kind}/#", qos=1)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         now = time.time_ns()
@@ -245,11 +258,11 @@ def metrics(http_port: int) -> dict[str, float]:
     return sums
 
 
-def stored_points(influx: InfluxDBv1 | None, points_per_poll: int) -> int:
+def stored_points(influx: InfluxDBv1 | None, points_per_poll: int, kind: str = "cdu") -> int:
     """Points in the database so far (0 without --ingest): polls stored x points per poll."""
     if influx is None:
         return 0
-    rows = influx.query("SELECT count(flow_lpm) FROM cdu")
+    rows = influx.query(f"SELECT count(flow_lpm) FROM {kind}")
     return int(rows[0]["count"]) * points_per_poll if rows else 0
 
 
@@ -262,10 +275,11 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | None, py_spy: float,
         pin: bool, pymodbus_sim: bool, ingest: bool = False, rules: bool = True,
-        nodelay: bool = False, workers: int = 0) -> dict[str, Any]:
+        nodelay: bool = False, workers: int = 0, racks: bool = True, profile: str = PROFILE) -> dict[str, Any]:
     from dcim.drivers.profiles import load_profile
 
-    points_per_poll = len(load_profile(PROFILE).points)
+    kind = load_profile(profile, (PROFILE_DIR,)).kind
+    points_per_poll = len(load_profile(profile, (PROFILE_DIR,)).points)
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = f"{tree}{os.pathsep}{env.get('PYTHONPATH', '')}"
@@ -281,10 +295,10 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
                     os.sched_setaffinity(server._proc.pid, {1})
         # Connected before the ports are held (one socket each, kept open): paho's network loop uses select(),
         # which fails on a file descriptor past 1,023, and at 2,500 devices the subscriber's would be.
-        subscriber = Subscriber(mqtt.port)
+        subscriber = Subscriber(mqtt.port, kind)
         (http_port,) = free_ports(1)
         path = config_for(n, interval, workdir, mqtt.port, http_port, influx.url if influx is not None else None,
-                          rules, workers)
+                          rules, workers, racks, profile)
         dcim = [sys.executable, "-m", "dcim.app.cli"]
         log = (workdir / f"sat-{n}.log").open("wb")
         sim_config = path.with_name(f"sat-{n}-simulate.yaml")
@@ -310,7 +324,7 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
             try:
                 time.sleep(min(30.0, 5.0 + n / 100))  # warm-up: connections, first polls, imports
                 subscriber.window(True)
-                stored0 = stored_points(influx, points_per_poll)
+                stored0 = stored_points(influx, points_per_poll, kind)
                 m0, cpu0, rss0, t0 = metrics(http_port), tree_cpu(daemon.pid), tree_rss(daemon.pid), time.monotonic()
                 sys0 = system_seconds(daemon.pid)
                 peers = {name: pid for name, pid in (
@@ -334,7 +348,7 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
                     peers0["workers"], peers1["workers"] = cpu0 - own0, cpu1 - peers1["daemon"]
                 busy1 = cpu_busy(1)
                 points, latencies = subscriber.window(False)
-                stored1 = stored_points(influx, points_per_poll)
+                stored1 = stored_points(influx, points_per_poll, kind)
                 m1, rss1 = metrics(http_port), tree_rss(daemon.pid)
                 for route in ("metrics", "healthz"):  # the whole of both, kept beside the log for a look
                     try:
@@ -452,6 +466,13 @@ def main() -> None:
                         help="the in-process ingest on, into InfluxDB 1.x (beside the simulators with --pin)")
     parser.add_argument("--no-rules", action="store_true",
                         help="rules.enabled false: poll -> MQTT (rack metrics still derived and published)")
+    parser.add_argument("--profile", default=PROFILE,
+                        help="the devices' profile: generic-cdu (24 points in 3 reads, the default) or "
+                             "bench-pdu-f32 (20 float32 points in one read, the hot-path issue's device; with "
+                             "--no-racks)")
+    parser.add_argument("--no-racks", action="store_true",
+                        help="no rooms and racks: nothing is derived from the readings (with --no-rules: poll -> "
+                             "MQTT alone)")
     parser.add_argument("--nodelay", action="store_true",
                         help="mosquitto with set_tcp_nodelay true, as docs/deploy.md configures it")
     parser.add_argument("--workers", type=int, default=0,
@@ -471,7 +492,8 @@ def main() -> None:
             tmp = str(args.workdir)
         def one(n: int) -> dict[str, Any]:
             r = run(n, args.interval, args.seconds, Path(tmp), args.tree, args.py_spy, args.pin, args.pymodbus_sim,
-                    args.ingest, not args.no_rules, args.nodelay, args.workers)
+                    args.ingest, not args.no_rules, args.nodelay, args.workers, not args.no_racks,
+                    args.profile)
             print(line(r), f"  load {os.getloadavg()[0]:.1f}", flush=True)
             return r
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,7 @@ import structlog
 
 from dcim.app.ingest import Ingest
 from dcim.app.publisher import PUBLISHED, MqttPublisher
-from dcim.core.aio import Deadline, reraise_lost_cancellation
+from dcim.core.aio import Deadline, SlotClock, reraise_lost_cancellation
 from dcim.core.metrics import REGISTRY
 from dcim.core.pipeline import Pipeline
 from dcim.core.samples import Batch, DeviceStatus, Quality, Sample, Value, now_ns
@@ -60,6 +61,25 @@ OFFLINE_POLLS_IN_FLIGHT = 64
 
 # A poll that starts later than this fraction of its interval after it was due has overrun its slot.
 OVERRUN_FRACTION = 0.5
+# The pollers sleep on shared clocks (`SlotClock`): a device's poll starts up to a slot after it is due, a
+# slot being at most POLL_SLOT_SECONDS and at most POLL_SLOT_FRACTION of its interval.
+POLL_SLOT_SECONDS = 0.01
+POLL_SLOT_FRACTION = 0.05
+# Each event loop's clocks, by slot width (a clock's slots are the timers of one loop).
+_CLOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, SlotClock]] = weakref.WeakKeyDictionary()
+
+
+def poll_clock(interval: float) -> SlotClock:
+    """The running loop's shared clock of the devices polled every `interval` (one per slot width)."""
+    slot = min(POLL_SLOT_SECONDS, interval * POLL_SLOT_FRACTION)
+    loop = asyncio.get_running_loop()
+    clocks = _CLOCKS.get(loop)
+    if clocks is None:
+        clocks = _CLOCKS[loop] = {}
+    clock = clocks.get(slot)
+    if clock is None:
+        clock = clocks[slot] = SlotClock(slot)
+    return clock
 
 def make_driver(device: DeviceBase, profile: Profile[Any], context: DriverContext) -> Driver:
     # The device's protocol's factory, from the protocol registry.
@@ -119,11 +139,11 @@ class DeviceCoordinator:
         loop = asyncio.get_running_loop()
         interval = self.device.interval
         admission = self.pipeline.admission
+        clock = poll_clock(interval)
         due = loop.time()
         while True:
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if due > loop.time():
+                await clock.sleep_until(due)
             # Backpressure: while the outboxes behind the pipeline are over their marks, wait in line with
             # the other devices (first come, first served), so that all of them are polled later, in turn.
             self.waiting_since = time.monotonic()

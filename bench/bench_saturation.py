@@ -66,7 +66,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchlib import cpu_seconds, free_ports, machine, rss_mib, system_seconds  # noqa: E402
+from benchlib import cpu_seconds, free_ports, machine, release_ports, rss_mib, system_seconds  # noqa: E402
 
 from tests.servers import InfluxDBv1, Mosquitto  # noqa: E402
 
@@ -284,6 +284,9 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
     if tree is not None:
         env["PYTHONPATH"] = f"{tree}{os.pathsep}{env.get('PYTHONPATH', '')}"
     with contextlib.ExitStack() as servers:
+        # Every run's ports are given back after it (the subscriber of the next run must get a file
+        # descriptor below 1,024: paho's network loop uses select()).
+        servers.callback(release_ports)
         # --nodelay: mosquitto as docs/deploy.md configures it (its PUBACKs not held back by Nagle).
         mqtt = servers.enter_context(Mosquitto(workdir / f"mqtt-{n}-{interval}",
                                                extra_config=["set_tcp_nodelay true"] if nodelay else []))

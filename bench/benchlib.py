@@ -82,6 +82,14 @@ def free_ports(n: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> list[int
     return ports
 
 
+def release_ports() -> None:
+    """Close the sockets that hold the ports `free_ports` gave, once nothing uses them any more (a bench run
+    over): a bench that runs several sizes in one process would otherwise hold every port of every run."""
+    for s in _HELD:
+        s.close()
+    _HELD.clear()
+
+
 # ---- counting instructions (`--count` of bench_pipeline.py and bench_modbus.py) ---------------------------
 
 def callgrind_run(command: list[str], env: dict[str, str], *, toggle: tuple[str, ...] = (),

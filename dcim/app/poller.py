@@ -37,7 +37,8 @@ OVERRUNS = REGISTRY.counter(
     "Polls that started more than half an interval after they were due (its schedule then moves on from "
     "the late start, with no catch-up polls)", ("device",))
 OVERRUNS_ALL = REGISTRY.counter("dcim_poll_overruns_all_total", "dcim_poll_overruns_total of all devices together")
-LATENESS = REGISTRY.summary("dcim_poll_lateness_seconds", "How late polls start after they are due (all devices)")
+LATENESS = REGISTRY.summary("dcim_poll_lateness_seconds", "How late polls start after they are due (all devices; up to "
+                            "one slot of the shared poll clock, 10 ms at most, is its rounding)")
 
 # Caps of the outboxes' high-water marks, in messages. The mark itself is a second of what leaves at the
 # measured pace (`MARK_SECONDS`), so that what is delivered past saturation is about a second old when it

@@ -82,6 +82,7 @@ def poll_clock(interval: float) -> SlotClock:
         clock = clocks[slot] = SlotClock(slot)
     return clock
 
+
 def make_driver(device: DeviceBase, profile: Profile[Any], context: DriverContext) -> Driver:
     # The device's protocol's factory, from the protocol registry.
     return registry.make_driver(device, profile, context)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sqlite3
@@ -43,7 +44,15 @@ from dcim.app.http_api import HttpApi
 from dcim.app.ingest import Ingest, LocalFeed
 from dcim.app.ingest_workers import IngestWorkers
 from dcim.app.instance import RESERVE_BYTES, Claim, Reserve, StartupError, instance_tag, serves_http
-from dcim.app.poller import OVERRUNS, DeviceCoordinator, make_driver, polling_summary, watch_loop_lag, wire_backpressure
+from dcim.app.poller import (
+    OVERRUNS,
+    DeviceCoordinator,
+    lag_target,
+    make_driver,
+    polling_summary,
+    watch_loop_lag,
+    wire_backpressure,
+)
 from dcim.app.pollworkers import START_SECONDS, PollWorkers, worker_count
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
@@ -210,7 +219,8 @@ class Daemon:
                 self.publisher.share = ("ingest",)  # one row for both: the published bytes themselves
             else:
                 self.pipeline.add_sink(LocalFeed(self.ingest, self.topology), deferrable=True)
-        wire_backpressure(self.pipeline, self.publisher, self.ingest)
+        wire_backpressure(self.pipeline, self.publisher, self.ingest,
+                          (c.device.interval for c in self.coordinators.values()))
         self.cluster = self._join_cluster(config) if clustered else None
         self._judge_own_shards()  # none yet: the shards this node is given are judged once it has them
         # The one write path (rules.writes): rule actions and the HTTP API write through it, audited.
@@ -421,7 +431,8 @@ class Daemon:
                     start("cluster", self.cluster.run)
                 start("reload", self._reload_loop)
                 start("reserve", self._keep_reserve, critical=False)
-                start("loop-lag", watch_loop_lag, critical=False)
+                start("loop-lag", functools.partial(watch_loop_lag, admission=self.pipeline.admission),
+                      critical=False)
                 # Not critical: without systemd it has nothing left to do after the first poll round.
                 self._tasks["ready-watch"] = tg.create_task(self._watch_ready(), name="ready-watch")
                 log.info("daemon started", site=self.config.site.id, devices=len(self.coordinators),
@@ -586,6 +597,8 @@ class Daemon:
         for device_id, coordinator in fresh.items():
             self.coordinators[device_id] = coordinator
             self._start_device(coordinator)
+        # The loop's lag the polls in flight follow is a fraction of the shortest interval polled now.
+        self.pipeline.admission.lag_target = lag_target(c.device.interval for c in self.coordinators.values())
         if stopped or started:
             log.info("reload: devices changed", stopped=sorted(set(stopped) - set(started)),
                      started=sorted(set(started) - set(stopped)),

@@ -32,6 +32,17 @@ MIN_MARK = 50
 RATE_WINDOW = 1.0
 
 HELD = REGISTRY.counter("dcim_poll_admission_held_total", "Polls that waited for the outboxes' backpressure")
+IN_FLIGHT_LIMIT = REGISTRY.gauge(
+    "dcim_polls_in_flight_limit",
+    "Polls of online devices allowed to run at once now (lowered while the event loop runs late, up to its cap; "
+    "0: no limit)")
+# The limit on polls in flight follows the event loop's lag (`Admission.follow_lag`): the lag is smoothed
+# (each sample weighs LAG_WEIGHT), above the target the limit shrinks by LIMIT_DECREASE each sample, below
+# half the target it grows back by 1/LIMIT_STEPS of the cap each sample: from the cap to an eighth of it in
+# about 20 samples, and back in at most LIMIT_STEPS.
+LAG_WEIGHT = 0.3
+LIMIT_DECREASE = 0.9
+LIMIT_STEPS = 32
 SUPERSEDED = REGISTRY.counter(
     "dcim_pipeline_derived_superseded_total",
     "Derived batches (rack and plant metrics) held back past saturation and replaced by a newer tick's")
@@ -183,10 +194,20 @@ class Admission:
     designed to, within its own bound. A backlog without such a flag, or whose flag says up while nothing
     has left it for `stall_after` seconds, is taken as stalled the same way until something leaves it again.
     Past saturation on a busy machine one batch of the publisher can take seconds: `stall_after` is long.
+
+    Polls of online devices in flight at once are at most `max_in_flight`, and fewer while the event loop
+    runs late (`follow_lag`, fed by the daemon's lag watch): a saturated loop takes a turn per step of every
+    poll it runs, each turn as long as the work the polls in flight bring to it, so a thousand polls in
+    flight add a turn's length to every step of each, and the time from a poll's start (its samples' time)
+    to its answer taken grows with the number in flight, not with the work done. The limit shrinks while
+    the smoothed lag is above `lag_target` and grows back to the cap once it is below half of it, never
+    below `min_in_flight`: a loop with room (devices that answer slowly, at any number in flight) keeps the
+    whole cap.
     """
 
     def __init__(self, *, check_every: float = 0.02, stall_after: float = 30.0,
-                 max_in_flight: int | None = None, max_offline_in_flight: int | None = None) -> None:
+                 max_in_flight: int | None = None, max_offline_in_flight: int | None = None,
+                 min_in_flight: int = 1, lag_target: float | None = None) -> None:
         self.check_every = check_every
         self.stall_after = stall_after
         # Polls running at once, at most (None: no bound). Past saturation a thousand polls started together
@@ -197,6 +218,12 @@ class Admission:
         # time out), and a thousand polls at once would then keep every one of them failing.
         self.max_in_flight = max_in_flight
         self.max_offline_in_flight = max_offline_in_flight
+        # The limit below the cap while the loop runs late (None: the cap), its floor, the smoothed lag and
+        # the lag above which the limit shrinks (None: it never does).
+        self.limit: int | None = None
+        self.min_in_flight = min_in_flight
+        self.lag = 0.0
+        self.lag_target = lag_target
         self.in_flight = 0
         self.offline_in_flight = 0
         self._backlogs: list[_Backlog] = []
@@ -233,9 +260,16 @@ class Admission:
         now = time.monotonic()
         return min((b.mark(now) - b.depth() for b in self._backlogs if b.counts()), default=math.inf)
 
+    def in_flight_limit(self) -> int | None:
+        """Polls of online devices allowed in flight now: the cap, or the lower limit the loop's lag set."""
+        if self.max_in_flight is None or self.limit is None:
+            return self.max_in_flight
+        return min(self.limit, self.max_in_flight)
+
     def _slot(self, capped: bool) -> bool:
         if capped:
-            return self.max_in_flight is None or self.in_flight < self.max_in_flight
+            limit = self.in_flight_limit()
+            return limit is None or self.in_flight < limit
         return self.max_offline_in_flight is None or self.offline_in_flight < self.max_offline_in_flight
 
     def _take(self, capped: bool) -> None:
@@ -342,10 +376,30 @@ class Admission:
             budget = min(budget, room)
         return budget
 
+    def follow_lag(self, lag: float) -> None:
+        """One sample of the event loop's lag (seconds a timer ran late): the limit on polls in flight
+        shrinks while the smoothed lag is above `lag_target`, grows back while it is below half of it, and
+        stays put in between (no limit moves without a cap and a target)."""
+        self.lag = LAG_WEIGHT * max(0.0, lag) + (1.0 - LAG_WEIGHT) * self.lag
+        cap = self.max_in_flight
+        if cap is None or self.lag_target is None:
+            self.limit = None
+        else:
+            limit = self.in_flight_limit() or cap
+            if self.lag > self.lag_target:
+                self.limit = max(min(self.min_in_flight, cap), int(limit * LIMIT_DECREASE))
+            elif self.lag < self.lag_target / 2 and limit < cap:
+                self.limit = min(cap, limit + max(1, cap // LIMIT_STEPS))
+                if self.waiting:
+                    self._check()  # room for more now, not at the next check
+        IN_FLIGHT_LIMIT.set(self.in_flight_limit() or 0)  # 0: no limit
+
     def summary(self) -> dict[str, Any]:
         return {
             "waiting": self.waiting, "held_total": self.held,
             "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+            "in_flight_limit": self.in_flight_limit(), "loop_lag_smoothed": round(self.lag, 4),
+            "lag_target": None if self.lag_target is None else round(self.lag_target, 4),
             "offline_in_flight": self.offline_in_flight, "max_offline_in_flight": self.max_offline_in_flight,
             "backlogs": {b.name: {"depth": b.depth(), "high": b.high, "mark": round(b.mark(time.monotonic())),
                                   "drain_per_s": round(b.rate, 1), "holding": b.counts(), "stalled": b.stalled}

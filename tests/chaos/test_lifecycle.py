@@ -177,6 +177,11 @@ async def test_sighup_starts_added_devices_stops_removed_ones_and_leaves_the_oth
                 assert polls(after, kept, "error") == 0
             report = await wait_until(lambda: healthy(port), timeout=30, message=daemon.log())
             assert sorted(report["devices"]) == ["cdu-1", "cdu-2", "cdu-4"], report
+            # The loop lag that lowers the polls in flight: a tenth of the shortest interval polled (200 ms),
+            # and 0.04 s at least.
+            admission = report["polling"]["admission"]
+            assert admission["lag_target"] == pytest.approx(0.04), admission
+            assert admission["max_in_flight"] == 1024 and 64 <= admission["in_flight_limit"] <= 1024, admission
 
             # A bad file: a duplicated key and an unknown one. Nothing changes; each error is logged.
             path.write_text(path.read_text().replace("site:\n  id: hall-1\n",

@@ -24,9 +24,21 @@ import collections
 import time
 from pathlib import Path
 
+import pytest
+
 from dcim.app.config import Config, load_config
-from dcim.app.poller import LOOP_LAG, OVERRUNS, DeviceCoordinator, make_driver, polling_summary, watch_loop_lag
-from dcim.core.pipeline import Pipeline
+from dcim.app.poller import (
+    LAG_TARGET_MAX,
+    LAG_TARGET_MIN,
+    LOOP_LAG,
+    OVERRUNS,
+    DeviceCoordinator,
+    lag_target,
+    make_driver,
+    polling_summary,
+    watch_loop_lag,
+)
+from dcim.core.pipeline import Admission, Pipeline
 from dcim.core.samples import Batch, DeviceStatus
 from dcim.drivers.base import DriverContext
 from dcim.drivers.profiles import load_profile
@@ -153,3 +165,28 @@ async def test_the_loop_lag_gauge_shows_a_loop_that_ran_late() -> None:
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def test_a_loop_that_runs_late_lowers_the_limit_on_polls_in_flight_until_it_runs_on_time() -> None:
+    # Held for a second, the watcher's 0.01 s timer is at least 0.99 s late, far above the target of 0.2 s;
+    # then the loop is idle, and a lag below 0.1 s (half the target) grows the limit back to the cap.
+    admission = Admission(max_in_flight=1024, min_in_flight=64, lag_target=0.2)
+    watcher = asyncio.create_task(watch_loop_lag(0.01, admission))
+    try:
+        await asyncio.sleep(0)  # the watcher is asleep on its timer
+        time.sleep(1.0)  # noqa: ASYNC251 - holding the loop is the point
+        await wait_until(lambda: (admission.in_flight_limit() or 1024) < 1024, timeout=30,
+                         message="the limit did not shrink")
+        await wait_until(lambda: admission.in_flight_limit() == 1024, timeout=60,
+                         message="the limit did not grow back")
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+def test_the_lag_target_is_a_tenth_of_the_shortest_interval_within_its_bounds() -> None:
+    assert lag_target([1.0, 0.5, 30.0]) == pytest.approx(0.05)
+    assert lag_target([0.7]) == pytest.approx(0.07)
+    assert lag_target([0.2, 1.0]) == LAG_TARGET_MIN == 0.04  # not below: a busy loop is that late now and then
+    assert lag_target([1.0, 10.0]) == LAG_TARGET_MAX == 0.1
+    assert lag_target([]) == LAG_TARGET_MAX  # no device yet (a cluster node before its shards)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from dcim.core.pipeline import Admission, Pipeline
 from dcim.core.samples import Batch, Sample
@@ -155,3 +156,79 @@ async def test_polls_in_flight_are_bounded_in_order_and_offline_devices_have_a_p
     await wait_until(lambda: passed == ["offline", "third", "fourth", "second offline"])
     assert admission.in_flight == 2 and admission.offline_in_flight == 1
     await asyncio.gather(third, fourth, offline, second_offline)
+
+
+def test_the_limit_on_polls_in_flight_follows_the_event_loop_lag() -> None:
+    admission = Admission(max_in_flight=1024, min_in_flight=64, lag_target=0.05)
+    admission.follow_lag(0.0)
+    assert admission.in_flight_limit() == 1024  # a loop on time keeps the whole cap
+    # A loop that runs late: the limit shrinks with every sample, down to its floor and no further.
+    limits = [admission.in_flight_limit()]
+    for _ in range(100):
+        admission.follow_lag(1.0)
+        limits.append(admission.in_flight_limit())
+    shrinking = limits[: limits.index(64) + 1]
+    assert len(shrinking) > 2 and all(b < a for a, b in itertools.pairwise(shrinking))  # type: ignore[operator]
+    assert set(limits[len(shrinking):]) == {64}
+    # On time again for a few samples, then a lag between half the target and the target once the smoothing
+    # has settled there: the limit holds where it got to.
+    for _ in range(15):
+        admission.follow_lag(0.0)
+    for _ in range(50):
+        admission.follow_lag(0.04)
+    assert 0.025 < admission.lag <= 0.05
+    settled = admission.in_flight_limit()
+    assert settled is not None and 64 < settled < 1024
+    for _ in range(20):
+        admission.follow_lag(0.04)
+        assert admission.in_flight_limit() == settled
+    # On time again: it grows back with every sample once the smoothed lag is below half the target, up
+    # to the cap and no further.
+    limits = [settled]
+    for _ in range(200):
+        admission.follow_lag(0.0)
+        limits.append(admission.in_flight_limit())
+    first = next(i for i, limit in enumerate(limits) if limit != settled) - 1
+    growing = limits[first: limits.index(1024) + 1]
+    assert len(growing) > 2 and all(b > a for a, b in itertools.pairwise(growing))  # type: ignore[operator]
+    assert set(limits[first + len(growing):]) == {1024}
+    assert admission.summary()["in_flight_limit"] == 1024
+
+
+def test_without_a_lag_target_or_a_cap_the_lag_limits_nothing() -> None:
+    capped = Admission(max_in_flight=10)
+    uncapped = Admission(lag_target=0.05)
+    for _ in range(50):
+        capped.follow_lag(5.0)
+        uncapped.follow_lag(5.0)
+    assert capped.in_flight_limit() == 10
+    assert uncapped.in_flight_limit() is None
+
+
+def test_a_floor_above_the_cap_keeps_the_cap() -> None:
+    admission = Admission(max_in_flight=8, min_in_flight=64, lag_target=0.05)
+    for _ in range(50):
+        admission.follow_lag(5.0)
+    assert admission.in_flight_limit() == 8
+
+
+async def test_polls_waiting_for_the_limit_go_on_as_soon_as_it_grows() -> None:
+    # No timer check here (an hour apart): only the lag's sample can let them through.
+    admission = Admission(check_every=3600, max_in_flight=4, min_in_flight=1, lag_target=0.05)
+    for _ in range(50):
+        admission.follow_lag(1.0)
+    assert admission.in_flight_limit() == 1
+    await admission.acquire()
+    passed: list[int] = []
+
+    async def poll(number: int) -> None:
+        await admission.acquire()
+        passed.append(number)
+
+    polls = [asyncio.create_task(poll(n)) for n in range(3)]
+    await wait_until(lambda: admission.waiting == 3)
+    while admission.in_flight_limit() != 4:
+        admission.follow_lag(0.0)
+    await wait_until(lambda: passed == [0, 1, 2])
+    assert admission.in_flight == 4
+    await asyncio.gather(*polls)

@@ -33,6 +33,8 @@ delivered. Printed per run:
                                       # poll -> MQTT alone: the issue's device (20 float32 points in one
                                       # read), nothing derived from it (no rack, no CDU's plant metrics)
     python bench/bench_saturation.py --sizes 4000 --pin --ingest --workers 1   # the polls in a poll worker
+    python bench/bench_saturation.py --sizes 3000 --pin --no-racks --profile bench-pdu-f32 --answer-ms 300
+                                      # devices that answer 300 ms after each request: 900 polls in flight
 
 The devices are served by a lean responder (`--serve`, in this file): the registers of each device are
 encoded once from the frozen plant with the project's simulator code, and each request is answered from
@@ -112,8 +114,9 @@ def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port
     return path
 
 
-def serve(config_path: Path) -> None:
-    """The lean Modbus responder: read requests answered from registers encoded once (see the docstring)."""
+def serve(config_path: Path, answer_ms: float = 0.0) -> None:
+    """The lean Modbus responder: read requests answered from registers encoded once (see the docstring),
+    each `answer_ms` after it came (0: at once)."""
     from dcim.app.config import load_config
     from dcim.drivers.modbus.config import ModbusDevice
     from dcim.drivers.profiles import load_profile
@@ -146,6 +149,8 @@ def serve(config_path: Path) -> None:
             tables[function] = (0, bytes((words[a // 16] >> (a % 16)) & 1 for a in range(size)))
         values_by_port[device.port] = tables
 
+    delay = answer_ms / 1000
+
     class Responder(asyncio.Protocol):
         def __init__(self, tables: dict[int, tuple[int, bytes]]) -> None:
             self.tables = tables
@@ -154,6 +159,12 @@ def serve(config_path: Path) -> None:
 
         def connection_made(self, transport: Any) -> None:
             self.transport = transport
+
+        def send(self, frame: bytes) -> None:
+            if not delay:
+                self.transport.write(frame)
+            elif not self.transport.is_closing():
+                asyncio.get_running_loop().call_later(delay, self.transport.write, frame)
 
         def data_received(self, data: bytes) -> None:
             self.buffer += data
@@ -167,13 +178,12 @@ def serve(config_path: Path) -> None:
                 width = 1 if function in (1, 2) else 2
                 start, end = width * (address - low), width * (address - low + count)
                 if start < 0 or end > len(block):
-                    self.transport.write(struct.pack(">HHHBBB", tid, 0, 3, unit_id, function | 0x80, 2))
+                    self.send(struct.pack(">HHHBBB", tid, 0, 3, unit_id, function | 0x80, 2))
                     continue
                 body = block[start:end]
                 if width == 1:
                     body = bytes(sum(bit << i for i, bit in enumerate(body[j : j + 8])) for j in range(0, count, 8))
-                self.transport.write(struct.pack(">HHHBBB", tid, 0, 3 + len(body), unit_id, function, len(body))
-                                     + body)
+                self.send(struct.pack(">HHHBBB", tid, 0, 3 + len(body), unit_id, function, len(body)) + body)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -275,7 +285,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | None, py_spy: float,
         pin: bool, pymodbus_sim: bool, ingest: bool = False, rules: bool = True,
-        nodelay: bool = False, workers: int = 0, racks: bool = True, profile: str = PROFILE) -> dict[str, Any]:
+        nodelay: bool = False, workers: int = 0, racks: bool = True, profile: str = PROFILE,
+        answer_ms: float = 0.0) -> dict[str, Any]:
     from dcim.drivers.profiles import load_profile
 
     kind = load_profile(profile, (PROFILE_DIR,)).kind
@@ -310,7 +321,8 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
         if pymodbus_sim:
             sim_command = [*dcim, "simulate", "-c", str(sim_config), "--frozen"]
         else:
-            sim_command = [sys.executable, str(Path(__file__).resolve()), "--serve", str(sim_config)]
+            sim_command = [sys.executable, str(Path(__file__).resolve()), "--serve", str(sim_config),
+                           "--answer-ms", str(answer_ms)]
         sim = subprocess.Popen(sim_command, cwd=REPO, stdout=log, stderr=log,
                                preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if pin else None)
         try:
@@ -482,10 +494,12 @@ def main() -> None:
                         help="the daemon's poll workers (workers: N); with --pin the daemon and its workers are "
                              "not pinned, the peers stay on CPU 1")
     parser.add_argument("--workdir", type=Path, help="keep configurations and logs here (default: a temporary one)")
+    parser.add_argument("--answer-ms", type=float, default=0.0, metavar="MS",
+                        help="the lean responder answers each request this long after it came (slow devices)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.answer_ms)
         return
     print(f"machine: {machine()}; load average at start: {os.getloadavg()}")
     print(HEADER, flush=True)
@@ -496,7 +510,7 @@ def main() -> None:
         def one(n: int) -> dict[str, Any]:
             r = run(n, args.interval, args.seconds, Path(tmp), args.tree, args.py_spy, args.pin, args.pymodbus_sim,
                     args.ingest, not args.no_rules, args.nodelay, args.workers, not args.no_racks,
-                    args.profile)
+                    args.profile, args.answer_ms)
             print(line(r), f"  load {os.getloadavg()[0]:.1f}", flush=True)
             return r
 

@@ -35,6 +35,7 @@ delivered. Printed per run:
     python bench/bench_saturation.py --sizes 4000 --pin --ingest --workers 1   # the polls in a poll worker
     python bench/bench_saturation.py --sizes 3000 --pin --no-racks --profile bench-pdu-f32 --answer-ms 300
                                       # devices that answer 300 ms after each request: 900 polls in flight
+    python bench/bench_saturation.py --sizes 21500 --units 5 --pin --ingest   # 5 devices a port (a gateway)
 
 The devices are served by a lean responder (`--serve`, in this file): the registers of each device are
 encoded once from the frozen plant with the project's simulator code, and each request is answered from
@@ -79,7 +80,7 @@ PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port: int,
                influx_url: str | None = None, rules: bool = True, workers: int = 0, with_racks: bool = True,
-               profile: str = PROFILE) -> Path:
+               profile: str = PROFILE, units: int = 1) -> Path:
     from dcim.drivers.profiles import load_profile
 
     kind = load_profile(profile, (PROFILE_DIR,)).kind
@@ -87,10 +88,16 @@ def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port
         raise SystemExit(f"a profile of kind {kind} is run with --no-racks (the racks are the CDUs')")
     devices: list[dict[str, Any]] = []
     racks = []
-    for i, port in enumerate(free_ports(n), start=1):
-        devices.append({"id": f"{kind}-{i}", "kind": kind, "protocol": "modbus", "host": "127.0.0.1",
-                        "port": port, "profile": profile, "interval": f"{interval}s", "timeout": "2s",
-                        "retries": 0, "simulate": True})
+    # --units K: K devices behind each port (unit ids 1..K, as behind a Modbus TCP gateway), their requests
+    # in flight together on the one connection.
+    ports = free_ports(-(-n // units))
+    for i in range(1, n + 1):
+        device = {"id": f"{kind}-{i}", "kind": kind, "protocol": "modbus", "host": "127.0.0.1",
+                  "port": ports[(i - 1) // units], "profile": profile, "interval": f"{interval}s", "timeout": "2s",
+                  "retries": 0, "simulate": True}
+        if units > 1:
+            device |= {"unit_id": (i - 1) % units + 1, "max_in_flight": units}
+        devices.append(device)
         racks.append({"id": f"R{i}", "cooling": "liquid", "power_budget_kw": 150, "cdu": f"cdu-{i}"})
     config = {
         "site": {"id": "bench"}, "rooms": [{"id": "dh1", "rows": [{"id": "A", "racks": racks}]}] if with_racks else [],
@@ -125,7 +132,8 @@ def serve(config_path: Path, answer_ms: float = 0.0) -> None:
 
     config = load_config(config_path)
     plant = Plant(config, frozen=True)
-    values_by_port: dict[int, dict[int, tuple[int, bytes]]] = {}
+    # port -> unit id -> function -> (first address, the registers' bytes)
+    values_by_port: dict[int, dict[int, dict[int, tuple[int, bytes]]]] = {}
     for device in config.devices:
         assert isinstance(device, ModbusDevice)
         unit = _Unit(plant, device, load_profile(device.profile, config.extra_profile_dirs()))
@@ -147,13 +155,13 @@ def serve(config_path: Path, answer_ms: float = 0.0) -> None:
             unit._refresh(table, 0, words, values)
             # One byte per bit here; the answer packs them.
             tables[function] = (0, bytes((words[a // 16] >> (a % 16)) & 1 for a in range(size)))
-        values_by_port[device.port] = tables
+        values_by_port.setdefault(device.port, {})[device.unit_id] = tables
 
     delay = answer_ms / 1000
 
     class Responder(asyncio.Protocol):
-        def __init__(self, tables: dict[int, tuple[int, bytes]]) -> None:
-            self.tables = tables
+        def __init__(self, units: dict[int, dict[int, tuple[int, bytes]]]) -> None:
+            self.units = units
             self.buffer = b""
             self.transport: Any = None
 
@@ -174,7 +182,7 @@ def serve(config_path: Path, answer_ms: float = 0.0) -> None:
                 if len(self.buffer) < frame_end:
                     return
                 self.buffer = self.buffer[frame_end:]
-                low, block = self.tables.get(function, (0, b""))
+                low, block = self.units.get(unit_id, {}).get(function, (0, b""))
                 width = 1 if function in (1, 2) else 2
                 start, end = width * (address - low), width * (address - low + count)
                 if start < 0 or end > len(block):
@@ -187,8 +195,8 @@ def serve(config_path: Path, answer_ms: float = 0.0) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        for port, tables in values_by_port.items():
-            await loop.create_server(lambda t=tables: Responder(t), "127.0.0.1", port, reuse_address=True)  # type: ignore[misc]
+        for port, units in values_by_port.items():
+            await loop.create_server(lambda u=units: Responder(u), "127.0.0.1", port, reuse_address=True)  # type: ignore[misc]
         print("simulators ready", flush=True)
         await asyncio.Event().wait()
 
@@ -286,7 +294,7 @@ def percentile(values: list[float], q: float) -> float:
 def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | None, py_spy: float,
         pin: bool, pymodbus_sim: bool, ingest: bool = False, rules: bool = True,
         nodelay: bool = False, workers: int = 0, racks: bool = True, profile: str = PROFILE,
-        answer_ms: float = 0.0) -> dict[str, Any]:
+        answer_ms: float = 0.0, units: int = 1) -> dict[str, Any]:
     from dcim.drivers.profiles import load_profile
 
     kind = load_profile(profile, (PROFILE_DIR,)).kind
@@ -312,7 +320,7 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
         subscriber = Subscriber(mqtt.port, kind)
         (http_port,) = free_ports(1)
         path = config_for(n, interval, workdir, mqtt.port, http_port, influx.url if influx is not None else None,
-                          rules, workers, racks, profile)
+                          rules, workers, racks, profile, units)
         dcim = [sys.executable, "-m", "dcim.app.cli"]
         log = (workdir / f"sat-{n}.log").open("wb")
         sim_config = path.with_name(f"sat-{n}-simulate.yaml")
@@ -496,6 +504,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep configurations and logs here (default: a temporary one)")
     parser.add_argument("--answer-ms", type=float, default=0.0, metavar="MS",
                         help="the lean responder answers each request this long after it came (slow devices)")
+    parser.add_argument("--units", type=int, default=1, metavar="K",
+                        help="K devices behind each port (unit ids 1..K, as behind a gateway; at most 16)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -510,7 +520,7 @@ def main() -> None:
         def one(n: int) -> dict[str, Any]:
             r = run(n, args.interval, args.seconds, Path(tmp), args.tree, args.py_spy, args.pin, args.pymodbus_sim,
                     args.ingest, not args.no_rules, args.nodelay, args.workers, not args.no_racks,
-                    args.profile, args.answer_ms)
+                    args.profile, args.answer_ms, args.units)
             print(line(r), f"  load {os.getloadavg()[0]:.1f}", flush=True)
             return r
 

@@ -219,8 +219,8 @@ class Daemon:
                 self.publisher.share = ("ingest",)  # one row for both: the published bytes themselves
             else:
                 self.pipeline.add_sink(LocalFeed(self.ingest, self.topology), deferrable=True)
-        wire_backpressure(self.pipeline, self.publisher, self.ingest,
-                          (c.device.interval for c in self.coordinators.values()))
+        wire_backpressure(self.pipeline, self.publisher, self.ingest)
+        self._retarget_lag()
         self.cluster = self._join_cluster(config) if clustered else None
         self._judge_own_shards()  # none yet: the shards this node is given are judged once it has them
         # The one write path (rules.writes): rule actions and the HTTP API write through it, audited.
@@ -597,12 +597,15 @@ class Daemon:
         for device_id, coordinator in fresh.items():
             self.coordinators[device_id] = coordinator
             self._start_device(coordinator)
-        # The loop's lag the polls in flight follow is a fraction of the shortest interval polled now.
-        self.pipeline.admission.lag_target = lag_target(c.device.interval for c in self.coordinators.values())
+        self._retarget_lag()
         if stopped or started:
             log.info("reload: devices changed", stopped=sorted(set(stopped) - set(started)),
                      started=sorted(set(started) - set(stopped)),
                      restarted=sorted(set(started) & set(stopped)))
+
+    def _retarget_lag(self) -> None:
+        """The event loop lag the polls in flight follow: a fraction of the shortest interval polled now."""
+        self.pipeline.admission.lag_target = lag_target(c.device.interval for c in self.coordinators.values())
 
     async def _stop_device(self, device_id: str) -> None:
         coordinator = self.coordinators.pop(device_id, None)

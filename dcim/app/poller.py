@@ -333,13 +333,12 @@ def lag_target(intervals: Iterable[float]) -> float:
     return min(LAG_TARGET_MAX, max(LAG_TARGET_MIN, LAG_TARGET_FRACTION * shortest))
 
 
-def wire_backpressure(pipeline: Pipeline, publisher: MqttPublisher | None, ingest: Ingest | None,
-                      intervals: Iterable[float] = ()) -> None:
+def wire_backpressure(pipeline: Pipeline, publisher: MqttPublisher | None, ingest: Ingest | None) -> None:
     """The outboxes after the pipeline hold the pollers back when they fill faster than they drain, and the
-    polls in flight are fewer while the event loop runs late (`intervals`: the devices' poll intervals)."""
+    polls in flight are fewer while the event loop runs late (above the admission's `lag_target`, which the
+    daemon sets from its devices' intervals with `lag_target`)."""
     pipeline.admission.max_in_flight = POLLS_IN_FLIGHT
     pipeline.admission.min_in_flight = POLLS_IN_FLIGHT_FLOOR
-    pipeline.admission.lag_target = lag_target(intervals)
     pipeline.admission.max_offline_in_flight = OFFLINE_POLLS_IN_FLIGHT
     if publisher is not None:
         box, connected = publisher.outbox, publisher.connected

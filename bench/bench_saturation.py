@@ -13,6 +13,10 @@ delivered. Printed per run:
     kernel               the system part of it (syscalls; on loopback the peers' TCP receive path runs in the
                          sender's send, so the simulators', mosquitto's and InfluxDB's share of it is counted too)
     p50 / p99 latency    receive time - sample timestamp, over the messages received in the window
+    first message        after the peers: seconds from the daemon's start to the first message delivered
+                         (printed last); the window opens 30 s after that start, or 20 s after that first
+                         message if later, and latency-N.tsv in the work directory has the latency second by
+                         second over the window
     RSS start / end      the daemon's resident memory (and its poll workers') after the warm-up and at the end
                          of the window
     overruns             dcim_poll_overruns_total summed over devices, during the window (from /metrics)
@@ -74,6 +78,9 @@ from benchlib import cpu_seconds, free_ports, machine, release_ports, rss_mib, s
 from tests.servers import InfluxDBv1, Mosquitto  # noqa: E402
 
 PROFILE = "generic-cdu"
+# The warm-up (see `run`): seconds after the daemon's start, and after the first message delivered.
+WARM_SECONDS = 30.0
+SETTLE_SECONDS = 20.0
 # --profile bench-pdu-f32: the hot-path issue's reference device (20 float32 points in one read), from here.
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -215,6 +222,8 @@ class Subscriber:
         self.counting = False
         self.points = 0
         self.latencies: list[float] = []
+        self.received: list[int] = []  # each latency's receive time (ns), for the trace over the window
+        self.first: float | None = None  # monotonic time of the first message of the devices' topics
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sat-{os.getpid()}")
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
@@ -231,6 +240,8 @@ class Subscriber:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         now = time.time_ns()
+        if self.first is None:
+            self.first = time.monotonic()
         if not self.counting:
             return
         points = 0
@@ -245,13 +256,14 @@ class Subscriber:
             with self.lock:
                 self.points += points
                 self.latencies.append((now - newest) / 1e9)
+                self.received.append(now)
 
-    def window(self, start: bool) -> tuple[int, list[float]]:
+    def window(self, start: bool) -> tuple[int, list[float], list[int]]:
         with self.lock:
             self.counting = start
-            points, lat = self.points, self.latencies
-            self.points, self.latencies = 0, []
-        return points, lat
+            points, lat, received = self.points, self.latencies, self.received
+            self.points, self.latencies, self.received = 0, [], []
+        return points, lat, received
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -282,6 +294,21 @@ def stored_points(influx: InfluxDBv1 | None, points_per_poll: int, kind: str = "
         return 0
     rows = influx.query(f"SELECT count(flow_lpm) FROM {kind}")
     return int(rows[0]["count"]) * points_per_poll if rows else 0
+
+
+def write_trace(path: Path, received: list[int], latencies: list[float]) -> None:
+    """The latency second by second over the window (messages, p50, p99, max): a steady tail and one
+    made of stalls (a pause of the loop, a slow batch) look alike in the window's p99, not here."""
+    seconds: dict[int, list[float]] = {}
+    for at, latency in zip(received, latencies, strict=True):
+        seconds.setdefault(at // 1_000_000_000, []).append(latency)
+    start = min(seconds, default=0)
+    with path.open("w") as out:
+        out.write("second\tunix\tmessages\tp50\tp99\tmax\n")
+        for second in sorted(seconds):
+            values = sorted(seconds[second])
+            out.write(f"{second - start}\t{second}\t{len(values)}\t{percentile(values, 0.5):.3f}\t"
+                      f"{percentile(values, 0.99):.3f}\t{values[-1]:.3f}\n")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -345,7 +372,24 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
             daemon = subprocess.Popen([*dcim, "run", "-c", str(path)], cwd=cwd, env=env, stdout=log, stderr=log,
                                       preexec_fn=lambda: os.sched_setaffinity(0, cpus))
             try:
-                time.sleep(min(30.0, 5.0 + n / 100))  # warm-up: connections, first polls, imports
+                # Warm-up: imports, the configuration, connections, the first polls. The window opens
+                # WARM_SECONDS after the daemon started and at least SETTLE_SECONDS after the first
+                # message came: at 21,500 devices start-up alone takes about 30 s, and the first round (every
+                # device due at once, each one's online status) about ten more.
+                started = time.monotonic()
+                subscriber.first = None
+                while True:
+                    now = time.monotonic()
+                    first = subscriber.first
+                    if daemon.poll() is not None:
+                        raise RuntimeError(f"the daemon exited during the warm-up ({daemon.returncode})")
+                    if first is not None and now >= max(started + min(WARM_SECONDS, 5.0 + n / 100),
+                                                        first + SETTLE_SECONDS):
+                        break
+                    if now - started > 600:
+                        raise RuntimeError("nothing delivered within 600 s of the daemon's start")
+                    time.sleep(0.2)
+                startup = (first or now) - started
                 subscriber.window(True)
                 stored0 = stored_points(influx, points_per_poll, kind)
                 m0, cpu0, rss0, t0 = metrics(http_port), tree_cpu(daemon.pid), tree_rss(daemon.pid), time.monotonic()
@@ -370,7 +414,8 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
                     peers0["daemon"], peers1["daemon"] = own0, cpu_seconds(daemon.pid)
                     peers0["workers"], peers1["workers"] = cpu0 - own0, cpu1 - peers1["daemon"]
                 busy1 = cpu_busy(1)
-                points, latencies = subscriber.window(False)
+                points, latencies, received = subscriber.window(False)
+                write_trace(workdir / f"latency-{n}.tsv", received, latencies)
                 stored1 = stored_points(influx, points_per_poll, kind)
                 m1, rss1 = metrics(http_port), tree_rss(daemon.pid)
                 for route in ("metrics", "healthz"):  # the whole of both, kept beside the log for a look
@@ -405,6 +450,7 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
         "outbox": m1.get("dcim_outbox_depth", float("nan")),
         "peers": {name: (peers1[name] - peers0[name]) / span * 100 for name in peers0},
         "cpu1": (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1) * 100,
+        "startup": startup,
     }
 
 
@@ -470,7 +516,7 @@ def line(r: dict[str, Any]) -> str:
             f"{r['cpu_us']:>9.1f} {r['sys_us']:>6.1f} {r['cpu_pct']:>5.0f}% {r['p50']:>7.2f} {r['p99']:>7.2f} "
             f"{r['rss0']:>6.0f}->{r['rss1']:<6.0f} {r['overruns']:>9.0f} {r['dropped']:>8.0f} {r['outbox']:>7.0f}"
             f"  peers " + " ".join(f"{name} {pct:.0f}%" for name, pct in r["peers"].items())
-            + f", cpu1 {r['cpu1']:.0f}%")
+            + f", cpu1 {r['cpu1']:.0f}%, first message {r['startup']:.1f} s after start")
 
 
 def main() -> None:

@@ -4,6 +4,8 @@ good and bad samples, is kept as if every sample were stored under its own (meas
 
 from __future__ import annotations
 
+import sys
+
 from dcim.app.console.live import LiveState
 from dcim.app.poller import DeviceCoordinator
 from dcim.core.pipeline import Pipeline
@@ -49,6 +51,25 @@ def test_the_live_view_keeps_every_point_by_its_key() -> None:
     assert live.value("pdu-1", "power_w", "pdu_outlet") is None
     assert live.value("pdu-1", "current_a") is None
     assert live.value("pdu-1", "energy_kwh") is None
+
+
+def test_the_live_view_keeps_what_the_samples_carry_not_the_samples() -> None:
+    """Keeping each poll's samples until the next would keep every device's last poll alive and young, for
+    the garbage collector to walk at every collection: the view copies what they carry into a record per
+    point, made once and written in place by each later poll."""
+    live = LiveState()
+    first = mixed()
+    counts = [sys.getrefcount(s) for s in first]
+    live.on_batch(Batch("pdu-1", "pdu", TS, first))
+    assert [sys.getrefcount(s) for s in first] == counts
+    records = {key: id(latest) for key, points in live.devices["pdu-1"].groups.items()
+               for key_point, latest in points.items() for key in [(*key, key_point)]}
+    second = mixed(TS + 5)
+    live.on_batch(Batch("pdu-1", "pdu", TS + 5, second))
+    assert [sys.getrefcount(s) for s in second] == counts
+    assert {key: id(latest) for key, points in live.devices["pdu-1"].groups.items()
+            for key_point, latest in points.items() for key in [(*key, key_point)]} == records
+    assert live.devices["pdu-1"].samples == {(s.measurement, s.tags, s.point): s for s in second}
 
 
 def test_a_sample_without_measurement_is_kept_under_the_batch_kind() -> None:

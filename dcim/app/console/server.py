@@ -202,8 +202,7 @@ class Console:
         live = self.live.devices.get(device)
         if live is None:
             return []
-        return [s for (meas, _), points in live.groups.items() if measurement is None or meas == measurement
-                for s in points.values()]
+        return live.group_samples(measurement)
 
     async def _devices(self, request: web.Request, session: Session | None) -> tuple[str, str, str]:
         return "Devices", pages.devices_page(self._device_views()), "devices"

@@ -57,6 +57,7 @@ from dcim.app.pollworkers import START_SECONDS, PollWorkers, worker_count
 from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
 from dcim.core.audit import AuditLog
+from dcim.core.collector import freeze_grown
 from dcim.core.collector import settle as settle_collector
 from dcim.core.collector import watch as watch_collector
 from dcim.core.journal import Journal, Outbox
@@ -468,6 +469,9 @@ class Daemon:
         await asyncio.gather(*(c.polled.wait() for c in self.coordinators.values()))
         self.ready.set()
         log.info("first poll round done", summary=self.summary())
+        if self.owns_process:
+            # What the round built (each point's reading and live record) lives as long as the process.
+            log.info("garbage collector: the first round's objects frozen", frozen_objects=freeze_grown())
         notifier = sdnotify.Notifier.from_env()
         if notifier is None:
             return

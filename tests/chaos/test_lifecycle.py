@@ -156,6 +156,12 @@ async def test_sighup_starts_added_devices_stops_removed_ones_and_leaves_the_oth
             settled = await metrics(port)
             assert settled[("dcim_gc_frozen_objects", frozenset())] > 10_000, settled
             full_collections = settled[("dcim_gc_collections_total", frozenset({("generation", "2")}))]
+            # And after the first poll round, what it built too (each point's reading and live record).
+            at_start = log_events(daemon, "garbage collector settled")[0]["frozen_objects"]
+            [round_done] = await wait_until(
+                lambda: log_events(daemon, "garbage collector: the first round's objects frozen"), timeout=30,
+                message=daemon.log())
+            assert round_done["frozen_objects"] > at_start, (round_done, at_start)
 
             # A good file: cdu-3 goes, cdu-4 comes, cdu-1 and cdu-2 are not touched.
             path.write_text(yaml.safe_dump(_hall_without(full, "cdu-3"), sort_keys=False))

@@ -85,3 +85,22 @@ def test_every_collection_is_counted_with_its_pause(restored: None) -> None:
     for name in ("dcim_gc_collections_total", "dcim_gc_pause_seconds_sum", "dcim_gc_pause_max_seconds",
                  "dcim_gc_frozen_objects"):
         assert f"\n{name}" in text or text.startswith(name)
+
+
+def test_freeze_grown_freezes_what_the_first_round_built_without_a_collection(restored: None) -> None:
+    collector.settle()
+    collector.watch()
+    frozen = gc.get_freeze_count()
+    records = [Node() for _ in range(5_000)]  # what a first poll round builds, to live as long as the process
+    collections = collector.COLLECTIONS.get(generation="2")
+    assert collector.freeze_grown() == gc.get_freeze_count() >= frozen + len(records)
+    assert collector.FROZEN.get() == gc.get_freeze_count()
+    assert collector.COLLECTIONS.get(generation="2") == collections  # no walk of its own
+    assert not any(gc.is_tracked(r) and r in gc.get_objects() for r in records[:3])  # out of every generation
+    # A cycle made afterwards is collected as before.
+    gone: list[int] = []
+    later = cycle()
+    weakref.finalize(later, gone.append, 1)
+    del later
+    gc.collect()
+    assert gone == [1]

@@ -266,6 +266,10 @@ class Engine:
     def rack_batches(self) -> list[Batch]:
         return self.metrics.compute(self.clock.now_ns())
 
+    def rack_batch_steps(self, batches: list[Batch]) -> Iterator[None]:
+        """`rack_batches` in slices (`RackMetrics.compute_steps`), appended to `batches`."""
+        return self.metrics.compute_steps(self.clock.now_ns(), batches)
+
     def tick(self, since_ns: int | None = None) -> None:
         """Re-judge everything: pending periods, clear delays, no-data and offline timers. Rules judged
         at or after `since_ns` (the rack rules, on this tick's rack metrics) are not judged again."""

@@ -176,7 +176,10 @@ class RuleService:
         hall of hundreds of racks must not hold up the pollers for a whole tick."""
         started = self.clock.now_ns()
         wall = time.perf_counter()
-        for i, batch in enumerate(self.engine.rack_batches()):
+        batches: list[Batch] = []
+        for _ in self.engine.rack_batch_steps(batches):
+            await asyncio.sleep(0)
+        for i, batch in enumerate(batches):
             if self.publish is not None:
                 self.publish(batch)
             else:

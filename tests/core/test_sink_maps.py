@@ -53,6 +53,12 @@ def test_the_live_view_keeps_every_point_by_its_key() -> None:
     assert live.value("pdu-1", "energy_kwh") is None
 
 
+def records_of(live: LiveState) -> dict[tuple[object, ...], int]:
+    """Which record object holds each point of pdu-1, by (measurement, row tags, point)."""
+    return {(*group, point): id(latest) for group, points in live.devices["pdu-1"].groups.items()
+            for point, latest in points.items()}
+
+
 def test_the_live_view_keeps_what_the_samples_carry_not_the_samples() -> None:
     """Keeping each poll's samples until the next would keep every device's last poll alive and young, for
     the garbage collector to walk at every collection: the view copies what they carry into a record per
@@ -62,13 +68,11 @@ def test_the_live_view_keeps_what_the_samples_carry_not_the_samples() -> None:
     counts = [sys.getrefcount(s) for s in first]
     live.on_batch(Batch("pdu-1", "pdu", TS, first))
     assert [sys.getrefcount(s) for s in first] == counts
-    records = {key: id(latest) for key, points in live.devices["pdu-1"].groups.items()
-               for key_point, latest in points.items() for key in [(*key, key_point)]}
+    records = records_of(live)
     second = mixed(TS + 5)
     live.on_batch(Batch("pdu-1", "pdu", TS + 5, second))
     assert [sys.getrefcount(s) for s in second] == counts
-    assert {key: id(latest) for key, points in live.devices["pdu-1"].groups.items()
-            for key_point, latest in points.items() for key in [(*key, key_point)]} == records
+    assert records_of(live) == records
     assert live.devices["pdu-1"].samples == {(s.measurement, s.tags, s.point): s for s in second}
 
 

@@ -33,6 +33,7 @@ class _Metric:
         self.help = help_text
         self.label_names = labels
         self.values: dict[tuple[str, ...], float] = {}
+        self.texts = _Texts(labels)  # kept between scrapes (`_render`)
 
     def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
         names = self.label_names
@@ -44,20 +45,72 @@ class _Metric:
         return self.values.get(self._key(labels), 0.0)
 
     def render(self) -> list[str]:
-        return _render(self.name, self.kind, self.help, self.label_names, self.values, {})
+        return _render(self.name, self.kind, self.help, self.label_names, self.values, {}, self.texts)
+
+
+class _Texts:
+    """What a metric's text keeps from one scrape to the next: its series' keys in order and each series'
+    label text (escaped once, not at every scrape). Made again when the series change; the label texts of
+    series gone are dropped once they outnumber the live ones (so they stay bounded by the series)."""
+
+    __slots__ = ("keys", "label_names", "labels", "order")
+
+    def __init__(self, label_names: tuple[str, ...] = ()) -> None:
+        self.label_names = label_names
+        self.keys: frozenset[tuple[str, ...]] = frozenset()
+        self.order: list[tuple[str, ...]] = []
+        self.labels: dict[tuple[str, ...], str] = {}
+
+    def update(self, label_names: tuple[str, ...], values: dict[tuple[str, ...], float]) -> None:
+        if label_names != self.label_names:
+            self.label_names, self.labels = label_names, {}
+        elif values.keys() == self.keys:
+            return
+        self.keys = frozenset(values)
+        self.order = sorted(self.keys)
+
+    def trim(self) -> None:
+        if len(self.labels) > 2 * len(self.keys) + 1024:
+            self.labels = {key: text for key, text in self.labels.items() if key in self.keys}
+
+
+def _number(value: float) -> str:
+    """A sample value as the text format reads it, exactly: an integral value as an integer (a counter past
+    a million keeps its last digits), any other finite one as its shortest repr, else NaN / +Inf / -Inf."""
+    if type(value) is int:
+        return str(value)
+    if value - value == 0.0:
+        if value.is_integer() and -9007199254740992.0 <= value <= 9007199254740992.0:  # 2**53
+            return str(int(value))
+        return repr(float(value))
+    if value != value:
+        return "NaN"
+    return "+Inf" if value > 0 else "-Inf"
 
 
 def _render(name: str, kind: str, help_text: str, label_names: tuple[str, ...], values: dict[tuple[str, ...], float],
-            counts: dict[tuple[str, ...], int]) -> list[str]:
+            counts: dict[tuple[str, ...], int], texts: _Texts | None = None) -> list[str]:
     lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    if texts is None:
+        texts = _Texts()
+    texts.update(label_names, values)
+    labels = texts.labels
+    number = _number
     if kind == "summary":
-        for key, total in sorted(values.items()):
-            label_text = _labels(label_names, key)
-            lines.append(f"{name}_sum{label_text} {total:g}")
-            lines.append(f"{name}_count{label_text} {counts.get(key, 0)}")
+        sum_name, count_name = f"{name}_sum", f"{name}_count"
+        for key in texts.order:
+            label_text = labels.get(key)
+            if label_text is None:
+                label_text = labels[key] = _labels(label_names, key)
+            lines.append(f"{sum_name}{label_text} {number(values[key])}")
+            lines.append(f"{count_name}{label_text} {counts.get(key, 0)}")
     else:
-        for key, value in sorted(values.items()):
-            lines.append(f"{name}{_labels(label_names, key)} {value:g}")
+        for key in texts.order:
+            label_text = labels.get(key)
+            if label_text is None:
+                label_text = labels[key] = _labels(label_names, key)
+            lines.append(f"{name}{label_text} {number(values[key])}")
+    texts.trim()
     return lines
 
 
@@ -128,7 +181,7 @@ class Summary(_Metric):
         return SummaryChild(self, self._key(labels))
 
     def render(self) -> list[str]:
-        return _render(self.name, self.kind, self.help, self.label_names, self.values, self.counts)
+        return _render(self.name, self.kind, self.help, self.label_names, self.values, self.counts, self.texts)
 
 
 class SummaryChild(_Child):
@@ -147,6 +200,8 @@ class Registry:
         self._collectors: list[Callable[[], None]] = []
         # Other processes' series (poll workers), rendered with this registry's: each source gives snapshots.
         self._remotes: list[Callable[[], Iterable[Snapshot]]] = []
+        # The texts of series only other processes have, by metric name (the names are the code's: bounded).
+        self._remote_texts: dict[str, _Texts] = {}
 
     def _get(self, cls: type[_Metric], name: str, help_text: str, labels: tuple[str, ...]) -> _Metric:
         metric = self._metrics.get(name)
@@ -213,9 +268,12 @@ class Registry:
             values, counts = dict(metric.values), dict(metric.counts) if isinstance(metric, Summary) else {}
             _add(values, other[3])
             _add(counts, other[4])
-            lines += _render(metric.name, metric.kind, metric.help, metric.label_names, values, counts)
+            lines += _render(metric.name, metric.kind, metric.help, metric.label_names, values, counts, metric.texts)
         for name, (kind, help_text, label_names, values, counts) in remote.items():
-            lines += _render(name, kind, help_text, label_names, values, counts)
+            texts = self._remote_texts.get(name)
+            if texts is None:
+                texts = self._remote_texts[name] = _Texts(label_names)
+            lines += _render(name, kind, help_text, label_names, values, counts, texts)
         return "\n".join(lines) + "\n"
 
 

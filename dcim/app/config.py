@@ -23,6 +23,7 @@ import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
 from dcim.app.cluster_config import ClusterConfig
+from dcim.core import collector
 from dcim.core.config import DocumentedSchema, Duration, PositiveDuration, StrictModel, error_path
 from dcim.core.secrets import Secret
 from dcim.core.topology import Rack, Room, Row, Site
@@ -501,21 +502,39 @@ def load_yaml(path: str | Path) -> Any:
         line = data.count(b"\n", 0, err.start) + 1
         raise ConfigError(str(path), [("(file)", f"not UTF-8 text: byte 0x{data[err.start]:02x} at line {line} "
                                                  f"(offset {err.start}); save the file as UTF-8")]) from None
-    loader = yaml.SafeLoader(text)
+    if _FAST_LOADER is not yaml.SafeLoader:
+        try:
+            return _parse_yaml(text, path, _FAST_LOADER)
+        except yaml.YAMLError:
+            pass  # PyYAML's own parser says why, in its words (or, where the two differ, reads it)
+    try:
+        return _parse_yaml(text, path, yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(str(path), [_yaml_error(err)]) from None
+
+
+# libyaml's parser where PyYAML was built with it (the usual wheels are): several times faster on a large
+# configuration. The constructor (what a value becomes) is PyYAML's Python one either way.
+_FAST_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parse_yaml(text: str, path: Path, loader_class: type[yaml.SafeLoader]) -> Any:
+    """The document; ConfigError for keys given twice, yaml.YAMLError for what is not YAML."""
+    loader = loader_class(text)
     try:
         node = loader.get_single_node()
         duplicates = _duplicate_keys(node)
         if duplicates:
             raise ConfigError(str(path), duplicates)
         return loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as err:
-        raise ConfigError(str(path), [_yaml_error(err)]) from None
     finally:
         loader.dispose()
 
 
 def load_config(path: str | Path) -> Config:
-    return parse_config(load_yaml(path), str(Path(path)))
+    # What is read lives as long as the process (or until a reload): no collection while it is built.
+    with collector.paused():
+        return parse_config(load_yaml(path), str(Path(path)))
 
 
 def json_schema() -> dict[str, Any]:

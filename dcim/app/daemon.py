@@ -58,6 +58,7 @@ from dcim.app.publisher import MqttPublisher
 from dcim.app.supervise import Supervisor
 from dcim.core.audit import AuditLog
 from dcim.core.collector import freeze_grown
+from dcim.core.collector import paused as collector_paused
 from dcim.core.collector import settle as settle_collector
 from dcim.core.collector import watch as watch_collector
 from dcim.core.journal import Journal, Outbox
@@ -113,7 +114,10 @@ class Daemon:
                         "alarms and status are kept in memory until the disk has room",
                         state_dir=str(self.state_dir), reserve=str(self.reserve.path), bytes=RESERVE_BYTES)
         try:
-            self._build(config, ingest=ingest, poll=poll)
+            # The devices, decode plans, topology and bound rules live as long as the daemon: no collection
+            # while they are built (about 20 s of a 37 s start at 21,500 devices). `settle()` follows.
+            with collector_paused():
+                self._build(config, ingest=ingest, poll=poll)
         except sqlite3.Error as err:
             # The alarm store is read at construction: a disk too full (or failing) to open it, one line.
             self.claim.release()

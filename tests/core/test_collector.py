@@ -22,6 +22,7 @@ def restored() -> Iterator[None]:
     gc.unfreeze()
     gc.set_threshold(*thresholds)
     gc.callbacks[:] = callbacks
+    gc.enable()
 
 
 class Node:
@@ -104,3 +105,25 @@ def test_freeze_grown_freezes_what_the_first_round_built_without_a_collection(re
     del later
     gc.collect()
     assert gone == [1]
+
+
+def test_paused_holds_collections_off_and_leaves_the_collector_as_it_was(restored: None) -> None:
+    started: list[int] = []
+    gc.callbacks.append(lambda phase, info: phase == "start" and started.append(info["generation"]))
+    gc.set_threshold(10)  # a collection every ten container allocations, when on
+    with collector.paused():
+        started.clear()  # those since the callback was added
+        built = [[i] for i in range(10_000)]
+        assert not gc.isenabled()
+        during = list(started)
+    assert during == [] and len(built) == 10_000
+    assert gc.isenabled()
+    [[i] for i in range(1_000)]
+    assert started, "the collector runs again after"
+    with pytest.raises(RuntimeError), collector.paused():
+        raise RuntimeError("a build that fails")
+    assert gc.isenabled()
+    gc.disable()  # off before: still off after
+    with collector.paused():
+        pass
+    assert not gc.isenabled()

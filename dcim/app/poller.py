@@ -277,13 +277,9 @@ class DeviceCoordinator:
             ]
         # Never read yet: the profile's readable scalars, each under the key its readings take (an SNMP
         # probe's constant tags included), or the BAD sample would be a series no reading makes good again.
-        profile = self.driver.profile
-        return [
-            Sample(self.device.id, p.name, None, ts, Quality.BAD, reason, profile.measurement(p),
-                   tuple(sorted((getattr(p, "tags", None) or {}).items())))
-            for p in profile.points
-            if not getattr(p, "index_tag", None) and getattr(p, "readable", True)
-        ]
+        device = self.device.id
+        return [Sample(device, point, None, ts, Quality.BAD, reason, measurement, tags)
+                for point, measurement, tags in unread_keys(self.driver.profile)]
 
     def _emit(self, samples: list[Sample]) -> None:
         if samples:
@@ -325,6 +321,28 @@ class DeviceCoordinator:
     async def write(self, point: str, value: Value) -> None:
         await self.driver.write(point, value)
         log.info("write", device=self.device.id, point=point, value=value)
+
+
+# A profile's keys of `unread_keys`, by the profile's id (with the profile, which keeps that id its own).
+# Profiles are few; the table is cleared if it ever holds more than UNREAD_PROFILES_MAX.
+_UNREAD: dict[int, tuple[Any, tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...]]] = {}
+UNREAD_PROFILES_MAX = 256
+
+
+def unread_keys(profile: Any) -> tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...]:
+    """(point, measurement, tags) of each readable scalar of the profile: the BAD samples of a device whose
+    polls fail before it was ever read. Worked out once per profile, not at every failed poll: with the whole
+    hall unreachable at a start that was most of the daemon's CPU (a pydantic attribute lookup that raises,
+    three per point, for every device every time)."""
+    entry = _UNREAD.get(id(profile))
+    if entry is not None and entry[0] is profile:
+        return entry[1]
+    keys = tuple((p.name, profile.measurement(p), tuple(sorted((getattr(p, "tags", None) or {}).items())))
+                 for p in profile.points if not getattr(p, "index_tag", None) and getattr(p, "readable", True))
+    if len(_UNREAD) >= UNREAD_PROFILES_MAX:
+        _UNREAD.clear()
+    _UNREAD[id(profile)] = (profile, keys)
+    return keys
 
 
 def lag_target(intervals: Iterable[float]) -> float:

@@ -431,3 +431,34 @@ async def test_a_gateway_reporting_its_unit_silent_means_the_device_is_offline()
             await silent.read()
         assert simulator.addresses[("127.0.0.1", port)][0].dropped == 3  # retried twice, then given up
         assert await healthy.read()
+
+
+async def test_devices_of_one_profile_share_its_compiled_plan_and_read_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read plan and decode plans are made once per profile (and plan options), not once a device: every
+    device of the profile reads its own values through them, and names itself in its errors."""
+    from dcim.drivers.modbus import driver as driver_module
+
+    config = hall([{"id": f"cdu-{i}", "port": free_port()} for i in (1, 2, 3)]
+                  + [{"id": "cdu-4", "port": free_port(), "max_registers": 4}])
+    devices = modbus(config)
+    plant = Plant(config, frozen=True)
+    profile = load_profile("generic-cdu")
+    context = DriverContext()
+    drivers = [make_driver(d, profile, context) for d in devices]
+    first, *same, other = drivers
+    assert all(d.plan is first.plan and d._decoders is first._decoders for d in same)
+    assert other.plan is not first.plan and len(other.plan) > len(first.plan)  # its own options, its own plan
+    assert [r[0].split(":")[0] for r in first._requests] == ["cdu-1"] * len(first.plan)
+    async with simulating(plant, devices):
+        try:
+            for device, driver in zip(devices, drivers, strict=True):
+                await driver.connect()
+                assert_matches_plant(profile, await driver.read(), plant.values(device.id))
+        finally:
+            for driver in drivers:
+                await driver.close()
+    # Bounded: profiles are few, and the table is cleared if it ever holds more.
+    monkeypatch.setattr(driver_module, "COMPILED_MAX", 3)
+    for gap in range(10):
+        driver_module.compiled(profile, gap, 125)
+        assert len(driver_module._COMPILED) <= 3

@@ -111,7 +111,11 @@ def _claim(config: Config, *, poll: bool) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    from dcim.core.collector import paused
+
+    # Out of the collector's walk until the daemon settles it, with what it builds (dcim.core.collector).
+    with paused(freeze=True):
+        config = _load(args.config)
     setup_logging(config.logging.level, config.logging.format)
     claim = _claim(config, poll=True)
     if claim is None:

@@ -115,8 +115,9 @@ class Daemon:
                         state_dir=str(self.state_dir), reserve=str(self.reserve.path), bytes=RESERVE_BYTES)
         try:
             # The devices, decode plans, topology and bound rules live as long as the daemon: no collection
-            # while they are built (about 20 s of a 37 s start at 21,500 devices). `settle()` follows.
-            with collector_paused():
+            # while they are built (about 20 s of a 37 s start at 21,500 devices). `settle()` follows (in a
+            # process of its own, which is why what was built is frozen till then).
+            with collector_paused(freeze=owns_process):
                 self._build(config, ingest=ingest, poll=poll)
         except sqlite3.Error as err:
             # The alarm store is read at construction: a disk too full (or failing) to open it, one line.

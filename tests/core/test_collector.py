@@ -127,3 +127,12 @@ def test_paused_holds_collections_off_and_leaves_the_collector_as_it_was(restore
     with collector.paused():
         pass
     assert not gc.isenabled()
+
+
+def test_paused_with_freeze_moves_what_was_built_out_of_the_walk(restored: None) -> None:
+    before = gc.get_freeze_count()
+    with collector.paused(freeze=True):
+        built = [[i] for i in range(10_000)]
+    assert gc.get_freeze_count() >= before + 10_000
+    assert gc.isenabled() and len(built) == 10_000
+    collector.settle()  # thawed, collected, frozen anew, as the daemon does next

@@ -12,7 +12,7 @@ are BAD samples with the reason; nothing a device sends raises anything but a Dr
 
 A poll is one call on the connection for the whole plan (`ModbusConnection.read_plan`: one after the other,
 or together when the device's `max_in_flight` is above 1), then each read's answer is decoded from its bytes
-by a decode plan made when the driver was (decodeplan.py), which makes the samples itself.
+by a decode plan (decodeplan.py) made once per profile and shared by its devices, which makes the samples itself.
 """
 
 from __future__ import annotations

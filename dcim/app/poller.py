@@ -25,7 +25,7 @@ from dcim.core.samples import Batch, DeviceStatus, Quality, Sample, Value, now_n
 from dcim.drivers import registry
 from dcim.drivers.base import DeviceBase, Driver, DriverContext, Subscriber
 from dcim.drivers.errors import DriverError
-from dcim.drivers.profiles import Profile
+from dcim.drivers.profiles import ByProfile, Profile
 
 log = structlog.get_logger(__name__)
 
@@ -323,26 +323,18 @@ class DeviceCoordinator:
         log.info("write", device=self.device.id, point=point, value=value)
 
 
-# A profile's keys of `unread_keys`, by the profile's id (with the profile, which keeps that id its own).
-# Profiles are few; the table is cleared if it ever holds more than UNREAD_PROFILES_MAX.
-_UNREAD: dict[int, tuple[Any, tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...]]] = {}
-UNREAD_PROFILES_MAX = 256
+UnreadKeys = tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...]
+_UNREAD: ByProfile[UnreadKeys] = ByProfile()
 
 
-def unread_keys(profile: Any) -> tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...]:
+def unread_keys(profile: Any) -> UnreadKeys:
     """(point, measurement, tags) of each readable scalar of the profile: the BAD samples of a device whose
     polls fail before it was ever read. Worked out once per profile, not at every failed poll: with the whole
     hall unreachable at a start that was most of the daemon's CPU (a pydantic attribute lookup that raises,
     three per point, for every device every time)."""
-    entry = _UNREAD.get(id(profile))
-    if entry is not None and entry[0] is profile:
-        return entry[1]
-    keys = tuple((p.name, profile.measurement(p), tuple(sorted((getattr(p, "tags", None) or {}).items())))
-                 for p in profile.points if not getattr(p, "index_tag", None) and getattr(p, "readable", True))
-    if len(_UNREAD) >= UNREAD_PROFILES_MAX:
-        _UNREAD.clear()
-    _UNREAD[id(profile)] = (profile, keys)
-    return keys
+    return _UNREAD.get(profile, lambda: tuple(
+        (p.name, profile.measurement(p), tuple(sorted((getattr(p, "tags", None) or {}).items())))
+        for p in profile.points if not getattr(p, "index_tag", None) and getattr(p, "readable", True)))
 
 
 def lag_target(intervals: Iterable[float]) -> float:

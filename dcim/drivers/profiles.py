@@ -17,9 +17,10 @@ Each protocol declares its own point model on top of `PointBase` in its registry
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -40,6 +41,33 @@ class ProfileError(Exception):
         self.name = name
         self.errors = errors
         super().__init__("; ".join(f"{path}: {msg}" for path, msg in errors) or name)
+
+
+T = TypeVar("T")
+
+
+class ByProfile(Generic[T]):
+    """What is worked out once per profile object (and `key`), not once a device: a read plan, a digest.
+    Profiles are cached and immutable, so the object's identity is the key, and the profile is kept with its
+    value so that id stays its own. Profiles are few: the table is cleared if it ever holds more than
+    `limit` entries (objects of earlier reloads are let go)."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self._table: dict[tuple[Hashable, ...], tuple[object, T]] = {}
+
+    def get(self, profile: object, make: Callable[[], T], *key: Hashable) -> T:
+        found = self._table.get((id(profile), *key))
+        if found is not None and found[0] is profile:
+            return found[1]
+        value = make()
+        if len(self._table) >= self.limit:
+            self._table.clear()
+        self._table[(id(profile), *key)] = (profile, value)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._table)
 
 
 def point_model(protocol: str) -> type[PointBase]:

@@ -27,7 +27,7 @@ def test_another_profile_object_gets_its_own_and_the_table_stays_bounded(monkeyp
     profile = load_profile("generic-cdu")
     copy = profile.model_copy(update={"points": profile.points[:3]})
     assert len(unread_keys(copy)) == 3 and len(unread_keys(profile)) == len(profile.points)
-    monkeypatch.setattr(poller, "UNREAD_PROFILES_MAX", 4)
+    monkeypatch.setattr(poller._UNREAD, "limit", 4)
     copies = [profile.model_copy() for _ in range(20)]  # kept alive: twenty ids at once
     for other in copies:
         assert unread_keys(other) == unread_keys(profile)

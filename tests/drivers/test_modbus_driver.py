@@ -458,7 +458,7 @@ async def test_devices_of_one_profile_share_its_compiled_plan_and_read_alike(mon
             for driver in drivers:
                 await driver.close()
     # Bounded: profiles are few, and the table is cleared if it ever holds more.
-    monkeypatch.setattr(driver_module, "COMPILED_MAX", 3)
+    monkeypatch.setattr(driver_module._COMPILED, "limit", 3)
     for gap in range(10):
         driver_module.compiled(profile, gap, 125)
         assert len(driver_module._COMPILED) <= 3

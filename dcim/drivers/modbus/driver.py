@@ -29,7 +29,7 @@ from dcim.drivers.modbus.connection import ModbusConnection, PlannedRead, PollTi
 from dcim.drivers.modbus.decodeplan import BitReadDecoder, ReadDecoder
 from dcim.drivers.modbus.plan import Read, plan_reads
 from dcim.drivers.modbus.transport import READ_COILS, READ_DISCRETE, READ_HOLDING, READ_INPUT
-from dcim.drivers.profiles import Profile
+from dcim.drivers.profiles import ByProfile, Profile
 
 FUNCTION = {"holding": READ_HOLDING, "input": READ_INPUT, "coil": READ_COILS, "discrete": READ_DISCRETE}
 
@@ -152,29 +152,23 @@ class ModbusDriver(Driver):
 Decoder = ReadDecoder | BitReadDecoder
 Compiled = tuple[tuple[Read, ...], tuple[Decoder, ...], tuple[tuple[tuple[str, str], ...], ...]]
 
-# `compiled` by (id(profile), max_gap, max_registers), with the profile (which keeps that id its own).
-# Profiles are few; the table is cleared if it ever holds more than COMPILED_MAX.
-_COMPILED: dict[tuple[int, int, int], tuple[Profile[Any], Compiled]] = {}
-COMPILED_MAX = 256
+_COMPILED: ByProfile[Compiled] = ByProfile()
 
 
 def compiled(profile: Profile[Any], max_gap: int, max_registers: int) -> Compiled:
     """A profile's read plan, each read's decoder and each read's (point, measurement) names: made once for
     every device of that profile and those plan options (decoders hold no state of a device's), not once
     a device: at 21,500 devices that was 1.6 s of start-up and three decoders a device in memory."""
-    key = (id(profile), max_gap, max_registers)
-    entry = _COMPILED.get(key)
-    if entry is not None and entry[0] is profile:
-        return entry[1]
+    return _COMPILED.get(profile, lambda: _compile(profile, max_gap, max_registers), max_gap, max_registers)
+
+
+def _compile(profile: Profile[Any], max_gap: int, max_registers: int) -> Compiled:
     plan = tuple(plan_reads(profile.points, max_gap=max_gap, max_registers=max_registers))
     measurements = {p.name: profile.measurement(p) for p in profile.points}
     decoders = tuple(
         ReadDecoder(r, measurements) if r.table in ("holding", "input") else BitReadDecoder(r, measurements)
         for r in plan)
     names = tuple(tuple((p.name, measurements[p.name]) for p in r.points) for r in plan)
-    if len(_COMPILED) >= COMPILED_MAX:
-        _COMPILED.clear()
-    _COMPILED[key] = (profile, (plan, decoders, names))
     return plan, decoders, names
 
 

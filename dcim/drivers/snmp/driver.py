@@ -46,7 +46,7 @@ from dcim.core.metrics import REGISTRY
 from dcim.core.samples import Quality, Sample, Value, now_ns
 from dcim.drivers.base import DeviceBase, Driver, DriverContext
 from dcim.drivers.errors import BadResponse, DeviceTimeout, DriverError, WriteRejected
-from dcim.drivers.profiles import Profile
+from dcim.drivers.profiles import ByProfile, Profile
 from dcim.drivers.snmp import fast
 from dcim.drivers.snmp.config import SnmpDevice
 from dcim.drivers.snmp.fast_v3 import UsmSession
@@ -157,15 +157,11 @@ def _ints(var_binds: Iterable[tuple[Oid, Any]]) -> dict[Oid, int]:
     return out
 
 
-_PLANS: dict[int, tuple[Profile[Point], Plan]] = {}
+_PLANS: ByProfile[Plan] = ByProfile()
 
 
 def plan_for(profile: Profile[Point]) -> Plan:
-    # Keyed by identity (profiles are cached, immutable objects); the profile is kept so the id stays unique.
-    found = _PLANS.get(id(profile))
-    if found is None or found[0] is not profile:
-        found = _PLANS[id(profile)] = (profile, Plan.build(profile))
-    return found[1]
+    return _PLANS.get(profile, lambda: Plan.build(profile))
 
 
 def _chunks(items: list[Oid], size: int) -> Iterable[list[Oid]]:

@@ -576,7 +576,8 @@ class Daemon:
             if self.cluster is not None:
                 self._judge_own_shards()  # the new file, this node's shards of it
             elif self.rules is not None:
-                self.rules.reload(merged, self.topology)
+                # Bound between the loop's turns: at 21,500 CDUs, 322,500 rules took the loop 4-5 s in one go.
+                await self.rules.reload_async(merged, self.topology, freeze=self.owns_process)
         if self.owns_process:
             # The replaced configuration, topology and devices were frozen at start: thawed and collected.
             settle_collector()

@@ -69,7 +69,8 @@ CLEAR = Verdict(None, None, None, "")
 
 class Engine:
     def __init__(self, config: RulesConfig, topology: Topology, store: AlarmStore, clock: Clock,
-                 on_event: Callable[[AlarmRecord], None], *, push: set[str] | None = None) -> None:
+                 on_event: Callable[[AlarmRecord], None], *, push: set[str] | None = None,
+                 bind: bool = True) -> None:
         self.config = config
         self.topology = topology
         self.store = store
@@ -97,15 +98,23 @@ class Engine:
         self.skipped = 0
         # Alarms whose kind raised: logged once each, counted every time.
         self.failing: set[str] = set()
-        self._bind()
+        if bind:
+            for _ in self.binding():
+                pass
+
+    # ---- binding -----------------------------------------------------------------------------------------
+
+    def binding(self, step: int = 2000) -> Iterator[None]:
+        """Binds the rules to their subjects (made with `bind=False`), pausing after every `step` rules bound:
+        a reload builds its engine between the event loop's turns while the running one goes on judging.
+        Last, the alarm store's devices that were offline when this engine was made."""
+        yield from self._bind(step)
         # A device that was offline when the daemon stopped stays offline until it answers: its
         # communication alarm keeps speaking for the alarms that depend on it.
-        for record in store.records():
+        for record in self.store.records():
             if record.rule == COMM_RULE and record.state is AlarmState.FIRING:
                 self.readings.offline.add(record.subject)
                 self.offline_since[record.subject] = record.fired_ns or record.since_ns
-
-    # ---- binding -----------------------------------------------------------------------------------------
 
     def _subjects(self, rule: RuleBase) -> list[str]:
         if rule.scope.racks is not None:
@@ -144,8 +153,9 @@ class Engine:
             attributes["breaker_a"] = min(f.breaker_a for f in feeds)
         return attributes
 
-    def _bind(self) -> None:
+    def _bind(self, step: int) -> Iterator[None]:
         subjects: dict[str, Subject] = {}
+        count = 0
         for rule in self.rules.values():
             kind = RULE_KINDS.get(rule.kind)
             for subject in self._subjects(rule):
@@ -166,6 +176,9 @@ class Engine:
                 bound = Bound(tuned, subject, f"{rule.name}/{subject}", condition, timing, labels,
                               timeless=condition.timeless, observes=condition.observes)
                 self.bound.append(bound)
+                count += 1
+                if count % step == 0:
+                    yield
                 points = condition.points()
                 if rule.only_if is not None:
                     points.add(rule.only_if.point)

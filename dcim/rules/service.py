@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from dcim.core import collector
 from dcim.core.events import AlarmEvent, AlarmState, Severity
 from dcim.core.metrics import REGISTRY
 from dcim.core.samples import Batch, DeviceStatus, Sample
@@ -98,12 +99,36 @@ class RuleService:
     def reload(self, config: RulesSite, topology: Topology) -> None:
         """A new configuration (the daemon's SIGHUP): rules, topology and control actions are rebuilt on the
         same alarm store, so alarm state (firing, acknowledged, shelved, history) carries over exactly as it
-        does across a restart. Control commands already on their way finish."""
+        does across a restart. Control commands already on their way finish. The rules are bound with the
+        garbage collector held off (`collector.paused`), as at start."""
+        engine = self._engine(config, topology)
+        with collector.paused():
+            for _ in engine.binding():
+                pass
+            self._install(config, topology, engine)
+
+    async def reload_async(self, config: RulesSite, topology: Topology, *, step: int = 2000,
+                           freeze: bool = False) -> None:
+        """`reload`, with the new rules bound `step` at a time between the event loop's turns: the running
+        engine goes on judging every batch until the new one takes over. At 21,500 CDUs binding their
+        322,500 rules stopped the loop for 4-5 s in one piece. `freeze`: what was built is frozen
+        (`collector.paused(freeze=True)`) for a process that settles the collector next, so the first
+        collections after do not walk it first (another 1.6 s at that size)."""
+        engine = self._engine(config, topology)
+        with collector.paused(freeze=freeze):
+            for _ in engine.binding(step):
+                await asyncio.sleep(0)
+            self._install(config, topology, engine)
+
+    def _engine(self, config: RulesSite, topology: Topology) -> Engine:
+        push = {d.id for d in config.devices if getattr(d, "mode", "poll") == "subscribe"}
+        return Engine(config.rules, topology, self.store, self.clock, self._on_event, push=push, bind=False)
+
+    def _install(self, config: RulesSite, topology: Topology, engine: Engine) -> None:
         controller = self.control.controller
         self.config = config.rules
         self.topology = topology
-        push = {d.id for d in config.devices if getattr(d, "mode", "poll") == "subscribe"}
-        self.engine = Engine(self.config, topology, self.store, self.clock, self._on_event, push=push)
+        self.engine = engine
         BOUND.set(len(self.engine.bound))
         self.silencer = Silencer(topology, self.store, self.engine.loop_fault_rules, COMM_RULE,
                                  self.engine.readings.offline)

@@ -136,3 +136,33 @@ def test_paused_with_freeze_moves_what_was_built_out_of_the_walk(restored: None)
     assert gc.get_freeze_count() >= before + 10_000
     assert gc.isenabled() and len(built) == 10_000
     collector.settle()  # thawed, collected, frozen anew, as the daemon does next
+
+
+def test_overlapping_pauses_end_with_the_last_of_them(restored: None) -> None:
+    """A reload's pause spans the event loop's turns, and a configuration is read with one in a thread: the
+    collector runs again when the last pause ends, not when the first one does."""
+    first, second = collector.paused(), collector.paused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled(), "the second pause still holds"
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+
+    import threading
+
+    inside, release = threading.Event(), threading.Event()
+
+    def read_in_a_thread() -> None:
+        with collector.paused():
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=read_in_a_thread)
+    with collector.paused():
+        thread.start()
+        assert inside.wait(10)
+    assert not gc.isenabled(), "the thread's pause still holds"
+    release.set()
+    thread.join(10)
+    assert gc.isenabled()

@@ -41,6 +41,8 @@ delivered. Printed per run:
     python bench/bench_saturation.py --sizes 3000 --pin --no-racks --profile bench-pdu-f32 --answer-ms 300
                                       # devices that answer 300 ms after each request: 900 polls in flight
     python bench/bench_saturation.py --sizes 21500 --units 5 --pin --ingest   # 5 devices a port (a gateway)
+    python bench/bench_saturation.py --sizes 1000 --pin --no-rules --no-racks --profile bench-pdu-f32 --meter-values
+                                      # the floats at full precision, as a power meter gives them
 
 The devices are served by a lean responder (`--serve`, in this file): the registers of each device are
 encoded once from the frozen plant with the project's simulator code, and each request is answered from
@@ -58,6 +60,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import re
 import struct
 import subprocess
@@ -130,9 +133,26 @@ def config_for(n: int, interval: float, workdir: Path, mqtt_port: int, http_port
     return path
 
 
-def serve(config_path: Path, answer_ms: float = 0.0) -> None:
+def meter_values(device: str, unit: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The device's float points as a power meter gives them: at full float32 precision (230.41718, not the
+    plant's 230.42), each the plant's value (or, for a point the plant has none for, one drawn between 0.5
+    and 500) times 1 + a part in ten thousand; seeded by the device's id, so a run and its pair agree. The
+    shortest decimal of such a float32 takes 7-9 digits, where the plant's rounded values take 6 or fewer."""
+    rng = random.Random(device)
+    out = dict(values)
+    for points in unit.tables.values():
+        for point in points:
+            if point.type in ("float32", "float64"):
+                base = values.get(point.name)
+                if not isinstance(base, float) or base == 0.0:
+                    base = rng.uniform(0.5, 500.0)
+                out[point.name] = base * (1 + rng.uniform(-1e-4, 1e-4))
+    return out
+
+
+def serve(config_path: Path, answer_ms: float = 0.0, meter: bool = False) -> None:
     """The lean Modbus responder: read requests answered from registers encoded once (see the docstring),
-    each `answer_ms` after it came (0: at once)."""
+    each `answer_ms` after it came (0: at once). `meter`: float points at full precision (`meter_values`)."""
     from dcim.app.config import load_config
     from dcim.drivers.modbus.config import ModbusDevice
     from dcim.drivers.profiles import load_profile
@@ -147,6 +167,8 @@ def serve(config_path: Path, answer_ms: float = 0.0) -> None:
         assert isinstance(device, ModbusDevice)
         unit = _Unit(plant, device, load_profile(device.profile, config.extra_profile_dirs()))
         values = plant.values(device.id)
+        if meter:
+            values = meter_values(device.id, unit, values)
         tables: dict[int, tuple[int, bytes]] = {}
         for function, table in ((3, "holding"), (4, "input")):
             points = unit.tables[table]
@@ -335,7 +357,7 @@ def percentile(values: list[float], q: float) -> float:
 def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | None, py_spy: float,
         pin: bool, pymodbus_sim: bool, ingest: bool = False, rules: bool = True,
         nodelay: bool = False, workers: int = 0, racks: bool = True, profile: str = PROFILE,
-        answer_ms: float = 0.0, units: int = 1) -> dict[str, Any]:
+        answer_ms: float = 0.0, units: int = 1, meter: bool = False) -> dict[str, Any]:
     from dcim.drivers.profiles import load_profile
 
     kind = load_profile(profile, (PROFILE_DIR,)).kind
@@ -371,7 +393,7 @@ def run(n: int, interval: float, seconds: float, workdir: Path, tree: Path | Non
             sim_command = [*dcim, "simulate", "-c", str(sim_config), "--frozen"]
         else:
             sim_command = [sys.executable, str(Path(__file__).resolve()), "--serve", str(sim_config),
-                           "--answer-ms", str(answer_ms)]
+                           "--answer-ms", str(answer_ms), *(["--meter-values"] if meter else [])]
         sim = subprocess.Popen(sim_command, cwd=REPO, stdout=log, stderr=log,
                                preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if pin else None)
         try:
@@ -579,10 +601,13 @@ def main() -> None:
                         help="the lean responder answers each request this long after it came (slow devices)")
     parser.add_argument("--units", type=int, default=1, metavar="K",
                         help="K devices behind each port (unit ids 1..K, as behind a gateway; at most 16)")
+    parser.add_argument("--meter-values", action="store_true",
+                        help="the lean responder gives float points at full float32 precision, as a power meter "
+                             "does (230.41718), not the plant's rounded values (230.42)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.answer_ms)
+        serve(args.serve, args.answer_ms, args.meter_values)
         return
     print(f"machine: {machine()}; load average at start: {os.getloadavg()}")
     print(HEADER, flush=True)
@@ -593,7 +618,7 @@ def main() -> None:
         def one(n: int) -> dict[str, Any]:
             r = run(n, args.interval, args.seconds, Path(tmp), args.tree, args.py_spy, args.pin, args.pymodbus_sim,
                     args.ingest, not args.no_rules, args.nodelay, args.workers, not args.no_racks,
-                    args.profile, args.answer_ms, args.units)
+                    args.profile, args.answer_ms, args.units, args.meter_values)
             print(line(r), f"  load {os.getloadavg()[0]:.1f}", flush=True)
             return r
 

@@ -401,7 +401,7 @@ def _references(raw: dict[str, Any]) -> list[tuple[str, str]]:
                 errors.append((f"devices[{i}].profile", f"unknown profile {name!r} (known: {known})"))
             else:
                 try:
-                    profile = load_profile(name, extra)
+                    profile = load_profile(name, extra, profiles)
                 except ProfileError as err:
                     errors += [(f"devices[{i}].profile", f"profile {name}: {p}: {m}") for p, m in err.errors]
                 else:

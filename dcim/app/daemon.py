@@ -30,7 +30,7 @@ import functools
 import os
 import signal
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +70,7 @@ from dcim.core.sqlite import SqliteWriter
 from dcim.core.topology import Topology
 from dcim.drivers.base import DeviceBase, Driver, DriverContext, Subscriber
 from dcim.drivers.errors import DriverError
-from dcim.drivers.profiles import load_profile
+from dcim.drivers.profiles import available_profiles, load_profile
 from dcim.rules.notify import Notifier
 from dcim.rules.service import RuleService
 from dcim.rules.writes import WriteGuard, WriteRefused, WriteRequest, WriteResult
@@ -178,10 +178,11 @@ class Daemon:
         self._wire_rules()
         # In a cluster the shards this node holds decide which devices it polls (dcim.app.cluster).
         clustered = config.cluster is not None and poll
+        found = available_profiles(extra)  # once, not once a device
         for device in config.devices:
             if not device.enabled or not poll or clustered:
                 continue
-            self.coordinators[device.id] = self._coordinator(device, extra)
+            self.coordinators[device.id] = self._coordinator(device, extra, found)
         # The daemon's own readings reach the in-process ingest without the broker (ingest.source: local):
         # the publisher and the ingest read one journal on disk, each through its own cursor.
         local = poll and config.ingest.source == "local"
@@ -248,8 +249,9 @@ class Daemon:
                 self.pipeline.add_sink(self.console.live)
                 self.console.register(self.http.app)
 
-    def _coordinator(self, device: DeviceBase, extra: tuple[Path, ...]) -> DeviceCoordinator:
-        profile = load_profile(device.profile, extra)
+    def _coordinator(self, device: DeviceBase, extra: tuple[Path, ...],
+                     found: Mapping[str, Path] | None = None) -> DeviceCoordinator:
+        profile = load_profile(device.profile, extra, found)
         # With poll workers a polled device's driver runs in one of them. Whether it polls, a driver made on a
         # context of its own says (it connects to nothing, and what it would share, a gateway's connection,
         # is not kept here); a subscription stays in the daemon, on the daemon's context.
@@ -596,9 +598,10 @@ class Daemon:
         # Build the new drivers first: a profile that fails to load leaves the running device alone.
         extra = self.config.extra_profile_dirs()
         fresh: dict[str, DeviceCoordinator] = {}
+        found = available_profiles(extra)
         for device_id in started:
             try:
-                fresh[device_id] = self._coordinator(new[device_id], extra)
+                fresh[device_id] = self._coordinator(new[device_id], extra, found)
             except Exception as err:
                 log.error("reload: device not (re)started", device=device_id, error=str(err))
         for device_id in stopped:

@@ -17,7 +17,7 @@ Each protocol declares its own point model on top of `PointBase` in its registry
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -115,10 +115,15 @@ def _load_cached(path: Path) -> Profile[Any]:
     return load_profile_file(path)
 
 
-def load_profile(name: str, extra_dirs: tuple[Path, ...] = ()) -> Profile[Any]:
-    path = available_profiles(extra_dirs).get(name)
+def load_profile(name: str, extra_dirs: tuple[Path, ...] = (), found: Mapping[str, Path] | None = None) -> Profile[Any]:
+    """The profile called `name`, from the built-in profiles and `extra_dirs` (read once per file). `found`:
+    what `available_profiles(extra_dirs)` gave, for a caller that loads many (one glob of the directories
+    for a configuration of 21,500 devices instead of one a device: 1.5 s of a start)."""
+    if found is None:
+        found = available_profiles(extra_dirs)
+    path = found.get(name)
     if path is None:
-        known = ", ".join(available_profiles(extra_dirs)) or "none"
+        known = ", ".join(found) or "none"
         raise ProfileError(name, [(name, f"unknown profile {name!r} (known: {known})")])
     profile = _load_cached(path)
     if profile.name != name:

@@ -155,6 +155,7 @@ class Engine:
 
     def _bind(self, step: int) -> Iterator[None]:
         subjects: dict[str, Subject] = {}
+        subject_labels: dict[str, dict[str, str]] = {}
         count = 0
         for rule in self.rules.values():
             kind = RULE_KINDS.get(rule.kind)
@@ -164,7 +165,8 @@ class Engine:
                     continue
                 if subject not in subjects:
                     subjects[subject] = Subject(subject, self.readings, self._attributes(subject))
-                labels = {**self.labels(subject), "rule": rule.name, "category": rule.category}
+                    subject_labels[subject] = self.labels(subject)  # once a subject, for its every rule
+                labels = {**subject_labels[subject], "rule": rule.name, "category": rule.category}
                 timing = Timing(round(tuned.for_ * NS), round(tuned.clear_after * NS))
                 try:
                     condition = kind.condition(tuned, subjects[subject])

@@ -69,3 +69,19 @@ async def test_reload_async_lets_the_loop_run_and_keeps_alarm_state(tmp_path: Pa
     [active] = r.service.store.active()
     assert active.key == "cdu-leak/cdu-1" and len(r.notifier.events) == notified, "still firing, not paged again"
     r.service.store.close()
+
+
+def test_a_threshold_parsed_once_is_the_same_and_a_flag_is_still_refused() -> None:
+    """The parsed thresholds are kept (each rule's are parsed again for each subject it is bound to): the
+    same spec gives the same frozen Threshold; 1, 1.0 and True are kept apart, and True is still no number."""
+    import pytest
+
+    from dcim.rules.model import parse_threshold
+
+    assert parse_threshold("80% of power_budget_kw") is parse_threshold("80% of power_budget_kw")
+    assert parse_threshold(1).offset == 1.0 and parse_threshold(1.0).offset == 1.0
+    for _ in range(2):
+        with pytest.raises(ValueError, match="a number or an expression"):
+            parse_threshold(True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="use a number"):
+        parse_threshold("5 kW")

@@ -153,6 +153,7 @@ class DeviceCoordinator:
 
     async def _poll_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()  # this loop's own, for the check after each poll
         interval = self.device.interval
         admission = self.pipeline.admission
         clock = poll_clock(interval)
@@ -183,7 +184,7 @@ class DeviceCoordinator:
                 await self.poll_once()
             finally:
                 admission.release(capped)
-            reraise_lost_cancellation()  # a driver library may have swallowed our cancellation
+            reraise_lost_cancellation(task)  # a driver library may have swallowed our cancellation
             due += interval
 
     async def poll_once(self) -> Batch:

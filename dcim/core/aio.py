@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 
-def reraise_lost_cancellation() -> None:
-    """Raise CancelledError if the current task was cancelled but the cancellation never arrived.
+def reraise_lost_cancellation(task: asyncio.Task[Any] | None = None) -> None:
+    """Raise CancelledError if the current task (`task`: it, found once by a caller that loops) was
+    cancelled but the cancellation never arrived.
 
     On Python 3.11, `asyncio.wait_for` drops a cancellation that lands as its inner awaitable completes
     (gh-86296); libraries built on it (asyncua, aiosmtplib, pymodbus) then return normally to a task that
     is marked as cancelling but will never see the error, and the task runs on: a shutdown that waits for
     it waits forever. Call this after awaiting such a library, at the top of a loop.
     """
-    task = asyncio.current_task()
+    if task is None:
+        task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
 

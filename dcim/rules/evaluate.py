@@ -223,6 +223,8 @@ class Engine:
             point = sample.point
             value = sample.value
             old = points.get(point)
+            # The bound rules this point judges: whether its value is new is worked out only for them.
+            bounds = None if by_point is None else by_point.get(point)
             reading: Reading | None
             if sample.quality is good and value is not None:
                 ts_ns = sample.ts_ns
@@ -230,8 +232,9 @@ class Engine:
                     new = True
                     reading = points[point] = Reading(value, ts_ns)
                 else:
-                    new = old.value != value or type(old.value) is not type(value) \
-                        or ts_ns - old.ts_ns > stale_after
+                    if bounds is not None:
+                        new = old.value != value or type(old.value) is not type(value) \
+                            or ts_ns - old.ts_ns > stale_after
                     old.value = value
                     old.ts_ns = ts_ns
                     reading = old
@@ -243,9 +246,6 @@ class Engine:
                 new = old is not None
                 if new:
                     del points[point]
-            if by_point is None:
-                continue
-            bounds = by_point.get(point)
             if bounds is None:
                 continue
             renewed = new or returning

@@ -85,7 +85,9 @@ class _Scheduled:
 
 class ControlActions:
     def __init__(self, config: ControlConfig, topology: Topology, store: AlarmStore, readings: Readings,
-                 clock: Clock, controller: Controller | None, *, state_dir: Path | None = None) -> None:
+                 clock: Clock, controller: Controller | None, *, state_dir: Path | None = None,
+                 previous: ControlActions | None = None) -> None:
+        """`previous`: the actions this replaces at a reload, whose work goes on here (`_carry_on`)."""
         self.config = config
         self.topology = topology
         self.store = store
@@ -101,9 +103,38 @@ class ControlActions:
         # Setpoint leases and the leak response keep their state in state_dir (none: in memory only, tests).
         self.leases = LeaseBook(state_dir / "leases.json") if state_dir is not None else None
         self._restoring: set[tuple[str, str]] = set()
+        self.leak: LeakResponder
+        if previous is not None:
+            self.leak = previous.leak
+            self._carry_on(previous)
+            return
         self.leak = LeakResponder(config.leak, self, state_dir)
         if self.leases is not None:
             self._expired_at_start(self.leases)
+
+    def _carry_on(self, previous: ControlActions) -> None:
+        """A reload: what the replaced actions were doing goes on under the new configuration. An action still
+        waiting for its delay runs when it is due (moved by the change of its delay, if any), unless the new
+        file removed it, gave it another rule or a severity its alarm does not reach; the envelope's budget
+        and intervals count what was sent before; the leases are the same book (jobs restoring them may
+        still run) and the leak response the same responder (an incident in progress, the stages it has not
+        yet written to the audit trail), both reconfigured; refusals are still told to the audit trail."""
+        actions = {action.name: action for action in self.config.actions}
+        for item in previous._scheduled:
+            action = actions.get(item.action.name)
+            record = self.store.record(item.alarm)
+            if action is None or action.rule != item.action.rule or record is None \
+                    or RANK[record.severity] < RANK[action.severity]:
+                continue
+            due = item.due_ns + round((action.delay - item.action.delay) * NS)
+            self._scheduled.append(_Scheduled(action, item.alarm, due))
+        self._sent = previous._sent
+        self._last = previous._last
+        self.on_refused = previous.on_refused
+        if previous.leases is not None:
+            self.leases = previous.leases
+        self._restoring = previous._restoring
+        self.leak.reconfigure(self.config.leak, self)
 
     # ---- scheduling --------------------------------------------------------------------------------------
 

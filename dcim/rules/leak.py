@@ -129,6 +129,14 @@ class LeakResponder:
                     self._stage(incident, "isolation incomplete", "the daemon stopped during isolation: "
                                 "see the audit trail for what was written", control.clock.now_ns())
 
+    def reconfigure(self, config: LeakResponse, control: Control) -> None:
+        """A reload: the new configuration and control actions; incidents in progress go on (in the mode
+        they started in), and the stages not yet written to the audit trail are still written."""
+        self.config = config
+        self.control = control
+        self.action = Action(name=ACTION, rule=config.rule, target=config.target, writes=config.writes,
+                             outlets=config.outlets)
+
     # ---- stages ------------------------------------------------------------------------------------------
 
     def on_alarm(self, record: AlarmRecord) -> None:

@@ -125,6 +125,9 @@ class RuleService:
         return Engine(config.rules, topology, self.store, self.clock, self._on_event, push=push, bind=False)
 
     def _install(self, config: RulesSite, topology: Topology, engine: Engine) -> None:
+        # The control actions are made anew for the new file, and what the running ones were doing goes on
+        # (`ControlActions(previous=...)`): a delayed action still due, the envelope's budget, the leases,
+        # a leak response in progress.
         controller = self.control.controller
         self.config = config.rules
         self.topology = topology
@@ -133,7 +136,8 @@ class RuleService:
         self.silencer = Silencer(topology, self.store, self.engine.loop_fault_rules, COMM_RULE,
                                  self.engine.readings.offline)
         self.control = ControlActions(self.config.control, topology, self.store, self.engine.readings,
-                                      self.clock, controller, state_dir=Path(config.state_dir))
+                                      self.clock, controller, state_dir=Path(config.state_dir),
+                                      previous=self.control)
 
     # ---- the loop ----------------------------------------------------------------------------------------
 

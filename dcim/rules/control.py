@@ -115,7 +115,8 @@ class ControlActions:
     def _carry_on(self, previous: ControlActions) -> None:
         """A reload: what the replaced actions were doing goes on under the new configuration. An action still
         waiting for its delay runs when it is due (moved by the change of its delay, if any), unless the new
-        file removed it, gave it another rule or a severity its alarm does not reach; the envelope's budget
+        file removed it, gave it another rule or a severity its alarm does not reach, or its alarm's subject
+        is no longer here (removed, or in a cluster another node's shard now); the envelope's budget
         and intervals count what was sent before; the leases are the same book (jobs restoring them may
         still run) and the leak response the same responder (an incident in progress, the stages it has not
         yet written to the audit trail), both reconfigured; refusals are still told to the audit trail."""
@@ -124,7 +125,8 @@ class ControlActions:
             action = actions.get(item.action.name)
             record = self.store.record(item.alarm)
             if action is None or action.rule != item.action.rule or record is None \
-                    or RANK[record.severity] < RANK[action.severity]:
+                    or RANK[record.severity] < RANK[action.severity] \
+                    or (record.subject not in self.topology.kinds and record.subject not in self.topology.racks):
                 continue
             due = item.due_ns + round((action.delay - item.action.delay) * NS)
             self._scheduled.append(_Scheduled(action, item.alarm, due))

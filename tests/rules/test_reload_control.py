@@ -68,3 +68,18 @@ async def test_refusals_still_reach_the_audit_trail_and_the_leak_response_carrie
         await second(r, leak=True)
     assert r.controller.writes == []
     assert told and all("not armed" in t[-1] for t in told)
+
+
+async def test_an_action_whose_device_is_gone_does_not_run(tmp_path: Path) -> None:
+    r = control_rig(tmp_path, actions=[MORE_FLOW])
+    for _ in range(5):  # low flow on cdu-1 from the first second: the warning fires after 10 s
+        await second(r, flow=380.0)
+    raw = hall(tmp_path, {"control": {"armed": True, "envelope": ENVELOPE, "actions": [{**MORE_FLOW, "delay": "20s"}]}})
+    await r.service.reload_async(make_config(raw), Topology(make_config(raw)))
+    for _ in range(8):
+        await second(r, flow=380.0)
+    assert r.controller.writes == [] and r.service.control._scheduled, "waiting: delay 20 s now"
+    raw["devices"] = [d for d in raw["devices"] if d["id"] != "cdu-1"]
+    raw["rooms"][0]["rows"][0]["racks"] = [k for k in raw["rooms"][0]["rows"][0]["racks"] if k["cdu"] != "cdu-1"]
+    await r.service.reload_async(make_config(raw), Topology(make_config(raw)))
+    assert r.service.control._scheduled == []

@@ -100,14 +100,16 @@ class ControlActions:
         # Told of commands refused here, before the write path saw them, so the audit trail has them too:
         # (device, point, value, origin, reason). The daemon sets it to WriteGuard.note_refusal.
         self.on_refused: Callable[[str, str, Value, str, str], None] | None = None
-        # Setpoint leases and the leak response keep their state in state_dir (none: in memory only, tests).
-        self.leases = LeaseBook(state_dir / "leases.json") if state_dir is not None else None
         self._restoring: set[tuple[str, str]] = set()
+        self.leases: LeaseBook | None
         self.leak: LeakResponder
         if previous is not None:
+            self.leases = previous.leases
             self.leak = previous.leak
             self._carry_on(previous)
             return
+        # Setpoint leases and the leak response keep their state in state_dir (none: in memory only, tests).
+        self.leases = LeaseBook(state_dir / "leases.json") if state_dir is not None else None
         self.leak = LeakResponder(config.leak, self, state_dir)
         if self.leases is not None:
             self._expired_at_start(self.leases)
@@ -133,8 +135,6 @@ class ControlActions:
         self._sent = previous._sent
         self._last = previous._last
         self.on_refused = previous.on_refused
-        if previous.leases is not None:
-            self.leases = previous.leases
         self._restoring = previous._restoring
         self.leak.reconfigure(self.config.leak, self)
 

@@ -178,9 +178,6 @@ class Engine:
                 bound = Bound(tuned, subject, f"{rule.name}/{subject}", condition, timing, labels,
                               timeless=condition.timeless, observes=condition.observes)
                 self.bound.append(bound)
-                count += 1
-                if count % step == 0:
-                    yield
                 points = condition.points()
                 if rule.only_if is not None:
                     points.add(rule.only_if.point)
@@ -191,6 +188,9 @@ class Engine:
                     self.watched.setdefault(subject, set()).add(tuned.metric)
                     self.nodata.append(NoDataBound(tuned, subject, f"{rule.name}.no_data/{subject}",
                                                    {**labels, "rule": f"{rule.name}.no_data"}))
+                count += 1
+                if count % step == 0:
+                    yield
 
     # ---- input -------------------------------------------------------------------------------------------
 

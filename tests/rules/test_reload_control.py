@@ -61,9 +61,11 @@ async def test_refusals_still_reach_the_audit_trail_and_the_leak_response_carrie
     r = control_rig(tmp_path)
     told: list[tuple[str, ...]] = []
     r.service.control.on_refused = lambda *a: told.append(tuple(map(str, a)))  # as the daemon sets it, once
-    leak = r.service.control.leak
+    leak, leases = r.service.control.leak, r.service.control.leases
     await reload(r, tmp_path, actions=[LEAK_OFF], armed=False)
     assert r.service.control.leak is leak, "the same responder: its incidents and unwritten stages"
+    assert leases is not None and r.service.control.leases is leases, "the same book: restores under way"
+    assert leak.control is r.service.control and leak.config is r.service.control.config.leak
     for _ in range(40):
         await second(r, leak=True)
     assert r.controller.writes == []

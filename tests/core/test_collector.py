@@ -22,6 +22,7 @@ def restored() -> Iterator[None]:
     gc.unfreeze()
     gc.set_threshold(*thresholds)
     gc.callbacks[:] = callbacks
+    collector._pauses[:] = [0, 0]  # no pause left open by a test that failed inside one
     gc.enable()
 
 

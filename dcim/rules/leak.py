@@ -107,12 +107,9 @@ def describe(incident: dict[str, Any]) -> str:
 
 class LeakResponder:
     def __init__(self, config: LeakResponse, control: Control, state_dir: Path | None) -> None:
-        self.config = config
-        self.control = control
+        self.reconfigure(config, control)
         self.state_path = state_dir / STATE_FILE if state_dir is not None else None
         self.audit = AuditLog(state_dir / "audit.log") if state_dir is not None else None
-        self.action = Action(name=ACTION, rule=config.rule, target=config.target, writes=config.writes,
-                             outlets=config.outlets)
         self.incidents: dict[str, Incident] = {}
         self._audit_queue: list[dict[str, Any]] = []
         self._audit_lock = asyncio.Lock()
@@ -130,8 +127,8 @@ class LeakResponder:
                                 "see the audit trail for what was written", control.clock.now_ns())
 
     def reconfigure(self, config: LeakResponse, control: Control) -> None:
-        """A reload: the new configuration and control actions; incidents in progress go on (in the mode
-        they started in), and the stages not yet written to the audit trail are still written."""
+        """The configuration and control actions (at a reload, the new ones: incidents in progress go on in
+        the mode they started in, and the stages not yet written to the audit trail are still written)."""
         self.config = config
         self.control = control
         self.action = Action(name=ACTION, rule=config.rule, target=config.target, writes=config.writes,

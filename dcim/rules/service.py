@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -101,11 +101,9 @@ class RuleService:
         same alarm store, so alarm state (firing, acknowledged, shelved, history) carries over exactly as it
         does across a restart. Control commands already on their way finish. The rules are bound with the
         garbage collector held off (`collector.paused`), as at start."""
-        engine = self._engine(config, topology)
         with collector.paused():
-            for _ in engine.binding():
+            for _ in self._reloading(config, topology, 2000):
                 pass
-            self._install(config, topology, engine)
 
     async def reload_async(self, config: RulesSite, topology: Topology, *, step: int = 2000,
                            freeze: bool = False) -> None:
@@ -114,15 +112,16 @@ class RuleService:
         322,500 rules stopped the loop for 4-5 s in one piece. `freeze`: what was built is frozen
         (`collector.paused(freeze=True)`) for a process that settles the collector next, so the first
         collections after do not walk it first (another 1.6 s at that size)."""
-        engine = self._engine(config, topology)
         with collector.paused(freeze=freeze):
-            for _ in engine.binding(step):
+            for _ in self._reloading(config, topology, step):
                 await asyncio.sleep(0)
-            self._install(config, topology, engine)
 
-    def _engine(self, config: RulesSite, topology: Topology) -> Engine:
+    def _reloading(self, config: RulesSite, topology: Topology, step: int) -> Iterator[None]:
+        """The new engine, bound `step` rules at a time (a pause after each), then installed."""
         push = {d.id for d in config.devices if getattr(d, "mode", "poll") == "subscribe"}
-        return Engine(config.rules, topology, self.store, self.clock, self._on_event, push=push, bind=False)
+        engine = Engine(config.rules, topology, self.store, self.clock, self._on_event, push=push, bind=False)
+        yield from engine.binding(step)
+        self._install(config, topology, engine)
 
     def _install(self, config: RulesSite, topology: Topology, engine: Engine) -> None:
         # The control actions are made anew for the new file, and what the running ones were doing goes on

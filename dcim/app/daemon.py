@@ -250,7 +250,8 @@ class Daemon:
                 self.console.register(self.http.app)
 
     def _coordinator(self, device: DeviceBase, extra: tuple[Path, ...],
-                     found: Mapping[str, Path] | None = None) -> DeviceCoordinator:
+                     found: Mapping[str, Path]) -> DeviceCoordinator:
+        """`found`: the profiles in the directories (`available_profiles`), listed once for all devices."""
         profile = load_profile(device.profile, extra, found)
         # With poll workers a polled device's driver runs in one of them. Whether it polls, a driver made on a
         # context of its own says (it connects to nothing, and what it would share, a gateway's connection,

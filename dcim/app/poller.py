@@ -127,6 +127,8 @@ class DeviceCoordinator:
         self.overruns = 0
         # Monotonic time since which the poller waits for the pipeline's admission, None when it does not.
         self.waiting_since: float | None = None
+        # Monotonic time the poll in progress was let through, None between polls.
+        self.polling_since: float | None = None
         self._unexpected_logged: set[str] = set()
         # Once: a device without a `deadline` field costs pydantic's slow attribute path on every lookup.
         self.deadline = poll_deadline(device)
@@ -170,6 +172,7 @@ class DeviceCoordinator:
                 await admission.acquire(capped)
             finally:
                 self.waiting_since = None
+            self.polling_since = time.monotonic()
             started = loop.time()
             late = started - due
             LATENESS.observe(late)
@@ -183,6 +186,7 @@ class DeviceCoordinator:
             try:
                 await self.poll_once()
             finally:
+                self.polling_since = None
                 admission.release(capped)
             reraise_lost_cancellation(task)  # a driver library may have swallowed our cancellation
             due += interval
@@ -267,6 +271,12 @@ class DeviceCoordinator:
         now = time.monotonic() if now is None else now
         if self.waiting_since is not None and now - self.pipeline.admission.last_progress <= 3 * period:
             # Held back by backpressure while the queue of polls moves: polled later, not stuck.
+            return False
+        polling = self.polling_since
+        if polling is not None and now - polling <= 3 * period:
+            # Polling now, let through after that wait: its last poll may be older than three periods (an
+            # offline device waits for one of the few polls of offline devices at once, each as long as a
+            # timeout), but the poller moves. One that is still in this poll three periods on is stuck.
             return False
         return now - self.last_poll > 3 * period
 

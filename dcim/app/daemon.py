@@ -85,6 +85,12 @@ DRAIN_SECONDS = 5.0
 HANDOVER_OVERLAP_S = 2.0
 # Devices named in the "stopped" record with their overrun counts.
 STOP_LOG_OVERRUNS = 50
+# Under systemd, while the first poll round moves, more start time is asked for (EXTEND_TIMEOUT_USEC) at each
+# watchdog interval (at most every START_EXTEND_EVERY s), START_EXTEND_SECONDS at a time: a round of many
+# devices that do not answer (a network not up yet after a power cut) outlasts the unit's TimeoutStartSec,
+# and systemd would kill the daemon and start it again, in a loop for as long as the network is down.
+START_EXTEND_EVERY = 10.0
+START_EXTEND_SECONDS = 30.0
 
 
 # Sections SIGHUP applies at once; a change anywhere else is logged as needing a restart, one line per section,
@@ -473,17 +479,18 @@ class Daemon:
                      overruns={d: n for n, d in late[:STOP_LOG_OVERRUNS]})
 
     async def _watch_ready(self) -> None:
-        """READY once every device was polled once; then STATUS and the watchdog under systemd."""
-        await asyncio.gather(*(c.polled.wait() for c in self.coordinators.values()))
-        self.ready.set()
-        log.info("first poll round done", summary=self.summary())
-        if self.owns_process:
-            # What the round built (each point's reading and live record) lives as long as the process.
-            log.info("garbage collector: the first round's objects frozen", frozen_objects=freeze_grown())
+        """READY once every device was polled once (until then, under systemd, more start time while the
+        round moves); then STATUS and the watchdog under systemd."""
         notifier = sdnotify.Notifier.from_env()
-        if notifier is None:
-            return
         try:
+            await self._first_round(notifier)
+            self.ready.set()
+            log.info("first poll round done", summary=self.summary())
+            if self.owns_process:
+                # What the round built (each point's reading and live record) lives as long as the process.
+                log.info("garbage collector: the first round's objects frozen", frozen_objects=freeze_grown())
+            if notifier is None:
+                return
             notifier.ready(self.summary())
             interval = sdnotify.watchdog_interval(self.config.systemd.watchdog_interval)
             async with asyncio.TaskGroup() as tg:
@@ -491,8 +498,30 @@ class Daemon:
                     tg.create_task(notifier.watchdog_loop(interval, self.alive), name="watchdog")
                 tg.create_task(self._status_loop(notifier), name="sd-status")
         finally:
-            notifier.stopping()
-            notifier.close()
+            if notifier is not None:
+                notifier.stopping()
+                notifier.close()
+
+    async def _first_round(self, notifier: sdnotify.Notifier | None) -> None:
+        """Until every device was polled once. Under systemd, at each watchdog interval (at most every
+        START_EXTEND_EVERY s) while the pollers move (`alive`: every poller waits in a queue that moves, polls,
+        or polled within three intervals), START_EXTEND_SECONDS more of start time, and how far the round
+        is in STATUS. A round that stops moving gets no more: systemd's TimeoutStartSec applies again."""
+        polled = [c.polled for c in self.coordinators.values()]
+        first = asyncio.ensure_future(asyncio.gather(*(p.wait() for p in polled)))
+        try:
+            if notifier is not None:
+                every = min(START_EXTEND_EVERY,
+                            sdnotify.watchdog_interval(self.config.systemd.watchdog_interval) or START_EXTEND_EVERY)
+                while not first.done():
+                    await asyncio.wait((first,), timeout=every)
+                    if not first.done() and self.alive():
+                        notifier.extend_timeout(max(START_EXTEND_SECONDS, 3 * every))
+                        done = sum(1 for p in polled if p.is_set())
+                        notifier.status(f"first poll round: {done} of {len(polled)} devices polled")
+            await first
+        finally:
+            first.cancel()
 
     async def _status_loop(self, notifier: sdnotify.Notifier) -> None:
         last = ""

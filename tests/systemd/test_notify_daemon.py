@@ -126,3 +126,54 @@ async def test_ingest_is_ready_and_pings(tmp_path: Path, notify_listener: Notify
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Takes Modbus requests and never answers."""
+    try:
+        while await reader.read(4096):
+            pass
+    finally:
+        writer.close()
+
+
+async def test_a_slow_first_round_asks_for_more_start_time(tmp_path: Path, notify_listener: NotifyListener) -> None:
+    """READY waits for every device's first poll. A round of devices that do not answer (the network not up
+    yet after a power cut) can outlast the unit's TimeoutStartSec: while it moves, the daemon asks for more
+    start time (EXTEND_TIMEOUT_USEC) at each watchdog interval, and says how far the round is in STATUS."""
+    servers = [await asyncio.start_server(_silent, "127.0.0.1", 0) for _ in range(3)]
+    path = cdu_hall(tmp_path, cdus=3, interval="250ms")
+    raw = yaml.safe_load(path.read_text())
+    for device, server in zip(raw["devices"], servers, strict=True):
+        # One poll of each takes its deadline: 2 x 1 s and 0.25 s.
+        device.update(port=server.sockets[0].getsockname()[1], timeout="1s", retries=1)
+    raw["systemd"] = {"watchdog_interval": f"{int(INTERVAL * 1000)}ms"}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "NOTIFY_SOCKET": notify_listener.path, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    for key in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(key, None)
+    log_path = tmp_path / "dcim-run.log"
+    with log_path.open("ab") as log:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dcim.app.cli", "run", "-c", str(path),
+                                                    env=env, cwd=ROOT, stdout=log, stderr=log)
+    try:
+        ready = await notify_listener.wait_for("READY", within=60)
+        before = [m.fields for m in notify_listener.received[:-1]]
+        extended = [f for f in before if "EXTEND_TIMEOUT_USEC" in f]
+        assert extended, (before, log_path.read_text()[-4000:])
+        assert all(int(f["EXTEND_TIMEOUT_USEC"]) >= 30_000_000 for f in extended), extended
+        assert "first poll round: 0 of 3 devices polled" in [f.get("STATUS") for f in before], before
+        assert "3 devices, 0 online" in ready.fields.get("STATUS", ""), ready.fields
+        # After READY the watchdog takes over; no more start time is asked for.
+        await notify_listener.wait_for("WATCHDOG", within=10)
+        assert not [f for f in notify_listener.pending() if "EXTEND_TIMEOUT_USEC" in f]
+        proc.send_signal(signal.SIGTERM)
+        await notify_listener.wait_for("STOPPING", within=30)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0, log_path.read_text()[-4000:]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for server in servers:
+            server.close()
+            await server.wait_closed()

@@ -9,8 +9,10 @@ random, extreme, or taken from floats that need each number of digits.
 
 from __future__ import annotations
 
+import math
 import random
 import struct
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -127,3 +129,45 @@ def test_every_16_bit_value_in_tenths_hundredths_thousandths_decodes_as_the_code
         (got,) = decoder.decode([word])
         assert repr(got[1]) == repr(codec.decode(points[0], [word])), (data_type, scale, word)
         assert type(got[1]) is float
+
+
+def _float32_patterns() -> list[int]:
+    """Every power of two (the one place a float32's interval is not symmetric) with its neighbours, in
+    every exponent and both signs (zeros, subnormals and the largest among them); runs of values where both
+    7 and 6 digits may do; and a seeded sample of all the rest."""
+    patterns = []
+    for sign in (0, 1 << 31):
+        for exponent in range(255):
+            for step in range(-4, 5):
+                bits = sign | exponent << 23
+                if 0 <= bits + step <= 0xFFFFFFFF:
+                    patterns.append(bits + step)
+    # In binades where a float32's step is wider than 7 digits' (here [2^-20, 2^-19), [2^33, 2^34) and
+    # [2^53, 2^54)), 7 digits and 6 may both be the same float32 without being the same number
+    # (9.536921e-07 and 9.53692e-07): the first 3,000 values of each.
+    for exponent in (-20, 33, 53):
+        patterns += [(exponent + 127) << 23 | mantissa for mantissa in range(3000)]
+    rng = random.Random(32)
+    patterns += [rng.getrandbits(32) for _ in range(150_000)]
+    # Full-precision values of a meter's magnitudes (7-9 digits), and rounded ones (6 or fewer).
+    for _ in range(20_000):
+        value = rng.uniform(-1000.0, 1000.0)
+        for text in (repr(value), f"{value:.2f}", f"{value:.1e}"):
+            patterns.append(int.from_bytes(struct.pack(">f", float(text)), "big"))
+    return patterns
+
+
+def test_the_plans_shortest_float32_is_the_codecs() -> None:
+    # The plan tries 7 digits first and skips what cannot be shorter; the codec tries 6, 7, 8, 9 in turn.
+    from dcim.drivers.modbus.decodeplan import _shortest_float32
+
+    lengths: Counter[int] = Counter()
+    for bits in _float32_patterns():
+        data = bits.to_bytes(4, "big")
+        (value,) = struct.unpack(">f", data)
+        got, want = _shortest_float32(value), codec._shortest_float32(data)
+        assert repr(got) == repr(want), (hex(bits), value, got, want)
+        if math.isfinite(want):
+            lengths[max(6, len(repr(abs(want)).split("e")[0].replace(".", "").strip("0")))] += 1
+    # Every outcome came up many times: 6 significant digits or fewer, 7, 8 and 9.
+    assert all(lengths[n] > 100 for n in (6, 7, 8, 9)), lengths

@@ -21,11 +21,12 @@ handed over (``take_udp``, ``Plant.sockets``). Held ports are released after eac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar, overload
 
 import pytest
@@ -39,6 +40,7 @@ __all__ = [
     "hold_udp_port",
     "release_held_ports",
     "require_binary",
+    "silent_servers",
     "take_udp",
     "wait_until",
     "wait_until_sync",
@@ -218,3 +220,24 @@ class RecordingSink:
 
     def on_status(self, status: DeviceStatus) -> None:
         pass
+
+
+async def _take_and_never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while await reader.read(4096):
+            pass
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def silent_servers(count: int) -> AsyncIterator[list[int]]:
+    """`count` TCP servers on 127.0.0.1 that accept, take every request and never answer (a gateway whose
+    serial side is dead, a device whose firmware hangs): their ports, each bound by its server."""
+    servers = [await asyncio.start_server(_take_and_never_answer, "127.0.0.1", 0) for _ in range(count)]
+    try:
+        yield [server.sockets[0].getsockname()[1] for server in servers]
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()

@@ -30,6 +30,7 @@ from dcim.core.samples import Batch, DeviceStatus
 from dcim.drivers.base import DriverContext
 from dcim.drivers.profiles import load_profile
 from tests.e2e.harness import cdu_rows
+from tests.helpers import silent_servers
 
 DEVICES = 12
 OFFLINE_AT_ONCE = 2
@@ -48,56 +49,43 @@ class Counting:
         pass
 
 
-async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Takes the requests and never answers (a gateway whose serial side is dead)."""
-    try:
-        while await reader.read(4096):
-            pass
-    finally:
-        writer.close()
-
-
 async def test_devices_waiting_their_turn_to_time_out_are_not_stuck_pollers(tmp_path: Path) -> None:
-    servers = [await asyncio.start_server(_silent, "127.0.0.1", 0) for _ in range(DEVICES)]
-    devices, rows = cdu_rows(DEVICES, "1s", timeout="500ms")
-    for device, server in zip(devices, servers, strict=True):
-        device["port"] = server.sockets[0].getsockname()[1]
-    path = tmp_path / "dcim.yaml"
-    path.write_text(yaml.safe_dump({"site": {"id": "hall-1"}, "rooms": [{"id": "dh1", "rows": rows}],
-                                    "devices": devices, "state_dir": str(tmp_path / "state")}))
-    config = load_config(path)
-    pipeline = Pipeline()
-    pipeline.admission.max_offline_in_flight = OFFLINE_AT_ONCE
-    sink = Counting()
-    pipeline.add_sink(sink)
-    context = DriverContext()
-    coordinators = [DeviceCoordinator(d, make_driver(d, load_profile(d.profile), context), pipeline)
-                    for d in config.devices]
-    tasks = [asyncio.create_task(c.run(), name=c.name) for c in coordinators]
-    # Each time a device was found polling after a wait that left its last poll more than three periods
-    # behind (what the liveness check took for a stuck poller), with what the check said.
-    long_waited: list[tuple[str, bool]] = []
-    try:
-        # Three polls of every device: its first (all at once, each timing out) and two in line.
-        while min((sink.batches[c.device.id] for c in coordinators), default=0) < 3:
-            now = time.monotonic()
-            for c in coordinators:
-                period = max(c.device.interval, c.deadline)
-                polling = c.polling_since
-                # Polling for less than a period: let through just now, not a poll that hangs.
-                if polling is not None and now - polling < period and now - c.last_poll > 3 * period:
-                    long_waited.append((c.device.id, c.stale(now)))
-            assert all(not t.done() for t in tasks), [t for t in tasks if t.done()]
-            await asyncio.sleep(0.05)
-        assert all(c.online is False for c in coordinators)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for server in servers:
-            server.close()
-            await server.wait_closed()
+    async with silent_servers(DEVICES) as ports:
+        devices, rows = cdu_rows(DEVICES, "1s", timeout="500ms")
+        for device, port in zip(devices, ports, strict=True):
+            device["port"] = port
+        path = tmp_path / "dcim.yaml"
+        path.write_text(yaml.safe_dump({"site": {"id": "hall-1"}, "rooms": [{"id": "dh1", "rows": rows}],
+                                        "devices": devices, "state_dir": str(tmp_path / "state")}))
+        config = load_config(path)
+        pipeline = Pipeline()
+        pipeline.admission.max_offline_in_flight = OFFLINE_AT_ONCE
+        sink = Counting()
+        pipeline.add_sink(sink)
+        context = DriverContext()
+        coordinators = [DeviceCoordinator(d, make_driver(d, load_profile(d.profile), context), pipeline)
+                        for d in config.devices]
+        tasks = [asyncio.create_task(c.run(), name=c.name) for c in coordinators]
+        # Each time a device was found polling after a wait that left its last poll more than three periods
+        # behind (what the liveness check took for a stuck poller), with what the check said.
+        long_waited: list[tuple[str, bool]] = []
+        try:
+            # Three polls of every device: its first (all at once, each timing out) and two in line.
+            while min((sink.batches[c.device.id] for c in coordinators), default=0) < 3:
+                now = time.monotonic()
+                for c in coordinators:
+                    period = max(c.device.interval, c.deadline)
+                    polling = c.polling_since
+                    # Polling for less than a period: let through just now, not a poll that hangs.
+                    if polling is not None and now - polling < period and now - c.last_poll > 3 * period:
+                        long_waited.append((c.device.id, c.stale(now)))
+                assert all(not t.done() for t in tasks), [t for t in tasks if t.done()]
+                await asyncio.sleep(0.05)
+            assert all(c.online is False for c in coordinators)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     # The case came up (by design: each device waits about 4 s in line), and never counted as stuck.
     assert long_waited, "no device waited in line longer than three periods"
     assert not [device for device, stale in long_waited if stale], long_waited
-

@@ -27,7 +27,7 @@ import yaml
 
 from tests.chaos.faults import faulty_device, plugin_path
 from tests.e2e.harness import DaemonProcess, cdu_hall
-from tests.helpers import wait_until
+from tests.helpers import silent_servers, wait_until
 from tests.systemd.syscalls import allowed_by
 
 if TYPE_CHECKING:
@@ -44,6 +44,21 @@ pytestmark = [
     pytest.mark.skipif("sdnotify" not in (ROOT / "dcim" / "app" / "daemon.py").read_text(),
                        reason="dcim/app/daemon.py does not use dcim.app.sdnotify yet (READY/WATCHDOG not wired)"),
 ]
+
+
+async def _sigterm_stops(proc: asyncio.subprocess.Process, listener: NotifyListener, log_path: Path) -> None:
+    """SIGTERM: STOPPING=1, then exit status 0."""
+    proc.send_signal(signal.SIGTERM)
+    await listener.wait_for("STOPPING", within=30)
+    # The log is read only when the assertion fails.
+    assert await asyncio.wait_for(proc.wait(), 30) == 0, log_path.read_text()[-4000:]  # noqa: ASYNC240
+
+
+async def _killed(proc: asyncio.subprocess.Process) -> None:
+    """Whatever failed, the process does not outlive the test."""
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
 
 
 async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: NotifyListener, mosquitto: Any,
@@ -86,14 +101,10 @@ async def test_ready_watchdog_stall_and_stop(tmp_path: Path, notify_listener: No
             assert max(gaps) >= STALL * 0.9, f"no WATCHDOG gap during a {STALL} s stall: {gaps}"
             await wait_until(lambda: influxdb_v1.query('SELECT count("flow_lpm") FROM "cdu"'), timeout=30,
                              message="samples stored through MQTT and the ingest")
-            proc.send_signal(signal.SIGTERM)
-            await notify_listener.wait_for("STOPPING", within=30)
-            assert await asyncio.wait_for(proc.wait(), 30) == 0, log_path.read_text()[-4000:]
+            await _sigterm_stops(proc, notify_listener, log_path)
             print(log_path.read_text().splitlines()[0])  # what the sandbox applied, for the record
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await _killed(proc)
         simulate.stop()
 
 
@@ -119,61 +130,41 @@ async def test_ingest_is_ready_and_pings(tmp_path: Path, notify_listener: Notify
         await notify_listener.wait_for("READY", within=30)
         for _ in range(3):
             await notify_listener.wait_for("WATCHDOG", within=10)
-        proc.send_signal(signal.SIGTERM)
-        await notify_listener.wait_for("STOPPING", within=30)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0, log_path.read_text()[-4000:]
+        await _sigterm_stops(proc, notify_listener, log_path)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Takes Modbus requests and never answers."""
-    try:
-        while await reader.read(4096):
-            pass
-    finally:
-        writer.close()
+        await _killed(proc)
 
 
 async def test_a_slow_first_round_asks_for_more_start_time(tmp_path: Path, notify_listener: NotifyListener) -> None:
     """READY waits for every device's first poll. A round of devices that do not answer (the network not up
     yet after a power cut) can outlast the unit's TimeoutStartSec: while it moves, the daemon asks for more
     start time (EXTEND_TIMEOUT_USEC) at each watchdog interval, and says how far the round is in STATUS."""
-    servers = [await asyncio.start_server(_silent, "127.0.0.1", 0) for _ in range(3)]
-    path = cdu_hall(tmp_path, cdus=3, interval="250ms")
-    raw = yaml.safe_load(path.read_text())
-    for device, server in zip(raw["devices"], servers, strict=True):
-        # One poll of each takes its deadline: 2 x 1 s and 0.25 s.
-        device.update(port=server.sockets[0].getsockname()[1], timeout="1s", retries=1)
-    raw["systemd"] = {"watchdog_interval": f"{int(INTERVAL * 1000)}ms"}
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, "NOTIFY_SOCKET": notify_listener.path, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-    for key in ("WATCHDOG_USEC", "WATCHDOG_PID"):
-        env.pop(key, None)
-    log_path = tmp_path / "dcim-run.log"
-    with log_path.open("ab") as log:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dcim.app.cli", "run", "-c", str(path),
-                                                    env=env, cwd=ROOT, stdout=log, stderr=log)
-    try:
-        ready = await notify_listener.wait_for("READY", within=60)
-        before = [m.fields for m in notify_listener.received[:-1]]
-        extended = [f for f in before if "EXTEND_TIMEOUT_USEC" in f]
-        assert extended, (before, log_path.read_text()[-4000:])
-        assert all(int(f["EXTEND_TIMEOUT_USEC"]) >= 30_000_000 for f in extended), extended
-        assert "first poll round: 0 of 3 devices polled" in [f.get("STATUS") for f in before], before
-        assert "3 devices, 0 online" in ready.fields.get("STATUS", ""), ready.fields
-        # After READY the watchdog takes over; no more start time is asked for.
-        await notify_listener.wait_for("WATCHDOG", within=10)
-        assert not [f for f in notify_listener.pending() if "EXTEND_TIMEOUT_USEC" in f]
-        proc.send_signal(signal.SIGTERM)
-        await notify_listener.wait_for("STOPPING", within=30)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0, log_path.read_text()[-4000:]
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for server in servers:
-            server.close()
-            await server.wait_closed()
+    async with silent_servers(3) as ports:
+        path = cdu_hall(tmp_path, cdus=3, interval="250ms")
+        raw = yaml.safe_load(path.read_text())
+        for device, port in zip(raw["devices"], ports, strict=True):
+            # One poll of each takes its deadline: 2 x 1 s and 0.25 s.
+            device.update(port=port, timeout="1s", retries=1)
+        raw["systemd"] = {"watchdog_interval": f"{int(INTERVAL * 1000)}ms"}
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        env = {**os.environ, "NOTIFY_SOCKET": notify_listener.path, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+        for key in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(key, None)
+        log_path = tmp_path / "dcim-run.log"
+        with log_path.open("ab") as log:
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dcim.app.cli", "run", "-c",
+                                                        str(path), env=env, cwd=ROOT, stdout=log, stderr=log)
+        try:
+            ready = await notify_listener.wait_for("READY", within=60)
+            before = [m.fields for m in notify_listener.received[:-1]]
+            extended = [f for f in before if "EXTEND_TIMEOUT_USEC" in f]
+            assert extended, (before, log_path.read_text()[-4000:])
+            assert all(int(f["EXTEND_TIMEOUT_USEC"]) >= 30_000_000 for f in extended), extended
+            assert "first poll round: 0 of 3 devices polled" in [f.get("STATUS") for f in before], before
+            assert "3 devices, 0 online" in ready.fields.get("STATUS", ""), ready.fields
+            # After READY the watchdog takes over; no more start time is asked for.
+            await notify_listener.wait_for("WATCHDOG", within=10)
+            assert not [f for f in notify_listener.pending() if "EXTEND_TIMEOUT_USEC" in f]
+            await _sigterm_stops(proc, notify_listener, log_path)
+        finally:
+            await _killed(proc)

@@ -133,8 +133,8 @@ def test_every_16_bit_value_in_tenths_hundredths_thousandths_decodes_as_the_code
 
 def _float32_patterns() -> list[int]:
     """Every power of two (the one place a float32's interval is not symmetric) with its neighbours, in
-    every exponent and both signs (zeros, subnormals and the largest among them); runs of values where both
-    7 and 6 digits may do; and a seeded sample of all the rest."""
+    every exponent and both signs (zeros and subnormals among them); the largest finite values; runs of
+    values where both 7 and 6 digits may do; and a seeded sample of all the rest."""
     patterns = []
     for sign in (0, 1 << 31):
         for exponent in range(255):
@@ -147,6 +147,7 @@ def _float32_patterns() -> list[int]:
     # (9.536921e-07 and 9.53692e-07): the first 3,000 values of each.
     for exponent in (-20, 33, 53):
         patterns += [(exponent + 127) << 23 | mantissa for mantissa in range(3000)]
+    patterns += [0x7F7FFFFF, 0xFF7FFFFF]  # the largest finite float32, both signs
     rng = random.Random(32)
     patterns += [rng.getrandbits(32) for _ in range(150_000)]
     # Full-precision values of a meter's magnitudes (7-9 digits), and rounded ones (6 or fewer).

@@ -39,6 +39,7 @@ OVERRUNS = REGISTRY.counter(
 OVERRUNS_ALL = REGISTRY.counter("dcim_poll_overruns_all_total", "dcim_poll_overruns_total of all devices together")
 LATENESS = REGISTRY.summary("dcim_poll_lateness_seconds", "How late polls start after they are due (all devices; up to "
                             "one slot of the shared poll clock, 10 ms at most, is its rounding)")
+_LATENESS = LATENESS.child()  # its one series, observed at every poll without making its key each time
 
 # Caps of the outboxes' high-water marks, in messages. The mark itself is a second of what leaves at the
 # measured pace (`MARK_SECONDS`), so that what is delivered past saturation is about a second old when it
@@ -166,7 +167,7 @@ class DeviceCoordinator:
         due = loop.time()
         while True:
             if due > loop.time():
-                await clock.sleep_until(due)
+                await clock.sleep_until(due, loop)
             # Backpressure: while the outboxes behind the pipeline are over their marks, wait in line with
             # the other devices (first come, first served), so that all of them are polled later, in turn.
             self.waiting_since = time.monotonic()
@@ -179,7 +180,7 @@ class DeviceCoordinator:
             self.polling_since = time.monotonic()
             started = loop.time()
             late = started - due
-            LATENESS.observe(late)
+            _LATENESS.observe(late)
             if late > interval * OVERRUN_FRACTION:
                 # Overran (a slow poll, a busy loop or backpressure): the schedule moves on from this start,
                 # so the interval stretches instead of polls following back to back to catch up.
@@ -188,7 +189,7 @@ class DeviceCoordinator:
                 OVERRUNS_ALL.inc()
                 due = started
             try:
-                await self.poll_once()
+                await self._poll(loop, task)
             finally:
                 self.polling_since = None
                 admission.release(capped)
@@ -196,13 +197,18 @@ class DeviceCoordinator:
             due += interval
 
     async def poll_once(self) -> Batch:
+        return await self._poll(asyncio.get_running_loop(), asyncio.current_task())
+
+    async def _poll(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> Batch:
+        """`poll_once`, with the running loop and the current task given: the poll loop has them, and asking
+        asyncio for them makes a system call (getpid) each time."""
         started = time.perf_counter()
         ts = now_ns()
         error: str | None = None
         samples: list[Sample] = []
         # The poll's deadline: `asyncio.timeout` without a timer of its own per poll (`Deadline`).
         deadline = self._deadline
-        deadline.start(asyncio.get_running_loop().time() + self.deadline)
+        deadline.start(loop.time() + self.deadline, task)
         expired = False
         try:
             try:

@@ -110,11 +110,14 @@ class Deadline(RearmingTimer):
         self._cancelling = 0  # the task's pending cancellations when the step started
         self._expired = False
 
-    def start(self, end: float) -> None:
-        """A step of the current task starts, to end by `end` (the loop's clock)."""
+    def start(self, end: float, task: asyncio.Task[Any] | None = None) -> None:
+        """A step of the current task starts, to end by `end` (the loop's clock). `task`: the current task,
+        when the caller has it (`asyncio.current_task()` makes a system call, getpid, each time)."""
         if self.when is not None:
             raise RuntimeError("Deadline.start: a step is running (one step at a time)")
-        task = self._task = asyncio.current_task()
+        if task is None:
+            task = asyncio.current_task()
+        self._task = task
         self._cancelling = task.cancelling() if task is not None else 0
         self._expired = False
         self.arm(end)
@@ -160,9 +163,12 @@ class SlotClock:
         self.slot = slot
         self._due: dict[int, list[asyncio.Future[None]]] = {}
 
-    async def sleep_until(self, when: float) -> None:
-        """Until the loop's clock reaches `when`, rounded up to the slot; at once when that is past."""
-        loop = asyncio.get_running_loop()
+    async def sleep_until(self, when: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Until the loop's clock reaches `when`, rounded up to the slot; at once when that is past. `loop`:
+        the running loop, when the caller has it (`asyncio.get_running_loop()` makes a system call, getpid,
+        each time)."""
+        if loop is None:
+            loop = asyncio.get_running_loop()
         index = math.ceil(when / self.slot)
         if index * self.slot <= loop.time():
             return

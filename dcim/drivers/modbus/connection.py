@@ -163,10 +163,13 @@ class PollTimer(RearmingTimer):
     nothing is to be uncancelled. A device keeps one across its polls (`read_plan(timer=...)`): at most one
     timer a timeout period instead of one armed and cancelled per poll."""
 
-    __slots__ = ("future",)
+    __slots__ = ("future", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
+        # The loop the poll runs on, for the reads' clock and futures (`asyncio.get_running_loop()` makes a
+        # system call, getpid, each time).
+        self.loop = loop
         self.future: asyncio.Future[Any] | None = None
 
     def set(self, when: float, future: asyncio.Future[Any]) -> None:
@@ -207,7 +210,7 @@ class _Chain:
                  unit: int, timeout: float, outcomes: list[bytes | BadResponse], stamps: list[int]) -> None:
         self._connection = connection
         self._deadline = deadline
-        self._loop = asyncio.get_running_loop()
+        self._loop = deadline.loop
         self._reads = reads
         self._unit = unit
         self._timeout = timeout
@@ -443,7 +446,7 @@ class ModbusConnection:
         self, unit: int, reads: Sequence[PlannedRead], timeout: float, retries: int,  # noqa: ASYNC109
         deadline: PollTimer,
     ) -> tuple[list[bytes | BadResponse], list[int]]:
-        loop = asyncio.get_running_loop()
+        loop = deadline.loop
         slots = self._slots
         outcomes: list[bytes | BadResponse] = []
         stamps: list[int] = []
@@ -520,7 +523,7 @@ class ModbusConnection:
         self, unit: int, reads: Sequence[PlannedRead], timeout: float, retries: int,  # noqa: ASYNC109
         window: int, deadline: PollTimer,
     ) -> tuple[list[bytes | BadResponse], list[int]]:
-        loop = asyncio.get_running_loop()
+        loop = deadline.loop
         slots = self._slots
         attempts = retries + 1
         outcomes: list[bytes | BadResponse | None] = [None] * len(reads)

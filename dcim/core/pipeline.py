@@ -253,7 +253,12 @@ class Admission:
 
     def congested(self) -> bool:
         now = time.monotonic()
-        return any(b.counts() and b.depth() >= b.mark(now) for b in self._backlogs)
+        # A loop, not `any()` over a generator: asked before every poll, and the generator costs more than
+        # the one or two backlogs it looks at.
+        for backlog in self._backlogs:
+            if backlog.counts() and backlog.depth() >= backlog.mark(now):
+                return True
+        return False
 
     def room(self) -> float:
         """Items the backlogs that hold polls back can take before the first reaches its mark."""

@@ -28,6 +28,7 @@ delivered. Printed per run:
                          they and this process keep to CPU 1, and cpu1 is how busy that core was (/proc/stat)
 
     python bench/bench_saturation.py --sizes 250 500 1000             # 60 s windows
+    python bench/bench_saturation.py --quick                          # 250 devices, one 20 s window
     python bench/bench_saturation.py --find 250                       # double N until < 95 % delivered
     python bench/bench_saturation.py --sizes 500 --interval 0.2       # 5x the load of 500 at 1 s
     python bench/bench_saturation.py --tree /tmp/dcim-427cd7a ...      # run another checkout's daemon
@@ -604,8 +605,11 @@ def main() -> None:
     parser.add_argument("--meter-values", action="store_true",
                         help="the lean responder gives float points at full float32 precision, as a power meter "
                              "does (230.41718), not the plant's rounded values (230.42)")
+    parser.add_argument("--quick", action="store_true", help="without --sizes or --find: 250 devices, a 20 s window")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick and not args.sizes and not args.find:
+        args.sizes, args.seconds = [250], 20.0
     if args.serve:
         serve(args.serve, args.answer_ms, args.meter_values)
         return

@@ -28,6 +28,7 @@ delivered. Printed per run:
                          they and this process keep to CPU 1, and cpu1 is how busy that core was (/proc/stat)
 
     python bench/bench_saturation.py --sizes 250 500 1000             # 60 s windows
+    python bench/bench_saturation.py                                  # 1,000 devices, one 60 s window
     python bench/bench_saturation.py --quick                          # 250 devices, one 20 s window
     python bench/bench_saturation.py --find 250                       # double N until < 95 % delivered
     python bench/bench_saturation.py --sizes 500 --interval 0.2       # 5x the load of 500 at 1 s
@@ -608,8 +609,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="without --sizes or --find: 250 devices, a 20 s window")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.quick and not args.sizes and not args.find:
-        args.sizes, args.seconds = [250], 20.0
+    if not args.sizes and not args.find:
+        # Neither: one run (what `make bench` gives), 1,000 devices, or 250 for 20 s with --quick.
+        args.sizes = [250] if args.quick else [1000]
+        if args.quick:
+            args.seconds = 20.0
     if args.serve:
         serve(args.serve, args.answer_ms, args.meter_values)
         return

@@ -2,7 +2,9 @@
  * codec's (dcim/drivers/modbus/codec.py), on every finite float32 value or a stride of them.
  *
  * The codec tries 6, 7, 8 and 9 significant digits in turn and keeps the first that is the same float32;
- * the plan tries 7 first, then 6 only where 7 did and its text is longer than 6 characters, else 8, else 9.
+ * the plan tries 7 first; where 7 did, it tries 6 as well only if the text is longer than 6 characters and
+ * either does not start with a digit from 1 to 7 or the value is below the smallest normal float32; where
+ * 7 did not, it tries 8, then 9.
  * Both are written here as in Python: C's "%.*g" and strtod round correctly as Python's formatting and
  * float() do, and the cast to float rounds to nearest even as struct.pack(">f") does.
  *
@@ -17,6 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The smallest positive normal float32 (FLT_MIN): below it the spacing of float32 values is fixed. */
+static const double FLT_MIN_NORMAL = 1.17549435082228750797e-38;
 
 static int same_float32(double candidate, uint32_t bits) {
     float f = (float)candidate;
@@ -44,6 +49,7 @@ static double plan(double value, uint32_t bits) {
     double candidate = rounded(7, value, text);
     if (same_float32(candidate, bits)) {
         if (strlen(text) <= 6) return candidate;
+        if (text[0] >= '1' && text[0] <= '7' && value >= FLT_MIN_NORMAL) return candidate;
         double shorter = rounded(6, value, other);
         return same_float32(shorter, bits) ? shorter : candidate;
     }

@@ -142,10 +142,11 @@ def _float32_patterns() -> list[int]:
                 bits = sign | exponent << 23
                 if 0 <= bits + step <= 0xFFFFFFFF:
                     patterns.append(bits + step)
-    # In binades where a float32's step is wider than 7 digits' (here [2^-20, 2^-19), [2^33, 2^34) and
-    # [2^53, 2^54)), 7 digits and 6 may both be the same float32 without being the same number
-    # (9.536921e-07 and 9.53692e-07): the first 3,000 values of each.
-    for exponent in (-20, 33, 53):
+    # In binades where a float32's step is wider than 7 digits' (here [2^-20, 2^-19), [2^-10, 2^-9),
+    # [2^33, 2^34) and [2^53, 2^54)), 7 digits and 6 may both be the same float32 without being the same
+    # number (9.536921e-07 and 9.53692e-07): the first 3,000 values of each. Their leading digit is 8 or 9
+    # (0.0009765625 is written with a leading 0), and below the smallest normal float32, any.
+    for exponent in (-20, -10, 33, 53):
         patterns += [(exponent + 127) << 23 | mantissa for mantissa in range(3000)]
     patterns += [0x7F7FFFFF, 0xFF7FFFFF]  # the largest finite float32, both signs
     rng = random.Random(32)

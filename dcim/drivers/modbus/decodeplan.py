@@ -112,6 +112,10 @@ class _Group:
     unpack: struct.Struct
     offset: int  # bytes from the start of the read
     finishes: tuple[_Finish, ...]
+    # _PLAIN_FLOAT32 when every point of the group is a plain float32 (a meter's or a PDU's readings): its
+    # values are then finished in a loop of their own, without asking each point's kind. Else -1.
+    uniform: int = -1
+    indexes: tuple[int, ...] = ()  # each finish's index, for that loop
 
 
 class ReadDecoder:
@@ -159,7 +163,9 @@ class ReadDecoder:
                     fmt += code
                     at = offset + 2 * point.count
                 finishes = tuple(_finish_for(p, index[id(p)]) for _, p in run)
-                groups.append(_Group(swapped, struct.Struct(fmt), start, finishes))
+                uniform = _PLAIN_FLOAT32 if all(f.kind == _PLAIN_FLOAT32 for f in finishes) else -1
+                groups.append(_Group(swapped, struct.Struct(fmt), start, finishes, uniform,
+                                     tuple(f.index for f in finishes)))
         self._groups = tuple(groups)
         self._needs_swapped = any(g.swapped for g in groups)
 
@@ -195,6 +201,12 @@ class ReadDecoder:
         out: list[Any] = [None] * len(self._names)
         for group in self._groups:
             raws = group.unpack.unpack_from(swapped if group.swapped else big, group.offset)
+            if group.uniform == _PLAIN_FLOAT32:
+                shortest = _shortest_float32
+                for index, raw, finish in zip(group.indexes, raws, group.finishes):  # noqa: B905 - as below
+                    # Finite: the shortest text's value. NaN or infinity: the codec's word on it.
+                    out[index] = shortest(raw) if raw - raw == 0.0 else _general(finish, raw)
+                continue
             for finish, raw in zip(group.finishes, raws):  # noqa: B905 - one struct code a finish
                 kind = finish.kind
                 if kind == _DECIMAL:
@@ -225,17 +237,22 @@ class ReadDecoder:
                     if state is not None:
                         out[finish.index] = state
                         continue
-                point = finish.point
-                try:
-                    if point.type == "float32" and point.bit is None:
-                        raw = _shortest_float32(raw)
-                    out[finish.index] = codec.from_raw(point, raw)
-                except codec.DecodeError as err:
-                    out[finish.index] = _Bad(str(err))
-                except (ValueError, ArithmeticError) as err:
-                    # The codec's contract is DecodeError; a gap in it must cost one point, not the poll.
-                    out[finish.index] = _Bad(f"{point.name}: cannot decode: {err}")
+                out[finish.index] = _general(finish, raw)
         return out
+
+
+def _general(finish: _Finish, raw: Any) -> Any:
+    """A point's value by `codec.from_raw` (what the inline cases do not cover), or a `_Bad` with the reason."""
+    point = finish.point
+    try:
+        if point.type == "float32" and point.bit is None:
+            raw = _shortest_float32(raw)
+        return codec.from_raw(point, raw)
+    except codec.DecodeError as err:
+        return _Bad(str(err))
+    except (ValueError, ArithmeticError) as err:
+        # The codec's contract is DecodeError; a gap in it must cost one point, not the poll.
+        return _Bad(f"{point.name}: cannot decode: {err}")
 
 
 class BitReadDecoder:

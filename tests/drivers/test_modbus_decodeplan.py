@@ -113,12 +113,10 @@ def test_every_type_order_and_scaling_decodes_as_the_codec_does(max_gap: int) ->
 def test_a_read_of_plain_float32_points_alone_decodes_as_the_codec_does(byte_order: str, word_order: str) -> None:
     # A meter's or a PDU's read: every point a plain float32. The plan finishes such a group in a loop of its
     # own; NaN and infinity (in `contents`) still go the codec's way, as no reading with the reason.
-    from dcim.drivers.modbus.decodeplan import _PLAIN_FLOAT32
-
     points = [Point(name=f"f{i}", table="input", address=2 * i, type="float32", byte_order=byte_order,
                     word_order=word_order) for i in range(12)]
     (read,) = plan_reads(points, max_gap=0)
-    assert [group.uniform for group in ReadDecoder(read)._groups] == [_PLAIN_FLOAT32]
+    assert [group.plain_float32 for group in ReadDecoder(read)._groups] == [True]
     assert check(points, 0) > 0
 
 

@@ -112,9 +112,9 @@ class _Group:
     unpack: struct.Struct
     offset: int  # bytes from the start of the read
     finishes: tuple[_Finish, ...]
-    # _PLAIN_FLOAT32 when every point of the group is a plain float32 (a meter's or a PDU's readings): its
-    # values are then finished in a loop of their own, without asking each point's kind. Else -1.
-    uniform: int = -1
+    # Every point of the group a plain float32 (a meter's or a PDU's readings): its values are then
+    # finished in a loop of their own, without asking each point's kind.
+    plain_float32: bool = False
     indexes: tuple[int, ...] = ()  # each finish's index, for that loop
 
 
@@ -163,8 +163,8 @@ class ReadDecoder:
                     fmt += code
                     at = offset + 2 * point.count
                 finishes = tuple(_finish_for(p, index[id(p)]) for _, p in run)
-                uniform = _PLAIN_FLOAT32 if all(f.kind == _PLAIN_FLOAT32 for f in finishes) else -1
-                groups.append(_Group(swapped, struct.Struct(fmt), start, finishes, uniform,
+                groups.append(_Group(swapped, struct.Struct(fmt), start, finishes,
+                                     all(f.kind == _PLAIN_FLOAT32 for f in finishes),
                                      tuple(f.index for f in finishes)))
         self._groups = tuple(groups)
         self._needs_swapped = any(g.swapped for g in groups)
@@ -201,7 +201,7 @@ class ReadDecoder:
         out: list[Any] = [None] * len(self._names)
         for group in self._groups:
             raws = group.unpack.unpack_from(swapped if group.swapped else big, group.offset)
-            if group.uniform == _PLAIN_FLOAT32:
+            if group.plain_float32:
                 shortest = _shortest_float32
                 for index, raw, finish in zip(group.indexes, raws, group.finishes):  # noqa: B905 - as below
                     # Finite: the shortest text's value. NaN or infinity: the codec's word on it.

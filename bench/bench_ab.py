@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_saturation import PROFILE, PROFILE_DIR, config_for  # noqa: E402
+from bench_saturation import PROFILE, PROFILE_DIR, config_for, good_fields  # noqa: E402
 from benchlib import cpu_seconds, free_ports, machine, release_ports  # noqa: E402
 
 from tests.servers import Mosquitto  # noqa: E402
@@ -71,10 +71,7 @@ class Counter:
         site = message.topic.split("/", 2)[1]
         if site not in self.points or message.payload.startswith(b"device_status"):
             return
-        points = 0
-        for line in message.payload.split(b"\n"):
-            fields = line.rpartition(b" ")[0].split(b" ", 1)[-1]
-            points += fields.count(b"=") - (2 if b"quality=" in fields else 0)
+        points = sum(good_fields(line.rpartition(b" ")[0]) for line in message.payload.split(b"\n"))
         with self.lock:
             self.points[site] += points
             self.first.setdefault(site, time.monotonic())

@@ -236,6 +236,13 @@ def serve(config_path: Path, answer_ms: float = 0.0, meter: bool = False) -> Non
     asyncio.run(main())
 
 
+def good_fields(head: bytes) -> int:
+    """The good points of a line-protocol line without its timestamp: its fields but the quality= and
+    quality_reason= that a line with BAD points carries besides them."""
+    fields = head.split(b" ", 1)[-1]
+    return fields.count(b"=") - (2 if b"quality=" in fields else 0)
+
+
 class Subscriber:
     """Counts delivered points and their latency, on paho's own network thread."""
 
@@ -286,9 +293,7 @@ class Subscriber:
         newest = 0
         for line in message.payload.split(b"\n"):
             head, _, ts = line.rpartition(b" ")
-            fields = head.split(b" ", 1)[-1]
-            # Good fields only: a line with BAD points carries quality= and quality_reason= besides them.
-            points += fields.count(b"=") - (2 if b"quality=" in fields else 0)
+            points += good_fields(head)
             newest = max(newest, int(ts))
         if points:
             with self.lock:

@@ -90,7 +90,11 @@ def encode_batch(batch: Batch, static_tags: Iterable[tuple[str, str]]) -> list[s
             fields = found
         value = sample.value
         if sample.quality is _GOOD and value is not None:
-            if type(value) is float:
+            # The driver's text of the value (a float32's shortest digits), if it has one.
+            encoded: str | None = sample.text
+            if encoded:
+                pass
+            elif type(value) is float:
                 # The common cases inline: a finite float is its repr, a flag its word.
                 encoded = repr(value) if value - value == 0.0 else None
             elif value is True:

@@ -52,6 +52,10 @@ class Sample:
     measurement: str = ""
     # Extra tags of table rows, e.g. (("outlet", "7"),) or (("phase", "L1"),). Sorted by key.
     tags: tuple[tuple[str, str], ...] = ()
+    # The value's field text in the line protocol (`repr` of the float), when the driver had it from its
+    # decoding (a float32's shortest digits): the encoder takes it as it is instead of formatting the value
+    # again. Empty: the encoder formats the value. Not part of what the sample is (equality, hash, repr).
+    text: str = field(default="", compare=False, repr=False)
 
     @property
     def ok(self) -> bool:

@@ -21,10 +21,20 @@ def test_positional_and_keyword_construction_agree_and_defaults_hold() -> None:
     assert (a.quality, a.reason, a.measurement, a.tags) == (Quality.GOOD, "", "", ())
     c = Sample("pdu-1", "power_w", None, 5, Quality.BAD, "timeout", "pdu_outlet", (("outlet", "7"),))
     assert [getattr(c, f.name) for f in dataclasses.fields(Sample)] == [
-        "pdu-1", "power_w", None, 5, Quality.BAD, "timeout", "pdu_outlet", (("outlet", "7"),)]
+        "pdu-1", "power_w", None, 5, Quality.BAD, "timeout", "pdu_outlet", (("outlet", "7"),), ""]
     assert not c.ok and a.ok
     assert "Sample(device='cdu-1'" in repr(a)
     assert a != dataclasses.replace(a, ts_ns=124) and hash(a) != hash(dataclasses.replace(a, value=18.6))
+
+
+def test_a_values_text_is_carried_but_is_not_what_the_sample_is() -> None:
+    # A driver's text of the value (the line protocol's, made with the decoding) travels with the sample
+    # to the encoder; two samples of the same reading are equal and hash alike whether they have it or not.
+    a = Sample("pdu-1", "power_w", 230.41718, 5)
+    b = Sample("pdu-1", "power_w", 230.41718, 5, Quality.GOOD, "", "", (), "230.41718")
+    assert b.text == "230.41718" and a.text == ""
+    assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
+    assert pickle.loads(pickle.dumps(b)).text == "230.41718"
 
 
 def test_picklable_and_replaceable_with_slots() -> None:

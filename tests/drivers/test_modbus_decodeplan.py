@@ -9,6 +9,7 @@ random, extreme, or taken from floats that need each number of digits.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import struct
@@ -17,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from dcim.core.lineproto import encode_batch
+from dcim.core.samples import Batch, Quality, Sample
 from dcim.drivers.modbus import codec
 from dcim.drivers.modbus.decodeplan import ReadDecoder
 from dcim.drivers.modbus.plan import plan_reads
@@ -168,6 +171,55 @@ def _float32_patterns() -> list[int]:
         for text in (repr(value), f"{value:.2f}", f"{value:.1e}"):
             patterns.append(int.from_bytes(struct.pack(">f", float(text)), "big"))
     return patterns
+
+
+def test_a_plain_float32_groups_values_are_the_shortest_and_their_texts_their_repr() -> None:
+    # A group of plain float32 points is finished at once (`_shortest_float32s`): each value is the one
+    # `_shortest_float32` gives, and each sample carries the line protocol's text of it, which is its repr
+    # (or nothing, where the shortest digits are written with an exponent and the encoder formats the value).
+    from dcim.drivers.modbus.decodeplan import _shortest_float32
+
+    points = [Point(name=f"f{i}", table="input", address=2 * i, type="float32") for i in range(20)]
+    (read,) = plan_reads(points, max_gap=0)
+    decoder = ReadDecoder(read)
+    patterns = [bits for bits in _float32_patterns() if bits & 0x7F800000 != 0x7F800000]  # finite ones
+    patterns += patterns[:20 - len(patterns) % 20]
+    texts = between = 0
+    for start in range(0, len(patterns), 20):
+        data = struct.pack(">20I", *patterns[start:start + 20])
+        samples: list[Sample] = []
+        decoder.samples(data, "meter-1", 1, samples)
+        assert [s.point for s in samples] == [p.name for p in points]
+        for sample, raw in zip(samples, struct.unpack(">20f", data), strict=True):
+            assert sample.quality is Quality.GOOD
+            assert repr(sample.value) == repr(_shortest_float32(raw)), (raw, sample.value)
+            # `%g` with 6 to 9 digits writes no exponent from 1e-4 up to 1e6 at the least (nor for 0).
+            plain = raw == 0 or 1e-4 <= abs(raw) < 1e6
+            between += plain
+            if sample.text:
+                texts += 1
+                assert sample.text == repr(sample.value), (raw, sample.text)
+            else:
+                assert not plain, (raw, sample.value)
+    assert texts >= between > 40_000
+
+
+def test_the_line_protocol_of_a_polls_samples_is_the_same_with_their_texts_or_without() -> None:
+    points = [Point(name=f"f{i}", table="input", address=2 * i, type="float32") for i in range(20)]
+    (read,) = plan_reads(points, max_gap=0)
+    decoder = ReadDecoder(read)
+    rng = random.Random(7)
+    for _ in range(500):
+        values = [rng.choice([rng.uniform(-1e3, 1e3), rng.uniform(-1e9, 1e9), rng.uniform(-1e-3, 1e-3),
+                              round(rng.uniform(0, 500), 1), 0.0, -0.0, 12345678.0])
+                  for _ in range(20)]
+        samples: list[Sample] = []
+        decoder.samples(struct.pack(">20f", *values), "meter-1", 1, samples)
+        assert any(s.text for s in samples)
+        without = [dataclasses.replace(s, text="") for s in samples]
+        tags = (("site", "hall-1"),)
+        assert encode_batch(Batch("meter-1", "pdu", 1, samples), tags) == \
+            encode_batch(Batch("meter-1", "pdu", 1, without), tags)
 
 
 def test_the_plans_shortest_float32_is_the_codecs() -> None:

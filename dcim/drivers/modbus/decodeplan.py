@@ -35,6 +35,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import eq
 from typing import Any
 
 from dcim.core.samples import Quality, Sample, Value
@@ -116,6 +117,10 @@ class _Group:
     # finished in a loop of their own, without asking each point's kind.
     plain_float32: bool = False
     indexes: tuple[int, ...] = ()  # each finish's index, for that loop
+    # For that loop: "%.7g" once per point, comma-separated (the group's texts in one formatting), and a
+    # struct of as many native float32 (their values rounded to float32 in one call).
+    fmt7: str = ""
+    floats: struct.Struct | None = None
 
 
 class ReadDecoder:
@@ -163,9 +168,10 @@ class ReadDecoder:
                     fmt += code
                     at = offset + 2 * point.count
                 finishes = tuple(_finish_for(p, index[id(p)]) for _, p in run)
-                groups.append(_Group(swapped, struct.Struct(fmt), start, finishes,
-                                     all(f.kind == _PLAIN_FLOAT32 for f in finishes),
-                                     tuple(f.index for f in finishes)))
+                plain = all(f.kind == _PLAIN_FLOAT32 for f in finishes)
+                groups.append(_Group(swapped, struct.Struct(fmt), start, finishes, plain,
+                                     tuple(f.index for f in finishes), ",".join([_G7] * len(finishes)),
+                                     struct.Struct(f"{len(finishes)}f") if plain else None))
         self._groups = tuple(groups)
         self._needs_swapped = any(g.swapped for g in groups)
 
@@ -176,25 +182,30 @@ class ReadDecoder:
         except struct.error:
             # Not 16-bit register values: the codec says per point what is wrong.
             return [_decode_one(p, registers, self.read) for p in self.read.points]
+        texts = [""] * len(self._names)
         return [(point, None, value.reason) if type(value) is _Bad else (point, value, "")
-                for point, value in zip(self.read.points, self._values(big), strict=True)]
+                for point, value in zip(self.read.points, self._values(big, texts), strict=True)]
 
     def samples(self, data: bytes, device: str, ts_ns: int, out: list[Sample]) -> None:
         """The read's samples from its answer's data (`len(data) == self.size`, registers big-endian), appended
         to `out` in the plan's order: GOOD with the value, BAD with the reason, none for a missing value."""
         good, bad = Quality.GOOD, Quality.BAD
-        # The three have the plan's length by construction: `strict` (a keyword argument, parsed on every
+        texts = [""] * len(self._names)
+        # The four have the plan's length by construction: `strict` (a keyword argument, parsed on every
         # call) is left out of the zips of the poll's path.
-        for name, measurement, value in zip(self._names, self._measurements, self._values(data)):  # noqa: B905
+        for name, measurement, value, text in zip(self._names, self._measurements,  # noqa: B905
+                                                  self._values(data, texts), texts):
             if value is None:
                 continue
             if type(value) is _Bad:
                 out.append(Sample(device, name, None, ts_ns, bad, value.reason, measurement))
             else:
-                out.append(Sample(device, name, value, ts_ns, good, "", measurement))
+                out.append(Sample(device, name, value, ts_ns, good, "", measurement, (), text))
 
-    def _values(self, big: bytes) -> list[Any]:
-        """Each point's value (None: missing; a `_Bad`: no reading, with the reason), from the big block."""
+    def _values(self, big: bytes, texts: list[str]) -> list[Any]:
+        """Each point's value (None: missing; a `_Bad`: no reading, with the reason), from the big block;
+        `texts` (as long as the read, all "") gets the line protocol's text of the values that come with
+        one (plain float32 points: their shortest digits)."""
         swapped = b""
         if self._needs_swapped:
             swapped = self._swapped.pack(*self._big.unpack(big))
@@ -202,10 +213,14 @@ class ReadDecoder:
         for group in self._groups:
             raws = group.unpack.unpack_from(swapped if group.swapped else big, group.offset)
             if group.plain_float32:
-                shortest = _shortest_float32
+                total = sum(raws)
+                if total - total == 0.0:  # all finite (float32 values cannot add up past a float64's range)
+                    assert group.floats is not None
+                    _shortest_float32s(raws, group.indexes, group.fmt7, group.floats, out, texts)
+                    continue
                 for index, raw, finish in zip(group.indexes, raws, group.finishes):  # noqa: B905 - as below
                     # Finite: the shortest text's value. NaN or infinity: the codec's word on it.
-                    out[index] = shortest(raw) if raw - raw == 0.0 else _general(finish, raw)
+                    out[index] = _shortest_float32(raw) if raw - raw == 0.0 else _general(finish, raw)
                 continue
             for finish, raw in zip(group.finishes, raws):  # noqa: B905 - one struct code a finish
                 kind = finish.kind
@@ -337,6 +352,42 @@ def _shortest_float32(value: float) -> float:
         return candidate
     candidate = float(_G9 % value)
     return candidate if pack(candidate) == data else value
+
+
+def _shortest_float32s(raws: tuple[float, ...], indexes: tuple[int, ...], fmt7: str, floats: struct.Struct,
+                       out: list[Any], texts: list[str]) -> None:
+    """`_shortest_float32` of each of a group's finite `raws`, into `out` at `indexes`, with its line protocol
+    text (its `repr`) into `texts`: the same tries, each value's 7-digit try made for the whole group at once
+    (one formatting, one rounding to float32 of all of them; about 1.5 us less a 20-value group under timeit).
+
+    The text of `%.Ng` is the repr of its value wherever both write the number without an exponent: a decimal
+    of at most 15 significant digits is the one such decimal of its float64, so `repr` finds the same digits
+    (`%g` drops trailing zeros, `repr` keeps one after the point: "230" is "230.0"). With an exponent (from
+    10 ** N up, or below 1e-4), the text stays empty and the encoder formats the value as before."""
+    texts7 = (fmt7 % raws).split(",")
+    values = list(map(float, texts7))
+    pack = _F32.pack
+    for index, raw, text, value, same in zip(indexes, raws, texts7, values,  # noqa: B905 - one of each a point
+                                             map(eq, floats.unpack(floats.pack(*values)), raws)):
+        if same:
+            # As `_shortest_float32`: 6 digits too, where they can be the same float32.
+            if len(text) > 6 and not ("1" <= text[0] <= "7" and raw >= _F32_MIN_NORMAL):
+                shorter = _G6 % raw
+                candidate = float(shorter)
+                if pack(candidate) == pack(raw):
+                    text, value = shorter, candidate
+        else:
+            data = pack(raw)
+            text = _G8 % raw
+            value = float(text)
+            if pack(value) != data:
+                text = _G9 % raw
+                value = float(text)
+                if pack(value) != data:
+                    text, value = "", raw  # not reached: 9 digits are always the same float32
+        out[index] = value
+        if "e" not in text:
+            texts[index] = text if "." in text else text + ".0"
 
 
 def _decode_one(point: Point, registers: Sequence[int], read: Read) -> Decoded:

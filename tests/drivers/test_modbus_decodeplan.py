@@ -204,6 +204,28 @@ def test_a_plain_float32_groups_values_are_the_shortest_and_their_texts_their_re
     assert texts >= between > 40_000
 
 
+@pytest.mark.parametrize("special", [math.nan, math.inf, -math.inf])
+def test_a_plain_float32_read_with_nan_or_infinity_in_it_has_that_point_bad_and_the_rest_good(
+        special: float) -> None:
+    # The samples of a read of plain float32 points are made without a test a point only when every one
+    # of them is a finite value; a NaN or an infinity among them is that point's BAD sample, as the codec says.
+    points = [Point(name=f"f{i}", table="input", address=2 * i, type="float32") for i in range(6)]
+    (read,) = plan_reads(points, max_gap=0)
+    values = [1.5, 230.41718, special, -0.25, 0.0, 50.0]
+    registers = list(struct.unpack(">12H", struct.pack(">6f", *values)))
+    samples: list[Sample] = []
+    ReadDecoder(read).samples(struct.pack(">6f", *values), "meter-1", 7, samples)
+    assert [s.point for s in samples] == [p.name for p in points]
+    for sample, point in zip(samples, points, strict=True):
+        kind, want = reference(point, registers, 0)
+        if kind == "error":
+            assert (sample.quality, sample.value, sample.reason) == (Quality.BAD, None, want)
+        else:
+            assert (sample.quality, repr(sample.value)) == (Quality.GOOD, want)
+            assert sample.text in ("", want)  # such a read goes the way of each point alone: no text
+    assert [s.quality for s in samples].count(Quality.BAD) == 1
+
+
 def test_the_line_protocol_of_a_polls_samples_is_the_same_with_their_texts_or_without() -> None:
     points = [Point(name=f"f{i}", table="input", address=2 * i, type="float32") for i in range(20)]
     (read,) = plan_reads(points, max_gap=0)

@@ -35,6 +35,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from operator import eq
 from typing import Any
 
@@ -174,6 +175,7 @@ class ReadDecoder:
                                      struct.Struct(f"{len(finishes)}f") if plain else None))
         self._groups = tuple(groups)
         self._needs_swapped = any(g.swapped for g in groups)
+        self._plain_float32 = all(g.plain_float32 for g in groups)
 
     def decode(self, registers: Sequence[int]) -> list[Decoded]:
         """Every point of the read, in the plan's order: (point, value, "") or (point, None, reason)."""
@@ -184,17 +186,22 @@ class ReadDecoder:
             return [_decode_one(p, registers, self.read) for p in self.read.points]
         texts = [""] * len(self._names)
         return [(point, None, value.reason) if type(value) is _Bad else (point, value, "")
-                for point, value in zip(self.read.points, self._values(big, texts), strict=True)]
+                for point, value in zip(self.read.points, self._values(big, texts)[0], strict=True)]
 
     def samples(self, data: bytes, device: str, ts_ns: int, out: list[Sample]) -> None:
         """The read's samples from its answer's data (`len(data) == self.size`, registers big-endian), appended
         to `out` in the plan's order: GOOD with the value, BAD with the reason, none for a missing value."""
         good, bad = Quality.GOOD, Quality.BAD
         texts = [""] * len(self._names)
+        values, plain = self._values(data, texts)
+        if plain:
+            # Every point a value (a meter's floats): the samples made without a test a point.
+            out += map(Sample, repeat(device), self._names, values, repeat(ts_ns), repeat(good), repeat(""),
+                       self._measurements, repeat(()), texts)
+            return
         # The four have the plan's length by construction: `strict` (a keyword argument, parsed on every
         # call) is left out of the zips of the poll's path.
-        for name, measurement, value, text in zip(self._names, self._measurements,  # noqa: B905
-                                                  self._values(data, texts), texts):
+        for name, measurement, value, text in zip(self._names, self._measurements, values, texts):  # noqa: B905
             if value is None:
                 continue
             if type(value) is _Bad:
@@ -202,10 +209,12 @@ class ReadDecoder:
             else:
                 out.append(Sample(device, name, value, ts_ns, good, "", measurement, (), text))
 
-    def _values(self, big: bytes, texts: list[str]) -> list[Any]:
+    def _values(self, big: bytes, texts: list[str]) -> tuple[list[Any], bool]:
         """Each point's value (None: missing; a `_Bad`: no reading, with the reason), from the big block;
         `texts` (as long as the read, all "") gets the line protocol's text of the values that come with
-        one (plain float32 points: their shortest digits)."""
+        one (plain float32 points: their shortest digits). The flag: True when every point is a plain
+        float32 and finite (a value each, none missing or bad)."""
+        plain = self._plain_float32
         swapped = b""
         if self._needs_swapped:
             swapped = self._swapped.pack(*self._big.unpack(big))
@@ -218,6 +227,7 @@ class ReadDecoder:
                     assert group.floats is not None
                     _shortest_float32s(raws, group.indexes, group.fmt7, group.floats, out, texts)
                     continue
+                plain = False
                 for index, raw, finish in zip(group.indexes, raws, group.finishes):  # noqa: B905 - as below
                     # Finite: the shortest text's value. NaN or infinity: the codec's word on it.
                     out[index] = _shortest_float32(raw) if raw - raw == 0.0 else _general(finish, raw)
@@ -253,7 +263,7 @@ class ReadDecoder:
                         out[finish.index] = state
                         continue
                 out[finish.index] = _general(finish, raw)
-        return out
+        return out, plain
 
 
 def _general(finish: _Finish, raw: Any) -> Any:

@@ -211,8 +211,26 @@ class Engine:
             points = readings.points[device] = {}
         by_point = self.by_point.get(device)
         watched = self.watched.get(device)
-        stale_after = readings.stale_after_ns
         good = GOOD
+        if by_point is None and watched is None:
+            # No rule judges this device's points (a meter that no rule names, or rules off): its readings
+            # are only kept (for the racks' metrics and the API), in a pass that asks nothing else.
+            for sample in batch.samples:
+                if sample.tags:
+                    readings.keep_row(device, batch.kind, sample)
+                    continue
+                value = sample.value
+                if sample.quality is good and value is not None:
+                    old = points.get(sample.point)
+                    if old is None:
+                        points[sample.point] = Reading(value, sample.ts_ns)
+                    else:
+                        old.value = value
+                        old.ts_ns = sample.ts_ns
+                else:
+                    points.pop(sample.point, None)  # a BAD or STALE sample withdraws the value
+            return
+        stale_after = readings.stale_after_ns
         # The bound rules to judge, in the order their points came, each with whether one of its points has a
         # new value (True) or only repeats its value (False).
         due: dict[Bound, bool] = {}

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from dcim.core.samples import Quality
+from dcim.core.samples import Batch, Quality, Sample
 from dcim.rules.metrics import feed_capacity_kw
 from dcim.simulators.plant import Plant
-from tests.rules.rig import Rig, hall
+from tests.rules.rig import Rig, hall, rig_with
 
 
 def from_plant(r: Rig, plant: Plant) -> None:
@@ -113,3 +113,38 @@ async def test_phase_imbalance_and_branch_load_edge_cases(rig: Rig) -> None:
     assert "phase_imbalance_pct" not in a02
     assert "phase_imbalance_pct" not in b01
     assert b01["branch_load_pct"] == pytest.approx(50 / (230 * 3 * 250 / 1000) * 100, rel=1e-3)
+
+
+def test_the_readings_kept_are_the_same_whether_rules_judge_the_device_or_not(tmp_path: Path) -> None:
+    # A device no rule judges (a PDU of this hall; every device with rules off) has its readings kept in a
+    # pass of its own: the same readings as the full pass keeps for a device whose points rules judge (a
+    # CDU), through new values, repeats, a BAD and a STALE sample (which withdraw the value), a value back,
+    # and table rows.
+    judged = rig_with(tmp_path / "judged", {})
+    alone = rig_with(tmp_path / "alone", {"enabled": False})
+    assert judged.service.engine.by_point.get("cdu-1") and not alone.service.engine.by_point
+    assert "pdu-A01-a" not in judged.service.engine.by_point
+    for rig in (judged, alone):
+        rows = {(("loop", "1"),): {"flow_lpm": 200.0}, (("loop", "2"),): {"flow_lpm": 210.0}}
+        rig.send("cdu-1", "cdu", {"flow_lpm": 450.0, "leak": False, "supply_temp_c": 32.0}, rows)
+        rig.clock.advance(1)
+        rig.send("cdu-1", "cdu", {"flow_lpm": 450.0, "leak": False, "supply_temp_c": 32.5})
+        rig.clock.advance(1)
+        now = rig.clock.now_ns()
+        rig.pipeline.publish(Batch("cdu-1", "cdu", now, [
+            Sample("cdu-1", "flow_lpm", None, now, Quality.BAD, "timeout", "cdu"),
+            Sample("cdu-1", "leak", True, now, Quality.STALE, "old", "cdu"),
+            Sample("cdu-1", "supply_temp_c", 33.0, now, measurement="cdu"),
+            Sample("cdu-1", "flow_lpm", None, now, Quality.BAD, "timeout", "cdu", (("loop", "2"),)),
+        ]))
+        rig.clock.advance(1)
+        rig.send("cdu-1", "cdu", {"supply_temp_c": 33.5, "valve_pct": 40.0})
+    kept = [({p: (r.value, r.ts_ns) for p, r in rig.service.engine.readings.points["cdu-1"].items()},
+             {k: {p: (r.value, r.ts_ns) for p, r in row.items()}
+              for k, row in rig.service.engine.readings.rows["cdu-1"].items()})
+            for rig in (judged, alone)]
+    assert kept[0] == kept[1]
+    points, rows = kept[1]
+    assert {p: v for p, (v, _) in points.items()} == {"supply_temp_c": 33.5, "valve_pct": 40.0}
+    loop_1, loop_2 = ("cdu", (("loop", "1"),)), ("cdu", (("loop", "2"),))
+    assert set(rows) == {loop_1, loop_2} and rows[loop_1]["flow_lpm"][0] == 200.0 and rows[loop_2] == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from typing import Any
 
 
@@ -22,56 +23,104 @@ def reraise_lost_cancellation(task: asyncio.Task[Any] | None = None) -> None:
         raise asyncio.CancelledError
 
 
+# Deadlines are looked at in slots of this many seconds (one event loop timer a slot in use, however many
+# deadlines fall in it, `_Wheel`): a deadline is met up to a slot late.
+TIMER_SLOT = 0.01
+
+
+class _Wheel:
+    """The slots of one event loop's `RearmingTimer`s: slot `i` ends at `i * TIMER_SLOT` on the loop's clock
+    and holds the timers to look at then. A thousand devices' poll deadlines, each pushed into the loop's
+    heap and popped from it once a poll (about ten comparisons in a heap of a thousand, each a Python
+    call), become a list append each and a timer a slot."""
+
+    __slots__ = ("loop", "slots")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Weakly: `_WHEELS` keeps a wheel while its loop lives, and a reference back would keep both for good.
+        self.loop = weakref.ref(loop)
+        self.slots: dict[int, list[RearmingTimer]] = {}
+
+    def add(self, timer: RearmingTimer, when: float) -> int:
+        """`timer` looked at in the slot that ends at `when` or next after it; that slot's index."""
+        index = math.ceil(when / TIMER_SLOT)
+        members = self.slots.get(index)
+        if members is None:
+            loop = self.loop()
+            if loop is None:
+                raise RuntimeError("the event loop of these timers is gone")
+            members = self.slots[index] = []
+            loop.call_at(index * TIMER_SLOT, self._due, index)
+        members.append(timer)
+        return index
+
+    def _due(self, index: int) -> None:
+        for timer in self.slots.pop(index, ()):
+            try:
+                timer._look(index)
+            except Exception as err:  # one timer's failure must not keep the slot's others from theirs
+                loop = self.loop()
+                if loop is not None:
+                    loop.call_exception_handler({"message": "deadline timer failed", "exception": err})
+
+
+_WHEELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel] = weakref.WeakKeyDictionary()
+
+
 class RearmingTimer:
     """One timer for a run of deadlines that mostly move later (a device's polls, one after the other).
 
-    `arm(when)` sets the current deadline. A timer is made only when none is armed or the new deadline is
-    earlier than the armed one; when the timer falls due and finds the deadline moved on, it re-arms itself
-    for it, and when the deadline is reached it calls `due()`. `disarm()` leaves no deadline and keeps the
-    timer, which fires once more with nothing to do and rests; `close()` drops it. So deadlines that follow
-    each other keep about one timer in the event loop's heap per bound, instead of one pushed and cancelled
-    for each (every comparison in that heap is a Python call)."""
+    `arm(when)` sets the current deadline. The timer is put in a slot of the loop's `_Wheel` only when it is
+    in none or the new deadline falls before its slot; when the slot comes and finds the deadline moved on,
+    it goes into the deadline's slot, and when the deadline is reached it calls `due()` (at most a slot,
+    `TIMER_SLOT`, after it). `disarm()` leaves no deadline and keeps the timer, which is looked at once more
+    with nothing to do and rests; `close()` drops it. So deadlines that follow each other cost a list append
+    each, not a handle pushed into the event loop's heap and cancelled (every comparison in that heap is a
+    Python call)."""
 
-    __slots__ = ("_armed", "_handle", "_loop", "when")
+    __slots__ = ("_armed", "_loop", "_wheel", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed = 0.0
+        self._wheel: _Wheel | None = None
+        self._armed: int | None = None  # the index of the slot the timer is in (None: in none)
         self.when: float | None = None  # the current deadline (the loop's clock), None between them
 
     def arm(self, when: float) -> None:
         self.when = when
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        handle = self._handle
-        if handle is None or when < self._armed:
-            if handle is not None:
-                handle.cancel()
-            self._armed = when
-            self._handle = loop.call_at(when, self._fire)
+        armed = self._armed
+        if armed is None or when <= (armed - 1) * TIMER_SLOT:
+            # In no slot, or the deadline falls in an earlier one: the slot it is in passes it by (`_look`).
+            wheel = self._wheel
+            if wheel is None:
+                loop = self._loop
+                if loop is None:
+                    loop = self._loop = asyncio.get_running_loop()
+                wheel = _WHEELS.get(loop)
+                if wheel is None:
+                    wheel = _WHEELS[loop] = _Wheel(loop)
+                self._wheel = wheel
+            self._armed = wheel.add(self, when)
 
     def disarm(self) -> None:
         self.when = None
 
     def close(self) -> None:
         self.when = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._armed = None
 
     def due(self) -> None:
         """The deadline is reached (subclasses act here)."""
 
-    def _fire(self) -> None:
-        self._handle = None
+    def _look(self, index: int) -> None:
+        if index != self._armed:
+            return  # a slot the timer left for an earlier one, or closed since
+        self._armed = None
         when = self.when
-        if when is None or self._loop is None:
+        if when is None or self._wheel is None:
             return  # between deadlines: idle until the next one
-        if when > self._armed:
-            self._armed = when
-            self._handle = self._loop.call_at(when, self._fire)
+        if when > index * TIMER_SLOT:
+            self._armed = self._wheel.add(self, when)
             return
         self.due()
 

@@ -8,10 +8,11 @@ the bound's own order of magnitude (a step sleeps 100 times its bound, or a hund
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
-from dcim.core.aio import Deadline
+from dcim.core.aio import TIMER_SLOT, Deadline, RearmingTimer
 
 
 async def _step(deadline: Deadline, seconds: float, bound: float, *, swallow: bool = False) -> str:
@@ -105,3 +106,59 @@ async def test_one_step_at_a_time() -> None:
         deadline.start(asyncio.get_running_loop().time() + 5.0)
     assert deadline.stop() is False
     deadline.close()
+
+
+class _Recorder(RearmingTimer):
+    """A timer that notes the loop's clock when its deadline is met (`due`), and fails if told to."""
+
+    __slots__ = ("fail", "met")
+
+    def __init__(self, *, fail: bool = False) -> None:
+        super().__init__()
+        self.met: list[float] = []
+        self.fail = fail
+
+    def due(self) -> None:
+        self.met.append(asyncio.get_running_loop().time())
+        if self.fail:
+            raise RuntimeError("a due() that fails")
+
+
+async def test_timers_of_one_slot_share_one_loop_timer_and_each_is_met_once_within_a_slot() -> None:
+    # A thousand deadlines in the same slot: one handle in the loop's heap; each timer's `due` once, not
+    # before its deadline; a failing one does not keep the others from theirs.
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    before = len(loop._scheduled)  # type: ignore[attr-defined]
+    end = (math.ceil(loop.time() / TIMER_SLOT) + 5) * TIMER_SLOT - TIMER_SLOT / 2
+    timers = [_Recorder(fail=i == 3) for i in range(1000)]
+    for timer in timers:
+        timer.arm(end)
+    assert len(loop._scheduled) - before == 1  # type: ignore[attr-defined]
+    await asyncio.sleep(end - loop.time() + 20 * TIMER_SLOT)
+    assert all(len(t.met) == 1 for t in timers)
+    assert all(end <= t.met[0] for t in timers)
+    assert len(reported) == 1 and isinstance(reported[0]["exception"], RuntimeError)
+
+
+async def test_a_deadline_moved_earlier_is_met_then_and_one_moved_later_only_when_reached() -> None:
+    loop = asyncio.get_running_loop()
+    earlier, later, closed, disarmed = _Recorder(), _Recorder(), _Recorder(), _Recorder()
+    now = loop.time()
+    earlier.arm(now + 0.25)
+    earlier.arm(now + 0.05)  # an earlier slot: met at 0.05; the slot at 0.25 passes it by
+    later.arm(now + 0.05)
+    later.arm(now + 0.3)  # moved on: its first slot passes it by
+    closed.arm(now + 0.05)
+    closed.close()
+    disarmed.arm(now + 0.05)
+    disarmed.disarm()
+    await asyncio.sleep(0.2)
+    assert len(earlier.met) == 1 and now + 0.05 <= earlier.met[0]
+    assert later.met == [] and closed.met == [] and disarmed.met == []
+    earlier.arm(now + 0.45)  # the next deadline, while the slot it left at 0.25 is still to come
+    await asyncio.sleep(0.5)
+    assert len(later.met) == 1 and now + 0.3 <= later.met[0]
+    assert len(earlier.met) == 2 and now + 0.45 <= earlier.met[1]
+    assert closed.met == [] and disarmed.met == []

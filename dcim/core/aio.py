@@ -44,6 +44,10 @@ class _Wheel:
     def add(self, timer: RearmingTimer, when: float) -> int:
         """`timer` looked at in the slot that ends at `when` or next after it; that slot's index."""
         index = math.ceil(when / TIMER_SLOT)
+        if index * TIMER_SLOT < when:
+            # The quotient rounded down onto a whole number: the slot must end at `when` or after, or the
+            # timer, looked at before its deadline, would go back into the same slot again and again.
+            index += 1
         members = self.slots.get(index)
         if members is None:
             loop = self.loop()

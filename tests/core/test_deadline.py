@@ -162,3 +162,20 @@ async def test_a_deadline_moved_earlier_is_met_then_and_one_moved_later_only_whe
     assert len(later.met) == 1 and now + 0.3 <= later.met[0]
     assert len(earlier.met) == 2 and now + 0.45 <= earlier.met[1]
     assert closed.met == [] and disarmed.met == []
+
+
+async def test_a_deadline_just_past_a_slots_end_is_met_in_the_next_slot() -> None:
+    # A deadline one float above a slot's end (k * TIMER_SLOT) whose quotient by the slot rounds down onto k
+    # (0.030000000000000002 / 0.01 is 3.0): it goes into slot k + 1. In slot k it would be looked at before
+    # its deadline, put back into slot k, and so on, never met.
+    loop = asyncio.get_running_loop()
+    k = math.ceil((loop.time() + 0.05) / TIMER_SLOT)
+    while True:
+        when = math.nextafter(k * TIMER_SLOT, math.inf)
+        if math.ceil(when / TIMER_SLOT) * TIMER_SLOT < when:
+            break
+        k += 1
+    timer = _Recorder()
+    timer.arm(when)
+    await asyncio.sleep(when - loop.time() + 0.2)
+    assert len(timer.met) == 1 and when <= timer.met[0]

@@ -54,7 +54,8 @@ class Sample:
     tags: tuple[tuple[str, str], ...] = ()
     # The value's field text in the line protocol (`repr` of the float), when the driver had it from its
     # decoding (a float32's shortest digits): the encoder takes it as it is instead of formatting the value
-    # again. Empty: the encoder formats the value. Not part of what the sample is (equality, hash, repr).
+    # again. Empty: the encoder formats the value. Not part of what the sample is (equality, hash, repr). A
+    # copy with another value (`dataclasses.replace(sample, value=...)`) must say text="" too.
     text: str = field(default="", compare=False, repr=False)
 
     @property

@@ -154,10 +154,12 @@ async def test_a_deadline_moved_earlier_is_met_then_and_one_moved_later_only_whe
     closed.close()
     disarmed.arm(now + 0.05)
     disarmed.disarm()
+    # (Timers run in the order of their times, so the slot at 0.05 comes before this sleep ends, however
+    # late the loop runs; what else came meanwhile depends on the load, and is not asked here.)
     await asyncio.sleep(0.2)
     assert len(earlier.met) == 1 and now + 0.05 <= earlier.met[0]
-    assert later.met == [] and closed.met == [] and disarmed.met == []
-    earlier.arm(now + 0.45)  # the next deadline, while the slot it left at 0.25 is still to come
+    assert closed.met == [] and disarmed.met == []
+    earlier.arm(now + 0.45)  # the next deadline, while the slot it left at 0.25 may still be to come
     await asyncio.sleep(0.5)
     assert len(later.met) == 1 and now + 0.3 <= later.met[0]
     assert len(earlier.met) == 2 and now + 0.45 <= earlier.met[1]

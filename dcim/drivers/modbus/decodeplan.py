@@ -176,6 +176,8 @@ class ReadDecoder:
         self._groups = tuple(groups)
         self._needs_swapped = any(g.swapped for g in groups)
         self._plain_float32 = all(g.plain_float32 for g in groups)
+        # The texts of a read without plain float32 points: none is ever written, one list serves every poll.
+        self._no_texts = [] if any(g.plain_float32 for g in groups) else [""] * len(self._names)
 
     def decode(self, registers: Sequence[int]) -> list[Decoded]:
         """Every point of the read, in the plan's order: (point, value, "") or (point, None, reason)."""
@@ -184,7 +186,7 @@ class ReadDecoder:
         except struct.error:
             # Not 16-bit register values: the codec says per point what is wrong.
             return [_decode_one(p, registers, self.read) for p in self.read.points]
-        texts = [""] * len(self._names)
+        texts = self._no_texts or [""] * len(self._names)
         return [(point, None, value.reason) if type(value) is _Bad else (point, value, "")
                 for point, value in zip(self.read.points, self._values(big, texts)[0], strict=True)]
 
@@ -192,7 +194,7 @@ class ReadDecoder:
         """The read's samples from its answer's data (`len(data) == self.size`, registers big-endian), appended
         to `out` in the plan's order: GOOD with the value, BAD with the reason, none for a missing value."""
         good, bad = Quality.GOOD, Quality.BAD
-        texts = [""] * len(self._names)
+        texts = self._no_texts or [""] * len(self._names)
         values, plain = self._values(data, texts)
         if plain:
             # Every point a value (a meter's floats): the samples made without a test a point.

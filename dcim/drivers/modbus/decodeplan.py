@@ -171,7 +171,8 @@ class ReadDecoder:
                 finishes = tuple(_finish_for(p, index[id(p)]) for _, p in run)
                 plain = all(f.kind == _PLAIN_FLOAT32 for f in finishes)
                 groups.append(_Group(swapped, struct.Struct(fmt), start, finishes, plain,
-                                     tuple(f.index for f in finishes), ",".join([_G7] * len(finishes)),
+                                     tuple(f.index for f in finishes),
+                                     ",".join([_G7] * len(finishes)) if plain else "",
                                      struct.Struct(f"{len(finishes)}f") if plain else None))
         self._groups = tuple(groups)
         self._needs_swapped = any(g.swapped for g in groups)

@@ -48,6 +48,8 @@ class _Wheel:
             # The quotient rounded down onto a whole number: the slot must end at `when` or after, or the
             # timer, looked at before its deadline, would go back into the same slot again and again.
             index += 1
+        elif (index - 1) * TIMER_SLOT >= when:
+            index -= 1  # rounded up past one (0.07 / 0.01 is 7.000000000000001): the slot before ends at `when`
         members = self.slots.get(index)
         if members is None:
             loop = self.loop()

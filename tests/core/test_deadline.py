@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from dcim.core.aio import TIMER_SLOT, Deadline, RearmingTimer
+from dcim.core.aio import TIMER_SLOT, Deadline, RearmingTimer, _Wheel
 
 
 async def _step(deadline: Deadline, seconds: float, bound: float, *, swallow: bool = False) -> str:
@@ -171,15 +171,45 @@ async def test_a_deadline_moved_earlier_is_met_then_and_one_moved_later_only_whe
 async def test_a_deadline_just_past_a_slots_end_is_met_in_the_next_slot() -> None:
     # A deadline one float above a slot's end (k * TIMER_SLOT) whose quotient by the slot rounds down onto k
     # (0.030000000000000002 / 0.01 is 3.0): it goes into slot k + 1. In slot k it would be looked at before
-    # its deadline, put back into slot k, and so on, never met.
+    # its deadline, put back into slot k, and so on, never met. Such deadlines can lie thousands of seconds
+    # apart on the loop's clock (its value is the host's uptime), too far to wait for: these are taken near
+    # the clock's zero, so their slots are already past, and the loop runs them at once, as it runs a slot
+    # whose time has come. Nothing here waits on the clock.
     loop = asyncio.get_running_loop()
-    k = math.ceil((loop.time() + 0.05) / TIMER_SLOT)
-    while True:
+    wheel = _Wheel(loop)  # a wheel of their own, not the loop's: its slots near zero concern no other test
+    timers: list[tuple[float, _Recorder]] = []
+    for k in range(1, 2000):
         when = math.nextafter(k * TIMER_SLOT, math.inf)
         if math.ceil(when / TIMER_SLOT) * TIMER_SLOT < when:
-            break
-        k += 1
-    timer = _Recorder()
-    timer.arm(when)
-    await asyncio.sleep(max(when - loop.time(), 0.0) + 0.2)  # a timer after the slot's, as above
-    assert len(timer.met) == 1 and when <= timer.met[0]
+            timer = _Recorder()
+            timer._wheel = wheel
+            timer.arm(when)
+            assert timer._armed == k + 1
+            timers.append((when, timer))
+    assert len(timers) > 10
+    try:
+        for _ in range(20):  # each turn of the loop runs the slots due (and, were one put back, it again)
+            await asyncio.sleep(0)
+        assert all(len(timer.met) == 1 for _, timer in timers)
+    finally:
+        for _, timer in timers:
+            timer.close()  # a slot that kept coming back stops at its next look
+
+
+def test_a_deadline_goes_into_the_first_slot_that_ends_at_it_or_after() -> None:
+    # Across the clock's range (a host up for minutes to years) and the fractions of a slot, on a loop of
+    # its own that only collects the slots' timers and is never run.
+    loop = asyncio.new_event_loop()
+    try:
+        wheel = _Wheel(loop)
+        timer = RearmingTimer(loop)
+        for magnitude in (0.0, 1.0, 1e3, 1e5, 1e7, 1e9):
+            for k in range(0, 1000, 7):
+                for offset in (0.0, 1e-9, 0.25, 0.5, 0.999999):
+                    base = magnitude + (k + offset) * TIMER_SLOT
+                    for when in (math.nextafter(base, -math.inf), base, math.nextafter(base, math.inf)):
+                        index = wheel.add(timer, when)
+                        assert (index - 1) * TIMER_SLOT < when <= index * TIMER_SLOT, (when, index)
+                        wheel.slots.clear()
+    finally:
+        loop.close()

@@ -59,6 +59,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     return port
 
 
+def gains(counter: Any) -> Callable[..., float]:
+    """What each series of a process-wide counter gains from now on: `gained = gains(REQUESTS)`, then
+    `gained(gateway=..., result="ok")`. A series named by a port (a gateway's host:port) may already hold an
+    earlier test's counts: the OS hands the same port out again within one run of the suite."""
+    before = dict(counter.values)
+
+    def gained(**labels: str) -> float:
+        return float(counter.get(**labels) - before.get(counter._key(labels), 0.0))
+
+    return gained
+
+
 def hold_udp_port(host: str = "127.0.0.1") -> int:
     """A UDP port held for the rest of the test by a bound socket; the simulator serving it must take that
     socket over (``take_udp(port)``), since a UDP server cannot bind a port another socket holds."""

@@ -6,7 +6,7 @@ PIP_QUIET ?= -q
 
 .PHONY: demo test bench venv bytecode lint typecheck dist clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py dcim/drivers/modbus/_float32.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
 	$(PY) -m pip install $(PIP_QUIET) -e '.[test,cluster]'
@@ -46,4 +46,4 @@ dist: venv
 	$(PY) -m build --outdir dist
 
 clean:
-	rm -rf $(VENV) .demo build dist *.egg-info
+	rm -rf $(VENV) .demo build dist *.egg-info dcim/drivers/modbus/_float32.*.so

@@ -226,6 +226,9 @@ class ReadDecoder:
             if group.plain_float32:
                 total = sum(raws)
                 if total - total == 0.0:  # all finite (float32 values cannot add up past a float64's range)
+                    if _native_shortest_float32s is not None:
+                        _native_shortest_float32s(raws, group.indexes, out, texts)
+                        continue
                     assert group.floats is not None
                     _shortest_float32s(raws, group.indexes, group.fmt7, group.floats, out, texts)
                     continue
@@ -314,6 +317,12 @@ class BitReadDecoder:
 
 
 _F32 = struct.Struct(">f")
+# `_shortest_float32s` in C (_float32.c: the same values and texts, about 4 us a group of 20 meter values
+# against 13 under timeit), where the install built it; setup.py leaves it out where no compiler is found.
+try:
+    from dcim.drivers.modbus._float32 import shortest_float32s as _native_shortest_float32s
+except ImportError:  # pragma: no cover - every install the tests make builds it
+    _native_shortest_float32s = None
 # The smallest positive normal float32: below it float32 values are evenly spaced (2 ** -149 apart).
 _F32_MIN_NORMAL = 2.0 ** -126
 # 6 to 9 significant digits: `%` with a format made once (an f-string spec costs more here, 0.03 us a value).

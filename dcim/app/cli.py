@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import sys
@@ -339,11 +340,20 @@ def _describe(sub: Any) -> None:
             child.formatter_class = _Help
 
 
+def _digits(where: Path) -> str:
+    """Which code finds a Modbus float32's shortest digits: the optional C module, where the build found a
+    compiler (setup.py), else Python (the same values, about 9 us more CPU a poll of 20). Looked up by file,
+    without importing the driver, since every command builds this parser."""
+    built = any((where / "drivers" / "modbus" / f"_float32{suffix}").is_file()
+                for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+    return "float32 digits in C" if built else "float32 digits in Python: the C module was not built"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcim", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Help)
     where = Path(dcim.__file__ or "dcim").parent  # which dcim runs: a wheel's, a checkout's
     parser.add_argument("--version", action="version",
-                        version=f"dcim {__version__} from {where} (Python {sys.version.split()[0]})")
+                        version=f"dcim {__version__} from {where} (Python {sys.version.split()[0]}; {_digits(where)})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -69,7 +69,16 @@ def test_version_names_the_version_and_where_it_runs_from(capsys: pytest.Capture
     with pytest.raises(SystemExit) as stopped:
         main(["--version"])
     assert stopped.value.code == 0
-    assert capsys.readouterr().out.startswith(f"dcim {dcim.__version__} from {ROOT / 'dcim'} (Python 3.")
+    out = capsys.readouterr().out
+    assert out.startswith(f"dcim {dcim.__version__} from {ROOT / 'dcim'} (Python 3.")
+    assert out.rstrip().endswith("; float32 digits in C)"), out
+
+
+def test_version_says_when_the_float32_digits_run_in_python(tmp_path: Path) -> None:
+    from dcim.app.cli import _digits
+
+    assert _digits(tmp_path) == "float32 digits in Python: the C module was not built"
+    assert _digits(ROOT / "dcim") == "float32 digits in C"
 
 
 def test_help_of_a_subcommand_has_its_summary_and_an_example(capsys: pytest.CaptureFixture[str]) -> None:

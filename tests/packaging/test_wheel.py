@@ -132,6 +132,48 @@ def test_the_wheel_holds_every_data_file_of_the_checkout(installed: Installed) -
         assert {n for n in names if n.startswith(f"dcim/share/{tree}/")} == expected
 
 
+def test_without_a_c_compiler_the_sdist_installs_and_decodes_with_the_python_digits(
+        installed: Installed, tmp_path: Path) -> None:
+    """The README's way for a platform the wheel is not for: pip builds the sdist. Where no C compiler works (CC
+    is a program that fails), the C module of the float32 digits is left out (setup.py makes it optional) and dcim
+    gives the same values with its Python code, and says so."""
+    (sdist,) = installed.wheel.parent.glob("dcim-*.tar.gz")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
+                            "--quiet", "--wheel-dir", tmp_path / "out", sdist], env={**env, "CC": "false"},
+                           capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert built.returncode == 0, built.stderr[-4000:]
+    (wheel,) = (tmp_path / "out").glob("dcim-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [n for n in archive.namelist() if n.endswith(".so")], "the compiler failed: no C module"
+    _run(sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--disable-pip-version-check",
+         "--quiet", "--target", tmp_path / "site", wheel)
+    # The installed venv's dependencies, this build's dcim first on the path.
+    python = str(installed.venv / "bin" / "python")
+    run_env = {**env, "PYTHONPATH": str(tmp_path / "site")}
+    version = subprocess.run([python, "-m", "dcim.app.cli", "--version"], cwd=installed.cwd, env=run_env,
+                             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert version.returncode == 0, version.stderr
+    assert f"from {tmp_path / 'site' / 'dcim'} " in version.stdout, version.stdout
+    assert version.stdout.rstrip().endswith("; float32 digits in Python: the C module was not built)"), version.stdout
+    decode = (
+        "import struct\n"
+        "from dcim.drivers.modbus import decodeplan\n"
+        "from dcim.drivers.modbus.plan import plan_reads\n"
+        "from dcim.drivers.modbus.points import Point\n"
+        "assert decodeplan._native_shortest_float32s is None\n"
+        "points = [Point(name=f'f{i}', table='input', address=2 * i, type='float32') for i in range(3)]\n"
+        "(read,) = plan_reads(points, max_gap=0)\n"
+        "out = []\n"
+        "decodeplan.ReadDecoder(read).samples(struct.pack('>3f', 230.4, 180.3, 0.5), 'm', 1, out)\n"
+        "print([(s.value, s.text) for s in out])\n"
+    )
+    result = subprocess.run([python, "-c", decode], cwd=installed.cwd, env=run_env, capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[(230.4, '230.4'), (180.3, '180.3'), (0.5, '0.5')]", result.stdout
+
+
 def test_share_copies_the_shipped_trees_as_they_are_in_the_checkout(installed: Installed) -> None:
     for tree in SHARED:
         target = installed.cwd / "shared" / tree

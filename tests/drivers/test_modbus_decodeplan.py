@@ -243,6 +243,15 @@ def test_the_c_module_refuses_wrong_arguments_with_an_error_not_a_crash() -> Non
     assert out == [None, 1.5, None] and texts == ["", "1.5", ""], "the values before the bad index are written"
     with pytest.raises(IndexError):
         shortest_float32s((1.5,), (-1,), out, texts)
+
+    class Shrinks:  # a raw whose __float__ empties the list being written: an error, not a write past its end
+        def __float__(self) -> float:
+            out.clear()
+            return 2.5
+
+    with pytest.raises(IndexError):
+        shortest_float32s((1.5, Shrinks(), 3.5), (0, 1, 2), out, texts)
+    assert out == [] and texts == ["1.5", "1.5", ""]
     # Not finite (the plan never passes such a value): the value as it is, and no text.
     out, texts = [None] * 3, [""] * 3
     shortest_float32s((math.inf, 230.41717529296875, -math.inf), (0, 1, 2), out, texts)

@@ -124,7 +124,7 @@ static PyObject *shortest_float32s(PyObject *module, PyObject *const *args, Py_s
         PyErr_SetString(PyExc_TypeError, "shortest_float32s(raws: tuple, indexes: tuple, out: list, texts: list)");
         return NULL;
     }
-    Py_ssize_t count = PyTuple_Size(raws), size = PyList_Size(out);
+    Py_ssize_t count = PyTuple_Size(raws);
     if (PyTuple_Size(indexes) != count) {
         PyErr_SetString(PyExc_ValueError, "shortest_float32s: raws and indexes differ in length");
         return NULL;
@@ -138,8 +138,9 @@ static PyObject *shortest_float32s(PyObject *module, PyObject *const *args, Py_s
         if (index == -1 && PyErr_Occurred()) {
             return NULL;
         }
-        /* Bounds first, so that nothing is computed or half-written for an index out of range. */
-        if (index < 0 || index >= size || index >= PyList_Size(texts)) {
+        /* Bounds first, so that nothing is computed or half-written for an index out of range (the lists'
+         * sizes are asked each time: a raw that is not a float can run Python code in its __float__). */
+        if (index < 0 || index >= PyList_Size(out) || index >= PyList_Size(texts)) {
             PyErr_SetString(PyExc_IndexError, "shortest_float32s: index out of range");
             return NULL;
         }
@@ -159,9 +160,13 @@ static PyObject *shortest_float32s(PyObject *module, PyObject *const *args, Py_s
             Py_XDECREF(line);
             return NULL;
         }
-        PyList_SetItem(out, index, number); /* steals `number`; the index is in range */
-        if (line != NULL) {
-            PyList_SetItem(texts, index, line);
+        /* Each steals its item, also when it fails (it cannot here: the index is in range). */
+        if (PyList_SetItem(out, index, number) < 0) {
+            Py_XDECREF(line);
+            return NULL;
+        }
+        if (line != NULL && PyList_SetItem(texts, index, line) < 0) {
+            return NULL;
         }
     }
     Py_RETURN_NONE;

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_saturation import PROFILE, PROFILE_DIR, config_for, good_fields  # noqa: E402
-from benchlib import cpu_seconds, free_ports, machine, release_ports  # noqa: E402
+from benchlib import cpu_seconds, free_ports, host_probe, machine, release_ports  # noqa: E402
 
 from tests.servers import Mosquitto  # noqa: E402
 
@@ -198,7 +198,8 @@ def main() -> None:
     args.windows = args.windows or (3 if args.quick else 6)
     if args.profile != PROFILE and not args.no_racks:
         parser.error("a profile other than generic-cdu is run with --no-racks")
-    print(f"machine: {machine()}; load average at start: {os.getloadavg()}; A = {args.a}, B = {args.b}; "
+    print(f"machine: {machine()}; load average at start: {os.getloadavg()}; host probe {host_probe():.1f} us; "
+          f"A = {args.a}, B = {args.b}; "
           f"profile {args.profile} from {PROFILE_DIR if args.profile != PROFILE else 'the project'}")
     print(f"{'N':>6} {'round':>5} {'window':>6} {'A pts/s':>10} {'A us/pt':>9} {'B pts/s':>10} {'B us/pt':>9} "
           f"{'B / A':>8}", flush=True)

@@ -79,7 +79,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchlib import cpu_seconds, free_ports, machine, release_ports, rss_mib, system_seconds  # noqa: E402
+from benchlib import cpu_seconds, free_ports, host_probe, machine, release_ports, rss_mib, system_seconds  # noqa: E402
 
 from tests.servers import InfluxDBv1, Mosquitto  # noqa: E402
 
@@ -622,7 +622,7 @@ def main() -> None:
     if args.serve:
         serve(args.serve, args.answer_ms, args.meter_values)
         return
-    print(f"machine: {machine()}; load average at start: {os.getloadavg()}")
+    print(f"machine: {machine()}; load average at start: {os.getloadavg()}; host probe {host_probe():.1f} us")
     print(HEADER, flush=True)
     with tempfile.TemporaryDirectory(prefix="dcim-sat-") as tmp:
         if args.workdir:

@@ -34,6 +34,25 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, {platform.system()}"
 
 
+def host_probe() -> float:
+    """Microseconds this host takes for a fixed piece of pure Python (the shape of a poll's decoding: 20 float32
+    values unpacked, formatted to 7 and 8 digits, parsed back and packed again), the best of 7 repeats. The
+    same code on the same VM kind has measured 30-55 % apart from one hour to the next (BENCHMARKS.md,
+    2026-12-06); a run's figures are read against this one, printed with them."""
+    import struct
+    import timeit
+
+    floats = struct.Struct(">20f")
+    data = floats.pack(*(230.0 + i * 1.37 for i in range(20)))
+
+    def work() -> None:
+        raws = floats.unpack(data)
+        floats.pack(*(float(f"{x:.7g}") for x in raws))
+        floats.pack(*(float(f"{x:.8g}") for x in raws))
+
+    return min(timeit.repeat(work, number=2_000, repeat=7)) / 2_000 * 1e6
+
+
 def cpu_seconds(pid: int | str = "self") -> float:
     """User + system CPU seconds of a process (this one by default)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

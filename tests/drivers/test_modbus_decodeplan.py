@@ -226,7 +226,7 @@ def test_the_c_module_of_the_float32_digits_is_built() -> None:
 
 
 def test_the_c_module_refuses_wrong_arguments_with_an_error_not_a_crash() -> None:
-    from dcim.drivers.modbus._float32 import shortest_float32s  # type: ignore[import-not-found]
+    from dcim.drivers.modbus._float32 import shortest_float32, shortest_float32s  # type: ignore[import-not-found]
 
     out: list[Any] = [None] * 3
     texts = [""] * 3
@@ -258,6 +258,11 @@ def test_the_c_module_refuses_wrong_arguments_with_an_error_not_a_crash() -> Non
     assert out == [math.inf, 230.41718, -math.inf] and texts == ["", "230.41718", ""]
     shortest_float32s((math.nan,), (0,), out, texts)
     assert math.isnan(out[0]) and texts[0] == ""
+    with pytest.raises(TypeError):
+        shortest_float32("1.5")  # one value: a float (or what has __float__), not its text
+    assert shortest_float32(230.41717529296875) == 230.41718
+    assert shortest_float32(-math.inf) == -math.inf and math.isnan(shortest_float32(math.nan))
+
     # Exponents: no text (the encoder formats the value); integers: ".0" added, as repr writes them.
     shortest_float32s((1e10, 3.0, 1.5e-5), (0, 1, 2), out, texts)
     assert out == [1e10, 3.0, 1.5e-5] and texts == ["", "3.0", ""]
@@ -265,10 +270,11 @@ def test_the_c_module_refuses_wrong_arguments_with_an_error_not_a_crash() -> Non
 
 def test_the_c_module_keeps_no_memory_from_a_call() -> None:
     # Each try's text is a buffer of Python's allocator, freed in C; tracemalloc sees that allocator. 20,000
-    # calls of a 20-value group would keep several MiB if one buffer a value were not freed.
+    # calls of a 20-value group (and 20,000 of each value alone) would keep several MiB if one buffer a value
+    # were not freed.
     import tracemalloc
 
-    from dcim.drivers.modbus._float32 import shortest_float32s  # type: ignore[import-not-found]
+    from dcim.drivers.modbus._float32 import shortest_float32, shortest_float32s  # type: ignore[import-not-found]
 
     rng = random.Random(5)
     raws = tuple(struct.unpack(">20f", struct.pack(">20f", *(rng.uniform(-1e3, 1e3) for _ in range(20)))))
@@ -283,6 +289,9 @@ def test_the_c_module_keeps_no_memory_from_a_call() -> None:
         before, _ = tracemalloc.get_traced_memory()
         for _ in range(20_000):
             shortest_float32s(raws, indexes, out, texts)
+        for _ in range(20_000):
+            for raw in raws:
+                shortest_float32(raw)
         after, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -329,15 +338,21 @@ def test_the_line_protocol_of_a_polls_samples_is_the_same_with_their_texts_or_wi
             encode_batch(Batch("meter-1", "pdu", 1, without), tags)
 
 
-def test_the_plans_shortest_float32_is_the_codecs() -> None:
-    # The plan tries 7 digits first and skips what cannot be shorter; the codec tries 6, 7, 8, 9 in turn.
-    from dcim.drivers.modbus.decodeplan import _shortest_float32
+@pytest.mark.parametrize("way", ["C", "Python"])
+def test_the_plans_shortest_float32_is_the_codecs(way: str) -> None:
+    # The plan tries 7 digits first and skips what cannot be shorter; the codec tries 6, 7, 8, 9 in turn. For a
+    # float32 point read with others the plan calls the C module's `shortest_float32` where it is built.
+    from dcim.drivers.modbus import decodeplan
 
+    if way == "C":
+        assert decodeplan._native_shortest_float32 is not None, NOT_BUILT
+        assert decodeplan._finish_float32 is decodeplan._native_shortest_float32
+    shortest = decodeplan._native_shortest_float32 if way == "C" else decodeplan._shortest_float32
     lengths: Counter[int] = Counter()
     for bits in _float32_patterns():
         data = bits.to_bytes(4, "big")
         (value,) = struct.unpack(">f", data)
-        got, want = _shortest_float32(value), codec._shortest_float32(data)
+        got, want = shortest(value), codec._shortest_float32(data)
         assert repr(got) == repr(want), (hex(bits), value, got, want)
         if math.isfinite(want):
             lengths[max(6, len(repr(abs(want)).split("e")[0].replace(".", "").strip("0")))] += 1

@@ -1,6 +1,7 @@
 /* dcim.drivers.modbus._float32: the decode plan's shortest float32 digits, for a group of values at once.
  *
- * `shortest_float32s(raws, indexes, out, texts)` does what decodeplan.py's `_shortest_float32s` does, with
+ * `shortest_float32s(raws, indexes, out, texts)` does what decodeplan.py's `_shortest_float32s` does, and
+ * `shortest_float32(raw)` what its `_shortest_float32` does (for a float32 point read with others), with
  * the same tries in the same order, through the same functions Python's own `"%.7g" % value` and
  * `float(text)` call (PyOS_double_to_string, PyOS_string_to_double); the cast to float rounds to nearest
  * even as struct.pack(">f") does. So each value and text is the one the Python code gives, by construction;
@@ -172,7 +173,26 @@ static PyObject *shortest_float32s(PyObject *module, PyObject *const *args, Py_s
     Py_RETURN_NONE;
 }
 
+/* shortest_float32(raw): the same for one value (decodeplan's `_shortest_float32`: the value only); a value
+ * that is not finite is returned as it is. */
+static PyObject *shortest_float32(PyObject *module, PyObject *arg) {
+    (void)module;
+    double raw = PyFloat_AsDouble(arg);
+    if (raw == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    char *text = NULL;
+    double value = raw;
+    if (isfinite(raw) && shortest(raw, &text, &value) < 0) {
+        return NULL;
+    }
+    PyMem_Free(text);
+    return PyFloat_FromDouble(value);
+}
+
 static PyMethodDef methods[] = {
+    {"shortest_float32", shortest_float32, METH_O,
+     "shortest_float32(raw): decodeplan._shortest_float32, in C."},
     {"shortest_float32s", (PyCFunction)(void (*)(void))shortest_float32s, METH_FASTCALL,
      "shortest_float32s(raws, indexes, out, texts): decodeplan._shortest_float32s, in C."},
     {NULL, NULL, 0, NULL},

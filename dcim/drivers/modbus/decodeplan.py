@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import eq
@@ -235,7 +235,7 @@ class ReadDecoder:
                 plain = False
                 for index, raw, finish in zip(group.indexes, raws, group.finishes):  # noqa: B905 - as below
                     # Finite: the shortest text's value. NaN or infinity: the codec's word on it.
-                    out[index] = _shortest_float32(raw) if raw - raw == 0.0 else _general(finish, raw)
+                    out[index] = _finish_float32(raw) if raw - raw == 0.0 else _general(finish, raw)
                 continue
             for finish, raw in zip(group.finishes, raws):  # noqa: B905 - one struct code a finish
                 kind = finish.kind
@@ -255,7 +255,7 @@ class ReadDecoder:
                     continue
                 elif kind == _PLAIN_FLOAT32:
                     if raw - raw == 0.0:  # finite
-                        out[finish.index] = _shortest_float32(raw)
+                        out[finish.index] = _finish_float32(raw)
                         continue
                 elif kind == _PLAIN_FLOAT64:
                     if raw - raw == 0.0:
@@ -276,7 +276,7 @@ def _general(finish: _Finish, raw: Any) -> Any:
     point = finish.point
     try:
         if point.type == "float32" and point.bit is None:
-            raw = _shortest_float32(raw)
+            raw = _finish_float32(raw)
         return codec.from_raw(point, raw)
     except codec.DecodeError as err:
         return _Bad(str(err))
@@ -320,9 +320,10 @@ _F32 = struct.Struct(">f")
 # `_shortest_float32s` in C (_float32.c: the same values and texts, about 4 us a group of 20 meter values
 # against 13 under timeit), where the install built it; setup.py leaves it out where no compiler is found.
 try:
+    from dcim.drivers.modbus._float32 import shortest_float32 as _native_shortest_float32
     from dcim.drivers.modbus._float32 import shortest_float32s as _native_shortest_float32s
 except ImportError:  # pragma: no cover - every install the tests make builds it
-    _native_shortest_float32s = None
+    _native_shortest_float32 = _native_shortest_float32s = None
 # The smallest positive normal float32: below it float32 values are evenly spaced (2 ** -149 apart).
 _F32_MIN_NORMAL = 2.0 ** -126
 # 6 to 9 significant digits: `%` with a format made once (an f-string spec costs more here, 0.03 us a value).
@@ -373,6 +374,10 @@ def _shortest_float32(value: float) -> float:
         return candidate
     candidate = float(_G9 % value)
     return candidate if pack(candidate) == data else value
+
+
+# What finishes a float32 point read among others (`_shortest_float32`, in C where it is built).
+_finish_float32: Callable[[float], float] = _native_shortest_float32 or _shortest_float32
 
 
 def _shortest_float32s(raws: tuple[float, ...], indexes: tuple[int, ...], fmt7: str, floats: struct.Struct,

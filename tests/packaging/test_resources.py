@@ -79,6 +79,12 @@ def test_version_says_when_the_float32_digits_run_in_python(tmp_path: Path) -> N
 
     assert _digits(tmp_path) == "float32 digits in Python: the C module was not built"
     assert _digits(ROOT / "dcim") == "float32 digits in C"
+    # A module file that does not load (a broken build): Python's code runs, and the loader's reason is given.
+    broken = tmp_path / "drivers" / "modbus" / "_float32.abi3.so"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a shared object")
+    said = _digits(tmp_path)
+    assert said.startswith("float32 digits in Python: the C module _float32.abi3.so did not load: "), said
 
 
 def test_help_of_a_subcommand_has_its_summary_and_an_example(capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,7 +21,7 @@ from dcim.app.publisher import PUBLISHED, MqttPublisher
 from dcim.core.aio import Deadline, SlotClock, reraise_lost_cancellation
 from dcim.core.metrics import REGISTRY
 from dcim.core.pipeline import Admission, Pipeline
-from dcim.core.samples import Batch, DeviceStatus, Quality, Sample, Value, now_ns
+from dcim.core.samples import Batch, DeviceStatus, Layout, Quality, Sample, Value, now_ns
 from dcim.drivers import registry
 from dcim.drivers.base import DeviceBase, Driver, DriverContext, Subscriber
 from dcim.drivers.errors import DriverError
@@ -128,6 +128,8 @@ class DeviceCoordinator:
         # (measurement, row tags) -> the names of the points that had a good value there: what a failed
         # poll reports BAD (a table's rows as last seen, not only the profile's scalars).
         self._last_keys: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, None]] = {}
+        # A layout whose batch's keys are all in `_last_keys` (`Layout`): its next batches add none.
+        self._known_layout: Layout | None = None
         self.overruns = 0
         # Monotonic time since which the poller waits for the pipeline's admission, None when it does not.
         self.waiting_since: float | None = None
@@ -206,6 +208,7 @@ class DeviceCoordinator:
         ts = now_ns()
         error: str | None = None
         samples: list[Sample] = []
+        layout: Layout | None = None
         # The poll's deadline: `asyncio.timeout` without a timer of its own per poll (`Deadline`).
         deadline = self._deadline
         deadline.start(loop.time() + self.deadline, task)
@@ -215,6 +218,9 @@ class DeviceCoordinator:
                 if self.online is not True:
                     await self.driver.connect()
                 samples = await self.driver.read()
+                # The driver's word on how they are laid out, if it gives one (`Layout`): taken at once,
+                # before anything else runs that could read from the driver again.
+                layout = getattr(self.driver, "last_layout", None)
             finally:
                 # Whatever ended the poll, the deadline's own cancellation is taken back here (one the driver
                 # swallowed too, as `asyncio.timeout` does).
@@ -241,7 +247,8 @@ class DeviceCoordinator:
             self._polls_error.inc()
             self._set_status(False, error)
             samples = self._bad_samples(ts, error)
-        batch = Batch(self.device.id, self.device.kind, ts, samples)
+            layout = None
+        batch = Batch(self.device.id, self.device.kind, ts, samples, layout)
         self._emit_batch(batch)
         self.last_poll = time.monotonic()
         self.polled.set()
@@ -308,6 +315,11 @@ class DeviceCoordinator:
             self.polled.set()
 
     def _emit_batch(self, batch: Batch) -> None:
+        layout = batch.layout
+        if layout is not None and layout is self._known_layout:
+            # Laid out as a batch whose keys are known already (they are never forgotten): nothing new.
+            self.pipeline.publish(batch)
+            return
         good, known = Quality.GOOD, self._last_keys
         measurement: str | None = None
         tags: tuple[tuple[str, str], ...] | None = None
@@ -321,6 +333,8 @@ class DeviceCoordinator:
                         found = known[(measurement, tags)] = {}
                     points = found
                 points[sample.point] = None
+        if layout is not None:
+            self._known_layout = layout
         self.pipeline.publish(batch)
 
     def _set_status(self, online: bool, error: str) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from operator import add, attrgetter
 
-from dcim.core.samples import Batch, Quality, Value
+from dcim.core.samples import Batch, Layout, Quality, Value
 
 _TAG_ESCAPE = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
 _MEAS_ESCAPE = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
@@ -70,6 +71,14 @@ def _field_name(name: str) -> str:
 
 def encode_batch(batch: Batch, static_tags: Iterable[tuple[str, str]]) -> list[str]:
     base = static_tags if isinstance(static_tags, tuple) else tuple(static_tags)
+    layout = batch.layout
+    if layout is not None and layout.texts and len(batch.samples) == len(layout.points):
+        return _encode_laid_out(batch, layout, base)
+    return _encode_samples(batch, base)
+
+
+def _encode_samples(batch: Batch, base: tuple[tuple[str, str], ...]) -> list[str]:
+    """`encode_batch` sample by sample (the general way)."""
     groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
     worst: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Quality, str]] = {}
     kind = batch.kind
@@ -120,3 +129,53 @@ def encode_batch(batch: Batch, static_tags: Iterable[tuple[str, str]]) -> list[s
             fields = [*fields, f'quality="{quality.value}"', f"quality_reason={reason_text}"]
         lines.append(f"{_series(key[0], key[1], base)} {','.join(fields)}{suffix}")
     return lines
+
+
+_TEXT = attrgetter("text")
+# Per layout (`Layout.encodings`): its groups of points by measurement, and each device's lines' heads.
+LaidOutGroups = tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...]
+
+
+def _encode_laid_out(batch: Batch, layout: Layout, base: tuple[tuple[str, str], ...]) -> list[str]:
+    """`encode_batch` of a batch laid out as `layout` says (every sample GOOD with a value, no row tags) whose
+    values come with their texts (`Layout.texts`): the same lines, from each line's field names worked out
+    once (a join, no test a sample)."""
+    encodings = layout.encodings
+    key = (batch.kind, base)
+    heads = encodings.get(key)
+    if heads is None:
+        groups = encodings.get(batch.kind)
+        if groups is None:
+            groups = encodings[batch.kind] = _laid_out_groups(layout, batch.kind)
+        if len(encodings) >= _CACHE_MAX:
+            encodings.clear()
+            encodings[batch.kind] = groups
+        heads = encodings[key] = tuple((f"{_series(measurement, (), base)} ", names, indexes)
+                                       for measurement, names, indexes in groups)
+    samples = batch.samples
+    texts: list[str | None] = list(map(_TEXT, samples))
+    if not all(texts):
+        # A float32 whose digits need an exponent (1e7 and up, below 1e-4) comes without its text: its repr,
+        # as the general way writes a float. Anything else without a text (not a float, not finite: no driver
+        # lays such a batch out with texts) sends the batch the general way.
+        texts = [text or (repr(value) if type(value := sample.value) is float and value - value == 0.0 else None)
+                 for text, sample in zip(texts, samples, strict=True)]
+        if None in texts:
+            return _encode_samples(batch, base)
+    suffix = f" {batch.ts_ns}"
+    if len(heads) == 1:
+        head, names, _ = heads[0]
+        return [head + ",".join(map(add, names, texts)) + suffix]
+    return [head + ",".join([name + texts[i] for name, i in zip(names, indexes, strict=True)]) + suffix
+            for head, names, indexes in heads]
+
+
+def _laid_out_groups(layout: Layout, kind: str) -> LaidOutGroups:
+    """The layout's points by line (measurement, the device kind for none), in the order `encode_batch` makes
+    its lines: each line's measurement, its fields' names with their `=`, and its points' places."""
+    groups: dict[str, tuple[list[str], list[int]]] = {}
+    for i, (point, measurement) in enumerate(zip(layout.points, layout.measurements, strict=True)):
+        names, indexes = groups.setdefault(measurement or kind, ([], []))
+        names.append(_field_name(point))
+        indexes.append(i)
+    return tuple((measurement, tuple(names), tuple(indexes)) for measurement, (names, indexes) in groups.items())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import TypeVar, dataclass_transform
+from typing import Any, TypeVar, dataclass_transform
 
 Value = float | int | bool | str
 
@@ -63,14 +63,44 @@ class Sample:
         return self.quality is Quality.GOOD and self.value is not None
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Layout:
+    """What a driver's fixed read plan makes of a poll that read every point well: sample `i` of the batch is
+    point `points[i]` of measurement `measurements[i]`, with no row tags, GOOD, with a value (and its line
+    protocol text in `text` where the driver had one, as ever: a float32's shortest digits).
+
+    A driver gives its batches that read so the same `Layout` object every time (`Batch.layout`), and the
+    sinks that keep something per point (the rules' readings, the console's live view, the poller's known
+    series) or encode every point (the line protocol) key what they work out by it: a poll like the last
+    one updates what they keep in place, in the batch's order, without looking each point up again, and is
+    encoded from field names joined once. A batch without one (a failed read, a BAD value, a subscription's
+    changes) goes the general way, and what those sinks kept for the layout is worked out again at its next
+    batch. Compared by identity; never changed once made, but for the encoders it caches."""
+
+    points: tuple[str, ...]
+    measurements: tuple[str, ...]
+    # Whether the values come with their line protocol text (every point a float32 of the driver's plain
+    # reads): only then is the batch encoded from the layout (a value's text made here, a sample at a time,
+    # cost more than the general way's inline formatting).
+    texts: bool = False
+    # The line protocol's encodings of this layout's batches, by (device kind, static tags): `lineproto`'s.
+    encodings: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.points) != len(self.measurements):
+            raise ValueError("a layout has a measurement for each point")
+
+
 @dataclass(slots=True)
 class Batch:
-    """The samples of one poll (or one subscription delivery) of one device."""
+    """The samples of one poll (or one subscription delivery) of one device. `layout`: the driver's word
+    that the samples are laid out as it says (`Layout`), or None."""
 
     device: str
     kind: str
     ts_ns: int
     samples: list[Sample] = field(default_factory=list)
+    layout: Layout | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -215,6 +215,16 @@ class Engine:
         if by_point is None and watched is None:
             # No rule judges this device's points (a meter that no rule names, or rules off): its readings
             # are only kept (for the racks' metrics and the API), in a pass that asks nothing else.
+            layout = batch.layout
+            laid_out = readings.laid_out.get(device)
+            if laid_out is not None and laid_out[0] is layout and laid_out[1] is points \
+                    and len(batch.samples) == len(laid_out[2]):
+                # As the last laid-out batch: the same points, good again, in the same order (`Layout`).
+                for kept, sample in zip(laid_out[2], batch.samples):  # noqa: B905 - the same length
+                    kept.value = sample.value  # type: ignore[assignment] # a layout's samples have values
+                    kept.ts_ns = sample.ts_ns
+                return
+            withdrawn = False
             for sample in batch.samples:
                 if sample.tags:
                     readings.keep_row(device, batch.kind, sample)
@@ -227,8 +237,13 @@ class Engine:
                     else:
                         old.value = value
                         old.ts_ns = sample.ts_ns
-                else:
-                    points.pop(sample.point, None)  # a BAD or STALE sample withdraws the value
+                elif points.pop(sample.point, None) is not None:  # a BAD or STALE sample withdraws the value
+                    withdrawn = True
+            if layout is not None and len(batch.samples) == len(layout.points):
+                readings.laid_out[device] = (layout, points, [points[p] for p in layout.points])
+            elif withdrawn and laid_out is not None:
+                # A reading of the laid-out points may be gone: they are looked up again at the next one.
+                del readings.laid_out[device]
             return
         stale_after = readings.stale_after_ns
         # The bound rules to judge, in the order their points came, each with whether one of its points has a

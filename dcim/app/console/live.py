@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from dcim.core.samples import Batch, DeviceStatus, Quality, Sample, Value
+from dcim.core.samples import Batch, DeviceStatus, Layout, Quality, Sample, Value
 from dcim.core.topology import RackPlace, Topology
 
 # Utilization bands (power against the rack's budget, %): the hall's cell colours when no alarm speaks.
@@ -70,6 +70,11 @@ class DeviceLive:
     reason: str = ""  # the first BAD sample's reason in that batch
     status: DeviceStatus | None = None
     batch_ns: int = 0
+    # The layout of the device's last laid-out batch (`Layout`), the records of its points in the layout's
+    # order (each GOOD with no reason since that batch) and the groups they are in: the next batch laid out
+    # the same writes only the values and times. Dropped by a batch of another kind that writes into one of
+    # those groups (a batch of other groups, such as the plant's metrics of a CDU, leaves it).
+    laid_out: tuple[Layout, list[Latest], frozenset[tuple[str, tuple[tuple[str, str], ...]]]] | None = None
 
     @property
     def samples(self) -> dict[PointKey, Sample]:
@@ -103,6 +108,18 @@ class LiveState:
         live = self.devices.get(batch.device)
         if live is None:
             live = self.devices[batch.device] = DeviceLive(batch.device, batch.kind, {})
+        layout = batch.layout
+        laid_out = live.laid_out
+        if laid_out is not None and laid_out[0] is layout and len(batch.samples) == len(laid_out[1]):
+            # As the last laid-out batch: the same points, GOOD again, in the same order.
+            for kept, sample in zip(laid_out[1], batch.samples):  # noqa: B905 - the same length
+                kept.value = sample.value
+                kept.ts_ns = sample.ts_ns
+            live.bad, live.reason, live.batch_ns = 0, "", batch.ts_ns
+            self._changed()
+            return
+        shared = laid_out[2] if laid_out is not None else frozenset()
+        touched = False  # whether this batch writes into a group of the laid-out points
         bad = 0
         reason = ""
         kind, groups, quality_bad = batch.kind, live.groups, Quality.BAD
@@ -113,6 +130,8 @@ class LiveState:
             if sample.measurement is not measurement or sample.tags is not tags:
                 measurement, tags = sample.measurement, sample.tags
                 key = (measurement or kind, tags)
+                if key in shared:
+                    touched = True
                 found = groups.get(key)
                 if found is None:
                     found = groups[key] = {}
@@ -131,6 +150,11 @@ class LiveState:
                 bad += 1
                 reason = reason or sample.reason
         live.bad, live.reason, live.batch_ns = bad, reason, batch.ts_ns
+        if layout is not None and len(batch.samples) == len(layout.points):
+            keys = [(m or kind, ()) for m in layout.measurements]
+            live.laid_out = (layout, [groups[k][p] for k, p in zip(keys, layout.points, strict=True)], frozenset(keys))
+        elif touched:
+            live.laid_out = None
         self._changed()
 
     def on_status(self, status: DeviceStatus) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from dcim.core.lineproto import encode_batch
-from dcim.core.samples import Batch, Quality, Sample
+from dcim.core.samples import Batch, Layout, Quality, Sample
 from dcim.drivers.modbus import codec
 from dcim.drivers.modbus.decodeplan import ReadDecoder
 from dcim.drivers.modbus.plan import plan_reads
@@ -80,6 +80,31 @@ def check(points: list[Point], max_gap: int) -> int:
 MODBUS_PROFILES = [name for name in available_profiles() if load_profile(name).protocol == "modbus"]
 
 
+def check_laid_out(points: list[Point], max_gap: int) -> int:
+    """A read's `samples` says it is laid out exactly when every point of it is GOOD with a value, and then
+    its samples are the decoder's `layout`, in order."""
+    rng = random.Random(5)
+    laid = 0
+    for read in plan_reads(points, max_gap=max_gap):
+        if read.table not in ("holding", "input"):
+            continue
+        decoder = ReadDecoder(read)
+        for registers in contents(read.count, rng):
+            samples: list[Sample] = []
+            got = decoder.samples(struct.pack(f">{read.count}H", *registers), "d-1", 1, samples)
+            whole = len(samples) == len(read.points) and all(s.ok for s in samples)
+            assert got is whole, (read, registers)
+            if got:
+                laid += 1
+                assert (tuple(s.point for s in samples), tuple(s.measurement for s in samples)) == decoder.layout
+    return laid
+
+
+@pytest.mark.parametrize("name", MODBUS_PROFILES)
+def test_a_read_is_laid_out_exactly_when_every_point_is_good(name: str) -> None:
+    assert check_laid_out(list(load_profile(name).points), 0) > 0
+
+
 @pytest.mark.parametrize("name", MODBUS_PROFILES)
 @pytest.mark.parametrize("max_gap", [0, 8])
 def test_every_shipped_profile_decodes_as_the_codec_does(name: str, max_gap: int) -> None:
@@ -110,6 +135,7 @@ def synthetic() -> list[Point]:
 @pytest.mark.parametrize("max_gap", [0, 3])
 def test_every_type_order_and_scaling_decodes_as_the_codec_does(max_gap: int) -> None:
     assert check(synthetic(), max_gap) > 10_000
+    check_laid_out(synthetic(), max_gap)  # none is whole here: 34-162 points a read, markers and overflows among them
 
 
 @pytest.mark.parametrize(("byte_order", "word_order"), ORDERS)
@@ -308,7 +334,7 @@ def test_a_plain_float32_read_with_nan_or_infinity_in_it_has_that_point_bad_and_
     values = [1.5, 230.41718, special, -0.25, 0.0, 50.0]
     registers = list(struct.unpack(">12H", struct.pack(">6f", *values)))
     samples: list[Sample] = []
-    ReadDecoder(read).samples(struct.pack(">6f", *values), "meter-1", 7, samples)
+    assert ReadDecoder(read).samples(struct.pack(">6f", *values), "meter-1", 7, samples) is False  # not laid out
     assert [s.point for s in samples] == [p.name for p in points]
     for sample, point in zip(samples, points, strict=True):
         kind, want = reference(point, registers, 0)
@@ -324,6 +350,8 @@ def test_the_line_protocol_of_a_polls_samples_is_the_same_with_their_texts_or_wi
     points = [Point(name=f"f{i}", table="input", address=2 * i, type="float32") for i in range(20)]
     (read,) = plan_reads(points, max_gap=0)
     decoder = ReadDecoder(read)
+    assert decoder.texts
+    layout = Layout(*decoder.layout, texts=True)
     rng = random.Random(7)
     for _ in range(500):
         values = [rng.choice([rng.uniform(-1e3, 1e3), rng.uniform(-1e9, 1e9), rng.uniform(-1e-3, 1e-3),
@@ -334,8 +362,11 @@ def test_the_line_protocol_of_a_polls_samples_is_the_same_with_their_texts_or_wi
         assert any(s.text for s in samples)
         without = [dataclasses.replace(s, text="") for s in samples]
         tags = (("site", "hall-1"),)
-        assert encode_batch(Batch("meter-1", "pdu", 1, samples), tags) == \
-            encode_batch(Batch("meter-1", "pdu", 1, without), tags)
+        want = encode_batch(Batch("meter-1", "pdu", 1, without), tags)
+        assert encode_batch(Batch("meter-1", "pdu", 1, samples), tags) == want
+        # Laid out (the driver's word, `Layout`): encoded from the layout's field names and the texts.
+        assert encode_batch(Batch("meter-1", "pdu", 1, samples, layout), tags) == want
+    assert layout.encodings
 
 
 @pytest.mark.parametrize("way", ["C", "Python"])

@@ -112,6 +112,38 @@ async def test_every_point_equals_the_plant_value(profile_name: str) -> None:
         assert sum(simulator.requests.values()) == 6
 
 
+@pytest.mark.parametrize("profile_name", ["generic-cdu", "ocp-orv3-rpu"])
+async def test_a_poll_read_whole_is_laid_out_as_its_plan_says(profile_name: str) -> None:
+    # A poll whose every point is GOOD with a value is marked with the plan's layout (`Layout`), the same
+    # object every time, and its samples are exactly the layout's points in order; the batch the poller makes
+    # of it carries it. The RPU's absent pumps are served as their `missing` marker (no sample): not laid out.
+    from dcim.app.poller import DeviceCoordinator
+    from dcim.core.pipeline import Pipeline
+    from dcim.drivers.modbus import driver as driver_module
+
+    config = hall([{"id": "cdu-1", "port": free_port(), "profile": profile_name}])
+    plant = Plant(config, frozen=True)
+    device = modbus(config)[0]
+    async with simulating(plant, [device]) as simulator, driving(device) as driver:
+        coordinator = DeviceCoordinator(device, driver, Pipeline())
+        batches = [await coordinator.poll_once() for _ in range(2)]
+        await simulator.stop()
+        failed = await coordinator.poll_once()
+    if profile_name == "ocp-orv3-rpu":
+        assert all(b.layout is None for b in batches)
+        return
+    layout = batches[0].layout
+    assert layout is not None and batches[1].layout is layout
+    assert not layout.texts  # a CDU's values are not all float32s with their digits: encoded the general way
+    assert layout is driver_module.compiled(load_profile(profile_name), device.max_gap, device.max_registers)[3]
+    for batch in batches:
+        assert [(s.point, s.measurement, s.tags, s.quality) for s in batch.samples] == \
+            [(p, m, (), Quality.GOOD) for p, m in zip(layout.points, layout.measurements, strict=True)]
+        assert all(s.value is not None for s in batch.samples)
+    assert failed.samples and all(s.quality is Quality.BAD for s in failed.samples)
+    assert failed.layout is None and driver.last_layout is None
+
+
 async def test_rpu_absent_pumps_are_omitted_not_zero() -> None:
     config = hall([{"id": "cdu-1", "port": free_port(), "profile": "ocp-orv3-rpu"}])
     plant = Plant(config, frozen=True)
@@ -171,7 +203,11 @@ async def test_every_type_and_order_over_tcp(tmp_path: Path, byte_order: str, wo
         values = plant.values("cdu-1")
         assert values["pump_fault"] is True and values["pump1_running"] is False
         assert values["leak_zone2"] is True and values["reservoir_level"] == "low"
-        assert_matches_plant(profile, await driver.read(), values)
+        samples = await driver.read()
+        assert_matches_plant(profile, samples, values)
+        # Every type, flags and coils among them, read whole: laid out as the plan says.
+        assert driver.last_layout is not None
+        assert [s.point for s in samples] == list(driver.last_layout.points)
         # Writes through every order: a float32 and a scaled uint32 reach the plant exactly.
         await driver.write("supply_temp_setpoint_c", 29.5)
         await driver.write("flow_setpoint_lpm", 512.3)
@@ -275,6 +311,7 @@ async def test_an_exception_code_marks_that_read_bad_and_keeps_the_rest(tmp_path
     async with simulating(plant, [device]), driving(device, profile) as driver:
         assert len(driver.plan) == 4
         got = by_name(await driver.read())
+        assert driver.last_layout is None  # a read refused: not the plan's layout
     bad = got["extra_temp_c"]
     assert bad.quality is Quality.BAD and bad.value is None
     assert "exception 2 (illegal data address)" in bad.reason

@@ -190,25 +190,40 @@ class ReadDecoder:
         return [(point, None, value.reason) if type(value) is _Bad else (point, value, "")
                 for point, value in zip(self.read.points, self._values(big)[0], strict=True)]
 
-    def samples(self, data: bytes, device: str, ts_ns: int, out: list[Sample]) -> None:
+    def samples(self, data: bytes, device: str, ts_ns: int, out: list[Sample]) -> bool:
         """The read's samples from its answer's data (`len(data) == self.size`, registers big-endian), appended
-        to `out` in the plan's order: GOOD with the value, BAD with the reason, none for a missing value."""
+        to `out` in the plan's order: GOOD with the value, BAD with the reason, none for a missing value.
+        True when they are laid out as `layout` says: every point of the read GOOD with a value."""
         good, bad = Quality.GOOD, Quality.BAD
         values, texts, plain = self._values(data)
         if plain:
             # Every point a value (a meter's floats): the samples made without a test a point.
             out += map(Sample, repeat(device), self._names, values, repeat(ts_ns), repeat(good), repeat(""),
                        self._measurements, repeat(()), texts)
-            return
+            return True
+        laid = True
         # The four have the plan's length by construction: `strict` (a keyword argument, parsed on every
         # call) is left out of the zips of the poll's path.
         for name, measurement, value, text in zip(self._names, self._measurements, values, texts):  # noqa: B905
             if value is None:
+                laid = False
                 continue
             if type(value) is _Bad:
+                laid = False
                 out.append(Sample(device, name, None, ts_ns, bad, value.reason, measurement))
             else:
                 out.append(Sample(device, name, value, ts_ns, good, "", measurement, (), text))
+        return laid
+
+    @property
+    def layout(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(points, measurements) of the read's samples when `samples` says they are laid out, in order."""
+        return self._names, self._measurements
+
+    @property
+    def texts(self) -> bool:
+        """Whether the read's values come with their line protocol texts when laid out (its plain float32s)."""
+        return self._plain_float32
 
     def _values(self, big: bytes) -> tuple[list[Any], list[str], bool]:
         """Each point's value (None: missing; a `_Bad`: no reading, with the reason), from the big block;
@@ -295,9 +310,18 @@ class BitReadDecoder:
              (measurements or {}).get(p.name, ""))
             for p in read.points)
 
-    def samples(self, data: bytes, device: str, ts_ns: int, out: list[Sample]) -> None:
-        """The read's samples from its answer's data (at least `read.count` bits), appended to `out`."""
+    @property
+    def layout(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(points, measurements) of the read's samples when `samples` says they are laid out, in order."""
+        return tuple(p[3] for p in self._points), tuple(p[4] for p in self._points)
+
+    texts = False  # flags carry no text (`ReadDecoder.texts`)
+
+    def samples(self, data: bytes, device: str, ts_ns: int, out: list[Sample]) -> bool:
+        """The read's samples from its answer's data (at least `read.count` bits), appended to `out`. True
+        when every point is GOOD with a value (`ReadDecoder.samples`)."""
         good = Quality.GOOD
+        laid = True
         for point, byte, shift, name, measurement in self._points:
             bit = data[byte] >> shift & 1 == 1
             if point.enum is None:
@@ -307,13 +331,18 @@ class BitReadDecoder:
                 value = codec.decode_bit(point, bit)
             except codec.DecodeError as err:
                 out.append(Sample(device, name, None, ts_ns, Quality.BAD, str(err), measurement))
+                laid = False
                 continue
             except (ValueError, ArithmeticError, struct.error) as err:
                 out.append(Sample(device, name, None, ts_ns, Quality.BAD, f"{name}: cannot decode: {err}",
                                   measurement))
+                laid = False
                 continue
             if value is not None:
                 out.append(Sample(device, name, value, ts_ns, good, "", measurement))
+            else:
+                laid = False
+        return laid
 
 
 _F32 = struct.Struct(">f")

@@ -14,6 +14,7 @@ import math
 import random
 import struct
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from dcim.core.lineproto import encode_batch
 from dcim.core.samples import Batch, Layout, Quality, Sample
 from dcim.drivers.modbus import codec
 from dcim.drivers.modbus.decodeplan import ReadDecoder
-from dcim.drivers.modbus.plan import plan_reads
+from dcim.drivers.modbus.plan import Read, plan_reads
 from dcim.drivers.modbus.points import REGISTER_COUNT, Point
 from dcim.drivers.profiles import available_profiles, load_profile
 
@@ -61,19 +62,25 @@ def contents(count: int, rng: random.Random) -> list[list[int]]:
     return blocks
 
 
-def check(points: list[Point], max_gap: int) -> int:
-    rng = random.Random(12)
-    compared = 0
+def register_reads(points: list[Point], max_gap: int, seed: int) -> Iterator[tuple[Read, ReadDecoder, list[int]]]:
+    """Each register read of the points' plan, its decoder, and each register content of `contents` for it."""
+    rng = random.Random(seed)
     for read in plan_reads(points, max_gap=max_gap):
         if read.table not in ("holding", "input"):
             continue
         decoder = ReadDecoder(read)
         for registers in contents(read.count, rng):
-            got = decoder.decode(registers)
-            assert [d[0] for d in got] == list(read.points), "the plan keeps the profile's order"
-            for point, decoded in zip(read.points, got, strict=True):
-                assert planned(decoded) == reference(point, registers, read.address), (point, registers)
-                compared += 1
+            yield read, decoder, registers
+
+
+def check(points: list[Point], max_gap: int) -> int:
+    compared = 0
+    for read, decoder, registers in register_reads(points, max_gap, 12):
+        got = decoder.decode(registers)
+        assert [d[0] for d in got] == list(read.points), "the plan keeps the profile's order"
+        for point, decoded in zip(read.points, got, strict=True):
+            assert planned(decoded) == reference(point, registers, read.address), (point, registers)
+            compared += 1
     return compared
 
 
@@ -83,20 +90,15 @@ MODBUS_PROFILES = [name for name in available_profiles() if load_profile(name).p
 def check_laid_out(points: list[Point], max_gap: int) -> int:
     """A read's `samples` says it is laid out exactly when every point of it is GOOD with a value, and then
     its samples are the decoder's `layout`, in order."""
-    rng = random.Random(5)
     laid = 0
-    for read in plan_reads(points, max_gap=max_gap):
-        if read.table not in ("holding", "input"):
-            continue
-        decoder = ReadDecoder(read)
-        for registers in contents(read.count, rng):
-            samples: list[Sample] = []
-            got = decoder.samples(struct.pack(f">{read.count}H", *registers), "d-1", 1, samples)
-            whole = len(samples) == len(read.points) and all(s.ok for s in samples)
-            assert got is whole, (read, registers)
-            if got:
-                laid += 1
-                assert (tuple(s.point for s in samples), tuple(s.measurement for s in samples)) == decoder.layout
+    for read, decoder, registers in register_reads(points, max_gap, 5):
+        samples: list[Sample] = []
+        got = decoder.samples(struct.pack(f">{read.count}H", *registers), "d-1", 1, samples)
+        whole = len(samples) == len(read.points) and all(s.ok for s in samples)
+        assert got is whole, (read, registers)
+        if got:
+            laid += 1
+            assert (tuple(s.point for s in samples), tuple(s.measurement for s in samples)) == decoder.layout
     return laid
 
 

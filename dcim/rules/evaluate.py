@@ -217,10 +217,9 @@ class Engine:
             # are only kept (for the racks' metrics and the API), in a pass that asks nothing else.
             layout = batch.layout
             laid_out = readings.laid_out.get(device)
-            if laid_out is not None and laid_out[0] is layout and laid_out[1] is points \
-                    and len(batch.samples) == len(laid_out[2]):
+            if laid_out is not None and laid_out[0] is layout and len(batch.samples) == len(laid_out[1]):
                 # As the last laid-out batch: the same points, good again, in the same order (`Layout`).
-                for kept, sample in zip(laid_out[2], batch.samples):  # noqa: B905 - the same length
+                for kept, sample in zip(laid_out[1], batch.samples):  # noqa: B905 - the same length
                     kept.value = sample.value  # type: ignore[assignment] # a layout's samples have values
                     kept.ts_ns = sample.ts_ns
                 return
@@ -240,7 +239,7 @@ class Engine:
                 elif points.pop(sample.point, None) is not None:  # a BAD or STALE sample withdraws the value
                     withdrawn = True
             if layout is not None and len(batch.samples) == len(layout.points):
-                readings.laid_out[device] = (layout, points, [points[p] for p in layout.points])
+                readings.laid_out[device] = (layout, [points[p] for p in layout.points])
             elif withdrawn and laid_out is not None:
                 # A reading of the laid-out points may be gone: they are looked up again at the next one.
                 del readings.laid_out[device]

@@ -108,13 +108,14 @@ class Readings:
     # Devices that push changes only (OPC UA subscriptions): a value holds until the device says otherwise
     # (a new value, a STALE/BAD sample, offline), however old it is; age says nothing about them.
     push: set[str] = field(default_factory=set)
-    # device -> the layout of its last batch (`Layout`), its points' dict above when that batch came, and
-    # the readings of the layout's points in its order: the next batch laid out the same, to a device no rule
-    # judges, writes their values and times in place (`Engine.on_batch`). A batch of another kind that
-    # withdraws one of the device's values drops its entry (one that only brings values, such as the plant's
-    # metrics of a CDU, leaves it), and so does `update`. A device the engine's rules judge never has one: it
-    # is judged so for the engine's life (a reload makes a new engine, with readings of its own).
-    laid_out: dict[str, tuple[Layout, dict[str, Reading], list[Reading]]] = field(default_factory=dict)
+    # device -> the layout of its last batch (`Layout`) and the readings of the layout's points in its order
+    # (the very ones in `points`, which are only ever updated in place or withdrawn): the next batch laid out
+    # the same, to a device no rule judges, writes their values and times in place (`Engine.on_batch`). A
+    # batch of another kind that withdraws one of the device's values drops its entry (one that only brings
+    # values, such as the plant's metrics of a CDU, leaves it), and so does `update`. A device the engine's
+    # rules judge never has one: it is judged so for the engine's life (a reload makes a new engine, with
+    # readings of its own).
+    laid_out: dict[str, tuple[Layout, list[Reading]]] = field(default_factory=dict)
 
     def update(self, batch: Batch) -> list[str]:
         """Keep the batch's good values; returns the untagged points it carried (for rule evaluation)."""

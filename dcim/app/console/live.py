@@ -152,7 +152,8 @@ class LiveState:
         live.bad, live.reason, live.batch_ns = bad, reason, batch.ts_ns
         if layout is not None and len(batch.samples) == len(layout.points):
             keys = [(m or kind, ()) for m in layout.measurements]
-            live.laid_out = (layout, [groups[k][p] for k, p in zip(keys, layout.points, strict=True)], frozenset(keys))
+            records = [groups[k][p] for k, p in zip(keys, layout.points, strict=True)]
+            live.laid_out = (layout, records, frozenset(keys))
         elif touched:
             live.laid_out = None
         self._changed()
